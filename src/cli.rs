@@ -1,0 +1,392 @@
+//! Command line: `init`, `mount`, `stats`. Parses arguments, calls the library, renders
+//! reports (text or `--json`) and maps failures to one clear line and a non-zero exit.
+
+use crate::chunker::{ChunkParams, DEFAULT_AVG};
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::DedupFuse;
+use crate::maint::stats::{StatsReport, stats};
+use crate::meta::MetaDb;
+use crate::volume::{self, VolumeError};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "dedupfs",
+    version,
+    about = "A deduplicating FUSE filesystem with content-defined chunking"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an empty store (a backing directory).
+    Init {
+        store: PathBuf,
+        /// Average chunk size in bytes (a power of two); min = avg/4, max = avg*4. Fixed for
+        /// the life of the store.
+        #[arg(long, default_value_t = DEFAULT_AVG)]
+        avg_chunk: u32,
+    },
+    /// Serve a store at a mountpoint until it is unmounted (umount, fusermount3 -u, Ctrl-C).
+    Mount {
+        store: PathBuf,
+        mountpoint: PathBuf,
+        /// Return once the mount is ready; the daemon logs to STORE/daemon.log.
+        #[arg(long)]
+        background: bool,
+        /// Mount options, comma separated: ro, rw, allow_other, allow_root.
+        #[arg(short = 'o', value_delimiter = ',')]
+        options: Vec<String>,
+        /// Read cache size in MiB (verified chunks kept mapped).
+        #[arg(long, default_value_t = 256)]
+        cache_mib: usize,
+    },
+    /// Show logical and physical bytes, chunk count and dedup ratio (mounted or not).
+    Stats {
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEDUPFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dedupfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Init { store, avg_chunk } => {
+            let params = ChunkParams::from_avg(avg_chunk).map_err(|e| anyhow!(e))?;
+            volume::init(&store, params)?;
+            println!(
+                "initialised dedupfs store {} (chunks: min {} / avg {} / max {} bytes)",
+                store.display(),
+                params.min,
+                params.avg,
+                params.max
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Mount {
+            store,
+            mountpoint,
+            background,
+            options,
+            cache_mib,
+        } => {
+            let opts = MountOpts::parse(&options)?;
+            check_mountpoint(&mountpoint)?;
+            if background {
+                spawn_background(&store, &mountpoint, &options, cache_mib)?;
+            } else {
+                serve(&store, &mountpoint, &opts, cache_mib)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats { store, json } => {
+            let report = stats_of(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_stats(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn stats_of(store: &Path) -> Result<StatsReport> {
+    match volume::lock(store) {
+        Ok(_lock) => {
+            let meta = MetaDb::open(&store.join("meta.redb"))
+                .with_context(|| format!("store {}", store.display()))?;
+            Ok(stats(&meta)?)
+        }
+        Err(VolumeError::Locked(_)) => {
+            let u = volume::read_published_stats(store).with_context(|| {
+                format!(
+                    "store {} is mounted and has not published statistics yet",
+                    store.display()
+                )
+            })?;
+            Ok(StatsReport::from_usage(u, true))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", U[i])
+    }
+}
+
+pub fn render_stats(r: &StatsReport) -> String {
+    let mut s = String::new();
+    s += &format!("files:            {}\n", r.files);
+    s += &format!(
+        "logical bytes:    {} ({})\n",
+        r.logical_bytes,
+        human(r.logical_bytes)
+    );
+    s += &format!(
+        "referenced bytes: {} ({})\n",
+        r.referenced_bytes,
+        human(r.referenced_bytes)
+    );
+    s += &format!(
+        "physical bytes:   {} ({})\n",
+        r.physical_bytes,
+        human(r.physical_bytes)
+    );
+    s += &format!("chunks:           {}\n", r.chunk_count);
+    s += &format!("dedup ratio:      {:.2}\n", r.dedup_ratio);
+    if r.from_mounted_daemon {
+        s += "(store is mounted: figures from the daemon's last sync, at most a few seconds old)\n";
+    }
+    s
+}
+
+struct MountOpts {
+    read_only: bool,
+    allow_other: bool,
+    allow_root: bool,
+}
+
+impl MountOpts {
+    fn parse(options: &[String]) -> Result<MountOpts> {
+        let mut o = MountOpts {
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+        };
+        for opt in options.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            match opt {
+                "ro" => o.read_only = true,
+                "rw" => o.read_only = false,
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                other => {
+                    bail!("unknown mount option '{other}' (known: ro, rw, allow_other, allow_root)")
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Is `path` the root of a mount? (Its device differs from its parent's, or it is listed
+/// in the mount table.)
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|m| unescape_mount_path(m) == canon.as_os_str().to_string_lossy())
+    })
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn check_mountpoint(mp: &Path) -> Result<()> {
+    let meta = std::fs::metadata(mp)
+        .with_context(|| format!("mountpoint {} does not exist", mp.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    if is_mountpoint(mp) {
+        bail!(
+            "mountpoint {} is busy: something is already mounted there",
+            mp.display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts the daemon as a child process and waits until the mount is ready.
+fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usize) -> Result<()> {
+    // Fail fast, in this process, on the errors a user most often makes.
+    drop(volume::lock(store)?);
+    let exe = std::env::current_exe().context("cannot find the dedupfs executable")?;
+    let log_path = store.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount").arg(store).arg(mp);
+    if !options.is_empty() {
+        cmd.arg("-o").arg(options.join(","));
+    }
+    cmd.arg("--cache-mib").arg(cache_mib.to_string());
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().context("cannot start the daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if is_mountpoint(mp) {
+            println!(
+                "mounted {} at {} (daemon pid {}, log {})",
+                store.display(),
+                mp.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            bail!("daemon exited ({status}) before the mount was ready: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("mount not ready after 60 s; see {}", log_path.display())
+}
+
+/// How often dirty data is written back and committed durably, like ext4's commit interval.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
+    let vol = volume::open(store)?;
+    let cfg = FsConfig {
+        cache_bytes: cache_mib << 20,
+        read_only: opts.read_only,
+        ..FsConfig::default()
+    };
+    let dir = vol.dir.clone();
+    let lock = vol.lock;
+    let fs = Arc::new(
+        Fs::new(vol.meta, vol.chunks, cfg)
+            .with_context(|| format!("cannot open store {}", store.display()))?,
+    );
+    publish(&fs, &dir);
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(dir.display().to_string()),
+        fuser::MountOption::Subtype("dedupfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        if opts.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else if opts.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let mut session = fuser::Session::new(DedupFuse::new(fs.clone()), mp, &config)
+        .with_context(|| format!("cannot mount at {}", mp.display()))?;
+    tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
+
+    // Ctrl-C / SIGTERM unmount cleanly: the session then ends and we sync below.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "unmounting on signal");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!("unmount failed: {e}");
+            }
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (fs, stop, dir) = (fs.clone(), stop.clone(), dir.clone());
+        std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= FLUSH_INTERVAL {
+                    last = Instant::now();
+                    if let Err(e) = fs.sync_all(false) {
+                        tracing::error!("periodic flush failed: {e}");
+                    }
+                    publish(&fs, &dir);
+                }
+            }
+        })
+    };
+
+    let result = session.run();
+    stop.store(true, Ordering::Relaxed);
+    sig_handle.close();
+    let _ = flusher.join();
+    let synced = fs.sync_all(true);
+    publish(&fs, &dir);
+    drop(lock);
+    result.with_context(|| format!("FUSE session at {} failed", mp.display()))?;
+    synced.context("final sync failed: some data may not be on disk")?;
+    tracing::info!("unmounted cleanly");
+    Ok(())
+}
+
+fn publish(fs: &Fs, dir: &Path) {
+    match fs.usage() {
+        Ok(u) => {
+            if let Err(e) = volume::publish_stats(dir, &u) {
+                tracing::warn!("cannot publish stats: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot compute stats: {e}"),
+    }
+}

@@ -1,0 +1,536 @@
+//! File data: reads, buffered writes, write-back with local re-chunking, truncate, holes,
+//! SEEK_DATA/SEEK_HOLE, fallocate and reference-copying `copy_file_range`.
+//!
+//! Write-back of a dirty range re-chunks only the affected region: from the start of the
+//! chunk that holds the first dirty byte, cutting with FastCDC over (committed data overlaid
+//! with dirty data), until a new cut lands on an old chunk boundary past the last dirty byte
+//! (CDC resynchronisation) or the data run ends. Only that run of the chunk list is replaced.
+//! Overwriting 4 KiB in a large file therefore re-reads and re-hashes about one chunk, not
+//! the file.
+
+use super::{Fs, MAX_FILE_SIZE, OpenInode, State};
+use crate::error::{FsError, Ino, Result};
+use crate::hash::ChunkId;
+use crate::meta::{Extent, Kind, Ts, WTx};
+use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+
+/// Bytes fetched from committed data per step while re-chunking.
+const FILL_STEP: usize = 256 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekWhence {
+    Data,
+    Hole,
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    data.iter().all(|&b| b == 0)
+}
+
+/// Dirty ranges being written back, sorted and non-overlapping.
+type Ranges = [(u64, Vec<u8>)];
+
+impl Fs {
+    pub(super) fn open_entry<'a>(&self, st: &'a mut State, ino: Ino) -> Result<&'a mut OpenInode> {
+        match st.open.entry(ino) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let attr = self
+                    .meta
+                    .begin_read()?
+                    .inode(ino)?
+                    .ok_or(FsError::NotFound)?;
+                Ok(v.insert(OpenInode {
+                    attr,
+                    attr_dirty: false,
+                    dirty: Default::default(),
+                    opens: 0,
+                }))
+            }
+        }
+    }
+
+    /// Copies committed bytes of `ino` at `offset` into `buf`; holes read as zeros.
+    fn read_committed(&self, tx: &WTx, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        for e in tx.extents(ino, offset, end)? {
+            let data = self.cache.get(&e.id, e.len as u64)?;
+            let s = e.offset.max(offset);
+            let t = e.end().min(end);
+            buf[(s - offset) as usize..(t - offset) as usize]
+                .copy_from_slice(&data[(s - e.offset) as usize..(t - e.offset) as usize]);
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let st = self.state.lock();
+        let tx = self.meta.begin_write()?;
+        let attr = self.attr_in(&st, &tx, ino)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("read of a special file")),
+        }
+        if offset >= attr.size {
+            return Ok(Vec::new());
+        }
+        let end = attr.size.min(offset.saturating_add(size as u64));
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.read_committed(&tx, ino, offset, &mut buf)?;
+        if let Some(o) = st.open.get(&ino) {
+            o.dirty.overlay(offset, &mut buf);
+        }
+        drop(tx);
+        Ok(buf)
+    }
+
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.writable()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooBig)?;
+        let mut st = self.state.lock();
+        let o = self.open_entry(&mut st, ino)?;
+        match o.attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("write to a special file")),
+        }
+        // Make room before accepting the data, so a failed write-back (ENOSPC) refuses this
+        // write instead of growing memory without bound.
+        if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit {
+            self.writeback(&mut st, ino, false)?;
+        }
+        while st.dirty_total + data.len() > self.cfg.total_dirty_limit {
+            let victim = st
+                .open
+                .iter()
+                .filter(|(_, o)| !o.dirty.is_empty())
+                .max_by_key(|(_, o)| o.dirty.bytes())
+                .map(|(&i, o)| (i, o.opens == 0));
+            let Some((victim, closed)) = victim else {
+                break;
+            };
+            self.writeback(&mut st, victim, closed)?;
+        }
+        let o = self.open_entry(&mut st, ino)?;
+        let before = o.dirty.bytes();
+        o.dirty.write(offset, data);
+        let grown = o.dirty.bytes() - before;
+        let now = Ts::now();
+        o.attr.size = o.attr.size.max(end);
+        o.attr.mtime = now;
+        o.attr.ctime = now;
+        o.attr_dirty = true;
+        st.dirty_total += grown;
+        Ok(data.len())
+    }
+
+    /// Writes back the dirty data of `ino` and persists its attributes. With `final_` false,
+    /// a trailing piece at end of file that has not reached a final cut stays dirty.
+    pub(super) fn writeback(&self, st: &mut State, ino: Ino, final_: bool) -> Result<()> {
+        let Some(o) = st.open.get_mut(&ino) else {
+            return Ok(());
+        };
+        if o.dirty.is_empty() && !o.attr_dirty {
+            return Ok(());
+        }
+        let ranges = o.dirty.take();
+        let taken: usize = ranges.iter().map(|(_, v)| v.len()).sum();
+        let attr = o.attr;
+        st.dirty_total -= taken;
+        let result = self
+            .writeback_ranges(ino, &ranges, attr.size, final_)
+            .and_then(|(mut tx, tails)| {
+                tx.put_inode(ino, &attr)?;
+                tx.commit(false)?;
+                Ok(tails)
+            });
+        let Some(o) = st.open.get_mut(&ino) else {
+            return result.map(|_| ());
+        };
+        let before = o.dirty.bytes();
+        match result {
+            Ok(tails) => {
+                for (k, v) in tails {
+                    o.dirty.write(k, &v);
+                }
+                o.attr_dirty = false;
+                st.dirty_total += o.dirty.bytes() - before;
+                st.since_durable = true;
+                Ok(())
+            }
+            Err(e) => {
+                o.dirty.restore(ranges);
+                st.dirty_total += o.dirty.bytes() - before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores a chunk unless committed metadata (or this write-back) already has it.
+    fn ensure_chunk(
+        &self,
+        tx: &WTx,
+        written: &mut HashSet<ChunkId>,
+        id: &ChunkId,
+        data: &[u8],
+    ) -> Result<()> {
+        if written.contains(id) {
+            return Ok(());
+        }
+        if !matches!(tx.chunk(id)?, Some((rc, _)) if rc > 0) {
+            self.store().put(id, data)?;
+        }
+        written.insert(*id);
+        Ok(())
+    }
+
+    /// Appends to `out` the data of `ino` from `at` (up to `want` bytes), dirty bytes over
+    /// committed ones. Returns true when the data run ends at the new end of `out`: a hole or
+    /// the end of the file follows.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        tx: &WTx,
+        ino: Ino,
+        ranges: &Ranges,
+        size: u64,
+        at: u64,
+        want: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let limit = size.min(at + want as u64);
+        let mut p = at;
+        while p < limit {
+            let j = ranges.partition_point(|r| r.0 <= p);
+            if j > 0 {
+                let (rs, rv) = &ranges[j - 1];
+                let re = rs + rv.len() as u64;
+                if re > p {
+                    let e = re.min(limit);
+                    out.extend_from_slice(&rv[(p - rs) as usize..(e - rs) as usize]);
+                    p = e;
+                    continue;
+                }
+            }
+            let next_dirty = ranges.get(j).map(|r| r.0).unwrap_or(u64::MAX);
+            let Some(ext) = tx.extents(ino, p, p + 1)?.into_iter().next() else {
+                return Ok(true);
+            };
+            let e = ext.end().min(limit).min(next_dirty);
+            let chunk = self.cache.get(&ext.id, ext.len as u64)?;
+            out.extend_from_slice(&chunk[(p - ext.offset) as usize..(e - ext.offset) as usize]);
+            p = e;
+        }
+        Ok(p >= size)
+    }
+
+    /// Re-chunks the regions touched by `ranges` and replaces their extents, in a write
+    /// transaction returned uncommitted. Returns the tails kept dirty.
+    #[allow(clippy::type_complexity)]
+    fn writeback_ranges(
+        &self,
+        ino: Ino,
+        ranges: &Ranges,
+        size: u64,
+        final_: bool,
+    ) -> Result<(WTx, Vec<(u64, Vec<u8>)>)> {
+        let mut tx = self.meta.begin_write()?;
+        let max = self.chunker.params().max as usize;
+        let mut tails = Vec::new();
+        let mut written = HashSet::new();
+        let mut i = 0;
+        while i < ranges.len() {
+            let d0 = ranges[i].0;
+            let s = match tx.extents(ino, d0, d0 + 1)?.first() {
+                Some(e) => e.offset,
+                None => match tx.extent_ending_at(ino, d0)? {
+                    Some(e) => e.offset,
+                    None => d0,
+                },
+            };
+            let mut window: Vec<u8> = Vec::with_capacity(max + FILL_STEP);
+            let mut wstart = 0usize; // window[wstart..] holds bytes from `pos`
+            let mut pos = s;
+            let mut run_ended = false;
+            let mut new = Vec::new();
+            let region_end = loop {
+                while !run_ended && window.len() - wstart < max {
+                    let at = pos + (window.len() - wstart) as u64;
+                    run_ended = self.fill(&tx, ino, ranges, size, at, FILL_STEP, &mut window)?;
+                }
+                let avail = &window[wstart..];
+                let Some(len) = self.chunker.next_cut(avail, run_ended) else {
+                    break pos;
+                };
+                let c = pos + len as u64;
+                if !final_ && run_ended && len == avail.len() && c == size {
+                    // A streaming writer's last piece: keep it dirty until more data or a
+                    // final write-back decides its cut.
+                    tails.push((pos, avail.to_vec()));
+                    break c;
+                }
+                let data = &avail[..len];
+                if !is_zero(data) {
+                    let id = ChunkId::of(data);
+                    self.ensure_chunk(&tx, &mut written, &id, data)?;
+                    new.push(Extent {
+                        offset: pos,
+                        id,
+                        len: len as u32,
+                    });
+                }
+                wstart += len;
+                pos = c;
+                if wstart >= max {
+                    window.drain(..wstart);
+                    wstart = 0;
+                }
+                if run_ended && wstart == window.len() {
+                    break c;
+                }
+                // Resynchronised? No dirty range may straddle the cut, and the cut must be an
+                // old chunk boundary: from here on the old chunks are what we would cut.
+                let j = ranges.partition_point(|r| r.0 < c);
+                let straddles = j > 0 && ranges[j - 1].0 + ranges[j - 1].1.len() as u64 > c;
+                if !straddles
+                    && tx
+                        .extents(ino, c, c + 1)?
+                        .first()
+                        .is_some_and(|e| e.offset == c)
+                {
+                    break c;
+                }
+            };
+            let old = tx.extents(ino, s, region_end)?;
+            tx.replace_extents(ino, &old, &new)?;
+            i = ranges.partition_point(|r| r.0 < region_end).max(i + 1);
+        }
+        Ok((tx, tails))
+    }
+
+    /// Removes the data of `[a, b)` from the committed chunk list of `ino`, leaving a hole.
+    /// Extents cut by an edge keep their outside part as a new (shorter) chunk.
+    fn cut_extents(&self, tx: &mut WTx, ino: Ino, a: u64, b: u64) -> Result<()> {
+        if a >= b {
+            return Ok(());
+        }
+        let old = tx.extents(ino, a, b)?;
+        let mut new = Vec::new();
+        let mut written = HashSet::new();
+        for e in &old {
+            for (s, t) in [(e.offset, a), (b, e.end())] {
+                let (s, t) = (s.max(e.offset), t.min(e.end()));
+                if s >= t {
+                    continue;
+                }
+                let chunk = self.cache.get(&e.id, e.len as u64)?;
+                let data = &chunk[(s - e.offset) as usize..(t - e.offset) as usize];
+                if is_zero(data) {
+                    continue;
+                }
+                let id = ChunkId::of(data);
+                self.ensure_chunk(tx, &mut written, &id, data)?;
+                new.push(Extent {
+                    offset: s,
+                    id,
+                    len: (t - s) as u32,
+                });
+            }
+        }
+        tx.replace_extents(ino, &old, &new)
+    }
+
+    /// Sets the size of a regular file. Shrinking drops chunks past the end; growing leaves
+    /// a hole that costs nothing (a 1 PiB truncate allocates no memory).
+    pub fn truncate(&self, ino: Ino, size: u64) -> Result<()> {
+        self.writable()?;
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let mut st = self.state.lock();
+        self.writeback(&mut st, ino, true)?;
+        let mut tx = self.meta.begin_write()?;
+        let mut attr = self.attr_in(&st, &tx, ino)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("truncate of a special file")),
+        }
+        if size < attr.size {
+            self.cut_extents(&mut tx, ino, size, u64::MAX)?;
+        }
+        if let Some(o) = st.open.get_mut(&ino) {
+            let before = o.dirty.bytes();
+            o.dirty.truncate(size);
+            st.dirty_total -= before - o.dirty.bytes();
+        }
+        let now = Ts::now();
+        attr.size = size;
+        attr.mtime = now;
+        attr.ctime = now;
+        self.set_attr_in(&mut st, &mut tx, ino, attr)?;
+        self.commit(&mut st, tx)
+    }
+
+    /// fallocate(2): default mode extends the size (space is not reserved: a dedup store
+    /// cannot promise it); KEEP_SIZE alone does nothing; PUNCH_HOLE and ZERO_RANGE drop the
+    /// range's chunks.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooBig)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of length 0"));
+        }
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && !keep) || (punch && zero) {
+            return Err(FsError::NotSupported("fallocate mode"));
+        }
+        let mut st = self.state.lock();
+        self.writeback(&mut st, ino, true)?;
+        let mut tx = self.meta.begin_write()?;
+        let mut attr = self.attr_in(&st, &tx, ino)?;
+        if attr.kind != Kind::File {
+            return Err(FsError::Invalid("fallocate of a non-regular file"));
+        }
+        let now = Ts::now();
+        if punch || zero {
+            self.cut_extents(&mut tx, ino, offset, end.min(attr.size))?;
+            attr.mtime = now;
+            attr.ctime = now;
+        }
+        if !keep && end > attr.size {
+            attr.size = end;
+            attr.ctime = now;
+        }
+        self.set_attr_in(&mut st, &mut tx, ino, attr)?;
+        self.commit(&mut st, tx)
+    }
+
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
+    pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
+        let st = self.state.lock();
+        let tx = self.meta.begin_write()?;
+        let attr = self.attr_in(&st, &tx, ino)?;
+        if offset >= attr.size {
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
+        }
+        let dirty = st
+            .open
+            .get(&ino)
+            .map(|o| o.dirty.spans())
+            .unwrap_or_default();
+        let covering = |p: u64| -> Result<Option<u64>> {
+            if let Some(&(_, e)) = dirty.iter().find(|&&(s, e)| s <= p && p < e) {
+                return Ok(Some(e));
+            }
+            Ok(tx.extents(ino, p, p + 1)?.first().map(|e| e.end()))
+        };
+        match whence {
+            SeekWhence::Hole => {
+                let mut p = offset;
+                while p < attr.size {
+                    match covering(p)? {
+                        Some(e) => p = e,
+                        None => break,
+                    }
+                }
+                Ok(p.min(attr.size))
+            }
+            SeekWhence::Data => {
+                if covering(offset)?.is_some() {
+                    return Ok(offset);
+                }
+                let next_extent = tx
+                    .extents(ino, offset, attr.size)?
+                    .first()
+                    .map(|e| e.offset.max(offset));
+                let next_dirty = dirty.iter().map(|&(s, _)| s).find(|&s| s >= offset);
+                match (next_extent, next_dirty) {
+                    (Some(a), Some(b)) => Ok(a.min(b)),
+                    (Some(a), None) | (None, Some(a)) if a < attr.size => Ok(a),
+                    _ => Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO))),
+                }
+            }
+        }
+    }
+
+    /// copy_file_range(2) by reference: the destination range gets the source's chunk
+    /// references (chunks cut by the range's edges are sliced into new chunks), so copying a
+    /// large file costs metadata, not data. Returns the bytes copied.
+    pub fn copy_range(
+        &self,
+        src: Ino,
+        off_in: u64,
+        dst: Ino,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u64> {
+        self.writable()?;
+        let mut st = self.state.lock();
+        self.writeback(&mut st, src, true)?;
+        self.writeback(&mut st, dst, true)?;
+        let mut tx = self.meta.begin_write()?;
+        let sattr = self.attr_in(&st, &tx, src)?;
+        let mut dattr = self.attr_in(&st, &tx, dst)?;
+        if sattr.kind != Kind::File || dattr.kind != Kind::File {
+            return Err(FsError::Invalid("copy_file_range of a non-regular file"));
+        }
+        if off_in >= sattr.size || len == 0 {
+            return Ok(0);
+        }
+        let len = len.min(sattr.size - off_in);
+        let end_out = off_out
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooBig)?;
+        if src == dst && off_in < end_out && off_out < off_in + len {
+            return Err(FsError::Invalid("overlapping copy within one file"));
+        }
+        let src_extents = tx.extents(src, off_in, off_in + len)?;
+        self.cut_extents(&mut tx, dst, off_out, end_out)?;
+        let mut new = Vec::new();
+        let mut written = HashSet::new();
+        for e in src_extents {
+            let s = e.offset.max(off_in);
+            let t = e.end().min(off_in + len);
+            let at = s - off_in + off_out;
+            if s == e.offset && t == e.end() {
+                new.push(Extent {
+                    offset: at,
+                    id: e.id,
+                    len: e.len,
+                });
+                continue;
+            }
+            let chunk = self.cache.get(&e.id, e.len as u64)?;
+            let data = &chunk[(s - e.offset) as usize..(t - e.offset) as usize];
+            let id = ChunkId::of(data);
+            self.ensure_chunk(&tx, &mut written, &id, data)?;
+            new.push(Extent {
+                offset: at,
+                id,
+                len: (t - s) as u32,
+            });
+        }
+        tx.replace_extents(dst, &[], &new)?;
+        let now = Ts::now();
+        dattr.size = dattr.size.max(end_out);
+        dattr.mtime = now;
+        dattr.ctime = now;
+        self.set_attr_in(&mut st, &mut tx, dst, dattr)?;
+        self.commit(&mut st, tx)?;
+        Ok(len)
+    }
+}

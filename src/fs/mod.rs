@@ -1,0 +1,941 @@
+//! The filesystem core: every POSIX operation as a `&self` method returning `Result`, with no
+//! FUSE types, so it is tested without mounting.
+//!
+//! State: the metadata database is the truth for everything committed; `State` (one mutex)
+//! holds open files, their dirty data and their in-memory attributes, and directory handles.
+//! File data paths (write-back, re-chunking, reads) live in `file.rs`.
+//!
+//! Durability (docs/design.md): ordinary operations commit without fsync; `fsync`, `fsyncdir`,
+//! the periodic flusher and unmount first sync the chunk store, then commit durably, and only
+//! then remove chunk files whose refcount fell to 0.
+
+mod dirty;
+mod file;
+
+pub use file::SeekWhence;
+
+use crate::chunker::{ChunkParams, Chunker};
+use crate::error::{FsError, Ino, Result};
+use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, ROOT_INO, Ts, WTx};
+use crate::store::{ChunkCache, ChunkStore, SpaceUsage};
+use dirty::DirtyMap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Longest name in a directory, as on ext4.
+pub const NAME_MAX: usize = 255;
+/// Largest file size: offsets must fit an `off_t`.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// Tunables of a mounted filesystem.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Bytes of verified chunks kept in the read cache.
+    pub cache_bytes: usize,
+    /// Dirty bytes one file may hold before it is written back.
+    pub file_dirty_limit: usize,
+    /// Dirty bytes all files together may hold.
+    pub total_dirty_limit: usize,
+    pub read_only: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            cache_bytes: 256 << 20,
+            file_dirty_limit: 64 << 20,
+            total_dirty_limit: 256 << 20,
+            read_only: false,
+        }
+    }
+}
+
+/// Attribute changes requested by setattr; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Ts>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Ts),
+}
+
+impl TimeSet {
+    fn resolve(self) -> Ts {
+        match self {
+            TimeSet::Now => Ts::now(),
+            TimeSet::At(t) => t,
+        }
+    }
+}
+
+/// Rename flags (renameat2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// Who is asking: owner of new inodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// An inode that is open or has dirty data. Its `attr` is authoritative over the database's
+/// copy while it is here; `attr_dirty` says the database copy is behind.
+struct OpenInode {
+    attr: Attr,
+    attr_dirty: bool,
+    dirty: DirtyMap,
+    opens: u32,
+}
+
+enum Handle {
+    File { ino: Ino },
+    Dir { entries: Vec<DirEntry> },
+}
+
+#[derive(Default)]
+struct State {
+    open: HashMap<Ino, OpenInode>,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    dirty_total: usize,
+    /// Something was committed since the last durable commit.
+    since_durable: bool,
+}
+
+pub struct Fs {
+    meta: MetaDb,
+    cache: ChunkCache,
+    chunker: Chunker,
+    cfg: FsConfig,
+    state: Mutex<State>,
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Opens the filesystem over an opened metadata database and chunk store. Removes inodes
+    /// orphaned by a crash (unlinked while open) and chunk files whose refcount reached 0.
+    pub fn new(meta: MetaDb, store: Arc<dyn ChunkStore>, cfg: FsConfig) -> Result<Fs> {
+        let params = meta.chunk_params()?;
+        params.validate().map_err(FsError::Corrupt)?;
+        let fs = Fs {
+            cache: ChunkCache::new(store, cfg.cache_bytes),
+            chunker: Chunker::new(params),
+            meta,
+            cfg,
+            state: Mutex::new(State {
+                next_fh: 1,
+                ..State::default()
+            }),
+        };
+        if !fs.cfg.read_only {
+            let orphans = fs.meta.begin_read()?.orphans()?;
+            if !orphans.is_empty() {
+                let mut tx = fs.meta.begin_write()?;
+                for ino in orphans {
+                    tx.delete_inode(ino)?;
+                }
+                tx.commit(false)?;
+            }
+            fs.store().sync()?;
+            fs.meta.make_durable()?;
+            fs.remove_dead_chunks()?;
+        }
+        Ok(fs)
+    }
+
+    pub fn chunk_params(&self) -> ChunkParams {
+        self.chunker.params()
+    }
+
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        self.cache.store()
+    }
+
+    pub fn meta(&self) -> &MetaDb {
+        &self.meta
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Current attributes: the open copy if any, else the database's.
+    fn attr_in(&self, st: &State, tx: &WTx, ino: Ino) -> Result<Attr> {
+        if let Some(o) = st.open.get(&ino) {
+            return Ok(o.attr);
+        }
+        tx.inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// Writes attributes to the database and the open copy.
+    fn set_attr_in(&self, st: &mut State, tx: &mut WTx, ino: Ino, attr: Attr) -> Result<()> {
+        tx.put_inode(ino, &attr)?;
+        if let Some(o) = st.open.get_mut(&ino) {
+            o.attr = attr;
+            o.attr_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, st: &mut State, tx: WTx) -> Result<()> {
+        tx.commit(false)?;
+        st.since_durable = true;
+        Ok(())
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let st = self.state.lock();
+        if let Some(o) = st.open.get(&ino) {
+            return Ok(o.attr);
+        }
+        drop(st);
+        self.meta.begin_read()?.inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let r = self.meta.begin_read()?;
+        let pattr = r.inode(parent)?.ok_or(FsError::NotFound)?;
+        if pattr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let ino = match name {
+            b"." => parent,
+            b".." => pattr.parent,
+            _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
+        };
+        drop(r);
+        Ok((ino, self.getattr(ino)?))
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.meta
+            .begin_read()?
+            .symlink(ino)?
+            .ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    /// Creates a new inode named `name` in `parent`.
+    fn make_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mut attr: Attr,
+        symlink: Option<&[u8]>,
+    ) -> Result<(Ino, Attr)> {
+        self.writable()?;
+        check_name(name)?;
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        if pattr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if pattr.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if tx.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = tx.alloc_ino()?;
+        if attr.kind == Kind::Dir {
+            attr.nlink = 2;
+            attr.parent = parent;
+            pattr.nlink += 1;
+        }
+        if pattr.perm & libc::S_ISGID as u16 != 0 {
+            // BSD group semantics of a setgid directory.
+            attr.gid = pattr.gid;
+            if attr.kind == Kind::Dir {
+                attr.perm |= libc::S_ISGID as u16;
+            }
+        }
+        if let Some(target) = symlink {
+            attr.size = target.len() as u64;
+            tx.set_symlink(ino, target)?;
+        }
+        tx.put_inode(ino, &attr)?;
+        tx.put_dirent(parent, name, ino, attr.kind)?;
+        let now = Ts::now();
+        pattr.mtime = now;
+        pattr.ctime = now;
+        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
+        self.commit(&mut st, tx)?;
+        Ok((ino, attr))
+    }
+
+    pub fn mknod(
+        &self,
+        who: Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> Result<(Ino, Attr)> {
+        let kind = Kind::from_mode(mode).ok_or(FsError::Invalid("bad file type"))?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(FsError::Invalid("mknod of a directory or symlink"));
+        }
+        let mut attr = Attr::new(kind, mode as u16, who.uid, who.gid);
+        if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            attr.rdev = rdev;
+        }
+        self.make_node(parent, name, attr, None)
+    }
+
+    pub fn mkdir(&self, who: Caller, parent: Ino, name: &[u8], mode: u32) -> Result<(Ino, Attr)> {
+        let attr = Attr::new(Kind::Dir, mode as u16, who.uid, who.gid);
+        self.make_node(parent, name, attr, None)
+    }
+
+    pub fn symlink(
+        &self,
+        who: Caller,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(Ino, Attr)> {
+        if target.is_empty() || target.len() > 4096 {
+            return Err(FsError::Invalid("symlink target length"));
+        }
+        let attr = Attr::new(Kind::Symlink, 0o777, who.uid, who.gid);
+        self.make_node(parent, name, attr, Some(target))
+    }
+
+    /// Creates and opens a regular file. Returns the new inode, its attributes and a handle.
+    pub fn create(
+        &self,
+        who: Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<(Ino, Attr, u64)> {
+        let attr = Attr::new(Kind::File, mode as u16, who.uid, who.gid);
+        let (ino, attr) = self.make_node(parent, name, attr, None)?;
+        let fh = self.open(ino, true)?;
+        Ok((ino, attr, fh))
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let mut attr = self.attr_in(&st, &tx, ino)?;
+        if attr.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        if pattr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if tx.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if attr.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        let now = Ts::now();
+        attr.nlink += 1;
+        attr.ctime = now;
+        tx.remove_orphan(ino)?;
+        tx.put_dirent(parent, name, ino, attr.kind)?;
+        self.set_attr_in(&mut st, &mut tx, ino, attr)?;
+        pattr.mtime = now;
+        pattr.ctime = now;
+        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
+        self.commit(&mut st, tx)?;
+        Ok(attr)
+    }
+
+    /// Drops one link of `ino`: deletes it when no name and no open handle remain.
+    fn drop_link(&self, st: &mut State, tx: &mut WTx, ino: Ino, now: Ts) -> Result<()> {
+        let mut attr = self.attr_in(st, tx, ino)?;
+        attr.nlink = if attr.kind == Kind::Dir {
+            0
+        } else {
+            attr.nlink.saturating_sub(1)
+        };
+        attr.ctime = now;
+        if attr.nlink > 0 {
+            return self.set_attr_in(st, tx, ino, attr);
+        }
+        match st.open.get(&ino) {
+            Some(o) if o.opens > 0 => {
+                // Deferred delete: an open handle keeps the data readable until release.
+                self.set_attr_in(st, tx, ino, attr)?;
+                tx.add_orphan(ino)
+            }
+            _ => {
+                if let Some(o) = st.open.remove(&ino) {
+                    st.dirty_total -= o.dirty.bytes();
+                }
+                tx.delete_inode(ino)
+            }
+        }
+    }
+
+    fn remove_entry(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        self.writable()?;
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let (ino, kind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if dir {
+            if kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if !tx.dir_is_empty(ino)? {
+                return Err(FsError::NotEmpty);
+            }
+        } else if kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let now = Ts::now();
+        tx.del_dirent(parent, name)?;
+        self.drop_link(&mut st, &mut tx, ino, now)?;
+        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        if dir {
+            pattr.nlink = pattr.nlink.saturating_sub(1);
+        }
+        pattr.mtime = now;
+        pattr.ctime = now;
+        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
+        self.commit(&mut st, tx)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.remove_entry(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(FsError::Invalid("rmdir ."));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        self.remove_entry(parent, name, true)
+    }
+
+    /// Is `dir` equal to `ancestor` or below it?
+    fn is_within(&self, tx: &WTx, mut dir: Ino, ancestor: Ino) -> Result<bool> {
+        for _ in 0..100_000 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = tx.inode(dir)?.ok_or(FsError::NotFound)?.parent;
+        }
+        Err(FsError::Corrupt("directory parent chain loops".into()))
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(newname)?;
+        if flags.exchange && flags.noreplace {
+            return Err(FsError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
+        }
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let (src, skind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        if self.attr_in(&st, &tx, newparent)?.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let dst = tx.lookup(newparent, newname)?;
+        let now = Ts::now();
+        if skind == Kind::Dir && newparent != parent && self.is_within(&tx, newparent, src)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if flags.exchange {
+            let (dino, dkind) = dst.ok_or(FsError::NotFound)?;
+            if dkind == Kind::Dir && newparent != parent && self.is_within(&tx, parent, dino)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            tx.put_dirent(parent, name, dino, dkind)?;
+            tx.put_dirent(newparent, newname, src, skind)?;
+            for (ino, kind, to) in [(src, skind, newparent), (dino, dkind, parent)] {
+                let mut a = self.attr_in(&st, &tx, ino)?;
+                if kind == Kind::Dir {
+                    a.parent = to;
+                }
+                a.ctime = now;
+                self.set_attr_in(&mut st, &mut tx, ino, a)?;
+            }
+            if parent != newparent && (skind == Kind::Dir) != (dkind == Kind::Dir) {
+                let (gain, lose) = if skind == Kind::Dir {
+                    (newparent, parent)
+                } else {
+                    (parent, newparent)
+                };
+                let mut g = self.attr_in(&st, &tx, gain)?;
+                g.nlink += 1;
+                self.set_attr_in(&mut st, &mut tx, gain, g)?;
+                let mut l = self.attr_in(&st, &tx, lose)?;
+                l.nlink = l.nlink.saturating_sub(1);
+                self.set_attr_in(&mut st, &mut tx, lose, l)?;
+            }
+        } else {
+            if let Some((dino, dkind)) = dst {
+                if flags.noreplace {
+                    return Err(FsError::Exists);
+                }
+                if dino == src {
+                    // Two names of one inode: POSIX says do nothing.
+                    return Ok(());
+                }
+                match (skind == Kind::Dir, dkind == Kind::Dir) {
+                    (true, false) => return Err(FsError::NotDir),
+                    (false, true) => return Err(FsError::IsDir),
+                    (true, true) if !tx.dir_is_empty(dino)? => return Err(FsError::NotEmpty),
+                    _ => {}
+                }
+                tx.del_dirent(newparent, newname)?;
+                self.drop_link(&mut st, &mut tx, dino, now)?;
+                if dkind == Kind::Dir {
+                    let mut np = self.attr_in(&st, &tx, newparent)?;
+                    np.nlink = np.nlink.saturating_sub(1);
+                    self.set_attr_in(&mut st, &mut tx, newparent, np)?;
+                }
+            }
+            tx.del_dirent(parent, name)?;
+            tx.put_dirent(newparent, newname, src, skind)?;
+            let mut a = self.attr_in(&st, &tx, src)?;
+            a.ctime = now;
+            if skind == Kind::Dir {
+                a.parent = newparent;
+                if parent != newparent {
+                    let mut op = self.attr_in(&st, &tx, parent)?;
+                    op.nlink = op.nlink.saturating_sub(1);
+                    self.set_attr_in(&mut st, &mut tx, parent, op)?;
+                    let mut np = self.attr_in(&st, &tx, newparent)?;
+                    np.nlink += 1;
+                    self.set_attr_in(&mut st, &mut tx, newparent, np)?;
+                }
+            }
+            self.set_attr_in(&mut st, &mut tx, src, a)?;
+        }
+        for p in [parent, newparent] {
+            let mut pa = self.attr_in(&st, &tx, p)?;
+            pa.mtime = now;
+            pa.ctime = now;
+            self.set_attr_in(&mut st, &mut tx, p, pa)?;
+        }
+        self.commit(&mut st, tx)
+    }
+
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.writable()?;
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let mut a = self.attr_in(&st, &tx, ino)?;
+        let now = Ts::now();
+        if let Some(mode) = set.mode {
+            a.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            a.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            a.gid = gid;
+        }
+        if (set.uid.is_some() || set.gid.is_some()) && a.kind != Kind::Dir {
+            // chown clears set-user-ID and set-group-ID on files (the kernel asks us to via
+            // the mode too, but not for every caller).
+            if set.mode.is_none() {
+                a.perm &= !(libc::S_ISUID as u16);
+                if a.perm & libc::S_IXGRP as u16 != 0 {
+                    a.perm &= !(libc::S_ISGID as u16);
+                }
+            }
+        }
+        if let Some(t) = set.atime {
+            a.atime = t.resolve();
+        }
+        if let Some(t) = set.mtime {
+            a.mtime = t.resolve();
+        }
+        a.ctime = set.ctime.unwrap_or(now);
+        self.set_attr_in(&mut st, &mut tx, ino, a)?;
+        self.commit(&mut st, tx)?;
+        Ok(a)
+    }
+
+    pub fn open(&self, ino: Ino, write: bool) -> Result<u64> {
+        if write {
+            self.writable()?;
+        }
+        let mut st = self.state.lock();
+        let o = self.open_entry(&mut st, ino)?;
+        if o.attr.kind == Kind::Dir && write {
+            return Err(FsError::IsDir);
+        }
+        o.opens += 1;
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::File { ino });
+        Ok(fh)
+    }
+
+    /// Closes a handle: writes the file back when it was the last one, and deletes an
+    /// unlinked inode.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let Some(Handle::File { ino }) = st.handles.remove(&fh) else {
+            return Ok(());
+        };
+        let last = match st.open.get_mut(&ino) {
+            Some(o) => {
+                o.opens = o.opens.saturating_sub(1);
+                o.opens == 0
+            }
+            None => false,
+        };
+        if !last {
+            return Ok(());
+        }
+        let result = self.writeback(&mut st, ino, true);
+        let nlink = st.open.get(&ino).map(|o| o.attr.nlink).unwrap_or(1);
+        if nlink == 0 {
+            if let Some(o) = st.open.remove(&ino) {
+                st.dirty_total -= o.dirty.bytes();
+            }
+            let mut tx = self.meta.begin_write()?;
+            tx.delete_inode(ino)?;
+            self.commit(&mut st, tx)?;
+            return Ok(());
+        }
+        // Keep the entry while write-back failed: its dirty data is the only copy.
+        if result.is_ok()
+            && let Some(o) = st.open.get(&ino)
+            && o.opens == 0
+            && o.dirty.is_empty()
+            && !o.attr_dirty
+        {
+            st.open.remove(&ino);
+        }
+        result
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let r = self.meta.begin_read()?;
+        let attr = r.inode(ino)?.ok_or(FsError::NotFound)?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut entries = vec![
+            DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: b"..".to_vec(),
+                ino: attr.parent,
+                kind: Kind::Dir,
+            },
+        ];
+        entries.extend(r.list_dir(ino)?);
+        let mut st = self.state.lock();
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::Dir { entries });
+        Ok(fh)
+    }
+
+    /// Directory entries from position `offset` of the snapshot taken at opendir. The
+    /// position of an entry is its index + 1 (the offset to resume after it).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        let st = self.state.lock();
+        let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+            return Err(FsError::Invalid("not a directory handle"));
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if f(i as u64 + 1, e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.state.lock().handles.remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let SpaceUsage {
+            total_bytes,
+            free_bytes,
+            avail_bytes,
+        } = self.store().space()?;
+        let bsize = 4096u64;
+        let r = self.meta.begin_read()?;
+        let files = r.meta_u64("next_ino")?.unwrap_or(2);
+        Ok(StatFs {
+            blocks: total_bytes / bsize,
+            bfree: free_bytes / bsize,
+            bavail: avail_bytes / bsize,
+            files: files + (1 << 32),
+            ffree: 1 << 32,
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    fn check_xattr_name(name: &[u8]) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(FsError::Range);
+        }
+        if name.starts_with(b"system.posix_acl") {
+            // ACLs would need enforcement we do not do; refusing beats storing a lie.
+            return Err(FsError::NotSupported("POSIX ACLs"));
+        }
+        Ok(())
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        if value.len() > 65536 {
+            return Err(FsError::Range);
+        }
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let mut a = self.attr_in(&st, &tx, ino)?;
+        let exists = tx.xattr(ino, name)?.is_some();
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoXattr);
+        }
+        tx.set_xattr(ino, name, value)?;
+        a.ctime = Ts::now();
+        self.set_attr_in(&mut st, &mut tx, ino, a)?;
+        self.commit(&mut st, tx)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let r = self.meta.begin_read()?;
+        r.inode(ino)?.ok_or(FsError::NotFound)?;
+        r.xattr(ino, name)?.ok_or(FsError::NoXattr)
+    }
+
+    /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        let r = self.meta.begin_read()?;
+        r.inode(ino)?.ok_or(FsError::NotFound)?;
+        let mut out = Vec::new();
+        for n in r.xattr_names(ino)? {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        let mut st = self.state.lock();
+        let mut tx = self.meta.begin_write()?;
+        let mut a = self.attr_in(&st, &tx, ino)?;
+        if !tx.remove_xattr(ino, name)? {
+            return Err(FsError::NoXattr);
+        }
+        a.ctime = Ts::now();
+        self.set_attr_in(&mut st, &mut tx, ino, a)?;
+        self.commit(&mut st, tx)
+    }
+
+    /// Makes everything committed so far durable: chunk files first, then the metadata,
+    /// then removes chunk files no durable metadata references any more.
+    fn make_durable(&self, st: &mut State) -> Result<()> {
+        if !st.since_durable {
+            return Ok(());
+        }
+        self.store().sync()?;
+        self.meta.make_durable()?;
+        st.since_durable = false;
+        self.remove_dead_chunks()
+    }
+
+    /// Removes chunk files whose refcount is 0 in durable metadata.
+    fn remove_dead_chunks(&self) -> Result<()> {
+        let dead = self.meta.begin_read()?.zero_refs()?;
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.meta.begin_write()?;
+        for id in &dead {
+            self.store().remove(id)?;
+            self.cache.forget(id);
+            tx.forget_chunk(id)?;
+        }
+        tx.commit(false)?;
+        Ok(())
+    }
+
+    /// fsync(2): the file's data and metadata are durable when this returns.
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        self.writeback(&mut st, ino, true)?;
+        st.since_durable = true;
+        self.make_durable(&mut st)
+    }
+
+    /// fsyncdir(2), and sync of the whole volume.
+    pub fn sync_dir(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        st.since_durable = true;
+        self.make_durable(&mut st)
+    }
+
+    /// Writes back every file and commits durably. `final_` also cuts the trailing partial
+    /// chunk of files still being written (unmount); the periodic flusher keeps those tails
+    /// in memory so a streaming writer's chunks do not depend on flush timing.
+    pub fn sync_all(&self, final_: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        let inos: Vec<Ino> = st.open.keys().copied().collect();
+        let mut first_err = None;
+        for ino in inos {
+            let final_here = final_ || st.open.get(&ino).is_some_and(|o| o.opens == 0);
+            if let Err(e) = self.writeback(&mut st, ino, final_here) {
+                tracing::error!(ino, "write-back failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        st.open
+            .retain(|_, o| o.opens > 0 || !o.dirty.is_empty() || o.attr_dirty);
+        self.make_durable(&mut st)?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes of data a file holds (its st_blocks): committed chunks plus dirty bytes.
+    pub fn allocated(&self, ino: Ino) -> Result<u64> {
+        let dirty = {
+            let st = self.state.lock();
+            st.open
+                .get(&ino)
+                .map(|o| o.dirty.bytes() as u64)
+                .unwrap_or(0)
+        };
+        Ok(self.meta.begin_read()?.allocated(ino)? + dirty)
+    }
+
+    /// flush(2) at close: writes the file back so its chunks are cut and committed.
+    pub fn flush(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        self.writeback(&mut st, ino, true)
+    }
+
+    /// Clears set-user-ID and set-group-ID after a write by an unprivileged writer, as the
+    /// kernel asks with FUSE_WRITE_KILL_SUIDGID.
+    pub fn kill_suid(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        let o = self.open_entry(&mut st, ino)?;
+        let bits = (libc::S_ISUID | libc::S_ISGID) as u16;
+        if o.attr.perm & bits != 0 {
+            o.attr.perm &= !bits;
+            o.attr_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Figures for `stats`: logical, referenced and physical bytes, chunk count.
+    pub fn usage(&self) -> Result<Usage> {
+        usage_of(&self.meta)
+    }
+}
+
+/// Space accounting of a store.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Sum of the apparent sizes of regular files.
+    pub logical_bytes: u64,
+    /// Sum of the lengths of all chunk references (data that is not a hole).
+    pub referenced_bytes: u64,
+    /// Sum of the lengths of distinct live chunks: what the store holds.
+    pub physical_bytes: u64,
+    pub chunk_count: u64,
+    pub files: u64,
+}
+
+pub fn usage_of(m: &MetaDb) -> Result<Usage> {
+    let r = m.begin_read()?;
+    let mut u = Usage {
+        referenced_bytes: r.counter(meta::C_REFERENCED)?,
+        physical_bytes: r.counter(meta::C_PHYSICAL)?,
+        chunk_count: r.counter(meta::C_CHUNKS)?,
+        ..Usage::default()
+    };
+    r.for_each_inode(&mut |_, a| {
+        if a.kind == Kind::File {
+            u.logical_bytes += a.size;
+            u.files += 1;
+        }
+        Ok(())
+    })?;
+    Ok(u)
+}

@@ -1,0 +1,25 @@
+//! dedupfs: a FUSE filesystem that stores file data as content-defined chunks, once each.
+//!
+//! Modules in dependency order (each depends only on those above it):
+//! - [`error`]: typed errors and the one errno table.
+//! - [`hash`]: `ChunkId`, the blake3 name of a chunk.
+//! - [`chunker`]: FastCDC parameters and cut points (boundaries are on-disk format).
+//! - [`store`]: the `ChunkStore` trait (local dir, memory, fault-injecting) and the verified
+//!   mmap LRU cache (the crate's only `unsafe`).
+//! - [`meta`]: metadata in redb: inodes, dirents, extents, refcounts, xattrs.
+//! - [`fs`]: the filesystem core, FUSE-free, every operation returns `Result`.
+//! - [`volume`]: the store directory, its marker and its lock.
+//! - [`maint`]: fsck, gc and stats as report structs.
+//! - [`fuse`]: the thin fuser adapter.
+//! - [`cli`]: subcommands and report rendering.
+
+pub mod chunker;
+pub mod cli;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod hash;
+pub mod maint;
+pub mod meta;
+pub mod store;
+pub mod volume;

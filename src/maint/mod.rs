@@ -1,0 +1,4 @@
+//! Maintenance commands. Each returns a report struct; the CLI renders it and derives its
+//! exit code from it.
+
+pub mod stats;

@@ -1,0 +1,642 @@
+//! Metadata in redb: inodes, directory entries, chunk lists (extents), chunk refcounts,
+//! symlink targets, xattrs and orphans. The schema is in docs/design.md.
+//!
+//! Invariants kept here:
+//! - a chunk's refcount equals the number of extents (over all inodes) that name it;
+//! - a chunk whose refcount fell to 0 is listed in `zero_refs` until its file is removed, which
+//!   happens only after a durable commit (so a crash can never revert to metadata that
+//!   references a removed chunk);
+//! - `counters` hold the physical bytes and chunk count of live chunks, and referenced bytes.
+
+pub mod attr;
+
+pub use attr::{Attr, Kind, Ts};
+
+use crate::chunker::ChunkParams;
+use crate::error::{FsError, Ino, Result};
+use crate::hash::ChunkId;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+
+/// Schema version of the metadata database. Bump on any incompatible change to a table.
+pub const FORMAT_VERSION: u64 = 1;
+pub const ROOT_INO: Ino = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u8)> = TableDefinition::new("dirents");
+const EXTENTS: TableDefinition<(u64, u64), (&[u8; 32], u32)> = TableDefinition::new("extents");
+const CHUNKS: TableDefinition<&[u8; 32], (u64, u32)> = TableDefinition::new("chunks");
+const ZERO_REFS: TableDefinition<&[u8; 32], ()> = TableDefinition::new("zero_refs");
+const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks");
+const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
+const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+/// Bytes of chunk data referenced by each regular file (its st_blocks, holes excluded).
+const ALLOCATED: TableDefinition<u64, u64> = TableDefinition::new("allocated");
+
+pub const C_PHYSICAL: &str = "physical_bytes";
+pub const C_CHUNKS: &str = "chunk_count";
+pub const C_REFERENCED: &str = "referenced_bytes";
+
+/// One entry of a file's chunk list: bytes `[offset, offset+len)` are chunk `id`.
+/// Offsets not covered by any extent are holes and read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+pub struct MetaDb {
+    db: Database,
+}
+
+fn kind_of(code: u8) -> Result<Kind> {
+    Kind::from_code(code).ok_or_else(|| FsError::Corrupt(format!("bad kind {code} in dirent")))
+}
+
+impl MetaDb {
+    /// Creates a new database with an empty root directory.
+    pub fn create(path: &Path, params: ChunkParams, uid: u32, gid: u32) -> Result<MetaDb> {
+        let db = Database::create(path)?;
+        let meta = MetaDb { db };
+        let mut tx = meta.begin_write()?;
+        tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
+        let p = serde_json::to_vec(&params).map_err(|e| FsError::Corrupt(e.to_string()))?;
+        tx.set_meta("chunk_params", &p)?;
+        tx.set_meta("next_ino", &(ROOT_INO + 1).to_le_bytes())?;
+        let mut root = Attr::new(Kind::Dir, 0o755, uid, gid);
+        root.nlink = 2;
+        root.parent = ROOT_INO;
+        tx.put_inode(ROOT_INO, &root)?;
+        // Touch every table so read transactions never meet a missing one.
+        {
+            let t = &tx.tx;
+            t.open_table(COUNTERS)?;
+            t.open_table(DIRENTS)?;
+            t.open_table(EXTENTS)?;
+            t.open_table(CHUNKS)?;
+            t.open_table(ZERO_REFS)?;
+            t.open_table(SYMLINKS)?;
+            t.open_table(XATTRS)?;
+            t.open_table(ORPHANS)?;
+            t.open_table(ALLOCATED)?;
+        }
+        tx.commit(true)?;
+        Ok(meta)
+    }
+
+    /// Opens an existing database, checking its format version.
+    pub fn open(path: &Path) -> Result<MetaDb> {
+        let db = Database::open(path)?;
+        let meta = MetaDb { db };
+        let version = {
+            let r = meta.begin_read()?;
+            r.meta_u64("format_version")?
+        };
+        match version {
+            Some(FORMAT_VERSION) => Ok(meta),
+            Some(v) if v > FORMAT_VERSION => Err(FsError::Corrupt(format!(
+                "store format version {v} is newer than this dedupfs supports ({FORMAT_VERSION}); upgrade dedupfs"
+            ))),
+            Some(v) => Err(FsError::Corrupt(format!(
+                "store format version {v} is not supported"
+            ))),
+            None => Err(FsError::Corrupt("metadata has no format version".into())),
+        }
+    }
+
+    pub fn begin_write(&self) -> Result<WTx> {
+        Ok(WTx {
+            tx: self.db.begin_write()?,
+        })
+    }
+
+    pub fn begin_read(&self) -> Result<RTx> {
+        Ok(RTx {
+            tx: self.db.begin_read()?,
+        })
+    }
+
+    /// A durable empty commit: makes every earlier non-durable commit durable.
+    pub fn make_durable(&self) -> Result<()> {
+        self.begin_write()?.commit(true)
+    }
+
+    pub fn chunk_params(&self) -> Result<ChunkParams> {
+        let r = self.begin_read()?;
+        let raw = r
+            .meta("chunk_params")?
+            .ok_or_else(|| FsError::Corrupt("no chunk_params".into()))?;
+        serde_json::from_slice(&raw).map_err(|e| FsError::Corrupt(e.to_string()))
+    }
+}
+
+/// Shared read operations of read and write transactions, over any readable tables.
+macro_rules! read_ops {
+    () => {
+        pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            let t = self.tx.open_table(META)?;
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        }
+
+        pub fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
+            Ok(self
+                .meta(key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_le_bytes))
+        }
+
+        pub fn counter(&self, key: &str) -> Result<u64> {
+            let t = self.tx.open_table(COUNTERS)?;
+            Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
+        }
+
+        pub fn inode(&self, ino: Ino) -> Result<Option<Attr>> {
+            let t = self.tx.open_table(INODES)?;
+            match t.get(ino)? {
+                Some(v) => Ok(Some(Attr::decode(v.value())?)),
+                None => Ok(None),
+            }
+        }
+
+        /// Every inode, in inode order (maintenance and stats).
+        pub fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Attr) -> Result<()>) -> Result<()> {
+            let t = self.tx.open_table(INODES)?;
+            for r in t.iter()? {
+                let (k, v) = r?;
+                f(k.value(), Attr::decode(v.value())?)?;
+            }
+            Ok(())
+        }
+
+        pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+            let t = self.tx.open_table(DIRENTS)?;
+            match t.get((parent, name))? {
+                Some(v) => {
+                    let (ino, k) = v.value();
+                    Ok(Some((ino, kind_of(k)?)))
+                }
+                None => Ok(None),
+            }
+        }
+
+        pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+            let t = self.tx.open_table(DIRENTS)?;
+            let mut out = Vec::new();
+            let empty: &[u8] = &[];
+            for r in t.range((dir, empty)..)? {
+                let (k, v) = r?;
+                let (p, name) = k.value();
+                if p != dir {
+                    break;
+                }
+                let (ino, kind) = v.value();
+                out.push(DirEntry {
+                    name: name.to_vec(),
+                    ino,
+                    kind: kind_of(kind)?,
+                });
+            }
+            Ok(out)
+        }
+
+        pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
+            let t = self.tx.open_table(DIRENTS)?;
+            let empty: &[u8] = &[];
+            let first = t.range((dir, empty)..)?.next();
+            match first {
+                Some(r) => Ok(r?.0.value().0 != dir),
+                None => Ok(true),
+            }
+        }
+
+        /// Extents of `ino` that overlap `[from, to)`, in offset order.
+        pub fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
+            let t = self.tx.open_table(EXTENTS)?;
+            let mut out = Vec::new();
+            if from >= to {
+                return Ok(out);
+            }
+            // The extent containing `from` starts at or before it: the last key <= from.
+            if let Some(r) = t.range((ino, 0)..=(ino, from))?.next_back() {
+                let (k, v) = r?;
+                let (id, len) = v.value();
+                let e = Extent {
+                    offset: k.value().1,
+                    id: ChunkId(*id),
+                    len,
+                };
+                if e.end() > from {
+                    out.push(e);
+                }
+            }
+            if from < u64::MAX {
+                for r in t.range((ino, from + 1)..(ino, to))? {
+                    let (k, v) = r?;
+                    let (id, len) = v.value();
+                    out.push(Extent {
+                        offset: k.value().1,
+                        id: ChunkId(*id),
+                        len,
+                    });
+                }
+            }
+            Ok(out)
+        }
+
+        /// The extent that ends exactly at `offset`, if any (used to extend a re-chunk region
+        /// backwards over a short tail chunk).
+        pub fn extent_ending_at(&self, ino: Ino, offset: u64) -> Result<Option<Extent>> {
+            if offset == 0 {
+                return Ok(None);
+            }
+            Ok(self
+                .extents(ino, offset - 1, offset)?
+                .into_iter()
+                .find(|e| e.end() == offset))
+        }
+
+        /// All extents of an inode.
+        pub fn all_extents(&self, ino: Ino) -> Result<Vec<Extent>> {
+            self.extents(ino, 0, u64::MAX)
+        }
+
+        /// Refcount and length of a chunk, if the metadata knows it.
+        pub fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>> {
+            let t = self.tx.open_table(CHUNKS)?;
+            Ok(t.get(&id.0)?.map(|v| v.value()))
+        }
+
+        pub fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, u64, u32)) -> Result<()> {
+            let t = self.tx.open_table(CHUNKS)?;
+            for r in t.iter()? {
+                let (k, v) = r?;
+                let (rc, len) = v.value();
+                f(ChunkId(*k.value()), rc, len);
+            }
+            Ok(())
+        }
+
+        pub fn for_each_extent(&self, f: &mut dyn FnMut(Ino, Extent)) -> Result<()> {
+            let t = self.tx.open_table(EXTENTS)?;
+            for r in t.iter()? {
+                let (k, v) = r?;
+                let (ino, offset) = k.value();
+                let (id, len) = v.value();
+                f(
+                    ino,
+                    Extent {
+                        offset,
+                        id: ChunkId(*id),
+                        len,
+                    },
+                );
+            }
+            Ok(())
+        }
+
+        pub fn for_each_dirent(&self, f: &mut dyn FnMut(Ino, &[u8], Ino, Kind)) -> Result<()> {
+            let t = self.tx.open_table(DIRENTS)?;
+            for r in t.iter()? {
+                let (k, v) = r?;
+                let (parent, name) = k.value();
+                let (ino, kind) = v.value();
+                f(parent, name, ino, kind_of(kind)?);
+            }
+            Ok(())
+        }
+
+        pub fn zero_refs(&self) -> Result<Vec<ChunkId>> {
+            let t = self.tx.open_table(ZERO_REFS)?;
+            let mut out = Vec::new();
+            for r in t.iter()? {
+                out.push(ChunkId(*r?.0.value()));
+            }
+            Ok(out)
+        }
+
+        pub fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+            let t = self.tx.open_table(SYMLINKS)?;
+            Ok(t.get(ino)?.map(|v| v.value().to_vec()))
+        }
+
+        pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+            let t = self.tx.open_table(XATTRS)?;
+            Ok(t.get((ino, name))?.map(|v| v.value().to_vec()))
+        }
+
+        pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+            let t = self.tx.open_table(XATTRS)?;
+            let empty: &[u8] = &[];
+            let mut out = Vec::new();
+            for r in t.range((ino, empty)..)? {
+                let (k, _) = r?;
+                let (i, name) = k.value();
+                if i != ino {
+                    break;
+                }
+                out.push(name.to_vec());
+            }
+            Ok(out)
+        }
+
+        /// Bytes of data (not holes) that the chunk list of `ino` covers.
+        pub fn allocated(&self, ino: Ino) -> Result<u64> {
+            let t = self.tx.open_table(ALLOCATED)?;
+            Ok(t.get(ino)?.map(|v| v.value()).unwrap_or(0))
+        }
+
+        pub fn orphans(&self) -> Result<Vec<Ino>> {
+            let t = self.tx.open_table(ORPHANS)?;
+            let mut out = Vec::new();
+            for r in t.iter()? {
+                out.push(r?.0.value());
+            }
+            Ok(out)
+        }
+    };
+}
+
+pub struct RTx {
+    tx: redb::ReadTransaction,
+}
+
+impl RTx {
+    read_ops!();
+}
+
+pub struct WTx {
+    tx: redb::WriteTransaction,
+}
+
+impl WTx {
+    read_ops!();
+
+    /// Commits. `durable` commits fsync the database; others become durable with the next
+    /// durable commit. The caller must have synced the chunk store before a durable commit.
+    pub fn commit(mut self, durable: bool) -> Result<()> {
+        self.tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.tx.open_table(META)?.insert(key, value)?;
+        Ok(())
+    }
+
+    fn add_counter(&mut self, key: &str, delta: i64) -> Result<()> {
+        let mut t = self.tx.open_table(COUNTERS)?;
+        let cur = t.get(key)?.map(|v| v.value()).unwrap_or(0);
+        t.insert(key, cur.saturating_add_signed(delta))?;
+        Ok(())
+    }
+
+    pub fn set_counter(&mut self, key: &str, value: u64) -> Result<()> {
+        self.tx.open_table(COUNTERS)?.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn alloc_ino(&mut self) -> Result<Ino> {
+        let next = self
+            .meta_u64("next_ino")?
+            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?;
+        self.set_meta("next_ino", &(next + 1).to_le_bytes())?;
+        Ok(next)
+    }
+
+    pub fn put_inode(&mut self, ino: Ino, attr: &Attr) -> Result<()> {
+        self.tx
+            .open_table(INODES)?
+            .insert(ino, attr.encode().as_slice())?;
+        Ok(())
+    }
+
+    /// Removes an inode and everything it owns: extents (dropping chunk references),
+    /// symlink target, xattrs, orphan mark.
+    pub fn delete_inode(&mut self, ino: Ino) -> Result<()> {
+        let extents = self.all_extents(ino)?;
+        self.replace_extents(ino, &extents, &[])?;
+        self.tx.open_table(INODES)?.remove(ino)?;
+        self.tx.open_table(SYMLINKS)?.remove(ino)?;
+        for name in self.xattr_names(ino)? {
+            self.tx.open_table(XATTRS)?.remove((ino, name.as_slice()))?;
+        }
+        self.tx.open_table(ORPHANS)?.remove(ino)?;
+        Ok(())
+    }
+
+    pub fn put_dirent(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: Kind) -> Result<()> {
+        self.tx
+            .open_table(DIRENTS)?
+            .insert((parent, name), (ino, kind.code()))?;
+        Ok(())
+    }
+
+    pub fn del_dirent(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.tx.open_table(DIRENTS)?.remove((parent, name))?;
+        Ok(())
+    }
+
+    /// Replaces extents `old` (which must exist) by `new` in one step. References are taken
+    /// on the new chunks before the old ones are dropped, so a chunk present in both never
+    /// reaches refcount 0. Every chunk named in `new` must already be registered with
+    /// [`WTx::register_chunk`] or be live.
+    pub fn replace_extents(&mut self, ino: Ino, old: &[Extent], new: &[Extent]) -> Result<()> {
+        {
+            let mut t = self.tx.open_table(EXTENTS)?;
+            for e in old {
+                t.remove((ino, e.offset))?;
+            }
+            for e in new {
+                t.insert((ino, e.offset), (&e.id.0, e.len))?;
+            }
+        }
+        let added: u64 = new.iter().map(|e| e.len as u64).sum();
+        let removed: u64 = old.iter().map(|e| e.len as u64).sum();
+        if added != removed {
+            let mut t = self.tx.open_table(ALLOCATED)?;
+            let cur = t.get(ino)?.map(|v| v.value()).unwrap_or(0);
+            let next = (cur + added).saturating_sub(removed);
+            if next == 0 {
+                t.remove(ino)?;
+            } else {
+                t.insert(ino, next)?;
+            }
+        }
+        for e in new {
+            self.add_ref(&e.id, e.len)?;
+        }
+        for e in old {
+            self.drop_ref(&e.id)?;
+        }
+        Ok(())
+    }
+
+    fn add_ref(&mut self, id: &ChunkId, len: u32) -> Result<()> {
+        let prev = {
+            let mut t = self.tx.open_table(CHUNKS)?;
+            let prev = t.get(&id.0)?.map(|v| v.value());
+            let rc = prev.map(|(rc, _)| rc).unwrap_or(0);
+            t.insert(&id.0, (rc + 1, len))?;
+            prev
+        };
+        if prev.map(|(rc, _)| rc).unwrap_or(0) == 0 {
+            self.tx.open_table(ZERO_REFS)?.remove(&id.0)?;
+            self.add_counter(C_PHYSICAL, len as i64)?;
+            self.add_counter(C_CHUNKS, 1)?;
+        }
+        self.add_counter(C_REFERENCED, len as i64)
+    }
+
+    fn drop_ref(&mut self, id: &ChunkId) -> Result<()> {
+        let (rc, len) = self
+            .chunk(id)?
+            .ok_or_else(|| FsError::Corrupt(format!("extent names unknown chunk {id}")))?;
+        let rc = rc.saturating_sub(1);
+        self.tx.open_table(CHUNKS)?.insert(&id.0, (rc, len))?;
+        if rc == 0 {
+            self.tx.open_table(ZERO_REFS)?.insert(&id.0, ())?;
+            self.add_counter(C_PHYSICAL, -(len as i64))?;
+            self.add_counter(C_CHUNKS, -1)?;
+        }
+        self.add_counter(C_REFERENCED, -(len as i64))
+    }
+
+    /// Forgets a chunk whose refcount is 0 (its file has been removed).
+    pub fn forget_chunk(&mut self, id: &ChunkId) -> Result<()> {
+        if let Some((0, _)) = self.chunk(id)? {
+            self.tx.open_table(CHUNKS)?.remove(&id.0)?;
+        }
+        self.tx.open_table(ZERO_REFS)?.remove(&id.0)?;
+        Ok(())
+    }
+
+    /// Sets a chunk's refcount directly (fsck repair).
+    pub fn set_chunk_ref(&mut self, id: &ChunkId, rc: u64, len: u32) -> Result<()> {
+        self.tx.open_table(CHUNKS)?.insert(&id.0, (rc, len))?;
+        if rc == 0 {
+            self.tx.open_table(ZERO_REFS)?.insert(&id.0, ())?;
+        } else {
+            self.tx.open_table(ZERO_REFS)?.remove(&id.0)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_symlink(&mut self, ino: Ino, target: &[u8]) -> Result<()> {
+        self.tx.open_table(SYMLINKS)?.insert(ino, target)?;
+        Ok(())
+    }
+
+    pub fn set_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
+        self.tx.open_table(XATTRS)?.insert((ino, name), value)?;
+        Ok(())
+    }
+
+    pub fn remove_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<bool> {
+        Ok(self.tx.open_table(XATTRS)?.remove((ino, name))?.is_some())
+    }
+
+    pub fn add_orphan(&mut self, ino: Ino) -> Result<()> {
+        self.tx.open_table(ORPHANS)?.insert(ino, ())?;
+        Ok(())
+    }
+
+    pub fn remove_orphan(&mut self, ino: Ino) -> Result<()> {
+        self.tx.open_table(ORPHANS)?.remove(ino)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, MetaDb) {
+        let d = tempfile::tempdir().unwrap();
+        let m = MetaDb::create(&d.path().join("m.redb"), ChunkParams::default(), 0, 0).unwrap();
+        (d, m)
+    }
+
+    #[test]
+    fn extents_lookup_finds_the_containing_extent() {
+        let (_d, m) = db();
+        let a = ChunkId::of(b"a");
+        let b = ChunkId::of(b"b");
+        let mut tx = m.begin_write().unwrap();
+        let ex = [
+            Extent {
+                offset: 0,
+                id: a,
+                len: 100,
+            },
+            Extent {
+                offset: 100,
+                id: b,
+                len: 50,
+            },
+            Extent {
+                offset: 1000,
+                id: a,
+                len: 100,
+            },
+        ];
+        tx.replace_extents(7, &[], &ex).unwrap();
+        tx.commit(false).unwrap();
+        let r = m.begin_read().unwrap();
+        assert_eq!(r.extents(7, 120, 130).unwrap(), vec![ex[1]]);
+        assert_eq!(r.extents(7, 150, 1000).unwrap(), vec![]);
+        assert_eq!(r.extents(7, 99, 1001).unwrap(), ex.to_vec());
+        assert_eq!(r.chunk(&a).unwrap(), Some((2, 100)));
+        assert_eq!(r.counter(C_PHYSICAL).unwrap(), 150);
+        assert_eq!(r.counter(C_REFERENCED).unwrap(), 250);
+    }
+
+    #[test]
+    fn dropping_the_last_reference_lists_the_chunk_for_removal() {
+        let (_d, m) = db();
+        let a = ChunkId::of(b"a");
+        let e = Extent {
+            offset: 0,
+            id: a,
+            len: 1,
+        };
+        let mut tx = m.begin_write().unwrap();
+        tx.replace_extents(5, &[], &[e]).unwrap();
+        tx.replace_extents(5, &[e], &[]).unwrap();
+        assert_eq!(tx.zero_refs().unwrap(), vec![a]);
+        assert_eq!(tx.counter(C_CHUNKS).unwrap(), 0);
+        tx.replace_extents(6, &[], &[e]).unwrap();
+        assert!(tx.zero_refs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn newer_format_version_is_refused() {
+        let (d, m) = db();
+        let mut tx = m.begin_write().unwrap();
+        tx.set_meta("format_version", &99u64.to_le_bytes()).unwrap();
+        tx.commit(true).unwrap();
+        drop(m);
+        let err = MetaDb::open(&d.path().join("m.redb")).err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

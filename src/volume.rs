@@ -1,0 +1,142 @@
+//! The store directory: layout, creation, identification and the mount lock.
+//!
+//! ```text
+//! STORE/DEDUPFS        marker: "dedupfs store" and the format version
+//! STORE/meta.redb      metadata database (meta::MetaDb)
+//! STORE/chunks/        chunk files (store::LocalDirStore)
+//! STORE/lock           flock(2)ed exclusively by the process that has the store open
+//! STORE/stats.json     usage published by a mounted daemon after each durable commit
+//! ```
+
+use crate::chunker::ChunkParams;
+use crate::error::FsError;
+use crate::fs::Usage;
+use crate::meta::{FORMAT_VERSION, MetaDb};
+use crate::store::LocalDirStore;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MARKER: &str = "DEDUPFS";
+const MARKER_TEXT: &str = "dedupfs store\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("store {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a dedupfs store (no {MARKER} marker)")]
+    Foreign(PathBuf),
+    #[error("{0} already exists and is not empty; refusing to create a store there")]
+    NotEmpty(PathBuf),
+    #[error("store {0} is in use by another dedupfs process (already mounted?)")]
+    Locked(PathBuf),
+    #[error("store {path}: {err}")]
+    Meta { path: PathBuf, err: FsError },
+    #[error("store {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
+    move |err| VolumeError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// An open store, locked against other processes for as long as it lives.
+pub struct Volume {
+    pub dir: PathBuf,
+    pub meta: MetaDb,
+    pub chunks: Arc<LocalDirStore>,
+    pub lock: File,
+}
+
+/// Creates an empty store at `dir` (which may exist if empty).
+pub fn init(dir: &Path, params: ChunkParams) -> Result<(), VolumeError> {
+    if dir.exists() {
+        let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
+        if entries.next().is_some() {
+            return Err(VolumeError::NotEmpty(dir.to_path_buf()));
+        }
+    } else {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    fs::create_dir_all(dir.join("chunks")).map_err(io_err(dir))?;
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    MetaDb::create(&dir.join("meta.redb"), params, uid, gid).map_err(|err| VolumeError::Meta {
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    // The marker is written last: a store without it was never finished.
+    fs::write(
+        dir.join(MARKER),
+        format!("{MARKER_TEXT}format {FORMAT_VERSION}\n"),
+    )
+    .map_err(io_err(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(())
+}
+
+/// Checks that `dir` is a store and takes its lock (non-blocking).
+pub fn lock(dir: &Path) -> Result<File, VolumeError> {
+    if !dir.is_dir() {
+        return Err(VolumeError::Missing(dir.to_path_buf()));
+    }
+    match fs::read_to_string(dir.join(MARKER)) {
+        Ok(s) if s.starts_with(MARKER_TEXT) => {}
+        _ => return Err(VolumeError::Foreign(dir.to_path_buf())),
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(io_err(dir))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(VolumeError::Locked(dir.to_path_buf())),
+        Err(e) => Err(VolumeError::Io {
+            path: dir.to_path_buf(),
+            err: e.into(),
+        }),
+    }
+}
+
+/// Opens a store for exclusive use.
+pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
+    let lock = lock(dir)?;
+    let meta = MetaDb::open(&dir.join("meta.redb")).map_err(|err| VolumeError::Meta {
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    let chunks = LocalDirStore::open(&dir.join("chunks")).map_err(|err| VolumeError::Meta {
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    Ok(Volume {
+        dir: dir.to_path_buf(),
+        meta,
+        chunks: Arc::new(chunks),
+        lock,
+    })
+}
+
+/// Publishes usage figures for `stats` on a mounted store (atomically, by rename).
+pub fn publish_stats(dir: &Path, usage: &Usage) -> io::Result<()> {
+    let tmp = dir.join("stats.json.tmp");
+    let json = serde_json::to_vec_pretty(usage).map_err(io::Error::other)?;
+    fs::write(&tmp, json)?;
+    fs::rename(tmp, dir.join("stats.json"))
+}
+
+/// Reads the usage figures a mounted daemon published.
+pub fn read_published_stats(dir: &Path) -> io::Result<Usage> {
+    let raw = fs::read(dir.join("stats.json"))?;
+    serde_json::from_slice(&raw).map_err(io::Error::other)
+}
