@@ -6,9 +6,10 @@ use crate::fs::{Caller, Fs, RenameFlags as CoreRename, SeekWhence, SetAttr, Time
 use crate::meta::{Attr, Kind, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -24,11 +25,26 @@ const MAX_WRITE: u32 = 1 << 20;
 
 pub struct DedupFuse {
     fs: Arc<Fs>,
+    /// Open files with FOPEN_DIRECT_IO: writes and reads skip the page cache (measured 2-5x
+    /// faster through FUSE). Only when the kernel can still mmap such files
+    /// (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+): git, sqlite and executables need mmap.
+    direct_io: bool,
 }
 
 impl DedupFuse {
     pub fn new(fs: Arc<Fs>) -> DedupFuse {
-        DedupFuse { fs }
+        DedupFuse {
+            fs,
+            direct_io: false,
+        }
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        if self.direct_io {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
     }
 }
 
@@ -122,6 +138,10 @@ impl Filesystem for DedupFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        self.direct_io = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        tracing::info!(direct_io = self.direct_io, "FUSE session initialised");
         Ok(())
     }
 
@@ -281,7 +301,7 @@ impl Filesystem for DedupFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, write) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -472,7 +492,7 @@ impl Filesystem for DedupFuse {
                 &self.attr(ino, &a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.open_flags(),
             ),
             Err(e) => reply.error(errno(&e)),
         }

@@ -1,9 +1,15 @@
 //! Dirty data of one file: written but not yet chunked and committed.
 //!
-//! A sorted map of non-overlapping byte ranges. A sequential writer appends to the last range
-//! in place, so streaming a file costs one copy into this buffer and nothing more.
+//! A sorted map of non-overlapping byte ranges (adjacent ranges may stay separate). A
+//! sequential writer appends to the last range in place, up to a segment, so streaming a
+//! file costs one copy into this buffer and nothing more.
 
 use std::collections::BTreeMap;
+
+/// Largest buffer an append grows in place. Fixed-size segments are reused by the allocator
+/// after write-back frees them, instead of fresh (slow to first touch) memory for one growing
+/// buffer per file.
+const SEGMENT: usize = 4 << 20;
 
 #[derive(Default, Debug)]
 pub struct DirtyMap {
@@ -26,28 +32,50 @@ impl DirtyMap {
             return;
         }
         let end = offset + data.len() as u64;
-        // Fast path: appending to the range that ends exactly here, with nothing after it.
-        if self.ranges.range(offset..).next().is_none()
-            && let Some((&start, buf)) = self.ranges.range_mut(..=offset).next_back()
-            && start + buf.len() as u64 == offset
-        {
-            buf.extend_from_slice(data);
-            self.bytes += data.len();
-            return;
+        let nothing_inside = self.ranges.range(offset..end).next().is_none();
+        let left = self
+            .ranges
+            .range_mut(..offset)
+            .next_back()
+            .map(|(&s, b)| (s, b));
+        if nothing_inside {
+            match left {
+                // Fast path: an append to the range ending here, while it has room.
+                Some((s, buf))
+                    if s + buf.len() as u64 == offset
+                        && buf.len() + data.len() <= SEGMENT.max(buf.capacity()) =>
+                {
+                    buf.extend_from_slice(data);
+                    self.bytes += data.len();
+                    return;
+                }
+                Some((s, buf)) if s + buf.len() as u64 > offset => {}
+                _ => {
+                    // Touches nothing: a new range. A writer appending past every range
+                    // probably goes on, so give it a whole segment to grow into.
+                    let appending = self.ranges.range(end..).next().is_none();
+                    let cap = if appending {
+                        data.len().max(SEGMENT)
+                    } else {
+                        data.len()
+                    };
+                    let mut v = Vec::with_capacity(cap);
+                    v.extend_from_slice(data);
+                    self.bytes += v.len();
+                    self.ranges.insert(offset, v);
+                    return;
+                }
+            }
         }
-        // General case: merge every range that overlaps or touches [offset, end].
+        // General case: merge every range that overlaps [offset, end) into one buffer.
         let mut new_start = offset;
-        let mut merged: Vec<(u64, Vec<u8>)> = Vec::new();
         if let Some((&s, buf)) = self.ranges.range(..offset).next_back()
-            && s + buf.len() as u64 >= offset
+            && s + buf.len() as u64 > offset
         {
             new_start = s;
         }
-        let keys: Vec<u64> = self
-            .ranges
-            .range(new_start..=end)
-            .map(|(&k, _)| k)
-            .collect();
+        let keys: Vec<u64> = self.ranges.range(new_start..end).map(|(&k, _)| k).collect();
+        let mut merged: Vec<(u64, Vec<u8>)> = Vec::new();
         for k in keys {
             if let Some(v) = self.ranges.remove(&k) {
                 self.bytes -= v.len();
@@ -69,24 +97,44 @@ impl DirtyMap {
         self.ranges.insert(new_start, buf);
     }
 
-    /// Copies dirty bytes overlapping `[offset, offset + out.len())` into `out`.
-    pub fn overlay(&self, offset: u64, out: &mut [u8]) {
-        let end = offset + out.len() as u64;
+    /// Records only the parts of `data` that no dirty range covers (older data going back
+    /// under newer writes).
+    fn write_under(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let covered: Vec<(u64, u64)> = self
+            .spans()
+            .into_iter()
+            .filter(|&(s, e)| s < end && e > offset)
+            .collect();
+        let mut p = offset;
+        for (s, e) in covered {
+            if s > p {
+                self.write(p, &data[(p - offset) as usize..(s - offset) as usize]);
+            }
+            p = p.max(e);
+        }
+        if p < end {
+            self.write(p, &data[(p - offset) as usize..]);
+        }
+    }
+
+    /// Copies of the dirty bytes inside `[from, to)`, as sorted ranges.
+    pub fn copy_range(&self, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
         let first = self
             .ranges
-            .range(..=offset)
+            .range(..=from)
             .next_back()
             .map(|(&k, _)| k)
-            .unwrap_or(offset);
-        for (&k, v) in self.ranges.range(first..end) {
-            let r_end = k + v.len() as u64;
-            let s = k.max(offset);
-            let e = r_end.min(end);
+            .unwrap_or(from);
+        let mut out = Vec::new();
+        for (&k, v) in self.ranges.range(first..to) {
+            let s = k.max(from);
+            let e = (k + v.len() as u64).min(to);
             if s < e {
-                out[(s - offset) as usize..(e - offset) as usize]
-                    .copy_from_slice(&v[(s - k) as usize..(e - k) as usize]);
+                out.push((s, v[(s - k) as usize..(e - k) as usize].to_vec()));
             }
         }
+        out
     }
 
     /// Drops dirty bytes at or beyond `size`.
@@ -115,12 +163,8 @@ impl DirtyMap {
     /// Puts back ranges taken with [`DirtyMap::take`] (after a failed write-back). Data
     /// written since the take wins over the restored bytes.
     pub fn restore(&mut self, ranges: Vec<(u64, Vec<u8>)>) {
-        let newer = self.take();
         for (k, v) in ranges {
-            self.write(k, &v);
-        }
-        for (k, v) in newer {
-            self.write(k, &v);
+            self.write_under(k, &v);
         }
     }
 
@@ -139,7 +183,10 @@ mod tests {
 
     fn read(d: &DirtyMap, off: u64, len: usize) -> Vec<u8> {
         let mut b = vec![b'.'; len];
-        d.overlay(off, &mut b);
+        for (k, v) in d.copy_range(off, off + len as u64) {
+            let at = (k - off) as usize;
+            b[at..at + v.len()].copy_from_slice(&v);
+        }
         b
     }
 
@@ -148,7 +195,7 @@ mod tests {
         let mut d = DirtyMap::default();
         d.write(10, b"aaaa");
         d.write(20, b"bbbb");
-        d.write(12, b"XXXXXXXXXX"); // 12..22 bridges both
+        d.write(12, b"XXXXXXXXXX"); // 12..22 overlaps both
         assert_eq!(read(&d, 8, 18), b"..aaXXXXXXXXXXbb..".to_vec());
         assert_eq!(d.spans(), vec![(10, 24)]);
         assert_eq!(d.bytes(), 14);

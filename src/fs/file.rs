@@ -8,12 +8,17 @@
 //! Overwriting 4 KiB in a large file therefore re-reads and re-hashes about one chunk, not
 //! the file.
 
-use super::{Fs, MAX_FILE_SIZE, OpenInode, State};
+use super::{Fs, Guard, MAX_FILE_SIZE, OpenInode, State};
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
-use crate::meta::{Extent, Kind, Ts, WTx};
-use std::collections::HashSet;
+use crate::meta::{Extent, Kind, MetaRead, RTx, Ts, WTx};
+use parking_lot::MutexGuard;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Chunks queued for prefetch after each read.
+const PREFETCH_CHUNKS: usize = 16;
 
 /// Bytes fetched from committed data per step while re-chunking.
 const FILL_STEP: usize = 256 * 1024;
@@ -24,12 +29,42 @@ pub enum SeekWhence {
     Hole,
 }
 
+/// Copies bytes of sorted, non-overlapping `ranges` that overlap `[offset, ..)` into `out`.
+fn overlay(ranges: &Ranges, offset: u64, out: &mut [u8]) {
+    let end = offset + out.len() as u64;
+    let first = ranges.partition_point(|r| r.0 + r.1.len() as u64 <= offset);
+    for (k, v) in &ranges[first..] {
+        if *k >= end {
+            break;
+        }
+        let s = (*k).max(offset);
+        let e = (k + v.len() as u64).min(end);
+        out[(s - offset) as usize..(e - offset) as usize]
+            .copy_from_slice(&v[(s - k) as usize..(e - k) as usize]);
+    }
+}
+
 fn is_zero(data: &[u8]) -> bool {
     data.iter().all(|&b| b == 0)
 }
 
 /// Dirty ranges being written back, sorted and non-overlapping.
 type Ranges = [(u64, Vec<u8>)];
+
+/// One re-chunked region: extents in `[start, end)` are replaced by `new`.
+struct Region {
+    start: u64,
+    end: u64,
+    new: Vec<Extent>,
+}
+
+/// Result of the unlocked phase of a write-back.
+#[derive(Default)]
+struct Prepared {
+    regions: Vec<Region>,
+    /// Trailing pieces without a final cut, to keep dirty.
+    tails: Vec<(u64, Vec<u8>)>,
+}
 
 impl Fs {
     pub(super) fn open_entry<'a>(&self, st: &'a mut State, ino: Ino) -> Result<&'a mut OpenInode> {
@@ -46,13 +81,21 @@ impl Fs {
                     attr_dirty: false,
                     dirty: Default::default(),
                     opens: 0,
+                    flushing: None,
+                    queued: false,
                 }))
             }
         }
     }
 
     /// Copies committed bytes of `ino` at `offset` into `buf`; holes read as zeros.
-    fn read_committed(&self, tx: &WTx, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_committed(
+        &self,
+        tx: &impl MetaRead,
+        ino: Ino,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let end = offset + buf.len() as u64;
         for e in tx.extents(ino, offset, end)? {
             let data = self.cache.get(&e.id, e.len as u64)?;
@@ -64,10 +107,13 @@ impl Fs {
         Ok(())
     }
 
+    /// Reads up to `size` bytes at `offset`. Committed chunks are read with the state lock
+    /// released (against a metadata snapshot taken under it, with chunk removal held off), so
+    /// reads run in parallel with each other and with write-back.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let st = self.state.lock();
-        let tx = self.meta.begin_write()?;
-        let attr = self.attr_in(&st, &tx, ino)?;
+        let snap = self.meta.begin_read()?;
+        let attr = self.attr_in(&st, &snap, ino)?;
         match attr.kind {
             Kind::File => {}
             Kind::Dir => return Err(FsError::IsDir),
@@ -77,13 +123,37 @@ impl Fs {
             return Ok(Vec::new());
         }
         let end = attr.size.min(offset.saturating_add(size as u64));
+        let (flushing, dirty) = match st.open.get(&ino) {
+            Some(o) => (o.flushing.clone(), o.dirty.copy_range(offset, end)),
+            None => (None, Vec::new()),
+        };
+        let _no_removal = self.removal.read();
+        drop(st);
         let mut buf = vec![0u8; (end - offset) as usize];
-        self.read_committed(&tx, ino, offset, &mut buf)?;
-        if let Some(o) = st.open.get(&ino) {
-            o.dirty.overlay(offset, &mut buf);
+        self.read_committed(&snap, ino, offset, &mut buf)?;
+        if let Some(f) = &flushing {
+            overlay(f, offset, &mut buf);
         }
-        drop(tx);
+        overlay(&dirty, offset, &mut buf);
+        self.prefetch_after(&snap, ino, end);
         Ok(buf)
+    }
+
+    /// Queues the chunks after `end` for loading by the prefetch threads, so a sequential
+    /// reader finds them verified in the cache (and a cold store is read with parallel I/O).
+    fn prefetch_after(&self, snap: &RTx, ino: Ino, end: u64) {
+        let Some(q) = &*self.prefetch.lock() else {
+            return;
+        };
+        let window = PREFETCH_CHUNKS as u64 * self.chunker.params().avg as u64;
+        let Ok(next) = snap.extents(ino, end, end + window) else {
+            return;
+        };
+        for e in next.into_iter().take(PREFETCH_CHUNKS) {
+            if !self.cache.contains(&e.id) && q.try_send((e.id, e.len)).is_err() {
+                break;
+            }
+        }
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
@@ -103,18 +173,32 @@ impl Fs {
         // write instead of growing memory without bound.
         if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit {
             self.writeback(&mut st, ino, false)?;
+        } else if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit / 4
+            && o.flushing.is_none()
+            && !o.queued
+            && let Some(bg) = &*self.background.lock()
+            && bg.try_send(ino).is_ok()
+        {
+            // Hand a quarter-budget to the background writer, so chunking overlaps with
+            // receiving the next writes.
+            o.queued = true;
         }
-        while st.dirty_total + data.len() > self.cfg.total_dirty_limit {
-            let victim = st
+        if st.dirty_total + data.len() > self.cfg.total_dirty_limit {
+            // Over the global budget: write back the largest files, completely (a kept tail
+            // would keep the budget full), until this write fits or nothing is left to flush.
+            let mut victims: Vec<(usize, Ino)> = st
                 .open
                 .iter()
                 .filter(|(_, o)| !o.dirty.is_empty())
-                .max_by_key(|(_, o)| o.dirty.bytes())
-                .map(|(&i, o)| (i, o.opens == 0));
-            let Some((victim, closed)) = victim else {
-                break;
-            };
-            self.writeback(&mut st, victim, closed)?;
+                .map(|(&i, o)| (o.dirty.bytes(), i))
+                .collect();
+            victims.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, victim) in victims {
+                if st.dirty_total + data.len() <= self.cfg.total_dirty_limit {
+                    break;
+                }
+                self.writeback(&mut st, victim, true)?;
+            }
         }
         let o = self.open_entry(&mut st, ino)?;
         let before = o.dirty.bytes();
@@ -129,52 +213,91 @@ impl Fs {
         Ok(data.len())
     }
 
+    /// Waits until no write-back of `ino` is in flight (the lock is released while waiting).
+    pub(super) fn wait_idle(&self, st: &mut Guard<'_>, ino: Ino) {
+        while st.open.get(&ino).is_some_and(|o| o.flushing.is_some()) {
+            self.flush_done.wait(st);
+        }
+    }
+
     /// Writes back the dirty data of `ino` and persists its attributes. With `final_` false,
     /// a trailing piece at end of file that has not reached a final cut stays dirty.
-    pub(super) fn writeback(&self, st: &mut State, ino: Ino, final_: bool) -> Result<()> {
+    ///
+    /// The expensive part (reading old chunks, cutting, hashing, storing) runs with the state
+    /// lock released, against a read snapshot of the metadata; the dirty ranges stay visible to
+    /// readers as `flushing` until the commit. Every operation that edits this inode's extents
+    /// waits for an in-flight write-back first (`wait_idle`), so the snapshot's extents are
+    /// still current when the commit replaces them.
+    pub(super) fn writeback(&self, st: &mut Guard<'_>, ino: Ino, final_: bool) -> Result<()> {
+        self.wait_idle(st, ino);
         let Some(o) = st.open.get_mut(&ino) else {
             return Ok(());
         };
+        o.queued = false;
         if o.dirty.is_empty() && !o.attr_dirty {
             return Ok(());
         }
-        let ranges = o.dirty.take();
+        let ranges = Arc::new(o.dirty.take());
         let taken: usize = ranges.iter().map(|(_, v)| v.len()).sum();
-        let attr = o.attr;
+        let size = o.attr.size;
+        o.flushing = Some(ranges.clone());
+        let prepared = self.meta.begin_read().and_then(|snap| {
+            MutexGuard::unlocked(st, || self.prepare(&snap, ino, &ranges, size, final_))
+        });
+        let result = prepared.and_then(|p| {
+            let mut tx = self.meta.begin_write()?;
+            for r in &p.regions {
+                let old = tx.extents(ino, r.start, r.end)?;
+                tx.replace_extents(ino, &old, &r.new)?;
+            }
+            if let Some(o) = st.open.get(&ino) {
+                tx.put_inode(ino, &o.attr)?;
+            }
+            tx.commit(false)?;
+            Ok(p.tails)
+        });
+        let st = &mut **st;
         st.dirty_total -= taken;
-        let result = self
-            .writeback_ranges(ino, &ranges, attr.size, final_)
-            .and_then(|(mut tx, tails)| {
-                tx.put_inode(ino, &attr)?;
-                tx.commit(false)?;
-                Ok(tails)
-            });
         let Some(o) = st.open.get_mut(&ino) else {
+            self.flush_done.notify_all();
             return result.map(|_| ());
         };
+        o.flushing = None;
         let before = o.dirty.bytes();
-        match result {
+        let out = match result {
             Ok(tails) => {
-                for (k, v) in tails {
-                    o.dirty.write(k, &v);
+                // Tails go back under anything written since the take.
+                o.dirty.restore(tails);
+                if o.dirty.is_empty() {
+                    o.attr_dirty = false;
                 }
-                o.attr_dirty = false;
-                st.dirty_total += o.dirty.bytes() - before;
                 st.since_durable = true;
                 Ok(())
             }
             Err(e) => {
-                o.dirty.restore(ranges);
-                st.dirty_total += o.dirty.bytes() - before;
+                o.dirty.restore(Arc::unwrap_or_clone(ranges));
                 Err(e)
             }
+        };
+        st.dirty_total += o.dirty.bytes() - before;
+        let unlinked_and_closed = o.attr.nlink == 0 && o.opens == 0;
+        self.flush_done.notify_all();
+        if unlinked_and_closed {
+            // Unlinked while this write-back was in flight: delete it now.
+            if let Some(o) = st.open.remove(&ino) {
+                st.dirty_total -= o.dirty.bytes();
+            }
+            let mut tx = self.meta.begin_write()?;
+            tx.delete_inode(ino)?;
+            tx.commit(false)?;
         }
+        out
     }
 
-    /// Stores a chunk unless committed metadata (or this write-back) already has it.
+    /// Stores a chunk unless committed metadata (or this operation) already has it.
     fn ensure_chunk(
         &self,
-        tx: &WTx,
+        tx: &impl MetaRead,
         written: &mut HashSet<ChunkId>,
         id: &ChunkId,
         data: &[u8],
@@ -195,7 +318,7 @@ impl Fs {
     #[allow(clippy::too_many_arguments)]
     fn fill(
         &self,
-        tx: &WTx,
+        snap: &impl MetaRead,
         ino: Ino,
         ranges: &Ranges,
         size: u64,
@@ -218,7 +341,7 @@ impl Fs {
                 }
             }
             let next_dirty = ranges.get(j).map(|r| r.0).unwrap_or(u64::MAX);
-            let Some(ext) = tx.extents(ino, p, p + 1)?.into_iter().next() else {
+            let Some(ext) = snap.extents(ino, p, p + 1)?.into_iter().next() else {
                 return Ok(true);
             };
             let e = ext.end().min(limit).min(next_dirty);
@@ -229,28 +352,86 @@ impl Fs {
         Ok(p >= size)
     }
 
-    /// Re-chunks the regions touched by `ranges` and replaces their extents, in a write
-    /// transaction returned uncommitted. Returns the tails kept dirty.
-    #[allow(clippy::type_complexity)]
-    fn writeback_ranges(
+    /// Re-chunks the regions touched by `ranges` against the snapshot `snap`: cuts on this
+    /// thread while a helper thread hashes and stores the chunks (on two cores, chunking is the
+    /// bottleneck and never waits for storage). Nothing is committed here.
+    fn prepare(
         &self,
+        snap: &RTx,
         ino: Ino,
         ranges: &Ranges,
         size: u64,
         final_: bool,
-    ) -> Result<(WTx, Vec<(u64, Vec<u8>)>)> {
-        let mut tx = self.meta.begin_write()?;
+    ) -> Result<Prepared> {
+        std::thread::scope(|scope| {
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(32);
+            let hasher = scope.spawn(move || -> Result<HashMap<u64, (ChunkId, u32)>> {
+                let mut written = HashSet::new();
+                let mut out = HashMap::new();
+                let mut failed = None;
+                for (offset, data) in job_rx {
+                    // Keep draining after a failure so the cutter never blocks on a full queue.
+                    if failed.is_some() {
+                        continue;
+                    }
+                    let id = ChunkId::of(&data);
+                    match self.ensure_chunk(snap, &mut written, &id, &data) {
+                        Ok(()) => {
+                            out.insert(offset, (id, data.len() as u32));
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok(out),
+                }
+            });
+            let cut = self.cut_regions(snap, ino, ranges, size, final_, &job_tx);
+            drop(job_tx);
+            let hashed = hasher
+                .join()
+                .map_err(|_| FsError::Corrupt("chunk hashing thread panicked".into()))?;
+            let mut prepared = cut?;
+            let hashed = hashed?;
+            for r in &mut prepared.regions {
+                for e in &mut r.new {
+                    let (id, len) = hashed
+                        .get(&e.offset)
+                        .copied()
+                        .ok_or_else(|| FsError::Corrupt("chunk lost between threads".into()))?;
+                    e.id = id;
+                    e.len = len;
+                }
+            }
+            Ok(prepared)
+        })
+    }
+
+    /// The cutting half of [`Fs::prepare`]: finds each region and its cut points, sends every
+    /// non-zero chunk to `jobs`, and returns regions whose extents await their ids.
+    fn cut_regions(
+        &self,
+        snap: &RTx,
+        ino: Ino,
+        ranges: &Ranges,
+        size: u64,
+        final_: bool,
+        jobs: &crossbeam_channel::Sender<(u64, Vec<u8>)>,
+    ) -> Result<Prepared> {
         let max = self.chunker.params().max as usize;
-        let mut tails = Vec::new();
-        let mut written = HashSet::new();
+        let mut out = Prepared::default();
         let mut i = 0;
         while i < ranges.len() {
             let d0 = ranges[i].0;
-            let s = match tx.extents(ino, d0, d0 + 1)?.first() {
+            let s = match snap.extents(ino, d0, d0 + 1)?.first() {
                 Some(e) => e.offset,
-                None => match tx.extent_ending_at(ino, d0)? {
-                    Some(e) => e.offset,
-                    None => d0,
+                None => match snap.extent_ending_at(ino, d0)? {
+                    // Re-cut the chunk before: it may be a short tail cut by an earlier final
+                    // write-back, and an appender should end up with the boundaries of one
+                    // continuous write.
+                    Some(e) if out.regions.last().is_none_or(|r| r.end <= e.offset) => e.offset,
+                    _ => d0,
                 },
             };
             let mut window: Vec<u8> = Vec::with_capacity(max + FILL_STEP);
@@ -258,10 +439,10 @@ impl Fs {
             let mut pos = s;
             let mut run_ended = false;
             let mut new = Vec::new();
-            let region_end = loop {
+            let end = loop {
                 while !run_ended && window.len() - wstart < max {
                     let at = pos + (window.len() - wstart) as u64;
-                    run_ended = self.fill(&tx, ino, ranges, size, at, FILL_STEP, &mut window)?;
+                    run_ended = self.fill(snap, ino, ranges, size, at, FILL_STEP, &mut window)?;
                 }
                 let avail = &window[wstart..];
                 let Some(len) = self.chunker.next_cut(avail, run_ended) else {
@@ -271,16 +452,18 @@ impl Fs {
                 if !final_ && run_ended && len == avail.len() && c == size {
                     // A streaming writer's last piece: keep it dirty until more data or a
                     // final write-back decides its cut.
-                    tails.push((pos, avail.to_vec()));
+                    out.tails.push((pos, avail.to_vec()));
                     break c;
                 }
                 let data = &avail[..len];
                 if !is_zero(data) {
-                    let id = ChunkId::of(data);
-                    self.ensure_chunk(&tx, &mut written, &id, data)?;
+                    if jobs.send((pos, data.to_vec())).is_err() {
+                        // The hashing thread stopped on an error; it reports it.
+                        return Ok(out);
+                    }
                     new.push(Extent {
                         offset: pos,
-                        id,
+                        id: ChunkId([0; 32]),
                         len: len as u32,
                     });
                 }
@@ -298,7 +481,7 @@ impl Fs {
                 let j = ranges.partition_point(|r| r.0 < c);
                 let straddles = j > 0 && ranges[j - 1].0 + ranges[j - 1].1.len() as u64 > c;
                 if !straddles
-                    && tx
+                    && snap
                         .extents(ino, c, c + 1)?
                         .first()
                         .is_some_and(|e| e.offset == c)
@@ -306,11 +489,10 @@ impl Fs {
                     break c;
                 }
             };
-            let old = tx.extents(ino, s, region_end)?;
-            tx.replace_extents(ino, &old, &new)?;
-            i = ranges.partition_point(|r| r.0 < region_end).max(i + 1);
+            out.regions.push(Region { start: s, end, new });
+            i = ranges.partition_point(|r| r.0 < end).max(i + 1);
         }
-        Ok((tx, tails))
+        Ok(out)
     }
 
     /// Removes the data of `[a, b)` from the committed chunk list of `ino`, leaving a hole.
@@ -421,7 +603,7 @@ impl Fs {
     /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
     pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
         let st = self.state.lock();
-        let tx = self.meta.begin_write()?;
+        let tx = self.meta.begin_read()?;
         let attr = self.attr_in(&st, &tx, ino)?;
         if offset >= attr.size {
             return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));

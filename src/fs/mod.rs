@@ -16,10 +16,11 @@ pub use file::SeekWhence;
 
 use crate::chunker::{ChunkParams, Chunker};
 use crate::error::{FsError, Ino, Result};
-use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, ROOT_INO, Ts, WTx};
+use crate::hash::ChunkId;
+use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, MetaRead, ROOT_INO, Ts, WTx};
 use crate::store::{ChunkCache, ChunkStore, SpaceUsage};
 use dirty::DirtyMap;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub const NAME_MAX: usize = 255;
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// Tunables of a mounted filesystem.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FsConfig {
     /// Bytes of verified chunks kept in the read cache.
     pub cache_bytes: usize,
@@ -38,6 +39,20 @@ pub struct FsConfig {
     /// Dirty bytes all files together may hold.
     pub total_dirty_limit: usize,
     pub read_only: bool,
+    /// Called with fresh usage figures after every durable commit (the CLI publishes them
+    /// for `stats` on a mounted store).
+    pub on_durable: Option<Arc<dyn Fn(Usage) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for FsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsConfig")
+            .field("cache_bytes", &self.cache_bytes)
+            .field("file_dirty_limit", &self.file_dirty_limit)
+            .field("total_dirty_limit", &self.total_dirty_limit)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
 }
 
 impl Default for FsConfig {
@@ -47,6 +62,7 @@ impl Default for FsConfig {
             file_dirty_limit: 64 << 20,
             total_dirty_limit: 256 << 20,
             read_only: false,
+            on_durable: None,
         }
     }
 }
@@ -110,7 +126,16 @@ struct OpenInode {
     attr_dirty: bool,
     dirty: DirtyMap,
     opens: u32,
+    /// Ranges being written back right now, with the state lock released; reads see them
+    /// between the committed data and `dirty`.
+    flushing: Option<Arc<Ranges>>,
+    /// Queued for the background writer.
+    queued: bool,
 }
+
+type Guard<'a> = parking_lot::MutexGuard<'a, State>;
+/// Dirty ranges taken for write-back: sorted, non-overlapping.
+type Ranges = Vec<(u64, Vec<u8>)>;
 
 enum Handle {
     File { ino: Ino },
@@ -133,6 +158,15 @@ pub struct Fs {
     chunker: Chunker,
     cfg: FsConfig,
     state: Mutex<State>,
+    /// Signalled whenever a write-back finishes.
+    flush_done: Condvar,
+    /// Queue of the background writer, when started.
+    background: Mutex<Option<crossbeam_channel::Sender<Ino>>>,
+    /// Queue of the prefetch threads, when started.
+    prefetch: Mutex<Option<crossbeam_channel::Sender<(ChunkId, u32)>>>,
+    /// Held shared by readers between their metadata snapshot and their chunk loads, and
+    /// exclusively while chunk files are removed: a reader never loses a chunk it was promised.
+    removal: RwLock<()>,
 }
 
 fn check_name(name: &[u8]) -> Result<()> {
@@ -160,6 +194,10 @@ impl Fs {
                 next_fh: 1,
                 ..State::default()
             }),
+            flush_done: Condvar::new(),
+            background: Mutex::new(None),
+            prefetch: Mutex::new(None),
+            removal: RwLock::new(()),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -198,7 +236,7 @@ impl Fs {
     }
 
     /// Current attributes: the open copy if any, else the database's.
-    fn attr_in(&self, st: &State, tx: &WTx, ino: Ino) -> Result<Attr> {
+    fn attr_in(&self, st: &State, tx: &impl MetaRead, ino: Ino) -> Result<Attr> {
         if let Some(o) = st.open.get(&ino) {
             return Ok(o.attr);
         }
@@ -401,7 +439,7 @@ impl Fs {
             return self.set_attr_in(st, tx, ino, attr);
         }
         match st.open.get(&ino) {
-            Some(o) if o.opens > 0 => {
+            Some(o) if o.opens > 0 || o.flushing.is_some() => {
                 // Deferred delete: an open handle keeps the data readable until release.
                 self.set_attr_in(st, tx, ino, attr)?;
                 tx.add_orphan(ino)
@@ -666,6 +704,7 @@ impl Fs {
             && o.opens == 0
             && o.dirty.is_empty()
             && !o.attr_dirty
+            && o.flushing.is_none()
         {
             st.open.remove(&ino);
         }
@@ -815,7 +854,16 @@ impl Fs {
         self.store().sync()?;
         self.meta.make_durable()?;
         st.since_durable = false;
-        self.remove_dead_chunks()
+        // A write-back in flight may have decided not to store a chunk because its snapshot
+        // saw it live; removing dead chunks now could pull that file away. Wait for the next
+        // durable point instead.
+        if st.open.values().all(|o| o.flushing.is_none()) {
+            self.remove_dead_chunks()?;
+        }
+        if let Some(f) = &self.cfg.on_durable {
+            f(self.usage()?);
+        }
+        Ok(())
     }
 
     /// Removes chunk files whose refcount is 0 in durable metadata.
@@ -824,6 +872,7 @@ impl Fs {
         if dead.is_empty() {
             return Ok(());
         }
+        let _exclusive = self.removal.write();
         let mut tx = self.meta.begin_write()?;
         for id in &dead {
             self.store().remove(id)?;
@@ -863,13 +912,60 @@ impl Fs {
                 first_err.get_or_insert(e);
             }
         }
-        st.open
-            .retain(|_, o| o.opens > 0 || !o.dirty.is_empty() || o.attr_dirty);
+        st.open.retain(|_, o| {
+            o.opens > 0 || !o.dirty.is_empty() || o.attr_dirty || o.flushing.is_some()
+        });
         self.make_durable(&mut st)?;
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Starts the background writer, which writes back files that crossed a quarter of their
+    /// dirty budget while their writer goes on. Without it, write-back happens only in the
+    /// caller's thread (as in most tests).
+    pub fn start_background(self: &Arc<Self>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Ino>(1024);
+        *self.background.lock() = Some(tx);
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("dedupfs-writeback".into())
+            .spawn(move || {
+                for ino in rx {
+                    let Some(fs) = weak.upgrade() else { break };
+                    let mut st = fs.state.lock();
+                    let closed = st.open.get(&ino).is_some_and(|o| o.opens == 0);
+                    if let Err(e) = fs.writeback(&mut st, ino, closed) {
+                        tracing::warn!(ino, "background write-back failed (will retry): {e}");
+                    }
+                }
+            })
+            .ok();
+        // Two prefetchers: loading (and verifying) chunks in parallel keeps a cold sequential
+        // read from waiting on one small file at a time.
+        let (ptx, prx) = crossbeam_channel::bounded::<(ChunkId, u32)>(256);
+        *self.prefetch.lock() = Some(ptx);
+        for n in 0..2 {
+            let (weak, prx) = (Arc::downgrade(self), prx.clone());
+            std::thread::Builder::new()
+                .name(format!("dedupfs-prefetch-{n}"))
+                .spawn(move || {
+                    for (id, len) in prx {
+                        let Some(fs) = weak.upgrade() else { break };
+                        let _no_removal = fs.removal.read();
+                        // Errors surface (and are logged) when a reader asks for the chunk.
+                        let _ = fs.cache.get(&id, len as u64);
+                    }
+                })
+                .ok();
+        }
+    }
+
+    /// Stops the background writer and the prefetchers (their queues close; threads exit).
+    pub fn stop_background(&self) {
+        self.background.lock().take();
+        self.prefetch.lock().take();
     }
 
     /// Bytes of data a file holds (its st_blocks): committed chunks plus dirty bytes.
@@ -903,6 +999,23 @@ impl Fs {
         Ok(())
     }
 
+    /// Runs `f` (a maintenance command such as gc or a read-only fsck) against this volume's
+    /// own metadata and store, with every write-back finished, everything durable, and no
+    /// other operation, read or chunk removal running until it returns.
+    pub fn with_quiesced<T>(
+        &self,
+        f: impl FnOnce(&MetaDb, &dyn ChunkStore) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state.lock();
+        while st.open.values().any(|o| o.flushing.is_some()) {
+            self.flush_done.wait(&mut st);
+        }
+        st.since_durable = true;
+        self.make_durable(&mut st)?;
+        let _exclusive = self.removal.write();
+        f(&self.meta, self.store().as_ref())
+    }
+
     /// Figures for `stats`: logical, referenced and physical bytes, chunk count.
     pub fn usage(&self) -> Result<Usage> {
         usage_of(&self.meta)
@@ -924,18 +1037,11 @@ pub struct Usage {
 
 pub fn usage_of(m: &MetaDb) -> Result<Usage> {
     let r = m.begin_read()?;
-    let mut u = Usage {
+    Ok(Usage {
+        logical_bytes: r.counter(meta::C_LOGICAL)?,
         referenced_bytes: r.counter(meta::C_REFERENCED)?,
         physical_bytes: r.counter(meta::C_PHYSICAL)?,
         chunk_count: r.counter(meta::C_CHUNKS)?,
-        ..Usage::default()
-    };
-    r.for_each_inode(&mut |_, a| {
-        if a.kind == Kind::File {
-            u.logical_bytes += a.size;
-            u.files += 1;
-        }
-        Ok(())
-    })?;
-    Ok(u)
+        files: r.counter(meta::C_FILES)?,
+    })
 }

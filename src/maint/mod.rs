@@ -1,4 +1,6 @@
 //! Maintenance commands. Each returns a report struct; the CLI renders it and derives its
 //! exit code from it.
 
+pub mod fsck;
+pub mod gc;
 pub mod stats;

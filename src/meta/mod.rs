@@ -38,6 +38,9 @@ const ALLOCATED: TableDefinition<u64, u64> = TableDefinition::new("allocated");
 pub const C_PHYSICAL: &str = "physical_bytes";
 pub const C_CHUNKS: &str = "chunk_count";
 pub const C_REFERENCED: &str = "referenced_bytes";
+/// Sum of the sizes of regular files, and their number (kept so `stats` is O(1)).
+pub const C_LOGICAL: &str = "logical_bytes";
+pub const C_FILES: &str = "files";
 
 /// One entry of a file's chunk list: bytes `[offset, offset+len)` are chunk `id`.
 /// Offsets not covered by any extent are holes and read as zeros.
@@ -369,8 +372,46 @@ macro_rules! read_ops {
             }
             Ok(out)
         }
+
+        // --- maintenance (fsck) ---
+
+        /// Every row of the `allocated` table, in inode order (fsck compares it with the
+        /// extents).
+        pub fn for_each_allocated(&self, f: &mut dyn FnMut(Ino, u64)) -> Result<()> {
+            let t = self.tx.open_table(ALLOCATED)?;
+            for r in t.iter()? {
+                let (k, v) = r?;
+                f(k.value(), v.value());
+            }
+            Ok(())
+        }
     };
 }
+
+/// What the filesystem core reads from either kind of transaction.
+pub trait MetaRead {
+    fn inode(&self, ino: Ino) -> Result<Option<Attr>>;
+    fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>>;
+    fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
+}
+
+macro_rules! meta_read {
+    ($t:ty) => {
+        impl MetaRead for $t {
+            fn inode(&self, ino: Ino) -> Result<Option<Attr>> {
+                <$t>::inode(self, ino)
+            }
+            fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
+                <$t>::extents(self, ino, from, to)
+            }
+            fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>> {
+                <$t>::chunk(self, id)
+            }
+        }
+    };
+}
+meta_read!(RTx);
+meta_read!(WTx);
 
 pub struct RTx {
     tx: redb::ReadTransaction,
@@ -425,6 +466,8 @@ impl WTx {
     }
 
     pub fn put_inode(&mut self, ino: Ino, attr: &Attr) -> Result<()> {
+        let old = self.inode(ino)?;
+        self.account_file(old.as_ref(), Some(attr))?;
         self.tx
             .open_table(INODES)?
             .insert(ino, attr.encode().as_slice())?;
@@ -436,6 +479,8 @@ impl WTx {
     pub fn delete_inode(&mut self, ino: Ino) -> Result<()> {
         let extents = self.all_extents(ino)?;
         self.replace_extents(ino, &extents, &[])?;
+        let old = self.inode(ino)?;
+        self.account_file(old.as_ref(), None)?;
         self.tx.open_table(INODES)?.remove(ino)?;
         self.tx.open_table(SYMLINKS)?.remove(ino)?;
         for name in self.xattr_names(ino)? {
@@ -443,6 +488,22 @@ impl WTx {
         }
         self.tx.open_table(ORPHANS)?.remove(ino)?;
         Ok(())
+    }
+
+    /// Keeps the logical-bytes and file counters in step with an inode record change.
+    fn account_file(&mut self, old: Option<&Attr>, new: Option<&Attr>) -> Result<()> {
+        let size = |a: Option<&Attr>| a.filter(|a| a.kind == Kind::File).map(|a| a.size);
+        let (o, n) = (size(old), size(new));
+        if o != n {
+            let delta = n.unwrap_or(0) as i128 - o.unwrap_or(0) as i128;
+            let delta = delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+            self.add_counter(C_LOGICAL, delta)?;
+        }
+        match (o.is_some(), n.is_some()) {
+            (false, true) => self.add_counter(C_FILES, 1),
+            (true, false) => self.add_counter(C_FILES, -1),
+            _ => Ok(()),
+        }
     }
 
     pub fn put_dirent(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: Kind) -> Result<()> {
@@ -563,6 +624,20 @@ impl WTx {
 
     pub fn remove_orphan(&mut self, ino: Ino) -> Result<()> {
         self.tx.open_table(ORPHANS)?.remove(ino)?;
+        Ok(())
+    }
+
+    // --- maintenance (fsck repair) ---
+
+    /// Sets the allocated bytes of `ino` directly (fsck repair); 0 removes the row, as
+    /// [`WTx::replace_extents`] does.
+    pub fn set_allocated(&mut self, ino: Ino, bytes: u64) -> Result<()> {
+        let mut t = self.tx.open_table(ALLOCATED)?;
+        if bytes == 0 {
+            t.remove(ino)?;
+        } else {
+            t.insert(ino, bytes)?;
+        }
         Ok(())
     }
 }

@@ -4,10 +4,14 @@
 use crate::chunker::{ChunkParams, DEFAULT_AVG};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::DedupFuse;
+use crate::maint::fsck::{FsckOptions, FsckReport, Progress, Severity, fsck};
+use crate::maint::gc::{GcReport, gc};
 use crate::maint::stats::{StatsReport, stats};
 use crate::meta::MetaDb;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
+
+mod control;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -50,6 +54,28 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         cache_mib: usize,
     },
+    /// Check metadata and chunk files; with --repair, fix what can be fixed without guessing.
+    Fsck {
+        store: PathBuf,
+        /// Fix refcounts, counters, link counts and orphans; reattach lost inodes under
+        /// /lost+found (store must not be mounted).
+        #[arg(long)]
+        repair: bool,
+        /// Re-hash every chunk file and compare with its name (reads all data).
+        #[arg(long)]
+        verify_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove chunk files no metadata references (mounted or not).
+    Gc {
+        store: PathBuf,
+        /// Report what would be removed without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show logical and physical bytes, chunk count and dedup ratio (mounted or not).
     Stats {
         store: PathBuf,
@@ -65,6 +91,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -102,6 +129,60 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 spawn_background(&store, &mountpoint, &options, cache_mib)?;
             } else {
                 serve(&store, &mountpoint, &opts, cache_mib)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fsck {
+            store,
+            repair,
+            verify_data,
+            json,
+        } => {
+            let opts = FsckOptions {
+                repair,
+                verify_data,
+            };
+            let report = match volume::open(&store) {
+                Ok(vol) => run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?,
+                Err(VolumeError::Locked(_)) if repair => {
+                    bail!(
+                        "store {} is mounted: unmount it before fsck --repair",
+                        store.display()
+                    )
+                }
+                Err(VolumeError::Locked(_)) => {
+                    control::request(&store, &control::Request::Fsck { verify_data })?
+                        .into_fsck()?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_fsck(&report));
+            }
+            Ok(if report.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Gc {
+            store,
+            dry_run,
+            json,
+        } => {
+            let report = match volume::open(&store) {
+                Ok(vol) => gc(&vol.meta, vol.chunks.as_ref(), dry_run)?,
+                Err(VolumeError::Locked(_)) => {
+                    control::request(&store, &control::Request::Gc { dry_run })?.into_gc()?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_gc(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -176,6 +257,83 @@ pub fn render_stats(r: &StatsReport) -> String {
         s += "(store is mounted: figures from the daemon's last sync, at most a few seconds old)\n";
     }
     s
+}
+
+fn run_fsck(
+    meta: &MetaDb,
+    store: &dyn crate::store::ChunkStore,
+    opts: FsckOptions,
+    show_progress: bool,
+) -> Result<FsckReport> {
+    let bar = if show_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let report = fsck(meta, store, opts, &mut |p: Progress| {
+        if let Some(b) = &bar {
+            b.set_message(format!("{:?}", p.phase));
+            b.set_length(p.total.unwrap_or(p.done));
+            b.set_position(p.done);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(report)
+}
+
+pub fn render_fsck(r: &FsckReport) -> String {
+    let mut s = String::new();
+    for f in &r.findings {
+        let sev = match f.severity {
+            Severity::Error => "ERROR",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        };
+        s += &format!("{sev}: {:?}: {}", f.kind, f.message);
+        if let Some(p) = &f.path {
+            s += &format!(" (file {p})");
+        }
+        if f.repaired {
+            s += " [repaired]";
+        }
+        s.push('\n');
+    }
+    s += &format!(
+        "checked {} inodes, {} chunks, verified {} bytes; {} errors, {} warnings remain; {} repaired\n",
+        r.inodes_checked,
+        r.chunks_checked,
+        r.bytes_verified,
+        r.remaining(Severity::Error),
+        r.remaining(Severity::Warning),
+        r.repaired
+    );
+    s += if r.has_errors() {
+        "store has ERRORS\n"
+    } else {
+        "store is consistent\n"
+    };
+    s
+}
+
+pub fn render_gc(r: &GcReport) -> String {
+    format!(
+        "{} {} chunk files ({}); kept {} live; forgot {} refcount-0 entries; scanned {} files \
+         (index: {} bytes per live chunk)\n",
+        if r.dry_run { "would remove" } else { "removed" },
+        r.removed_chunks,
+        human(r.removed_bytes),
+        r.kept_chunks,
+        r.forgotten_chunks,
+        r.scanned_files,
+        r.bytes_per_chunk_index
+    )
 }
 
 struct MountOpts {
@@ -297,18 +455,26 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
     let vol = volume::open(store)?;
+    let dir = vol.dir.clone();
+    let publish_dir = dir.clone();
     let cfg = FsConfig {
         cache_bytes: cache_mib << 20,
         read_only: opts.read_only,
+        on_durable: Some(Arc::new(move |u| {
+            if let Err(e) = volume::publish_stats(&publish_dir, &u) {
+                tracing::warn!("cannot publish stats: {e}");
+            }
+        })),
         ..FsConfig::default()
     };
-    let dir = vol.dir.clone();
     let lock = vol.lock;
     let fs = Arc::new(
         Fs::new(vol.meta, vol.chunks, cfg)
             .with_context(|| format!("cannot open store {}", store.display()))?,
     );
+    fs.start_background();
     publish(&fs, &dir);
+    control::serve(&dir, fs.clone());
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -321,6 +487,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
             fuser::MountOption::RW
         },
     ];
+    // Two request threads: one can copy a request in while the other is being served.
+    config.n_threads = Some(2);
+    config.clone_fd = true;
     config.acl = if opts.allow_other {
         fuser::SessionACL::All
     } else if opts.allow_root {
@@ -351,7 +520,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
 
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
-        let (fs, stop, dir) = (fs.clone(), stop.clone(), dir.clone());
+        let (fs, stop) = (fs.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -361,7 +530,6 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
                     if let Err(e) = fs.sync_all(false) {
                         tracing::error!("periodic flush failed: {e}");
                     }
-                    publish(&fs, &dir);
                 }
             }
         })
@@ -371,8 +539,10 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();
     let _ = flusher.join();
+    fs.stop_background();
     let synced = fs.sync_all(true);
     publish(&fs, &dir);
+    control::remove(&dir);
     drop(lock);
     result.with_context(|| format!("FUSE session at {} failed", mp.display()))?;
     synced.context("final sync failed: some data may not be on disk")?;

@@ -1,0 +1,155 @@
+//! The control socket of a mounted daemon (`STORE/control.sock`): lets `gc` and a read-only
+//! `fsck` run against a mounted store, in the daemon, on its own metadata handle, with its
+//! write-backs quiesced (`Fs::with_quiesced`). One JSON request line, one JSON answer line.
+
+use crate::fs::Fs;
+use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
+use crate::maint::gc::{GcReport, gc};
+use anyhow::{Context, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Gc { dry_run: bool },
+    Fsck { verify_data: bool },
+}
+
+/// The daemon's answer: a report as JSON, or an error message.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Answer {
+    pub report: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+/// A report received from the daemon.
+pub struct Remote {
+    answer: Answer,
+}
+
+impl Remote {
+    fn report<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        let v = self
+            .answer
+            .report
+            .ok_or_else(|| anyhow!("daemon sent no report"))?;
+        serde_json::from_value(v).context("cannot read the daemon's report")
+    }
+
+    pub fn into_gc(self) -> Result<GcReport> {
+        self.report()
+    }
+
+    pub fn into_fsck(self) -> Result<FsckReport> {
+        self.report()
+    }
+}
+
+fn socket_path(store: &Path) -> PathBuf {
+    store.join("control.sock")
+}
+
+/// Sends one request to the daemon serving `store`.
+pub fn request(store: &Path, req: &Request) -> Result<Remote> {
+    let path = socket_path(store);
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "store {} is mounted but its daemon does not answer on {}",
+            store.display(),
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    let answer: Answer = serde_json::from_str(&answer).context("bad answer from the daemon")?;
+    if let Some(e) = answer.error {
+        return Err(anyhow!("daemon: {e}"));
+    }
+    Ok(Remote { answer })
+}
+
+fn handle(fs: &Fs, req: Request) -> Answer {
+    let result = match req {
+        Request::Gc { dry_run } => fs
+            .with_quiesced(|meta, store| gc(meta, store, dry_run))
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+        Request::Fsck { verify_data } => fs
+            .with_quiesced(|meta, store| {
+                let opts = FsckOptions {
+                    repair: false,
+                    verify_data,
+                };
+                fsck(meta, store, opts, &mut |_| {})
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+    };
+    match result {
+        Ok(v) => Answer {
+            report: Some(v),
+            error: None,
+        },
+        Err(e) => Answer {
+            report: None,
+            error: Some(e),
+        },
+    }
+}
+
+/// Starts answering requests on `STORE/control.sock` (a thread; it lives as long as the
+/// process). A failure to bind is logged: the mount works without it.
+pub fn serve(store: &Path, fs: Arc<Fs>) {
+    let path = socket_path(store);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("no control socket at {}: {e}", path.display());
+            return;
+        }
+    };
+    let weak = Arc::downgrade(&fs);
+    drop(fs);
+    let spawned = std::thread::Builder::new()
+        .name("dedupfs-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let Some(fs) = weak.upgrade() else { break };
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let answer = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        tracing::info!(?req, "control request");
+                        handle(&fs, req)
+                    }
+                    Err(e) => Answer {
+                        report: None,
+                        error: Some(format!("bad request: {e}")),
+                    },
+                };
+                if let Ok(mut out) = serde_json::to_vec(&answer) {
+                    out.push(b'\n');
+                    let _ = (&conn).write_all(&out);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the control thread: {e}");
+    }
+}
+
+pub fn remove(store: &Path) {
+    let _ = std::fs::remove_file(socket_path(store));
+}
