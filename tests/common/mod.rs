@@ -1,0 +1,608 @@
+//! Real-mount harness shared by the `mount_*` integration tests.
+//!
+//! A [`Volume`] is a fresh store in a temp dir, mounted by a foreground `dedupfs mount` child.
+//! It guards against the ways a mount test harness usually goes wrong: racing the mount (we poll
+//! /proc/self/mountinfo until the FUSE mount is really there), losing the daemon's diagnostics
+//! (its stderr goes to a log that every panic message quotes), hanging forever on a stuck daemon
+//! (a watchdog kills it), and leaving a dead mount behind after a failed assertion (Drop detaches
+//! the mount and kills the daemon).
+//!
+//! Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+pub mod tree;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dedupfs");
+
+/// How long the mount may take to show up in /proc/self/mountinfo.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to exit after `umount` (it flushes buffers and metadata).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A test whose daemon lives longer than this is considered hung: the watchdog kills the daemon
+/// so that requests blocked on the mount fail with ENOTCONN instead of hanging the suite.
+const WATCHDOG: Duration = Duration::from_secs(600);
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const GIB: u64 = 1024 * MIB;
+
+/// True when real mounts can run here. Otherwise prints why, as a `SKIP:` line on stderr, and the
+/// caller returns early. We skip only when FUSE itself is unavailable; any other failure to mount
+/// is a test failure.
+pub fn fuse_available() -> bool {
+    static WHY_NOT: OnceLock<Option<String>> = OnceLock::new();
+    let why_not = WHY_NOT.get_or_init(|| {
+        let dev = Path::new("/dev/fuse");
+        if !dev.exists() {
+            return Some("/dev/fuse absent".to_string());
+        }
+        if let Err(e) = OpenOptions::new().read(true).write(true).open(dev) {
+            return Some(format!("/dev/fuse cannot be opened ({e})"));
+        }
+        // As root the daemon calls mount(2) itself; otherwise it needs the setuid helper.
+        if !is_root() && which("fusermount3").is_none() && which("fusermount").is_none() {
+            return Some("not root and no fusermount3 on PATH".to_string());
+        }
+        None
+    });
+    match why_not {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIP: {why}");
+            false
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Full path of `prog` on PATH, if any.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// A mounted (or, between `unmount` and `remount`, unmounted) dedupfs volume in a temp dir.
+pub struct Volume {
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    pub child: Child,
+    mount_args: Vec<String>,
+    log: PathBuf,
+    mounted: bool,
+    watchdog: Watchdog,
+    _tmp: TempDir,
+}
+
+impl Volume {
+    /// A fresh store with default parameters, mounted read-write.
+    pub fn new() -> Volume {
+        Volume::with_args(&[], &[])
+    }
+
+    /// A fresh store made by `dedupfs init STORE <init_args>`, mounted with
+    /// `dedupfs mount STORE MNT <mount_args>`.
+    pub fn with_args(init_args: &[&str], mount_args: &[&str]) -> Volume {
+        let tmp = tempfile::Builder::new()
+            .prefix("dedupfs-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = tmp.path().canonicalize().expect("canonicalize temp dir");
+        let store = root.join("store");
+        let mnt = root.join("mnt");
+        let log = root.join("daemon.log");
+        fs::create_dir(&mnt).expect("create mountpoint");
+
+        let out = Command::new(BIN)
+            .arg("init")
+            .arg(&store)
+            .args(init_args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dedupfs init");
+        assert!(
+            out.status.success(),
+            "dedupfs init {} {init_args:?} failed ({}): {}{}",
+            store.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mount_args: Vec<String> = mount_args.iter().map(|s| s.to_string()).collect();
+        let child = spawn_mount(&store, &mnt, &mount_args, &log);
+        let watchdog = Watchdog::start(child.id(), mnt.clone());
+        let mut vol = Volume {
+            store,
+            mnt,
+            child,
+            mount_args,
+            log,
+            mounted: true,
+            watchdog,
+            _tmp: tmp,
+        };
+        vol.wait_until_mounted();
+        vol
+    }
+
+    /// `MNT/rel`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Root of the temp dir, outside the mount: scratch space for source trees.
+    pub fn scratch(&self) -> PathBuf {
+        self.store
+            .parent()
+            .expect("store has a parent")
+            .to_path_buf()
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        self.mounted
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("<no log: {e}>"))
+    }
+
+    /// Clean unmount: `umount MNT` (or `fusermount3 -u` when not root), then wait for the daemon
+    /// and require it to exit successfully.
+    pub fn unmount(&mut self) {
+        assert!(self.mounted, "unmount of a volume that is not mounted");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = unmount_command(&self.mnt)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run umount");
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            // EBUSY right after closing files is possible while the kernel releases them.
+            if err.contains("busy") && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            panic!(
+                "umount {} failed ({}): {err}\n--- daemon log ---\n{}",
+                self.mnt.display(),
+                out.status,
+                self.log()
+            );
+        }
+        self.mounted = false;
+        // Disarm before reaping so the watchdog can never signal a recycled pid;
+        // wait_child has its own timeout.
+        self.watchdog.disarm();
+        let status = self.wait_child(EXIT_TIMEOUT);
+        assert!(
+            status.success(),
+            "daemon exited with {status} after unmount\n--- daemon log ---\n{}",
+            self.log()
+        );
+        assert!(
+            !is_mountpoint(&self.mnt),
+            "{} still mounted after the daemon exited",
+            self.mnt.display()
+        );
+    }
+
+    /// Simulated crash: SIGKILL the daemon (no flush, no destroy), then lazily detach the dead
+    /// mount so the mountpoint can be reused.
+    pub fn kill9(&mut self) {
+        assert!(self.mounted, "kill9 of a volume that is not mounted");
+        self.watchdog.disarm();
+        self.child.kill().expect("SIGKILL daemon");
+        self.child.wait().expect("reap daemon");
+        let out = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run umount -l");
+        if !out.status.success() {
+            // Not root: the setuid helper can detach too.
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .output();
+        }
+        self.mounted = false;
+        assert!(
+            !is_mountpoint(&self.mnt),
+            "{} still mounted after kill -9 and lazy umount",
+            self.mnt.display()
+        );
+    }
+
+    /// Stop the daemon with a signal (SIGINT or SIGTERM are documented to unmount cleanly);
+    /// requires a successful exit and the mount gone.
+    pub fn stop_with_signal(&mut self, sig: libc::c_int) {
+        assert!(self.mounted, "signal to a volume that is not mounted");
+        self.watchdog.disarm();
+        // SAFETY: kill(2) has no memory-safety preconditions; the child is not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+        self.mounted = false;
+        let status = self.wait_child(EXIT_TIMEOUT);
+        if is_mountpoint(&self.mnt) {
+            detach(&self.mnt);
+            panic!(
+                "{} still mounted after the daemon exited ({status}) on signal {sig}",
+                self.mnt.display()
+            );
+        }
+        assert!(
+            status.success(),
+            "daemon exited with {status} after signal {sig}\n--- daemon log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// Mount the same store again with the same mount arguments (unmounting cleanly first if
+    /// still mounted).
+    pub fn remount(&mut self) {
+        if self.mounted {
+            self.unmount();
+        }
+        self.child = spawn_mount(&self.store, &self.mnt, &self.mount_args, &self.log);
+        self.watchdog = Watchdog::start(self.child.id(), self.mnt.clone());
+        self.mounted = true;
+        self.wait_until_mounted();
+    }
+
+    /// Mount arguments used by later [`Volume::remount`] calls.
+    pub fn set_mount_args(&mut self, args: &[&str]) {
+        self.mount_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// `dedupfs stats STORE --json`, parsed. Panics if the command fails or prints no JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .arg("stats")
+            .arg(&self.store)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dedupfs stats");
+        assert!(
+            out.status.success(),
+            "dedupfs stats failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "dedupfs stats --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// One integer field of [`Volume::stats`].
+    pub fn stat_u64(&self, field: &str) -> u64 {
+        let stats = self.stats();
+        stats[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats field {field:?} missing or not an integer: {stats}"))
+    }
+
+    /// Resident set size of the daemon in KiB, from /proc/PID/status.
+    pub fn daemon_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read daemon /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    fn wait_until_mounted(&mut self) {
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll daemon") {
+                self.mounted = false;
+                self.watchdog.disarm();
+                panic!(
+                    "dedupfs mount exited with {status} before the mount appeared\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            if is_mountpoint(&self.mnt) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not become a FUSE mount within {MOUNT_TIMEOUT:?}\n--- daemon log ---\n{}",
+                    self.mnt.display(),
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_child(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                detach(&self.mnt);
+                panic!(
+                    "daemon did not exit within {timeout:?} after unmount (killed)\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.watchdog.disarm();
+        if !self.mounted {
+            return;
+        }
+        // Failure path (a panicking test, or a test that did not unmount): never leave a mount
+        // behind. Detach first so nothing new can enter, give the daemon a moment to exit on its
+        // own, then kill it.
+        detach(&self.mnt);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_mount(store: &Path, mnt: &Path, args: &[String], log: &Path) -> Child {
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open daemon log");
+    let log_err = log_file.try_clone().expect("clone log fd");
+    Command::new(BIN)
+        .arg("mount")
+        .arg(store)
+        .arg(mnt)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .expect("spawn dedupfs mount")
+}
+
+fn unmount_command(mnt: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("umount");
+        c.arg(mnt);
+        c
+    } else {
+        let mut c = Command::new("fusermount3");
+        c.arg("-u").arg(mnt);
+        c
+    }
+}
+
+/// Lazy unmount without spawning anything (usable while unwinding).
+fn detach(mnt: &Path) {
+    let c = CString::new(mnt.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// True if `mnt` (canonical path) is the mount point of a FUSE file system in our namespace.
+pub fn is_mountpoint(mnt: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let want = mnt.as_os_str().as_bytes();
+    info.lines().any(|line| {
+        // "id parent maj:min root MOUNTPOINT opts [optional...] - FSTYPE source superopts"
+        let mut fields = line.split(' ');
+        let mountpoint = fields.nth(4).unwrap_or("");
+        let fstype = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or("");
+        fstype.starts_with("fuse") && unescape_mountinfo(mountpoint) == want
+    })
+}
+
+/// Mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        if let (b'\\', Some(v)) = (b[i], octal) {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Kills the daemon if the test runs longer than [`WATCHDOG`], so a hung request fails the test
+/// (ENOTCONN) instead of hanging the whole suite.
+struct Watchdog {
+    armed: Arc<AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, mnt: PathBuf) -> Watchdog {
+        let armed = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&armed);
+        thread::spawn(move || {
+            let deadline = Instant::now() + WATCHDOG;
+            while Instant::now() < deadline {
+                if !flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            if flag.load(Ordering::SeqCst) {
+                eprintln!(
+                    "WATCHDOG: daemon for {} alive after {WATCHDOG:?}; killing it",
+                    mnt.display()
+                );
+                // SAFETY: kill(2) has no memory-safety preconditions. The pid is still our
+                // unreaped child while the watchdog is armed (it is disarmed before reaping).
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                detach(&mnt);
+            }
+        });
+        Watchdog { armed }
+    }
+
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers shared by the tests.
+
+/// Deterministic pseudo-random bytes (incompressible, so chunks do not dedup by accident).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// The errno of a failed call; panics (naming `what`) if it succeeded.
+pub fn errno_of<T: std::fmt::Debug>(what: &str, r: io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
+    }
+}
+
+/// Convert a libc return code into `io::Result`.
+pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// Read a whole file through a fresh descriptor.
+pub fn read_all(p: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    File::open(p)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    v
+}
+
+/// Open for writing with O_CREAT|O_TRUNC and given mode.
+pub fn create_with_mode(p: &Path, mode: u32) -> File {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(p)
+        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()))
+}
+
+/// Run a command, panicking with its output if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// First index where two byte slices differ, for readable assertion messages.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or(if a.len() != b.len() {
+            Some(a.len().min(b.len()))
+        } else {
+            None
+        })
+}
+
+/// Assert two byte strings are equal without dumping megabytes into the failure message.
+#[track_caller]
+pub fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(i) = first_difference(got, want) {
+        panic!(
+            "{what}: contents differ at byte {i} (got len {}, want len {}); got {:?}, want {:?}",
+            got.len(),
+            want.len(),
+            &got[i..got.len().min(i + 16)],
+            &want[i..want.len().min(i + 16)]
+        );
+    }
+}
