@@ -69,6 +69,54 @@ impl Default for ChunkParams {
     }
 }
 
+/// How a file's data is cut into chunks.
+///
+/// Content-defined chunking finds shifted data again (insertions, successive build trees);
+/// fixed-size blocks, aligned to file offsets, suit disk images rewritten in place: a 4 KiB
+/// overwrite replaces exactly one block and never moves a boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Cdc,
+    Fixed(u32),
+}
+
+/// Extended attribute that chooses a file's policy: "fixed" or "cdc".
+pub const POLICY_XATTR: &[u8] = b"user.dedupfs.chunking";
+
+impl Policy {
+    /// Policy named by the value of [`POLICY_XATTR`].
+    pub fn from_xattr(value: &[u8], fixed_block: u32) -> Option<Policy> {
+        match value {
+            b"fixed" => Some(Policy::Fixed(fixed_block)),
+            b"cdc" => Some(Policy::Cdc),
+            _ => None,
+        }
+    }
+}
+
+/// Does `name` match the shell-style `pattern` (`*` any run, `?` one byte)?
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// Finds cut points. Cheap to clone; holds the precomputed masks.
 #[derive(Clone, Debug)]
 pub struct Chunker {
@@ -113,6 +161,33 @@ impl Chunker {
             self.mask_l << 1,
         );
         Some(len)
+    }
+
+    /// Like [`Chunker::next_cut`] under `policy`, for a window that starts at file offset
+    /// `pos`. Fixed blocks end at multiples of the block size.
+    pub fn next_cut_for(
+        &self,
+        policy: Policy,
+        pos: u64,
+        window: &[u8],
+        at_end: bool,
+    ) -> Option<usize> {
+        match policy {
+            Policy::Cdc => self.next_cut(window, at_end),
+            Policy::Fixed(block) => {
+                let block = u64::from(block.max(1));
+                let want = (block - pos % block) as usize;
+                if window.is_empty() {
+                    None
+                } else if window.len() >= want {
+                    Some(want)
+                } else if at_end {
+                    Some(window.len())
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     /// All chunk lengths of a complete in-memory buffer.
@@ -172,6 +247,33 @@ mod tests {
             }
         }
         assert_eq!(whole, streamed);
+    }
+
+    #[test]
+    fn fixed_policy_cuts_at_aligned_offsets() {
+        let c = Chunker::new(ChunkParams::default());
+        let w = vec![1u8; 10_000];
+        assert_eq!(
+            c.next_cut_for(Policy::Fixed(4096), 100, &w, false),
+            Some(3996)
+        );
+        assert_eq!(
+            c.next_cut_for(Policy::Fixed(4096), 0, &w[..100], false),
+            None
+        );
+        assert_eq!(
+            c.next_cut_for(Policy::Fixed(4096), 0, &w[..100], true),
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn glob_matches_like_the_shell() {
+        assert!(glob_match(b"*.img", b"disk.img"));
+        assert!(glob_match(b"*.qcow2", b"a.b.qcow2"));
+        assert!(!glob_match(b"*.img", b"disk.img.bak"));
+        assert!(glob_match(b"vm-??.raw", b"vm-01.raw"));
+        assert!(glob_match(b"*", b""));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct Volume {
 }
 
 /// Creates an empty store at `dir` (which may exist if empty).
-pub fn init(dir: &Path, params: ChunkParams) -> Result<(), VolumeError> {
+pub fn init(dir: &Path, params: ChunkParams, fixed_patterns: &[String]) -> Result<(), VolumeError> {
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
         if entries.next().is_some() {
@@ -67,10 +67,13 @@ pub fn init(dir: &Path, params: ChunkParams) -> Result<(), VolumeError> {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    MetaDb::create(&dir.join("meta.redb"), params, uid, gid).map_err(|err| VolumeError::Meta {
+    let meta_err = |err| VolumeError::Meta {
         path: dir.to_path_buf(),
         err,
-    })?;
+    };
+    let meta = MetaDb::create(&dir.join("meta.redb"), params, uid, gid).map_err(meta_err)?;
+    meta.set_fixed_patterns(fixed_patterns).map_err(meta_err)?;
+    drop(meta);
     // The marker is written last: a store without it was never finished.
     fs::write(
         dir.join(MARKER),

@@ -39,6 +39,11 @@ enum Cmd {
         /// the life of the store.
         #[arg(long, default_value_t = DEFAULT_AVG)]
         avg_chunk: u32,
+        /// Comma-separated name patterns (e.g. '*.img,*.qcow2,*.raw') whose new files are cut
+        /// into fixed blocks of the average chunk size instead of content-defined chunks. A
+        /// file's policy can also be set with the xattr user.dedupfs.chunking=fixed|cdc.
+        #[arg(long, value_delimiter = ',')]
+        fixed_for: Vec<String>,
     },
     /// Serve a store at a mountpoint until it is unmounted (umount, fusermount3 -u, Ctrl-C).
     Mount {
@@ -104,9 +109,18 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Init { store, avg_chunk } => {
+        Cmd::Init {
+            store,
+            avg_chunk,
+            fixed_for,
+        } => {
             let params = ChunkParams::from_avg(avg_chunk).map_err(|e| anyhow!(e))?;
-            volume::init(&store, params)?;
+            let patterns: Vec<String> = fixed_for
+                .into_iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            volume::init(&store, params, &patterns)?;
             println!(
                 "initialised dedupfs store {} (chunks: min {} / avg {} / max {} bytes)",
                 store.display(),

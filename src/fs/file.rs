@@ -9,6 +9,7 @@
 //! the file.
 
 use super::{Fs, Guard, MAX_FILE_SIZE, OpenInode, State};
+use crate::chunker::Policy;
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use crate::meta::{Extent, Kind, MetaRead, RTx, Ts, WTx};
@@ -242,7 +243,10 @@ impl Fs {
         let size = o.attr.size;
         o.flushing = Some(ranges.clone());
         let prepared = self.meta.begin_read().and_then(|snap| {
-            MutexGuard::unlocked(st, || self.prepare(&snap, ino, &ranges, size, final_))
+            let policy = self.policy(&snap, ino)?;
+            MutexGuard::unlocked(st, || {
+                self.prepare(&snap, ino, &ranges, size, final_, policy)
+            })
         });
         let result = prepared.and_then(|p| {
             let mut tx = self.meta.begin_write()?;
@@ -362,6 +366,7 @@ impl Fs {
         ranges: &Ranges,
         size: u64,
         final_: bool,
+        policy: Policy,
     ) -> Result<Prepared> {
         std::thread::scope(|scope| {
             let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(32);
@@ -387,7 +392,7 @@ impl Fs {
                     None => Ok(out),
                 }
             });
-            let cut = self.cut_regions(snap, ino, ranges, size, final_, &job_tx);
+            let cut = self.cut_regions(snap, ino, ranges, size, final_, policy, &job_tx);
             drop(job_tx);
             let hashed = hasher
                 .join()
@@ -408,6 +413,7 @@ impl Fs {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// The cutting half of [`Fs::prepare`]: finds each region and its cut points, sends every
     /// non-zero chunk to `jobs`, and returns regions whose extents await their ids.
     fn cut_regions(
@@ -417,6 +423,7 @@ impl Fs {
         ranges: &Ranges,
         size: u64,
         final_: bool,
+        policy: Policy,
         jobs: &crossbeam_channel::Sender<(u64, Vec<u8>)>,
     ) -> Result<Prepared> {
         let max = self.chunker.params().max as usize;
@@ -445,7 +452,7 @@ impl Fs {
                     run_ended = self.fill(snap, ino, ranges, size, at, FILL_STEP, &mut window)?;
                 }
                 let avail = &window[wstart..];
-                let Some(len) = self.chunker.next_cut(avail, run_ended) else {
+                let Some(len) = self.chunker.next_cut_for(policy, pos, avail, run_ended) else {
                     break pos;
                 };
                 let c = pos + len as u64;

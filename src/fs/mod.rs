@@ -14,7 +14,7 @@ mod file;
 
 pub use file::SeekWhence;
 
-use crate::chunker::{ChunkParams, Chunker};
+use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, MetaRead, ROOT_INO, Ts, WTx};
@@ -154,6 +154,8 @@ struct State {
 
 pub struct Fs {
     meta: MetaDb,
+    /// Name patterns whose new files are chunked in fixed blocks.
+    fixed_patterns: Vec<String>,
     cache: ChunkCache,
     chunker: Chunker,
     cfg: FsConfig,
@@ -185,7 +187,9 @@ impl Fs {
     pub fn new(meta: MetaDb, store: Arc<dyn ChunkStore>, cfg: FsConfig) -> Result<Fs> {
         let params = meta.chunk_params()?;
         params.validate().map_err(FsError::Corrupt)?;
+        let fixed_patterns = meta.fixed_patterns()?;
         let fs = Fs {
+            fixed_patterns,
             cache: ChunkCache::new(store, cfg.cache_bytes),
             chunker: Chunker::new(params),
             meta,
@@ -390,6 +394,17 @@ impl Fs {
     ) -> Result<(Ino, Attr, u64)> {
         let attr = Attr::new(Kind::File, mode as u16, who.uid, who.gid);
         let (ino, attr) = self.make_node(parent, name, attr, None)?;
+        if self
+            .fixed_patterns
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), name))
+        {
+            // Recorded on the inode, so the choice survives renames and is visible.
+            let mut st = self.state.lock();
+            let mut tx = self.meta.begin_write()?;
+            tx.set_xattr(ino, POLICY_XATTR, b"fixed")?;
+            self.commit(&mut st, tx)?;
+        }
         let fh = self.open(ino, true)?;
         Ok((ino, attr, fh))
     }
@@ -801,6 +816,11 @@ impl Fs {
         let mut st = self.state.lock();
         let mut tx = self.meta.begin_write()?;
         let mut a = self.attr_in(&st, &tx, ino)?;
+        if name == POLICY_XATTR && Policy::from_xattr(value, 0).is_none() {
+            return Err(FsError::Invalid(
+                "chunking policy must be \"fixed\" or \"cdc\"",
+            ));
+        }
         let exists = tx.xattr(ino, name)?.is_some();
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(FsError::Exists);
@@ -966,6 +986,15 @@ impl Fs {
     pub fn stop_background(&self) {
         self.background.lock().take();
         self.prefetch.lock().take();
+    }
+
+    /// The chunking policy of `ino` (its `user.dedupfs.chunking` xattr; CDC by default).
+    /// Fixed blocks are the store's average chunk size.
+    fn policy(&self, snap: &meta::RTx, ino: Ino) -> Result<Policy> {
+        Ok(snap
+            .xattr(ino, POLICY_XATTR)?
+            .and_then(|v| Policy::from_xattr(&v, self.chunker.params().avg))
+            .unwrap_or(Policy::Cdc))
     }
 
     /// Bytes of data a file holds (its st_blocks): committed chunks plus dirty bytes.

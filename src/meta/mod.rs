@@ -140,6 +140,22 @@ impl MetaDb {
         self.begin_write()?.commit(true)
     }
 
+    /// Name patterns whose new files get fixed-size chunking (set at `init`).
+    pub fn fixed_patterns(&self) -> Result<Vec<String>> {
+        let r = self.begin_read()?;
+        match r.meta("fixed_patterns")? {
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| FsError::Corrupt(e.to_string())),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn set_fixed_patterns(&self, patterns: &[String]) -> Result<()> {
+        let raw = serde_json::to_vec(patterns).map_err(|e| FsError::Corrupt(e.to_string()))?;
+        let mut tx = self.begin_write()?;
+        tx.set_meta("fixed_patterns", &raw)?;
+        tx.commit(true)
+    }
+
     pub fn chunk_params(&self) -> Result<ChunkParams> {
         let r = self.begin_read()?;
         let raw = r
