@@ -18,6 +18,11 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Threads that hash and store chunks while the write-back thread cuts. Storing a chunk is
+/// mostly waiting on the backing filesystem to create a file, so several overlap well even on
+/// two cores.
+const HASH_THREADS: usize = 3;
+
 /// Chunks queued for prefetch after each read.
 const PREFETCH_CHUNKS: usize = 16;
 
@@ -370,35 +375,55 @@ impl Fs {
     ) -> Result<Prepared> {
         std::thread::scope(|scope| {
             let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(32);
-            let hasher = scope.spawn(move || -> Result<HashMap<u64, (ChunkId, u32)>> {
-                let mut written = HashSet::new();
-                let mut out = HashMap::new();
-                let mut failed = None;
-                for (offset, data) in job_rx {
-                    // Keep draining after a failure so the cutter never blocks on a full queue.
-                    if failed.is_some() {
-                        continue;
-                    }
-                    let id = ChunkId::of(&data);
-                    match self.ensure_chunk(snap, &mut written, &id, &data) {
-                        Ok(()) => {
-                            out.insert(offset, (id, data.len() as u32));
+            let workers: Vec<_> = (0..HASH_THREADS)
+                .map(|_| {
+                    let job_rx = job_rx.clone();
+                    scope.spawn(move || -> Result<HashMap<u64, (ChunkId, u32)>> {
+                        let mut written = HashSet::new();
+                        let mut out = HashMap::new();
+                        let mut failed = None;
+                        for (offset, data) in job_rx {
+                            // Keep draining after a failure so the cutter never blocks.
+                            if failed.is_some() {
+                                continue;
+                            }
+                            let id = ChunkId::of(&data);
+                            match self.ensure_chunk(snap, &mut written, &id, &data) {
+                                Ok(()) => {
+                                    out.insert(offset, (id, data.len() as u32));
+                                }
+                                Err(e) => failed = Some(e),
+                            }
                         }
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                match failed {
-                    Some(e) => Err(e),
-                    None => Ok(out),
-                }
-            });
+                        match failed {
+                            Some(e) => Err(e),
+                            None => Ok(out),
+                        }
+                    })
+                })
+                .collect();
+            drop(job_rx);
             let cut = self.cut_regions(snap, ino, ranges, size, final_, policy, &job_tx);
             drop(job_tx);
-            let hashed = hasher
-                .join()
-                .map_err(|_| FsError::Corrupt("chunk hashing thread panicked".into()))?;
+            let mut hashed = HashMap::new();
+            let mut first_err = None;
+            for w in workers {
+                match w.join() {
+                    Ok(Ok(part)) => hashed.extend(part),
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        first_err.get_or_insert(FsError::Corrupt(
+                            "chunk hashing thread panicked".into(),
+                        ));
+                    }
+                }
+            }
             let mut prepared = cut?;
-            let hashed = hashed?;
+            if let Some(e) = first_err {
+                return Err(e);
+            }
             for r in &mut prepared.regions {
                 for e in &mut r.new {
                     let (id, len) = hashed
@@ -615,11 +640,15 @@ impl Fs {
         if offset >= attr.size {
             return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
         }
-        let dirty = st
-            .open
-            .get(&ino)
-            .map(|o| o.dirty.spans())
-            .unwrap_or_default();
+        // Data is committed chunks, bytes being written back, and dirty bytes.
+        let mut dirty = Vec::new();
+        if let Some(o) = st.open.get(&ino) {
+            if let Some(f) = &o.flushing {
+                dirty.extend(f.iter().map(|(k, v)| (*k, k + v.len() as u64)));
+            }
+            dirty.extend(o.dirty.spans());
+            dirty.sort_unstable();
+        }
         let covering = |p: u64| -> Result<Option<u64>> {
             if let Some(&(_, e)) = dirty.iter().find(|&&(s, e)| s <= p && p < e) {
                 return Ok(Some(e));

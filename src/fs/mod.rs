@@ -1003,7 +1003,15 @@ impl Fs {
             let st = self.state.lock();
             st.open
                 .get(&ino)
-                .map(|o| o.dirty.bytes() as u64)
+                .map(|o| {
+                    let flushing: usize = o
+                        .flushing
+                        .iter()
+                        .flat_map(|f| f.iter())
+                        .map(|(_, v)| v.len())
+                        .sum();
+                    (o.dirty.bytes() + flushing) as u64
+                })
                 .unwrap_or(0)
         };
         Ok(self.meta.begin_read()?.allocated(ino)? + dirty)

@@ -1,0 +1,1531 @@
+//! POSIX semantics of the filesystem core, driven directly through `dedupfs::fs::Fs` (no FUSE).
+//!
+//! Guards against: reads that miss buffered writes, overwrites and truncates that corrupt
+//! neighbouring chunks, holes that read stale data, unlinked-but-open files that vanish early
+//! or never vanish, rename corner cases (replace, NOREPLACE, EXCHANGE, moving a directory into
+//! itself), wrong directory link counts, lost data or renumbered inodes across a remount,
+//! deduplication that silently stops working (identical, shifted, copied data), a small
+//! overwrite that re-chunks the whole file, and write-back faults (I/O error, full disk) that
+//! lose buffered data or wedge the filesystem.
+
+use dedupfs::chunker::ChunkParams;
+use dedupfs::error::{FsError, Ino};
+use dedupfs::fs::{Caller, Fs, FsConfig, RenameFlags, SeekWhence, SetAttr};
+use dedupfs::meta::{Kind, MetaDb, ROOT_INO};
+use dedupfs::store::{ChunkStore, FailingStore, LocalDirStore, MemoryStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+const ROOT: Ino = ROOT_INO;
+const WHO: Caller = Caller { uid: 0, gid: 0 };
+
+/// xorshift64 noise: incompressible, never all-zero, reproducible from the seed.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn small_cfg() -> FsConfig {
+    FsConfig {
+        cache_bytes: 8 << 20,
+        file_dirty_limit: MIB as usize,
+        total_dirty_limit: 4 * MIB as usize,
+        ..FsConfig::default()
+    }
+}
+
+/// A filesystem over a metadata db in a temp dir and a given store; can be remounted.
+struct Vol {
+    dir: TempDir,
+    store: Arc<dyn ChunkStore>,
+    cfg: FsConfig,
+    fs: Option<Fs>,
+}
+
+impl Vol {
+    fn with(store: Arc<dyn ChunkStore>, params: ChunkParams, cfg: FsConfig) -> Vol {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaDb::create(&dir.path().join("meta.redb"), params, 0, 0).unwrap();
+        let fs = Fs::new(meta, store.clone(), cfg.clone()).unwrap();
+        Vol {
+            dir,
+            store,
+            cfg,
+            fs: Some(fs),
+        }
+    }
+
+    fn mem() -> Vol {
+        Vol::with(
+            Arc::new(MemoryStore::new()),
+            ChunkParams::default(),
+            FsConfig::default(),
+        )
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("meta.redb")
+    }
+
+    fn fs(&self) -> &Fs {
+        self.fs.as_ref().unwrap()
+    }
+
+    /// Clean unmount and mount again: write everything back, drop the Fs (closing the db),
+    /// reopen the db and the same store.
+    fn remount(&mut self) {
+        self.fs().sync_all(true).unwrap();
+        self.crash_and_reopen();
+    }
+
+    /// Drop the Fs without any write-back (open handles and dirty data are lost), reopen.
+    fn crash_and_reopen(&mut self) {
+        drop(self.fs.take());
+        let meta = MetaDb::open(&self.db_path()).unwrap();
+        self.fs = Some(Fs::new(meta, self.store.clone(), self.cfg.clone()).unwrap());
+    }
+
+    fn create(&self, parent: Ino, name: &str) -> (Ino, u64) {
+        let (ino, attr, fh) = self
+            .fs()
+            .create(WHO, parent, name.as_bytes(), 0o644)
+            .unwrap();
+        assert_eq!(attr.kind, Kind::File);
+        (ino, fh)
+    }
+
+    fn mkdir(&self, parent: Ino, name: &str) -> Ino {
+        self.fs()
+            .mkdir(WHO, parent, name.as_bytes(), 0o755)
+            .unwrap()
+            .0
+    }
+
+    fn lookup(&self, parent: Ino, name: &str) -> Result<Ino, FsError> {
+        self.fs().lookup(parent, name.as_bytes()).map(|(i, _)| i)
+    }
+
+    fn write(&self, ino: Ino, off: u64, data: &[u8]) {
+        assert_eq!(self.fs().write(ino, off, data).unwrap(), data.len());
+    }
+
+    /// Writes in pieces of `piece` bytes, as the kernel does.
+    fn write_in_pieces(&self, ino: Ino, off: u64, data: &[u8], piece: usize) {
+        for (i, c) in data.chunks(piece).enumerate() {
+            self.write(ino, off + (i * piece) as u64, c);
+        }
+    }
+
+    fn read(&self, ino: Ino, off: u64, len: u64) -> Vec<u8> {
+        self.fs()
+            .read(ino, off, u32::try_from(len).unwrap())
+            .unwrap()
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let size = self.size(ino);
+        let mut out = Vec::with_capacity(size as usize);
+        while (out.len() as u64) < size {
+            let got = self.read(
+                ino,
+                out.len() as u64,
+                (16 * MIB).min(size - out.len() as u64),
+            );
+            assert!(!got.is_empty(), "short read at {} of {size}", out.len());
+            out.extend_from_slice(&got);
+        }
+        out
+    }
+
+    fn size(&self, ino: Ino) -> u64 {
+        self.fs().getattr(ino).unwrap().size
+    }
+
+    fn nlink(&self, ino: Ino) -> u32 {
+        self.fs().getattr(ino).unwrap().nlink
+    }
+
+    fn physical(&self) -> u64 {
+        self.fs().usage().unwrap().physical_bytes
+    }
+
+    /// A file named `name` holding `data`, written back and closed.
+    fn file_with(&self, name: &str, data: &[u8]) -> Ino {
+        let (ino, fh) = self.create(ROOT, name);
+        self.write_in_pieces(ino, 0, data, 128 * KIB as usize);
+        self.fs().fsync(ino).unwrap();
+        self.fs().release(fh).unwrap();
+        ino
+    }
+
+    fn names(&self, dir: Ino) -> Vec<String> {
+        let fh = self.fs().opendir(dir).unwrap();
+        let mut out = Vec::new();
+        self.fs()
+            .readdir(fh, 0, &mut |_, e| {
+                out.push(String::from_utf8(e.name.clone()).unwrap());
+                false
+            })
+            .unwrap();
+        self.fs().releasedir(fh);
+        out.retain(|n| n != "." && n != "..");
+        out.sort();
+        out
+    }
+}
+
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i}: got {:#x}, want {:#x}",
+            got[i], want[i]
+        );
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
+    r.expect_err("operation should fail").errno()
+}
+
+// ---------------------------------------------------------------- basic data path
+
+#[test]
+fn created_file_reads_back_what_was_written() {
+    let v = Vol::mem();
+    let (ino, fh) = v.create(ROOT, "f");
+    let data = noise(300 * KIB as usize, 1);
+    v.write(ino, 0, &data);
+    assert_eq!(v.size(ino), data.len() as u64);
+    v.fs().flush(ino).unwrap();
+    v.fs().release(fh).unwrap();
+    assert_eq!(v.lookup(ROOT, "f").unwrap(), ino);
+    assert_same(&v.read_all(ino), &data, "after release");
+    assert_eq!(
+        v.read(ino, data.len() as u64, 100),
+        b"",
+        "read at EOF is empty"
+    );
+    assert_eq!(v.read(ino, 100, 50), &data[100..150]);
+    assert_eq!(errno(v.fs().read(ROOT, 0, 10)), libc::EISDIR);
+}
+
+#[test]
+fn reads_see_writes_before_any_flush() {
+    let v = Vol::mem();
+    let (ino, fh) = v.create(ROOT, "f");
+    let a = noise(200_000, 2);
+    v.write(ino, 0, &a);
+    assert_same(&v.read(ino, 0, 200_000), &a, "dirty read");
+    // Partly committed, partly dirty.
+    v.fs().fsync(ino).unwrap();
+    let b = noise(5000, 3);
+    v.write(ino, 150_000, &b);
+    v.write(ino, 199_000, &b);
+    let mut want = a.clone();
+    want[150_000..155_000].copy_from_slice(&b);
+    want.resize(204_000, 0);
+    want[199_000..204_000].copy_from_slice(&b);
+    assert_eq!(v.size(ino), 204_000);
+    assert_same(&v.read_all(ino), &want, "mixed dirty and committed");
+    assert!(v.fs().allocated(ino).unwrap() >= 204_000);
+    v.fs().release(fh).unwrap();
+    assert_same(&v.read_all(ino), &want, "after release");
+}
+
+#[test]
+fn overwrite_in_the_middle_of_a_multi_chunk_file_keeps_the_rest() {
+    for (name, cfg) in [
+        ("default", FsConfig::default()),
+        ("small dirty limits", small_cfg()),
+    ] {
+        let v = Vol::with(Arc::new(MemoryStore::new()), ChunkParams::default(), cfg);
+        let mut want = noise(3 * MIB as usize + 12345, 4);
+        let ino = v.file_with("f", &want);
+        let fh = v.fs().open(ino, true).unwrap();
+        let patch = noise(100_000, 5);
+        let at = 3 * MIB as usize / 2 + 123;
+        v.write_in_pieces(ino, at as u64, &patch, 4096);
+        want[at..at + patch.len()].copy_from_slice(&patch);
+        assert_same(&v.read_all(ino), &want, &format!("{name}: before flush"));
+        // Tiny overwrites straddling the ends of the patch.
+        v.write(ino, at as u64 - 1, b"<");
+        v.write(ino, (at + patch.len()) as u64, b">");
+        want[at - 1] = b'<';
+        want[at + patch.len()] = b'>';
+        v.fs().fsync(ino).unwrap();
+        assert_same(&v.read_all(ino), &want, &format!("{name}: after fsync"));
+        v.fs().release(fh).unwrap();
+        let mut v = v;
+        v.remount();
+        assert_same(&v.read_all(ino), &want, &format!("{name}: after remount"));
+    }
+}
+
+#[test]
+fn streaming_write_under_small_dirty_limits_reads_back() {
+    let v = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::default(),
+        small_cfg(),
+    );
+    let data = noise(9 * MIB as usize + 777, 6);
+    let (ino, fh) = v.create(ROOT, "big");
+    v.write_in_pieces(ino, 0, &data, 128 * KIB as usize);
+    assert_same(&v.read_all(ino), &data, "while open");
+    v.fs().release(fh).unwrap();
+    assert_same(&v.read_all(ino), &data, "after release");
+}
+
+#[test]
+fn truncate_grows_with_zeros_and_shrinks() {
+    let v = Vol::mem();
+    let data = noise(500_000, 7);
+    let ino = v.file_with("f", &data);
+    v.fs().truncate(ino, 800_000).unwrap();
+    let mut want = data.clone();
+    want.resize(800_000, 0);
+    assert_same(&v.read_all(ino), &want, "grown");
+    // Shrink into the middle of a chunk, then grow again: the cut-off bytes must not return.
+    v.fs().truncate(ino, 123_457).unwrap();
+    assert_eq!(v.size(ino), 123_457);
+    assert_same(&v.read_all(ino), &data[..123_457], "shrunk");
+    v.fs().truncate(ino, 400_000).unwrap();
+    want = data[..123_457].to_vec();
+    want.resize(400_000, 0);
+    assert_same(&v.read_all(ino), &want, "shrunk then grown");
+    // Shrink with dirty data past the new end, through setattr.
+    let fh = v.fs().open(ino, true).unwrap();
+    v.write(ino, 350_000, &[9u8; 10_000]);
+    let attr = v
+        .fs()
+        .setattr(
+            ino,
+            SetAttr {
+                size: Some(300_000),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(attr.size, 300_000);
+    want.truncate(300_000);
+    v.fs().truncate(ino, 360_000).unwrap();
+    want.resize(360_000, 0);
+    assert_same(
+        &v.read_all(ino),
+        &want,
+        "dirty data past a shrink is dropped",
+    );
+    v.fs().release(fh).unwrap();
+    v.fs().truncate(ino, 0).unwrap();
+    assert_eq!(v.read_all(ino), b"");
+    assert_eq!(v.fs().allocated(ino).unwrap(), 0);
+}
+
+#[test]
+fn petabyte_truncate_is_a_hole_that_reads_zeros_and_seeks() {
+    let v = Vol::mem();
+    let (ino, fh) = v.create(ROOT, "sparse");
+    let head = noise(4096, 8);
+    v.write(ino, 0, &head);
+    v.fs().fsync(ino).unwrap();
+    let pib = 1u64 << 50;
+    v.fs().truncate(ino, pib).unwrap();
+    assert_eq!(v.size(ino), pib);
+    assert_eq!(
+        v.read(ino, pib - 4096, 8192),
+        vec![0u8; 4096],
+        "end of a 1 PiB hole"
+    );
+    assert_eq!(v.read(ino, pib / 2, 65536), vec![0u8; 65536]);
+    assert!(
+        v.fs().allocated(ino).unwrap() <= 4096,
+        "a hole allocates nothing"
+    );
+    assert_eq!(v.fs().seek(ino, 0, SeekWhence::Data).unwrap(), 0);
+    assert_eq!(v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(), 4096);
+    assert_eq!(v.fs().seek(ino, 5000, SeekWhence::Hole).unwrap(), 5000);
+    assert_eq!(errno(v.fs().seek(ino, 4096, SeekWhence::Data)), libc::ENXIO);
+    assert_eq!(errno(v.fs().seek(ino, pib, SeekWhence::Hole)), libc::ENXIO);
+    // Data far out, first dirty, then committed.
+    let far = 1u64 << 49;
+    v.write(ino, far, &head);
+    for state in ["dirty", "committed"] {
+        assert_eq!(
+            v.fs().seek(ino, 4096, SeekWhence::Data).unwrap(),
+            far,
+            "{state}"
+        );
+        assert_eq!(
+            v.fs().seek(ino, far, SeekWhence::Hole).unwrap(),
+            far + 4096,
+            "{state}"
+        );
+        assert_eq!(v.read(ino, far - 10, 4106)[10..], head[..], "{state}");
+        v.fs().fsync(ino).unwrap();
+    }
+    // The last hole ends at EOF: SEEK_HOLE reports the size.
+    assert_eq!(
+        v.fs().seek(ino, far + 4096, SeekWhence::Hole).unwrap(),
+        far + 4096
+    );
+    assert_eq!(
+        errno(v.fs().seek(ino, far + 4096, SeekWhence::Data)),
+        libc::ENXIO
+    );
+    v.fs().release(fh).unwrap();
+    assert_eq!(errno(v.fs().truncate(ino, u64::MAX)), libc::EFBIG);
+}
+
+// ---------------------------------------------------------------- names, links, renames
+
+#[test]
+fn unlinked_open_file_stays_readable_until_release() {
+    let v = Vol::mem();
+    let data = noise(200_000, 9);
+    let (ino, fh) = v.create(ROOT, "f");
+    v.write(ino, 0, &data);
+    v.fs().fsync(ino).unwrap();
+    v.fs().unlink(ROOT, b"f").unwrap();
+    assert_eq!(errno(v.fs().lookup(ROOT, b"f")), libc::ENOENT);
+    assert_eq!(v.nlink(ino), 0);
+    assert_same(&v.read_all(ino), &data, "read through the open handle");
+    v.write(ino, 0, b"still writable");
+    v.fs().release(fh).unwrap();
+    assert_eq!(
+        errno(v.fs().getattr(ino)),
+        libc::ENOENT,
+        "inode gone after the last release"
+    );
+    v.fs().sync_dir().unwrap();
+    assert_eq!(v.fs().usage().unwrap().chunk_count, 0);
+    assert_eq!(v.physical(), 0);
+    let mut n = 0;
+    v.store.for_each(&mut |_| n += 1).unwrap();
+    assert_eq!(n, 0, "the deleted file's chunks are removed from the store");
+}
+
+#[test]
+fn unlinked_open_file_is_deleted_at_mount_after_a_crash() {
+    let mut v = Vol::mem();
+    let (ino, _fh) = v.create(ROOT, "f");
+    v.write(ino, 0, &noise(100_000, 10));
+    v.fs().fsync(ino).unwrap();
+    v.fs().unlink(ROOT, b"f").unwrap();
+    v.fs().sync_dir().unwrap();
+    v.crash_and_reopen(); // the handle is never released
+    assert_eq!(errno(v.fs().getattr(ino)), libc::ENOENT);
+    assert_eq!(v.fs().usage().unwrap().chunk_count, 0);
+    let mut n = 0;
+    v.store.for_each(&mut |_| n += 1).unwrap();
+    assert_eq!(n, 0, "orphan's chunks removed");
+}
+
+#[test]
+fn rename_moves_and_replaces_files() {
+    let v = Vol::mem();
+    let a = v.file_with("a", b"AAAA");
+    let b = v.file_with("b", b"BBBB");
+    let d = v.mkdir(ROOT, "d");
+    // Plain rename into another directory.
+    v.fs()
+        .rename(ROOT, b"a", d, b"a2", RenameFlags::default())
+        .unwrap();
+    assert_eq!(v.lookup(d, "a2").unwrap(), a);
+    assert_eq!(errno(v.fs().lookup(ROOT, b"a")), libc::ENOENT);
+    // Over an existing file: the target's inode is dropped.
+    v.fs()
+        .rename(d, b"a2", ROOT, b"b", RenameFlags::default())
+        .unwrap();
+    assert_eq!(v.lookup(ROOT, "b").unwrap(), a);
+    assert_eq!(v.read_all(a), b"AAAA");
+    assert_eq!(errno(v.fs().getattr(b)), libc::ENOENT);
+    assert_eq!(v.names(ROOT), ["b", "d"]);
+    assert!(v.names(d).is_empty());
+    // Missing source.
+    assert_eq!(
+        errno(
+            v.fs()
+                .rename(ROOT, b"nope", ROOT, b"x", RenameFlags::default())
+        ),
+        libc::ENOENT
+    );
+    // Renaming one name of an inode onto another name of it does nothing.
+    v.fs().link(a, ROOT, b"b2").unwrap();
+    v.fs()
+        .rename(ROOT, b"b", ROOT, b"b2", RenameFlags::default())
+        .unwrap();
+    assert_eq!(v.names(ROOT), ["b", "b2", "d"]);
+    assert_eq!(v.nlink(a), 2);
+}
+
+#[test]
+fn rename_over_directories_follows_posix() {
+    let v = Vol::mem();
+    let src = v.mkdir(ROOT, "src");
+    v.file_with("file", b"x");
+    let empty = v.mkdir(ROOT, "empty");
+    let full = v.mkdir(ROOT, "full");
+    v.mkdir(full, "child");
+    assert_eq!(v.nlink(ROOT), 2 + 3);
+    let none = RenameFlags::default();
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"src", ROOT, b"full", none)),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"src", ROOT, b"file", none)),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"file", ROOT, b"empty", none)),
+        libc::EISDIR
+    );
+    // Over an empty directory: replaced, and the parent loses that directory's link.
+    v.fs().rename(ROOT, b"src", ROOT, b"empty", none).unwrap();
+    assert_eq!(v.lookup(ROOT, "empty").unwrap(), src);
+    assert_eq!(errno(v.fs().getattr(empty)), libc::ENOENT);
+    assert_eq!(v.nlink(ROOT), 2 + 2);
+    assert_eq!(v.names(ROOT), ["empty", "file", "full"]);
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let v = Vol::mem();
+    let a = v.file_with("a", b"A");
+    let b = v.file_with("b", b"B");
+    let noreplace = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"a", ROOT, b"b", noreplace)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        v.lookup(ROOT, "b").unwrap(),
+        b,
+        "NOREPLACE failure changes nothing"
+    );
+    v.fs().rename(ROOT, b"a", ROOT, b"c", noreplace).unwrap();
+    v.fs().rename(ROOT, b"c", ROOT, b"b", exchange).unwrap();
+    assert_eq!(v.lookup(ROOT, "b").unwrap(), a);
+    assert_eq!(v.lookup(ROOT, "c").unwrap(), b);
+    assert_eq!(v.read_all(v.lookup(ROOT, "b").unwrap()), b"A");
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"c", ROOT, b"missing", exchange)),
+        libc::ENOENT
+    );
+    let both = RenameFlags {
+        noreplace: true,
+        exchange: true,
+    };
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"c", ROOT, b"b", both)),
+        libc::EINVAL
+    );
+
+    // Exchange a directory and a file across parents: link counts and ".." follow.
+    let p = v.mkdir(ROOT, "p");
+    let q = v.mkdir(ROOT, "q");
+    let sub = v.mkdir(p, "sub");
+    let (f, fh) = v.create(q, "f");
+    v.fs().release(fh).unwrap();
+    assert_eq!((v.nlink(p), v.nlink(q)), (3, 2));
+    v.fs().rename(p, b"sub", q, b"f", exchange).unwrap();
+    assert_eq!(v.lookup(p, "sub").unwrap(), f);
+    assert_eq!(v.lookup(q, "f").unwrap(), sub);
+    assert_eq!((v.nlink(p), v.nlink(q)), (2, 3));
+    assert_eq!(v.lookup(sub, "..").unwrap(), q);
+    assert_eq!(v.fs().getattr(sub).unwrap().parent, q);
+}
+
+#[test]
+fn directory_cannot_move_into_its_own_subtree() {
+    let v = Vol::mem();
+    let a = v.mkdir(ROOT, "a");
+    let b = v.mkdir(a, "b");
+    let c = v.mkdir(b, "c");
+    let none = RenameFlags::default();
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"a", c, b"a", none)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"a", a, b"self", none)),
+        libc::EINVAL
+    );
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"a", c, b"x", exchange)),
+        libc::EINVAL,
+        "exchange with src above dst"
+    );
+    v.mkdir(c, "x");
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"a", c, b"x", exchange)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(v.fs().rename(c, b"x", ROOT, b"a", exchange)),
+        libc::EINVAL,
+        "exchange with dst above src"
+    );
+    assert_eq!(v.lookup(ROOT, "a").unwrap(), a, "nothing moved");
+    // Moving the subtree up is fine.
+    v.fs().rename(b, b"c", ROOT, b"c", none).unwrap();
+    assert_eq!(v.lookup(c, "..").unwrap(), ROOT);
+}
+
+#[test]
+fn directory_link_counts_follow_subdirectories() {
+    let v = Vol::mem();
+    assert_eq!(v.nlink(ROOT), 2);
+    let a = v.mkdir(ROOT, "a");
+    assert_eq!((v.nlink(ROOT), v.nlink(a)), (3, 2));
+    let b = v.mkdir(a, "b");
+    v.file_with("f", b"");
+    assert_eq!(
+        (v.nlink(ROOT), v.nlink(a), v.nlink(b)),
+        (3, 3, 2),
+        "files do not count"
+    );
+    v.fs()
+        .rename(a, b"b", ROOT, b"b", RenameFlags::default())
+        .unwrap();
+    assert_eq!(
+        (v.nlink(ROOT), v.nlink(a)),
+        (4, 2),
+        "moving a dir moves its link"
+    );
+    assert_eq!(errno(v.fs().rmdir(ROOT, b"f")), libc::ENOTDIR);
+    assert_eq!(errno(v.fs().unlink(ROOT, b"a")), libc::EISDIR);
+    v.mkdir(a, "c");
+    assert_eq!(errno(v.fs().rmdir(ROOT, b"a")), libc::ENOTEMPTY);
+    v.fs().rmdir(a, b"c").unwrap();
+    v.fs().rmdir(ROOT, b"a").unwrap();
+    v.fs().rmdir(ROOT, b"b").unwrap();
+    assert_eq!(v.nlink(ROOT), 2);
+    assert_eq!(
+        errno(v.fs().mkdir(WHO, a, b"x", 0o755)),
+        libc::ENOENT,
+        "mkdir in a removed dir"
+    );
+}
+
+#[test]
+fn hard_links_share_one_inode() {
+    let v = Vol::mem();
+    let data = noise(70_000, 11);
+    let ino = v.file_with("a", &data);
+    let d = v.mkdir(ROOT, "d");
+    let attr = v.fs().link(ino, d, b"b").unwrap();
+    assert_eq!(attr.nlink, 2);
+    assert_eq!(v.lookup(d, "b").unwrap(), ino);
+    assert_eq!(errno(v.fs().link(ino, d, b"b")), libc::EEXIST);
+    assert_eq!(errno(v.fs().link(d, ROOT, b"dirlink")), libc::EPERM);
+    let phys = v.physical();
+    v.fs().unlink(ROOT, b"a").unwrap();
+    assert_eq!(v.nlink(ino), 1);
+    assert_same(&v.read_all(ino), &data, "data through the other name");
+    assert_eq!(v.physical(), phys);
+    // Write through one name, see it through the other after remount.
+    let fh = v.fs().open(ino, true).unwrap();
+    v.write(ino, 0, b"changed");
+    v.fs().release(fh).unwrap();
+    let mut v = v;
+    v.remount();
+    assert_eq!(v.lookup(d, "b").unwrap(), ino);
+    assert_eq!(&v.read(ino, 0, 7), b"changed");
+    assert_eq!(v.nlink(ino), 1);
+}
+
+#[test]
+fn xattrs_set_get_list_remove() {
+    let mut v = Vol::mem();
+    let ino = v.file_with("f", b"x");
+    let fs = v.fs();
+    assert_eq!(errno(fs.getxattr(ino, b"user.a")), libc::ENODATA);
+    fs.setxattr(ino, b"user.a", b"1", 0).unwrap();
+    fs.setxattr(ino, b"user.b", &[0u8; 4000], 0).unwrap();
+    fs.setxattr(ino, b"user.empty", b"", 0).unwrap();
+    assert_eq!(fs.getxattr(ino, b"user.a").unwrap(), b"1");
+    assert_eq!(fs.getxattr(ino, b"user.empty").unwrap(), b"");
+    assert_eq!(fs.listxattr(ino).unwrap(), b"user.a\0user.b\0user.empty\0");
+    assert_eq!(
+        errno(fs.setxattr(ino, b"user.a", b"2", libc::XATTR_CREATE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fs.setxattr(ino, b"user.c", b"2", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    fs.setxattr(ino, b"user.a", b"22", libc::XATTR_REPLACE)
+        .unwrap();
+    assert_eq!(fs.getxattr(ino, b"user.a").unwrap(), b"22");
+    fs.removexattr(ino, b"user.b").unwrap();
+    assert_eq!(errno(fs.removexattr(ino, b"user.b")), libc::ENODATA);
+    // Directories have xattrs too, and they do not leak between inodes.
+    fs.setxattr(ROOT, b"user.root", b"r", 0).unwrap();
+    assert_eq!(fs.listxattr(ROOT).unwrap(), b"user.root\0");
+    v.remount();
+    assert_eq!(v.fs().listxattr(ino).unwrap(), b"user.a\0user.empty\0");
+    assert_eq!(v.fs().getxattr(ino, b"user.a").unwrap(), b"22");
+    // A deleted inode's xattrs go with it.
+    v.fs().unlink(ROOT, b"f").unwrap();
+    let again = v.file_with("g", b"y");
+    assert_eq!(v.fs().listxattr(again).unwrap(), b"");
+}
+
+#[test]
+fn names_of_255_bytes_work_and_256_are_too_long() {
+    let v = Vol::mem();
+    let ok = "n".repeat(255);
+    let long = "n".repeat(256);
+    let (ino, fh) = v.create(ROOT, &ok);
+    v.fs().release(fh).unwrap();
+    assert_eq!(v.lookup(ROOT, &ok).unwrap(), ino);
+    let d = v.mkdir(ROOT, &"d".repeat(255));
+    v.fs()
+        .symlink(WHO, d, "s".repeat(255).as_bytes(), b"target")
+        .unwrap();
+    v.fs().link(ino, d, ok.as_bytes()).unwrap();
+    let too_long = libc::ENAMETOOLONG;
+    assert_eq!(
+        errno(v.fs().create(WHO, ROOT, long.as_bytes(), 0o644)),
+        too_long
+    );
+    assert_eq!(
+        errno(v.fs().mkdir(WHO, ROOT, long.as_bytes(), 0o755)),
+        too_long
+    );
+    assert_eq!(
+        errno(v.fs().symlink(WHO, ROOT, long.as_bytes(), b"t")),
+        too_long
+    );
+    assert_eq!(errno(v.fs().link(ino, ROOT, long.as_bytes())), too_long);
+    assert_eq!(errno(v.fs().lookup(ROOT, long.as_bytes())), too_long);
+    assert_eq!(errno(v.fs().unlink(ROOT, long.as_bytes())), too_long);
+    assert_eq!(
+        errno(v.fs().rename(
+            ROOT,
+            ok.as_bytes(),
+            ROOT,
+            long.as_bytes(),
+            RenameFlags::default()
+        )),
+        too_long
+    );
+    assert_eq!(errno(v.fs().create(WHO, ROOT, b"a/b", 0o644)), libc::EINVAL);
+    assert_eq!(errno(v.fs().create(WHO, ROOT, b"", 0o644)), libc::EINVAL);
+    assert_eq!(v.names(ROOT), ["d".repeat(255), ok]);
+}
+
+// ---------------------------------------------------------------- persistence
+
+fn persistence_round_trip(store: Arc<dyn ChunkStore>) {
+    let mut v = Vol::with(store, ChunkParams::default(), FsConfig::default());
+    let d = v.mkdir(ROOT, "dir");
+    let big = noise(2 * MIB as usize + 5, 12);
+    let (f1, fh1) = v.create(d, "big");
+    v.write_in_pieces(f1, 0, &big, 128 * KIB as usize);
+    let f2 = v.file_with("small", b"hello");
+    let (sl, _) = v.fs().symlink(WHO, d, b"link", b"../small").unwrap();
+    let (sparse, fh2) = v.create(ROOT, "sparse");
+    v.write(sparse, 1 << 40, b"far");
+    v.fs().setxattr(f2, b"user.k", b"v", 0).unwrap();
+    v.fs()
+        .setattr(
+            f2,
+            SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    let before: Vec<_> = [d, f1, f2, sl, sparse]
+        .iter()
+        .map(|&i| v.fs().getattr(i).unwrap())
+        .collect();
+    // Handles are still open: sync_all(true) must write everything back.
+    v.remount();
+    let _ = (fh1, fh2);
+    assert_eq!(v.lookup(ROOT, "dir").unwrap(), d, "same inode numbers");
+    assert_eq!(v.lookup(d, "big").unwrap(), f1);
+    assert_eq!(v.lookup(ROOT, "small").unwrap(), f2);
+    assert_eq!(v.lookup(d, "link").unwrap(), sl);
+    assert_eq!(v.lookup(ROOT, "sparse").unwrap(), sparse);
+    for (i, ino) in [d, f1, f2, sl, sparse].into_iter().enumerate() {
+        let a = v.fs().getattr(ino).unwrap();
+        let b = before[i];
+        assert_eq!(
+            (a.kind, a.perm, a.nlink, a.size, a.parent),
+            (b.kind, b.perm, b.nlink, b.size, b.parent),
+            "attr of {ino}"
+        );
+        assert_eq!(a.mtime, b.mtime, "mtime of {ino}");
+    }
+    assert_same(&v.read_all(f1), &big, "big file after remount");
+    assert_eq!(v.read_all(f2), b"hello");
+    assert_eq!(v.fs().readlink(sl).unwrap(), b"../small");
+    assert_eq!(v.read(sparse, (1 << 40) - 2, 10), b"\0\0far");
+    assert_eq!(v.fs().getxattr(f2, b"user.k").unwrap(), b"v");
+    let after = v.fs().usage().unwrap();
+    assert_eq!(after.logical_bytes, big.len() as u64 + 5 + (1 << 40) + 3);
+    assert!(after.physical_bytes >= big.len() as u64 + 5 + 3);
+    assert_eq!(after.files, 3);
+    // New inodes do not reuse old numbers.
+    let (n, fh) = v.create(ROOT, "new");
+    v.fs().release(fh).unwrap();
+    assert!(n > sparse, "inode {n} reused after remount");
+}
+
+#[test]
+fn data_and_inode_numbers_survive_remount_with_memory_store() {
+    persistence_round_trip(Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn data_and_inode_numbers_survive_remount_with_local_dir_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalDirStore::open(&dir.path().join("chunks")).unwrap();
+    persistence_round_trip(Arc::new(store));
+}
+
+// ---------------------------------------------------------------- deduplication
+
+#[test]
+fn identical_files_are_stored_once() {
+    let v = Vol::mem();
+    let data = noise(8 * MIB as usize, 13);
+    v.file_with("a", &data);
+    let one = v.physical();
+    assert!(one >= data.len() as u64);
+    v.file_with("b", &data);
+    let two = v.physical();
+    assert!(
+        two - one <= one / 100,
+        "second copy grew physical bytes from {one} to {two}"
+    );
+    let u = v.fs().usage().unwrap();
+    assert_eq!(u.referenced_bytes, 2 * data.len() as u64);
+    assert_eq!(u.logical_bytes, 2 * data.len() as u64);
+}
+
+#[test]
+fn shifted_file_shares_most_chunks() {
+    let v = Vol::mem();
+    let data = noise(8 * MIB as usize, 14);
+    v.file_with("a", &data);
+    let one = v.physical();
+    let mut shifted = vec![0x5A];
+    shifted.extend_from_slice(&data);
+    let ino = v.file_with("b", &shifted);
+    let growth = v.physical() - one;
+    assert!(
+        growth * 10 <= one,
+        "a 1-byte shift added {growth} of {one} physical bytes"
+    );
+    assert_same(&v.read_all(ino), &shifted, "shifted copy");
+}
+
+#[test]
+fn small_overwrite_in_a_large_file_rewrites_few_chunks() {
+    let store = Arc::new(FailingStore::new(Arc::new(MemoryStore::new())));
+    let v = Vol::with(store.clone(), ChunkParams::default(), FsConfig::default());
+    let mut data = noise(64 * MIB as usize, 15);
+    let ino = v.file_with("big", &data);
+    let chunks = v.fs().usage().unwrap().chunk_count;
+    assert!(chunks > 500, "{chunks} chunks");
+    let fh = v.fs().open(ino, true).unwrap();
+    let at = 32 * MIB as usize + 1000;
+    let patch = noise(4096, 16);
+    let before = store.puts();
+    v.write(ino, at as u64, &patch);
+    v.fs().fsync(ino).unwrap();
+    let puts = store.puts() - before;
+    assert!(
+        puts <= 4,
+        "a 4 KiB overwrite stored {puts} chunks (re-chunking is not local)"
+    );
+    assert!(puts >= 1);
+    data[at..at + 4096].copy_from_slice(&patch);
+    v.fs().release(fh).unwrap();
+    assert_same(&v.read_all(ino), &data, "after the overwrite");
+    let growth = v.fs().usage().unwrap().chunk_count as i64 - chunks as i64;
+    assert!(growth.abs() <= 4, "chunk count changed by {growth}");
+}
+
+#[test]
+fn copy_range_shares_chunks_and_copies_are_independent() {
+    let v = Vol::mem();
+    let data = noise(4 * MIB as usize + 99, 17);
+    let src = v.file_with("src", &data);
+    let phys = v.physical();
+    let (dst, fh) = v.create(ROOT, "dst");
+    let n = v.fs().copy_range(src, 0, dst, 0, 1 << 40).unwrap();
+    assert_eq!(n, data.len() as u64, "copy stops at EOF");
+    assert_eq!(v.physical(), phys, "a whole-file copy costs no data");
+    assert_same(&v.read_all(dst), &data, "copy");
+    // An unaligned copy slices at most two chunks at its edges.
+    let (dst2, fh2) = v.create(ROOT, "dst2");
+    let n = v.fs().copy_range(src, 1000, dst2, 7, 2 * MIB).unwrap();
+    assert_eq!(n, 2 * MIB);
+    let growth = v.physical() - phys;
+    assert!(
+        growth <= 2 * 256 * KIB,
+        "unaligned copy added {growth} bytes"
+    );
+    let mut want2 = vec![0u8; 7];
+    want2.extend_from_slice(&data[1000..1000 + 2 * MIB as usize]);
+    assert_same(&v.read_all(dst2), &want2, "unaligned copy");
+    // Writing the copy leaves the source alone, and the reverse.
+    v.write(dst, 100, b"copy changed");
+    v.fs().fsync(dst).unwrap();
+    v.fs().release(fh).unwrap();
+    v.fs().release(fh2).unwrap();
+    assert_same(&v.read_all(src), &data, "source after writing the copy");
+    let fh = v.fs().open(src, true).unwrap();
+    v.write(src, 3 * MIB, b"source changed");
+    v.fs().release(fh).unwrap();
+    let mut want = data.clone();
+    want[100..112].copy_from_slice(b"copy changed");
+    assert_same(&v.read_all(dst), &want, "copy after writing the source");
+    // Overlapping copy inside one file is refused.
+    assert_eq!(errno(v.fs().copy_range(src, 0, src, 10, 100)), libc::EINVAL);
+}
+
+#[test]
+fn copy_range_sees_dirty_source_data_and_overwrites_destination() {
+    let v = Vol::mem();
+    let (src, fh1) = v.create(ROOT, "src");
+    let (dst, fh2) = v.create(ROOT, "dst");
+    let a = noise(300_000, 18);
+    let b = noise(500_000, 19);
+    v.write(src, 0, &a); // dirty, never flushed
+    v.write(dst, 0, &b);
+    assert_eq!(
+        v.fs()
+            .copy_range(src, 50_000, dst, 100_000, 200_000)
+            .unwrap(),
+        200_000
+    );
+    let mut want = b.clone();
+    want[100_000..300_000].copy_from_slice(&a[50_000..250_000]);
+    assert_same(&v.read_all(dst), &want, "dst");
+    v.fs().release(fh1).unwrap();
+    v.fs().release(fh2).unwrap();
+    assert_same(&v.read_all(dst), &want, "dst after release");
+}
+
+#[test]
+fn punch_hole_reads_zeros_and_frees_allocation() {
+    let v = Vol::mem();
+    let data = noise(MIB as usize, 20);
+    let ino = v.file_with("f", &data);
+    let full = v.fs().allocated(ino).unwrap();
+    assert_eq!(full, MIB);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    v.fs()
+        .fallocate(ino, 256 * KIB + 5, 300 * KIB, mode)
+        .unwrap();
+    let mut want = data.clone();
+    want[(256 * KIB + 5) as usize..(556 * KIB + 5) as usize].fill(0);
+    assert_eq!(v.size(ino), MIB, "KEEP_SIZE");
+    assert_same(&v.read_all(ino), &want, "after punch");
+    assert_eq!(v.fs().allocated(ino).unwrap(), full - 300 * KIB);
+    assert_eq!(
+        v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(),
+        256 * KIB + 5
+    );
+    assert_eq!(
+        v.fs().seek(ino, 256 * KIB + 5, SeekWhence::Data).unwrap(),
+        556 * KIB + 5
+    );
+    // Punch past EOF does not grow the file; plain fallocate does.
+    v.fs().fallocate(ino, MIB - 10, MIB, mode).unwrap();
+    assert_eq!(v.size(ino), MIB);
+    want[(MIB - 10) as usize..].fill(0);
+    v.fs().fallocate(ino, MIB, 4096, 0).unwrap();
+    assert_eq!(v.size(ino), MIB + 4096);
+    want.resize((MIB + 4096) as usize, 0);
+    assert_same(&v.read_all(ino), &want, "after grow");
+    assert_eq!(
+        errno(v.fs().fallocate(ino, 0, 10, libc::FALLOC_FL_PUNCH_HOLE)),
+        libc::EOPNOTSUPP,
+        "punch without KEEP_SIZE"
+    );
+    let mut v = v;
+    v.remount();
+    assert_same(&v.read_all(ino), &want, "after remount");
+}
+
+// ---------------------------------------------------------------- faults
+
+#[test]
+fn failed_put_during_fsync_keeps_data_dirty_and_recovers() {
+    let store = Arc::new(FailingStore::new(Arc::new(MemoryStore::new())));
+    let mut v = Vol::with(store.clone(), ChunkParams::default(), FsConfig::default());
+    let mut want = noise(2 * MIB as usize, 21);
+    let ino = v.file_with("f", &want);
+    let fh = v.fs().open(ino, true).unwrap();
+    let patch = noise(MIB as usize, 22);
+    v.write(ino, 512 * KIB, &patch);
+    v.write(ino, 2 * MIB, &patch); // and an append
+    want[512 * KIB as usize..1536 * KIB as usize].copy_from_slice(&patch);
+    want.extend_from_slice(&patch);
+    store.fail_nth_put(2);
+    let e = v
+        .fs()
+        .fsync(ino)
+        .expect_err("fsync must report the failed put");
+    assert_eq!(e.errno(), libc::EIO);
+    assert_same(&v.read_all(ino), &want, "reads after a failed fsync");
+    assert_eq!(v.size(ino), 3 * MIB);
+    // More writes while the earlier ones are still dirty.
+    v.write(ino, 100, b"later");
+    want[100..105].copy_from_slice(b"later");
+    v.fs().fsync(ino).unwrap();
+    assert_same(&v.read_all(ino), &want, "after a successful fsync");
+    v.fs().release(fh).unwrap();
+    v.remount();
+    assert_same(&v.read_all(ino), &want, "after remount");
+}
+
+#[test]
+fn failed_write_back_on_release_reports_and_keeps_the_data() {
+    let store = Arc::new(FailingStore::new(Arc::new(MemoryStore::new())));
+    let mut v = Vol::with(store.clone(), ChunkParams::default(), FsConfig::default());
+    let (ino, fh) = v.create(ROOT, "f");
+    let data = noise(700_000, 23);
+    v.write(ino, 0, &data);
+    store.fail_nth_put(1);
+    assert_eq!(errno(v.fs().release(fh)), libc::EIO);
+    assert_same(&v.read_all(ino), &data, "after failed release");
+    v.remount(); // sync_all(true) retries the write-back
+    assert_same(&v.read_all(ino), &data, "after remount");
+}
+
+#[test]
+fn full_store_gives_enospc_and_recovers_when_space_returns() {
+    let store = Arc::new(FailingStore::new(Arc::new(MemoryStore::new())));
+    let mut v = Vol::with(store.clone(), ChunkParams::default(), small_cfg());
+    let (ino, fh) = v.create(ROOT, "f");
+    let data = noise(3 * MIB as usize, 24);
+    store.set_full(true);
+    // Buffered writes are accepted until the dirty limit forces a write-back, which fails.
+    let mut written = 0usize;
+    let err = loop {
+        match v.fs().write(
+            ino,
+            written as u64,
+            &data[written..written + 64 * KIB as usize],
+        ) {
+            Ok(n) => written += n,
+            Err(e) => break e,
+        }
+        assert!(written < data.len(), "writes never hit the full store");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err:?}");
+    assert!(written as u64 <= MIB);
+    assert_eq!(errno(v.fs().fsync(ino)), libc::ENOSPC);
+    assert_same(&v.read_all(ino), &data[..written], "buffered data kept");
+    store.set_full(false);
+    v.write_in_pieces(ino, written as u64, &data[written..], 64 * KIB as usize);
+    v.fs().fsync(ino).unwrap();
+    assert_same(&v.read_all(ino), &data, "after space returned");
+    v.fs().release(fh).unwrap();
+    v.remount();
+    assert_same(&v.read_all(ino), &data, "after remount");
+}
+
+/// Runs `f` on a thread and fails if it does not finish in `secs` (a hang is a failure, not a
+/// stuck test run). The thread is left behind on timeout.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hang)"))
+}
+
+#[test]
+fn write_larger_than_the_total_dirty_limit_does_not_hang() {
+    // A write of more than the total dirty limit, to a file whose write-back keeps its
+    // unfinished tail chunk dirty, must still complete.
+    let v = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::default(),
+        FsConfig {
+            file_dirty_limit: MIB as usize,
+            total_dirty_limit: MIB as usize,
+            ..small_cfg()
+        },
+    );
+    let data = noise(4 * MIB as usize, 25);
+    let v = within(20, "two 2 MiB writes with a 1 MiB dirty limit", move || {
+        let (ino, fh) = v.create(ROOT, "f");
+        v.write(ino, 0, &data[..2 * MIB as usize]);
+        v.write(ino, 2 * MIB, &data[2 * MIB as usize..]);
+        v.fs().release(fh).unwrap();
+        assert_same(&v.read_all(ino), &data, "after release");
+        v
+    });
+    drop(v);
+}
+
+#[test]
+fn many_open_streaming_files_do_not_wedge_the_total_dirty_limit() {
+    // Each open file being streamed keeps its last partial chunk dirty; when those tails alone
+    // exceed the total dirty limit, a new write must still make progress.
+    let v = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::default(),
+        FsConfig {
+            file_dirty_limit: 4 * MIB as usize,
+            total_dirty_limit: 2 * MIB as usize,
+            ..small_cfg()
+        },
+    );
+    within(
+        30,
+        "32 streamed files with a 2 MiB total dirty limit",
+        move || {
+            let mut files = Vec::new();
+            for i in 0..32u64 {
+                let (ino, fh) = v.create(ROOT, &format!("f{i}"));
+                files.push((ino, fh, noise(600 * KIB as usize, 100 + i)));
+            }
+            for piece in 0..5usize {
+                for (ino, _, data) in &files {
+                    let r = piece * 120 * KIB as usize..(piece + 1) * 120 * KIB as usize;
+                    v.write(*ino, r.start as u64, &data[r]);
+                }
+            }
+            for (ino, fh, data) in &files {
+                assert_same(&v.read_all(*ino), data, "streamed file");
+                v.fs().release(*fh).unwrap();
+            }
+        },
+    );
+}
+
+#[test]
+fn read_only_fs_refuses_changes() {
+    let mut v = Vol::mem();
+    let ino = v.file_with("f", b"data");
+    v.fs().sync_all(true).unwrap();
+    drop(v.fs.take());
+    v.cfg.read_only = true;
+    let meta = MetaDb::open(&v.db_path()).unwrap();
+    v.fs = Some(Fs::new(meta, v.store.clone(), v.cfg.clone()).unwrap());
+    assert_eq!(v.read_all(ino), b"data");
+    assert_eq!(errno(v.fs().write(ino, 0, b"x")), libc::EROFS);
+    assert_eq!(errno(v.fs().open(ino, true)), libc::EROFS);
+    assert_eq!(errno(v.fs().mkdir(WHO, ROOT, b"d", 0o755)), libc::EROFS);
+    assert_eq!(errno(v.fs().unlink(ROOT, b"f")), libc::EROFS);
+    let fh = v.fs().open(ino, false).unwrap();
+    v.fs().release(fh).unwrap();
+}
+
+#[test]
+fn rewrite_straddling_an_old_boundary_keeps_the_new_bytes() {
+    // Same bytes around an old chunk boundary make re-chunking cut there again; the dirty
+    // range goes on past it with new bytes, which must not be dropped by the resync.
+    let v = Vol::mem();
+    let mut want = noise(2 * MIB as usize, 26);
+    let ino = v.file_with("f", &want);
+    let extents = v
+        .fs()
+        .meta()
+        .begin_read()
+        .unwrap()
+        .all_extents(ino)
+        .unwrap();
+    assert!(extents.len() >= 8);
+    let fh = v.fs().open(ino, true).unwrap();
+    // Boundaries far apart, so no other dirty range re-chunks the bytes after them.
+    for e in [&extents[2], &extents[6]] {
+        let c = e.offset as usize;
+        // Unchanged bytes up to the boundary and a little past it (FastCDC's cut at c looks at
+        // the byte at c), then new bytes.
+        let mut patch = want[c - 3000..c + 8].to_vec();
+        patch.extend_from_slice(&noise(2992, c as u64));
+        v.write(ino, (c - 3000) as u64, &patch);
+        want[c - 3000..c + 3000].copy_from_slice(&patch);
+    }
+    v.fs().fsync(ino).unwrap();
+    assert_same(&v.read_all(ino), &want, "after fsync");
+    v.fs().release(fh).unwrap();
+    let mut v = v;
+    v.remount();
+    assert_same(&v.read_all(ino), &want, "after remount");
+}
+
+#[test]
+fn concurrent_writers_deleters_and_syncs_keep_every_file_intact() {
+    // Write-back runs with the state lock released; other threads write, read, fsync, delete
+    // files that share chunks, and sync meanwhile. Every file must end up exactly as its
+    // writer left it, and every chunk the metadata references must be in the store.
+    let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meta.redb");
+    let params = ChunkParams::from_avg(4096).unwrap();
+    let cfg = FsConfig {
+        file_dirty_limit: 256 * KIB as usize,
+        total_dirty_limit: 4 * MIB as usize,
+        ..small_cfg()
+    };
+    let fs = Arc::new(
+        Fs::new(
+            MetaDb::create(&db, params, 0, 0).unwrap(),
+            store.clone(),
+            cfg.clone(),
+        )
+        .unwrap(),
+    );
+    fs.start_background();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let results = within(120, "concurrent workload", {
+        let fs = fs.clone();
+        let stop = stop.clone();
+        move || {
+            std::thread::scope(|s| {
+                let syncer = s.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        fs.sync_all(false).unwrap();
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+                let workers: Vec<_> = (0..4u64)
+                    .map(|t| {
+                        let fs = &fs;
+                        s.spawn(move || {
+                            let mut rng = t * 7919 + 1;
+                            let mut next = move |n: u64| {
+                                rng ^= rng << 13;
+                                rng ^= rng >> 7;
+                                rng ^= rng << 17;
+                                rng % n
+                            };
+                            let name = format!("w{t}");
+                            let mut kept = Vec::new();
+                            for round in 0..6 {
+                                let fname = format!("{name}-{round}");
+                                let (ino, _, fh) =
+                                    fs.create(WHO, ROOT, fname.as_bytes(), 0o644).unwrap();
+                                let mut model = vec![0u8; 0];
+                                for _ in 0..60 {
+                                    let off = next(600 * KIB);
+                                    let len = 1 + next(64 * KIB) as usize;
+                                    // Shared seeds: the same chunks appear in many files.
+                                    let data = noise(len, next(4));
+                                    fs.write(ino, off, &data).unwrap();
+                                    let end = off as usize + len;
+                                    if model.len() < end {
+                                        model.resize(end, 0);
+                                    }
+                                    model[off as usize..end].copy_from_slice(&data);
+                                    match next(10) {
+                                        0 => fs.fsync(ino).unwrap(),
+                                        1 => {
+                                            let size = next(model.len() as u64 + 1);
+                                            fs.truncate(ino, size).unwrap();
+                                            model.resize(size as usize, 0);
+                                        }
+                                        2 => {
+                                            let r = fs.read(ino, 0, model.len() as u32).unwrap();
+                                            assert!(r == model, "{fname}: read while writing");
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                                fs.release(fh).unwrap();
+                                if round % 2 == 1 {
+                                    // Drop a file sharing chunks with files still being written.
+                                    fs.unlink(ROOT, fname.as_bytes()).unwrap();
+                                } else {
+                                    kept.push((ino, model));
+                                }
+                            }
+                            kept
+                        })
+                    })
+                    .collect();
+                let kept: Vec<_> = workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect();
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                syncer.join().unwrap();
+                kept
+            })
+        }
+    });
+    fs.stop_background();
+    fs.sync_all(true).unwrap();
+    for (ino, model) in &results {
+        let got = fs.read(*ino, 0, model.len() as u32 + 10).unwrap();
+        assert_same(&got, model, "file after the concurrent workload");
+    }
+    let r = fs.meta().begin_read().unwrap();
+    let mut missing = Vec::new();
+    r.for_each_extent(&mut |ino, e| {
+        if store.get(&e.id).is_err() {
+            missing.push((ino, e.offset));
+        }
+    })
+    .unwrap();
+    assert!(
+        missing.is_empty(),
+        "extents name chunks missing from the store: {missing:?}"
+    );
+}
+
+/// A store whose puts block while the gate is closed: holds a write-back in flight (with the
+/// state lock released) so a test can look at the file meanwhile.
+struct GateStore {
+    inner: MemoryStore,
+    closed: parking_lot::Mutex<bool>,
+    changed: parking_lot::Condvar,
+    waiting: std::sync::atomic::AtomicU64,
+}
+
+impl GateStore {
+    fn new() -> GateStore {
+        GateStore {
+            inner: MemoryStore::new(),
+            closed: parking_lot::Mutex::new(false),
+            changed: parking_lot::Condvar::new(),
+            waiting: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock() = closed;
+        self.changed.notify_all();
+    }
+
+    fn wait_for_blocked_put(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no put reached the store"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl ChunkStore for GateStore {
+    fn put(&self, id: &dedupfs::hash::ChunkId, data: &[u8]) -> dedupfs::error::Result<()> {
+        let mut closed = self.closed.lock();
+        if *closed {
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while *closed {
+                self.changed.wait(&mut closed);
+            }
+        }
+        drop(closed);
+        self.inner.put(id, data)
+    }
+    fn get(
+        &self,
+        id: &dedupfs::hash::ChunkId,
+    ) -> dedupfs::error::Result<dedupfs::store::ChunkBytes> {
+        self.inner.get(id)
+    }
+    fn remove(&self, id: &dedupfs::hash::ChunkId) -> dedupfs::error::Result<()> {
+        self.inner.remove(id)
+    }
+    fn sync(&self) -> dedupfs::error::Result<()> {
+        self.inner.sync()
+    }
+    fn for_each(&self, f: &mut dyn FnMut(dedupfs::hash::ChunkId)) -> dedupfs::error::Result<()> {
+        self.inner.for_each(f)
+    }
+    fn space(&self) -> dedupfs::error::Result<dedupfs::store::SpaceUsage> {
+        self.inner.space()
+    }
+}
+
+/// A file with 100 KiB of data after a 1 MiB hole, its fsync stuck in the store on another
+/// thread. Returns the fs, store, inode, data and the fsync thread.
+type InFlight = (
+    Arc<Fs>,
+    Arc<GateStore>,
+    Ino,
+    Vec<u8>,
+    std::thread::JoinHandle<dedupfs::error::Result<()>>,
+);
+
+fn file_with_write_back_in_flight() -> InFlight {
+    let store = Arc::new(GateStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let meta = MetaDb::create(&dir.path().join("meta.redb"), ChunkParams::default(), 0, 0).unwrap();
+    let fs = Arc::new(Fs::new(meta, store.clone(), FsConfig::default()).unwrap());
+    let (ino, _, _fh) = fs.create(WHO, ROOT, b"f", 0o644).unwrap();
+    let data = noise(100 * KIB as usize, 27);
+    fs.write(ino, MIB, &data).unwrap();
+    store.set_closed(true);
+    let t = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let _keep = dir;
+            fs.fsync(ino)
+        })
+    };
+    store.wait_for_blocked_put();
+    (fs, store, ino, data, t)
+}
+
+#[test]
+fn reads_see_data_whose_write_back_is_in_flight() {
+    let (fs, store, ino, data, t) = file_with_write_back_in_flight();
+    let got = fs.read(ino, MIB, data.len() as u32);
+    store.set_closed(false);
+    t.join().unwrap().unwrap();
+    assert_same(&got.unwrap(), &data, "read during write-back");
+    assert_same(
+        &fs.read(ino, MIB, data.len() as u32).unwrap(),
+        &data,
+        "after",
+    );
+}
+
+#[test]
+fn seek_data_and_hole_see_data_whose_write_back_is_in_flight() {
+    let (fs, store, ino, data, t) = file_with_write_back_in_flight();
+    let data_at = fs.seek(ino, 0, SeekWhence::Data).map_err(|e| e.errno());
+    let hole_at = fs.seek(ino, MIB, SeekWhence::Hole).map_err(|e| e.errno());
+    store.set_closed(false);
+    t.join().unwrap().unwrap();
+    let end = MIB + data.len() as u64;
+    assert_eq!(
+        data_at,
+        Ok(MIB),
+        "SEEK_DATA during write-back skipped the data"
+    );
+    assert_eq!(
+        hole_at,
+        Ok(end),
+        "SEEK_HOLE during write-back reported a hole over data"
+    );
+    assert_eq!(fs.seek(ino, 0, SeekWhence::Data).unwrap(), MIB, "after");
+}
+
+#[test]
+fn allocated_counts_data_whose_write_back_is_in_flight() {
+    let (fs, store, ino, data, t) = file_with_write_back_in_flight();
+    let during = fs.allocated(ino);
+    store.set_closed(false);
+    t.join().unwrap().unwrap();
+    assert!(
+        during.unwrap() >= data.len() as u64,
+        "st_blocks dropped to nothing while the data was being written back"
+    );
+    assert_eq!(fs.allocated(ino).unwrap(), data.len() as u64, "after");
+}
+
+fn extent_lens(fs: &Fs, ino: Ino) -> Vec<u32> {
+    let r = fs.meta().begin_read().unwrap();
+    r.all_extents(ino).unwrap().iter().map(|e| e.len).collect()
+}
+
+#[test]
+fn streamed_file_is_cut_like_a_single_write() {
+    // Chunk boundaries must not depend on how the data arrived: in 4 KiB pieces under small
+    // dirty limits (many non-final write-backs that keep their tail), with the background
+    // writer, or in one piece. Otherwise identical files written differently stop sharing.
+    let data = noise(5 * MIB as usize + 4321, 28);
+    let one = Vol::mem();
+    let whole = one.file_with("whole", &data);
+    let want = extent_lens(one.fs(), whole);
+    let small = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::default(),
+        small_cfg(),
+    );
+    let (ino, fh) = small.create(ROOT, "streamed");
+    small.write_in_pieces(ino, 0, &data, 4096);
+    small.fs().sync_all(false).unwrap(); // the periodic flusher, mid-stream
+    small.fs().release(fh).unwrap();
+    assert_eq!(
+        extent_lens(small.fs(), ino),
+        want,
+        "4 KiB pieces, small dirty limits"
+    );
+    let bg = Arc::new(
+        Fs::new(
+            MetaDb::create(
+                &small.dir.path().join("bg.redb"),
+                ChunkParams::default(),
+                0,
+                0,
+            )
+            .unwrap(),
+            Arc::new(MemoryStore::new()),
+            small_cfg(),
+        )
+        .unwrap(),
+    );
+    bg.start_background();
+    let (ino, _, fh) = bg.create(WHO, ROOT, b"bg", 0o644).unwrap();
+    for (i, c) in data.chunks(128 * KIB as usize).enumerate() {
+        bg.write(ino, i as u64 * 128 * KIB, c).unwrap();
+    }
+    bg.release(fh).unwrap();
+    bg.stop_background();
+    assert_eq!(extent_lens(&bg, ino), want, "background writer");
+}
+
+#[test]
+fn append_after_a_flush_is_cut_like_a_single_write() {
+    // close() flushes and cuts the file's last piece as final; appending later (reopen with
+    // O_APPEND, a log file) must re-cut that piece so the file ends up with the boundaries of
+    // one continuous write.
+    let mut differ = Vec::new();
+    for (k, split) in [10_000usize, 100_000, 300_000, 555_555, 1_000_000, 1_234_567]
+        .into_iter()
+        .enumerate()
+    {
+        let data = noise(2 * MIB as usize, 40 + k as u64);
+        let v = Vol::mem();
+        let whole = v.file_with("whole", &data);
+        let (ino, fh) = v.create(ROOT, "appended");
+        v.write(ino, 0, &data[..split]);
+        v.fs().flush(ino).unwrap();
+        v.write(ino, split as u64, &data[split..]);
+        v.fs().release(fh).unwrap();
+        assert_same(&v.read_all(ino), &data, "appended file");
+        if extent_lens(v.fs(), ino) != extent_lens(v.fs(), whole) {
+            differ.push(split);
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "boundaries differ from a single write when split at {differ:?}"
+    );
+}
