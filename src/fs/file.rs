@@ -26,9 +26,6 @@ const HASH_THREADS: usize = 3;
 /// Chunks queued for prefetch after each read.
 const PREFETCH_CHUNKS: usize = 16;
 
-/// Bytes fetched from committed data per step while re-chunking.
-const FILL_STEP: usize = 256 * 1024;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekWhence {
     Data,
@@ -64,6 +61,17 @@ struct Region {
     new: Vec<Extent>,
 }
 
+/// A chunk to hash and store: `block[start..start + len]`, at file offset `offset`.
+struct Job {
+    offset: u64,
+    block: Arc<Vec<u8>>,
+    start: usize,
+    len: usize,
+}
+
+/// Bytes gathered per block while re-chunking.
+const BLOCK: usize = 4 << 20;
+
 /// Result of the unlocked phase of a write-back.
 #[derive(Default)]
 struct Prepared {
@@ -89,6 +97,7 @@ impl Fs {
                     opens: 0,
                     flushing: None,
                     queued: false,
+                    wb_failed: false,
                 }))
             }
         }
@@ -178,15 +187,31 @@ impl Fs {
         // Make room before accepting the data, so a failed write-back (ENOSPC) refuses this
         // write instead of growing memory without bound.
         if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit {
-            self.writeback(&mut st, ino, false)?;
+            // Double buffering: at most one buffer of this file is in flight. Wait for it,
+            // then hand the full one to the background writer and go on filling the next,
+            // so receiving writes overlaps with chunking. Without a background writer, or
+            // after a failed write-back (whose error this write must report), write back here.
+            self.wait_idle(&mut st, ino);
+            let o = self.open_entry(&mut st, ino)?;
+            let handed = !o.wb_failed
+                && o.dirty.bytes() <= self.cfg.file_dirty_limit
+                && self
+                    .background
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|bg| bg.try_send(ino).is_ok());
+            if handed {
+                o.queued = true;
+            } else {
+                self.writeback(&mut st, ino, false)?;
+            }
         } else if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit / 4
             && o.flushing.is_none()
             && !o.queued
             && let Some(bg) = &*self.background.lock()
             && bg.try_send(ino).is_ok()
         {
-            // Hand a quarter-budget to the background writer, so chunking overlaps with
-            // receiving the next writes.
+            // Hand a quarter-budget to the background writer early.
             o.queued = true;
         }
         if st.dirty_total + data.len() > self.cfg.total_dirty_limit {
@@ -275,6 +300,7 @@ impl Fs {
         let before = o.dirty.bytes();
         let out = match result {
             Ok(tails) => {
+                o.wb_failed = false;
                 // Tails go back under anything written since the take.
                 o.dirty.restore(tails);
                 if o.dirty.is_empty() {
@@ -284,6 +310,7 @@ impl Fs {
                 Ok(())
             }
             Err(e) => {
+                o.wb_failed = true;
                 o.dirty.restore(Arc::unwrap_or_clone(ranges));
                 Err(e)
             }
@@ -374,7 +401,7 @@ impl Fs {
         policy: Policy,
     ) -> Result<Prepared> {
         std::thread::scope(|scope| {
-            let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(32);
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(64);
             let workers: Vec<_> = (0..HASH_THREADS)
                 .map(|_| {
                     let job_rx = job_rx.clone();
@@ -382,15 +409,16 @@ impl Fs {
                         let mut written = HashSet::new();
                         let mut out = HashMap::new();
                         let mut failed = None;
-                        for (offset, data) in job_rx {
+                        for job in job_rx {
                             // Keep draining after a failure so the cutter never blocks.
                             if failed.is_some() {
                                 continue;
                             }
-                            let id = ChunkId::of(&data);
-                            match self.ensure_chunk(snap, &mut written, &id, &data) {
+                            let data = &job.block[job.start..job.start + job.len];
+                            let id = ChunkId::of(data);
+                            match self.ensure_chunk(snap, &mut written, &id, data) {
                                 Ok(()) => {
-                                    out.insert(offset, (id, data.len() as u32));
+                                    out.insert(job.offset, (id, job.len as u32));
                                 }
                                 Err(e) => failed = Some(e),
                             }
@@ -449,7 +477,7 @@ impl Fs {
         size: u64,
         final_: bool,
         policy: Policy,
-        jobs: &crossbeam_channel::Sender<(u64, Vec<u8>)>,
+        jobs: &crossbeam_channel::Sender<Job>,
     ) -> Result<Prepared> {
         let max = self.chunker.params().max as usize;
         let mut out = Prepared::default();
@@ -466,17 +494,26 @@ impl Fs {
                     _ => d0,
                 },
             };
-            let mut window: Vec<u8> = Vec::with_capacity(max + FILL_STEP);
-            let mut wstart = 0usize; // window[wstart..] holds bytes from `pos`
+            // Data is gathered into blocks shared with the hashing threads: each byte is
+            // copied once (into a block), chunks travel as (block, start, len).
+            let mut block: Arc<Vec<u8>> = Arc::new(Vec::new());
+            let mut bstart = 0usize; // block[bstart..] holds bytes from `pos`
             let mut pos = s;
             let mut run_ended = false;
             let mut new = Vec::new();
             let end = loop {
-                while !run_ended && window.len() - wstart < max {
-                    let at = pos + (window.len() - wstart) as u64;
-                    run_ended = self.fill(snap, ino, ranges, size, at, FILL_STEP, &mut window)?;
+                if !run_ended && block.len() - bstart < max {
+                    let mut next = Vec::with_capacity(BLOCK + max);
+                    next.extend_from_slice(&block[bstart..]);
+                    while !run_ended && next.len() < BLOCK {
+                        let at = pos + next.len() as u64;
+                        let want = BLOCK - next.len();
+                        run_ended = self.fill(snap, ino, ranges, size, at, want, &mut next)?;
+                    }
+                    block = Arc::new(next);
+                    bstart = 0;
                 }
-                let avail = &window[wstart..];
+                let avail = &block[bstart..];
                 let Some(len) = self.chunker.next_cut_for(policy, pos, avail, run_ended) else {
                     break pos;
                 };
@@ -487,10 +524,15 @@ impl Fs {
                     out.tails.push((pos, avail.to_vec()));
                     break c;
                 }
-                let data = &avail[..len];
-                if !is_zero(data) {
-                    if jobs.send((pos, data.to_vec())).is_err() {
-                        // The hashing thread stopped on an error; it reports it.
+                if !is_zero(&avail[..len]) {
+                    let job = Job {
+                        offset: pos,
+                        block: block.clone(),
+                        start: bstart,
+                        len,
+                    };
+                    if jobs.send(job).is_err() {
+                        // A hashing thread stopped on an error; it reports it.
                         return Ok(out);
                     }
                     new.push(Extent {
@@ -499,13 +541,9 @@ impl Fs {
                         len: len as u32,
                     });
                 }
-                wstart += len;
+                bstart += len;
                 pos = c;
-                if wstart >= max {
-                    window.drain(..wstart);
-                    wstart = 0;
-                }
-                if run_ended && wstart == window.len() {
+                if run_ended && bstart == block.len() {
                     break c;
                 }
                 // Resynchronised? No dirty range may straddle the cut, and the cut must be an

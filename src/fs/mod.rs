@@ -131,6 +131,9 @@ struct OpenInode {
     flushing: Option<Arc<Ranges>>,
     /// Queued for the background writer.
     queued: bool,
+    /// The last write-back failed: the next write that needs room writes back itself, so
+    /// the writer sees the error (ENOSPC) instead of memory filling up.
+    wb_failed: bool,
 }
 
 type Guard<'a> = parking_lot::MutexGuard<'a, State>;
