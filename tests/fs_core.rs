@@ -1497,6 +1497,8 @@ fn streamed_file_is_cut_like_a_single_write() {
         bg.write(ino, i as u64 * 128 * KIB, c).unwrap();
     }
     bg.release(fh).unwrap();
+    // With a background writer, close queues the write-back; a sync waits for it.
+    bg.sync_all(true).unwrap();
     bg.stop_background();
     assert_eq!(extent_lens(&bg, ino), want, "background writer");
 }

@@ -69,6 +69,24 @@ struct Job {
     len: usize,
 }
 
+/// Write-backs smaller than this hash and store on the calling thread.
+const INLINE_WRITE_BACK: usize = 1 << 20;
+
+/// Sets the ids of the new extents from what the hashing side computed.
+fn fill_ids(prepared: &mut Prepared, hashed: &HashMap<u64, (ChunkId, u32)>) -> Result<()> {
+    for r in &mut prepared.regions {
+        for e in &mut r.new {
+            let (id, len) = hashed
+                .get(&e.offset)
+                .copied()
+                .ok_or_else(|| FsError::Corrupt("chunk lost between threads".into()))?;
+            e.id = id;
+            e.len = len;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes gathered per block while re-chunking.
 const BLOCK: usize = 4 << 20;
 
@@ -400,6 +418,23 @@ impl Fs {
         final_: bool,
         policy: Policy,
     ) -> Result<Prepared> {
+        let bytes: usize = ranges.iter().map(|(_, v)| v.len()).sum();
+        if bytes < INLINE_WRITE_BACK {
+            // Small (a file being closed after a few KiB): threads cost more than they save.
+            let mut written = HashSet::new();
+            let mut hashed = HashMap::new();
+            let mut inline = |job: Job| -> Result<bool> {
+                let data = &job.block[job.start..job.start + job.len];
+                let id = ChunkId::of(data);
+                self.ensure_chunk(snap, &mut written, &id, data)?;
+                hashed.insert(job.offset, (id, job.len as u32));
+                Ok(true)
+            };
+            let mut prepared =
+                self.cut_regions(snap, ino, ranges, size, final_, policy, &mut inline)?;
+            fill_ids(&mut prepared, &hashed)?;
+            return Ok(prepared);
+        }
         std::thread::scope(|scope| {
             let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(64);
             let workers: Vec<_> = (0..HASH_THREADS)
@@ -431,7 +466,8 @@ impl Fs {
                 })
                 .collect();
             drop(job_rx);
-            let cut = self.cut_regions(snap, ino, ranges, size, final_, policy, &job_tx);
+            let mut send = |job: Job| Ok(job_tx.send(job).is_ok());
+            let cut = self.cut_regions(snap, ino, ranges, size, final_, policy, &mut send);
             drop(job_tx);
             let mut hashed = HashMap::new();
             let mut first_err = None;
@@ -452,16 +488,7 @@ impl Fs {
             if let Some(e) = first_err {
                 return Err(e);
             }
-            for r in &mut prepared.regions {
-                for e in &mut r.new {
-                    let (id, len) = hashed
-                        .get(&e.offset)
-                        .copied()
-                        .ok_or_else(|| FsError::Corrupt("chunk lost between threads".into()))?;
-                    e.id = id;
-                    e.len = len;
-                }
-            }
+            fill_ids(&mut prepared, &hashed)?;
             Ok(prepared)
         })
     }
@@ -477,7 +504,7 @@ impl Fs {
         size: u64,
         final_: bool,
         policy: Policy,
-        jobs: &crossbeam_channel::Sender<Job>,
+        sink: &mut dyn FnMut(Job) -> Result<bool>,
     ) -> Result<Prepared> {
         let max = self.chunker.params().max as usize;
         let mut out = Prepared::default();
@@ -531,7 +558,7 @@ impl Fs {
                         start: bstart,
                         len,
                     };
-                    if jobs.send(job).is_err() {
+                    if !sink(job)? {
                         // A hashing thread stopped on an error; it reports it.
                         return Ok(out);
                     }

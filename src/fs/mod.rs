@@ -705,9 +705,10 @@ impl Fs {
         if !last {
             return Ok(());
         }
-        let result = self.writeback(&mut st, ino, true);
         let nlink = st.open.get(&ino).map(|o| o.attr.nlink).unwrap_or(1);
         if nlink == 0 {
+            // Unlinked and now closed: its data goes with it.
+            self.wait_idle(&mut st, ino);
             if let Some(o) = st.open.remove(&ino) {
                 st.dirty_total -= o.dirty.bytes();
             }
@@ -716,6 +717,11 @@ impl Fs {
             self.commit(&mut st, tx)?;
             return Ok(());
         }
+        if self.queue_writeback(&mut st, ino) {
+            self.forget_if_idle(&mut st, ino);
+            return Ok(());
+        }
+        let result = self.writeback(&mut st, ino, true);
         // Keep the entry while write-back failed: its dirty data is the only copy.
         if result.is_ok()
             && let Some(o) = st.open.get(&ino)
@@ -959,8 +965,11 @@ impl Fs {
                     let Some(fs) = weak.upgrade() else { break };
                     let mut st = fs.state.lock();
                     let closed = st.open.get(&ino).is_some_and(|o| o.opens == 0);
-                    if let Err(e) = fs.writeback(&mut st, ino, closed) {
-                        tracing::warn!(ino, "background write-back failed (will retry): {e}");
+                    match fs.writeback(&mut st, ino, closed) {
+                        Ok(()) => fs.forget_if_idle(&mut st, ino),
+                        Err(e) => {
+                            tracing::warn!(ino, "background write-back failed (will retry): {e}")
+                        }
                     }
                 }
             })
@@ -1021,9 +1030,52 @@ impl Fs {
     }
 
     /// flush(2) at close: writes the file back so its chunks are cut and committed.
+    ///
+    /// With a background writer the write-back is queued instead: close returns at once (a
+    /// `tar x` of many small files overlaps with chunking them), readers see the data
+    /// meanwhile, and fsync still waits for it. A file whose last write-back failed is
+    /// written back here, so the closer gets the error.
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
+        if self.queue_writeback(&mut st, ino) {
+            return Ok(());
+        }
         self.writeback(&mut st, ino, true)
+    }
+
+    /// Queues `ino` for the background writer. False when the caller must write back itself:
+    /// no background writer, a full queue, or a failed last write-back.
+    fn queue_writeback(&self, st: &mut State, ino: Ino) -> bool {
+        let Some(o) = st.open.get_mut(&ino) else {
+            return true;
+        };
+        if o.dirty.is_empty() && !o.attr_dirty {
+            return true;
+        }
+        if o.wb_failed {
+            return false;
+        }
+        if o.queued {
+            return true;
+        }
+        let sent = self
+            .background
+            .lock()
+            .as_ref()
+            .is_some_and(|bg| bg.try_send(ino).is_ok());
+        if sent {
+            o.queued = true;
+        }
+        sent
+    }
+
+    /// Drops the in-memory entry of a closed inode with nothing left to write.
+    fn forget_if_idle(&self, st: &mut State, ino: Ino) {
+        if st.open.get(&ino).is_some_and(|o| {
+            o.opens == 0 && o.dirty.is_empty() && !o.attr_dirty && o.flushing.is_none() && !o.queued
+        }) {
+            st.open.remove(&ino);
+        }
     }
 
     /// Clears set-user-ID and set-group-ID after a write by an unprivileged writer, as the
