@@ -114,6 +114,14 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
 /// Opens a store for exclusive use.
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
+    if !dir.join("meta.redb").exists() {
+        return Err(VolumeError::Meta {
+            path: dir.to_path_buf(),
+            err: crate::error::FsError::Corrupt(
+                "the metadata database meta.redb is missing; the store cannot be opened".into(),
+            ),
+        });
+    }
     let meta = MetaDb::open(&dir.join("meta.redb")).map_err(|err| VolumeError::Meta {
         path: dir.to_path_buf(),
         err,
