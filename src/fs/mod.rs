@@ -174,6 +174,34 @@ pub struct Fs {
     removal: RwLock<()>,
 }
 
+/// Applies the non-size changes of a setattr to `a`.
+fn apply_set(a: &mut Attr, set: &SetAttr, now: Ts) {
+    if let Some(mode) = set.mode {
+        a.perm = (mode & 0o7777) as u16;
+    }
+    if let Some(uid) = set.uid {
+        a.uid = uid;
+    }
+    if let Some(gid) = set.gid {
+        a.gid = gid;
+    }
+    if (set.uid.is_some() || set.gid.is_some()) && a.kind != Kind::Dir && set.mode.is_none() {
+        // chown clears set-user-ID, and set-group-ID when group-executable (Linux does so
+        // for root too since 2.2.13).
+        a.perm &= !(libc::S_ISUID as u16);
+        if a.perm & libc::S_IXGRP as u16 != 0 {
+            a.perm &= !(libc::S_ISGID as u16);
+        }
+    }
+    if let Some(t) = set.atime {
+        a.atime = t.resolve();
+    }
+    if let Some(t) = set.mtime {
+        a.mtime = t.resolve();
+    }
+    a.ctime = set.ctime.unwrap_or(now);
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -638,35 +666,22 @@ impl Fs {
             self.truncate(ino, size)?;
         }
         let mut st = self.state.lock();
+        let now = Ts::now();
+        if let Some(o) = st.open.get_mut(&ino) {
+            // An open (or just closed, write-back pending) file: change the authoritative
+            // in-memory copy; its write-back commits it with the data. `tar x` sets times,
+            // owner and mode right after close: this saves three commits per file.
+            apply_set(&mut o.attr, &set, now);
+            o.attr_dirty = true;
+            let (a, closed) = (o.attr, o.opens == 0);
+            if closed && !self.queue_writeback(&mut st, ino) {
+                self.writeback(&mut st, ino, true)?;
+            }
+            return Ok(a);
+        }
         let mut tx = self.meta.begin_write()?;
         let mut a = self.attr_in(&st, &tx, ino)?;
-        let now = Ts::now();
-        if let Some(mode) = set.mode {
-            a.perm = (mode & 0o7777) as u16;
-        }
-        if let Some(uid) = set.uid {
-            a.uid = uid;
-        }
-        if let Some(gid) = set.gid {
-            a.gid = gid;
-        }
-        if (set.uid.is_some() || set.gid.is_some()) && a.kind != Kind::Dir {
-            // chown clears set-user-ID and set-group-ID on files (the kernel asks us to via
-            // the mode too, but not for every caller).
-            if set.mode.is_none() {
-                a.perm &= !(libc::S_ISUID as u16);
-                if a.perm & libc::S_IXGRP as u16 != 0 {
-                    a.perm &= !(libc::S_ISGID as u16);
-                }
-            }
-        }
-        if let Some(t) = set.atime {
-            a.atime = t.resolve();
-        }
-        if let Some(t) = set.mtime {
-            a.mtime = t.resolve();
-        }
-        a.ctime = set.ctime.unwrap_or(now);
+        apply_set(&mut a, &set, now);
         self.set_attr_in(&mut st, &mut tx, ino, a)?;
         self.commit(&mut st, tx)?;
         Ok(a)
