@@ -406,8 +406,22 @@ impl Fs {
         Ok(p >= size)
     }
 
+    /// Hashes a cut chunk and stores it unless it is already live; returns its offset, id
+    /// and length.
+    fn store_job(
+        &self,
+        snap: &RTx,
+        written: &mut HashSet<ChunkId>,
+        job: &Job,
+    ) -> Result<(u64, (ChunkId, u32))> {
+        let data = &job.block[job.start..job.start + job.len];
+        let id = ChunkId::of(data);
+        self.ensure_chunk(snap, written, &id, data)?;
+        Ok((job.offset, (id, job.len as u32)))
+    }
+
     /// Re-chunks the regions touched by `ranges` against the snapshot `snap`: cuts on this
-    /// thread while a helper thread hashes and stores the chunks (on two cores, chunking is the
+    /// thread while helper threads hash and store the chunks (on two cores, chunking is the
     /// bottleneck and never waits for storage). Nothing is committed here.
     fn prepare(
         &self,
@@ -424,10 +438,8 @@ impl Fs {
             let mut written = HashSet::new();
             let mut hashed = HashMap::new();
             let mut inline = |job: Job| -> Result<bool> {
-                let data = &job.block[job.start..job.start + job.len];
-                let id = ChunkId::of(data);
-                self.ensure_chunk(snap, &mut written, &id, data)?;
-                hashed.insert(job.offset, (id, job.len as u32));
+                let (offset, id) = self.store_job(snap, &mut written, &job)?;
+                hashed.insert(offset, id);
                 Ok(true)
             };
             let mut prepared =
@@ -449,11 +461,9 @@ impl Fs {
                             if failed.is_some() {
                                 continue;
                             }
-                            let data = &job.block[job.start..job.start + job.len];
-                            let id = ChunkId::of(data);
-                            match self.ensure_chunk(snap, &mut written, &id, data) {
-                                Ok(()) => {
-                                    out.insert(job.offset, (id, job.len as u32));
+                            match self.store_job(snap, &mut written, &job) {
+                                Ok((offset, id)) => {
+                                    out.insert(offset, id);
                                 }
                                 Err(e) => failed = Some(e),
                             }
@@ -493,9 +503,10 @@ impl Fs {
         })
     }
 
+    /// The cutting half of [`Fs::prepare`]: finds each region and its cut points, hands every
+    /// non-zero chunk to `sink` (false: stop, the hashing side failed), and returns regions
+    /// whose extents await their ids.
     #[allow(clippy::too_many_arguments)]
-    /// The cutting half of [`Fs::prepare`]: finds each region and its cut points, sends every
-    /// non-zero chunk to `jobs`, and returns regions whose extents await their ids.
     fn cut_regions(
         &self,
         snap: &RTx,
