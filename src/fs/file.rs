@@ -556,9 +556,17 @@ impl Fs {
                     break pos;
                 };
                 let c = pos + len as u64;
-                if !final_ && run_ended && len == avail.len() && c == size {
+                if !final_
+                    && run_ended
+                    && len == avail.len()
+                    && c == size
+                    && snap.extents(ino, pos, c)?.is_empty()
+                {
                     // A streaming writer's last piece: keep it dirty until more data or a
-                    // final write-back decides its cut.
+                    // final write-back decides its cut. Only new data may wait like this:
+                    // committed bytes in the piece would lose their extents while living only
+                    // in memory, and a durable commit of anything else before the next
+                    // write-back would then make a hole of data that was already safe.
                     out.tails.push((pos, avail.to_vec()));
                     break c;
                 }
