@@ -13,7 +13,7 @@ use crate::chunker::Policy;
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use crate::meta::{Extent, Kind, MetaRead, RTx, Ts, WTx};
-use parking_lot::MutexGuard;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -290,10 +290,13 @@ impl Fs {
         let taken: usize = ranges.iter().map(|(_, v)| v.len()).sum();
         let size = o.attr.size;
         o.flushing = Some(ranges.clone());
+        // Chunk files this write-back creates: if it fails they are removed again, so a full
+        // disk gets its space back when the writer gives up (not only after gc).
+        let fresh = Mutex::new(Vec::new());
         let prepared = self.meta.begin_read().and_then(|snap| {
             let policy = self.policy(&snap, ino)?;
             MutexGuard::unlocked(st, || {
-                self.prepare(&snap, ino, &ranges, size, final_, policy)
+                self.prepare(&snap, ino, &ranges, size, final_, policy, &fresh)
             })
         });
         let result = prepared.and_then(|p| {
@@ -335,6 +338,17 @@ impl Fs {
         };
         st.dirty_total += o.dirty.bytes() - before;
         let unlinked_and_closed = o.attr.nlink == 0 && o.opens == 0;
+        let fresh = fresh.into_inner();
+        if out.is_err() {
+            self.discard_fresh(st, &fresh);
+        } else {
+            st.fresh_since_durable.extend(
+                fresh
+                    .into_iter()
+                    .filter(|&(_, unknown)| unknown)
+                    .map(|(id, _)| id),
+            );
+        }
         self.flush_done.notify_all();
         if unlinked_and_closed {
             // Unlinked while this write-back was in flight: delete it now.
@@ -348,22 +362,47 @@ impl Fs {
         out
     }
 
-    /// Stores a chunk unless committed metadata (or this operation) already has it.
+    /// Removes chunk files a failed write-back created, unless metadata references them by
+    /// now. Skipped while another write-back is in flight (it may be about to commit the same
+    /// chunk); `gc` removes what is left.
+    fn discard_fresh(&self, st: &State, ids: &[(ChunkId, bool)]) {
+        if ids.is_empty() || st.open.values().any(|o| o.flushing.is_some()) {
+            return;
+        }
+        let Ok(r) = self.meta.begin_read() else {
+            return;
+        };
+        let _exclusive = self.removal.write();
+        for (id, _) in ids {
+            if matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) {
+                continue;
+            }
+            if self.store().remove(id).is_ok() {
+                self.cache.forget(id);
+            }
+        }
+    }
+
+    /// Stores a chunk unless committed metadata (or this operation) already has it. When it
+    /// wrote the chunk file, says whether metadata had no record of the chunk at all (then no
+    /// durable metadata references it either).
     fn ensure_chunk(
         &self,
         tx: &impl MetaRead,
         written: &mut HashSet<ChunkId>,
         id: &ChunkId,
         data: &[u8],
-    ) -> Result<()> {
+    ) -> Result<Option<bool>> {
         if written.contains(id) {
-            return Ok(());
+            return Ok(None);
         }
-        if !matches!(tx.chunk(id)?, Some((rc, _)) if rc > 0) {
+        let known = tx.chunk(id)?;
+        let put = !matches!(known, Some((rc, _)) if rc > 0);
+        if put {
             self.store().put(id, data)?;
         }
         written.insert(*id);
-        Ok(())
+        Ok(put.then_some(known.is_none()))
     }
 
     /// Appends to `out` the data of `ino` from `at` (up to `want` bytes), dirty bytes over
@@ -413,10 +452,13 @@ impl Fs {
         snap: &RTx,
         written: &mut HashSet<ChunkId>,
         job: &Job,
+        fresh: &Mutex<Vec<(ChunkId, bool)>>,
     ) -> Result<(u64, (ChunkId, u32))> {
         let data = &job.block[job.start..job.start + job.len];
         let id = ChunkId::of(data);
-        self.ensure_chunk(snap, written, &id, data)?;
+        if let Some(unknown) = self.ensure_chunk(snap, written, &id, data)? {
+            fresh.lock().push((id, unknown));
+        }
         Ok((job.offset, (id, job.len as u32)))
     }
 
@@ -431,6 +473,7 @@ impl Fs {
         size: u64,
         final_: bool,
         policy: Policy,
+        fresh: &Mutex<Vec<(ChunkId, bool)>>,
     ) -> Result<Prepared> {
         let bytes: usize = ranges.iter().map(|(_, v)| v.len()).sum();
         if bytes < INLINE_WRITE_BACK {
@@ -438,7 +481,7 @@ impl Fs {
             let mut written = HashSet::new();
             let mut hashed = HashMap::new();
             let mut inline = |job: Job| -> Result<bool> {
-                let (offset, id) = self.store_job(snap, &mut written, &job)?;
+                let (offset, id) = self.store_job(snap, &mut written, &job, fresh)?;
                 hashed.insert(offset, id);
                 Ok(true)
             };
@@ -461,7 +504,7 @@ impl Fs {
                             if failed.is_some() {
                                 continue;
                             }
-                            match self.store_job(snap, &mut written, &job) {
+                            match self.store_job(snap, &mut written, &job, fresh) {
                                 Ok((offset, id)) => {
                                     out.insert(offset, id);
                                 }

@@ -21,8 +21,11 @@ use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, MetaRead, ROOT_INO, Ts, WT
 use crate::store::{ChunkCache, ChunkStore, SpaceUsage};
 use dirty::DirtyMap;
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Free space below which a durable commit first releases the store's reserve.
+const LOW_SPACE: u64 = 16 << 20;
 
 /// Longest name in a directory, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -153,6 +156,10 @@ struct State {
     dirty_total: usize,
     /// Something was committed since the last durable commit.
     since_durable: bool,
+    /// Chunks written since the last durable commit that metadata did not know before: no
+    /// durable metadata references them, so once unreferenced they may go before the next
+    /// durable commit (which a full disk may otherwise have no room for).
+    fresh_since_durable: HashSet<ChunkId>,
 }
 
 pub struct Fs {
@@ -891,23 +898,63 @@ impl Fs {
 
     /// Makes everything committed so far durable: chunk files first, then the metadata,
     /// then removes chunk files no durable metadata references any more.
-    fn make_durable(&self, st: &mut State) -> Result<()> {
+    fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
         if !st.since_durable {
             return Ok(());
         }
+        // Write-backs in flight hold snapshots that may count a dead chunk as live: let them
+        // finish, so the chunks freed below are really freed now (a full disk needs them).
+        while st.open.values().any(|o| o.flushing.is_some()) {
+            self.flush_done.wait(st);
+        }
+        let st: &mut State = st;
+        self.remove_fresh_dead_chunks(st);
         self.store().sync()?;
-        self.meta.make_durable()?;
+        // On a nearly full device, give the reserve back first: a failed commit would close
+        // the database and lose the changes it carried (a delete meant to free space).
+        let low = self
+            .store()
+            .space()
+            .is_ok_and(|s| s.avail_bytes < LOW_SPACE);
+        let released = low && self.store().release_reserve();
+        let committed = self.meta.make_durable();
+        if released {
+            tracing::warn!("backing store nearly full: used the metadata reserve");
+        }
+        committed?;
         st.since_durable = false;
+        st.fresh_since_durable.clear();
         // A write-back in flight may have decided not to store a chunk because its snapshot
         // saw it live; removing dead chunks now could pull that file away. Wait for the next
         // durable point instead.
         if st.open.values().all(|o| o.flushing.is_none()) {
             self.remove_dead_chunks()?;
         }
+        if released {
+            self.store().restore_reserve();
+        }
         if let Some(f) = &self.cfg.on_durable {
             f(self.usage()?);
         }
         Ok(())
+    }
+
+    /// Removes chunk files that were created since the last durable commit and are already
+    /// unreferenced again (a file written and deleted in between). Deleting a file that
+    /// filled the disk thus frees its space before the durable commit that records it.
+    fn remove_fresh_dead_chunks(&self, st: &State) {
+        if st.fresh_since_durable.is_empty() || st.open.values().any(|o| o.flushing.is_some()) {
+            return;
+        }
+        let Ok(dead) = self.meta.begin_read().and_then(|r| r.zero_refs()) else {
+            return;
+        };
+        let _exclusive = self.removal.write();
+        for id in dead.iter().filter(|id| st.fresh_since_durable.contains(id)) {
+            if self.store().remove(id).is_ok() {
+                self.cache.forget(id);
+            }
+        }
     }
 
     /// Removes chunk files whose refcount is 0 in durable metadata.

@@ -65,7 +65,15 @@ pub struct DirEntry {
 }
 
 pub struct MetaDb {
-    db: Database,
+    /// The database (`None` after a failed reopen) and how many times it was reopened.
+    db: parking_lot::RwLock<(Option<Database>, u64)>,
+    path: std::path::PathBuf,
+}
+
+/// redb refuses all work after an I/O error in a commit (a full disk): the handle must be
+/// closed and the file reopened, which recovers the last durable commit.
+fn poisoned(e: &FsError) -> bool {
+    matches!(e, FsError::Db(m) if m.contains("Previous I/O error"))
 }
 
 fn kind_of(code: u8) -> Result<Kind> {
@@ -76,7 +84,10 @@ impl MetaDb {
     /// Creates a new database with an empty root directory.
     pub fn create(path: &Path, params: ChunkParams, uid: u32, gid: u32) -> Result<MetaDb> {
         let db = Database::create(path)?;
-        let meta = MetaDb { db };
+        let meta = MetaDb {
+            db: parking_lot::RwLock::new((Some(db), 0)),
+            path: path.to_path_buf(),
+        };
         let mut tx = meta.begin_write()?;
         tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
         let p = serde_json::to_vec(&params).map_err(|e| FsError::Corrupt(e.to_string()))?;
@@ -106,7 +117,10 @@ impl MetaDb {
     /// Opens an existing database, checking its format version.
     pub fn open(path: &Path) -> Result<MetaDb> {
         let db = Database::open(path)?;
-        let meta = MetaDb { db };
+        let meta = MetaDb {
+            db: parking_lot::RwLock::new((Some(db), 0)),
+            path: path.to_path_buf(),
+        };
         let version = {
             let r = meta.begin_read()?;
             r.meta_u64("format_version")?
@@ -124,15 +138,56 @@ impl MetaDb {
     }
 
     pub fn begin_write(&self) -> Result<WTx> {
-        Ok(WTx {
-            tx: self.db.begin_write()?,
+        self.with_db(|db| {
+            Ok(WTx {
+                tx: db.begin_write()?,
+            })
         })
     }
 
     pub fn begin_read(&self) -> Result<RTx> {
-        Ok(RTx {
-            tx: self.db.begin_read()?,
+        self.with_db(|db| {
+            Ok(RTx {
+                tx: db.begin_read()?,
+            })
         })
+    }
+
+    /// Runs `f` on the open database; after redb reports an earlier I/O error (a commit that
+    /// failed on a full disk), closes and reopens the file and tries once more.
+    fn with_db<T>(&self, f: impl Fn(&Database) -> Result<T>) -> Result<T> {
+        let seen = {
+            let g = self.db.read();
+            if let Some(db) = g.0.as_ref() {
+                match f(db) {
+                    Err(e) if poisoned(&e) => {}
+                    other => return other,
+                }
+            }
+            g.1
+        };
+        self.reopen(seen)?;
+        let g = self.db.read();
+        let db =
+            g.0.as_ref()
+                .ok_or_else(|| FsError::Db("metadata database is closed".into()))?;
+        f(db)
+    }
+
+    /// Reopens the database unless someone did since generation `seen`.
+    fn reopen(&self, seen: u64) -> Result<()> {
+        let mut g = self.db.write();
+        if g.1 != seen && g.0.is_some() {
+            return Ok(());
+        }
+        tracing::error!(
+            "metadata database failed after an I/O error (disk full?): reopening it; changes \
+             not yet made durable are lost, as in a crash"
+        );
+        g.0.take();
+        g.0 = Some(Database::open(&self.path)?);
+        g.1 += 1;
+        Ok(())
     }
 
     /// A durable empty commit: makes every earlier non-durable commit durable.

@@ -14,6 +14,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Bytes kept allocated in `chunks/reserve` and given back when the device is nearly full,
+/// so the metadata commit that records a delete still finds room (redb copies pages on
+/// write) and the delete can then free its chunks.
+const RESERVE_BYTES: u64 = 8 << 20;
+
 pub struct LocalDirStore {
     root: PathBuf,
     tmp: PathBuf,
@@ -31,12 +36,14 @@ impl LocalDirStore {
             let _ = fs::remove_file(entry?.path());
         }
         let dir_fd = File::open(root)?;
-        Ok(LocalDirStore {
+        let store = LocalDirStore {
             root: root.to_path_buf(),
             tmp,
             dir_fd,
             seq: AtomicU64::new(0),
-        })
+        };
+        store.restore_reserve();
+        Ok(store)
     }
 
     pub fn path_of(&self, id: &ChunkId) -> PathBuf {
@@ -119,6 +126,25 @@ impl ChunkStore for LocalDirStore {
             }
         }
         Ok(())
+    }
+
+    fn release_reserve(&self) -> bool {
+        fs::remove_file(self.root.join("reserve")).is_ok()
+    }
+
+    fn restore_reserve(&self) {
+        let path = self.root.join("reserve");
+        if path.exists() {
+            return;
+        }
+        let made = File::create(&path).and_then(|f| {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
+                .map_err(io::Error::from)
+        });
+        if made.is_err() {
+            // No room (or no fallocate): no reserve rather than a sparse pretend one.
+            let _ = fs::remove_file(&path);
+        }
     }
 
     fn space(&self) -> Result<SpaceUsage> {

@@ -61,4 +61,11 @@ pub trait ChunkStore: Send + Sync {
     fn for_each(&self, f: &mut dyn FnMut(ChunkId)) -> Result<()>;
     /// Space on the backing device.
     fn space(&self) -> Result<SpaceUsage>;
+    /// Gives back the space held in reserve for metadata commits on a nearly full device;
+    /// false when there is none.
+    fn release_reserve(&self) -> bool {
+        false
+    }
+    /// Takes the reserve again (when space allows).
+    fn restore_reserve(&self) {}
 }
