@@ -465,6 +465,7 @@ impl Fs {
     /// Re-chunks the regions touched by `ranges` against the snapshot `snap`: cuts on this
     /// thread while helper threads hash and store the chunks (on two cores, chunking is the
     /// bottleneck and never waits for storage). Nothing is committed here.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
         snap: &RTx,
