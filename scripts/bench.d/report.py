@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Render scripts/bench results (key<TAB>value lines) as one markdown table plus notes."""
+
+import argparse
+import json
+import math
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--results", required=True)
+ap.add_argument("--notes", required=True)
+ap.add_argument("--header", required=True)
+ap.add_argument("--data-bytes", type=int, required=True)
+ap.add_argument("--fio-bytes", type=int, required=True)
+ap.add_argument("--fio-runtime", type=int, required=True)
+a = ap.parse_args()
+
+R = {}
+for line in open(a.results):
+    line = line.rstrip("\n")
+    if "\t" in line:
+        k, v = line.split("\t", 1)
+        R[k] = v
+notes = [l.rstrip("\n") for l in open(a.notes) if l.strip()]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+N = a.data_bytes
+FS = ["dedupfs", "ext4", "bindfs"]
+
+
+def num(key):
+    v = R.get(key)
+    if v in (None, "", "ERR"):
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def err(key):
+    return R.get(key) == "ERR"
+
+
+def stats(step):
+    v = R.get(f"dedupfs.stats.{step}")
+    return json.loads(v) if v else None
+
+
+cdc = json.loads(R["cdc"]) if "cdc" in R else None
+
+
+def phys(fs, step):
+    """Bytes stored by fs after step: dedupfs physical_bytes, else du of the directory."""
+    if fs == "dedupfs":
+        s = stats(step)
+        return s["physical_bytes"] if s else None
+    return num(f"{fs}.du.{step}")
+
+
+def delta(fs, a_step, b_step):
+    x, y = phys(fs, a_step), phys(fs, b_step)
+    return None if x is None or y is None else y - x
+
+
+def fmt(v, kind):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if kind == "gbps":
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    if kind == "iops":
+        return f"{v:,.0f}"
+    if kind == "s":
+        return f"{v:.2f}"
+    if kind == "mib":
+        return f"{v / MiB:,.1f}"
+    if kind == "x":
+        return f"{v:.3g}"
+    return str(v)
+
+
+def ratio(x, y):
+    if x is None or y is None or isinstance(x, str) or isinstance(y, str) or y == 0:
+        return "–"
+    r = x / y
+    return f"{r:.2f}" if r >= 0.01 else f"{r:.2g}"
+
+
+def human(b):
+    if b is None:
+        return "?"
+    if abs(b) >= GiB:
+        return f"{b / GiB:.2f} GiB"
+    return f"{b / MiB:.1f} MiB"
+
+
+def store_cell(step, extra=""):
+    s = stats(step)
+    if not s:
+        return "–"
+    cell = (f"phys {human(s['physical_bytes'])}, logical {human(s['logical_bytes'])}, "
+            f"ratio {s['dedup_ratio']:.2f}, {s['chunk_count']:,} chunks")
+    return cell + extra
+
+
+def gbps(key, nbytes):
+    if err(key):
+        return "ERR"
+    s = num(key)
+    return nbytes / s / 1e9 if s else None
+
+
+def seconds(key):
+    return "ERR" if err(key) else num(key)
+
+
+def iops(key):
+    return "ERR" if err(key) else num(key)
+
+
+rows = []  # (step, unit, {fs: value}, inproc value, inproc label, kind, store cell)
+
+
+def row(step, unit, vals, kind, inproc=None, inproc_label="", store="–"):
+    rows.append((step, unit, vals, kind, inproc, inproc_label, store))
+
+
+cdc1 = cdc["cdc_blake3_1t_gbps"] if cdc else None
+cdc2 = cdc["cdc_blake3_2t_gbps"] if cdc else None
+b3 = cdc["blake3_gbps"] if cdc else None
+cdc_label = f"{fmt(cdc1, 'gbps')} (1 thread; 2 threads pipelined {fmt(cdc2, 'gbps')})" if cdc else "–"
+cdc_rate_note = ""
+if cdc and cdc.get("rate_bytes", cdc["bytes"]) < cdc["bytes"]:
+    cdc_rate_note = f" (in-process rates timed on the first {human(cdc['rate_bytes'])} of the data)"
+b3_label = f"{fmt(b3, 'gbps')} (blake3 alone, 1 MiB pieces)" if cdc else "–"
+size = f"{N / GiB:g} GiB"
+
+row(f"sequential write, {size} unique data (dd bs=1M conv=fsync)", "GB/s",
+    {f: gbps(f"{f}.write", N) for f in FS}, "gbps", cdc1, cdc_label,
+    store_cell("write", f" (in-process: {cdc['chunks']:,})" if cdc else ""))
+row(f"same {size} again under another name (dedup path)", "GB/s",
+    {f: gbps(f"{f}.rewrite", N) for f in FS}, "gbps", cdc1, cdc_label, store_cell("rewrite"))
+row("↳ physical bytes added by that second copy", "MiB",
+    {f: delta(f, "write", "rewrite") for f in FS}, "mib")
+
+
+def wchar_delta(fs, a_key, b_key):
+    x, y = num(f"{fs}.wchar.{a_key}"), num(f"{fs}.wchar.{b_key}")
+    return None if x is None or y is None else y - x
+
+
+row("↳ bytes the daemon wrote during that second copy (/proc/PID/io wchar, fresh daemon)", "MiB",
+    {"dedupfs": num("dedupfs.wchar.rewrite"), "bindfs": num("bindfs.wchar.rewrite")}, "mib")
+row("sequential read, cold (fresh mount, drop_caches), dd bs=1M", "GB/s",
+    {f: gbps(f"{f}.read_cold", N) for f in FS}, "gbps", b3, b3_label)
+row("sequential read, warm (same mount, again)", "GB/s",
+    {f: gbps(f"{f}.read_warm", N) for f in FS}, "gbps", b3, b3_label)
+row(f"cp of the {size} file inside the volume, then fsync", "s",
+    {f: seconds(f"{f}.cp") for f in FS}, "s", store=store_cell("cp"))
+
+fio_desc = f"{a.fio_bytes / MiB:g} MiB file, direct=1 psync QD1, {a.fio_runtime} s"
+row(f"fio random 4 KiB writes ({fio_desc}, end_fsync)", "IOPS",
+    {f: iops(f"{f}.randwrite") for f in FS}, "iops", store=store_cell("randwrite"))
+
+def iops_wall(key):
+    if err(key):
+        return "ERR"
+    b, w = num(f"{key}.bytes"), num(f"{key}.wall")
+    return b / 4096 / w if b and w else None
+
+
+row("↳ the same counting the final fsync (4 KiB writes ÷ wall time of the fio process)", "IOPS",
+    {f: iops_wall(f"{f}.randwrite") for f in FS}, "iops")
+wa_phys, wa_daemon = {}, {}
+for f in FS:
+    wb = num(f"{f}.randwrite.bytes")
+    d = delta(f, "fio_layout", "randwrite")
+    wa_phys[f] = d / wb if d is not None and wb else None
+    if f != "ext4":
+        w = wchar_delta(f, "fio_before", "fio_after")
+        wa_daemon[f] = w / wb if w is not None and wb else None
+row("↳ write amplification: net physical bytes added ÷ bytes fio wrote", "×", wa_phys, "x")
+row("↳ write amplification: bytes the daemon wrote ÷ bytes fio wrote", "×", wa_daemon, "x")
+row(f"fio random 4 KiB reads ({fio_desc}, fresh mount)", "IOPS",
+    {f: iops(f"{f}.randread") for f in FS}, "iops")
+
+tree_n = R.get("tree.entries", "?")
+tree_extra = ""
+st, sb = stats("tar"), stats("randwrite")
+if st and sb:
+    dl = st["logical_bytes"] - sb["logical_bytes"]
+    dp = st["physical_bytes"] - sb["physical_bytes"]
+    tree_extra = f"; tree alone: logical {human(dl)}, phys {human(dp)}" + (
+        f", ratio {dl / dp:.2f}" if dp > 0 else "")
+row(f"tar x of /usr/share ({int(tree_n):,} entries, "
+    f"{int(R.get('tree.bytes', 0)) / MiB:.0f} MiB archive), then syncfs", "s",
+    {f: seconds(f"{f}.tar") for f in FS}, "s", store=store_cell("tar", tree_extra))
+
+row(f"peak daemon RSS during the {size} write (VmHWM)", "MiB",
+    {f: (num(f"{f}.hwm_kib") * 1024 if num(f"{f}.hwm_kib") is not None else None)
+     for f in ("dedupfs", "bindfs")}, "mib",
+    store=f"store on disk at the end (du): {human(num('dedupfs.final_du'))}")
+
+# ---- table
+hdr = ["step", "unit", "dedupfs", "ext4", "bindfs", "in-process FastCDC + blake3",
+       "dedupfs ÷ ext4", "dedupfs ÷ bindfs", "dedupfs ÷ in-process", "dedupfs store after the step"]
+out = []
+out.append(open(a.header).read().rstrip("\n"))
+out.append("")
+out.append("| " + " | ".join(hdr) + " |")
+out.append("|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|")
+for step, unit, vals, kind, inproc, inproc_label, store in rows:
+    d = vals.get("dedupfs")
+    cells = [step, unit] + [fmt(vals.get(f), kind) for f in FS]
+    cells.append(inproc_label if inproc is not None else "–")
+    cells += [ratio(d, vals.get("ext4")), ratio(d, vals.get("bindfs")), ratio(d, inproc), store]
+    out.append("| " + " | ".join(cells) + " |")
+out.append("")
+out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS, worse for s, MiB and ×. "
+           "GB/s = 1e9 bytes/s; one run per cell (in-process: median of "
+           f"{cdc['reps'] if cdc else '?'} after a warm-up pass{cdc_rate_note}). "
+           "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
+           "go through the page cache). "
+           "ext4 and bindfs \"physical\" figures are `du` of the directory.")
+
+# ---- sanity checks on dedupfs
+checks = []
+sw, sr, sc, sl, swr = stats("write"), stats("rewrite"), stats("cp"), stats("fio_layout"), stats("randwrite")
+if sw:
+    if sw["logical_bytes"] != N:
+        checks.append(f"after the write, logical_bytes = {sw['logical_bytes']:,}, expected {N:,}")
+    if cdc and sw["chunk_count"] != cdc["distinct_chunks"]:
+        checks.append(f"after the write the store holds {sw['chunk_count']:,} chunks; in-process FastCDC "
+                      f"of the same data gives {cdc['distinct_chunks']:,} distinct chunks")
+    if abs(sw["physical_bytes"] - N) > N * 0.001:
+        checks.append(f"after writing {N:,} unique bytes, physical_bytes = {sw['physical_bytes']:,}")
+if sw and sr:
+    added = sr["physical_bytes"] - sw["physical_bytes"]
+    if added > N * 0.01:
+        checks.append(f"the second copy of the same data added {human(added)} of physical bytes (dedup missed)")
+    if abs(sr["dedup_ratio"] - 2.0) > 0.02:
+        checks.append(f"dedup ratio after two copies is {sr['dedup_ratio']:.3f}, expected 2.00")
+if sr and sc:
+    added = sc["physical_bytes"] - sr["physical_bytes"]
+    if added > N * 0.01:
+        checks.append(f"cp inside the volume added {human(added)} of physical bytes (expected ~0: by reference)")
+if sl:
+    want = N + a.fio_bytes
+    if sl["logical_bytes"] != want:
+        checks.append(f"after deleting the two copies and writing the fio file, logical_bytes = "
+                      f"{sl['logical_bytes']:,}, expected {want:,}")
+    if sw and abs(sl["physical_bytes"] - sw["physical_bytes"] - a.fio_bytes) > a.fio_bytes * 0.01:
+        checks.append(f"the {human(a.fio_bytes)} fio file of unique data added "
+                      f"{human(sl['physical_bytes'] - sw['physical_bytes'])} of physical bytes")
+if sl and swr and swr["logical_bytes"] != sl["logical_bytes"]:
+    checks.append(f"random overwrites changed logical_bytes from {sl['logical_bytes']:,} to {swr['logical_bytes']:,}")
+for f in FS:
+    for k in ("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread", "tar"):
+        if err(f"{f}.{k}"):
+            checks.append(f"{f}: step {k} failed (see notes)")
+if checks or notes:
+    out.append("")
+    out.append("Checks and notes:")
+    for c in checks:
+        out.append(f"- CHECK: {c}")
+    for n in notes:
+        out.append(f"- {n}")
+out.append("")
+out.append(f"Total bench time: {float(R.get('elapsed', 'nan')):.0f} s.")
+print("\n".join(out))
