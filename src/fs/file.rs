@@ -131,7 +131,14 @@ impl Fs {
     ) -> Result<()> {
         let end = offset + buf.len() as u64;
         for e in tx.extents(ino, offset, end)? {
-            let data = self.cache.get(&e.id, e.len as u64)?;
+            let data = self.cache.get(&e.id, e.len as u64).inspect_err(|err| {
+                tracing::error!(
+                    ino,
+                    offset = e.offset,
+                    chunk = %e.id,
+                    "file data unreadable, returning EIO: {err}"
+                );
+            })?;
             let s = e.offset.max(offset);
             let t = e.end().min(end);
             buf[(s - offset) as usize..(t - offset) as usize]
