@@ -228,7 +228,7 @@ impl Fs {
             if handed {
                 o.queued = true;
             } else {
-                self.writeback(&mut st, ino, false)?;
+                self.writeback_reclaiming(&mut st, ino, false)?;
             }
         } else if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit / 4
             && o.flushing.is_none()

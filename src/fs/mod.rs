@@ -743,7 +743,7 @@ impl Fs {
             self.forget_if_idle(&mut st, ino);
             return Ok(());
         }
-        let result = self.writeback(&mut st, ino, true);
+        let result = self.writeback_reclaiming(&mut st, ino, true);
         // Keep the entry while write-back failed: its dirty data is the only copy.
         if result.is_ok()
             && let Some(o) = st.open.get(&ino)
@@ -977,9 +977,22 @@ impl Fs {
     /// fsync(2): the file's data and metadata are durable when this returns.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
-        self.writeback(&mut st, ino, true)?;
+        self.writeback_reclaiming(&mut st, ino, true)?;
         st.since_durable = true;
         self.make_durable(&mut st)
+    }
+
+    /// Write-back that, on a full backing store, first reclaims what deleted files still
+    /// hold (their chunks go only at a durable point) and then tries once more.
+    fn writeback_reclaiming(&self, st: &mut Guard<'_>, ino: Ino, final_: bool) -> Result<()> {
+        match self.writeback(st, ino, final_) {
+            Err(FsError::NoSpace) => {
+                st.since_durable = true;
+                self.make_durable(st)?;
+                self.writeback(st, ino, final_)
+            }
+            other => other,
+        }
     }
 
     /// fsyncdir(2), and sync of the whole volume.
@@ -1102,7 +1115,7 @@ impl Fs {
         if self.queue_writeback(&mut st, ino) {
             return Ok(());
         }
-        self.writeback(&mut st, ino, true)
+        self.writeback_reclaiming(&mut st, ino, true)
     }
 
     /// Queues `ino` for the background writer. False when the caller must write back itself:
