@@ -171,9 +171,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
-                print!("{}", render_fsck(&report));
+                out(&render_fsck(&report));
             }
             Ok(if report.has_errors() {
                 ExitCode::FAILURE
@@ -194,18 +194,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
-                print!("{}", render_gc(&report));
+                out(&render_gc(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats { store, json } => {
             let report = stats_of(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
-                print!("{}", render_stats(&report));
+                out(&render_stats(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -230,6 +230,13 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes a report to stdout. A closed pipe (`dedupfs stats | head`) is not an error worth
+/// a panic: the reader has what it wanted.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn human(n: u64) -> String {
