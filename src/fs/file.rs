@@ -373,7 +373,7 @@ impl Fs {
     /// now. Skipped while another write-back is in flight (it may be about to commit the same
     /// chunk); `gc` removes what is left.
     fn discard_fresh(&self, st: &State, ids: &[(ChunkId, bool)]) {
-        if ids.is_empty() || st.open.values().any(|o| o.flushing.is_some()) {
+        if ids.is_empty() || super::flush_in_flight(st) {
             return;
         }
         let Ok(r) = self.meta.begin_read() else {

@@ -139,6 +139,22 @@ struct OpenInode {
     wb_failed: bool,
 }
 
+impl OpenInode {
+    /// Closed, with nothing to write and nothing in flight or queued: the entry can go.
+    fn idle(&self) -> bool {
+        self.opens == 0
+            && self.dirty.is_empty()
+            && !self.attr_dirty
+            && self.flushing.is_none()
+            && !self.queued
+    }
+}
+
+/// Is a write-back of any inode in flight (its snapshot may count dead chunks as live)?
+fn flush_in_flight(st: &State) -> bool {
+    st.open.values().any(|o| o.flushing.is_some())
+}
+
 type Guard<'a> = parking_lot::MutexGuard<'a, State>;
 /// Dirty ranges taken for write-back: sorted, non-overlapping.
 type Ranges = Vec<(u64, Vec<u8>)>;
@@ -745,14 +761,8 @@ impl Fs {
         }
         let result = self.writeback_reclaiming(&mut st, ino, true);
         // Keep the entry while write-back failed: its dirty data is the only copy.
-        if result.is_ok()
-            && let Some(o) = st.open.get(&ino)
-            && o.opens == 0
-            && o.dirty.is_empty()
-            && !o.attr_dirty
-            && o.flushing.is_none()
-        {
-            st.open.remove(&ino);
+        if result.is_ok() {
+            self.forget_if_idle(&mut st, ino);
         }
         result
     }
@@ -896,6 +906,13 @@ impl Fs {
         self.commit(&mut st, tx)
     }
 
+    /// Waits (releasing the lock meanwhile) until no write-back of any inode is in flight.
+    fn wait_no_flush(&self, st: &mut Guard<'_>) {
+        while flush_in_flight(st) {
+            self.flush_done.wait(st);
+        }
+    }
+
     /// Makes everything committed so far durable: chunk files first, then the metadata,
     /// then removes chunk files no durable metadata references any more.
     fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
@@ -904,9 +921,7 @@ impl Fs {
         }
         // Write-backs in flight hold snapshots that may count a dead chunk as live: let them
         // finish, so the chunks freed below are really freed now (a full disk needs them).
-        while st.open.values().any(|o| o.flushing.is_some()) {
-            self.flush_done.wait(st);
-        }
+        self.wait_no_flush(st);
         let st: &mut State = st;
         self.remove_fresh_dead_chunks(st);
         self.store().sync()?;
@@ -924,12 +939,8 @@ impl Fs {
         committed?;
         st.since_durable = false;
         st.fresh_since_durable.clear();
-        // A write-back in flight may have decided not to store a chunk because its snapshot
-        // saw it live; removing dead chunks now could pull that file away. Wait for the next
-        // durable point instead.
-        if st.open.values().all(|o| o.flushing.is_none()) {
-            self.remove_dead_chunks()?;
-        }
+        // No write-back started since the wait above: the state lock was held throughout.
+        self.remove_dead_chunks()?;
         if released {
             self.store().restore_reserve();
         }
@@ -942,8 +953,9 @@ impl Fs {
     /// Removes chunk files that were created since the last durable commit and are already
     /// unreferenced again (a file written and deleted in between). Deleting a file that
     /// filled the disk thus frees its space before the durable commit that records it.
+    /// Called with no write-back in flight.
     fn remove_fresh_dead_chunks(&self, st: &State) {
-        if st.fresh_since_durable.is_empty() || st.open.values().any(|o| o.flushing.is_some()) {
+        if st.fresh_since_durable.is_empty() {
             return;
         }
         let Ok(dead) = self.meta.begin_read().and_then(|r| r.zero_refs()) else {
@@ -1016,9 +1028,7 @@ impl Fs {
                 first_err.get_or_insert(e);
             }
         }
-        st.open.retain(|_, o| {
-            o.opens > 0 || !o.dirty.is_empty() || o.attr_dirty || o.flushing.is_some()
-        });
+        st.open.retain(|_, o| !o.idle());
         self.make_durable(&mut st)?;
         match first_err {
             Some(e) => Err(e),
@@ -1146,9 +1156,7 @@ impl Fs {
 
     /// Drops the in-memory entry of a closed inode with nothing left to write.
     fn forget_if_idle(&self, st: &mut State, ino: Ino) {
-        if st.open.get(&ino).is_some_and(|o| {
-            o.opens == 0 && o.dirty.is_empty() && !o.attr_dirty && o.flushing.is_none() && !o.queued
-        }) {
+        if st.open.get(&ino).is_some_and(OpenInode::idle) {
             st.open.remove(&ino);
         }
     }
@@ -1174,9 +1182,7 @@ impl Fs {
         f: impl FnOnce(&MetaDb, &dyn ChunkStore) -> Result<T>,
     ) -> Result<T> {
         let mut st = self.state.lock();
-        while st.open.values().any(|o| o.flushing.is_some()) {
-            self.flush_done.wait(&mut st);
-        }
+        // make_durable waits for write-backs in flight; the lock is then held until `f` ends.
         st.since_durable = true;
         self.make_durable(&mut st)?;
         let _exclusive = self.removal.write();
