@@ -94,6 +94,27 @@ impl FsError {
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
+
+    /// A refusal decided before anything was changed (a bad name, a missing entry, a full
+    /// buffer...), as opposed to a failure of the store or the database part-way through.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::Exists
+                | FsError::NotDir
+                | FsError::IsDir
+                | FsError::NotEmpty
+                | FsError::NameTooLong
+                | FsError::Invalid(_)
+                | FsError::NoXattr
+                | FsError::Range
+                | FsError::ReadOnly
+                | FsError::NotSupported(_)
+                | FsError::TooBig
+                | FsError::NotPermitted
+        )
+    }
 }
 
 macro_rules! db_error {

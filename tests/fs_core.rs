@@ -434,6 +434,39 @@ fn unlinked_open_file_is_deleted_at_mount_after_a_crash() {
 }
 
 #[test]
+fn grouped_operations_are_seen_at_once_and_a_refusal_keeps_the_group() {
+    // Namespace operations share one open metadata transaction (group commit): each must
+    // see the ones before it, a refused one (EEXIST) must not undo its neighbours, and all of
+    // them become durable at the next durable point.
+    let mut v = Vol::mem();
+    let d = v.mkdir(ROOT, "d");
+    let (a, fh) = v.create(d, "a");
+    v.fs().release(fh).unwrap();
+    assert_eq!(
+        errno(v.fs().create(WHO, d, b"a", 0o644)),
+        libc::EEXIST,
+        "second create of one name"
+    );
+    v.fs().setxattr(a, b"user.k", b"v", 0).unwrap();
+    v.fs().link(a, ROOT, b"a2").unwrap();
+    assert_eq!(errno(v.fs().rmdir(ROOT, b"d")), libc::ENOTEMPTY);
+    v.fs().rename(d, b"a", d, b"b", Default::default()).unwrap();
+    assert_eq!(v.names(d), vec!["b"], "readdir through the open group");
+    assert_eq!(v.fs().getxattr(a, b"user.k").unwrap(), b"v");
+    assert_eq!(v.nlink(a), 2);
+    v.fs().sync_dir().unwrap();
+    v.crash_and_reopen();
+    assert_eq!(
+        v.lookup(d, "b").unwrap(),
+        a,
+        "renamed file after the durable point"
+    );
+    assert_eq!(v.lookup(ROOT, "a2").unwrap(), a);
+    assert_eq!(v.fs().getxattr(a, b"user.k").unwrap(), b"v");
+    assert_eq!(v.nlink(a), 2);
+}
+
+#[test]
 fn rename_moves_and_replaces_files() {
     let v = Vol::mem();
     let a = v.file_with("a", b"AAAA");

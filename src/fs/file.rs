@@ -103,11 +103,11 @@ impl Fs {
         match st.open.entry(ino) {
             Entry::Occupied(o) => Ok(o.into_mut()),
             Entry::Vacant(v) => {
-                let attr = self
-                    .meta
-                    .begin_read()?
-                    .inode(ino)?
-                    .ok_or(FsError::NotFound)?;
+                let attr = match &st.pending {
+                    Some(p) => p.tx.inode(ino)?,
+                    None => self.meta.begin_read()?.inode(ino)?,
+                }
+                .ok_or(FsError::NotFound)?;
                 Ok(v.insert(OpenInode {
                     attr,
                     attr_dirty: false,
@@ -151,9 +151,12 @@ impl Fs {
     /// released (against a metadata snapshot taken under it, with chunk removal held off), so
     /// reads run in parallel with each other and with write-back.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let st = self.state.lock();
-        let snap = self.meta.begin_read()?;
-        let attr = self.attr_in(&st, &snap, ino)?;
+        let mut st = self.state.lock();
+        let snap = self.snapshot_for(&mut st, ino)?;
+        let attr = match &st.pending {
+            Some(p) => self.attr_in(&st, &p.tx, ino)?,
+            None => self.attr_in(&st, &snap, ino)?,
+        };
         match attr.kind {
             Kind::File => {}
             Kind::Dir => return Err(FsError::IsDir),
@@ -300,22 +303,28 @@ impl Fs {
         // Chunk files this write-back creates: if it fails they are removed again, so a full
         // disk gets its space back when the writer gives up (not only after gc).
         let fresh = Mutex::new(Vec::new());
-        let prepared = self.meta.begin_read().and_then(|snap| {
-            let policy = self.policy(&snap, ino)?;
+        let prepared = self.snapshot_for(st, ino).and_then(|snap| {
+            let policy = self.policy(&*self.view(st)?, ino)?;
             MutexGuard::unlocked(st, || {
                 self.prepare(&snap, ino, &ranges, size, final_, policy, &fresh)
             })
         });
         let result = prepared.and_then(|p| {
-            let mut tx = self.meta.begin_write()?;
-            for r in &p.regions {
-                let old = tx.extents(ino, r.start, r.end)?;
-                tx.replace_extents(ino, &old, &r.new)?;
+            self.group(st, |st, tx| {
+                for r in &p.regions {
+                    let old = tx.extents(ino, r.start, r.end)?;
+                    tx.replace_extents(ino, &old, &r.new)?;
+                }
+                if let Some(o) = st.open.get(&ino) {
+                    tx.put_inode(ino, &o.attr)?;
+                }
+                Ok(())
+            })?;
+            if let Some(g) = st.pending.as_mut() {
+                g.extents.insert(ino);
+                let ids = p.regions.iter().flat_map(|r| r.new.iter().map(|e| e.id));
+                self.recent.lock().extend(ids);
             }
-            if let Some(o) = st.open.get(&ino) {
-                tx.put_inode(ino, &o.attr)?;
-            }
-            tx.commit(false)?;
             Ok(p.tails)
         });
         let st = &mut **st;
@@ -362,9 +371,7 @@ impl Fs {
             if let Some(o) = st.open.remove(&ino) {
                 st.dirty_total -= o.dirty.bytes();
             }
-            let mut tx = self.meta.begin_write()?;
-            tx.delete_inode(ino)?;
-            tx.commit(false)?;
+            self.group(st, |_, tx| tx.delete_inode(ino))?;
         }
         out
     }
@@ -376,7 +383,8 @@ impl Fs {
         if ids.is_empty() || super::flush_in_flight(st) {
             return;
         }
-        let Ok(r) = self.meta.begin_read() else {
+        // Through the open group: it may reference a chunk that no snapshot shows yet.
+        let Ok(r) = self.view(st) else {
             return;
         };
         let _exclusive = self.removal.write();
@@ -404,7 +412,7 @@ impl Fs {
             return Ok(None);
         }
         let known = tx.chunk(id)?;
-        let put = !matches!(known, Some((rc, _)) if rc > 0);
+        let put = !matches!(known, Some((rc, _)) if rc > 0) && !self.recent.lock().contains(id);
         if put {
             self.store().put(id, data)?;
         }
@@ -703,7 +711,7 @@ impl Fs {
         }
         let mut st = self.state.lock();
         self.writeback(&mut st, ino, true)?;
-        let mut tx = self.meta.begin_write()?;
+        let mut tx = self.solo_tx(&mut st)?;
         let mut attr = self.attr_in(&st, &tx, ino)?;
         match attr.kind {
             Kind::File => {}
@@ -748,7 +756,7 @@ impl Fs {
         }
         let mut st = self.state.lock();
         self.writeback(&mut st, ino, true)?;
-        let mut tx = self.meta.begin_write()?;
+        let mut tx = self.solo_tx(&mut st)?;
         let mut attr = self.attr_in(&st, &tx, ino)?;
         if attr.kind != Kind::File {
             return Err(FsError::Invalid("fallocate of a non-regular file"));
@@ -770,8 +778,8 @@ impl Fs {
     /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
     pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
         let st = self.state.lock();
-        let tx = self.meta.begin_read()?;
-        let attr = self.attr_in(&st, &tx, ino)?;
+        let tx = self.view(&st)?;
+        let attr = self.attr_in(&st, &*tx, ino)?;
         if offset >= attr.size {
             return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
         }
@@ -834,7 +842,7 @@ impl Fs {
         let mut st = self.state.lock();
         self.writeback(&mut st, src, true)?;
         self.writeback(&mut st, dst, true)?;
-        let mut tx = self.meta.begin_write()?;
+        let mut tx = self.solo_tx(&mut st)?;
         let sattr = self.attr_in(&st, &tx, src)?;
         let mut dattr = self.attr_in(&st, &tx, dst)?;
         if sattr.kind != Kind::File || dattr.kind != Kind::File {

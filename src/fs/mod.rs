@@ -8,6 +8,13 @@
 //! Durability (docs/design.md): ordinary operations commit without fsync; `fsync`, `fsyncdir`,
 //! the periodic flusher and unmount first sync the chunk store, then commit durably, and only
 //! then remove chunk files whose refcount fell to 0.
+//!
+//! Group commit: namespace and attribute operations and write-back commits join one open
+//! write transaction (`State::pending`), committed when it holds `GROUP_OPS` operations or is
+//! `GROUP_AGE` old, at every durable point, and before a snapshot reader needs what it holds.
+//! Lookups and getattr read through the open group, so every operation sees the ones before
+//! it. A crash loses the same thing as before: non-durable commits were never promised to
+//! survive one.
 
 mod dirty;
 mod file;
@@ -23,6 +30,12 @@ use dirty::DirtyMap;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Operations an open metadata group collects before it is committed.
+const GROUP_OPS: u32 = 512;
+/// Age at which an open metadata group is committed by the next operation.
+const GROUP_AGE: Duration = Duration::from_millis(20);
 
 /// Free space below which a durable commit first releases the store's reserve.
 const LOW_SPACE: u64 = 16 << 20;
@@ -164,6 +177,33 @@ enum Handle {
     Dir { entries: Vec<DirEntry> },
 }
 
+/// The open group of metadata changes: one write transaction shared by operations until it
+/// is committed (see the module comment).
+struct Pending {
+    tx: WTx,
+    ops: u32,
+    since: Instant,
+    /// Inodes whose extents the group changed: a snapshot reader of one settles the group first.
+    extents: HashSet<Ino>,
+}
+
+/// Metadata as the latest operation left it: the open group, or a snapshot of the committed
+/// state when no group is open.
+enum View<'a> {
+    Group(&'a WTx),
+    Snap(meta::RTx),
+}
+
+impl<'a> std::ops::Deref for View<'a> {
+    type Target = dyn MetaRead + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            View::Group(tx) => *tx,
+            View::Snap(r) => r,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     open: HashMap<Ino, OpenInode>,
@@ -176,6 +216,7 @@ struct State {
     /// durable metadata references them, so once unreferenced they may go before the next
     /// durable commit (which a full disk may otherwise have no room for).
     fresh_since_durable: HashSet<ChunkId>,
+    pending: Option<Pending>,
 }
 
 pub struct Fs {
@@ -195,6 +236,9 @@ pub struct Fs {
     /// Held shared by readers between their metadata snapshot and their chunk loads, and
     /// exclusively while chunk files are removed: a reader never loses a chunk it was promised.
     removal: RwLock<()>,
+    /// Chunks that write-backs in the open metadata group reference: a write-back whose
+    /// snapshot does not show them yet finds them here instead of storing them again.
+    recent: Mutex<HashSet<ChunkId>>,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -256,6 +300,7 @@ impl Fs {
             background: Mutex::new(None),
             prefetch: Mutex::new(None),
             removal: RwLock::new(()),
+            recent: Mutex::new(HashSet::new()),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -281,7 +326,11 @@ impl Fs {
         self.cache.store()
     }
 
+    /// The metadata database, with the open group committed first so that a snapshot shows
+    /// every operation so far (a failed commit is logged). For tests and tools, while no
+    /// other operation runs: the daemon's maintenance goes through `with_quiesced`.
     pub fn meta(&self) -> &MetaDb {
+        let _ = self.settle(&mut self.state.lock());
         &self.meta
     }
 
@@ -293,8 +342,95 @@ impl Fs {
         }
     }
 
+    /// Runs one metadata-changing operation in the open group (starting one if needed) and
+    /// commits the group when it is due. A refusal (`FsError::is_refusal`) comes before any
+    /// change, so the group carries on; any other failure may have left the operation half
+    /// done, so the whole group is dropped, as a crash would (logged).
+    fn group<T>(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut State, &mut WTx) -> Result<T>,
+    ) -> Result<T> {
+        let mut p = match st.pending.take() {
+            Some(p) => p,
+            None => Pending {
+                tx: self.meta.begin_write()?,
+                ops: 0,
+                since: Instant::now(),
+                extents: HashSet::new(),
+            },
+        };
+        let r = f(st, &mut p.tx);
+        if let Err(e) = &r
+            && !e.is_refusal()
+        {
+            tracing::error!(
+                "metadata operation failed part-way: {e}; dropping it and the {} operation(s) \
+                 not yet committed with it, as a crash would",
+                p.ops
+            );
+            self.recent.lock().clear();
+            return r;
+        }
+        if r.is_ok() {
+            p.ops += 1;
+            st.since_durable = true;
+        }
+        let due = p.ops >= GROUP_OPS || p.since.elapsed() >= GROUP_AGE;
+        st.pending = Some(p);
+        if due {
+            self.settle(st)?;
+        }
+        r
+    }
+
+    /// Commits the open group, if any (not durably).
+    fn settle(&self, st: &mut State) -> Result<()> {
+        let Some(p) = st.pending.take() else {
+            return Ok(());
+        };
+        let r = p.tx.commit(false);
+        self.recent.lock().clear();
+        if let Err(e) = &r {
+            tracing::error!("metadata group commit failed: {e}");
+        }
+        r
+    }
+
+    /// The metadata as the latest operation left it (the caller holds the state lock).
+    fn view<'a>(&self, st: &'a State) -> Result<View<'a>> {
+        match &st.pending {
+            Some(p) => Ok(View::Group(&p.tx)),
+            None => Ok(View::Snap(self.meta.begin_read()?)),
+        }
+    }
+
+    /// Runs `f` on the metadata as the latest operation left it: through the open group under
+    /// the state lock, or on a snapshot with the lock released when no group is open.
+    fn with_view<T>(&self, f: impl FnOnce(&dyn MetaRead) -> Result<T>) -> Result<T> {
+        let st = self.state.lock();
+        if let Some(p) = &st.pending {
+            return f(&p.tx);
+        }
+        drop(st);
+        f(&self.meta.begin_read()?)
+    }
+
+    /// A snapshot for a reader of `ino`'s chunk list that runs with the state lock released:
+    /// settles the open group first if it changed that list.
+    fn snapshot_for(&self, st: &mut State, ino: Ino) -> Result<meta::RTx> {
+        if st
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.extents.contains(&ino))
+        {
+            self.settle(st)?;
+        }
+        self.meta.begin_read()
+    }
+
     /// Current attributes: the open copy if any, else the database's.
-    fn attr_in(&self, st: &State, tx: &impl MetaRead, ino: Ino) -> Result<Attr> {
+    fn attr_in(&self, st: &State, tx: &(impl MetaRead + ?Sized), ino: Ino) -> Result<Attr> {
         if let Some(o) = st.open.get(&ino) {
             return Ok(o.attr);
         }
@@ -311,16 +447,29 @@ impl Fs {
         Ok(())
     }
 
+    /// Commits an operation that ran in its own transaction (one that may fail part-way
+    /// after storing chunks: truncate, fallocate, copy_file_range). The caller settled the
+    /// open group before starting it.
     fn commit(&self, st: &mut State, tx: WTx) -> Result<()> {
         tx.commit(false)?;
         st.since_durable = true;
         Ok(())
     }
 
+    /// Starts an operation in its own transaction: settles the open group first (redb has one
+    /// writer at a time, and the operation must see the group's changes).
+    fn solo_tx(&self, st: &mut State) -> Result<WTx> {
+        self.settle(st)?;
+        self.meta.begin_write()
+    }
+
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         let st = self.state.lock();
         if let Some(o) = st.open.get(&ino) {
             return Ok(o.attr);
+        }
+        if let Some(p) = &st.pending {
+            return p.tx.inode(ino)?.ok_or(FsError::NotFound);
         }
         drop(st);
         self.meta.begin_read()?.inode(ino)?.ok_or(FsError::NotFound)
@@ -330,25 +479,22 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let r = self.meta.begin_read()?;
-        let pattr = r.inode(parent)?.ok_or(FsError::NotFound)?;
-        if pattr.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        let ino = match name {
-            b"." => parent,
-            b".." => pattr.parent,
-            _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
-        };
-        drop(r);
+        let ino = self.with_view(|r| {
+            let pattr = r.inode(parent)?.ok_or(FsError::NotFound)?;
+            if pattr.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            Ok(match name {
+                b"." => parent,
+                b".." => pattr.parent,
+                _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
+            })
+        })?;
         Ok((ino, self.getattr(ino)?))
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        self.meta
-            .begin_read()?
-            .symlink(ino)?
-            .ok_or(FsError::Invalid("not a symlink"))
+        self.with_view(|r| r.symlink(ino)?.ok_or(FsError::Invalid("not a symlink")))
     }
 
     /// Creates a new inode named `name` in `parent`.
@@ -356,14 +502,27 @@ impl Fs {
         &self,
         parent: Ino,
         name: &[u8],
-        mut attr: Attr,
+        attr: Attr,
         symlink: Option<&[u8]>,
     ) -> Result<(Ino, Attr)> {
         self.writable()?;
         check_name(name)?;
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
-        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        self.group(&mut st, |st, tx| {
+            self.make_node_in(st, tx, parent, name, attr, symlink)
+        })
+    }
+
+    fn make_node_in(
+        &self,
+        st: &mut State,
+        tx: &mut WTx,
+        parent: Ino,
+        name: &[u8],
+        mut attr: Attr,
+        symlink: Option<&[u8]>,
+    ) -> Result<(Ino, Attr)> {
+        let mut pattr = self.attr_in(st, tx, parent)?;
         if pattr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
@@ -395,8 +554,7 @@ impl Fs {
         let now = Ts::now();
         pattr.mtime = now;
         pattr.ctime = now;
-        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
-        self.commit(&mut st, tx)?;
+        self.set_attr_in(st, tx, parent, pattr)?;
         Ok((ino, attr))
     }
 
@@ -455,9 +613,7 @@ impl Fs {
         {
             // Recorded on the inode, so the choice survives renames and is visible.
             let mut st = self.state.lock();
-            let mut tx = self.meta.begin_write()?;
-            tx.set_xattr(ino, POLICY_XATTR, b"fixed")?;
-            self.commit(&mut st, tx)?;
+            self.group(&mut st, |_, tx| tx.set_xattr(ino, POLICY_XATTR, b"fixed"))?;
         }
         let fh = self.open(ino, true)?;
         Ok((ino, attr, fh))
@@ -467,12 +623,22 @@ impl Fs {
         self.writable()?;
         check_name(name)?;
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
-        let mut attr = self.attr_in(&st, &tx, ino)?;
+        self.group(&mut st, |st, tx| self.link_in(st, tx, ino, parent, name))
+    }
+
+    fn link_in(
+        &self,
+        st: &mut State,
+        tx: &mut WTx,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+    ) -> Result<Attr> {
+        let mut attr = self.attr_in(st, tx, ino)?;
         if attr.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
         }
-        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        let mut pattr = self.attr_in(st, tx, parent)?;
         if pattr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
@@ -487,11 +653,10 @@ impl Fs {
         attr.ctime = now;
         tx.remove_orphan(ino)?;
         tx.put_dirent(parent, name, ino, attr.kind)?;
-        self.set_attr_in(&mut st, &mut tx, ino, attr)?;
+        self.set_attr_in(st, tx, ino, attr)?;
         pattr.mtime = now;
         pattr.ctime = now;
-        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
-        self.commit(&mut st, tx)?;
+        self.set_attr_in(st, tx, parent, pattr)?;
         Ok(attr)
     }
 
@@ -528,7 +693,19 @@ impl Fs {
             return Err(FsError::NameTooLong);
         }
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
+        self.group(&mut st, |st, tx| {
+            self.remove_entry_in(st, tx, parent, name, dir)
+        })
+    }
+
+    fn remove_entry_in(
+        &self,
+        st: &mut State,
+        tx: &mut WTx,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+    ) -> Result<()> {
         let (ino, kind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         if dir {
             if kind != Kind::Dir {
@@ -542,15 +719,14 @@ impl Fs {
         }
         let now = Ts::now();
         tx.del_dirent(parent, name)?;
-        self.drop_link(&mut st, &mut tx, ino, now)?;
-        let mut pattr = self.attr_in(&st, &tx, parent)?;
+        self.drop_link(st, tx, ino, now)?;
+        let mut pattr = self.attr_in(st, tx, parent)?;
         if dir {
             pattr.nlink = pattr.nlink.saturating_sub(1);
         }
         pattr.mtime = now;
         pattr.ctime = now;
-        self.set_attr_in(&mut st, &mut tx, parent, pattr)?;
-        self.commit(&mut st, tx)
+        self.set_attr_in(st, tx, parent, pattr)
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
@@ -596,30 +772,45 @@ impl Fs {
             return Err(FsError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
         }
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
+        self.group(&mut st, |st, tx| {
+            self.rename_in(st, tx, parent, name, newparent, newname, flags)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_in(
+        &self,
+        st: &mut State,
+        tx: &mut WTx,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
         let (src, skind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        if self.attr_in(&st, &tx, newparent)?.kind != Kind::Dir {
+        if self.attr_in(st, tx, newparent)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         let dst = tx.lookup(newparent, newname)?;
         let now = Ts::now();
-        if skind == Kind::Dir && newparent != parent && self.is_within(&tx, newparent, src)? {
+        if skind == Kind::Dir && newparent != parent && self.is_within(tx, newparent, src)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
         if flags.exchange {
             let (dino, dkind) = dst.ok_or(FsError::NotFound)?;
-            if dkind == Kind::Dir && newparent != parent && self.is_within(&tx, parent, dino)? {
+            if dkind == Kind::Dir && newparent != parent && self.is_within(tx, parent, dino)? {
                 return Err(FsError::Invalid("cannot move a directory into itself"));
             }
             tx.put_dirent(parent, name, dino, dkind)?;
             tx.put_dirent(newparent, newname, src, skind)?;
             for (ino, kind, to) in [(src, skind, newparent), (dino, dkind, parent)] {
-                let mut a = self.attr_in(&st, &tx, ino)?;
+                let mut a = self.attr_in(st, tx, ino)?;
                 if kind == Kind::Dir {
                     a.parent = to;
                 }
                 a.ctime = now;
-                self.set_attr_in(&mut st, &mut tx, ino, a)?;
+                self.set_attr_in(st, tx, ino, a)?;
             }
             if parent != newparent && (skind == Kind::Dir) != (dkind == Kind::Dir) {
                 let (gain, lose) = if skind == Kind::Dir {
@@ -627,12 +818,12 @@ impl Fs {
                 } else {
                     (parent, newparent)
                 };
-                let mut g = self.attr_in(&st, &tx, gain)?;
+                let mut g = self.attr_in(st, tx, gain)?;
                 g.nlink += 1;
-                self.set_attr_in(&mut st, &mut tx, gain, g)?;
-                let mut l = self.attr_in(&st, &tx, lose)?;
+                self.set_attr_in(st, tx, gain, g)?;
+                let mut l = self.attr_in(st, tx, lose)?;
                 l.nlink = l.nlink.saturating_sub(1);
-                self.set_attr_in(&mut st, &mut tx, lose, l)?;
+                self.set_attr_in(st, tx, lose, l)?;
             }
         } else {
             if let Some((dino, dkind)) = dst {
@@ -650,37 +841,37 @@ impl Fs {
                     _ => {}
                 }
                 tx.del_dirent(newparent, newname)?;
-                self.drop_link(&mut st, &mut tx, dino, now)?;
+                self.drop_link(st, tx, dino, now)?;
                 if dkind == Kind::Dir {
-                    let mut np = self.attr_in(&st, &tx, newparent)?;
+                    let mut np = self.attr_in(st, tx, newparent)?;
                     np.nlink = np.nlink.saturating_sub(1);
-                    self.set_attr_in(&mut st, &mut tx, newparent, np)?;
+                    self.set_attr_in(st, tx, newparent, np)?;
                 }
             }
             tx.del_dirent(parent, name)?;
             tx.put_dirent(newparent, newname, src, skind)?;
-            let mut a = self.attr_in(&st, &tx, src)?;
+            let mut a = self.attr_in(st, tx, src)?;
             a.ctime = now;
             if skind == Kind::Dir {
                 a.parent = newparent;
                 if parent != newparent {
-                    let mut op = self.attr_in(&st, &tx, parent)?;
+                    let mut op = self.attr_in(st, tx, parent)?;
                     op.nlink = op.nlink.saturating_sub(1);
-                    self.set_attr_in(&mut st, &mut tx, parent, op)?;
-                    let mut np = self.attr_in(&st, &tx, newparent)?;
+                    self.set_attr_in(st, tx, parent, op)?;
+                    let mut np = self.attr_in(st, tx, newparent)?;
                     np.nlink += 1;
-                    self.set_attr_in(&mut st, &mut tx, newparent, np)?;
+                    self.set_attr_in(st, tx, newparent, np)?;
                 }
             }
-            self.set_attr_in(&mut st, &mut tx, src, a)?;
+            self.set_attr_in(st, tx, src, a)?;
         }
         for p in [parent, newparent] {
-            let mut pa = self.attr_in(&st, &tx, p)?;
+            let mut pa = self.attr_in(st, tx, p)?;
             pa.mtime = now;
             pa.ctime = now;
-            self.set_attr_in(&mut st, &mut tx, p, pa)?;
+            self.set_attr_in(st, tx, p, pa)?;
         }
-        self.commit(&mut st, tx)
+        Ok(())
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
@@ -702,12 +893,12 @@ impl Fs {
             }
             return Ok(a);
         }
-        let mut tx = self.meta.begin_write()?;
-        let mut a = self.attr_in(&st, &tx, ino)?;
-        apply_set(&mut a, &set, now);
-        self.set_attr_in(&mut st, &mut tx, ino, a)?;
-        self.commit(&mut st, tx)?;
-        Ok(a)
+        self.group(&mut st, |st, tx| {
+            let mut a = self.attr_in(st, tx, ino)?;
+            apply_set(&mut a, &set, now);
+            self.set_attr_in(st, tx, ino, a)?;
+            Ok(a)
+        })
     }
 
     pub fn open(&self, ino: Ino, write: bool) -> Result<u64> {
@@ -750,10 +941,7 @@ impl Fs {
             if let Some(o) = st.open.remove(&ino) {
                 st.dirty_total -= o.dirty.bytes();
             }
-            let mut tx = self.meta.begin_write()?;
-            tx.delete_inode(ino)?;
-            self.commit(&mut st, tx)?;
-            return Ok(());
+            return self.group(&mut st, |_, tx| tx.delete_inode(ino));
         }
         if self.queue_writeback(&mut st, ino) {
             self.forget_if_idle(&mut st, ino);
@@ -768,7 +956,16 @@ impl Fs {
     }
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        let r = self.meta.begin_read()?;
+        let entries = self.with_view(|r| Self::dir_entries(r, ino))?;
+        let mut st = self.state.lock();
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::Dir { entries });
+        Ok(fh)
+    }
+
+    /// The entries of directory `ino`, with "." and "..".
+    fn dir_entries(r: &dyn MetaRead, ino: Ino) -> Result<Vec<DirEntry>> {
         let attr = r.inode(ino)?.ok_or(FsError::NotFound)?;
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
@@ -786,11 +983,7 @@ impl Fs {
             },
         ];
         entries.extend(r.list_dir(ino)?);
-        let mut st = self.state.lock();
-        let fh = st.next_fh;
-        st.next_fh += 1;
-        st.handles.insert(fh, Handle::Dir { entries });
-        Ok(fh)
+        Ok(entries)
     }
 
     /// Directory entries from position `offset` of the snapshot taken at opendir. The
@@ -824,8 +1017,7 @@ impl Fs {
             avail_bytes,
         } = self.store().space()?;
         let bsize = 4096u64;
-        let r = self.meta.begin_read()?;
-        let files = r.meta_u64("next_ino")?.unwrap_or(2);
+        let files = self.with_view(|r| r.meta_u64("next_ino"))?.unwrap_or(2);
         Ok(StatFs {
             blocks: total_bytes / bsize,
             bfree: free_bytes / bsize,
@@ -855,8 +1047,21 @@ impl Fs {
             return Err(FsError::Range);
         }
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
-        let mut a = self.attr_in(&st, &tx, ino)?;
+        self.group(&mut st, |st, tx| {
+            self.setxattr_in(st, tx, ino, name, value, flags)
+        })
+    }
+
+    fn setxattr_in(
+        &self,
+        st: &mut State,
+        tx: &mut WTx,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        let mut a = self.attr_in(st, tx, ino)?;
         if name == POLICY_XATTR && Policy::from_xattr(value, 0).is_none() {
             return Err(FsError::Invalid(
                 "chunking policy must be \"fixed\" or \"cdc\"",
@@ -871,22 +1076,24 @@ impl Fs {
         }
         tx.set_xattr(ino, name, value)?;
         a.ctime = Ts::now();
-        self.set_attr_in(&mut st, &mut tx, ino, a)?;
-        self.commit(&mut st, tx)
+        self.set_attr_in(st, tx, ino, a)
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let r = self.meta.begin_read()?;
-        r.inode(ino)?.ok_or(FsError::NotFound)?;
-        r.xattr(ino, name)?.ok_or(FsError::NoXattr)
+        self.with_view(|r| {
+            r.inode(ino)?.ok_or(FsError::NotFound)?;
+            r.xattr(ino, name)?.ok_or(FsError::NoXattr)
+        })
     }
 
     /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
-        let r = self.meta.begin_read()?;
-        r.inode(ino)?.ok_or(FsError::NotFound)?;
+        let names = self.with_view(|r| {
+            r.inode(ino)?.ok_or(FsError::NotFound)?;
+            r.xattr_names(ino)
+        })?;
         let mut out = Vec::new();
-        for n in r.xattr_names(ino)? {
+        for n in names {
             out.extend_from_slice(&n);
             out.push(0);
         }
@@ -896,14 +1103,14 @@ impl Fs {
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         self.writable()?;
         let mut st = self.state.lock();
-        let mut tx = self.meta.begin_write()?;
-        let mut a = self.attr_in(&st, &tx, ino)?;
-        if !tx.remove_xattr(ino, name)? {
-            return Err(FsError::NoXattr);
-        }
-        a.ctime = Ts::now();
-        self.set_attr_in(&mut st, &mut tx, ino, a)?;
-        self.commit(&mut st, tx)
+        self.group(&mut st, |st, tx| {
+            let mut a = self.attr_in(st, tx, ino)?;
+            if !tx.remove_xattr(ino, name)? {
+                return Err(FsError::NoXattr);
+            }
+            a.ctime = Ts::now();
+            self.set_attr_in(st, tx, ino, a)
+        })
     }
 
     /// Waits (releasing the lock meanwhile) until no write-back of any inode is in flight.
@@ -916,6 +1123,9 @@ impl Fs {
     /// Makes everything committed so far durable: chunk files first, then the metadata,
     /// then removes chunk files no durable metadata references any more.
     fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
+        if st.pending.is_some() {
+            st.since_durable = true;
+        }
         if !st.since_durable {
             return Ok(());
         }
@@ -923,6 +1133,7 @@ impl Fs {
         // finish, so the chunks freed below are really freed now (a full disk needs them).
         self.wait_no_flush(st);
         let st: &mut State = st;
+        self.settle(st)?;
         self.remove_fresh_dead_chunks(st);
         self.store().sync()?;
         // On a nearly full device, give the reserve back first: a failed commit would close
@@ -970,6 +1181,8 @@ impl Fs {
     }
 
     /// Removes chunk files whose refcount is 0 in durable metadata.
+    /// No metadata group is open (the caller settled it and holds the state lock, or the
+    /// filesystem is starting).
     fn remove_dead_chunks(&self) -> Result<()> {
         let dead = self.meta.begin_read()?.zero_refs()?;
         if dead.is_empty() {
@@ -1087,7 +1300,7 @@ impl Fs {
 
     /// The chunking policy of `ino` (its `user.dedupfs.chunking` xattr; CDC by default).
     /// Fixed blocks are the store's average chunk size.
-    fn policy(&self, snap: &meta::RTx, ino: Ino) -> Result<Policy> {
+    fn policy(&self, snap: &dyn MetaRead, ino: Ino) -> Result<Policy> {
         Ok(snap
             .xattr(ino, POLICY_XATTR)?
             .and_then(|v| Policy::from_xattr(&v, self.chunker.params().avg))
@@ -1111,7 +1324,7 @@ impl Fs {
                 })
                 .unwrap_or(0)
         };
-        Ok(self.meta.begin_read()?.allocated(ino)? + dirty)
+        Ok(self.with_view(|r| r.allocated(ino))? + dirty)
     }
 
     /// flush(2) at close: writes the file back so its chunks are cut and committed.

@@ -459,11 +459,19 @@ macro_rules! read_ops {
     };
 }
 
-/// What the filesystem core reads from either kind of transaction.
+/// What the filesystem core reads from either kind of transaction (a snapshot, or the open
+/// group of uncommitted changes).
 pub trait MetaRead {
     fn inode(&self, ino: Ino) -> Result<Option<Attr>>;
     fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>>;
     fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>>;
+    fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
+    fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
+    fn allocated(&self, ino: Ino) -> Result<u64>;
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>>;
 }
 
 macro_rules! meta_read {
@@ -477,6 +485,27 @@ macro_rules! meta_read {
             }
             fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>> {
                 <$t>::chunk(self, id)
+            }
+            fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+                <$t>::lookup(self, parent, name)
+            }
+            fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+                <$t>::list_dir(self, dir)
+            }
+            fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+                <$t>::symlink(self, ino)
+            }
+            fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+                <$t>::xattr(self, ino, name)
+            }
+            fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+                <$t>::xattr_names(self, ino)
+            }
+            fn allocated(&self, ino: Ino) -> Result<u64> {
+                <$t>::allocated(self, ino)
+            }
+            fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
+                <$t>::meta_u64(self, key)
             }
         }
     };
