@@ -55,9 +55,11 @@ enum Cmd {
         /// Mount options, comma separated: ro, rw, allow_other, allow_root.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
-        /// Read cache size in MiB (verified chunks kept mapped).
-        #[arg(long, default_value_t = 256)]
-        cache_mib: usize,
+        /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing
+        /// filesystem's page cache, which the kernel can reclaim). Default: an eighth of the
+        /// RAM, between 64 and 1024.
+        #[arg(long)]
+        cache_mib: Option<usize>,
     },
     /// Check metadata and chunk files; with --repair, fix what can be fixed without guessing.
     Fsck {
@@ -138,6 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cache_mib,
         } => {
             let opts = MountOpts::parse(&options)?;
+            let cache_mib = cache_mib.unwrap_or_else(default_cache_mib);
             check_mountpoint(&mountpoint)?;
             if background {
                 spawn_background(&store, &mountpoint, &options, cache_mib)?;
@@ -424,6 +427,20 @@ fn check_mountpoint(mp: &Path) -> Result<()> {
 }
 
 /// Starts the daemon as a child process and waits until the mount is ready.
+/// The read cache's default size: an eighth of the RAM, between 64 MiB and 1 GiB.
+fn default_cache_mib() -> usize {
+    let ram_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(2048);
+    (ram_mib / 8).clamp(64, 1024)
+}
+
 fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usize) -> Result<()> {
     // Fail fast, in this process, on the errors a user most often makes.
     drop(volume::lock(store)?);

@@ -3,6 +3,12 @@
 //! Invariant: a chunk enters the cache only after its length and blake3 hash were checked, so
 //! a cached chunk is always the bytes its name promises. A bad chunk is never cached; every
 //! read of it returns an error and logs the chunk id.
+//!
+//! Re-verification memo: a chunk evicted from the LRU and mapped again is not hashed again
+//! when (a) its file is the same one, unchanged, as when it was last verified (same device,
+//! inode, size, mtime and ctime: any write through the kernel changes ctime) and (b) every
+//! page of it is still in the page cache (`mincore`), so no byte of it came from the disk
+//! since it was hashed. Pages read back from the disk are always hashed again.
 
 use super::{ChunkBytes, ChunkStore};
 use crate::error::{FsError, Result};
@@ -10,23 +16,86 @@ use crate::hash::ChunkId;
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
+
+/// Chunks whose last verification the memo remembers (~100 bytes each).
+const MEMO_ENTRIES: usize = 1 << 16;
+/// Most chunks the cache holds, whatever their size: each mapped one is a kernel mapping, and
+/// a process gets 65530 of them by default (vm.max_map_count); past that, mmap fails.
+const MAX_ENTRIES: usize = 32 << 10;
+/// Chunk files smaller than this are read into memory rather than mapped: a mapping costs a
+/// whole page and one of the process's limited mappings, and a read is cheaper for them.
+const MAP_MIN: u64 = 16 << 10;
+
+/// Which file, in which state, a mapping was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// A chunk file mapped read-only.
+pub struct MappedChunk {
+    pub(super) map: memmap2::Mmap,
+    stamp: FileStamp,
+    /// Every page was in the page cache when it was mapped.
+    resident: bool,
+}
 
 /// Maps a chunk file read-only.
 pub fn map_chunk_file(file: &File) -> std::io::Result<ChunkBytes> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        // mmap of an empty file fails; an empty chunk file is damage the caller reports.
-        return Ok(ChunkBytes::Owned(Arc::new(Vec::new())));
+    let md = file.metadata()?;
+    let len = md.len();
+    if len < MAP_MIN {
+        // Also an empty file, which mmap refuses (and the caller reports as damage).
+        let mut buf = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut &*file, &mut buf)?;
+        return Ok(ChunkBytes::Owned(Arc::new(buf)));
     }
+    let stamp = FileStamp {
+        dev: md.dev(),
+        ino: md.ino(),
+        len,
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+    };
     // SAFETY: chunk files are written to a temporary name, then renamed into place and never
     // modified again (docs/design.md, "Chunk files"); a repair replaces the file by rename, which
     // leaves this mapping on the old inode. Only someone editing the store by hand could change
     // the bytes under us; the hash check on load catches damage done before that point.
-    // MAP_POPULATE: a chunk is hashed in full right after mapping, so fault it in with one
-    // read-ahead instead of a page fault per 4 KiB.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(file)? };
-    Ok(ChunkBytes::Mapped(map))
+    let map = unsafe { memmap2::MmapOptions::new().map(file)? };
+    let resident = all_resident(&map);
+    if !resident {
+        // The whole chunk is about to be hashed: one read-ahead instead of a fault per page.
+        let _ = map.advise(memmap2::Advice::WillNeed);
+    }
+    Ok(ChunkBytes::Mapped(MappedChunk {
+        map,
+        stamp,
+        resident,
+    }))
+}
+
+/// Is every page of `map` in the page cache?
+fn all_resident(map: &memmap2::Mmap) -> bool {
+    let page = rustix::param::page_size();
+    let mut vec = vec![0u8; map.len().div_ceil(page)];
+    // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary (mmap
+    // returns page-aligned addresses), and `vec` has one byte per page of it, as mincore(2)
+    // requires. mincore only writes into `vec`.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    rc == 0 && vec.iter().all(|b| b & 1 == 1)
 }
 
 struct Lru {
@@ -34,11 +103,13 @@ struct Lru {
     bytes: usize,
 }
 
-/// Cache of verified chunks, bounded by total bytes.
+/// Cache of verified chunks, bounded by total bytes and by count.
 pub struct ChunkCache {
     store: Arc<dyn ChunkStore>,
     lru: Mutex<Lru>,
     capacity: usize,
+    /// The file each recently verified chunk was verified from (see the module comment).
+    memo: Mutex<LruCache<ChunkId, FileStamp>>,
 }
 
 impl ChunkCache {
@@ -50,6 +121,9 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity: capacity_bytes,
+            memo: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MEMO_ENTRIES).expect("non-zero"),
+            )),
         }
     }
 
@@ -73,9 +147,19 @@ impl ChunkCache {
                 actual: bytes.len() as u64,
             });
         }
-        if ChunkId::of(&bytes) != *id {
-            tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
-            return Err(FsError::CorruptChunk { id: *id });
+        let trusted = match &bytes {
+            ChunkBytes::Mapped(m) => m.resident && self.memo.lock().get(id) == Some(&m.stamp),
+            ChunkBytes::Owned(_) => false,
+        };
+        if !trusted {
+            if ChunkId::of(&bytes) != *id {
+                tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
+                self.memo.lock().pop(id);
+                return Err(FsError::CorruptChunk { id: *id });
+            }
+            if let ChunkBytes::Mapped(m) = &bytes {
+                self.memo.lock().put(*id, m.stamp);
+            }
         }
         let bytes = Arc::new(bytes);
         self.insert(*id, bytes.clone());
@@ -93,7 +177,7 @@ impl ChunkCache {
             lru.bytes -= old.len();
         }
         lru.bytes += n;
-        while lru.bytes > self.capacity {
+        while lru.bytes > self.capacity || lru.map.len() > MAX_ENTRIES {
             match lru.map.pop_lru() {
                 Some((_, old)) => lru.bytes -= old.len(),
                 None => break,
@@ -107,6 +191,7 @@ impl ChunkCache {
 
     /// Forgets a chunk (it was removed from the store).
     pub fn forget(&self, id: &ChunkId) {
+        self.memo.lock().pop(id);
         let mut lru = self.lru.lock();
         if let Some(old) = lru.map.pop(id) {
             lru.bytes -= old.len();
@@ -137,6 +222,69 @@ mod tests {
         assert_eq!(cache.cached_bytes(), 0);
         store.put(&id, &good).unwrap();
         assert_eq!(&**cache.get(&id, 10).unwrap(), &good[..]);
+    }
+
+    #[test]
+    fn chunk_file_changed_in_place_after_verification_is_caught() {
+        // The memo skips re-hashing an unchanged, fully cached chunk file; a file edited in
+        // place (same length) must be hashed again and refused.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::LocalDirStore::open(dir.path()).unwrap());
+        let good = vec![7u8; 100_000];
+        let other = vec![9u8; 100_000];
+        let id = ChunkId::of(&good);
+        let id2 = ChunkId::of(&other);
+        store.put(&id, &good).unwrap();
+        store.put(&id2, &other).unwrap();
+        let cache = ChunkCache::new(store.clone(), 150_000); // room for one chunk
+        assert_eq!(&**cache.get(&id, 100_000).unwrap(), &good[..]);
+        cache.get(&id2, 100_000).unwrap(); // evicts `id`
+        assert!(!cache.contains(&id));
+        assert_eq!(&**cache.get(&id, 100_000).unwrap(), &good[..], "unchanged");
+        cache.get(&id2, 100_000).unwrap();
+        let mut bad = good.clone();
+        bad[50_000] ^= 1;
+        std::fs::write(store.path_of(&id), &bad).unwrap();
+        assert!(matches!(
+            cache.get(&id, 100_000),
+            Err(FsError::CorruptChunk { .. })
+        ));
+    }
+
+    #[test]
+    fn many_tiny_chunks_do_not_exhaust_the_mapping_limit() {
+        // A byte budget alone would keep every tiny chunk mapped: 70k of them pass the
+        // kernel's default limit of 65530 mappings per process and mmap starts failing.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::LocalDirStore::open(dir.path()).unwrap());
+        let cache = ChunkCache::new(store.clone(), 256 << 20);
+        let n = 70_000u32;
+        let ids: Vec<ChunkId> = (0..n)
+            .map(|i| {
+                let data = format!("tiny chunk {i}").into_bytes();
+                let id = ChunkId::of(&data);
+                store.put(&id, &data).unwrap();
+                id
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let want = format!("tiny chunk {i}");
+            let got = cache.get(id, want.len() as u64).unwrap();
+            assert_eq!(&**got, want.as_bytes());
+        }
+    }
+
+    #[test]
+    fn cache_holds_a_bounded_number_of_chunks() {
+        let store = Arc::new(MemoryStore::new());
+        let cache = ChunkCache::new(store.clone(), 1 << 30);
+        for i in 0..MAX_ENTRIES + 100 {
+            let data = (i as u64).to_le_bytes();
+            let id = ChunkId::of(&data);
+            store.put(&id, &data).unwrap();
+            cache.get(&id, 8).unwrap();
+        }
+        assert_eq!(cache.lru.lock().map.len(), MAX_ENTRIES);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use memory::MemoryStore;
 
 /// Bytes of one chunk as loaded from a store: mapped from a file, or owned.
 pub enum ChunkBytes {
-    Mapped(memmap2::Mmap),
+    Mapped(cache::MappedChunk),
     Owned(Arc<Vec<u8>>),
 }
 
@@ -33,7 +33,7 @@ impl Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            ChunkBytes::Mapped(m) => m,
+            ChunkBytes::Mapped(m) => &m.map,
             ChunkBytes::Owned(v) => v,
         }
     }
