@@ -31,9 +31,19 @@ impl ChunkId {
         Some(ChunkId(out))
     }
 
-    /// Relative path inside the chunk directory: `xx/yy/<hex>`. Two levels of 256-way fan-out
-    /// keep directories small (a 1 TB store of 64 KiB chunks has ~240 files per leaf).
+    /// Relative path inside the chunk directory: `xx/<hex>`, 256 directories made when the
+    /// store opens, so writing a chunk never creates a directory (ext4 directory creation was
+    /// the bottleneck of unique writes). ext4's hashed directories keep lookups fast at
+    /// millions of entries each.
     pub fn rel_path(&self) -> PathBuf {
+        let hex = self.to_hex();
+        let mut p = PathBuf::from(&hex[0..2]);
+        p.push(&hex);
+        p
+    }
+
+    /// Where stores of format 1 put chunks: `xx/yy/<hex>` (still read; see `LocalDirStore`).
+    pub fn legacy_rel_path(&self) -> PathBuf {
         let hex = self.to_hex();
         let mut p = PathBuf::from(&hex[0..2]);
         p.push(&hex[2..4]);
@@ -71,6 +81,10 @@ mod tests {
         let hex = id.to_hex();
         assert_eq!(
             id.rel_path(),
+            PathBuf::from(format!("{}/{}", &hex[..2], hex))
+        );
+        assert_eq!(
+            id.legacy_rel_path(),
             PathBuf::from(format!("{}/{}/{}", &hex[..2], &hex[2..4], hex))
         );
     }

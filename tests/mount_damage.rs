@@ -13,6 +13,7 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dedupfs");
 
+/// Chunk files: `chunks/xx/<64 hex>`.
 fn chunk_files(store: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for a in fs::read_dir(store.join("chunks")).unwrap().flatten() {
@@ -20,8 +21,8 @@ fn chunk_files(store: &std::path::Path) -> Vec<PathBuf> {
             continue;
         }
         for b in fs::read_dir(a.path()).unwrap().flatten() {
-            for c in fs::read_dir(b.path()).unwrap().flatten() {
-                out.push(c.path());
+            if b.file_name().len() == 64 && b.path().is_file() {
+                out.push(b.path());
             }
         }
     }

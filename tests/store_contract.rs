@@ -283,6 +283,27 @@ fn cache_reports_missing_chunk() {
 }
 
 #[test]
+fn chunks_of_the_format_1_layout_are_read_listed_and_removed() {
+    // Format 1 stores kept chunks at xx/yy/<hex>; format 2 writes xx/<hex> and still reads,
+    // lists and removes the old ones.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("chunks");
+    let store = LocalDirStore::open(&root).unwrap();
+    let data = blob(14, 30_000);
+    let id = ChunkId::of(&data);
+    let hex = id.to_hex();
+    let old = root.join(&hex[..2]).join(&hex[2..4]).join(&hex);
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, &data).unwrap();
+    assert!(!store.path_of(&id).exists());
+    assert_eq!(&*store.get(&id).unwrap(), &data[..]);
+    assert_eq!(listed(&store), BTreeSet::from([id]));
+    store.remove(&id).unwrap();
+    assert!(!old.exists());
+    assert!(matches!(store.get(&id), Err(FsError::MissingChunk { .. })));
+}
+
+#[test]
 fn corrupted_chunk_file_on_disk_is_refused_by_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalDirStore::open(&dir.path().join("chunks")).unwrap());

@@ -19,7 +19,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::path::Path;
 
 /// Schema version of the metadata database. Bump on any incompatible change to a table.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: chunk files at `chunks/xx/<hex>` (1: `chunks/xx/yy/<hex>`, still read; a store of
+/// format 1 is marked 2 when opened, so an older dedupfs refuses it rather than miss chunks).
+pub const FORMAT_VERSION: u64 = 2;
 pub const ROOT_INO: Ino = 1;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -127,6 +129,12 @@ impl MetaDb {
         };
         match version {
             Some(FORMAT_VERSION) => Ok(meta),
+            Some(1) => {
+                let mut tx = meta.begin_write()?;
+                tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
+                tx.commit(true)?;
+                Ok(meta)
+            }
             Some(v) if v > FORMAT_VERSION => Err(FsError::Corrupt(format!(
                 "store format version {v} is newer than this dedupfs supports ({FORMAT_VERSION}); upgrade dedupfs"
             ))),
@@ -802,6 +810,18 @@ mod tests {
         assert_eq!(tx.counter(C_CHUNKS).unwrap(), 0);
         tx.replace_extents(6, &[], &[e]).unwrap();
         assert!(tx.zero_refs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn format_1_store_opens_and_is_marked_2() {
+        let (d, m) = db();
+        let mut tx = m.begin_write().unwrap();
+        tx.set_meta("format_version", &1u64.to_le_bytes()).unwrap();
+        tx.commit(true).unwrap();
+        drop(m);
+        let m = MetaDb::open(&d.path().join("m.redb")).unwrap();
+        let v = m.begin_read().unwrap().meta_u64("format_version").unwrap();
+        assert_eq!(v, Some(FORMAT_VERSION));
     }
 
     #[test]
