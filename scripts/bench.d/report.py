@@ -161,7 +161,7 @@ row(f"cp of the {size} file inside the volume, then fsync", "s",
     {f: seconds(f"{f}.cp") for f in FS}, "s", store=store_cell("cp"))
 
 fio_desc = f"{a.fio_bytes / MiB:g} MiB file, direct=1 psync QD1, {a.fio_runtime} s"
-row(f"fio random 4 KiB writes ({fio_desc}, end_fsync)", "IOPS",
+row(f"fio random 4 KiB writes, dedupfs: CDC chunks, the default policy ({fio_desc}, end_fsync)", "IOPS",
     {f: iops(f"{f}.randwrite") for f in FS}, "iops", store=store_cell("randwrite"))
 
 def iops_wall(key):
@@ -171,24 +171,47 @@ def iops_wall(key):
     return b / 4096 / w if b and w else None
 
 
-row("↳ the same counting the final fsync (4 KiB writes ÷ wall time of the fio process)", "IOPS",
-    {f: iops_wall(f"{f}.randwrite") for f in FS}, "iops")
-wa_phys, wa_daemon = {}, {}
-for f in FS:
-    wb = num(f"{f}.randwrite.bytes")
-    d = delta(f, "fio_layout", "randwrite")
-    wa_phys[f] = d / wb if d is not None and wb else None
-    if f != "ext4":
-        w = wchar_delta(f, "fio_before", "fio_after")
-        wa_daemon[f] = w / wb if w is not None and wb else None
-row("↳ write amplification: net physical bytes added ÷ bytes fio wrote", "×", wa_phys, "x")
-row("↳ write amplification: bytes the daemon wrote ÷ bytes fio wrote", "×", wa_daemon, "x")
-row(f"fio random 4 KiB reads ({fio_desc}, fresh mount)", "IOPS",
+def write_amp(fss, key, layout_step, write_step, wchar_before, wchar_after):
+    """(net physical bytes added, bytes the daemon wrote) ÷ bytes fio wrote, per fs."""
+    wa_phys, wa_daemon = {}, {}
+    for f in fss:
+        wb = num(f"{f}.{key}.bytes")
+        d = delta(f, layout_step, write_step)
+        wa_phys[f] = d / wb if d is not None and wb else None
+        if f != "ext4":
+            w = wchar_delta(f, wchar_before, wchar_after)
+            wa_daemon[f] = w / wb if w is not None and wb else None
+    return wa_phys, wa_daemon
+
+
+FSYNC_ROW = "↳ the same counting the final fsync (4 KiB writes ÷ wall time of the fio process)"
+WA_PHYS_ROW = "↳ write amplification: net physical bytes added ÷ bytes fio wrote"
+WA_DAEMON_ROW = "↳ write amplification: bytes the daemon wrote ÷ bytes fio wrote"
+row(FSYNC_ROW, "IOPS", {f: iops_wall(f"{f}.randwrite") for f in FS}, "iops")
+wa_phys, wa_daemon = write_amp(FS, "randwrite", "fio_layout", "randwrite", "fio_before", "fio_after")
+row(WA_PHYS_ROW, "×", wa_phys, "x")
+row(WA_DAEMON_ROW, "×", wa_daemon, "x")
+row(f"fio random 4 KiB reads, dedupfs: CDC chunks ({fio_desc}, fresh mount)", "IOPS",
     {f: iops(f"{f}.randread") for f in FS}, "iops")
+
+# The same pair on a second file laid out alike, with the fixed-block policy: dedupfs only.
+FIXED_BLOCK = 64 * 1024  # fixed blocks are the store's average chunk size (the bench inits the default)
+fixed_ran = "dedupfs.randwrite_fixed" in R
+if fixed_ran:
+    row(f"fio random 4 KiB writes, fixed {FIXED_BLOCK // 1024} KiB blocks "
+        "(xattr user.dedupfs.chunking=fixed; same layout, data and offsets)", "IOPS",
+        {"dedupfs": iops("dedupfs.randwrite_fixed")}, "iops", store=store_cell("randwrite_fixed"))
+    row(FSYNC_ROW, "IOPS", {"dedupfs": iops_wall("dedupfs.randwrite_fixed")}, "iops")
+    fwa_phys, fwa_daemon = write_amp(["dedupfs"], "randwrite_fixed", "fixed_layout", "randwrite_fixed",
+                                     "fixed_before", "fixed_after")
+    row(WA_PHYS_ROW, "×", fwa_phys, "x")
+    row(WA_DAEMON_ROW, "×", fwa_daemon, "x")
+    row("fio random 4 KiB reads, fixed blocks (fresh mount)", "IOPS",
+        {"dedupfs": iops("dedupfs.randread_fixed")}, "iops")
 
 tree_n = R.get("tree.entries", "?")
 tree_extra = ""
-st, sb = stats("tar"), stats("randwrite")
+st, sb = stats("tar"), stats("randwrite_fixed") or stats("randwrite")
 if st and sb:
     dl = st["logical_bytes"] - sb["logical_bytes"]
     dp = st["physical_bytes"] - sb["physical_bytes"]
@@ -197,6 +220,9 @@ if st and sb:
 row(f"tar x of /usr/share ({int(tree_n):,} entries, "
     f"{int(R.get('tree.bytes', 0)) / MiB:.0f} MiB archive), then syncfs", "s",
     {f: seconds(f"{f}.tar") for f in FS}, "s", store=store_cell("tar", tree_extra))
+row("↳ tar x until written back and durable (dedupfs: tar, syncfs, then umount until the daemon "
+    "exits; ext4: = above; bindfs: + syncfs of its backing directory)", "s",
+    {f: seconds(f"{f}.tar_durable") for f in FS}, "s")
 
 row(f"peak daemon RSS during the {size} write (VmHWM)", "MiB",
     {f: (num(f"{f}.hwm_kib") * 1024 if num(f"{f}.hwm_kib") is not None else None)
@@ -224,6 +250,13 @@ out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS
            "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
            "go through the page cache). "
            "ext4 and bindfs \"physical\" figures are `du` of the directory.")
+if fixed_ran:
+    out.append("")
+    out.append("dedupfs chunking policy on random 4 KiB I/O, fixed blocks ÷ CDC chunks (same data, same "
+               f"offsets): write IOPS {ratio(iops('dedupfs.randwrite_fixed'), iops('dedupfs.randwrite'))}, "
+               f"with the final fsync {ratio(iops_wall('dedupfs.randwrite_fixed'), iops_wall('dedupfs.randwrite'))}, "
+               f"daemon bytes written {ratio(fwa_daemon.get('dedupfs'), wa_daemon.get('dedupfs'))}, "
+               f"read IOPS {ratio(iops('dedupfs.randread_fixed'), iops('dedupfs.randread'))}.")
 
 # ---- sanity checks on dedupfs
 checks = []
@@ -256,8 +289,24 @@ if sl:
                       f"{human(sl['physical_bytes'] - sw['physical_bytes'])} of physical bytes")
 if sl and swr and swr["logical_bytes"] != sl["logical_bytes"]:
     checks.append(f"random overwrites changed logical_bytes from {sl['logical_bytes']:,} to {swr['logical_bytes']:,}")
+sfl, sfw = stats("fixed_layout"), stats("randwrite_fixed")
+if swr and sfl:
+    # The policy took effect: the second copy of the fio data is cut in exactly fio_bytes ÷ block
+    # chunks, none shared with the CDC copy.
+    want = a.fio_bytes // FIXED_BLOCK
+    got = sfl["chunk_count"] - swr["chunk_count"]
+    if got != want:
+        checks.append(f"the fixed-block copy of the fio file added {got:,} chunks, expected {want:,} "
+                      f"({human(a.fio_bytes)} ÷ {FIXED_BLOCK // 1024} KiB)")
+    if sfl["logical_bytes"] != swr["logical_bytes"] + a.fio_bytes:
+        checks.append(f"the fixed-block copy of the fio file changed logical_bytes from "
+                      f"{swr['logical_bytes']:,} to {sfl['logical_bytes']:,}")
+if sfl and sfw and sfw["logical_bytes"] != sfl["logical_bytes"]:
+    checks.append(f"random overwrites of the fixed-block file changed logical_bytes from "
+                  f"{sfl['logical_bytes']:,} to {sfw['logical_bytes']:,}")
 for f in FS:
-    for k in ("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread", "tar"):
+    for k in ("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread",
+              "randwrite_fixed", "randread_fixed", "tar", "tar_durable"):
         if err(f"{f}.{k}"):
             checks.append(f"{f}: step {k} failed (see notes)")
 if checks or notes:
