@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 /// Operations an open metadata group collects before it is committed.
 const GROUP_OPS: u32 = 512;
+/// Background write-back threads.
+const WRITERS: usize = 2;
 /// Age at which an open metadata group is committed by the next operation.
 const GROUP_AGE: Duration = Duration::from_millis(20);
 
@@ -150,6 +152,8 @@ struct OpenInode {
     /// The last write-back failed: the next write that needs room writes back itself, so
     /// the writer sees the error (ENOSPC) instead of memory filling up.
     wb_failed: bool,
+    /// Where the last read ended: a read starting there is sequential and gets read-ahead.
+    read_end: u64,
 }
 
 impl OpenInode {
@@ -1255,23 +1259,29 @@ impl Fs {
     pub fn start_background(self: &Arc<Self>) {
         let (tx, rx) = crossbeam_channel::bounded::<Ino>(1024);
         *self.background.lock() = Some(tx);
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("dedupfs-writeback".into())
-            .spawn(move || {
-                for ino in rx {
-                    let Some(fs) = weak.upgrade() else { break };
-                    let mut st = fs.state.lock();
-                    let closed = st.open.get(&ino).is_some_and(|o| o.opens == 0);
-                    match fs.writeback(&mut st, ino, closed) {
-                        Ok(()) => fs.forget_if_idle(&mut st, ino),
-                        Err(e) => {
-                            tracing::warn!(ino, "background write-back failed (will retry): {e}")
+        // Two writers: while one waits on the backing filesystem (creating a chunk file costs
+        // an inode allocation), the other hashes. Write-backs of one inode are serialised by
+        // `wait_idle`; an inode is in the queue at most once (`queued`).
+        for n in 0..WRITERS {
+            let (weak, rx) = (Arc::downgrade(self), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("dedupfs-writeback-{n}"))
+                .spawn(move || {
+                    for ino in rx {
+                        let Some(fs) = weak.upgrade() else { break };
+                        let mut st = fs.state.lock();
+                        let closed = st.open.get(&ino).is_some_and(|o| o.opens == 0);
+                        match fs.writeback(&mut st, ino, closed) {
+                            Ok(()) => fs.forget_if_idle(&mut st, ino),
+                            Err(e) => tracing::warn!(
+                                ino,
+                                "background write-back failed (will retry): {e}"
+                            ),
                         }
                     }
-                }
-            })
-            .ok();
+                })
+                .ok();
+        }
         // Two prefetchers: loading (and verifying) chunks in parallel keeps a cold sequential
         // read from waiting on one small file at a time.
         let (ptx, prx) = crossbeam_channel::bounded::<(ChunkId, u32)>(256);
