@@ -116,6 +116,7 @@ impl Fs {
                     flushing: None,
                     queued: false,
                     wb_failed: false,
+                    read_end: 0,
                 }))
             }
         }
@@ -166,9 +167,18 @@ impl Fs {
             return Ok(Vec::new());
         }
         let end = attr.size.min(offset.saturating_add(size as u64));
-        let (flushing, dirty) = match st.open.get(&ino) {
-            Some(o) => (o.flushing.clone(), o.dirty.copy_range(offset, end)),
-            None => (None, Vec::new()),
+        let (flushing, dirty, sequential) = match st.open.get_mut(&ino) {
+            Some(o) => {
+                // Sequential: this read starts where the last one ended (or at 0).
+                let sequential = offset == o.read_end;
+                o.read_end = end;
+                (
+                    o.flushing.clone(),
+                    o.dirty.copy_range(offset, end),
+                    sequential,
+                )
+            }
+            None => (None, Vec::new(), true),
         };
         let _no_removal = self.removal.read();
         drop(st);
@@ -178,7 +188,10 @@ impl Fs {
             overlay(f, offset, &mut buf);
         }
         overlay(&dirty, offset, &mut buf);
-        self.prefetch_after(&snap, ino, end);
+        if sequential {
+            // Random reads get no read-ahead: it would load chunks nobody asked for.
+            self.prefetch_after(&snap, ino, end);
+        }
         Ok(buf)
     }
 
