@@ -613,11 +613,20 @@ impl Fs {
             let mut new = Vec::new();
             let end = loop {
                 if !run_ended && block.len() - bstart < max {
-                    let mut next = Vec::with_capacity(BLOCK + max);
+                    // Gather the dirty bytes ahead plus two maximal chunks (a cut needs `max`
+                    // bytes of look-ahead, and resynchronisation usually follows within one
+                    // more chunk), at most BLOCK: a random 4 KiB write copies ~0.5 MiB of
+                    // old data, not 4 MiB; a streaming writer still gets whole blocks.
+                    let j = ranges.partition_point(|r| r.0 + r.1.len() as u64 <= pos);
+                    let ahead = ranges
+                        .get(j)
+                        .map_or(0, |r| (r.0 + r.1.len() as u64).saturating_sub(pos));
+                    let target = (ahead.min(BLOCK as u64) as usize + 2 * max).min(BLOCK);
+                    let mut next = Vec::with_capacity(target + max);
                     next.extend_from_slice(&block[bstart..]);
-                    while !run_ended && next.len() < BLOCK {
+                    while !run_ended && next.len() < target {
                         let at = pos + next.len() as u64;
-                        let want = BLOCK - next.len();
+                        let want = target - next.len();
                         run_ended = self.fill(snap, ino, ranges, size, at, want, &mut next)?;
                     }
                     block = Arc::new(next);
