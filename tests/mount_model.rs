@@ -1,0 +1,1156 @@
+//! Model-based random operations through a real FUSE mount, checked byte for byte against a
+//! sparse in-memory model.
+//!
+//! Guards against corruption that only shows up through the kernel: the page cache and the
+//! attribute cache disagreeing with the daemon after truncates, punched holes, zeroed ranges
+//! and reference copies; offsets past 2 GiB and 4 GiB mangled on the way through FUSE; chunks
+//! re-cut wrongly when small writes land on and around existing chunk boundaries (one file is
+//! cut into fixed blocks, the others content-defined; half the cases use the default 64 KiB
+//! chunks, half 4 KiB ones); SEEK_HOLE reporting a hole over data; and data lost across close,
+//! reopen and a clean unmount.
+//!
+//! Three files on one volume get random mixes of pwrite, ftruncate (shrink and grow, to 0 and
+//! past 4 GiB), fallocate (PUNCH_HOLE, ZERO_RANGE, plain), copy_file_range (between and within
+//! files), fsync, page-cache drops, reopen and remount. Offsets cluster in a few windows near
+//! 0, 1, 2, 3 and 4 GiB, on and around 64 KiB multiples, and near existing data and the end of
+//! file. The model keeps only the written runs, so multi-GiB sparse files cost kilobytes.
+//!
+//! Every operation is followed by a read-back of the range it touched and a size check of all
+//! files; every few operations the edges of all modelled runs are read back; at the end (and
+//! after every remount) whole files, or all runs plus every hole's edges and middle, are
+//! compared, and a SEEK_DATA/SEEK_HOLE walk must never report a hole over data.
+//!
+//! A failure prints the seed, the minimal failing operation list found by shrinking and the
+//! concrete operations (resolved offsets and lengths) that ran. Environment:
+//! `DEDUPFS_MODEL_SEED=N` reruns with a given seed (random by default, printed on failure),
+//! `PROPTEST_CASES=N` changes the number of cases, `PROPTEST_MAX_SHRINK_TIME=ms` and
+//! `PROPTEST_MAX_SHRINK_ITERS=N` bound the shrinking (each step mounts a fresh volume).
+//! Failing cases are also saved in `mount_model.proptest-regressions` and replayed first.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use common::{GIB, KIB, MIB, Volume, fuse_available, random_bytes};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
+};
+
+/// The files under test. `*.img` is cut into fixed blocks (the store is initialised with
+/// `--fixed-for *.img`), the others content-defined.
+const FILES: [&str; 3] = ["f0.img", "f1", "f2"];
+const FIXED_FOR: &str = "*.img";
+/// The default average chunk size, and the fixed block size of `f0.img` with it (some cases
+/// use 4 KiB chunks: see [`Chunks`]).
+const CUT: u64 = 64 * KIB;
+/// Where offsets cluster: near 0, around 1 GiB, 2 GiB (i32 overflow), 3 GiB and 4 GiB (u32
+/// overflow). All multiples of CUT.
+const WINDOWS: [u64; 5] = [
+    0,
+    GIB - MIB,
+    2 * GIB - MIB,
+    3 * GIB + 4 * MIB,
+    4 * GIB - MIB,
+];
+const WINDOW_LEN: u64 = 2 * MIB;
+/// Longest write or copy.
+const MAX_IO: u64 = 256 * KIB;
+/// Bytes read back on each side of a modified range.
+const MARGIN: u64 = 4 * KIB;
+/// Files up to this size are compared whole at the end.
+const WHOLE_FILE_LIMIT: u64 = 16 * MIB;
+/// Longest single pread.
+const READ_PIECE: u64 = 2 * MIB;
+/// Edges of all runs are read back after every this many operations.
+const SWEEP_EVERY: usize = 10;
+const MIN_OPS: usize = 40;
+const MAX_OPS: usize = 80;
+const DEFAULT_CASES: u32 = 16;
+/// Each shrink step mounts a fresh volume: bound the search (PROPTEST_MAX_SHRINK_TIME, ms).
+const DEFAULT_SHRINK_MS: u32 = 180_000;
+const DEFAULT_SHRINK_ITERS: u32 = 2000;
+
+/// Write contents: seed 0 is zeros (may become holes); few seeds, so content recurs and chunks
+/// are shared between offsets and files.
+fn content(seed: u8, len: u64) -> Vec<u8> {
+    if seed == 0 {
+        vec![0; len as usize]
+    } else {
+        random_bytes(seed as u64, len as usize)
+    }
+}
+
+// ---------------------------------------------------------------- the model
+
+/// A sparse file: its size and the runs of bytes written and not zeroed since. Everything
+/// else below `size` reads as zeros. Runs never overlap and never extend past `size`.
+#[derive(Clone, Default)]
+struct ModelFile {
+    size: u64,
+    runs: BTreeMap<u64, Vec<u8>>,
+}
+
+impl ModelFile {
+    /// The runs overlapping `[a, b)`, in order.
+    fn overlapping(&self, a: u64, b: u64) -> impl Iterator<Item = (u64, &Vec<u8>)> {
+        let first = self
+            .runs
+            .range(..=a)
+            .next_back()
+            .filter(|(s, v)| *s + v.len() as u64 > a)
+            .map_or(a, |(s, _)| *s);
+        self.runs.range(first..b.max(first)).map(|(s, v)| (*s, v))
+    }
+
+    /// Forgets the bytes of `[a, b)` (they read as zeros below the size).
+    fn zero(&mut self, a: u64, b: u64) {
+        if a >= b {
+            return;
+        }
+        let hit: Vec<u64> = self.overlapping(a, b).map(|(s, _)| s).collect();
+        for s in hit {
+            let v = self.runs.remove(&s).unwrap();
+            let e = s + v.len() as u64;
+            if s < a {
+                self.runs.insert(s, v[..(a - s) as usize].to_vec());
+            }
+            if e > b {
+                self.runs.insert(b, v[(b - s) as usize..].to_vec());
+            }
+        }
+    }
+
+    fn write(&mut self, off: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = off + data.len() as u64;
+        self.zero(off, end);
+        self.runs.insert(off, data.to_vec());
+        self.size = self.size.max(end);
+    }
+
+    fn truncate(&mut self, size: u64) {
+        self.zero(size, u64::MAX);
+        self.size = size;
+    }
+
+    /// What a read of `len` bytes at `off` returns (short at the end of file).
+    fn read(&self, off: u64, len: u64) -> Vec<u8> {
+        if off >= self.size {
+            return Vec::new();
+        }
+        let end = self.size.min(off.saturating_add(len));
+        let mut out = vec![0u8; (end - off) as usize];
+        for (s, v) in self.overlapping(off, end) {
+            let (a, b) = (s.max(off), (s + v.len() as u64).min(end));
+            out[(a - off) as usize..(b - off) as usize]
+                .copy_from_slice(&v[(a - s) as usize..(b - s) as usize]);
+        }
+        out
+    }
+
+    /// The first non-zero byte in `[a, b)`, if any.
+    fn first_nonzero(&self, a: u64, b: u64) -> Option<u64> {
+        self.overlapping(a, b).find_map(|(s, v)| {
+            let (lo, hi) = (s.max(a), (s + v.len() as u64).min(b));
+            v[(lo - s) as usize..(hi - s) as usize]
+                .iter()
+                .position(|&x| x != 0)
+                .map(|i| lo + i as u64)
+        })
+    }
+
+    /// The parts of runs inside `[a, b)`, as (start, end).
+    fn spans_in(&self, a: u64, b: u64) -> Vec<(u64, u64)> {
+        self.overlapping(a, b)
+            .map(|(s, v)| (s.max(a), (s + v.len() as u64).min(b)))
+            .collect()
+    }
+
+    /// The runs as (start, end).
+    fn spans(&self) -> Vec<(u64, u64)> {
+        self.runs
+            .iter()
+            .map(|(s, v)| (*s, s + v.len() as u64))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- operations
+
+#[derive(Clone, Copy, Debug)]
+enum Edge {
+    Start,
+    Mid,
+    End,
+}
+
+/// An offset, resolved against the current model of the file it applies to.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// `WINDOWS[w] + o`.
+    In { w: usize, o: u64 },
+    /// Near a chunk-size multiple: `WINDOWS[w] + k * CUT + d`.
+    Cut { w: usize, k: u64, d: i64 },
+    /// Near an edge (or the middle) of one of the file's runs, `+ d` (near 0 if it has none).
+    Data { pick: Index, edge: Edge, d: i64 },
+    /// `size + d`.
+    Eof { d: i64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Size {
+    Zero,
+    At(Place),
+    /// `4 GiB + x`.
+    Past4G(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Write {
+        f: usize,
+        at: Place,
+        len: u64,
+        seed: u8,
+    },
+    Truncate {
+        f: usize,
+        to: Size,
+    },
+    /// FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE.
+    Punch {
+        f: usize,
+        at: Place,
+        len: u64,
+    },
+    /// FALLOC_FL_ZERO_RANGE, with or without FALLOC_FL_KEEP_SIZE.
+    ZeroRange {
+        f: usize,
+        at: Place,
+        len: u64,
+        keep: bool,
+    },
+    /// Plain fallocate (mode 0 grows the size) or KEEP_SIZE alone (changes nothing).
+    Allocate {
+        f: usize,
+        at: Place,
+        len: u64,
+        keep: bool,
+    },
+    /// copy_file_range; within one file the destination is moved past an overlap.
+    Copy {
+        from: usize,
+        at_in: Place,
+        to: usize,
+        at_out: Place,
+        len: u64,
+    },
+    Read {
+        f: usize,
+        at: Place,
+        len: u64,
+    },
+    /// SEEK_HOLE and SEEK_DATA from one offset.
+    Seek {
+        f: usize,
+        at: Place,
+    },
+    Fsync {
+        f: usize,
+        data_only: bool,
+    },
+    /// posix_fadvise(DONTNEED): later reads go to the daemon, not the page cache.
+    DropCache {
+        f: usize,
+    },
+    /// Close the file and open it again.
+    Reopen {
+        f: usize,
+    },
+    /// Close all files, unmount cleanly, mount again, compare everything, reopen.
+    Remount,
+}
+
+fn file() -> impl Strategy<Value = usize> {
+    0..FILES.len()
+}
+
+fn window() -> impl Strategy<Value = usize> {
+    prop_oneof![4 => Just(0usize), 3 => 1..WINDOWS.len()]
+}
+
+fn place() -> impl Strategy<Value = Place> {
+    let edge = prop_oneof![Just(Edge::Start), Just(Edge::Mid), Just(Edge::End)];
+    prop_oneof![
+        3 => (window(), 0..WINDOW_LEN).prop_map(|(w, o)| Place::In { w, o }),
+        3 => (window(), 0..WINDOW_LEN / CUT, prop_oneof![Just(0i64), -300i64..300])
+            .prop_map(|(w, k, d)| Place::Cut { w, k, d }),
+        4 => (any::<Index>(), edge, prop_oneof![Just(0i64), -8192i64..8192])
+            .prop_map(|(pick, edge, d)| Place::Data { pick, edge, d }),
+        1 => (-128 * KIB as i64..128 * KIB as i64).prop_map(|d| Place::Eof { d }),
+    ]
+}
+
+fn io_len() -> impl Strategy<Value = u64> {
+    prop_oneof![2 => 1..512u64, 3 => 1..16 * KIB, 3 => 1..=MAX_IO]
+}
+
+/// Lengths for fallocate: mostly small, sometimes gigabytes (across windows).
+fn range_len() -> impl Strategy<Value = u64> {
+    prop_oneof![5 => io_len(), 2 => 1..4 * MIB, 1 => 1..3 * GIB]
+}
+
+fn size() -> impl Strategy<Value = Size> {
+    prop_oneof![
+        1 => Just(Size::Zero),
+        6 => place().prop_map(Size::At),
+        2 => (0..GIB).prop_map(Size::Past4G),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        28 => (file(), place(), io_len(), 0u8..10)
+            .prop_map(|(f, at, len, seed)| Op::Write { f, at, len, seed }),
+        4 => (file(), size()).prop_map(|(f, to)| Op::Truncate { f, to }),
+        6 => (file(), place(), range_len()).prop_map(|(f, at, len)| Op::Punch { f, at, len }),
+        4 => (file(), place(), range_len(), any::<bool>())
+            .prop_map(|(f, at, len, keep)| Op::ZeroRange { f, at, len, keep }),
+        1 => (file(), place(), range_len(), any::<bool>())
+            .prop_map(|(f, at, len, keep)| Op::Allocate { f, at, len, keep }),
+        8 => (file(), place(), file(), place(), io_len())
+            .prop_map(|(from, at_in, to, at_out, len)| Op::Copy { from, at_in, to, at_out, len }),
+        10 => (file(), place(), prop_oneof![1..4 * KIB, 1..=512 * KIB, 1..=2 * MIB])
+            .prop_map(|(f, at, len)| Op::Read { f, at, len }),
+        4 => (file(), place()).prop_map(|(f, at)| Op::Seek { f, at }),
+        3 => (file(), any::<bool>()).prop_map(|(f, data_only)| Op::Fsync { f, data_only }),
+        3 => file().prop_map(|f| Op::DropCache { f }),
+        2 => file().prop_map(|f| Op::Reopen { f }),
+        1 => Just(Op::Remount),
+    ]
+}
+
+/// The store's average chunk size (also the fixed block size of `f0.img`).
+#[derive(Clone, Copy, Debug)]
+enum Chunks {
+    /// 64 KiB, the default.
+    Default,
+    /// 4 KiB: the same writes re-cut many more chunks.
+    Small,
+}
+
+fn chunks() -> impl Strategy<Value = Chunks> {
+    prop_oneof![Just(Chunks::Default), Just(Chunks::Small)]
+}
+
+/// Operations; a `None` does nothing. Shrinking only removes operations (turns them into
+/// `None`, which a length range with a minimum could not do), one pass over the list: each step
+/// mounts a fresh volume, and shrinking parameters too would take many more steps.
+fn ops() -> impl Strategy<Value = Vec<Option<Op>>> {
+    prop::collection::vec(
+        prop::option::weighted(0.97, op().no_shrink()),
+        MIN_OPS..=MAX_OPS,
+    )
+}
+
+// ---------------------------------------------------------------- the system under test
+
+struct Sut {
+    /// Declared before `vol`, so that they close before it unmounts.
+    files: Vec<Option<File>>,
+    vol: Volume,
+    model: Vec<ModelFile>,
+    /// The concrete operations run so far (resolved offsets), for the failure report.
+    trace: Vec<String>,
+    /// The kernel refused FALLOC_FL_ZERO_RANGE (older kernels do for FUSE).
+    zero_range_unsupported: bool,
+    /// The operation running (`ops.len()` for the final checks).
+    step: usize,
+}
+
+fn open(vol: &Volume, i: usize, create: bool) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .open(vol.path(FILES[i]))
+        .unwrap_or_else(|e| panic!("open {}: {e}", FILES[i]))
+}
+
+fn pread_full(f: &File, off: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = f.read_at(&mut buf[got..], off + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+fn lseek(f: &File, off: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek has no memory-safety preconditions; the descriptor is open.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate has no memory-safety preconditions; the descriptor is open.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One copy_file_range call; returns the bytes copied.
+fn copy_file_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) -> io::Result<u64> {
+    let mut i = off_in as libc::loff_t;
+    let mut o = off_out as libc::loff_t;
+    // SAFETY: both descriptors are open and the offsets point to live locals.
+    let r = unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut i,
+            to.as_raw_fd(),
+            &mut o,
+            len as usize,
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+impl Sut {
+    fn new(chunks: Chunks) -> Sut {
+        let avg = match chunks {
+            Chunks::Default => CUT,
+            Chunks::Small => 4 * KIB,
+        }
+        .to_string();
+        let vol = Volume::with_args(&["--fixed-for", FIXED_FOR, "--avg-chunk", &avg], &[]);
+        let files = (0..FILES.len())
+            .map(|i| Some(open(&vol, i, true)))
+            .collect();
+        Sut {
+            files,
+            vol,
+            model: vec![ModelFile::default(); FILES.len()],
+            trace: Vec::new(),
+            zero_range_unsupported: false,
+            step: 0,
+        }
+    }
+
+    fn file(&self, f: usize) -> &File {
+        self.files[f].as_ref().expect("file is open")
+    }
+
+    fn resolve(&self, p: Place, f: usize) -> u64 {
+        let m = &self.model[f];
+        let at: i128 = match p {
+            Place::In { w, o } => (WINDOWS[w] + o) as i128,
+            Place::Cut { w, k, d } => (WINDOWS[w] + k * CUT) as i128 + d as i128,
+            Place::Data { pick, edge, d } => {
+                let base = if m.runs.is_empty() {
+                    0
+                } else {
+                    let (s, v) = m.runs.iter().nth(pick.index(m.runs.len())).unwrap();
+                    match edge {
+                        Edge::Start => *s,
+                        Edge::Mid => s + v.len() as u64 / 2,
+                        Edge::End => s + v.len() as u64,
+                    }
+                };
+                base as i128 + d as i128
+            }
+            Place::Eof { d } => m.size as i128 + d as i128,
+        };
+        at.max(0) as u64
+    }
+
+    /// Reads `[off, off + len)` through the mount and compares it with the model.
+    fn check_range(&self, f: usize, off: u64, len: u64, ctx: &str) {
+        let mut at = off;
+        let end = off.saturating_add(len);
+        while at < end {
+            let n = READ_PIECE.min(end - at);
+            let got = pread_full(self.file(f), at, n)
+                .unwrap_or_else(|e| panic!("{ctx}: pread {} {at}+{n}: {e}", FILES[f]));
+            let want = self.model[f].read(at, n);
+            if let Some(i) = common::first_difference(&got, &want) {
+                let i = i as u64;
+                let bad = at + i;
+                let near: Vec<(u64, u64)> = self.model[f]
+                    .spans()
+                    .into_iter()
+                    .filter(|&(s, e)| s < bad + 2 * MIB && e + 2 * MIB > bad)
+                    .collect();
+                panic!(
+                    "{ctx}: pread {} {at}+{n} returned {} bytes, model has {} (size {}); first \
+                     difference at file offset {bad}: got {:?}, want {:?}; modelled runs near \
+                     it: {near:?}",
+                    FILES[f],
+                    got.len(),
+                    want.len(),
+                    self.model[f].size,
+                    &got[i as usize..got.len().min(i as usize + 8)],
+                    &want[i as usize..want.len().min(i as usize + 8)],
+                );
+            }
+            if (got.len() as u64) < n {
+                break;
+            }
+            at += n;
+        }
+    }
+
+    /// Reads `[a, b)` widened by MARGIN; a long range only around its edges.
+    fn check_around(&self, f: usize, a: u64, b: u64, ctx: &str) {
+        let (a, b) = (a.saturating_sub(MARGIN), b.saturating_add(MARGIN));
+        if b - a <= 2 * MIB {
+            self.check_range(f, a, b - a, ctx);
+        } else {
+            self.check_range(f, a, 64 * KIB, ctx);
+            self.check_range(f, b - 64 * KIB, 64 * KIB, ctx);
+        }
+    }
+
+    /// After `[a, b)` was cleared: its edges, and where data was before (`old`, from
+    /// [`ModelFile::spans_in`] before the operation) even when the range is too long to read.
+    fn check_cleared(&self, f: usize, a: u64, b: u64, old: &[(u64, u64)], ctx: &str) {
+        self.check_around(f, a, b, ctx);
+        for &(s, e) in old {
+            self.check_range(f, s, (e - s).min(MIB), ctx);
+        }
+    }
+
+    fn check_sizes(&self, ctx: &str) {
+        for (f, name) in FILES.iter().enumerate() {
+            let size = self
+                .file(f)
+                .metadata()
+                .unwrap_or_else(|e| panic!("{ctx}: fstat {name}: {e}"))
+                .len();
+            assert_eq!(size, self.model[f].size, "{ctx}: st_size of {name}");
+        }
+    }
+
+    /// The edges of every run and the end of file.
+    fn sweep(&self, ctx: &str) {
+        for f in 0..FILES.len() {
+            for (s, e) in self.model[f].spans() {
+                self.check_range(f, s.saturating_sub(MARGIN), 2 * MARGIN, ctx);
+                self.check_range(f, e.saturating_sub(MARGIN), 2 * MARGIN, ctx);
+            }
+            let size = self.model[f].size;
+            self.check_range(f, size.saturating_sub(64 * KIB), 128 * KIB, ctx);
+        }
+    }
+
+    /// Walks the whole file with SEEK_DATA/SEEK_HOLE: data may be reported over zeros, a hole
+    /// never over data, and no offset at or past the end is data or hole.
+    fn seek_walk(&self, f: usize, ctx: &str) {
+        let (m, file, name) = (&self.model[f], self.file(f), FILES[f]);
+        for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+            let e = lseek(file, m.size, whence).expect_err("seek at the end of file");
+            assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{ctx}: {name}");
+        }
+        let mut p = 0;
+        let mut steps = 0;
+        while p < m.size {
+            steps += 1;
+            assert!(steps < 1_000_000, "{ctx}: seek walk of {name} does not end");
+            let d = match lseek(file, p, libc::SEEK_DATA) {
+                Ok(d) => {
+                    assert!(
+                        d >= p && d < m.size,
+                        "{ctx}: SEEK_DATA {name} from {p} = {d} (size {})",
+                        m.size
+                    );
+                    d
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => m.size,
+                Err(e) => panic!("{ctx}: SEEK_DATA {name} from {p}: {e}"),
+            };
+            if let Some(x) = m.first_nonzero(p, d) {
+                panic!("{ctx}: SEEK_DATA {name} from {p} = {d} skips data at {x}");
+            }
+            if d >= m.size {
+                break;
+            }
+            let h = lseek(file, d, libc::SEEK_HOLE)
+                .unwrap_or_else(|e| panic!("{ctx}: SEEK_HOLE {name} from {d}: {e}"));
+            assert!(
+                h >= d && h <= m.size,
+                "{ctx}: SEEK_HOLE {name} from {d} = {h} (size {})",
+                m.size
+            );
+            p = h;
+        }
+    }
+
+    /// Everything: sizes, whole files (or all runs and the edges and middle of every hole),
+    /// and a SEEK_DATA/SEEK_HOLE walk.
+    fn check_all(&self, ctx: &str) {
+        self.check_sizes(ctx);
+        for f in 0..FILES.len() {
+            let m = &self.model[f];
+            if m.size <= WHOLE_FILE_LIMIT {
+                self.check_range(f, 0, m.size + 1, ctx);
+            } else {
+                let mut holes = Vec::new();
+                let mut prev = 0;
+                for (s, e) in m.spans() {
+                    if s > prev {
+                        holes.push((prev, s));
+                    }
+                    self.check_range(f, s.saturating_sub(MARGIN), e - s + 2 * MARGIN, ctx);
+                    prev = e;
+                }
+                if m.size > prev {
+                    holes.push((prev, m.size));
+                }
+                // Each hole's start, middle and end.
+                for (a, b) in holes {
+                    let n = (b - a).min(64 * KIB);
+                    self.check_range(f, a, n, ctx);
+                    self.check_range(f, a + (b - a) / 2 - n / 2, n, ctx);
+                    self.check_range(f, b - n, n, ctx);
+                }
+                self.check_range(f, m.size - 64 * KIB, 128 * KIB, ctx);
+            }
+            self.seek_walk(f, ctx);
+        }
+    }
+
+    fn close_all(&mut self) {
+        for f in &mut self.files {
+            *f = None;
+        }
+    }
+
+    fn reopen_all(&mut self) {
+        for i in 0..FILES.len() {
+            self.files[i] = Some(open(&self.vol, i, false));
+        }
+    }
+
+    fn remount(&mut self, ctx: &str) {
+        self.close_all();
+        self.vol.remount();
+        self.reopen_all();
+        self.check_all(&format!("{ctx}, after remount"));
+    }
+
+    fn apply(&mut self, step: usize, op: Op) {
+        match op {
+            Op::Write { f, at, len, seed } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(step, format!("pwrite {} {off}+{len} seed {seed}", FILES[f]));
+                let data = content(seed, len);
+                self.file(f)
+                    .write_all_at(&data, off)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                self.model[f].write(off, &data);
+                self.check_around(f, off, off + len, &ctx);
+            }
+            Op::Truncate { f, to } => {
+                let old = self.model[f].size;
+                let size = match to {
+                    Size::Zero => 0,
+                    Size::At(p) => self.resolve(p, f),
+                    Size::Past4G(x) => 4 * GIB + x,
+                };
+                let ctx = self.note(step, format!("ftruncate {} {size} (was {old})", FILES[f]));
+                self.file(f)
+                    .set_len(size)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                self.model[f].truncate(size);
+                self.check_around(f, size, size, &ctx);
+                self.check_around(f, old, old, &ctx);
+            }
+            Op::Punch { f, at, len } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(step, format!("punch {} {off}+{len}", FILES[f]));
+                let old = self.model[f].spans_in(off, off + len);
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                fallocate(self.file(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                self.model[f].zero(off, off + len);
+                self.check_cleared(f, off, off + len, &old, &ctx);
+            }
+            Op::ZeroRange { f, at, len, keep } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "zero-range{} {} {off}+{len}",
+                        if keep { " keep-size" } else { "" },
+                        FILES[f]
+                    ),
+                );
+                let old = self.model[f].spans_in(off, off + len);
+                let mut mode = libc::FALLOC_FL_ZERO_RANGE;
+                if keep {
+                    mode |= libc::FALLOC_FL_KEEP_SIZE;
+                }
+                match fallocate(self.file(f), mode, off, len) {
+                    Ok(()) => {
+                        let m = &mut self.model[f];
+                        m.zero(off, off + len);
+                        if !keep {
+                            m.size = m.size.max(off + len);
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        if !self.zero_range_unsupported {
+                            eprintln!("FALLOC_FL_ZERO_RANGE not supported here: {e}");
+                        }
+                        self.zero_range_unsupported = true;
+                    }
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+                self.check_cleared(f, off, off + len, &old, &ctx);
+            }
+            Op::Allocate { f, at, len, keep } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "fallocate{} {} {off}+{len}",
+                        if keep { " keep-size" } else { "" },
+                        FILES[f]
+                    ),
+                );
+                let mode = if keep { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
+                fallocate(self.file(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                if !keep {
+                    let m = &mut self.model[f];
+                    m.size = m.size.max(off + len);
+                }
+                self.check_around(f, off, off + len, &ctx);
+            }
+            Op::Copy {
+                from,
+                at_in,
+                to,
+                at_out,
+                len,
+            } => {
+                let off_in = self.resolve(at_in, from);
+                let mut off_out = self.resolve(at_out, to);
+                let src_size = self.model[from].size;
+                let n = len.min(src_size.saturating_sub(off_in));
+                if from == to && n > 0 && off_in < off_out + n && off_out < off_in + n {
+                    // Overlapping copies within a file are EINVAL: copy just past the source.
+                    off_out = off_in + n + off_out % 4096;
+                }
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "copy_file_range {} {off_in}+{len} -> {} {off_out} (source size {src_size})",
+                        FILES[from], FILES[to]
+                    ),
+                );
+                let mut done = 0;
+                while done < n {
+                    let c = copy_file_range(
+                        self.file(from),
+                        off_in + done,
+                        self.file(to),
+                        off_out + done,
+                        len - done,
+                    )
+                    .unwrap_or_else(|e| panic!("{ctx}: after {done} bytes: {e}"));
+                    if c == 0 {
+                        break;
+                    }
+                    done += c;
+                }
+                if n == 0 {
+                    let c = copy_file_range(self.file(from), off_in, self.file(to), off_out, len)
+                        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    assert_eq!(c, 0, "{ctx}: copy from at or past the end of file");
+                }
+                assert_eq!(done, n, "{ctx}: bytes copied");
+                let data = self.model[from].read(off_in, n);
+                self.model[to].write(off_out, &data);
+                self.check_around(to, off_out, off_out + n, &ctx);
+                self.check_around(from, off_in, off_in + n, &ctx);
+            }
+            Op::Read { f, at, len } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(step, format!("pread {} {off}+{len}", FILES[f]));
+                self.check_range(f, off, len, &ctx);
+            }
+            Op::Seek { f, at } => {
+                let off = self.resolve(at, f);
+                let ctx = self.note(
+                    step,
+                    format!("lseek {} {off} SEEK_HOLE, SEEK_DATA", FILES[f]),
+                );
+                self.check_seek(f, off, &ctx);
+            }
+            Op::Fsync { f, data_only } => {
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "{} {}",
+                        if data_only { "fdatasync" } else { "fsync" },
+                        FILES[f]
+                    ),
+                );
+                let r = if data_only {
+                    self.file(f).sync_data()
+                } else {
+                    self.file(f).sync_all()
+                };
+                r.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            }
+            Op::DropCache { f } => {
+                let ctx = self.note(step, format!("fadvise DONTNEED {}", FILES[f]));
+                // SAFETY: posix_fadvise has no memory-safety preconditions; the fd is open.
+                let rc = unsafe {
+                    libc::posix_fadvise(self.file(f).as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                };
+                assert_eq!(rc, 0, "{ctx}");
+            }
+            Op::Reopen { f } => {
+                let ctx = self.note(step, format!("close and reopen {}", FILES[f]));
+                self.files[f] = None;
+                self.files[f] = Some(open(&self.vol, f, false));
+                let size = self.model[f].size;
+                self.check_range(f, size.saturating_sub(64 * KIB), 128 * KIB, &ctx);
+            }
+            Op::Remount => {
+                let ctx = self.note(step, "unmount, mount again".to_string());
+                self.remount(&ctx);
+            }
+        }
+        let ctx = format!("step {step}: after {op:?}");
+        self.check_sizes(&ctx);
+        if (step + 1).is_multiple_of(SWEEP_EVERY) {
+            self.sweep(&ctx);
+        }
+    }
+
+    /// SEEK_HOLE and SEEK_DATA from `off`: a reported hole must read as zeros in the model up
+    /// to where SEEK_DATA finds data again; SEEK_DATA must not skip data.
+    fn check_seek(&self, f: usize, off: u64, ctx: &str) {
+        let (m, file, name) = (&self.model[f], self.file(f), FILES[f]);
+        let data_at = |p: u64| match lseek(file, p, libc::SEEK_DATA) {
+            Ok(d) => {
+                assert!(
+                    d >= p && d < m.size,
+                    "{ctx}: SEEK_DATA {name} from {p} = {d} (size {})",
+                    m.size
+                );
+                d
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => m.size,
+            Err(e) => panic!("{ctx}: SEEK_DATA {name} from {p}: {e}"),
+        };
+        if off >= m.size {
+            for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+                let e = lseek(file, off, whence)
+                    .expect_err("lseek SEEK_DATA/SEEK_HOLE at or past the end of file");
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENXIO),
+                    "{ctx}: {name} at {off}"
+                );
+            }
+            return;
+        }
+        let d = data_at(off);
+        if let Some(x) = m.first_nonzero(off, d) {
+            panic!("{ctx}: SEEK_DATA {name} from {off} = {d} skips data at {x}");
+        }
+        let h = lseek(file, off, libc::SEEK_HOLE)
+            .unwrap_or_else(|e| panic!("{ctx}: SEEK_HOLE {name} from {off}: {e}"));
+        assert!(
+            h >= off && h <= m.size,
+            "{ctx}: SEEK_HOLE {name} from {off} = {h} (size {})",
+            m.size
+        );
+        if h < m.size {
+            let d = data_at(h);
+            assert!(
+                d > h,
+                "{ctx}: SEEK_HOLE {name} = {h} but SEEK_DATA from it = {d}"
+            );
+            if let Some(x) = m.first_nonzero(h, d) {
+                panic!("{ctx}: hole {h}..{d} reported in {name} over data at {x}");
+            }
+            // And the hole reads as zeros through the mount (its first 64 KiB).
+            self.check_range(f, h, (d - h).min(64 * KIB), ctx);
+        }
+    }
+
+    /// Records a concrete operation; returns the context string for its assertions.
+    fn note(&mut self, step: usize, what: String) -> String {
+        let line = format!("step {step}: {what}");
+        self.trace.push(line.clone());
+        line
+    }
+}
+
+// ---------------------------------------------------------------- running a case
+
+fn execute(sut: &mut Option<Sut>, chunks: Chunks, ops: &[Option<Op>]) {
+    let s = sut.insert(Sut::new(chunks));
+    for (step, op) in ops.iter().enumerate() {
+        if let Some(op) = op {
+            s.step = step;
+            s.apply(step, *op);
+        }
+    }
+    let runs: usize = s.model.iter().map(|m| m.runs.len()).sum();
+    let sizes: Vec<u64> = s.model.iter().map(|m| m.size).collect();
+    eprintln!(
+        "case: {chunks:?} chunks, {} operations, {} modelled runs, sizes {sizes:?}{}",
+        ops.iter().flatten().count(),
+        runs,
+        if s.zero_range_unsupported {
+            ", ZERO_RANGE unsupported"
+        } else {
+            ""
+        }
+    );
+    s.step = ops.len();
+    s.note(ops.len(), "end: compare everything".to_string());
+    s.check_all("end, files open");
+    s.note(
+        ops.len(),
+        "end: close, unmount, mount again, compare".to_string(),
+    );
+    s.remount("end");
+    s.close_all();
+    s.vol.unmount();
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "<non-string panic>".to_string())
+}
+
+thread_local! {
+    /// The step at which the last failing case stopped (for the report of the minimal case).
+    static FAILED_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs one case; a failure carries the concrete operations that ran.
+fn run_case(chunks: Chunks, ops: &[Option<Op>]) -> Result<(), TestCaseError> {
+    let mut sut = None;
+    let r = catch_unwind(AssertUnwindSafe(|| execute(&mut sut, chunks, ops)));
+    let Err(p) = r else {
+        return Ok(());
+    };
+    let trace = sut.as_ref().map_or_else(Vec::new, |s| s.trace.clone());
+    FAILED_AT.set(sut.as_ref().map_or(0, |s| s.step));
+    // Close the files, so that the daemon exits as soon as Drop detaches the mount.
+    if let Some(s) = sut.as_mut() {
+        s.close_all();
+    }
+    drop(sut);
+    Err(TestCaseError::fail(format!(
+        "{}\nconcrete operations run (the last one failed):\n  {}",
+        panic_message(&*p),
+        trace.join("\n  ")
+    )))
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
+}
+
+#[test]
+fn random_operations_on_sparse_files_match_the_model() {
+    if !fuse_available() {
+        return;
+    }
+    let seed = env_u64("DEDUPFS_MODEL_SEED").unwrap_or_else(rand::random);
+    eprintln!("mount_model: seed {seed} (rerun with DEDUPFS_MODEL_SEED={seed})");
+    let config = Config {
+        cases: env_u64("PROPTEST_CASES").map_or(DEFAULT_CASES, |n| n as u32),
+        max_shrink_time: env_u64("PROPTEST_MAX_SHRINK_TIME")
+            .map_or(DEFAULT_SHRINK_MS, |n| n as u32),
+        max_shrink_iters: env_u64("PROPTEST_MAX_SHRINK_ITERS")
+            .map_or(DEFAULT_SHRINK_ITERS, |n| n as u32),
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        source_file: Some(file!()),
+        test_name: Some("random_operations_on_sparse_files_match_the_model"),
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    match runner.run(&(chunks(), ops()), |(chunks, ops)| run_case(chunks, &ops)) {
+        Ok(()) => {}
+        Err(TestError::Fail(why, (chunks, ops))) => {
+            // The operations up to the failing one; `None`s were removed by shrinking.
+            let last = FAILED_AT.get().min(ops.len().saturating_sub(1));
+            let listed: Vec<String> = ops[..=last]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, op)| op.map(|op| format!("{i}: {op:?}")))
+                .collect();
+            panic!(
+                "seed {seed} (DEDUPFS_MODEL_SEED={seed}): {why}\nminimal failing case: \
+                 {chunks:?} chunks, {} operations up to the failing one (later ones never \
+                 ran):\n  {}",
+                listed.len(),
+                listed.join("\n  ")
+            );
+        }
+        Err(e) => panic!("seed {seed}: {e}"),
+    }
+}
+
+// Hand-picked sequences: every operation kind, on a file larger than 4 GiB, runs on every run
+// of the suite whatever the random draws.
+
+fn at(w: usize, o: u64) -> Place {
+    Place::In { w, o }
+}
+
+#[test]
+fn every_operation_kind_across_the_4_gib_boundary_matches_the_model() {
+    if !fuse_available() {
+        return;
+    }
+    let w4 = 4; // the window around 4 GiB
+    let ops = [
+        Op::Write {
+            f: 0,
+            at: at(w4, MIB - 1000),
+            len: 200 * KIB,
+            seed: 1,
+        },
+        Op::Write {
+            f: 1,
+            at: at(0, 5),
+            len: 150 * KIB,
+            seed: 2,
+        },
+        Op::Copy {
+            from: 0,
+            at_in: at(w4, MIB - 1000),
+            to: 1,
+            at_out: at(1, 0),
+            len: 200 * KIB,
+        },
+        Op::Fsync {
+            f: 1,
+            data_only: false,
+        },
+        Op::Punch {
+            f: 0,
+            at: at(w4, MIB - 64),
+            len: 128,
+        },
+        Op::ZeroRange {
+            f: 1,
+            at: at(0, 70 * KIB),
+            len: 3 * KIB,
+            keep: true,
+        },
+        Op::Write {
+            f: 0,
+            at: Place::Cut {
+                w: w4,
+                k: 17,
+                d: -3,
+            },
+            len: 6,
+            seed: 3,
+        },
+        Op::DropCache { f: 0 },
+        Op::Read {
+            f: 0,
+            at: at(w4, MIB - 2000),
+            len: 210 * KIB,
+        },
+        Op::Seek { f: 0, at: at(0, 0) },
+        Op::Seek {
+            f: 0,
+            at: at(w4, MIB - 64),
+        },
+        Op::Copy {
+            from: 1,
+            at_in: at(0, 0),
+            to: 1,
+            at_out: at(0, 10 * KIB),
+            len: 100 * KIB,
+        },
+        Op::Truncate {
+            f: 1,
+            to: Size::Past4G(3),
+        },
+        Op::ZeroRange {
+            f: 2,
+            at: at(3, 0),
+            len: 5000,
+            keep: false,
+        },
+        Op::Allocate {
+            f: 2,
+            at: at(w4, 0),
+            len: 3 * MIB,
+            keep: false,
+        },
+        Op::Reopen { f: 1 },
+        Op::Remount,
+        Op::Truncate {
+            f: 0,
+            to: Size::At(at(w4, MIB + 100)),
+        },
+        Op::Write {
+            f: 0,
+            at: Place::Eof { d: 50 },
+            len: 10,
+            seed: 4,
+        },
+        Op::Punch {
+            f: 1,
+            at: at(0, 1),
+            len: 2 * GIB,
+        },
+        Op::Truncate {
+            f: 2,
+            to: Size::Zero,
+        },
+    ];
+    let ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
+    if let Err(e) = run_case(Chunks::Default, &ops) {
+        panic!("{e}");
+    }
+}
