@@ -428,6 +428,8 @@ impl Fs {
         let put = !matches!(known, Some((rc, _)) if rc > 0) && !self.recent.lock().contains(id);
         if put {
             self.store().put(id, data)?;
+            self.unsynced_bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         written.insert(*id);
         Ok(put.then_some(known.is_none()))

@@ -30,10 +30,14 @@ use dirty::DirtyMap;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Operations an open metadata group collects before it is committed.
 const GROUP_OPS: u32 = 512;
+/// Chunk bytes written since the last store sync above which a durable point first syncs the
+/// store with the state lock released.
+const PRESYNC_BYTES: u64 = 8 << 20;
 /// Background write-back threads.
 const WRITERS: usize = 2;
 /// Age at which an open metadata group is committed by the next operation.
@@ -243,6 +247,8 @@ pub struct Fs {
     /// Chunks that write-backs in the open metadata group reference: a write-back whose
     /// snapshot does not show them yet finds them here instead of storing them again.
     recent: Mutex<HashSet<ChunkId>>,
+    /// Chunk bytes stored since the last sync of the store (a hint: see `make_durable`).
+    unsynced_bytes: AtomicU64,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -305,6 +311,7 @@ impl Fs {
             prefetch: Mutex::new(None),
             removal: RwLock::new(()),
             recent: Mutex::new(HashSet::new()),
+            unsynced_bytes: AtomicU64::new(0),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -1133,12 +1140,21 @@ impl Fs {
         if !st.since_durable {
             return Ok(());
         }
+        if self.unsynced_bytes.load(Ordering::Relaxed) > PRESYNC_BYTES {
+            // Flush most chunk data with the lock released: a syncfs of seconds' worth of
+            // writes held every other operation up for as long. The sync below, under the
+            // lock, still covers everything the durable commit references; it then has
+            // little left to write.
+            self.unsynced_bytes.store(0, Ordering::Relaxed);
+            parking_lot::MutexGuard::unlocked(st, || self.store().sync())?;
+        }
         // Write-backs in flight hold snapshots that may count a dead chunk as live: let them
         // finish, so the chunks freed below are really freed now (a full disk needs them).
         self.wait_no_flush(st);
         let st: &mut State = st;
         self.settle(st)?;
         self.remove_fresh_dead_chunks(st);
+        self.unsynced_bytes.store(0, Ordering::Relaxed);
         self.store().sync()?;
         // On a nearly full device, give the reserve back first: a failed commit would close
         // the database and lose the changes it carried (a delete meant to free space).
