@@ -24,7 +24,7 @@ use std::sync::Arc;
 const HASH_THREADS: usize = 3;
 
 /// Chunks queued for prefetch after each read.
-const PREFETCH_CHUNKS: usize = 16;
+const PREFETCH_CHUNKS: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekWhence {

@@ -38,6 +38,8 @@ const GROUP_OPS: u32 = 512;
 /// Chunk bytes written since the last store sync above which a durable point first syncs the
 /// store with the state lock released.
 const PRESYNC_BYTES: u64 = 8 << 20;
+/// Read-ahead threads: mostly waiting on the disk, so more of them than cores.
+const PREFETCHERS: usize = 8;
 /// Background write-back threads.
 const WRITERS: usize = 2;
 /// Age at which an open metadata group is committed by the next operation.
@@ -1302,7 +1304,7 @@ impl Fs {
         // read from waiting on one small file at a time.
         let (ptx, prx) = crossbeam_channel::bounded::<(ChunkId, u32)>(256);
         *self.prefetch.lock() = Some(ptx);
-        for n in 0..2 {
+        for n in 0..PREFETCHERS {
             let (weak, prx) = (Arc::downgrade(self), prx.clone());
             std::thread::Builder::new()
                 .name(format!("dedupfs-prefetch-{n}"))
