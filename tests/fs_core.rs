@@ -434,6 +434,22 @@ fn unlinked_open_file_is_deleted_at_mount_after_a_crash() {
 }
 
 #[test]
+fn stores_with_chunks_larger_than_the_gather_block_keep_all_data() {
+    // max chunk 8 MiB (avg 2 MiB) exceeds the 4 MiB re-chunking block: the gather must still
+    // give the cutter max bytes of look-ahead, or data past the block would be dropped.
+    let mut v = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::from_avg(2 << 20).unwrap(),
+        FsConfig::default(),
+    );
+    let data = noise(12 * MIB as usize, 33);
+    let ino = v.file_with("big", &data);
+    assert_same(&v.read_all(ino), &data, "before remount");
+    v.remount();
+    assert_same(&v.read_all(ino), &data, "after remount");
+}
+
+#[test]
 fn grouped_operations_are_seen_at_once_and_a_refusal_keeps_the_group() {
     // Namespace operations share one open metadata transaction (group commit): each must
     // see the ones before it, a refused one (EEXIST) must not undo its neighbours, and all of
@@ -1042,6 +1058,42 @@ fn failed_put_during_fsync_keeps_data_dirty_and_recovers() {
     v.fs().release(fh).unwrap();
     v.remount();
     assert_same(&v.read_all(ino), &want, "after remount");
+}
+
+#[test]
+fn failed_write_back_keeps_chunks_that_durable_metadata_still_names() {
+    // f is durable; its unlink is not yet, so its chunks sit at refcount 0. A write-back of the
+    // same bytes (plus new ones) stores them again, then fails: cleaning up after it must not
+    // remove them, since a crash now would bring f back from the durable metadata.
+    let store = Arc::new(FailingStore::new(Arc::new(MemoryStore::new())));
+    let v = Vol::with(store.clone(), ChunkParams::default(), FsConfig::default());
+    let data = noise(MIB as usize, 31);
+    let f = v.file_with("f", &data);
+    v.fs().sync_dir().unwrap();
+    let durable: Vec<dedupfs::hash::ChunkId> = {
+        let r = v.fs().meta().begin_read().unwrap();
+        r.all_extents(f).unwrap().iter().map(|e| e.id).collect()
+    };
+    v.fs().unlink(ROOT, b"f").unwrap();
+    // Commit the open metadata group: the write-back's snapshot then shows refcount 0.
+    let _ = v.fs().meta();
+    let (g, _fh) = v.create(ROOT, "g");
+    let mut gdata = data.clone();
+    gdata.extend_from_slice(&noise(MIB as usize, 32));
+    v.write(g, 0, &gdata);
+    let before = store.puts();
+    store.fail_nth_put(24); // after f's ~16 chunks were stored again
+    v.fs().fsync(g).expect_err("the failed put is reported");
+    assert!(
+        store.puts() - before >= 16,
+        "f's chunks were stored again first"
+    );
+    for id in &durable {
+        assert!(
+            store.get(id).is_ok(),
+            "chunk {id} of the durable f was removed after the failed write-back"
+        );
+    }
 }
 
 #[test]

@@ -401,8 +401,11 @@ impl Fs {
             return;
         };
         let _exclusive = self.removal.write();
-        for (id, _) in ids {
-            if matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) {
+        for (id, unknown) in ids {
+            // A chunk metadata knew (refcount 0 now, but durable metadata may still name it,
+            // e.g. a file deleted since the last durable point) stays: only chunks no metadata
+            // had ever recorded are certainly unreferenced by what is on disk.
+            if !unknown || matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) {
                 continue;
             }
             if self.store().remove(id).is_ok() {
@@ -623,7 +626,9 @@ impl Fs {
                     let ahead = ranges
                         .get(j)
                         .map_or(0, |r| (r.0 + r.1.len() as u64).saturating_sub(pos));
-                    let target = (ahead.min(BLOCK as u64) as usize + 2 * max).min(BLOCK);
+                    // (Stores with max chunks over 2 MiB get 2 x max: a cut needs max bytes.)
+                    let target =
+                        (ahead.min(BLOCK as u64) as usize + 2 * max).min(BLOCK.max(2 * max));
                     let mut next = Vec::with_capacity(target + max);
                     next.extend_from_slice(&block[bstart..]);
                     while !run_ended && next.len() < target {

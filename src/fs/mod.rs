@@ -1279,7 +1279,7 @@ impl Fs {
         *self.background.lock() = Some(tx);
         // Two writers: while one waits on the backing filesystem (creating a chunk file costs
         // an inode allocation), the other hashes. Write-backs of one inode are serialised by
-        // `wait_idle`; an inode is in the queue at most once (`queued`).
+        // `wait_idle` (an inode over its dirty budget may be queued again while queued).
         for n in 0..WRITERS {
             let (weak, rx) = (Arc::downgrade(self), rx.clone());
             std::thread::Builder::new()
@@ -1427,7 +1427,12 @@ impl Fs {
         st.since_durable = true;
         self.make_durable(&mut st)?;
         let _exclusive = self.removal.write();
-        f(&self.meta, self.store().as_ref())
+        let out = f(&self.meta, self.store().as_ref());
+        // fsck --verify-data reads every chunk file: pages it brought back from the disk are
+        // resident now without having been verified by the cache, so the memo must not vouch
+        // for them.
+        self.cache.forget_verified();
+        out
     }
 
     /// Figures for `stats`: logical, referenced and physical bytes, chunk count.

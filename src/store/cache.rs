@@ -198,6 +198,12 @@ impl ChunkCache {
         }
     }
 
+    /// Forgets every verification (another reader, such as fsck, may have brought chunk
+    /// pages back from the disk without the cache checking them).
+    pub fn forget_verified(&self) {
+        self.memo.lock().clear();
+    }
+
     pub fn cached_bytes(&self) -> usize {
         self.lru.lock().bytes
     }
