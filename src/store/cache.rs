@@ -29,7 +29,7 @@ const MAX_ENTRIES: usize = 32 << 10;
 /// whole page and one of the process's limited mappings, and a read is cheaper for them.
 const MAP_MIN: u64 = 16 << 10;
 
-/// Which file, in which state, a mapping was made from.
+/// Which file, in which state, a mapping was made from, and which range of it a chunk is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStamp {
     dev: u64,
@@ -37,61 +37,136 @@ pub struct FileStamp {
     len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
+    /// Offset of the chunk in the file (0 for a loose chunk file).
+    offset: u64,
 }
 
-/// A chunk file mapped read-only.
+impl FileStamp {
+    fn of(md: &std::fs::Metadata, offset: u64) -> FileStamp {
+        FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            len: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            offset,
+        }
+    }
+}
+
+/// A read-only mapping of a whole file: a loose chunk file, or a pack.
+pub struct FileMap {
+    map: memmap2::Mmap,
+    /// The file mapped: stat'ed again for every chunk taken from the mapping, so the
+    /// re-verification memo sees any change made to it since (ctime).
+    file: File,
+}
+
+impl FileMap {
+    /// Maps all of `file` read-only.
+    pub fn new(file: File) -> std::io::Result<FileMap> {
+        // SAFETY: the files mapped here are loose chunk files and packs. Loose chunk files are
+        // written under a temporary name (or as an anonymous file), linked into place and never
+        // modified again (docs/design.md, "Chunk files"); a repair replaces the file by rename,
+        // which leaves this mapping on the old inode. Packs are append-only: bytes below the
+        // length mapped here are never rewritten, and a pack is truncated (torn tail) only when
+        // the store opens, before anything maps it; compaction unlinks a pack, which leaves
+        // existing mappings valid (docs/design.md, "Pack files"). Only someone editing the store
+        // by hand could change the bytes under us; the hash check on load catches damage done
+        // before that point.
+        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        Ok(FileMap { map, file })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Asks the kernel to read `[start, start+len)` ahead (a cold sequential read then turns
+    /// into large reads of the file instead of a fault per page).
+    pub fn will_need(&self, start: usize, len: usize) {
+        let page = rustix::param::page_size();
+        let s = start / page * page;
+        let e = (start + len).min(self.map.len());
+        if e > s {
+            let _ = self.map.advise_range(memmap2::Advice::WillNeed, s, e - s);
+        }
+    }
+
+    /// Bytes `[start, start+len)` as a chunk (the caller checked the range).
+    pub fn chunk(self: &Arc<Self>, start: usize, len: usize) -> std::io::Result<MappedChunk> {
+        let md = self.file.metadata()?;
+        let resident = all_resident(&self.map, start, len);
+        if !resident {
+            // The whole chunk is about to be hashed: one read-ahead instead of a fault per page.
+            self.will_need(start, len);
+        }
+        Ok(MappedChunk {
+            file: self.clone(),
+            start,
+            len,
+            stamp: FileStamp::of(&md, start as u64),
+            resident,
+        })
+    }
+}
+
+/// A chunk: a range of a mapped file.
 pub struct MappedChunk {
-    pub(super) map: memmap2::Mmap,
+    file: Arc<FileMap>,
+    start: usize,
+    len: usize,
     stamp: FileStamp,
     /// Every page was in the page cache when it was mapped.
     resident: bool,
 }
 
+impl MappedChunk {
+    pub fn bytes(&self) -> &[u8] {
+        &self.file.map[self.start..self.start + self.len]
+    }
+}
+
 /// Maps a chunk file read-only.
-pub fn map_chunk_file(file: &File) -> std::io::Result<ChunkBytes> {
-    let md = file.metadata()?;
-    let len = md.len();
+pub fn map_chunk_file(file: File) -> std::io::Result<ChunkBytes> {
+    let len = file.metadata()?.len();
     if len < MAP_MIN {
         // Also an empty file, which mmap refuses (and the caller reports as damage).
         let mut buf = Vec::with_capacity(len as usize);
-        std::io::Read::read_to_end(&mut &*file, &mut buf)?;
+        std::io::Read::read_to_end(&mut &file, &mut buf)?;
         return Ok(ChunkBytes::Owned(Arc::new(buf)));
     }
-    let stamp = FileStamp {
-        dev: md.dev(),
-        ino: md.ino(),
-        len,
-        mtime: (md.mtime(), md.mtime_nsec()),
-        ctime: (md.ctime(), md.ctime_nsec()),
-    };
-    // SAFETY: chunk files are written to a temporary name, then renamed into place and never
-    // modified again (docs/design.md, "Chunk files"); a repair replaces the file by rename, which
-    // leaves this mapping on the old inode. Only someone editing the store by hand could change
-    // the bytes under us; the hash check on load catches damage done before that point.
-    let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-    let resident = all_resident(&map);
-    if !resident {
-        // The whole chunk is about to be hashed: one read-ahead instead of a fault per page.
-        let _ = map.advise(memmap2::Advice::WillNeed);
-    }
-    Ok(ChunkBytes::Mapped(MappedChunk {
-        map,
-        stamp,
-        resident,
-    }))
+    let map = Arc::new(FileMap::new(file)?);
+    Ok(ChunkBytes::Mapped(map.chunk(0, len as usize)?))
 }
 
-/// Is every page of `map` in the page cache?
-fn all_resident(map: &memmap2::Mmap) -> bool {
+/// Is every page of `map[start..start+len]` in the page cache?
+fn all_resident(map: &memmap2::Mmap, start: usize, len: usize) -> bool {
     let page = rustix::param::page_size();
-    let mut vec = vec![0u8; map.len().div_ceil(page)];
+    let s = start / page * page;
+    let e = (start + len).min(map.len());
+    if e <= s {
+        return true;
+    }
+    let mut vec = vec![0u8; (e - s).div_ceil(page)];
     // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary (mmap
-    // returns page-aligned addresses), and `vec` has one byte per page of it, as mincore(2)
+    // returns page-aligned addresses); `s` is a multiple of the page size and `e <= map.len()`,
+    // so `[s, e)` lies inside it, and `vec` has one byte per page of that range, as mincore(2)
     // requires. mincore only writes into `vec`.
     let rc = unsafe {
         libc::mincore(
-            map.as_ptr() as *mut libc::c_void,
-            map.len(),
+            map.as_ptr().add(s) as *mut libc::c_void,
+            e - s,
             vec.as_mut_ptr(),
         )
     };
@@ -202,6 +277,23 @@ impl ChunkCache {
     /// pages back from the disk without the cache checking them).
     pub fn forget_verified(&self) {
         self.memo.lock().clear();
+    }
+
+    /// Drops every cached chunk that is a slice of a mapped file (packs compacted away stay
+    /// allocated on the device while mapped). Chunks held in memory stay.
+    pub fn drop_mapped(&self) {
+        let mut lru = self.lru.lock();
+        let mapped: Vec<ChunkId> = lru
+            .map
+            .iter()
+            .filter(|(_, b)| matches!(***b, ChunkBytes::Mapped(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in mapped {
+            if let Some(old) = lru.map.pop(&id) {
+                lru.bytes -= old.len();
+            }
+        }
     }
 
     pub fn cached_bytes(&self) -> usize {

@@ -92,4 +92,20 @@ impl ChunkStore for FailingStore {
     fn space(&self) -> Result<SpaceUsage> {
         self.inner.space()
     }
+
+    fn stat(&self, id: &ChunkId) -> Result<u64> {
+        self.inner.stat(id)
+    }
+
+    fn usage(&self) -> Result<super::StoreUsage> {
+        self.inner.usage()
+    }
+
+    fn packs(&self) -> Option<&super::PackStore> {
+        self.inner.packs()
+    }
+
+    fn reclaim(&self, low_space: bool) -> Result<u64> {
+        self.inner.reclaim(low_space)
+    }
 }

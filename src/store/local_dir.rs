@@ -165,7 +165,7 @@ impl ChunkStore for LocalDirStore {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(map_chunk_file(&file)?)
+        Ok(map_chunk_file(file)?)
     }
 
     fn remove(&self, id: &ChunkId) -> Result<()> {
@@ -214,26 +214,10 @@ impl ChunkStore for LocalDirStore {
     }
 
     fn restore_reserve(&self) {
-        let path = self.root.join("reserve");
-        if path.exists() {
-            return;
-        }
-        let made = File::create(&path).and_then(|f| {
-            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
-                .map_err(io::Error::from)
-        });
-        if made.is_err() {
-            // No room (or no fallocate): no reserve rather than a sparse pretend one.
-            let _ = fs::remove_file(&path);
-        }
+        super::make_reserve(&self.root.join("reserve"), RESERVE_BYTES);
     }
 
     fn space(&self) -> Result<SpaceUsage> {
-        let st = rustix::fs::fstatvfs(&self.dir_fd).map_err(io::Error::from)?;
-        Ok(SpaceUsage {
-            total_bytes: st.f_blocks * st.f_frsize,
-            free_bytes: st.f_bfree * st.f_frsize,
-            avail_bytes: st.f_bavail * st.f_frsize,
-        })
+        super::space_of(&self.dir_fd)
     }
 }

@@ -9,9 +9,14 @@
 //! references a chunk (the crash-ordering invariant, see docs/design.md).
 
 pub mod cache;
+pub mod codec;
+pub mod compact;
 pub mod failing;
 pub mod local_dir;
 pub mod memory;
+pub mod pack;
+pub mod pack_index;
+pub mod pack_store;
 
 use crate::error::Result;
 use crate::hash::ChunkId;
@@ -22,6 +27,7 @@ pub use cache::ChunkCache;
 pub use failing::FailingStore;
 pub use local_dir::LocalDirStore;
 pub use memory::MemoryStore;
+pub use pack_store::PackStore;
 
 /// Bytes of one chunk as loaded from a store: mapped from a file, or owned.
 pub enum ChunkBytes {
@@ -33,7 +39,7 @@ impl Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            ChunkBytes::Mapped(m) => &m.map,
+            ChunkBytes::Mapped(m) => m.bytes(),
             ChunkBytes::Owned(v) => v,
         }
     }
@@ -45,6 +51,44 @@ pub struct SpaceUsage {
     pub total_bytes: u64,
     pub free_bytes: u64,
     pub avail_bytes: u64,
+}
+
+/// What a store's data takes, beyond the chunk figures metadata keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreUsage {
+    /// Bytes of live chunks as stored (after compression, record headers excluded).
+    pub stored_bytes: u64,
+    /// Bytes of the store's data files (packs, including dead records).
+    pub disk_bytes: u64,
+    /// Bytes of packs no live chunk uses (reclaimed by compaction).
+    pub dead_bytes: u64,
+    pub packs: u64,
+}
+
+/// Space figures of the filesystem holding `dir`.
+pub fn space_of(dir: &std::fs::File) -> Result<SpaceUsage> {
+    let st = rustix::fs::fstatvfs(dir).map_err(std::io::Error::from)?;
+    Ok(SpaceUsage {
+        total_bytes: st.f_blocks * st.f_frsize,
+        free_bytes: st.f_bfree * st.f_frsize,
+        avail_bytes: st.f_bavail * st.f_frsize,
+    })
+}
+
+/// Makes `path` a file of `bytes` really allocated bytes (the reserve given back on a nearly
+/// full device), unless it exists. No room (or no fallocate): no reserve rather than a sparse
+/// pretend one.
+pub fn make_reserve(path: &std::path::Path, bytes: u64) {
+    if path.exists() {
+        return;
+    }
+    let made = std::fs::File::create(path).and_then(|f| {
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, bytes)
+            .map_err(std::io::Error::from)
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 pub trait ChunkStore: Send + Sync {
@@ -68,4 +112,25 @@ pub trait ChunkStore: Send + Sync {
     }
     /// Takes the reserve again (when space allows).
     fn restore_reserve(&self) {}
+    /// The length of chunk `id` as stored, checked without reading its data where the store
+    /// can (fsck without `--verify-data`). Missing is `MissingChunk`.
+    fn stat(&self, id: &ChunkId) -> Result<u64> {
+        Ok(self.get(id)?.len() as u64)
+    }
+    /// Stored, on-disk and dead bytes (zero where the store does not know them).
+    fn usage(&self) -> Result<StoreUsage> {
+        Ok(StoreUsage::default())
+    }
+    /// The pack store behind this one, for pack maintenance (compaction, verification).
+    fn packs(&self) -> Option<&PackStore> {
+        None
+    }
+    /// Gives the space of removed chunks back to the device where the store keeps dead bytes
+    /// (packs): deletes packs no live chunk uses, and with `low_space` also compacts packs
+    /// whose dead share is high. Returns the bytes freed. Called after a durable point that
+    /// removed chunks, with no write-back in flight.
+    fn reclaim(&self, low_space: bool) -> Result<u64> {
+        let _ = low_space;
+        Ok(0)
+    }
 }

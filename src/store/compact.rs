@@ -1,0 +1,491 @@
+//! Pack maintenance: compaction (rewriting packs whose live share is low), repacking loose
+//! chunk files of older stores into packs, removing packs the index does not know, and
+//! verifying every record of every pack.
+//!
+//! Compaction's crash-safety argument (docs/design.md, "Compaction"), borg's segment order:
+//! the live records of an old pack are copied, byte for byte, to a new pack; the new pack is
+//! fdatasynced and the directory fsynced; one durable index commit moves the chunks (each only
+//! if it still lives where compaction read it) and marks the old pack retired; only then is the
+//! old pack unlinked. A crash before the commit leaves the old pack authoritative (the new one
+//! is unknown garbage); a crash after it leaves a retired pack that the next open deletes.
+//! Space: at most the pack being written plus the one being read, beyond what is live.
+//! Memory: one pack's bytes at a time.
+
+use super::ChunkStore;
+use super::codec::decompress;
+use super::pack::{
+    PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader, ScanItem, decode_pack_header, pack_file_name,
+    scan,
+};
+use super::pack_index::{IndexOp, Loc, PackRow, PackState};
+use super::pack_store::PackStore;
+use crate::error::{FsError, Result};
+use crate::hash::ChunkId;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// A sealed pack is compacted when at least this share of its bytes is dead. Borg compacts
+/// segments at 10 % by default; random 4 KiB writes into images kill whole chunks at a high
+/// rate, so a lower bar would rewrite the same live bytes over and over.
+pub const COMPACT_MIN_DEAD: f64 = 0.2;
+
+/// What compaction did (or, dry, would do).
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Sealed packs looked at.
+    pub packs_examined: u64,
+    /// Packs whose live chunks were copied to new packs (or that had none), then deleted.
+    pub packs_compacted: u64,
+    /// Live chunk records copied.
+    pub chunks_moved: u64,
+    /// Bytes copied into new packs.
+    pub bytes_copied: u64,
+    /// Bytes of pack files deleted, less bytes written anew: what the disk got back.
+    pub bytes_reclaimed: u64,
+    /// Packs left alone although they qualified, with the reason (e.g. a damaged record).
+    pub skipped: Vec<String>,
+}
+
+/// Compacts every sealed pack whose dead share is at least `min_dead` (0.0 rewrites every
+/// pack with any dead byte; a pack with no live chunk is always deleted). With `seal_open`,
+/// the packs open for appends are sealed first, so their dead bytes count too (new chunks
+/// then start new packs).
+pub fn compact(
+    store: &PackStore,
+    min_dead: f64,
+    dry_run: bool,
+    seal_open: bool,
+) -> Result<CompactReport> {
+    let mut report = CompactReport::default();
+    if !dry_run {
+        // Everything put so far goes into the index, durably.
+        if seal_open {
+            store.seal_open_packs();
+        }
+        store.sync()?;
+    }
+    let mut candidates: Vec<(u64, PackRow)> = store
+        .sealed_packs()?
+        .into_iter()
+        .inspect(|_| report.packs_examined += 1)
+        .filter(|(_, row)| {
+            row.live_records == 0
+                || row.dead_bytes() as f64 >= min_dead * row.len as f64 && row.dead_bytes() > 0
+        })
+        .collect();
+    // Packs with nothing live first (deleting them needs no space), then the deadest: on a
+    // nearly full disk the space freed early pays for the copies made later.
+    candidates.sort_by(|a, b| {
+        let share = |r: &PackRow| r.live_bytes as f64 / r.len.max(1) as f64;
+        share(&a.1).total_cmp(&share(&b.1))
+    });
+    if dry_run {
+        for (_, row) in &candidates {
+            report.packs_compacted += 1;
+            report.chunks_moved += row.live_records;
+            report.bytes_copied += row.live_bytes;
+            report.bytes_reclaimed += row.dead_bytes();
+        }
+        return Ok(report);
+    }
+    let mut out: Option<Out> = None;
+    for (id, row) in candidates {
+        match compact_one(store, id, &row, &mut out, &mut report) {
+            Ok(()) => {}
+            Err(FsError::NoSpace) if out.is_some() => {
+                report.skipped.push(format!(
+                    "{}: no space for its live chunks",
+                    pack_file_name(id)
+                ));
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+/// The pack compaction writes into.
+struct Out {
+    id: u64,
+    file: Arc<File>,
+    pos: u64,
+    /// Not yet made durable by a directory fsync.
+    new: bool,
+}
+
+fn compact_one(
+    store: &PackStore,
+    id: u64,
+    row: &PackRow,
+    out: &mut Option<Out>,
+    report: &mut CompactReport,
+) -> Result<()> {
+    let path = store.pack_path(id);
+    let mut ops = Vec::new();
+    if row.live_records > 0 {
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                report
+                    .skipped
+                    .push(format!("{}: file missing (see fsck)", pack_file_name(id)));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if decode_pack_header(&data).ok() != Some(id) {
+            report.skipped.push(format!(
+                "{}: damaged pack header (see fsck)",
+                pack_file_name(id)
+            ));
+            return Ok(());
+        }
+        let data = &data[..(row.len as usize).min(data.len())];
+        let mut live: Vec<(u64, RecordHeader)> = Vec::new();
+        let mut damaged = false;
+        let mut err = None;
+        scan(data, |item| {
+            if let ScanItem::Record {
+                offset,
+                header,
+                payload_ok,
+            } = item
+            {
+                let here = |l: &Loc| l.pack == id && l.offset == offset;
+                match store.index().get(&header.id) {
+                    Ok(Some(l)) if here(&l) && !store.pending_contains(&header.id) => {
+                        if payload_ok {
+                            live.push((offset, header));
+                        } else {
+                            damaged = true;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => err = Some(e),
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if damaged {
+            report.skipped.push(format!(
+                "{}: a live record fails its checksum (see fsck); left in place",
+                pack_file_name(id)
+            ));
+            return Ok(());
+        }
+        if out.as_ref().is_none_or(|o| o.pos >= store.target()) {
+            if let Some(o) = out.take() {
+                // Sealed already by the commit that filled it.
+                drop(o);
+            }
+            let (oid, file) = store.new_pack_for_compaction()?;
+            *out = Some(Out {
+                id: oid,
+                file,
+                pos: PACK_HEADER_LEN,
+                new: true,
+            });
+        }
+        let Some(o) = out.as_mut() else {
+            return Ok(());
+        };
+        for (offset, h) in &live {
+            let rec = &data[*offset as usize..(*offset + h.record_len()) as usize];
+            o.file.write_all_at(rec, o.pos)?;
+            ops.push(IndexOp::Move {
+                id: h.id,
+                from: loc_of(id, *offset, h),
+                to: loc_of(o.id, o.pos, h),
+            });
+            o.pos += h.record_len();
+            report.chunks_moved += 1;
+            report.bytes_copied += h.record_len();
+        }
+        o.file.sync_data()?;
+        if o.new {
+            store.dir_fd().sync_all()?;
+            o.new = false;
+        }
+        ops.push(IndexOp::Pack {
+            id: o.id,
+            len: o.pos,
+            state: PackState::Sealed,
+        });
+    }
+    ops.push(IndexOp::Pack {
+        id,
+        len: row.len,
+        state: PackState::Retired,
+    });
+    {
+        let _s = store.sync_lock();
+        store.index().apply(&ops, true)?;
+    }
+    store.forget_mapping(id);
+    let freed = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    store.index().apply(&[IndexOp::DropPack(id)], false)?;
+    report.packs_compacted += 1;
+    let copied: u64 = ops
+        .iter()
+        .map(|op| match op {
+            IndexOp::Move { to, .. } => to.record_len(),
+            _ => 0,
+        })
+        .sum();
+    report.bytes_reclaimed += freed.saturating_sub(copied);
+    Ok(())
+}
+
+fn loc_of(pack: u64, offset: u64, h: &RecordHeader) -> Loc {
+    Loc {
+        pack,
+        offset,
+        stored_len: h.stored_len,
+        raw_len: h.raw_len,
+        codec: h.codec,
+        nonce_len: h.nonce_len,
+        mac_len: h.mac_len,
+        key_id: h.key_id,
+    }
+}
+
+/// Deletes pack files the index does not know: they were written after the last durable
+/// index commit (a crash) and no durable metadata can name their chunks. Returns their count
+/// and bytes.
+pub fn remove_unknown_packs(store: &PackStore, dry_run: bool) -> Result<(u64, u64)> {
+    let (mut n, mut bytes) = (0, 0);
+    for (_, path) in store.unknown_pack_files()? {
+        bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        n += 1;
+        if !dry_run {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok((n, bytes))
+}
+
+/// Moves the loose chunk files of a format-2 store into packs: each is verified (blake3),
+/// appended, made durable, and only then its file removed. Damaged ones stay and are counted.
+pub fn repack_loose(store: &PackStore) -> Result<RepackReport> {
+    let mut report = RepackReport::default();
+    let Some(loose) = store.loose() else {
+        return Ok(report);
+    };
+    let mut ids = Vec::new();
+    loose.for_each(&mut |id| ids.push(id))?;
+    let mut done: Vec<ChunkId> = Vec::new();
+    let flush = |done: &mut Vec<ChunkId>| -> Result<()> {
+        store.sync()?;
+        for id in done.drain(..) {
+            loose.remove(&id)?;
+        }
+        Ok(())
+    };
+    for id in ids {
+        if store.locate(&id)?.is_some() {
+            done.push(id);
+            continue;
+        }
+        let bytes = loose.get(&id)?;
+        if ChunkId::of(&bytes) != id {
+            report.damaged += 1;
+            continue;
+        }
+        store.put(&id, &bytes)?;
+        report.chunks += 1;
+        report.bytes += bytes.len() as u64;
+        done.push(id);
+        if done.len() >= 4096 {
+            flush(&mut done)?;
+        }
+    }
+    flush(&mut done)?;
+    loose.sync()?;
+    Ok(report)
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepackReport {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Loose chunk files whose content does not match their name (left in place).
+    pub damaged: u64,
+}
+
+/// One problem `verify_packs` found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackProblem {
+    pub pack: String,
+    pub offset: Option<u64>,
+    /// The live chunk whose data is affected, when there is one (hex).
+    pub chunk: Option<String>,
+    pub what: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PackCheck {
+    pub packs: u64,
+    pub records: u64,
+    pub bytes_verified: u64,
+    pub problems: Vec<PackProblem>,
+}
+
+impl PackCheck {
+    /// Live chunks whose record is damaged or missing.
+    pub fn damaged_chunks(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.problems
+            .iter()
+            .filter_map(|p| p.chunk.as_deref().and_then(ChunkId::from_hex))
+    }
+}
+
+/// Reads every pack the index knows and checks every record's header and payload checksum;
+/// with `verify_data`, also decompresses every live record and checks its blake3. A live chunk
+/// (one the index points at) with a bad record is reported with its id, so fsck can name files.
+/// Memory: one pack at a time.
+pub fn verify_packs(store: &PackStore, verify_data: bool) -> Result<PackCheck> {
+    let mut check = PackCheck::default();
+    for (id, row) in store.index().packs()? {
+        if row.state == PackState::Retired {
+            continue;
+        }
+        check.packs += 1;
+        let name = pack_file_name(id);
+        let problem = |offset, chunk, what: String| PackProblem {
+            pack: name.clone(),
+            offset,
+            chunk,
+            what,
+        };
+        let data = match fs::read(store.pack_path(id)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                check
+                    .problems
+                    .push(problem(None, None, "pack file is missing".into()));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = decode_pack_header(&data) {
+            check.problems.push(problem(Some(0), None, e));
+        }
+        if (data.len() as u64) < row.len {
+            check.problems.push(problem(
+                None,
+                None,
+                format!("pack is {} bytes, the index says {}", data.len(), row.len),
+            ));
+        }
+        let data = &data[..(row.len as usize).min(data.len())];
+        let mut err = None;
+        scan(data, |item| match item {
+            ScanItem::Record {
+                offset,
+                header,
+                payload_ok,
+            } => {
+                check.records += 1;
+                let live = match store.locate(&header.id) {
+                    Ok(Some(l)) => l.pack == id && l.offset == offset,
+                    Ok(None) => false,
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                };
+                let chunk = live.then(|| header.id.to_hex());
+                if !payload_ok {
+                    check.problems.push(problem(
+                        Some(offset),
+                        chunk,
+                        "record payload fails its checksum".into(),
+                    ));
+                } else if verify_data && live {
+                    let s = offset as usize + RECORD_HEADER_LEN + header.nonce_len as usize;
+                    let stored = &data[s..s + header.stored_len as usize];
+                    check.bytes_verified += header.raw_len as u64;
+                    let ok = decompress(header.codec, stored, header.raw_len)
+                        .is_ok_and(|raw| ChunkId::of(&raw) == header.id);
+                    if !ok {
+                        check.problems.push(problem(
+                            Some(offset),
+                            chunk,
+                            "chunk content does not match its name (blake3)".into(),
+                        ));
+                    }
+                }
+            }
+            ScanItem::Garbage { offset, len } => check.problems.push(problem(
+                Some(offset),
+                None,
+                format!("{len} bytes are no valid record"),
+            )),
+            ScanItem::Torn { offset } => check.problems.push(problem(
+                Some(offset),
+                None,
+                "record runs past the pack's durable length".into(),
+            )),
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    // Index entries that point where no matching record starts.
+    let mut bad = Vec::new();
+    store.index().for_each(&mut |cid, loc| {
+        if let Some(p) = check_loc(store, &cid, &loc) {
+            bad.push(p);
+        }
+    })?;
+    check.problems.extend(bad);
+    Ok(check)
+}
+
+/// Whether the record at `loc` is chunk `id` with the lengths the index says; a problem
+/// otherwise. Reads only the record header.
+pub fn check_loc(store: &PackStore, id: &ChunkId, loc: &Loc) -> Option<PackProblem> {
+    let name = pack_file_name(loc.pack);
+    let problem = |what: String| {
+        Some(PackProblem {
+            pack: name.clone(),
+            offset: Some(loc.offset),
+            chunk: Some(id.to_hex()),
+            what,
+        })
+    };
+    let f = match File::open(store.pack_path(loc.pack)) {
+        Ok(f) => f,
+        Err(e) => return problem(format!("cannot open the pack: {e}")),
+    };
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    if let Err(e) = f.read_exact_at(&mut h, loc.offset) {
+        return problem(format!("cannot read the record: {e}"));
+    }
+    match RecordHeader::decode(&h) {
+        Some(h)
+            if h.id == *id
+                && h.stored_len == loc.stored_len
+                && h.raw_len == loc.raw_len
+                && h.codec == loc.codec =>
+        {
+            let end = loc.end();
+            match f.metadata() {
+                Ok(m) if m.len() >= end => None,
+                _ => problem("the record runs past the end of the pack".into()),
+            }
+        }
+        Some(_) => problem("the index points at a record of another chunk".into()),
+        None => problem("no valid record header where the index points".into()),
+    }
+}

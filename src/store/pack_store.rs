@@ -1,0 +1,989 @@
+//! The pack store (store format 3, the default): chunks appended as records to pack files
+//! `STORE/packs/<16 hex>.pack`, compressed one by one, located through the pack index
+//! (`STORE/index.redb`, see `pack_index.rs`).
+//!
+//! Invariants (docs/design.md, "Pack files"):
+//! - A record is written completely before its location enters the (pending) index, so a
+//!   reader that finds a location finds the whole record.
+//! - `sync` fdatasyncs every pack written since the last sync, fsyncs the packs directory when a
+//!   pack was created, and only then commits the index durably: a chunk is durable before any
+//!   durable index entry (and so any durable metadata) names it.
+//! - Pack bytes below the index's durable length are never modified. A pack longer than that
+//!   length at open has a torn or uncommitted tail, which is cut before anything maps it; a
+//!   pack is appended to only by the process that created it, so nothing is ever appended after
+//!   a torn tail.
+//! - A pack is deleted only after a durable index commit that no longer points into it
+//!   (compaction); a reader that found the old location and then misses the file looks the chunk
+//!   up again.
+//!
+//! Stores of format 2 keep their loose chunk files (`STORE/chunks/`): they are read, listed and
+//! removed through a [`LocalDirStore`]; new chunks go to packs; `gc --repack` moves the loose
+//! ones into packs.
+
+use super::cache::FileMap;
+use super::codec::{CODEC_NONE, Codec, decompress};
+use super::pack::{
+    PACK_HEADER_LEN, RecordHeader, ScanItem, decode_pack_header, encode_pack_header,
+    pack_file_name, parse_pack_file_name, scan,
+};
+use super::pack_index::{IndexOp, Loc, PackIndex, PackRow, PackState};
+use super::{ChunkBytes, ChunkStore, LocalDirStore, SpaceUsage, StoreUsage};
+use crate::error::{FsError, Result};
+use crate::hash::ChunkId;
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// A pack is sealed once it holds this many bytes, unless the store was made with another
+/// size (`init --pack-mib`, kept in the index). Chosen by measurement (docs/design.md):
+/// large enough that a 4 GiB volume is ~130 files and a sequential read streams tens of MiB
+/// from one file; small enough that compaction rewrites little at a time and that an object
+/// store (later) uploads a pack in one request.
+pub const PACK_TARGET: u64 = 32 << 20;
+/// Bounds of a store's pack size (`init --pack-mib`).
+pub const MIN_PACK_TARGET: u64 = 1 << 20;
+pub const MAX_PACK_TARGET: u64 = 1 << 30;
+/// Open packs: a writer thread appends to its own (threads are given slots in turn), so chunks
+/// one thread writes for one file lie next to each other.
+const SLOTS: usize = 4;
+/// Packs kept mapped (address space only: the pages are the page cache's).
+const MAPPED_PACKS: usize = 512;
+/// How far a sequential reader of a pack has the kernel read ahead.
+const READAHEAD: usize = 8 << 20;
+/// Pending index changes past which `put` commits them (non-durably) to bound memory.
+const PENDING_MAX: usize = 1 << 16;
+/// Bytes kept allocated in `packs/reserve` and given back when the device is nearly full.
+const RESERVE_BYTES: u64 = 8 << 20;
+/// New chunks are refused (ENOSPC) while the device has less than this free: the metadata and
+/// index commits that record a delete need room, and with packs a delete frees space only
+/// after those commits (compaction), not by removing chunk files at once.
+const DATA_HEADROOM: u64 = 16 << 20;
+/// Bytes appended between two looks at the free space, while it is plentiful.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
+
+static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+struct OpenPack {
+    id: u64,
+    file: Arc<File>,
+    /// End of the last complete record.
+    pos: u64,
+}
+
+/// A pack written since the last sync.
+struct Dirty {
+    file: Arc<File>,
+    /// Every record below this offset is complete.
+    end: u64,
+    /// Created since the last sync: its directory entry needs an fsync of the directory.
+    created: bool,
+    sealed: bool,
+    /// Bumped on every change, so a sync forgets only what it made durable.
+    generation: u64,
+}
+
+/// Index changes not yet committed: `None` is a removal.
+#[derive(Default)]
+struct Pending {
+    ops: HashMap<ChunkId, (Option<Loc>, u64)>,
+    generation: u64,
+}
+
+/// A mapped pack, and where its last read ended (a read starting there is sequential).
+struct PackMap {
+    map: Arc<FileMap>,
+    last_end: AtomicU64,
+}
+
+pub struct PackStore {
+    dir: PathBuf,
+    dir_fd: File,
+    index: PackIndex,
+    slots: Vec<Mutex<Option<OpenPack>>>,
+    pending: Mutex<Pending>,
+    dirty: Mutex<HashMap<u64, Dirty>>,
+    next_pack: AtomicU64,
+    codec: RwLock<Codec>,
+    codec_dirty: AtomicBool,
+    maps: Mutex<LruCache<u64, Arc<PackMap>>>,
+    /// Loose chunk files of a store created before packs (format 2).
+    loose: Option<LocalDirStore>,
+    loose_dirty: AtomicBool,
+    /// One sync (or compaction commit) at a time.
+    sync_lock: Mutex<()>,
+    /// Free bytes on the device at the last look, and bytes appended since.
+    space_seen: AtomicU64,
+    appended_since: AtomicU64,
+    /// Seal packs at this size.
+    target: AtomicU64,
+}
+
+fn corrupt(msg: String) -> FsError {
+    FsError::Corrupt(msg)
+}
+
+/// Pack files present in `dir`, by id.
+fn list_pack_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(id) = e.file_name().to_str().and_then(parse_pack_file_name) {
+            out.push((id, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl PackStore {
+    /// Opens the pack store of the store directory `store_dir`, creating its packs directory
+    /// and index when missing. A lost index is rebuilt from the packs.
+    pub fn open(store_dir: &Path) -> Result<PackStore> {
+        let dir = store_dir.join("packs");
+        fs::create_dir_all(&dir)?;
+        let index_path = store_dir.join("index.redb");
+        let files = list_pack_files(&dir)?;
+        let (index, rebuild) = if index_path.exists() {
+            let idx = PackIndex::open(&index_path).map_err(|e| {
+                corrupt(format!(
+                    "the pack index {} cannot be opened ({e}); `dedupfs fsck --repair` rebuilds it from the packs",
+                    index_path.display()
+                ))
+            })?;
+            (idx, false)
+        } else {
+            (PackIndex::create(&index_path)?, !files.is_empty())
+        };
+        let loose_dir = store_dir.join("chunks");
+        let loose = if loose_dir.is_dir() {
+            Some(LocalDirStore::open(&loose_dir)?)
+        } else {
+            None
+        };
+        let codec = match index.meta("codec")? {
+            Some(c) => String::from_utf8_lossy(&c)
+                .parse()
+                .map_err(|e: String| corrupt(format!("pack index: {e}")))?,
+            None => Codec::default(),
+        };
+        let store = PackStore {
+            dir_fd: File::open(&dir)?,
+            dir,
+            index,
+            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
+            pending: Mutex::new(Pending::default()),
+            dirty: Mutex::new(HashMap::new()),
+            next_pack: AtomicU64::new(1),
+            codec: RwLock::new(codec),
+            codec_dirty: AtomicBool::new(false),
+            maps: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAPPED_PACKS).expect("non-zero"),
+            )),
+            loose,
+            loose_dirty: AtomicBool::new(false),
+            sync_lock: Mutex::new(()),
+            space_seen: AtomicU64::new(0),
+            appended_since: AtomicU64::new(u64::MAX / 2),
+            target: AtomicU64::new(PACK_TARGET),
+        };
+        if let Some(t) = store.index.meta_u64("pack_target")? {
+            store
+                .target
+                .store(t.clamp(MIN_PACK_TARGET, MAX_PACK_TARGET), Ordering::Relaxed);
+        }
+        if rebuild {
+            tracing::warn!(
+                "the pack index {} is missing: rebuilding it from {} packs",
+                index_path.display(),
+                files.len()
+            );
+            store.rebuild_index()?;
+        }
+        store.recover(&files)?;
+        store.restore_reserve();
+        Ok(store)
+    }
+
+    /// Brings packs in line with the index after an unclean stop: cuts torn tails, seals packs
+    /// a previous run left open, deletes retired packs.
+    fn recover(&self, files: &[(u64, PathBuf)]) -> Result<()> {
+        let rows = self.index.packs()?;
+        let mut ops = Vec::new();
+        let mut max_id = self
+            .index
+            .meta_u64("next_pack")?
+            .unwrap_or(1)
+            .saturating_sub(1);
+        for (id, row) in &rows {
+            max_id = max_id.max(*id);
+            let path = self.dir.join(pack_file_name(*id));
+            if row.state == PackState::Retired {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                ops.push(IndexOp::DropPack(*id));
+                continue;
+            }
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::error!(
+                        pack = %path.display(),
+                        "pack file is missing: its {} chunks are lost (fsck names the files)",
+                        row.live_records
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if len > row.len {
+                tracing::warn!(
+                    pack = %path.display(),
+                    "cutting {} bytes of torn or uncommitted tail",
+                    len - row.len
+                );
+                let f = fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(row.len)?;
+                f.sync_all()?;
+            } else if len < row.len {
+                tracing::error!(
+                    pack = %path.display(),
+                    "pack is {len} bytes, the index says {}: chunks past the end are lost",
+                    row.len
+                );
+            }
+            if row.state == PackState::Open {
+                ops.push(IndexOp::Pack {
+                    id: *id,
+                    len: row.len.min(len),
+                    state: PackState::Sealed,
+                });
+            }
+        }
+        for (id, path) in files {
+            max_id = max_id.max(*id);
+            if !rows.iter().any(|(r, _)| r == id) {
+                tracing::warn!(
+                    pack = %path.display(),
+                    "pack unknown to the index (written after the last durable point, or copied in): `dedupfs gc` removes it"
+                );
+            }
+        }
+        self.next_pack.store(max_id + 1, Ordering::Relaxed);
+        ops.push(IndexOp::SetMeta(
+            "next_pack",
+            (max_id + 1).to_le_bytes().to_vec(),
+        ));
+        self.index.apply(&ops, true)
+    }
+
+    pub fn index(&self) -> &PackIndex {
+        &self.index
+    }
+
+    pub fn packs_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pack_path(&self, id: u64) -> PathBuf {
+        self.dir.join(pack_file_name(id))
+    }
+
+    pub fn codec(&self) -> Codec {
+        *self.codec.read()
+    }
+
+    /// Size at which packs are sealed.
+    pub fn target(&self) -> u64 {
+        self.target.load(Ordering::Relaxed)
+    }
+
+    /// Sets (durably) the size at which this store seals packs; for `init`.
+    pub fn set_target(&self, bytes: u64) -> Result<()> {
+        if !(MIN_PACK_TARGET..=MAX_PACK_TARGET).contains(&bytes) {
+            return Err(FsError::Invalid("pack size out of range (1 MiB to 1 GiB)"));
+        }
+        self.target.store(bytes, Ordering::Relaxed);
+        self.index.apply(
+            &[IndexOp::SetMeta(
+                "pack_target",
+                bytes.to_le_bytes().to_vec(),
+            )],
+            true,
+        )
+    }
+
+    /// Compression of chunks written from now on; recorded at the next sync.
+    pub fn set_codec(&self, codec: Codec) {
+        *self.codec.write() = codec;
+        self.codec_dirty.store(true, Ordering::Relaxed);
+    }
+
+    pub fn loose(&self) -> Option<&LocalDirStore> {
+        self.loose.as_ref()
+    }
+
+    /// Creates pack `id` with its header.
+    fn create_pack(&self) -> Result<OpenPack> {
+        let id = self.next_pack.fetch_add(1, Ordering::Relaxed);
+        let path = self.pack_path(id);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = file.write_all_at(&encode_pack_header(id), 0) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+        let file = Arc::new(file);
+        self.mark_dirty(id, &file, PACK_HEADER_LEN, true, false);
+        Ok(OpenPack {
+            id,
+            file,
+            pos: PACK_HEADER_LEN,
+        })
+    }
+
+    fn mark_dirty(&self, id: u64, file: &Arc<File>, end: u64, created: bool, sealed: bool) {
+        let mut d = self.dirty.lock();
+        let e = d.entry(id).or_insert_with(|| Dirty {
+            file: file.clone(),
+            end,
+            created: false,
+            sealed: false,
+            generation: 0,
+        });
+        e.end = e.end.max(end);
+        e.created |= created;
+        e.sealed |= sealed;
+        e.generation += 1;
+    }
+
+    fn set_pending(&self, id: ChunkId, loc: Option<Loc>) -> usize {
+        let mut p = self.pending.lock();
+        p.generation += 1;
+        let g = p.generation;
+        p.ops.insert(id, (loc, g));
+        p.ops.len()
+    }
+
+    /// Refuses new data while the device is nearly full (`DATA_HEADROOM`). Looks at the free
+    /// space only when it may have run low since the last look.
+    fn check_space(&self, len: u64) -> Result<()> {
+        let since = self.appended_since.fetch_add(len, Ordering::Relaxed) + len;
+        let seen = self.space_seen.load(Ordering::Relaxed);
+        if seen.saturating_sub(since) >= DATA_HEADROOM + SPACE_CHECK_EVERY {
+            return Ok(());
+        }
+        let avail = super::space_of(&self.dir_fd)?.avail_bytes;
+        self.space_seen.store(avail, Ordering::Relaxed);
+        self.appended_since.store(0, Ordering::Relaxed);
+        if avail < DATA_HEADROOM + len {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Appends one record (header and stored bytes) to this thread's open pack.
+    fn append(&self, header: &RecordHeader, stored: &[u8]) -> Result<Loc> {
+        self.check_space(header.record_len())?;
+        let slot = &self.slots[THREAD_SLOT.with(|s| *s) % SLOTS];
+        let mut g = slot.lock();
+        if g.as_ref().is_none_or(|p| p.pos >= self.target()) {
+            if let Some(old) = g.take() {
+                self.mark_dirty(old.id, &old.file, old.pos, false, true);
+            }
+            *g = Some(self.create_pack()?);
+        }
+        let Some(p) = g.as_mut() else {
+            return Err(FsError::Corrupt("no open pack".into()));
+        };
+        let offset = p.pos;
+        let written = p
+            .file
+            .write_all_at(&header.encode(), offset)
+            .and_then(|()| {
+                p.file
+                    .write_all_at(stored, offset + super::pack::RECORD_HEADER_LEN as u64)
+            });
+        if let Err(e) = written {
+            // The record may be partly written past `pos`: seal the pack at `pos` (the tail is
+            // cut at the next open) and start a new one for the next chunk.
+            if let Some(old) = g.take() {
+                self.mark_dirty(old.id, &old.file, old.pos, false, true);
+            }
+            return Err(e.into());
+        }
+        p.pos += header.record_len();
+        self.mark_dirty(p.id, &p.file, p.pos, false, false);
+        Ok(Loc {
+            pack: p.id,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+            codec: header.codec,
+            nonce_len: 0,
+            mac_len: 0,
+            key_id: 0,
+        })
+    }
+
+    /// Where chunk `id` lives now: pending changes first, then the index. `Ok(None)`: not in
+    /// any pack.
+    pub fn locate(&self, id: &ChunkId) -> Result<Option<Loc>> {
+        if let Some((loc, _)) = self.pending.lock().ops.get(id) {
+            return Ok(*loc);
+        }
+        self.index.get(id)
+    }
+
+    /// The mapping of pack `pack`, covering at least `need_end` bytes.
+    fn map_pack(&self, pack: u64, need_end: u64) -> io::Result<Arc<PackMap>> {
+        if let Some(m) = self.maps.lock().get(&pack)
+            && m.map.len() as u64 >= need_end
+        {
+            return Ok(m.clone());
+        }
+        let file = File::open(self.pack_path(pack))?;
+        let m = Arc::new(PackMap {
+            map: Arc::new(FileMap::new(file)?),
+            last_end: AtomicU64::new(u64::MAX),
+        });
+        if (m.map.len() as u64) < need_end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "pack {} is {} bytes, a record ends at {need_end}",
+                    pack_file_name(pack),
+                    m.map.len()
+                ),
+            ));
+        }
+        self.maps.lock().put(pack, m.clone());
+        Ok(m)
+    }
+
+    /// The chunk at `loc`, from its pack's mapping: a slice when stored raw, decompressed
+    /// otherwise. Unverified (the cache checks the hash).
+    fn read_at(&self, id: &ChunkId, loc: &Loc, m: &PackMap) -> Result<ChunkBytes> {
+        let start = loc.stored_start() as usize;
+        let len = loc.stored_len as usize;
+        let chunk = m.map.chunk(start, len)?;
+        // A read that continues where the last one in this pack ended is sequential: have the
+        // kernel read the pack ahead in large requests.
+        if m.last_end.swap((start + len) as u64, Ordering::Relaxed) == loc.offset {
+            m.map.will_need(start + len, READAHEAD);
+        }
+        if loc.codec == CODEC_NONE {
+            return Ok(ChunkBytes::Mapped(chunk));
+        }
+        match decompress(loc.codec, chunk.bytes(), loc.raw_len) {
+            Ok(v) => Ok(ChunkBytes::Owned(Arc::new(v))),
+            Err(e) => {
+                tracing::error!(chunk = %id, pack = %pack_file_name(loc.pack), offset = loc.offset, "{e}");
+                Err(FsError::CorruptChunk { id: *id })
+            }
+        }
+    }
+
+    /// Commits pending index changes without making them durable (bounds their memory).
+    fn flush_pending(&self) -> Result<()> {
+        let Some(_s) = self.sync_lock.try_lock() else {
+            return Ok(());
+        };
+        let snapshot: Vec<(ChunkId, Option<Loc>, u64)> = self
+            .pending
+            .lock()
+            .ops
+            .iter()
+            .map(|(id, (l, g))| (*id, *l, *g))
+            .collect();
+        self.commit_pending(&snapshot, Vec::new(), false)
+    }
+
+    /// Applies `snapshot` (plus `extra` ops first) to the index and forgets the pending entries
+    /// that have not changed since.
+    fn commit_pending(
+        &self,
+        snapshot: &[(ChunkId, Option<Loc>, u64)],
+        mut ops: Vec<IndexOp>,
+        durable: bool,
+    ) -> Result<()> {
+        ops.extend(snapshot.iter().map(|(id, loc, _)| match loc {
+            Some(l) => IndexOp::Put(*id, *l),
+            None => IndexOp::Remove(*id),
+        }));
+        self.index.apply(&ops, durable)?;
+        let mut p = self.pending.lock();
+        for (id, _, g) in snapshot {
+            if p.ops.get(id).is_some_and(|(_, pg)| pg == g) {
+                p.ops.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals every open pack (no more appends to them); the next chunk starts a new pack.
+    pub fn seal_open_packs(&self) {
+        for slot in &self.slots {
+            if let Some(old) = slot.lock().take() {
+                self.mark_dirty(old.id, &old.file, old.pos, false, true);
+            }
+        }
+    }
+
+    /// Ids of the packs currently open for appends.
+    fn open_pack_ids(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.lock().as_ref().map(|p| p.id))
+            .collect()
+    }
+
+    /// Forgets the mapping of a pack about to be deleted (readers holding it keep it alive).
+    fn unmap(&self, pack: u64) {
+        self.maps.lock().pop(&pack);
+    }
+
+    /// Rebuilds the index from the packs alone: every record with a valid header and payload
+    /// checksum becomes the location of its chunk (a later record of the same chunk wins).
+    /// Chunks no metadata names are garbage afterwards, for `gc`.
+    pub fn rebuild_index(&self) -> Result<RebuildReport> {
+        let _s = self.sync_lock.lock();
+        self.pending.lock().ops.clear();
+        self.index.clear()?;
+        let mut report = RebuildReport::default();
+        let mut max_id = 0;
+        for (id, path) in list_pack_files(&self.dir)? {
+            max_id = max_id.max(id);
+            let data = fs::read(&path)?;
+            match decode_pack_header(&data) {
+                Ok(hid) if hid == id => {}
+                Ok(hid) => {
+                    report.damaged.push(format!(
+                        "{}: header names pack {hid:016x}; skipped",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    report
+                        .damaged
+                        .push(format!("{}: {e}; skipped", path.display()));
+                    continue;
+                }
+            }
+            report.packs += 1;
+            let mut ops = Vec::new();
+            let mut end = PACK_HEADER_LEN;
+            scan(&data, |item| match item {
+                ScanItem::Record {
+                    offset,
+                    header,
+                    payload_ok: true,
+                } => {
+                    report.records += 1;
+                    end = offset + header.record_len();
+                    ops.push(IndexOp::Put(
+                        header.id,
+                        Loc {
+                            pack: id,
+                            offset,
+                            stored_len: header.stored_len,
+                            raw_len: header.raw_len,
+                            codec: header.codec,
+                            nonce_len: header.nonce_len,
+                            mac_len: header.mac_len,
+                            key_id: header.key_id,
+                        },
+                    ));
+                }
+                ScanItem::Record { offset, header, .. } => {
+                    end = offset + header.record_len();
+                    report.damaged.push(format!(
+                        "{} at {offset}: chunk {} fails its checksum; skipped",
+                        path.display(),
+                        header.id
+                    ));
+                }
+                ScanItem::Garbage { offset, len } => report.damaged.push(format!(
+                    "{} at {offset}: {len} bytes are no valid record",
+                    path.display()
+                )),
+                ScanItem::Torn { offset } => report.damaged.push(format!(
+                    "{} at {offset}: torn record at the end",
+                    path.display()
+                )),
+            });
+            ops.push(IndexOp::Pack {
+                id,
+                len: end.max(PACK_HEADER_LEN),
+                state: PackState::Sealed,
+            });
+            self.index.apply(&ops, false)?;
+        }
+        self.next_pack.fetch_max(max_id + 1, Ordering::Relaxed);
+        self.index.apply(
+            &[IndexOp::SetMeta(
+                "next_pack",
+                self.next_pack
+                    .load(Ordering::Relaxed)
+                    .to_le_bytes()
+                    .to_vec(),
+            )],
+            true,
+        )?;
+        Ok(report)
+    }
+}
+
+/// What a rebuild of the index from the packs found.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RebuildReport {
+    pub packs: u64,
+    pub records: u64,
+    pub damaged: Vec<String>,
+}
+
+impl ChunkStore for PackStore {
+    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        let raw_len: u32 = data.len().try_into().map_err(|_| FsError::TooBig)?;
+        let codec = self.codec();
+        let compressed = codec.compress(data);
+        let (codec_id, stored) = match &compressed {
+            Some(c) => (codec.id(), c.as_slice()),
+            None => (CODEC_NONE, data),
+        };
+        let header = RecordHeader::plain(*id, codec_id, raw_len, stored);
+        let loc = self.append(&header, stored)?;
+        if self.set_pending(*id, Some(loc)) > PENDING_MAX {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<ChunkBytes> {
+        let mut retried = false;
+        loop {
+            let Some(loc) = self.locate(id)? else {
+                return match &self.loose {
+                    Some(l) => l.get(id),
+                    None => Err(FsError::MissingChunk { id: *id }),
+                };
+            };
+            match self.map_pack(loc.pack, loc.end()) {
+                Ok(m) => return self.read_at(id, &loc, &m),
+                // Compaction may have moved the chunk and deleted the pack since the lookup.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !retried => retried = true,
+                Err(e) => {
+                    tracing::error!(chunk = %id, pack = %pack_file_name(loc.pack), "cannot read chunk: {e}");
+                    return Err(match e.kind() {
+                        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof => {
+                            FsError::MissingChunk { id: *id }
+                        }
+                        _ => e.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<()> {
+        self.set_pending(*id, None);
+        if let Some(l) = &self.loose {
+            l.remove(id)?;
+            self.loose_dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let _s = self.sync_lock.lock();
+        let snapshot: Vec<(ChunkId, Option<Loc>, u64)> = self
+            .pending
+            .lock()
+            .ops
+            .iter()
+            .map(|(id, (l, g))| (*id, *l, *g))
+            .collect();
+        let dirty: Vec<(u64, Arc<File>, u64, bool, bool, u64)> = self
+            .dirty
+            .lock()
+            .iter()
+            .map(|(id, d)| {
+                (
+                    *id,
+                    d.file.clone(),
+                    d.end,
+                    d.created,
+                    d.sealed,
+                    d.generation,
+                )
+            })
+            .collect();
+        let codec_changed = self.codec_dirty.swap(false, Ordering::Relaxed);
+        if snapshot.is_empty() && dirty.is_empty() && !codec_changed {
+            if self.loose_dirty.swap(false, Ordering::Relaxed)
+                && let Some(l) = &self.loose
+            {
+                l.sync()?;
+            }
+            return Ok(());
+        }
+        let result = (|| {
+            for (_, file, ..) in &dirty {
+                file.sync_data()?;
+            }
+            if dirty.iter().any(|d| d.3) {
+                self.dir_fd.sync_all()?;
+            }
+            if self.loose_dirty.swap(false, Ordering::Relaxed)
+                && let Some(l) = &self.loose
+            {
+                l.sync()?;
+            }
+            let mut ops: Vec<IndexOp> = dirty
+                .iter()
+                .map(|(id, _, end, _, sealed, _)| IndexOp::Pack {
+                    id: *id,
+                    len: *end,
+                    state: if *sealed {
+                        PackState::Sealed
+                    } else {
+                        PackState::Open
+                    },
+                })
+                .collect();
+            ops.push(IndexOp::SetMeta(
+                "next_pack",
+                self.next_pack
+                    .load(Ordering::Relaxed)
+                    .to_le_bytes()
+                    .to_vec(),
+            ));
+            ops.push(IndexOp::SetMeta(
+                "codec",
+                self.codec().to_string().into_bytes(),
+            ));
+            self.commit_pending(&snapshot, ops, true)
+        })();
+        if result.is_err() {
+            if codec_changed {
+                self.codec_dirty.store(true, Ordering::Relaxed);
+            }
+            return result;
+        }
+        let mut d = self.dirty.lock();
+        for (id, _, _, _, _, generation) in &dirty {
+            match d.get_mut(id) {
+                Some(e) if e.generation == *generation => {
+                    d.remove(id);
+                }
+                Some(e) => e.created = false,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(ChunkId)) -> Result<()> {
+        let pending: HashMap<ChunkId, Option<Loc>> = self
+            .pending
+            .lock()
+            .ops
+            .iter()
+            .map(|(id, (l, _))| (*id, *l))
+            .collect();
+        self.index.for_each(&mut |id, _| {
+            if !pending.contains_key(&id) {
+                f(id);
+            }
+        })?;
+        for (id, loc) in &pending {
+            if loc.is_some() {
+                f(*id);
+            }
+        }
+        if let Some(l) = &self.loose {
+            let mut loose_ids = Vec::new();
+            l.for_each(&mut |id| loose_ids.push(id))?;
+            for id in loose_ids {
+                if self.locate(&id)?.is_none() {
+                    f(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn space(&self) -> Result<SpaceUsage> {
+        super::space_of(&self.dir_fd)
+    }
+
+    fn release_reserve(&self) -> bool {
+        fs::remove_file(self.dir.join("reserve")).is_ok()
+    }
+
+    fn restore_reserve(&self) {
+        super::make_reserve(&self.dir.join("reserve"), RESERVE_BYTES);
+    }
+
+    fn usage(&self) -> Result<StoreUsage> {
+        let mut u = StoreUsage {
+            stored_bytes: self.index.meta_u64("stored_bytes")?.unwrap_or(0),
+            ..StoreUsage::default()
+        };
+        // Packs written since the last sync are longer than the index says, or not in it yet.
+        let mut unsynced: HashMap<u64, u64> = self
+            .dirty
+            .lock()
+            .iter()
+            .map(|(id, d)| (*id, d.end))
+            .collect();
+        for (id, row) in self.index.packs()? {
+            let len = unsynced.remove(&id).unwrap_or(row.len).max(row.len);
+            if row.state == PackState::Retired {
+                continue;
+            }
+            u.packs += 1;
+            u.disk_bytes += len;
+            u.dead_bytes += len.saturating_sub(PACK_HEADER_LEN + row.live_bytes);
+        }
+        u.packs += unsynced.len() as u64;
+        u.disk_bytes += unsynced.values().sum::<u64>();
+        // Pending puts are not in the index's stored total yet.
+        for (loc, _) in self.pending.lock().ops.values() {
+            if let Some(l) = loc {
+                u.stored_bytes += l.stored_len as u64;
+            }
+        }
+        Ok(u)
+    }
+
+    fn stat(&self, id: &ChunkId) -> Result<u64> {
+        match self.locate(id)? {
+            Some(loc) => match super::compact::check_loc(self, id, &loc) {
+                None => Ok(loc.raw_len as u64),
+                Some(p) => {
+                    tracing::error!(chunk = %id, pack = %p.pack, "{}", p.what);
+                    Err(FsError::MissingChunk { id: *id })
+                }
+            },
+            None => match &self.loose {
+                Some(l) => l.stat(id),
+                None => Err(FsError::MissingChunk { id: *id }),
+            },
+        }
+    }
+
+    fn packs(&self) -> Option<&PackStore> {
+        Some(self)
+    }
+
+    fn reclaim(&self, low_space: bool) -> Result<u64> {
+        // Near the point where new chunks are refused, dead bytes must go back now.
+        let low_space = low_space
+            || super::space_of(&self.dir_fd)?.avail_bytes < 2 * DATA_HEADROOM + SPACE_CHECK_EVERY;
+        if self.pending.lock().ops.values().all(|(l, _)| l.is_some()) && !low_space {
+            // No removal since the last sync: nothing new can have died.
+            return Ok(0);
+        }
+        self.sync()?;
+        // An open pack whose every record died (a large file written and deleted) is sealed
+        // so it can go too; on a nearly full device, so is one that is mostly dead. Other open
+        // packs keep filling.
+        let rows = self.index.packs()?;
+        for slot in &self.slots {
+            let mut g = slot.lock();
+            let dead = g.as_ref().is_some_and(|p| {
+                rows.iter().any(|(id, r)| {
+                    *id == p.id
+                        && !self.pending_has_pack(p.id)
+                        && (r.live_records == 0
+                            || low_space
+                                && r.dead_bytes() as f64
+                                    >= super::compact::COMPACT_MIN_DEAD * r.len as f64)
+                })
+            });
+            if dead && let Some(old) = g.take() {
+                self.mark_dirty(old.id, &old.file, old.pos, false, true);
+            }
+        }
+        self.sync()?;
+        let min_dead = if low_space {
+            super::compact::COMPACT_MIN_DEAD
+        } else {
+            f64::INFINITY
+        };
+        let r = super::compact::compact(self, min_dead, false, false)?;
+        Ok(r.bytes_reclaimed)
+    }
+}
+
+/// Pack figures for maintenance: `(id, row)` of every pack the index knows, except those
+/// being appended to now.
+impl PackStore {
+    pub fn sealed_packs(&self) -> Result<Vec<(u64, PackRow)>> {
+        let open = self.open_pack_ids();
+        Ok(self
+            .index
+            .packs()?
+            .into_iter()
+            .filter(|(id, row)| row.state == PackState::Sealed && !open.contains(id))
+            .collect())
+    }
+
+    /// Pack files on disk the index does not know (left by a crash before the index commit
+    /// that would have named them, or copied in).
+    pub fn unknown_pack_files(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let rows = self.index.packs()?;
+        let dirty = self.dirty.lock().keys().copied().collect::<Vec<_>>();
+        Ok(list_pack_files(&self.dir)?
+            .into_iter()
+            .filter(|(id, _)| !rows.iter().any(|(r, _)| r == id) && !dirty.contains(id))
+            .collect())
+    }
+}
+
+// Compaction, repacking and verification live in `compact.rs`; they use these.
+impl PackStore {
+    pub(super) fn sync_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.sync_lock.lock()
+    }
+    pub(super) fn pending_contains(&self, id: &ChunkId) -> bool {
+        self.pending.lock().ops.contains_key(id)
+    }
+    /// Whether a pending (uncommitted) put points into pack `pack`.
+    fn pending_has_pack(&self, pack: u64) -> bool {
+        self.pending
+            .lock()
+            .ops
+            .values()
+            .any(|(l, _)| l.is_some_and(|l| l.pack == pack))
+    }
+    pub(super) fn forget_mapping(&self, pack: u64) {
+        self.unmap(pack)
+    }
+    pub(super) fn new_pack_for_compaction(&self) -> Result<(u64, Arc<File>)> {
+        let p = self.create_pack()?;
+        // Compaction syncs and records its packs itself.
+        self.dirty.lock().remove(&p.id);
+        Ok((p.id, p.file))
+    }
+    pub(super) fn dir_fd(&self) -> &File {
+        &self.dir_fd
+    }
+}
