@@ -3,7 +3,9 @@
 //! ```text
 //! STORE/DEDUPFS        marker: "dedupfs store" and the format version
 //! STORE/meta.redb      metadata database (meta::MetaDb)
-//! STORE/chunks/        chunk files (store::LocalDirStore)
+//! STORE/packs/         pack files (store::PackStore)
+//! STORE/index.redb     pack index: chunk id -> pack, offset, lengths, codec
+//! STORE/chunks/        loose chunk files of stores made before packs (format <= 2)
 //! STORE/lock           flock(2)ed exclusively by the process that has the store open
 //! STORE/stats.json     usage published by a mounted daemon after each durable commit
 //! ```
@@ -12,7 +14,8 @@ use crate::chunker::ChunkParams;
 use crate::error::FsError;
 use crate::fs::Usage;
 use crate::meta::{FORMAT_VERSION, MetaDb};
-use crate::store::LocalDirStore;
+use crate::store::PackStore;
+use crate::store::codec::Codec;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,10 @@ pub enum VolumeError {
     Locked(PathBuf),
     #[error("store {path}: {err}")]
     Meta { path: PathBuf, err: FsError },
+    #[error(
+        "store {path}: the pack index index.redb is damaged ({err}); `dedupfs fsck --repair {path}` rebuilds it from the packs"
+    )]
+    IndexDamaged { path: PathBuf, err: FsError },
     #[error("store {path}: {err}")]
     Io { path: PathBuf, err: io::Error },
 }
@@ -48,12 +55,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
 pub struct Volume {
     pub dir: PathBuf,
     pub meta: MetaDb,
-    pub chunks: Arc<LocalDirStore>,
+    pub chunks: Arc<PackStore>,
     pub lock: File,
 }
 
 /// Creates an empty store at `dir` (which may exist if empty).
-pub fn init(dir: &Path, params: ChunkParams, fixed_patterns: &[String]) -> Result<(), VolumeError> {
+pub fn init(
+    dir: &Path,
+    params: ChunkParams,
+    fixed_patterns: &[String],
+    codec: Codec,
+    pack_bytes: u64,
+) -> Result<(), VolumeError> {
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
         if entries.next().is_some() {
@@ -62,7 +75,6 @@ pub fn init(dir: &Path, params: ChunkParams, fixed_patterns: &[String]) -> Resul
     } else {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    fs::create_dir_all(dir.join("chunks")).map_err(io_err(dir))?;
     let (uid, gid) = (
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
@@ -74,6 +86,11 @@ pub fn init(dir: &Path, params: ChunkParams, fixed_patterns: &[String]) -> Resul
     let meta = MetaDb::create(&dir.join("meta.redb"), params, uid, gid).map_err(meta_err)?;
     meta.set_fixed_patterns(fixed_patterns).map_err(meta_err)?;
     drop(meta);
+    let packs = PackStore::open(dir).map_err(meta_err)?;
+    packs.set_codec(codec);
+    packs.set_target(pack_bytes).map_err(meta_err)?;
+    crate::store::ChunkStore::sync(&packs).map_err(meta_err)?;
+    drop(packs);
     // The marker is written last: a store without it was never finished.
     fs::write(
         dir.join(MARKER),
@@ -126,9 +143,18 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
         path: dir.to_path_buf(),
         err,
     })?;
-    let chunks = LocalDirStore::open(&dir.join("chunks")).map_err(|err| VolumeError::Meta {
-        path: dir.to_path_buf(),
-        err,
+    let chunks = PackStore::open(dir).map_err(|err| {
+        let index = dir.join("index.redb");
+        match crate::store::pack_index::PackIndex::open(&index) {
+            Err(e) if index.exists() => VolumeError::IndexDamaged {
+                path: dir.to_path_buf(),
+                err: e,
+            },
+            _ => VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err,
+            },
+        }
     })?;
     Ok(Volume {
         dir: dir.to_path_buf(),
@@ -136,6 +162,14 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
         chunks: Arc::new(chunks),
         lock,
     })
+}
+
+/// Moves a damaged pack index aside (`index.redb.damaged`), so that the next open rebuilds
+/// it from the packs. Returns where it went.
+pub fn set_aside_index(dir: &Path) -> Result<PathBuf, VolumeError> {
+    let to = dir.join("index.redb.damaged");
+    fs::rename(dir.join("index.redb"), &to).map_err(io_err(dir))?;
+    Ok(to)
 }
 
 /// Publishes usage figures for `stats` on a mounted store (atomically, by rename).

@@ -4,7 +4,8 @@
 
 use crate::fs::Fs;
 use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
-use crate::maint::gc::{GcReport, gc};
+use crate::maint::gc::{GcOptions, GcReport, gc_with};
+use crate::store::ChunkStore;
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +16,17 @@ use std::sync::Arc;
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    Gc { dry_run: bool },
-    Fsck { verify_data: bool },
+    Gc {
+        dry_run: bool,
+        #[serde(default)]
+        repack: bool,
+    },
+    SetCompression {
+        codec: String,
+    },
+    Fsck {
+        verify_data: bool,
+    },
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -77,8 +87,26 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
 
 fn handle(fs: &Fs, req: Request) -> Answer {
     let result = match req {
-        Request::Gc { dry_run } => fs
-            .with_quiesced(|meta, store| gc(meta, store, dry_run))
+        Request::SetCompression { codec } => {
+            codec.parse::<crate::store::codec::Codec>().and_then(|c| {
+                let packs = fs
+                    .store()
+                    .packs()
+                    .ok_or_else(|| "this store has no pack store".to_string())?;
+                packs.set_codec(c);
+                packs.sync().map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({ "compression": c.to_string() }))
+            })
+        }
+        Request::Gc { dry_run, repack } => fs
+            .with_quiesced(|meta, store| {
+                let opts = GcOptions {
+                    dry_run,
+                    repack,
+                    ..GcOptions::default()
+                };
+                gc_with(meta, store, opts)
+            })
             .map_err(|e| e.to_string())
             .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::Fsck { verify_data } => fs

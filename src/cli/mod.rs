@@ -5,9 +5,10 @@ use crate::chunker::{ChunkParams, DEFAULT_AVG};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::DedupFuse;
 use crate::maint::fsck::{FsckOptions, FsckReport, Progress, Severity, fsck};
-use crate::maint::gc::{GcReport, gc};
+use crate::maint::gc::{GcOptions, GcReport, gc_with};
 use crate::maint::stats::{StatsReport, stats};
 use crate::meta::MetaDb;
+use crate::store::codec::Codec;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -44,6 +45,14 @@ enum Cmd {
         /// file's policy can also be set with the xattr user.dedupfs.chunking=fixed|cdc.
         #[arg(long, value_delimiter = ',')]
         fixed_for: Vec<String>,
+        /// Compression of new chunks: zstd[:LEVEL] (1-19), lz4 or none. A chunk is kept raw
+        /// when compressing it saves less than 1/8. Changeable later with `dedupfs set`.
+        #[arg(long, default_value_t = Codec::default())]
+        compression: Codec,
+        /// Size in MiB at which pack files are sealed (1 to 1024). Larger packs mean fewer
+        /// files; smaller ones let compaction rewrite less at a time.
+        #[arg(long, default_value_t = 32)]
+        pack_mib: u64,
     },
     /// Serve a store at a mountpoint until it is unmounted (umount, fusermount3 -u, Ctrl-C).
     Mount {
@@ -74,14 +83,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove chunk files no metadata references (mounted or not).
+    /// Remove chunks no metadata references and compact packs whose dead share is high
+    /// (mounted or not).
     Gc {
         store: PathBuf,
-        /// Report what would be removed without removing anything.
+        /// Report what would be removed and reclaimed without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Also move the loose chunk files of a store made before packs into packs.
+        #[arg(long)]
+        repack: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Change a store setting (mounted or not): `dedupfs set STORE compression zstd:3`.
+    Set {
+        store: PathBuf,
+        #[command(subcommand)]
+        setting: Setting,
     },
     /// Show logical and physical bytes, chunk count and dedup ratio (mounted or not).
     Stats {
@@ -89,6 +108,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum Setting {
+    /// Compression of chunks written from now on: zstd[:LEVEL], lz4 or none. Chunks already
+    /// stored keep their codec (ids are hashes of the plaintext, so dedup is unaffected).
+    Compression { codec: Codec },
 }
 
 pub fn main() -> ExitCode {
@@ -115,16 +141,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             store,
             avg_chunk,
             fixed_for,
+            compression,
+            pack_mib,
         } => {
             let params = ChunkParams::from_avg(avg_chunk).map_err(|e| anyhow!(e))?;
+            if !(1..=1024).contains(&pack_mib) {
+                bail!("--pack-mib {pack_mib}: use 1 to 1024");
+            }
             let patterns: Vec<String> = fixed_for
                 .into_iter()
                 .map(|p| p.trim().to_string())
                 .filter(|p| !p.is_empty())
                 .collect();
-            volume::init(&store, params, &patterns)?;
+            volume::init(
+                &store,
+                params,
+                &patterns,
+                compression,
+                pack_mib.saturating_mul(1 << 20),
+            )?;
             println!(
-                "initialised dedupfs store {} (chunks: min {} / avg {} / max {} bytes)",
+                "initialised dedupfs store {} (chunks: min {} / avg {} / max {} bytes; compression {compression})",
                 store.display(),
                 params.min,
                 params.avg,
@@ -159,8 +196,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 repair,
                 verify_data,
             };
-            let report = match volume::open(&store) {
-                Ok(vol) => run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?,
+            let opened = match volume::open(&store) {
+                Err(VolumeError::IndexDamaged { err, .. }) if repair => {
+                    let aside = volume::set_aside_index(&store)?;
+                    eprintln!(
+                        "the pack index was damaged ({err}); moved it to {} and rebuilt it from the packs",
+                        aside.display()
+                    );
+                    volume::open(&store)
+                }
+                other => other,
+            };
+            let report = match opened {
+                Ok(vol) => {
+                    let mut report = run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?;
+                    let index_damage = report.findings.iter().any(|f| {
+                        f.kind == crate::maint::fsck::FindingKind::PackDamaged
+                            && f.severity == Severity::Error
+                    });
+                    if repair && index_damage {
+                        // Live chunks whose records are damaged or missing where the index
+                        // points: the index is rebuilt from what the packs really hold (a chunk
+                        // with an intact copy anywhere is found again), then checked again.
+                        let rb = vol.chunks.rebuild_index()?;
+                        eprintln!(
+                            "rebuilt the pack index from {} packs ({} records, {} damaged places)",
+                            rb.packs,
+                            rb.records,
+                            rb.damaged.len()
+                        );
+                        report = run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?;
+                    }
+                    report
+                }
                 Err(VolumeError::Locked(_)) if repair => {
                     bail!(
                         "store {} is mounted: unmount it before fsck --repair",
@@ -187,12 +255,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gc {
             store,
             dry_run,
+            repack,
             json,
         } => {
+            let opts = GcOptions {
+                dry_run,
+                repack,
+                ..GcOptions::default()
+            };
             let report = match volume::open(&store) {
-                Ok(vol) => gc(&vol.meta, vol.chunks.as_ref(), dry_run)?,
+                Ok(vol) => gc_with(&vol.meta, vol.chunks.as_ref(), opts)?,
                 Err(VolumeError::Locked(_)) => {
-                    control::request(&store, &control::Request::Gc { dry_run })?.into_gc()?
+                    control::request(&store, &control::Request::Gc { dry_run, repack })?
+                        .into_gc()?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -201,6 +276,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 out(&render_gc(&report));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Set {
+            store,
+            setting: Setting::Compression { codec },
+        } => {
+            match volume::open(&store) {
+                Ok(vol) => {
+                    vol.chunks.set_codec(codec);
+                    crate::store::ChunkStore::sync(vol.chunks.as_ref())?;
+                }
+                Err(VolumeError::Locked(_)) => {
+                    control::request(
+                        &store,
+                        &control::Request::SetCompression {
+                            codec: codec.to_string(),
+                        },
+                    )?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            println!("compression of new chunks: {codec}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats { store, json } => {
@@ -217,10 +314,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn stats_of(store: &Path) -> Result<StatsReport> {
     match volume::lock(store) {
-        Ok(_lock) => {
-            let meta = MetaDb::open(&store.join("meta.redb"))
-                .with_context(|| format!("store {}", store.display()))?;
-            Ok(stats(&meta)?)
+        Ok(lock) => {
+            drop(lock);
+            let vol = match volume::open(store) {
+                Err(VolumeError::Locked(_)) => return stats_of(store),
+                other => other?,
+            };
+            Ok(stats(&vol.meta, vol.chunks.as_ref())?)
         }
         Err(VolumeError::Locked(_)) => {
             let u = volume::read_published_stats(store).with_context(|| {
@@ -275,8 +375,21 @@ pub fn render_stats(r: &StatsReport) -> String {
         r.physical_bytes,
         human(r.physical_bytes)
     );
+    s += &format!(
+        "stored bytes:     {} ({}, after compression)\n",
+        r.stored_bytes,
+        human(r.stored_bytes)
+    );
+    s += &format!(
+        "on disk:          {} ({} in {} packs, {} dead)\n",
+        r.disk_bytes,
+        human(r.disk_bytes),
+        r.packs,
+        human(r.dead_bytes)
+    );
     s += &format!("chunks:           {}\n", r.chunk_count);
     s += &format!("dedup ratio:      {:.2}\n", r.dedup_ratio);
+    s += &format!("compression:      {:.2}\n", r.compression_ratio);
     if r.from_mounted_daemon {
         s += "(store is mounted: figures from the daemon's last sync, at most a few seconds old)\n";
     }
@@ -347,8 +460,8 @@ pub fn render_fsck(r: &FsckReport) -> String {
 }
 
 pub fn render_gc(r: &GcReport) -> String {
-    format!(
-        "{} {} chunk files ({}); kept {} live; forgot {} refcount-0 entries; scanned {} files \
+    let mut s = format!(
+        "{} {} chunks ({}); kept {} live; forgot {} refcount-0 entries; scanned {} chunks \
          (index: {} bytes per live chunk)\n",
         if r.dry_run { "would remove" } else { "removed" },
         r.removed_chunks,
@@ -357,7 +470,47 @@ pub fn render_gc(r: &GcReport) -> String {
         r.forgotten_chunks,
         r.scanned_files,
         r.bytes_per_chunk_index
-    )
+    );
+    if r.unknown_packs_removed > 0 {
+        s += &format!(
+            "{} {} pack files the index does not know ({})\n",
+            if r.dry_run { "would remove" } else { "removed" },
+            r.unknown_packs_removed,
+            human(r.unknown_pack_bytes)
+        );
+    }
+    if let Some(p) = &r.repacked {
+        s += &format!(
+            "moved {} loose chunk files ({}) into packs; {} damaged ones left in place\n",
+            p.chunks,
+            human(p.bytes),
+            p.damaged
+        );
+    }
+    if let Some(c) = &r.compaction {
+        s += &format!(
+            "compaction: {} {} of {} sealed packs, moving {} live chunks ({}); {} {} on disk\n",
+            if r.dry_run {
+                "would rewrite"
+            } else {
+                "rewrote"
+            },
+            c.packs_compacted,
+            c.packs_examined,
+            c.chunks_moved,
+            human(c.bytes_copied),
+            if r.dry_run {
+                "would reclaim"
+            } else {
+                "reclaimed"
+            },
+            human(c.bytes_reclaimed)
+        );
+        for why in &c.skipped {
+            s += &format!("compaction skipped {why}\n");
+        }
+    }
+    s
 }
 
 struct MountOpts {

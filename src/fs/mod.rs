@@ -25,7 +25,7 @@ use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use crate::meta::{self, Attr, DirEntry, Kind, MetaDb, MetaRead, ROOT_INO, Ts, WTx};
-use crate::store::{ChunkCache, ChunkStore, SpaceUsage};
+use crate::store::{ChunkCache, ChunkStore, SpaceUsage, StoreUsage};
 use dirty::DirtyMap;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -1031,6 +1031,15 @@ impl Fs {
         } = self.store().space()?;
         let bsize = 4096u64;
         let files = self.with_view(|r| r.meta_u64("next_ino"))?.unwrap_or(2);
+        // Used = what the store's data takes on disk, where the store knows it (packs, dead
+        // records included); free = what the backing filesystem has left (the metadata reserve
+        // is allocated, so it is not counted free).
+        let used = self.store().usage()?.disk_bytes;
+        let (total_bytes, free_bytes) = if used > 0 {
+            (used + avail_bytes, avail_bytes)
+        } else {
+            (total_bytes, free_bytes)
+        };
         Ok(StatFs {
             blocks: total_bytes / bsize,
             bfree: free_bytes / bsize,
@@ -1157,23 +1166,34 @@ impl Fs {
         self.settle(st)?;
         self.remove_fresh_dead_chunks(st);
         self.unsynced_bytes.store(0, Ordering::Relaxed);
-        self.store().sync()?;
-        // On a nearly full device, give the reserve back first: a failed commit would close
-        // the database and lose the changes it carried (a delete meant to free space).
+        // On a nearly full device, give the reserve back first: a failed commit (of the pack
+        // index in the store's sync, or of the metadata) would lose the changes it carried (a
+        // delete meant to free space).
         let low = self
             .store()
             .space()
             .is_ok_and(|s| s.avail_bytes < LOW_SPACE);
         let released = low && self.store().release_reserve();
-        let committed = self.meta.make_durable();
         if released {
             tracing::warn!("backing store nearly full: used the metadata reserve");
         }
-        committed?;
+        self.store().sync()?;
+        self.meta.make_durable()?;
         st.since_durable = false;
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.
         self.remove_dead_chunks()?;
+        // Packs keep removed chunks as dead bytes: give back what is wholly dead now, and on
+        // a nearly full device compact (a deleted file must make room again).
+        match self.store().reclaim(low) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!("reclaimed {n} bytes of dead chunks");
+                // Cached slices of deleted packs would keep their space allocated.
+                self.cache.drop_mapped();
+            }
+            Err(e) => tracing::warn!("cannot reclaim the space of deleted chunks: {e}"),
+        }
         if released {
             self.store().restore_reserve();
         }
@@ -1432,12 +1452,15 @@ impl Fs {
         // resident now without having been verified by the cache, so the memo must not vouch
         // for them.
         self.cache.forget_verified();
+        // gc may have compacted packs away: mappings the cache holds would keep their space
+        // allocated (an unlinked file lives while mapped).
+        self.cache.drop_mapped();
         out
     }
 
     /// Figures for `stats`: logical, referenced and physical bytes, chunk count.
     pub fn usage(&self) -> Result<Usage> {
-        usage_of(&self.meta)
+        usage_of(&self.meta, self.store().as_ref())
     }
 }
 
@@ -1448,13 +1471,17 @@ pub struct Usage {
     pub logical_bytes: u64,
     /// Sum of the lengths of all chunk references (data that is not a hole).
     pub referenced_bytes: u64,
-    /// Sum of the lengths of distinct live chunks: what the store holds.
+    /// Sum of the lengths of distinct live chunks: what the store holds, before compression.
     pub physical_bytes: u64,
     pub chunk_count: u64,
     pub files: u64,
+    /// The store's own figures: stored (compressed) bytes, bytes of pack files on disk (dead
+    /// records included), dead bytes, pack count.
+    #[serde(default, flatten)]
+    pub store: StoreUsage,
 }
 
-pub fn usage_of(m: &MetaDb) -> Result<Usage> {
+pub fn usage_of(m: &MetaDb, store: &dyn ChunkStore) -> Result<Usage> {
     let r = m.begin_read()?;
     Ok(Usage {
         logical_bytes: r.counter(meta::C_LOGICAL)?,
@@ -1462,5 +1489,6 @@ pub fn usage_of(m: &MetaDb) -> Result<Usage> {
         physical_bytes: r.counter(meta::C_PHYSICAL)?,
         chunk_count: r.counter(meta::C_CHUNKS)?,
         files: r.counter(meta::C_FILES)?,
+        store: store.usage()?,
     })
 }

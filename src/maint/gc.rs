@@ -1,4 +1,5 @@
-//! `dedupfs gc`: removes chunk files that no committed metadata references.
+//! `dedupfs gc`: removes chunks that no committed metadata references, then compacts packs
+//! (`store/compact.rs`) so that the bytes of removed chunks go back to the disk.
 //!
 //! Guards the crash-ordering invariant from the other side (docs/design.md): chunk files are
 //! synced before the metadata that names them is committed, so a crash can leave chunk files
@@ -23,6 +24,9 @@ use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
 use crate::meta::MetaDb;
 use crate::store::ChunkStore;
+use crate::store::compact::{
+    COMPACT_MIN_DEAD, CompactReport, RepackReport, compact, remove_unknown_packs, repack_loose,
+};
 use serde::{Deserialize, Serialize};
 
 /// Bytes of memory the live-chunk index costs per live chunk.
@@ -43,6 +47,38 @@ pub struct GcReport {
     pub forgotten_chunks: u64,
     /// Memory cost of the live-chunk index, per live chunk.
     pub bytes_per_chunk_index: usize,
+    /// Pack files the index did not know (written after the last durable point before a
+    /// crash), removed.
+    #[serde(default)]
+    pub unknown_packs_removed: u64,
+    #[serde(default)]
+    pub unknown_pack_bytes: u64,
+    /// Pack compaction (pack stores only).
+    #[serde(default)]
+    pub compaction: Option<CompactReport>,
+    /// Loose chunk files moved into packs (`--repack`).
+    #[serde(default)]
+    pub repacked: Option<RepackReport>,
+}
+
+/// What `gc` does besides removing garbage chunks.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    /// Move loose chunk files (stores made before packs) into packs.
+    pub repack: bool,
+    /// Compact packs with at least this share of dead bytes.
+    pub min_dead: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            dry_run: false,
+            repack: false,
+            min_dead: COMPACT_MIN_DEAD,
+        }
+    }
 }
 
 /// The first 8 bytes of a chunk id: the key of the live index.
@@ -55,6 +91,33 @@ fn prefix(id: &ChunkId) -> u64 {
 /// Removes unreferenced chunk files and forgets refcount-0 chunks. With `dry_run`, changes
 /// nothing (not even the durable commit) and reports what would be removed.
 pub fn gc(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcReport> {
+    gc_with(
+        meta,
+        store,
+        GcOptions {
+            dry_run,
+            ..GcOptions::default()
+        },
+    )
+}
+
+/// `gc` with its options: garbage chunks first, then (pack stores) unknown packs, loose chunk
+/// files into packs when asked, and compaction of packs whose dead share is high.
+pub fn gc_with(meta: &MetaDb, store: &dyn ChunkStore, opts: GcOptions) -> Result<GcReport> {
+    let mut report = remove_garbage(meta, store, opts.dry_run)?;
+    if let Some(packs) = store.packs() {
+        let (n, bytes) = remove_unknown_packs(packs, opts.dry_run)?;
+        report.unknown_packs_removed = n;
+        report.unknown_pack_bytes = bytes;
+        if opts.repack && !opts.dry_run {
+            report.repacked = Some(repack_loose(packs)?);
+        }
+        report.compaction = Some(compact(packs, opts.min_dead, opts.dry_run, true)?);
+    }
+    Ok(report)
+}
+
+fn remove_garbage(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcReport> {
     if !dry_run {
         // Judge by durable metadata: chunk files first, then the metadata that names them.
         store.sync()?;
@@ -106,8 +169,8 @@ pub fn gc(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcRepo
     drop(r);
 
     for id in &garbage {
-        let len = match store.get(id) {
-            Ok(b) => b.len() as u64,
+        let len = match store.stat(id) {
+            Ok(n) => n,
             // Removed since the scan (by a concurrent remover): nothing left to do.
             Err(FsError::MissingChunk { .. }) => continue,
             Err(e) => return Err(e),

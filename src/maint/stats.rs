@@ -1,8 +1,10 @@
-//! `dedupfs stats`: logical, referenced and physical bytes, chunk count, dedup ratio.
+//! `dedupfs stats`: logical, referenced and unique (physical) bytes, stored bytes after
+//! compression, bytes on disk, chunk count, dedup and compression ratios.
 
 use crate::error::Result;
 use crate::fs::{Usage, usage_of};
 use crate::meta::MetaDb;
+use crate::store::ChunkStore;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -12,8 +14,17 @@ pub struct StatsReport {
     pub physical_bytes: u64,
     pub chunk_count: u64,
     pub files: u64,
+    /// Bytes of live chunks as stored, after compression.
+    pub stored_bytes: u64,
+    /// Bytes of the store's pack files on disk, dead records included.
+    pub disk_bytes: u64,
+    /// Bytes of pack files no live chunk uses (compaction reclaims them).
+    pub dead_bytes: u64,
+    pub packs: u64,
     /// referenced / physical: how many times each stored byte is used on average.
     pub dedup_ratio: f64,
+    /// physical / stored: what compression saves on the unique chunks.
+    pub compression_ratio: f64,
     /// True when the figures come from a mounted daemon's last published snapshot.
     pub from_mounted_daemon: bool,
 }
@@ -26,6 +37,15 @@ impl StatsReport {
             physical_bytes: u.physical_bytes,
             chunk_count: u.chunk_count,
             files: u.files,
+            stored_bytes: u.store.stored_bytes,
+            disk_bytes: u.store.disk_bytes,
+            dead_bytes: u.store.dead_bytes,
+            packs: u.store.packs,
+            compression_ratio: if u.store.stored_bytes == 0 {
+                1.0
+            } else {
+                u.physical_bytes as f64 / u.store.stored_bytes as f64
+            },
             dedup_ratio: if u.physical_bytes == 0 {
                 1.0
             } else {
@@ -36,6 +56,6 @@ impl StatsReport {
     }
 }
 
-pub fn stats(meta: &MetaDb) -> Result<StatsReport> {
-    Ok(StatsReport::from_usage(usage_of(meta)?, false))
+pub fn stats(meta: &MetaDb, store: &dyn ChunkStore) -> Result<StatsReport> {
+    Ok(StatsReport::from_usage(usage_of(meta, store)?, false))
 }

@@ -21,7 +21,10 @@ use std::path::Path;
 /// Schema version of the metadata database. Bump on any incompatible change to a table.
 /// 2: chunk files at `chunks/xx/<hex>` (1: `chunks/xx/yy/<hex>`, still read; a store of
 /// format 1 is marked 2 when opened, so an older dedupfs refuses it rather than miss chunks).
-pub const FORMAT_VERSION: u64 = 2;
+/// 3: new chunks go to pack files (`packs/`, `index.redb`); the tables here are unchanged, so
+/// stores of format 1 and 2 are marked 3 when opened (their loose chunk files are still read),
+/// and an older dedupfs then refuses them rather than miss chunks that live in packs.
+pub const FORMAT_VERSION: u64 = 3;
 pub const ROOT_INO: Ino = 1;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -129,7 +132,7 @@ impl MetaDb {
         };
         match version {
             Some(FORMAT_VERSION) => Ok(meta),
-            Some(1) => {
+            Some(1 | 2) => {
                 let mut tx = meta.begin_write()?;
                 tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
                 tx.commit(true)?;

@@ -38,6 +38,9 @@ use crate::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod store;
+use store::scan_store;
+
 /// Name of the directory (in `/`) that repair reattaches unreachable inodes under.
 pub const LOST_FOUND: &[u8] = b"lost+found";
 /// Garbage chunk files listed one by one; beyond this a single summary finding counts them.
@@ -96,6 +99,10 @@ pub enum FindingKind {
     CorruptChunk,
     FileDataLost,
     GarbageChunk,
+    /// A pack record fails its checks, or the index points where no matching record is.
+    PackDamaged,
+    /// A pack file the index does not know (garbage after a crash).
+    UnknownPack,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +127,9 @@ pub struct FsckReport {
     pub inodes_checked: u64,
     /// Bytes re-hashed (verify_data).
     pub bytes_verified: u64,
+    /// Pack files whose every record was checked.
+    #[serde(default)]
+    pub packs_checked: u64,
     /// Findings repair fixed.
     pub repaired: usize,
 }
@@ -153,6 +163,7 @@ pub enum Phase {
     Dirents,
     Extents,
     Chunks,
+    Packs,
     StoreFiles,
     Repair,
     Verify,
@@ -1193,194 +1204,6 @@ impl FileAcc {
             );
         }
     }
-}
-
-#[derive(Clone, Copy)]
-enum Damage {
-    Missing,
-    Length(u64),
-    Corrupt,
-}
-
-/// Checks the chunk files of live (and `extra`) chunks, names the files whose data is lost,
-/// and reports chunk files no metadata knows.
-fn scan_store(
-    r: &RTx,
-    store: &dyn ChunkStore,
-    verify: bool,
-    extra: &[(ChunkId, u32)],
-    report: &mut FsckReport,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Item>> {
-    use FindingKind as K;
-    use Severity::{Error, Info};
-    let total = r.counter(C_CHUNKS)?;
-    progress(Progress {
-        phase: Phase::Chunks,
-        done: 0,
-        total: Some(total),
-    });
-    let mut damaged: BTreeMap<ChunkId, (Damage, u32)> = BTreeMap::new();
-    let mut err: Option<FsError> = None;
-    let mut check = |id: ChunkId, len: u32, report: &mut FsckReport| {
-        if err.is_some() {
-            return;
-        }
-        report.chunks_checked += 1;
-        if report.chunks_checked.is_multiple_of(PROGRESS_EVERY) || verify {
-            progress(Progress {
-                phase: Phase::Chunks,
-                done: report.chunks_checked,
-                total: Some(total),
-            });
-        }
-        match store.get(&id) {
-            Err(FsError::MissingChunk { .. }) => {
-                damaged.insert(id, (Damage::Missing, len));
-            }
-            Err(e) => err = Some(e),
-            Ok(b) if b.len() as u64 != len as u64 => {
-                damaged.insert(id, (Damage::Length(b.len() as u64), len));
-            }
-            Ok(b) => {
-                if verify {
-                    report.bytes_verified += b.len() as u64;
-                    if ChunkId::of(&b) != id {
-                        damaged.insert(id, (Damage::Corrupt, len));
-                    }
-                }
-            }
-        }
-    };
-    r.for_each_chunk(&mut |id, rc, len| {
-        if rc > 0 {
-            check(id, len, report);
-        }
-    })?;
-    for &(id, len) in extra {
-        check(id, len, report);
-    }
-    if let Some(e) = err {
-        return Err(e);
-    }
-
-    let mut items = Vec::new();
-    for (id, (d, len)) in &damaged {
-        let (kind, msg) = match d {
-            Damage::Missing => (K::MissingChunkFile, "chunk file is missing".to_string()),
-            Damage::Length(actual) => (
-                K::ChunkLengthMismatch,
-                format!("chunk file has {actual} bytes, metadata says {len}"),
-            ),
-            Damage::Corrupt => (
-                K::CorruptChunk,
-                "chunk file content does not match its name (blake3)".to_string(),
-            ),
-        };
-        items.push(item(kind, Error, msg).chunk(id));
-    }
-    if !damaged.is_empty() {
-        // Name every file that references a damaged chunk.
-        struct Lost {
-            extents: u64,
-            bytes: u64,
-            first: ChunkId,
-            ranges: Vec<(u64, u64)>,
-        }
-        let mut lost: BTreeMap<Ino, Lost> = BTreeMap::new();
-        r.for_each_extent(&mut |ino, e| {
-            if damaged.contains_key(&e.id) {
-                let l = lost.entry(ino).or_insert(Lost {
-                    extents: 0,
-                    bytes: 0,
-                    first: e.id,
-                    ranges: Vec::new(),
-                });
-                l.extents += 1;
-                l.bytes += e.len as u64;
-                if l.ranges.len() < 8 {
-                    l.ranges.push((e.offset, e.end()));
-                }
-            }
-        })?;
-        for (ino, l) in lost {
-            let ranges: Vec<String> = l.ranges.iter().map(|(s, t)| format!("{s}..{t}")).collect();
-            let more = if (l.ranges.len() as u64) < l.extents {
-                ", ..."
-            } else {
-                ""
-            };
-            items.push(
-                item(
-                    K::FileDataLost,
-                    Error,
-                    format!(
-                        "file lost data: {} bytes in {} chunks missing or corrupt (byte ranges {}{more}); reads there fail with EIO",
-                        l.bytes,
-                        l.extents,
-                        ranges.join(", ")
-                    ),
-                )
-                .ino(ino)
-                .chunk(&l.first),
-            );
-        }
-    }
-
-    // Chunk files no metadata knows: garbage a crash left behind, for gc.
-    progress(Progress {
-        phase: Phase::StoreFiles,
-        done: 0,
-        total: None,
-    });
-    let mut garbage: Vec<ChunkId> = Vec::new();
-    let mut garbage_count: u64 = 0;
-    let mut garbage_bytes: u64 = 0;
-    let mut err: Option<FsError> = None;
-    store.for_each(&mut |id| {
-        if err.is_some() {
-            return;
-        }
-        match r.chunk(&id) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                garbage_count += 1;
-                match store.get(&id) {
-                    Ok(b) => garbage_bytes += b.len() as u64,
-                    Err(FsError::MissingChunk { .. }) => {}
-                    Err(e) => err = Some(e),
-                }
-                if garbage.len() < GARBAGE_LISTED {
-                    garbage.push(id);
-                }
-            }
-            Err(e) => err = Some(e),
-        }
-    })?;
-    if let Some(e) = err {
-        return Err(e);
-    }
-    garbage.sort_unstable();
-    for id in &garbage {
-        items.push(
-            item(
-                K::GarbageChunk,
-                Info,
-                "chunk file is unknown to the metadata: garbage, run gc".into(),
-            )
-            .chunk(id),
-        );
-    }
-    if garbage_count > garbage.len() as u64 {
-        items.push(item(
-            K::GarbageChunk,
-            Info,
-            format!(
-                "{garbage_count} chunk files ({garbage_bytes} bytes) in all are unknown to the metadata: garbage, run gc"
-            ),
-        ));
-    }
-    Ok(items)
 }
 
 /// Fills in `path` for findings about an inode, from the directories' names and one pass
