@@ -16,6 +16,9 @@
 //! SIGKILLs the daemon, checks the crashed store with `fsck --verify-data`, remounts, checks every
 //! name against the journal, writes again, unmounts, and runs `fsck`, `gc`, `fsck`.
 //!
+//! Half the trials use 1 MiB packs (kills land during pack seals and creations), and a third
+//! run `dedupfs gc` on the mounted volume in a loop meanwhile (kills land during compaction).
+//!
 //! Only what the contract promises is asserted (POSIX strength: a new or removed name needs its
 //! directory fsynced, even though dedupfs commits the whole tree at every durable point).
 //!
@@ -880,13 +883,45 @@ fn start_workload(vol: &Volume, seed: u64) -> Running {
 fn trial(seed: u64) -> TrialOutcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let kill_after = Duration::from_millis(rng.random_range(KILL_AFTER_MS));
-    let mut vol = Volume::new();
+    // Half the trials seal packs at 1 MiB, so kills land during seals and new packs too; a
+    // third run gc (pack compaction, in the daemon) over and over while the workload writes
+    // and deletes, so kills land during compaction.
+    let small_packs = seed % 2 == 1;
+    let mut vol = if small_packs {
+        Volume::with_args(&["--pack-mib", "1"], &[])
+    } else {
+        Volume::new()
+    };
     let Running {
         journal,
         killed,
         stop: _,
         worker,
     } = start_workload(&vol, rng.next_u64());
+    let gc_loop = seed.is_multiple_of(3).then(|| {
+        let store = vol.store.clone();
+        let killed = killed.clone();
+        thread::spawn(move || {
+            let mut runs = 0u32;
+            while !killed.load(Ordering::SeqCst) {
+                let out = Command::new(BIN)
+                    .arg("gc")
+                    .arg(&store)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("spawn gc");
+                if !out.status.success() && !killed.load(Ordering::SeqCst) {
+                    return Err(format!(
+                        "gc on the mounted store failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                runs += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Ok(runs)
+        })
+    });
 
     let start = Instant::now();
     while start.elapsed() < kill_after && !worker.is_finished() {
@@ -896,6 +931,7 @@ fn trial(seed: u64) -> TrialOutcome {
     killed.store(true, Ordering::SeqCst);
     vol.kill9();
     let result = worker.join().expect("workload thread panicked");
+    let gc_result = gc_loop.map(|t| t.join().expect("gc thread panicked"));
 
     let j = journal.lock().expect("journal lock");
     // A copy of the store as the kill left it (chunk files are immutable, so hard links do;
@@ -924,6 +960,9 @@ fn trial(seed: u64) -> TrialOutcome {
             "{}",
             context(&vol, "an operation failed while the daemon was alive", &e)
         );
+    }
+    if let Some(Err(e)) = gc_result {
+        panic!("{}", context(&vol, "gc during the workload", &e));
     }
 
     snapshot_store(&vol.store, &crashed);
@@ -1021,10 +1060,25 @@ fn trial(seed: u64) -> TrialOutcome {
 
 /// `cp -al STORE DEST`, then a real copy of the database over its link.
 fn snapshot_store(store: &Path, dest: &Path) {
+    // Loose chunk files are immutable, so hard links do; the databases are copied, and so are
+    // the packs (the next open cuts their torn tails, which would change a linked copy).
     common::run(Command::new("cp").arg("-al").arg(store).arg(dest));
-    let db = dest.join("meta.redb");
-    fs::remove_file(&db).expect("unlink linked meta.redb");
-    fs::copy(store.join("meta.redb"), &db).expect("copy meta.redb");
+    for db in ["meta.redb", "index.redb"] {
+        let d = dest.join(db);
+        if d.exists() {
+            fs::remove_file(&d).expect("unlink linked database");
+            fs::copy(store.join(db), &d).expect("copy database");
+        }
+    }
+    if dest.join("packs").exists() {
+        fs::remove_dir_all(dest.join("packs")).expect("unlink linked packs");
+        common::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(store.join("packs"))
+                .arg(dest.join("packs")),
+        );
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1,5 +1,5 @@
-//! Damaged chunk files must never turn into wrong bytes: a chunk whose content no longer
-//! matches its name, a chunk file deleted or truncated by hand, each gives EIO to the reader
+//! Damaged packs must never turn into wrong bytes: a chunk record whose bytes no longer match
+//! its name, a pack deleted or truncated by hand, each gives EIO to the reader
 //! (through a real mount, also after the cache was warm), a log line naming the chunk and the
 //! file, and an fsck error naming the file; undamaged files stay readable.
 
@@ -13,19 +13,14 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dedupfs");
 
-/// Chunk files: `chunks/xx/<64 hex>`.
-fn chunk_files(store: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for a in fs::read_dir(store.join("chunks")).unwrap().flatten() {
-        if a.file_name() == "tmp" || !a.path().is_dir() {
-            continue;
-        }
-        for b in fs::read_dir(a.path()).unwrap().flatten() {
-            if b.file_name().len() == 64 && b.path().is_file() {
-                out.push(b.path());
-            }
-        }
-    }
+/// Pack files: `packs/<16 hex>.pack`.
+fn pack_files(store: &std::path::Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
     out.sort();
     out
 }
@@ -47,36 +42,45 @@ fn damaged_chunks_give_eio_a_log_line_and_fsck_errors_never_wrong_bytes() {
     // Files below the 16 KiB minimum chunk size: exactly one chunk each.
     let names = ["corrupt", "deleted", "truncated", "intact"];
     let mut contents = Vec::new();
+    // One mount per file: each mount starts new packs, so each file's chunk has a pack of
+    // its own and the damage below hits one file.
     for (i, n) in names.iter().enumerate() {
         let data = random_bytes(60 + i as u64, 12 * 1024);
         fs::write(vol.path(n), &data).unwrap();
         contents.push(data);
+        vol.remount();
     }
     // Warm the cache with one file, so the damage must be caught on a later load too.
     assert_eq!(read_all(&vol.path("corrupt")), contents[0]);
     vol.unmount();
-    let chunks = chunk_files(&vol.store);
-    assert_eq!(chunks.len(), 4, "one chunk per file: {chunks:?}");
-    let name_of = |data: &[u8]| -> PathBuf {
-        let hex = blake3::hash(data).to_hex().to_string();
-        chunks
-            .iter()
-            .find(|p| p.file_name().unwrap().to_string_lossy() == hex)
-            .unwrap_or_else(|| panic!("no chunk file {hex}"))
-            .clone()
+    let packs = pack_files(&vol.store);
+    let pack_of = |data: &[u8]| -> (PathBuf, usize) {
+        let id = blake3::hash(data);
+        for p in &packs {
+            let bytes = fs::read(p).unwrap();
+            if let Some(at) = bytes.windows(32).position(|w| w == id.as_bytes()) {
+                return (p.clone(), at);
+            }
+        }
+        panic!("no pack holds chunk {}", id.to_hex())
     };
-    // Corrupt one byte in place, delete one, truncate one.
-    let corrupt = name_of(&contents[0]);
+    let (corrupt, at) = pack_of(&contents[0]);
+    let (deleted, _) = pack_of(&contents[1]);
+    let (trunc, _) = pack_of(&contents[2]);
+    let (intact, _) = pack_of(&contents[3]);
+    let distinct: std::collections::BTreeSet<_> = [&corrupt, &deleted, &trunc, &intact].into();
+    assert_eq!(distinct.len(), 4, "one pack per file: {packs:?}");
+    // Corrupt one byte of the chunk's data in place (the id sits 8 bytes into the record
+    // header, the data starts 56 bytes after it), delete one pack, truncate one.
     let mut bytes = fs::read(&corrupt).unwrap();
-    bytes[1000] ^= 0xFF;
+    bytes[at + 56 + 1000] ^= 0xFF;
     OpenOptions::new()
         .write(true)
         .open(&corrupt)
         .unwrap()
         .write_all(&bytes)
         .unwrap();
-    fs::remove_file(name_of(&contents[1])).unwrap();
-    let trunc = name_of(&contents[2]);
+    fs::remove_file(&deleted).unwrap();
     OpenOptions::new()
         .write(true)
         .open(&trunc)
@@ -95,7 +99,7 @@ fn damaged_chunks_give_eio_a_log_line_and_fsck_errors_never_wrong_bytes() {
     }
     assert_eq!(read_all(&vol.path("intact")), contents[3]);
     let log = vol.log();
-    let hex = corrupt.file_name().unwrap().to_string_lossy().to_string();
+    let hex = blake3::hash(&contents[0]).to_hex().to_string();
     assert!(
         log.lines()
             .any(|l| l.contains(&hex) && l.contains("ino") && l.contains("unreadable")),

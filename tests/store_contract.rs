@@ -8,7 +8,8 @@
 
 use dedupfs::error::FsError;
 use dedupfs::hash::ChunkId;
-use dedupfs::store::{ChunkCache, ChunkStore, FailingStore, LocalDirStore, MemoryStore};
+use dedupfs::store::codec::Codec;
+use dedupfs::store::{ChunkCache, ChunkStore, FailingStore, LocalDirStore, MemoryStore, PackStore};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -169,6 +170,46 @@ fn local_dir_store_survives_reopen_and_ignores_leftover_temp_files() {
         0,
         "temp files are cleaned"
     );
+}
+
+#[test]
+fn pack_store_keeps_the_contract_with_every_codec() {
+    for codec in [Codec::default(), Codec::Zstd(9), Codec::Lz4, Codec::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackStore::open(dir.path()).unwrap();
+        store.set_codec(codec);
+        contract(&format!("PackStore({codec})"), &store);
+        // The same chunks after a sync and a reopen.
+        let before = listed(&store);
+        store.sync().unwrap();
+        drop(store);
+        let store = PackStore::open(dir.path()).unwrap();
+        assert_eq!(listed(&store), before, "PackStore({codec}) after reopen");
+        assert_eq!(store.codec(), codec, "the codec setting survives a reopen");
+    }
+}
+
+#[test]
+fn pack_store_over_loose_chunks_of_a_format_2_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let loose = LocalDirStore::open(&dir.path().join("chunks")).unwrap();
+    let old = blob(77, 50_000);
+    let old_id = put_blob(&loose, &old);
+    loose.sync().unwrap();
+    drop(loose);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(&*store.get(&old_id).unwrap(), &old[..], "loose chunk read");
+    assert_eq!(listed(&store), BTreeSet::from([old_id]));
+    store.remove(&old_id).unwrap();
+    assert!(listed(&store).is_empty(), "loose chunk removed");
+    contract("PackStore over loose chunks", &store);
+}
+
+#[test]
+fn failing_pack_store_without_faults_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FailingStore::new(Arc::new(PackStore::open(dir.path()).unwrap()));
+    contract("FailingStore(PackStore)", &store);
 }
 
 #[test]

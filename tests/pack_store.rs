@@ -1,0 +1,328 @@
+//! The pack store's own promises, beyond the store contract: what survives a crash (only what
+//! `sync` made durable; a torn tail is cut, never appended after), a lost index rebuilt from
+//! the packs, compaction giving dead bytes back without losing a live chunk, compression
+//! where it pays, and damage (a flipped byte, a truncated or missing pack) reported by the
+//! cache and by the pack check rather than served.
+//!
+//! Guards against: chunks the index names but whose bytes were never synced, appends after
+//! garbage, a compaction that deletes a pack still holding a live chunk, a rebuild that misses
+//! chunks, and damaged records served as data.
+
+use dedupfs::error::FsError;
+use dedupfs::hash::ChunkId;
+use dedupfs::store::codec::Codec;
+use dedupfs::store::compact::{compact, remove_unknown_packs, verify_packs};
+use dedupfs::store::pack::{PACK_HEADER_LEN, pack_file_name};
+use dedupfs::store::pack_index::PackState;
+use dedupfs::store::{ChunkCache, ChunkStore, PackStore};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta "];
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(words[(s % 6) as usize].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn put(store: &dyn ChunkStore, data: &[u8]) -> ChunkId {
+    let id = ChunkId::of(data);
+    store.put(&id, data).unwrap();
+    id
+}
+
+fn listed(store: &dyn ChunkStore) -> BTreeSet<ChunkId> {
+    let mut out = BTreeSet::new();
+    store
+        .for_each(&mut |id| {
+            out.insert(id);
+        })
+        .unwrap();
+    out
+}
+
+fn pack_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn only_synced_chunks_survive_a_crash_and_the_torn_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let kept: Vec<ChunkId> = (0..10).map(|i| put(&store, &noise(i, 20_000))).collect();
+    store.sync().unwrap();
+    let lost: Vec<ChunkId> = (10..20).map(|i| put(&store, &noise(i, 20_000))).collect();
+    // A crash: the process goes away without a sync (drop does not sync).
+    drop(store);
+    let packs = pack_files(dir.path());
+    assert_eq!(packs.len(), 1);
+    let before = std::fs::metadata(&packs[0]).unwrap().len();
+    // A torn record after the tail as well.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&packs[0])
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"DDRC torn half-written record").unwrap();
+    drop(f);
+
+    let store = PackStore::open(dir.path()).unwrap();
+    let after = std::fs::metadata(&packs[0]).unwrap().len();
+    assert!(after < before, "uncommitted tail cut: {before} -> {after}");
+    for id in &kept {
+        assert!(store.get(id).is_ok(), "synced chunk {id} survives");
+    }
+    for id in &lost {
+        assert!(
+            matches!(store.get(id), Err(FsError::MissingChunk { .. })),
+            "unsynced chunk {id} is gone, not half there"
+        );
+    }
+    // New chunks go to a new pack: nothing is appended after the cut.
+    let fresh = put(&store, &noise(99, 20_000));
+    store.sync().unwrap();
+    assert_eq!(pack_files(dir.path()).len(), 2);
+    assert_eq!(std::fs::metadata(&packs[0]).unwrap().len(), after);
+    assert!(store.get(&fresh).is_ok());
+    let check = verify_packs(&store, true).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let ids: BTreeSet<ChunkId> = (0..50)
+        .map(|i| put(&store, &text(i, 30_000 + i as usize)))
+        .collect();
+    store.sync().unwrap();
+    drop(store);
+    std::fs::remove_file(dir.path().join("index.redb")).unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(listed(&store), ids);
+    let cache = ChunkCache::new(Arc::new(store), 1 << 20);
+    for i in 0..50u64 {
+        let data = text(i, 30_000 + i as usize);
+        assert_eq!(
+            &**cache.get(&ChunkId::of(&data), data.len() as u64).unwrap(),
+            &data[..]
+        );
+    }
+}
+
+#[test]
+fn a_damaged_index_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    put(&store, &noise(1, 1000));
+    store.sync().unwrap();
+    drop(store);
+    std::fs::write(dir.path().join("index.redb"), b"garbage, not a database").unwrap();
+    let err = PackStore::open(dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("fsck --repair"), "{err}");
+}
+
+#[test]
+fn compressible_chunks_are_stored_compressed_and_noise_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(store.codec(), Codec::default());
+    let t = text(1, 64 << 10);
+    let n = noise(2, 64 << 10);
+    let (tid, nid) = (put(&store, &t), put(&store, &n));
+    store.sync().unwrap();
+    let tl = store.locate(&tid).unwrap().unwrap();
+    let nl = store.locate(&nid).unwrap().unwrap();
+    assert!(
+        tl.codec != 0 && (tl.stored_len as usize) < t.len() / 2,
+        "{tl:?}"
+    );
+    assert_eq!(
+        (nl.codec, nl.stored_len as usize),
+        (0, n.len()),
+        "noise kept raw"
+    );
+    let u = store.usage().unwrap();
+    assert_eq!(u.stored_bytes, tl.stored_len as u64 + nl.stored_len as u64);
+    assert_eq!(&*store.get(&tid).unwrap(), &t[..]);
+    assert_eq!(&*store.get(&nid).unwrap(), &n[..]);
+}
+
+#[test]
+fn compaction_frees_dead_bytes_and_keeps_every_live_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    store.set_codec(Codec::None);
+    // ~80 MiB in 1 MiB chunks: three packs.
+    let ids: Vec<ChunkId> = (0..80).map(|i| put(&store, &noise(i, 1 << 20))).collect();
+    store.sync().unwrap();
+    let disk0 = store.usage().unwrap().disk_bytes;
+    let (dead, live): (Vec<_>, Vec<_>) = ids.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    for (_, id) in &dead {
+        store.remove(id).unwrap();
+    }
+    store.sync().unwrap();
+    let dry = compact(&store, 0.2, true, true).unwrap();
+    assert!(dry.packs_compacted >= 2, "{dry:?}");
+    assert_eq!(
+        store.usage().unwrap().disk_bytes,
+        disk0,
+        "dry run changes nothing"
+    );
+    let done = compact(&store, 0.2, false, true).unwrap();
+    assert!(done.skipped.is_empty(), "{done:?}");
+    let u = store.usage().unwrap();
+    let freed = disk0 - u.disk_bytes;
+    let deleted = 40u64 << 20;
+    assert!(
+        freed * 10 >= deleted * 9,
+        "freed {freed} of {deleted} deleted bytes"
+    );
+    let du: u64 = pack_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(du, u.disk_bytes, "usage matches the files");
+    for (i, id) in &live {
+        assert_eq!(&*store.get(id).unwrap(), &noise(*i as u64, 1 << 20)[..]);
+    }
+    for (_, id) in &dead {
+        assert!(store.get(id).is_err());
+    }
+    // And after a reopen, from the index alone.
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    for (i, id) in &live {
+        assert_eq!(&*store.get(id).unwrap(), &noise(*i as u64, 1 << 20)[..]);
+    }
+    let check = verify_packs(&store, true).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
+
+#[test]
+fn a_retired_pack_left_by_a_crash_is_deleted_at_open_and_unknown_packs_by_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let a = put(&store, &noise(1, 5000));
+    store.sync().unwrap();
+    store.remove(&a).unwrap();
+    store.sync().unwrap();
+    // A pack no index commit names (a crash after its creation) is garbage.
+    let unknown = dir.path().join("packs").join(pack_file_name(900));
+    std::fs::write(&unknown, b"whatever").unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(store.unknown_pack_files().unwrap().len(), 1);
+    // New packs never reuse its id.
+    let b = put(&store, &noise(2, 5000));
+    store.sync().unwrap();
+    assert!(store.locate(&b).unwrap().unwrap().pack > 900);
+    assert_eq!(remove_unknown_packs(&store, false).unwrap().0, 1);
+    assert!(!unknown.exists());
+    // The first pack has no live chunk: compaction deletes it outright.
+    let r = compact(&store, 0.2, false, true).unwrap();
+    assert!(r.packs_compacted >= 1, "{r:?}");
+    assert!(store.get(&b).is_ok());
+    let rows = store.index().packs().unwrap();
+    assert!(rows.iter().all(|(_, r)| r.state != PackState::Retired));
+}
+
+#[test]
+fn damaged_records_are_refused_and_reported_with_their_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PackStore::open(dir.path()).unwrap());
+    let raw = noise(5, 100_000);
+    let comp = text(6, 100_000);
+    let (rid, cid) = (put(store.as_ref(), &raw), put(store.as_ref(), &comp));
+    store.sync().unwrap();
+    let rl = store.locate(&rid).unwrap().unwrap();
+    let cl = store.locate(&cid).unwrap().unwrap();
+    let path = store.pack_path(rl.pack);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(rl.stored_start() + 500) as usize] ^= 0x10;
+    bytes[(cl.stored_start() + 20) as usize] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let cache = ChunkCache::new(store.clone(), 1 << 20);
+    assert!(matches!(
+        cache.get(&rid, raw.len() as u64),
+        Err(FsError::CorruptChunk { .. })
+    ));
+    assert!(matches!(
+        cache.get(&cid, comp.len() as u64),
+        Err(FsError::CorruptChunk { .. })
+    ));
+    let check = verify_packs(&store, false).unwrap();
+    let bad: BTreeSet<ChunkId> = check.damaged_chunks().collect();
+    assert_eq!(bad, BTreeSet::from([rid, cid]), "{:?}", check.problems);
+
+    // A truncated pack: the chunks past the cut are missing, not garbage.
+    drop(cache);
+    drop(store);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(PACK_HEADER_LEN + 10).unwrap();
+    drop(f);
+    let store2 = PackStore::open(dir.path()).unwrap();
+    assert!(store2.get(&rid).is_err());
+    assert!(store2.stat(&cid).is_err());
+    let check = verify_packs(&store2, false).unwrap();
+    let bad: BTreeSet<ChunkId> = check.damaged_chunks().collect();
+    assert_eq!(bad, BTreeSet::from([rid, cid]), "{:?}", check.problems);
+}
+
+#[test]
+fn concurrent_writers_and_syncs_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    put(store, &noise(t * 1000 + i, 3000 + (i as usize % 7) * 1000));
+                    if i % 50 == 0 {
+                        store.sync().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    store.sync().unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    for t in 0..4u64 {
+        for i in 0..200u64 {
+            let d = noise(t * 1000 + i, 3000 + (i as usize % 7) * 1000);
+            assert_eq!(&*store.get(&ChunkId::of(&d)).unwrap(), &d[..]);
+        }
+    }
+    let check = verify_packs(&store, true).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
