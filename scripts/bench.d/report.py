@@ -12,6 +12,8 @@ ap.add_argument("--header", required=True)
 ap.add_argument("--data-bytes", type=int, required=True)
 ap.add_argument("--fio-bytes", type=int, required=True)
 ap.add_argument("--fio-runtime", type=int, required=True)
+ap.add_argument("--backing", default="?", help="what the figures were measured on")
+ap.add_argument("--codec", default="?", help="the codec of the in-process compression figures")
 a = ap.parse_args()
 
 R = {}
@@ -130,7 +132,11 @@ def row(step, unit, vals, kind, inproc=None, inproc_label="", store="–"):
 cdc1 = cdc["cdc_blake3_1t_gbps"] if cdc else None
 cdc2 = cdc["cdc_blake3_2t_gbps"] if cdc else None
 b3 = cdc["blake3_gbps"] if cdc else None
+codec = (cdc or {}).get("codec", a.codec)
 cdc_label = f"{fmt(cdc1, 'gbps')} (1 thread; 2 threads pipelined {fmt(cdc2, 'gbps')})" if cdc else "–"
+if cdc and cdc.get("cdc_blake3_codec_1t_gbps") is not None:
+    cdc_label += (f"; + {codec} per new chunk: 1 thread {fmt(cdc['cdc_blake3_codec_1t_gbps'], 'gbps')}, "
+                  f"2 threads {fmt(cdc.get('cdc_blake3_codec_2t_gbps'), 'gbps')}")
 cdc_rate_note = ""
 if cdc and cdc.get("rate_bytes", cdc["bytes"]) < cdc["bytes"]:
     cdc_rate_note = f" (in-process rates timed on the first {human(cdc['rate_bytes'])} of the data)"
@@ -234,6 +240,9 @@ hdr = ["step", "unit", "dedupfs", "ext4", "bindfs", "in-process FastCDC + blake3
        "dedupfs ÷ ext4", "dedupfs ÷ bindfs", "dedupfs ÷ in-process", "dedupfs store after the step"]
 out = []
 out.append(open(a.header).read().rstrip("\n"))
+out.append("")
+out.append(f"**Backing: {a.backing}** (dedupfs stores, native ext4 directory and bindfs's backing "
+           "directory alike)")
 out.append("")
 out.append("| " + " | ".join(hdr) + " |")
 out.append("|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|")
