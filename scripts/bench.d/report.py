@@ -12,6 +12,8 @@ ap.add_argument("--header", required=True)
 ap.add_argument("--data-bytes", type=int, required=True)
 ap.add_argument("--fio-bytes", type=int, required=True)
 ap.add_argument("--fio-runtime", type=int, required=True)
+ap.add_argument("--backing", default="?", help="what the figures were measured on")
+ap.add_argument("--codec", default="?", help="the codec of the in-process compression figures")
 a = ap.parse_args()
 
 R = {}
@@ -47,7 +49,32 @@ def stats(step):
     return json.loads(v) if v else None
 
 
-cdc = json.loads(R["cdc"]) if "cdc" in R else None
+def load(key):
+    try:
+        return json.loads(R[key]) if key in R else None
+    except ValueError:
+        return None
+
+
+cdc = load("cdc")
+cdc_one = load("cdc_onefile")  # the tree's archive as one file
+cdc_tree = load("cdc_tree")  # the tree's files, each chunked on its own (sizes only)
+
+
+def field(d, k):
+    """d[k] as a number, or None when d or the field is missing (older dedupfs, failed step)."""
+    if not d:
+        return None
+    v = d.get(k)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def div(a, b):
+    return None if a is None or b is None or b == 0 else a / b
 
 
 def phys(fs, step):
@@ -78,6 +105,10 @@ def fmt(v, kind):
         return f"{v / MiB:,.1f}"
     if kind == "x":
         return f"{v:.3g}"
+    if kind == "pct":
+        return f"{v:.1f}"
+    if kind == "int":
+        return f"{v:,.0f}"
     return str(v)
 
 
@@ -90,18 +121,24 @@ def ratio(x, y):
 
 def human(b):
     if b is None:
-        return "?"
+        return "–"
     if abs(b) >= GiB:
         return f"{b / GiB:.2f} GiB"
     return f"{b / MiB:.1f} MiB"
+
+
+def packs(s):
+    n = field(s, "packs")
+    return "–" if n is None else f"{n:,.0f}"
 
 
 def store_cell(step, extra=""):
     s = stats(step)
     if not s:
         return "–"
-    cell = (f"phys {human(s['physical_bytes'])}, logical {human(s['logical_bytes'])}, "
-            f"ratio {s['dedup_ratio']:.2f}, {s['chunk_count']:,} chunks")
+    cell = (f"phys {human(s['physical_bytes'])}, stored {human(field(s, 'stored_bytes'))}, "
+            f"on disk {human(field(s, 'disk_bytes'))}, logical {human(s['logical_bytes'])}, "
+            f"ratio {s['dedup_ratio']:.2f}, {s['chunk_count']:,} chunks, {packs(s)} packs")
     return cell + extra
 
 
@@ -127,10 +164,14 @@ def row(step, unit, vals, kind, inproc=None, inproc_label="", store="–"):
     rows.append((step, unit, vals, kind, inproc, inproc_label, store))
 
 
-cdc1 = cdc["cdc_blake3_1t_gbps"] if cdc else None
-cdc2 = cdc["cdc_blake3_2t_gbps"] if cdc else None
-b3 = cdc["blake3_gbps"] if cdc else None
+cdc1 = field(cdc, "cdc_blake3_1t_gbps")
+cdc2 = field(cdc, "cdc_blake3_2t_gbps")
+b3 = field(cdc, "blake3_gbps")
+codec = (cdc or {}).get("codec", a.codec)
 cdc_label = f"{fmt(cdc1, 'gbps')} (1 thread; 2 threads pipelined {fmt(cdc2, 'gbps')})" if cdc else "–"
+if field(cdc, "cdc_blake3_codec_1t_gbps") is not None:
+    cdc_label += (f"; + {codec} per new chunk: 1 thread {fmt(field(cdc, 'cdc_blake3_codec_1t_gbps'), 'gbps')}, "
+                  f"2 threads {fmt(field(cdc, 'cdc_blake3_codec_2t_gbps'), 'gbps')}")
 cdc_rate_note = ""
 if cdc and cdc.get("rate_bytes", cdc["bytes"]) < cdc["bytes"]:
     cdc_rate_note = f" (in-process rates timed on the first {human(cdc['rate_bytes'])} of the data)"
@@ -142,6 +183,9 @@ row(f"sequential write, {size} unique data (dd bs=1M conv=fsync)", "GB/s",
     store_cell("write", f" (in-process: {cdc['chunks']:,})" if cdc else ""))
 row(f"same {size} again under another name (dedup path)", "GB/s",
     {f: gbps(f"{f}.rewrite", N) for f in FS}, "gbps", cdc1, cdc_label, store_cell("rewrite"))
+row("↳ files the store is made of after that write (find STORE -type f \\| wc -l, unmounted)", "files",
+    {"dedupfs": num("dedupfs.store_files.write")}, "int",
+    store=f"{packs(stats('write'))} packs" if stats("write") else "–")
 row("↳ physical bytes added by that second copy", "MiB",
     {f: delta(f, "write", "rewrite") for f in FS}, "mib")
 
@@ -212,17 +256,102 @@ if fixed_ran:
 tree_n = R.get("tree.entries", "?")
 tree_extra = ""
 st, sb = stats("tar"), stats("randwrite_fixed") or stats("randwrite")
+# The tree's logical bytes: the regular files' sizes in the archive (cdc_rate --tar), else what
+# the store's logical bytes grew by.
+tree_logical = field(cdc_tree, "unit_bytes")
+tree_disk = tree_stored = None
 if st and sb:
     dl = st["logical_bytes"] - sb["logical_bytes"]
     dp = st["physical_bytes"] - sb["physical_bytes"]
+    tree_logical = tree_logical if tree_logical is not None else dl
+    tree_stored = diff(field(st, "stored_bytes"), field(sb, "stored_bytes"))
+    tree_disk = diff(field(st, "disk_bytes"), field(sb, "disk_bytes"))
     tree_extra = f"; tree alone: logical {human(dl)}, phys {human(dp)}" + (
-        f", ratio {dl / dp:.2f}" if dp > 0 else "")
+        f", ratio {dl / dp:.2f}" if dp > 0 else "") + (
+        f", stored {human(tree_stored)}, on disk {human(tree_disk)}")
+tree_inproc = field(cdc_tree, "compressed_bytes")
 row(f"tar x of /usr/share ({int(tree_n):,} entries, "
     f"{int(R.get('tree.bytes', 0)) / MiB:.0f} MiB archive), then syncfs", "s",
     {f: seconds(f"{f}.tar") for f in FS}, "s", store=store_cell("tar", tree_extra))
 row("↳ tar x until written back and durable (dedupfs: tar, syncfs, then umount until the daemon "
     "exits; ext4: = above; bindfs: + syncfs of its backing directory)", "s",
     {f: seconds(f"{f}.tar_durable") for f in FS}, "s")
+tree_cells = {"dedupfs": div(tree_disk, tree_logical)}
+for f in ("ext4", "bindfs"):
+    tree_cells[f] = div(delta(f, "randwrite", "tar"), tree_logical)
+tree_label = "–"
+if tree_inproc is not None:
+    tree_label = (f"{fmt(div(tree_inproc, tree_logical), 'x')} ({human(tree_inproc)}: the tree's "
+                  f"{cdc_tree['distinct_chunks']:,} distinct chunks, each compressed alone with {codec}; "
+                  f"logical {human(tree_logical)})")
+row("↳ the tree on disk ÷ its logical bytes (dedupfs: disk_bytes added by the tar x; ext4, bindfs: "
+    "du added; in-process: its chunks compressed one by one) — dedupfs ÷ in-process = disk_bytes "
+    "÷ in-process compressed", "×", tree_cells, "x",
+    inproc=div(tree_inproc, tree_logical), inproc_label=tree_label,
+    store=(f"tree: on disk {human(tree_disk)}, stored {human(tree_stored)}, in-process compressed "
+           f"{human(tree_inproc)}, logical {human(tree_logical)}: disk ÷ in-process "
+           f"{ratio(tree_disk, tree_inproc)}, disk ÷ logical {ratio(tree_disk, tree_logical)}"))
+
+# The tree's archive written as one file (each target: a fresh store or directory).
+one_n = field(cdc_one, "bytes") or num("tree.bytes")
+one_inproc2 = field(cdc_one, "cdc_blake3_codec_2t_gbps")
+one_label = "–"
+if cdc_one and one_inproc2 is not None:
+    one_label = (f"{fmt(one_inproc2, 'gbps')} (FastCDC + blake3 + {codec} per new chunk, 2 threads; "
+                 f"1 thread {fmt(field(cdc_one, 'cdc_blake3_codec_1t_gbps'), 'gbps')}; without "
+                 f"compression 1 thread {fmt(field(cdc_one, 'cdc_blake3_1t_gbps'), 'gbps')})")
+so = stats("onefile")
+one_inproc = field(cdc_one, "compressed_bytes")
+one_cell = "–"
+if so:
+    one_cell = (f"stored {human(field(so, 'stored_bytes'))}, on disk {human(field(so, 'disk_bytes'))}, "
+                f"phys {human(so['physical_bytes'])}, logical {human(so['logical_bytes'])}: "
+                f"stored ÷ logical {ratio(field(so, 'stored_bytes'), so['logical_bytes'])}, "
+                f"disk ÷ logical {ratio(field(so, 'disk_bytes'), so['logical_bytes'])}; "
+                f"{so['chunk_count']:,} chunks, {packs(so)} packs; du -sb of the store "
+                f"{human(num('dedupfs.du_sb.onefile'))}")
+row(f"compressible data written as one file: the tree's tar archive "
+    f"({(one_n or 0) / MiB:.0f} MiB), dd bs=1M conv=fsync, fresh store / directory", "GB/s",
+    {f: gbps(f"{f}.onefile", one_n) for f in FS} if one_n else {}, "gbps", one_inproc2, one_label,
+    one_cell)
+one_label2 = "–"
+if one_inproc is not None:
+    one_label2 = (f"{fmt(div(one_inproc, one_n), 'x')} ({human(one_inproc)}: its "
+                  f"{cdc_one['distinct_chunks']:,} distinct chunks, each compressed alone with {codec})")
+row("↳ that file on disk ÷ its logical bytes (dedupfs: disk_bytes; ext4, bindfs: du; in-process: "
+    "its chunks compressed one by one)", "×",
+    {"dedupfs": div(field(so, "disk_bytes"), one_n),
+     **{f: div(phys(f, "onefile"), one_n) for f in ("ext4", "bindfs")}}, "x",
+    inproc=div(one_inproc, one_n), inproc_label=one_label2)
+
+# Delete half then gc (dedupfs only, fresh store).
+gw, gdel, ga = stats("gc_written"), stats("gc_deleted"), stats("gc_after")
+deleted = num("gc.deleted_bytes")
+gc_fall = div(diff(field(gw, "disk_bytes"), field(ga, "disk_bytes")), deleted)
+du_w, du_d, du_a = num("dedupfs.du_sb.gc_written"), num("dedupfs.du_sb.gc_deleted"), num("dedupfs.du_sb.gc_after")
+du_fall = div(diff(du_w, du_a), deleted)
+gc_rep = load("dedupfs.gc.report")
+gc_bits = []
+if gc_rep:
+    for k, v in gc_rep.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "bytes_per_chunk_index":
+            gc_bits.append(f"{k} {human(v) if 'bytes' in k else f'{v:,}'}")
+gc_cell = "–"
+if gw or ga:
+    gc_cell = (f"disk_bytes {human(field(gw, 'disk_bytes'))} → {human(field(gdel, 'disk_bytes'))} "
+               f"(deleted) → {human(field(ga, 'disk_bytes'))} (gc); du -sb {human(du_w)} → "
+               f"{human(du_d)} → {human(du_a)}; deleted {human(deleted)}; "
+               f"stored after gc {human(field(ga, 'stored_bytes'))}, {packs(ga)} packs"
+               + (f"; gc: {', '.join(gc_bits)}" if gc_bits else ""))
+gc_files = R.get("gc.file_bytes")
+gc_n = R.get("gc.files", "16")
+gc_desc = f"{gc_n} files × {human(float(gc_files))}" if gc_files else f"{gc_n} files"
+row(f"delete half then gc: {gc_desc} of unique incompressible data written one after another, "
+    "every second file deleted, unmount, dedupfs gc: fall of disk_bytes ÷ bytes deleted", "%",
+    {"dedupfs": None if gc_fall is None else 100 * gc_fall}, "pct", store=gc_cell)
+row("↳ the same, measured with du -sb STORE", "%",
+    {"dedupfs": None if du_fall is None else 100 * du_fall}, "pct")
+row("↳ time of that dedupfs gc (unmounted)", "s", {"dedupfs": seconds("dedupfs.gc")}, "s")
 
 row(f"peak daemon RSS during the {size} write (VmHWM)", "MiB",
     {f: (num(f"{f}.hwm_kib") * 1024 if num(f"{f}.hwm_kib") is not None else None)
@@ -234,6 +363,9 @@ hdr = ["step", "unit", "dedupfs", "ext4", "bindfs", "in-process FastCDC + blake3
        "dedupfs ÷ ext4", "dedupfs ÷ bindfs", "dedupfs ÷ in-process", "dedupfs store after the step"]
 out = []
 out.append(open(a.header).read().rstrip("\n"))
+out.append("")
+out.append(f"**Backing: {a.backing}** (dedupfs stores, native ext4 directory and bindfs's backing "
+           "directory alike)")
 out.append("")
 out.append("| " + " | ".join(hdr) + " |")
 out.append("|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|")
@@ -249,7 +381,10 @@ out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS
            f"{cdc['reps'] if cdc else '?'} after a warm-up pass{cdc_rate_note}). "
            "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
            "go through the page cache). "
-           "ext4 and bindfs \"physical\" figures are `du` of the directory.")
+           "ext4 and bindfs \"physical\" figures are `du` of the directory. "
+           "dedupfs stats: phys = unique chunk bytes before compression, stored = live chunks as "
+           "stored (compressed), on disk = the store's data files incl. dead pack bytes; \"–\" = "
+           "not reported by this dedupfs (or the step failed).")
 if fixed_ran:
     out.append("")
     out.append("dedupfs chunking policy on random 4 KiB I/O, fixed blocks ÷ CDC chunks (same data, same "
@@ -304,9 +439,13 @@ if swr and sfl:
 if sfl and sfw and sfw["logical_bytes"] != sfl["logical_bytes"]:
     checks.append(f"random overwrites of the fixed-block file changed logical_bytes from "
                   f"{sfl['logical_bytes']:,} to {sfw['logical_bytes']:,}")
+if gw and ga and deleted is not None and ga["logical_bytes"] != gw["logical_bytes"] - deleted:
+    checks.append(f"gc step: logical_bytes went from {gw['logical_bytes']:,} to {ga['logical_bytes']:,} "
+                  f"after deleting {deleted:,.0f} bytes")
 for f in FS:
     for k in ("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread",
-              "randwrite_fixed", "randread_fixed", "tar", "tar_durable"):
+              "randwrite_fixed", "randread_fixed", "tar", "tar_durable", "onefile", "gc",
+              "gc.verify"):
         if err(f"{f}.{k}"):
             checks.append(f"{f}: step {k} failed (see notes)")
 if checks or notes:
