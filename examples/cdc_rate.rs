@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use dedupfs::chunker::{ChunkParams, Chunker};
 use dedupfs::hash::ChunkId;
+use dedupfs::store::codec::Codec;
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -71,80 +72,21 @@ fn rate(bytes: usize, reps: usize, mut pass: impl FnMut()) -> f64 {
     median(v)
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Codec {
-    None,
-    Zstd(i32),
-    Lz4,
-}
-
-impl Codec {
-    fn parse(s: &str) -> Result<Codec, String> {
-        match s {
-            "none" => Ok(Codec::None),
-            "lz4" => Ok(Codec::Lz4),
-            "zstd" => Ok(Codec::Zstd(3)), // zstd's own default level
-            _ => match s.strip_prefix("zstd:") {
-                Some(l) => l
-                    .parse()
-                    .map(Codec::Zstd)
-                    .map_err(|_| format!("bad zstd level in {s:?}")),
-                None => Err(format!("unknown codec {s:?}: zstd[:LEVEL], lz4 or none")),
-            },
-        }
-    }
-
-    fn name(self) -> String {
-        match self {
-            Codec::None => "none".into(),
-            Codec::Zstd(l) => format!("zstd:{l}"),
-            Codec::Lz4 => "lz4".into(),
-        }
-    }
-}
-
-/// Per-chunk compression with a reused context and output buffer.
+/// Per-chunk compression exactly as the store does it (`dedupfs::store::codec`: the codec's
+/// level, the lz4 probe that keeps incompressible chunks raw, the 1/8 rule).
 struct Compressor {
     codec: Codec,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
-    buf: Vec<u8>,
 }
 
 impl Compressor {
     fn new(codec: Codec) -> Compressor {
-        let zstd = match codec {
-            Codec::Zstd(level) => Some(zstd::bulk::Compressor::new(level).expect("zstd context")),
-            _ => None,
-        };
-        Compressor {
-            codec,
-            zstd,
-            buf: Vec::new(),
-        }
+        Compressor { codec }
     }
 
-    /// Bytes the store keeps for `chunk`: its compressed size, or its own size when compression
-    /// saves less than 1/8 of it.
+    /// Bytes the store keeps for `chunk`: its compressed size, or its own size when the store
+    /// would keep it raw.
     fn stored_len(&mut self, chunk: &[u8]) -> usize {
-        let n = chunk.len();
-        let c = match self.codec {
-            Codec::None => return n,
-            Codec::Zstd(_) => {
-                self.buf.clear();
-                self.buf.reserve(zstd::zstd_safe::compress_bound(n));
-                let z = self.zstd.as_mut().unwrap();
-                z.compress_to_buffer(chunk, &mut self.buf)
-                    .expect("zstd compress")
-            }
-            Codec::Lz4 => {
-                let max = lz4_flex::block::get_maximum_output_size(n);
-                if self.buf.len() < max {
-                    self.buf.resize(max, 0);
-                }
-                lz4_flex::block::compress_into(chunk, &mut self.buf).expect("lz4 compress")
-            }
-        };
-        if n.saturating_sub(c) * 8 < n { n } else { c }
+        self.codec.compress(chunk).map_or(chunk.len(), |c| c.len())
     }
 }
 
@@ -153,9 +95,7 @@ fn tar_members(all: &[u8]) -> Result<Vec<(usize, usize)>, String> {
     fn size_field(f: &[u8]) -> Result<usize, String> {
         if f[0] & 0x80 != 0 {
             // GNU base-256
-            return Ok(f[1..]
-                .iter()
-                .fold(0usize, |a, &b| (a << 8) | b as usize));
+            return Ok(f[1..].iter().fold(0usize, |a, &b| (a << 8) | b as usize));
         }
         let s = std::str::from_utf8(f).map_err(|_| "size field is not ASCII")?;
         let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
@@ -221,7 +161,7 @@ fn main() {
             }
             "--codec" => {
                 let s = args.next().expect("--codec zstd[:LEVEL]|lz4|none");
-                codec = Some(Codec::parse(&s).unwrap_or_else(|e| {
+                codec = Some(s.parse::<Codec>().unwrap_or_else(|e| {
                     eprintln!("cdc_rate: {e}");
                     std::process::exit(2)
                 }))
@@ -373,7 +313,7 @@ fn main() {
     });
     let o = out.as_object_mut().unwrap();
     if let Some(codec) = codec {
-        o.insert("codec".into(), json!(codec.name()));
+        o.insert("codec".into(), json!(codec.to_string()));
         o.insert("compressed_bytes".into(), json!(compressed_bytes));
         o.insert("raw_chunks".into(), json!(raw_chunks));
         if sizes_only {

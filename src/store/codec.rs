@@ -105,11 +105,35 @@ impl Codec {
         }
         let out = match self {
             Codec::None => return None,
-            Codec::Zstd(level) => zstd::bulk::compress(raw, level).ok()?,
+            Codec::Zstd(level) => zstd_compress(raw, level)?,
             Codec::Lz4 => lz4_flex::block::compress(raw),
         };
         (out.len() <= raw.len() - raw.len() / 8).then_some(out)
     }
+}
+
+thread_local! {
+    /// A zstd compression context per thread and level: creating one costs more than
+    /// compressing a 64 KiB chunk at level 1.
+    static ZSTD_C: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_D: std::cell::RefCell<std::io::Result<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new());
+}
+
+fn zstd_compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    ZSTD_C.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, z) = c.as_mut()?;
+        // Output larger than 7/8 of the input is useless (the chunk is kept raw): give the
+        // compressor no more room than that, so it stops early.
+        let mut out = Vec::with_capacity(raw.len() - raw.len() / 8);
+        z.compress_to_buffer(raw, &mut out).ok()?;
+        Some(out)
+    })
 }
 
 /// Turns stored bytes of codec `codec` back into the `raw_len` bytes of the chunk.
