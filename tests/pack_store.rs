@@ -326,3 +326,33 @@ fn concurrent_writers_and_syncs_lose_nothing() {
     let check = verify_packs(&store, true).unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
 }
+
+#[test]
+fn background_compaction_steps_only_when_dead_bytes_are_worth_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    store.set_codec(Codec::None);
+    let ids: Vec<ChunkId> = (0..128).map(|i| put(&store, &noise(i, 1 << 20))).collect();
+    store.sync().unwrap();
+    // A few dead chunks: below the threshold, nothing happens.
+    for id in &ids[..8] {
+        store.remove(id).unwrap();
+    }
+    store.sync().unwrap();
+    assert_eq!(store.compact_step().unwrap(), 0);
+    // Most of the first packs dead: a step frees space, a bounded amount at a time.
+    for id in &ids[8..96] {
+        store.remove(id).unwrap();
+    }
+    store.sync().unwrap();
+    let before = store.usage().unwrap();
+    let freed = store.compact_step().unwrap();
+    let after = store.usage().unwrap();
+    assert!(freed >= 32 << 20, "freed {freed}: {before:?} -> {after:?}");
+    assert_eq!(before.disk_bytes - after.disk_bytes, freed);
+    for (i, id) in ids.iter().enumerate().skip(96) {
+        assert_eq!(&*store.get(id).unwrap(), &noise(i as u64, 1 << 20)[..]);
+    }
+    let check = verify_packs(&store, true).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+}

@@ -720,6 +720,8 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
                     last = Instant::now();
                     if let Err(e) = fs.sync_all(false) {
                         tracing::error!("periodic flush failed: {e}");
+                    } else if let Err(e) = fs.compact_step() {
+                        tracing::warn!("background compaction: {e}");
                     }
                 }
             }

@@ -1458,6 +1458,18 @@ impl Fs {
         out
     }
 
+    /// One bounded step of background compaction (the flusher calls it between durable
+    /// points). Runs without the state lock: compaction only moves chunks between packs.
+    pub fn compact_step(&self) -> Result<u64> {
+        let freed = self.store().compact_step()?;
+        if freed > 0 {
+            tracing::debug!("background compaction freed {freed} bytes");
+            // Cached slices of deleted packs would keep their space allocated.
+            self.cache.drop_mapped();
+        }
+        Ok(freed)
+    }
+
     /// Figures for `stats`: logical, referenced and physical bytes, chunk count.
     pub fn usage(&self) -> Result<Usage> {
         usage_of(&self.meta, self.store().as_ref())

@@ -132,6 +132,11 @@ pub struct MappedChunk {
 }
 
 impl MappedChunk {
+    /// Every page was in the page cache when the chunk was taken from the mapping.
+    pub fn is_resident(&self) -> bool {
+        self.resident
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.file.map[self.start..self.start + self.len]
     }

@@ -59,6 +59,19 @@ pub fn compact(
     dry_run: bool,
     seal_open: bool,
 ) -> Result<CompactReport> {
+    compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX)
+}
+
+/// `compact`, rewriting at most `max_packs` packs (the deadest first): the daemon's background
+/// compaction does a little at a time.
+pub fn compact_at_most(
+    store: &PackStore,
+    min_dead: f64,
+    dry_run: bool,
+    seal_open: bool,
+    max_packs: usize,
+) -> Result<CompactReport> {
+    let _one = store.compaction_lock();
     let mut report = CompactReport::default();
     if !dry_run {
         // Everything put so far goes into the index, durably.
@@ -82,6 +95,7 @@ pub fn compact(
         let share = |r: &PackRow| r.live_bytes as f64 / r.len.max(1) as f64;
         share(&a.1).total_cmp(&share(&b.1))
     });
+    candidates.truncate(max_packs);
     if dry_run {
         for (_, row) in &candidates {
             report.packs_compacted += 1;
@@ -105,6 +119,18 @@ pub fn compact(
             Err(e) => return Err(e),
         }
     }
+    // The last pack compaction wrote to is complete now.
+    if let Some(o) = out.filter(|o| !o.sealed) {
+        let _s = store.sync_lock();
+        store.index().apply(
+            &[IndexOp::Pack {
+                id: o.id,
+                len: o.pos,
+                state: PackState::Sealed,
+            }],
+            true,
+        )?;
+    }
     Ok(report)
 }
 
@@ -115,6 +141,8 @@ struct Out {
     pos: u64,
     /// Not yet made durable by a directory fsync.
     new: bool,
+    /// Full: recorded sealed by the commit that filled it.
+    sealed: bool,
 }
 
 fn compact_one(
@@ -180,16 +208,15 @@ fn compact_one(
             return Ok(());
         }
         if out.as_ref().is_none_or(|o| o.pos >= store.target()) {
-            if let Some(o) = out.take() {
-                // Sealed already by the commit that filled it.
-                drop(o);
-            }
+            // A full one was recorded sealed by the commit that filled it.
+            out.take();
             let (oid, file) = store.new_pack_for_compaction()?;
             *out = Some(Out {
                 id: oid,
                 file,
                 pos: PACK_HEADER_LEN,
                 new: true,
+                sealed: false,
             });
         }
         let Some(o) = out.as_mut() else {
@@ -212,10 +239,17 @@ fn compact_one(
             store.dir_fd().sync_all()?;
             o.new = false;
         }
+        // Open (appended to by the next candidate) until full; a crash leaves it open in the
+        // index, and the next open cuts anything past `len` and seals it.
+        o.sealed = o.pos >= store.target();
         ops.push(IndexOp::Pack {
             id: o.id,
             len: o.pos,
-            state: PackState::Sealed,
+            state: if o.sealed {
+                PackState::Sealed
+            } else {
+                PackState::Open
+            },
         });
     }
     ops.push(IndexOp::Pack {

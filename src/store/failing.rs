@@ -108,4 +108,8 @@ impl ChunkStore for FailingStore {
     fn reclaim(&self, low_space: bool) -> Result<u64> {
         self.inner.reclaim(low_space)
     }
+
+    fn compact_step(&self) -> Result<u64> {
+        self.inner.compact_step()
+    }
 }

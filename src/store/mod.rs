@@ -133,4 +133,9 @@ pub trait ChunkStore: Send + Sync {
         let _ = low_space;
         Ok(0)
     }
+    /// A bounded step of background compaction, when dead bytes are worth it. Returns the
+    /// bytes freed. Needs no lock of the caller: it runs beside reads and writes.
+    fn compact_step(&self) -> Result<u64> {
+        Ok(0)
+    }
 }

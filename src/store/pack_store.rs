@@ -53,8 +53,9 @@ pub const MAX_PACK_TARGET: u64 = 1 << 30;
 /// Open packs: a writer thread appends to its own (threads are given slots in turn), so chunks
 /// one thread writes for one file lie next to each other.
 const SLOTS: usize = 4;
-/// Packs kept mapped (address space only: the pages are the page cache's).
-const MAPPED_PACKS: usize = 512;
+/// Packs kept mapped (address space only: the pages are the page cache's). Each also holds a
+/// file descriptor, hence well below the usual limit of 1024.
+const MAPPED_PACKS: usize = 256;
 /// How far a sequential reader of a pack has the kernel read ahead.
 const READAHEAD: usize = 8 << 20;
 /// Pending index changes past which `put` commits them (non-durably) to bound memory.
@@ -65,6 +66,11 @@ const RESERVE_BYTES: u64 = 8 << 20;
 /// index commits that record a delete need room, and with packs a delete frees space only
 /// after those commits (compaction), not by removing chunk files at once.
 const DATA_HEADROOM: u64 = 16 << 20;
+/// Background compaction starts once this many bytes are dead and they are a quarter of the
+/// store's pack bytes; each step rewrites at most `BACKGROUND_PACKS` packs that are at least
+/// half dead (cheap: at most half a pack copied per pack freed).
+const BACKGROUND_MIN_DEAD_BYTES: u64 = 64 << 20;
+const BACKGROUND_PACKS: usize = 4;
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
@@ -126,6 +132,8 @@ pub struct PackStore {
     appended_since: AtomicU64,
     /// Seal packs at this size.
     target: AtomicU64,
+    /// One compaction at a time (gc, the low-space reclaim and the background step).
+    compacting: Mutex<()>,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -195,6 +203,7 @@ impl PackStore {
             space_seen: AtomicU64::new(0),
             appended_since: AtomicU64::new(u64::MAX / 2),
             target: AtomicU64::new(PACK_TARGET),
+            compacting: Mutex::new(()),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -482,10 +491,12 @@ impl PackStore {
         let start = loc.stored_start() as usize;
         let len = loc.stored_len as usize;
         let chunk = m.map.chunk(start, len)?;
-        // A read that continues where the last one in this pack ended is sequential: have the
-        // kernel read the pack ahead in large requests.
-        if m.last_end.swap((start + len) as u64, Ordering::Relaxed) == loc.offset {
-            m.map.will_need(start + len, READAHEAD);
+        // A read of data not in the page cache close after the last read of this pack is part
+        // of a sequential read (read-ahead threads fetch the next chunks out of order): have
+        // the kernel read the pack ahead in one large request instead of faulting page by page.
+        let last = m.last_end.swap((start + len) as u64, Ordering::Relaxed);
+        if !chunk.is_resident() && loc.offset.abs_diff(last) <= READAHEAD as u64 {
+            m.map.will_need(start, READAHEAD);
         }
         if loc.codec == CODEC_NONE {
             return Ok(ChunkBytes::Mapped(chunk));
@@ -893,6 +904,18 @@ impl ChunkStore for PackStore {
         Some(self)
     }
 
+    fn compact_step(&self) -> Result<u64> {
+        if self.compaction_busy() {
+            return Ok(0);
+        }
+        let u = self.usage()?;
+        if u.dead_bytes < BACKGROUND_MIN_DEAD_BYTES || u.dead_bytes * 4 < u.disk_bytes {
+            return Ok(0);
+        }
+        let r = super::compact::compact_at_most(self, 0.5, false, false, BACKGROUND_PACKS)?;
+        Ok(r.bytes_reclaimed)
+    }
+
     fn reclaim(&self, low_space: bool) -> Result<u64> {
         // Near the point where new chunks are refused, dead bytes must go back now.
         let low_space = low_space
@@ -962,6 +985,12 @@ impl PackStore {
 impl PackStore {
     pub(super) fn sync_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.sync_lock.lock()
+    }
+    pub(super) fn compaction_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.compacting.lock()
+    }
+    fn compaction_busy(&self) -> bool {
+        self.compacting.is_locked()
     }
     pub(super) fn pending_contains(&self, id: &ChunkId) -> bool {
         self.pending.lock().ops.contains_key(id)
