@@ -525,3 +525,55 @@ fn du(store: &Path) -> String {
     out.push_str(&format!("{chunks} chunk files\n"));
     out
 }
+
+/// The daemon's own log on the full disk (`mount --background` logs to STORE/daemon.log):
+/// lines that cannot be written are dropped. The logging library used to report the failed
+/// write with `eprintln!`, which panicked on the same full stderr and took the mount down
+/// (found by filling a tmpfs store with deduplicating writes: the writer got ECONNABORTED).
+#[test]
+fn a_full_disk_under_the_daemons_own_log_does_not_kill_the_daemon() {
+    if !can_run() {
+        return;
+    }
+    let disk = Tmpfs::mount(DISK_MIB);
+    let store = disk.dir.join("store");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    common::run(Command::new(common::BIN).arg("init").arg(&store));
+    common::run(
+        Command::new(common::BIN)
+            .arg("mount")
+            .arg(&store)
+            .arg(mnt.path())
+            .arg("--background"),
+    );
+    let umount = || {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt.path())
+            .status();
+    };
+    // Fill the disk from outside, so every log line the daemon writes from now on fails.
+    fill_outside(&disk, "filler");
+    let mut errors = 0;
+    for i in 0..20 {
+        let r = fs::write(
+            mnt.path().join(format!("f{i}")),
+            random_bytes(i, 256 * 1024),
+        )
+        .and_then(|()| File::open(mnt.path().join(format!("f{i}")))?.sync_all());
+        if let Err(e) = r {
+            assert_ne!(
+                errno(&e),
+                libc::ENOTCONN,
+                "the daemon died writing its log to the full disk"
+            );
+            assert_ne!(errno(&e), libc::ECONNABORTED, "the daemon died");
+            errors += 1;
+        }
+    }
+    assert!(errors > 0, "writes on a full disk all succeeded?");
+    // Still serving: the root can be listed and a stat works.
+    let listed = fs::read_dir(mnt.path()).map(|d| d.count());
+    umount();
+    assert!(listed.is_ok(), "mount no longer answers: {listed:?}");
+}

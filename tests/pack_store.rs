@@ -245,7 +245,10 @@ fn a_retired_pack_left_by_a_crash_is_deleted_at_open_and_unknown_packs_by_gc() {
     let b = put(&store, &noise(2, 5000));
     store.sync().unwrap();
     assert!(store.locate(&b).unwrap().unwrap().pack > 900);
-    assert_eq!(remove_unknown_packs(&store, false).unwrap().0, 1);
+    assert_eq!(
+        remove_unknown_packs(&store, false, &|_| false).unwrap().0,
+        1
+    );
     assert!(!unknown.exists());
     // The first pack has no live chunk: compaction deletes it outright.
     let r = compact(&store, 0.2, false, true).unwrap();
@@ -355,4 +358,42 @@ fn background_compaction_steps_only_when_dead_bytes_are_worth_it() {
     }
     let check = verify_packs(&store, true).unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
+
+#[test]
+fn a_rebuild_cut_short_is_done_again_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let ids: BTreeSet<ChunkId> = (0..20).map(|i| put(&store, &noise(i, 9000))).collect();
+    store.sync().unwrap();
+    // The first step of a rebuild, then a crash: an empty index marked as being rebuilt.
+    store.index().clear().unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(listed(&store), ids, "rebuilt at open");
+    assert!(store.unknown_pack_files().unwrap().is_empty());
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(listed(&store), ids, "and not again");
+}
+
+#[test]
+fn gc_keeps_an_unknown_pack_that_holds_chunks_metadata_still_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let x = put(&store, &noise(1, 7000));
+    store.sync().unwrap();
+    let pack = store.locate(&x).unwrap().unwrap().pack;
+    let copy = dir.path().join("packs").join(pack_file_name(900));
+    std::fs::copy(store.pack_path(pack), &copy).unwrap();
+    // The index loses X (as a damaged index would) while metadata still names it.
+    store.remove(&x).unwrap();
+    store.sync().unwrap();
+    let (n, _, kept) = remove_unknown_packs(&store, false, &|id| *id == x).unwrap();
+    assert_eq!((n, kept.len()), (0, 1), "{kept:?}");
+    assert!(copy.exists());
+    // Unreferenced, it goes.
+    let (n, _, kept) = remove_unknown_packs(&store, false, &|_| false).unwrap();
+    assert_eq!((n, kept.len()), (1, 0));
+    assert!(!copy.exists());
 }

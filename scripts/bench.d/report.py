@@ -255,7 +255,8 @@ if fixed_ran:
 
 tree_n = R.get("tree.entries", "?")
 tree_extra = ""
-st, sb = stats("tar"), stats("randwrite_fixed") or stats("randwrite")
+# Before: after the gc that ran just before the tar x (compacting the fio steps' dead bytes).
+st, sb = stats("tar"), stats("pre_tar") or stats("randwrite_fixed") or stats("randwrite")
 # The tree's logical bytes: the regular files' sizes in the archive (cdc_rate --tar), else what
 # the store's logical bytes grew by.
 tree_logical = field(cdc_tree, "unit_bytes")

@@ -121,15 +121,20 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEDUPFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (the log's disk is full, often the store's own) is
+    // dropped: the default reports it with eprintln!, which panics when stderr fails too, and
+    // a panic on a FUSE or write-back thread takes the mount down or hangs a caller.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dedupfs: error: {e:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "dedupfs: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -478,6 +483,9 @@ pub fn render_gc(r: &GcReport) -> String {
             r.unknown_packs_removed,
             human(r.unknown_pack_bytes)
         );
+    }
+    for k in &r.unknown_packs_kept {
+        s += &format!("{k}\n");
     }
     if let Some(p) = &r.repacked {
         s += &format!(

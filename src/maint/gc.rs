@@ -53,6 +53,9 @@ pub struct GcReport {
     pub unknown_packs_removed: u64,
     #[serde(default)]
     pub unknown_pack_bytes: u64,
+    /// Unknown packs kept because they hold chunks metadata names that the index lost.
+    #[serde(default)]
+    pub unknown_packs_kept: Vec<String>,
     /// Pack compaction (pack stores only).
     #[serde(default)]
     pub compaction: Option<CompactReport>,
@@ -106,9 +109,13 @@ pub fn gc(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcRepo
 pub fn gc_with(meta: &MetaDb, store: &dyn ChunkStore, opts: GcOptions) -> Result<GcReport> {
     let mut report = remove_garbage(meta, store, opts.dry_run)?;
     if let Some(packs) = store.packs() {
-        let (n, bytes) = remove_unknown_packs(packs, opts.dry_run)?;
+        let r = meta.begin_read()?;
+        let referenced = |id: &ChunkId| matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0);
+        let (n, bytes, kept) = remove_unknown_packs(packs, opts.dry_run, &referenced)?;
+        drop(r);
         report.unknown_packs_removed = n;
         report.unknown_pack_bytes = bytes;
+        report.unknown_packs_kept = kept;
         if opts.repack && !opts.dry_run {
             report.repacked = Some(repack_loose(packs)?);
         }

@@ -65,6 +65,15 @@ pub struct FileMap {
 impl FileMap {
     /// Maps all of `file` read-only.
     pub fn new(file: File) -> std::io::Result<FileMap> {
+        FileMap::with_room(file, 0)
+    }
+
+    /// Maps `file` read-only, at least `min_len` bytes of it: a pack still being appended to
+    /// is mapped once with room to grow, instead of again (and with another mapping) each time
+    /// a reader needs a record past the end of the last mapping.
+    pub fn with_room(file: File, min_len: u64) -> std::io::Result<FileMap> {
+        let len = file.metadata()?.len().max(min_len);
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
         // SAFETY: the files mapped here are loose chunk files and packs. Loose chunk files are
         // written under a temporary name (or as an anonymous file), linked into place and never
         // modified again (docs/design.md, "Chunk files"); a repair replaces the file by rename,
@@ -73,8 +82,10 @@ impl FileMap {
         // the store opens, before anything maps it; compaction unlinks a pack, which leaves
         // existing mappings valid (docs/design.md, "Pack files"). Only someone editing the store
         // by hand could change the bytes under us; the hash check on load catches damage done
-        // before that point.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        // before that point. A mapping may reach past the end of the file (room to grow):
+        // touching such a page would raise SIGBUS, so `chunk` hands out only ranges that lie
+        // within the file's current length (a record is complete before anyone reads it).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file)? };
         Ok(FileMap { map, file })
     }
 
@@ -106,6 +117,17 @@ impl FileMap {
     /// Bytes `[start, start+len)` as a chunk (the caller checked the range).
     pub fn chunk(self: &Arc<Self>, start: usize, len: usize) -> std::io::Result<MappedChunk> {
         let md = self.file.metadata()?;
+        let end = start.checked_add(len).filter(|&e| e <= self.map.len());
+        if end.is_none_or(|e| e as u64 > md.len()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "bytes {start}..{} lie past the end of the file ({} bytes)",
+                    start.saturating_add(len),
+                    md.len()
+                ),
+            ));
+        }
         let resident = all_resident(&self.map, start, len);
         if !resident {
             // The whole chunk is about to be hashed: one read-ahead instead of a fault per page.

@@ -119,13 +119,13 @@ pub fn compact_at_most(
             Err(e) => return Err(e),
         }
     }
-    // The last pack compaction wrote to is complete now.
-    if let Some(o) = out.filter(|o| !o.sealed) {
+    // The last pack compaction wrote to is complete now (up to what was committed).
+    if let Some(o) = out.filter(|o| !o.sealed && o.committed > PACK_HEADER_LEN) {
         let _s = store.sync_lock();
         store.index().apply(
             &[IndexOp::Pack {
                 id: o.id,
-                len: o.pos,
+                len: o.committed,
                 state: PackState::Sealed,
             }],
             true,
@@ -143,6 +143,8 @@ struct Out {
     new: bool,
     /// Full: recorded sealed by the commit that filled it.
     sealed: bool,
+    /// End of the records a durable index commit covers (`pos` may be ahead after a failure).
+    committed: u64,
 }
 
 fn compact_one(
@@ -217,27 +219,34 @@ fn compact_one(
                 pos: PACK_HEADER_LEN,
                 new: true,
                 sealed: false,
+                committed: PACK_HEADER_LEN,
             });
         }
         let Some(o) = out.as_mut() else {
             return Ok(());
         };
-        for (offset, h) in &live {
-            let rec = &data[*offset as usize..(*offset + h.record_len()) as usize];
-            o.file.write_all_at(rec, o.pos)?;
-            ops.push(IndexOp::Move {
-                id: h.id,
-                from: loc_of(id, *offset, h),
-                to: loc_of(o.id, o.pos, h),
-            });
-            o.pos += h.record_len();
-            report.chunks_moved += 1;
-            report.bytes_copied += h.record_len();
-        }
-        o.file.sync_data()?;
-        if o.new {
-            store.dir_fd().sync_all()?;
-            o.new = false;
+        let copied = (|| -> Result<()> {
+            for (offset, h) in &live {
+                let rec = &data[*offset as usize..(*offset + h.record_len()) as usize];
+                o.file.write_all_at(rec, o.pos)?;
+                ops.push(IndexOp::Move {
+                    id: h.id,
+                    from: loc_of(id, *offset, h),
+                    to: loc_of(o.id, o.pos, h),
+                });
+                o.pos += h.record_len();
+            }
+            o.file.sync_data()?;
+            if o.new {
+                store.dir_fd().sync_all()?;
+                o.new = false;
+            }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            // Nothing refers to the copies: the next candidate writes over them.
+            o.pos = o.committed;
+            return Err(e);
         }
         // Open (appended to by the next candidate) until full; a crash leaves it open in the
         // index, and the next open cuts anything past `len` and seals it.
@@ -252,14 +261,45 @@ fn compact_one(
             },
         });
     }
-    ops.push(IndexOp::Pack {
-        id,
-        len: row.len,
-        state: PackState::Retired,
-    });
+    ops.push(IndexOp::RetireIfDead(id));
     {
         let _s = store.sync_lock();
+        // A put whose record is in this pack but whose location is still pending (not in the
+        // index compaction read) would be lost with the pack: leave the pack for later.
+        if store.pending_has_pack(id) {
+            if let Some(o) = out.as_mut() {
+                o.pos = o.committed;
+            }
+            report.skipped.push(format!(
+                "{}: holds chunks not yet in the index; left for later",
+                pack_file_name(id)
+            ));
+            return Ok(());
+        }
         store.index().apply(&ops, true)?;
+    }
+    if let Some(o) = out.as_mut() {
+        o.committed = o.pos;
+    }
+    // Retired only if nothing lives in it any more (a chunk the scan could not see, such as
+    // one behind a damaged header, keeps it).
+    let retired = store
+        .index()
+        .packs()?
+        .iter()
+        .any(|(p, r)| *p == id && r.state == PackState::Retired);
+    if !retired {
+        report.skipped.push(format!(
+            "{}: still holds live chunks compaction could not read (see fsck); left in place",
+            pack_file_name(id)
+        ));
+        return Ok(());
+    }
+    for op in &ops {
+        if let IndexOp::Move { to, .. } = op {
+            report.chunks_moved += 1;
+            report.bytes_copied += to.record_len();
+        }
     }
     store.forget_mapping(id);
     let freed = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -294,18 +334,52 @@ fn loc_of(pack: u64, offset: u64, h: &RecordHeader) -> Loc {
 }
 
 /// Deletes pack files the index does not know: they were written after the last durable
-/// index commit (a crash) and no durable metadata can name their chunks. Returns their count
-/// and bytes.
-pub fn remove_unknown_packs(store: &PackStore, dry_run: bool) -> Result<(u64, u64)> {
-    let (mut n, mut bytes) = (0, 0);
+/// index commit (a crash) and no durable metadata can name their chunks. A pack holding a valid
+/// record of a chunk that `referenced` says metadata names, and that the index cannot locate,
+/// is kept and reported instead (the index lost it: `fsck --repair` rebuilds the index).
+/// Returns the packs removed and their bytes, and what was kept.
+pub fn remove_unknown_packs(
+    store: &PackStore,
+    dry_run: bool,
+    referenced: &dyn Fn(&ChunkId) -> bool,
+) -> Result<(u64, u64, Vec<String>)> {
+    // Not while a compaction writes a new pack (not in the index until its first commit).
+    let _one = store.compaction_lock();
+    let (mut n, mut bytes, mut kept) = (0, 0, Vec::new());
     for (_, path) in store.unknown_pack_files()? {
-        bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut needed = false;
+        scan(&data, |item| {
+            if let ScanItem::Record {
+                header,
+                payload_ok: true,
+                ..
+            } = item
+                && !needed
+                && referenced(&header.id)
+                && matches!(store.locate(&header.id), Ok(None))
+            {
+                needed = true;
+            }
+        });
+        if needed {
+            kept.push(format!(
+                "{} holds chunks the metadata names but the index does not locate: kept; run `dedupfs fsck --repair`",
+                path.display()
+            ));
+            continue;
+        }
+        bytes += data.len() as u64;
         n += 1;
         if !dry_run {
             fs::remove_file(&path)?;
         }
     }
-    Ok((n, bytes))
+    Ok((n, bytes, kept))
 }
 
 /// Moves the loose chunk files of a format-2 store into packs: each is verified (blake3),

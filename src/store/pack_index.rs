@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `locs` | chunk id [32] | 32-byte [`Loc`]: pack u64, record offset u64, stored_len u32, raw_len u32, codec u8, nonce_len u8, mac_len u8, key id u8, reserved u32 |
 //! | `packs` | pack id u64 | 32-byte [`PackRow`]: durable length u64, live bytes u64, live records u64, state u8, reserved [7] |
-//! | `meta` | &str | `format` (u64), `codec` (text), `next_pack` (u64), `stored_bytes` (u64) |
+//! | `meta` | &str | `format` (u64), `codec` (text), `next_pack` (u64), `stored_bytes` (u64), `pack_target` (u64), `rebuilding` (u64: 1 while a rebuild from the packs is under way) |
 
 use super::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::error::{FsError, Result};
@@ -82,12 +82,14 @@ impl Loc {
     }
 
     /// Offset of the stored bytes in the pack.
+    /// (Saturating: a damaged index entry gives an offset past any pack, not an overflow.)
     pub fn stored_start(&self) -> u64 {
-        self.offset + RECORD_HEADER_LEN as u64 + self.nonce_len as u64
+        self.offset
+            .saturating_add(RECORD_HEADER_LEN as u64 + self.nonce_len as u64)
     }
 
     pub fn end(&self) -> u64 {
-        self.offset + self.record_len()
+        self.offset.saturating_add(self.record_len())
     }
 }
 
@@ -172,6 +174,9 @@ pub enum IndexOp {
         len: u64,
         state: PackState,
     },
+    /// Mark a pack retired, only if no chunk lives in it any more (after the moves before it
+    /// in the same transaction); otherwise it stays as it is.
+    RetireIfDead(u64),
     /// Forget a pack (its file is gone).
     DropPack(u64),
     SetMeta(&'static str, Vec<u8>),
@@ -221,7 +226,9 @@ impl PackIndex {
     }
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
-        let g = self.db.read();
+        // Recursive: a `for_each` callback may look chunks up (fsck's stat), and a plain read
+        // lock taken again while a writer (the reopen after a failed commit) waits deadlocks.
+        let g = self.db.read_recursive();
         let db = g
             .as_ref()
             .ok_or_else(|| FsError::Db("pack index is closed".into()))?;
@@ -322,10 +329,16 @@ impl PackIndex {
             let mut stored: i64 = 0;
             let mut adjust =
                 |packs: &mut redb::Table<u64, &[u8; 32]>, loc: &Loc, sign: i64| -> Result<()> {
-                    let mut row = packs
-                        .get(loc.pack)?
-                        .map(|v| PackRow::decode(v.value()))
-                        .unwrap_or_else(PackRow::new);
+                    let row = packs.get(loc.pack)?.map(|v| PackRow::decode(v.value()));
+                    let mut row = match row {
+                        Some(r) => r,
+                        // A removal from a pack already forgotten: no row to bring back.
+                        None if sign < 0 => {
+                            stored -= loc.stored_len as i64;
+                            return Ok(());
+                        }
+                        None => PackRow::new(),
+                    };
                     let rl = loc.record_len();
                     if sign > 0 {
                         row.live_bytes += rl;
@@ -372,6 +385,13 @@ impl PackIndex {
                         row.state = *state;
                         packs.insert(*id, &row.encode())?;
                     }
+                    IndexOp::RetireIfDead(id) => {
+                        let row = packs.get(*id)?.map(|v| PackRow::decode(v.value()));
+                        if let Some(mut row) = row.filter(|r| r.live_records == 0) {
+                            row.state = PackState::Retired;
+                            packs.insert(*id, &row.encode())?;
+                        }
+                    }
                     IndexOp::DropPack(id) => {
                         packs.remove(*id)?;
                     }
@@ -405,6 +425,9 @@ impl PackIndex {
         {
             let mut meta = tx.open_table(META)?;
             meta.insert("stored_bytes", 0u64.to_le_bytes().as_slice())?;
+            // Until the rebuild that follows sets it back to 0, an open rebuilds again: a
+            // half-rebuilt index would make packs look unknown (and gc delete them).
+            meta.insert("rebuilding", 1u64.to_le_bytes().as_slice())?;
         }
         tx.commit()?;
         Ok(())
@@ -467,9 +490,20 @@ mod tests {
         assert_eq!(packs[0].1.live_records, 0);
         assert_eq!(packs[1].1.live_bytes, to.record_len());
         assert_eq!(idx.meta_u64("stored_bytes").unwrap(), Some(100));
+        // A pack is retired only when nothing lives in it.
+        idx.apply(&[IndexOp::RetireIfDead(2)], false).unwrap();
+        assert_eq!(idx.packs().unwrap()[1].1.state, PackState::Open);
+        idx.apply(&[IndexOp::RetireIfDead(1)], false).unwrap();
+        assert_eq!(idx.packs().unwrap()[0].1.state, PackState::Retired);
         drop(idx);
         let idx = PackIndex::open(&dir.path().join("index.redb")).unwrap();
         assert_eq!(idx.get(&a).unwrap(), Some(to));
         assert_eq!(idx.get(&b).unwrap(), None);
+        // A removal from a forgotten pack does not bring its row back.
+        idx.apply(&[IndexOp::DropPack(2), IndexOp::Remove(a)], false)
+            .unwrap();
+        let packs = idx.packs().unwrap();
+        assert_eq!(packs.len(), 1, "{packs:?}");
+        assert_eq!(packs[0].0, 1);
     }
 }

@@ -56,6 +56,8 @@ const SLOTS: usize = 4;
 /// Packs kept mapped (address space only: the pages are the page cache's). Each also holds a
 /// file descriptor, hence well below the usual limit of 1024.
 const MAPPED_PACKS: usize = 256;
+/// Largest record: a chunk is at most 16 MiB (4 x the largest average), stored raw at worst.
+const MAX_RECORD: u64 = (16 << 20) + 4096;
 /// How far a sequential reader of a pack has the kernel read ahead.
 const READAHEAD: usize = 8 << 20;
 /// Pending index changes past which `put` commits them (non-durably) to bound memory.
@@ -134,6 +136,13 @@ pub struct PackStore {
     target: AtomicU64,
     /// One compaction at a time (gc, the low-space reclaim and the background step).
     compacting: Mutex<()>,
+    /// An fdatasync of a pack failed: no later sync may claim durability.
+    sync_failed: Mutex<Option<String>>,
+    /// A chunk was removed since the last reclaim (dead packs may be deletable).
+    removed_since_reclaim: AtomicBool,
+    /// Packs compaction deleted: a reader that opened one just before must not put its
+    /// mapping back into `maps` (it would pin the deleted file's space).
+    retired: Mutex<std::collections::HashSet<u64>>,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -168,7 +177,9 @@ impl PackStore {
                     index_path.display()
                 ))
             })?;
-            (idx, false)
+            // A rebuild that did not finish (crash, I/O error) is done again.
+            let unfinished = idx.meta_u64("rebuilding")? == Some(1);
+            (idx, unfinished)
         } else {
             (PackIndex::create(&index_path)?, !files.is_empty())
         };
@@ -204,6 +215,9 @@ impl PackStore {
             appended_since: AtomicU64::new(u64::MAX / 2),
             target: AtomicU64::new(PACK_TARGET),
             compacting: Mutex::new(()),
+            sync_failed: Mutex::new(None),
+            removed_since_reclaim: AtomicBool::new(true),
+            retired: Mutex::new(std::collections::HashSet::new()),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -212,7 +226,7 @@ impl PackStore {
         }
         if rebuild {
             tracing::warn!(
-                "the pack index {} is missing: rebuilding it from {} packs",
+                "the pack index {} is missing or was half rebuilt: rebuilding it from {} packs",
                 index_path.display(),
                 files.len()
             );
@@ -438,7 +452,7 @@ impl PackStore {
         }
         p.pos += header.record_len();
         self.mark_dirty(p.id, &p.file, p.pos, false, false);
-        Ok(Loc {
+        let loc = Loc {
             pack: p.id,
             offset,
             stored_len: header.stored_len,
@@ -447,7 +461,16 @@ impl PackStore {
             nonce_len: 0,
             mac_len: 0,
             key_id: 0,
-        })
+        };
+        // Recorded before the slot is released: once a pack is sealed (by the next put in this
+        // slot), every record in it is in the pending map or the index, which is what
+        // compaction goes by when it decides a pack holds nothing live.
+        let pending = self.set_pending(header.id, Some(loc));
+        drop(g);
+        if pending > PENDING_MAX {
+            self.flush_pending()?;
+        }
+        Ok(loc)
     }
 
     /// Where chunk `id` lives now: pending changes first, then the index. `Ok(None)`: not in
@@ -467,8 +490,14 @@ impl PackStore {
             return Ok(m.clone());
         }
         let file = File::open(self.pack_path(pack))?;
+        // A pack still open for appends is mapped with room for all it can grow to.
+        let room = if self.open_pack_ids().contains(&pack) {
+            self.target() + MAX_RECORD
+        } else {
+            0
+        };
         let m = Arc::new(PackMap {
-            map: Arc::new(FileMap::new(file)?),
+            map: Arc::new(FileMap::with_room(file, room)?),
             last_end: AtomicU64::new(u64::MAX),
         });
         if (m.map.len() as u64) < need_end {
@@ -481,7 +510,10 @@ impl PackStore {
                 ),
             ));
         }
-        self.maps.lock().put(pack, m.clone());
+        let mut maps = self.maps.lock();
+        if !self.retired.lock().contains(&pack) {
+            maps.put(pack, m.clone());
+        }
         Ok(m)
     }
 
@@ -510,19 +542,14 @@ impl PackStore {
         }
     }
 
-    /// Commits pending index changes without making them durable (bounds their memory).
+    /// Commits pending index changes to bound their memory: a full `sync` (packs first),
+    /// never a non-durable commit, which a later durable commit (compaction's) would make
+    /// durable before the packs it names were synced. Skipped while a sync is running.
     fn flush_pending(&self) -> Result<()> {
-        let Some(_s) = self.sync_lock.try_lock() else {
+        if self.sync_lock.is_locked() {
             return Ok(());
-        };
-        let snapshot: Vec<(ChunkId, Option<Loc>, u64)> = self
-            .pending
-            .lock()
-            .ops
-            .iter()
-            .map(|(id, (l, g))| (*id, *l, *g))
-            .collect();
-        self.commit_pending(&snapshot, Vec::new(), false)
+        }
+        self.sync()
     }
 
     /// Applies `snapshot` (plus `extra` ops first) to the index and forgets the pending entries
@@ -564,9 +591,12 @@ impl PackStore {
             .collect()
     }
 
-    /// Forgets the mapping of a pack about to be deleted (readers holding it keep it alive).
+    /// Forgets the mapping of a pack about to be deleted (readers holding it keep it alive),
+    /// and keeps any reader from caching it again.
     fn unmap(&self, pack: u64) {
-        self.maps.lock().pop(&pack);
+        let mut maps = self.maps.lock();
+        self.retired.lock().insert(pack);
+        maps.pop(&pack);
     }
 
     /// Rebuilds the index from the packs alone: every record with a valid header and payload
@@ -599,7 +629,6 @@ impl PackStore {
             }
             report.packs += 1;
             let mut ops = Vec::new();
-            let mut end = PACK_HEADER_LEN;
             scan(&data, |item| match item {
                 ScanItem::Record {
                     offset,
@@ -607,7 +636,6 @@ impl PackStore {
                     payload_ok: true,
                 } => {
                     report.records += 1;
-                    end = offset + header.record_len();
                     ops.push(IndexOp::Put(
                         header.id,
                         Loc {
@@ -623,7 +651,6 @@ impl PackStore {
                     ));
                 }
                 ScanItem::Record { offset, header, .. } => {
-                    end = offset + header.record_len();
                     report.damaged.push(format!(
                         "{} at {offset}: chunk {} fails its checksum; skipped",
                         path.display(),
@@ -639,22 +666,27 @@ impl PackStore {
                     path.display()
                 )),
             });
+            // The whole file: a false "torn" ending or a resynchronisation inside a payload
+            // must not make the next open cut intact records off the pack.
             ops.push(IndexOp::Pack {
                 id,
-                len: end.max(PACK_HEADER_LEN),
+                len: data.len() as u64,
                 state: PackState::Sealed,
             });
             self.index.apply(&ops, false)?;
         }
         self.next_pack.fetch_max(max_id + 1, Ordering::Relaxed);
         self.index.apply(
-            &[IndexOp::SetMeta(
-                "next_pack",
-                self.next_pack
-                    .load(Ordering::Relaxed)
-                    .to_le_bytes()
-                    .to_vec(),
-            )],
+            &[
+                IndexOp::SetMeta(
+                    "next_pack",
+                    self.next_pack
+                        .load(Ordering::Relaxed)
+                        .to_le_bytes()
+                        .to_vec(),
+                ),
+                IndexOp::SetMeta("rebuilding", 0u64.to_le_bytes().to_vec()),
+            ],
             true,
         )?;
         Ok(report)
@@ -679,10 +711,7 @@ impl ChunkStore for PackStore {
             None => (CODEC_NONE, data),
         };
         let header = RecordHeader::plain(*id, codec_id, raw_len, stored);
-        let loc = self.append(&header, stored)?;
-        if self.set_pending(*id, Some(loc)) > PENDING_MAX {
-            self.flush_pending()?;
-        }
+        self.append(&header, stored)?;
         Ok(())
     }
 
@@ -714,6 +743,7 @@ impl ChunkStore for PackStore {
 
     fn remove(&self, id: &ChunkId) -> Result<()> {
         self.set_pending(*id, None);
+        self.removed_since_reclaim.store(true, Ordering::Relaxed);
         if let Some(l) = &self.loose {
             l.remove(id)?;
             self.loose_dirty.store(true, Ordering::Relaxed);
@@ -754,9 +784,19 @@ impl ChunkStore for PackStore {
             }
             return Ok(());
         }
+        if let Some(e) = self.sync_failed.lock().as_ref() {
+            return Err(FsError::Io(io::Error::other(format!(
+                "an earlier sync of the packs failed ({e}); their data may be lost, so nothing more is committed: unmount and run `dedupfs fsck`"
+            ))));
+        }
         let result = (|| {
-            for (_, file, ..) in &dirty {
-                file.sync_data()?;
+            for (id, file, ..) in &dirty {
+                if let Err(e) = file.sync_data() {
+                    // Linux may drop dirty pages after a failed fdatasync and report success on
+                    // a retry: never trust this pack's unsynced records again.
+                    *self.sync_failed.lock() = Some(format!("{}: {e}", pack_file_name(*id)));
+                    return Err(e.into());
+                }
             }
             if dirty.iter().any(|d| d.3) {
                 self.dir_fd.sync_all()?;
@@ -920,7 +960,7 @@ impl ChunkStore for PackStore {
         // Near the point where new chunks are refused, dead bytes must go back now.
         let low_space = low_space
             || super::space_of(&self.dir_fd)?.avail_bytes < 2 * DATA_HEADROOM + SPACE_CHECK_EVERY;
-        if self.pending.lock().ops.values().all(|(l, _)| l.is_some()) && !low_space {
+        if !self.removed_since_reclaim.swap(false, Ordering::Relaxed) && !low_space {
             // No removal since the last sync: nothing new can have died.
             return Ok(0);
         }
@@ -972,11 +1012,16 @@ impl PackStore {
     /// Pack files on disk the index does not know (left by a crash before the index commit
     /// that would have named them, or copied in).
     pub fn unknown_pack_files(&self) -> Result<Vec<(u64, PathBuf)>> {
-        let rows = self.index.packs()?;
+        // Files first: a pack created meanwhile is either not listed or already known.
+        let files = list_pack_files(&self.dir)?;
         let dirty = self.dirty.lock().keys().copied().collect::<Vec<_>>();
-        Ok(list_pack_files(&self.dir)?
+        let open = self.open_pack_ids();
+        let rows = self.index.packs()?;
+        Ok(files
             .into_iter()
-            .filter(|(id, _)| !rows.iter().any(|(r, _)| r == id) && !dirty.contains(id))
+            .filter(|(id, _)| {
+                !rows.iter().any(|(r, _)| r == id) && !dirty.contains(id) && !open.contains(id)
+            })
             .collect())
     }
 }
@@ -996,7 +1041,7 @@ impl PackStore {
         self.pending.lock().ops.contains_key(id)
     }
     /// Whether a pending (uncommitted) put points into pack `pack`.
-    fn pending_has_pack(&self, pack: u64) -> bool {
+    pub(super) fn pending_has_pack(&self, pack: u64) -> bool {
         self.pending
             .lock()
             .ops
