@@ -59,17 +59,18 @@ pub fn compact(
     dry_run: bool,
     seal_open: bool,
 ) -> Result<CompactReport> {
-    compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX)
+    compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX, None)
 }
 
-/// `compact`, rewriting at most `max_packs` packs (the deadest first): the daemon's background
-/// compaction does a little at a time.
+/// `compact`, rewriting at most `max_packs` packs (the deadest first) and starting none after
+/// `until`: the daemon's background compaction does a bounded amount at a time.
 pub fn compact_at_most(
     store: &PackStore,
     min_dead: f64,
     dry_run: bool,
     seal_open: bool,
     max_packs: usize,
+    until: Option<std::time::Instant>,
 ) -> Result<CompactReport> {
     let _one = store.compaction_lock();
     let mut report = CompactReport::default();
@@ -107,6 +108,9 @@ pub fn compact_at_most(
     }
     let mut out: Option<Out> = None;
     for (id, row) in candidates {
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            break;
+        }
         match compact_one(store, id, &row, &mut out, &mut report) {
             Ok(()) => {}
             Err(FsError::NoSpace) if out.is_some() => {

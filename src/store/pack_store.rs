@@ -69,10 +69,14 @@ const RESERVE_BYTES: u64 = 8 << 20;
 /// after those commits (compaction), not by removing chunk files at once.
 const DATA_HEADROOM: u64 = 16 << 20;
 /// Background compaction starts once this many bytes are dead and they are a quarter of the
-/// store's pack bytes; each step rewrites at most `BACKGROUND_PACKS` packs that are at least
-/// half dead (cheap: at most half a pack copied per pack freed).
+/// store's pack bytes; each step (every 5 s) rewrites packs that are at least half dead (cheap:
+/// at most half a pack copied per pack freed), deadest first, for at most
+/// `BACKGROUND_STEP_TIME` and `BACKGROUND_PACKS` packs. Measured (fio random 4 KiB writes into
+/// a 1 GiB image, README): 4 packs per step could not keep up with the 14x write amplification
+/// of random writes (7.5x the live bytes on disk after 3 minutes).
 const BACKGROUND_MIN_DEAD_BYTES: u64 = 64 << 20;
-const BACKGROUND_PACKS: usize = 4;
+const BACKGROUND_PACKS: usize = 64;
+const BACKGROUND_STEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
@@ -952,7 +956,15 @@ impl ChunkStore for PackStore {
         if u.dead_bytes < BACKGROUND_MIN_DEAD_BYTES || u.dead_bytes * 4 < u.disk_bytes {
             return Ok(0);
         }
-        let r = super::compact::compact_at_most(self, 0.5, false, false, BACKGROUND_PACKS)?;
+        let until = std::time::Instant::now() + BACKGROUND_STEP_TIME;
+        let r = super::compact::compact_at_most(
+            self,
+            0.5,
+            false,
+            false,
+            BACKGROUND_PACKS,
+            Some(until),
+        )?;
         Ok(r.bytes_reclaimed)
     }
 
