@@ -235,8 +235,8 @@ fn compact_one(
                 o.file.write_all_at(rec, o.pos)?;
                 ops.push(IndexOp::Move {
                     id: h.id,
-                    from: loc_of(id, *offset, h),
-                    to: loc_of(o.id, o.pos, h),
+                    from: Loc::of_record(id, *offset, h),
+                    to: Loc::of_record(o.id, o.pos, h),
                 });
                 o.pos += h.record_len();
             }
@@ -322,19 +322,6 @@ fn compact_one(
         .sum();
     report.bytes_reclaimed += freed.saturating_sub(copied);
     Ok(())
-}
-
-fn loc_of(pack: u64, offset: u64, h: &RecordHeader) -> Loc {
-    Loc {
-        pack,
-        offset,
-        stored_len: h.stored_len,
-        raw_len: h.raw_len,
-        codec: h.codec,
-        nonce_len: h.nonce_len,
-        mac_len: h.mac_len,
-        key_id: h.key_id,
-    }
 }
 
 /// Deletes pack files the index does not know: they were written after the last durable

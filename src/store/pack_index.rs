@@ -17,7 +17,7 @@
 //! | `packs` | pack id u64 | 32-byte [`PackRow`]: durable length u64, live bytes u64, live records u64, state u8, reserved [7] |
 //! | `meta` | &str | `format` (u64), `codec` (text), `next_pack` (u64), `stored_bytes` (u64), `pack_target` (u64), `rebuilding` (u64: 1 while a rebuild from the packs is under way) |
 
-use super::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN};
+use super::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN, RecordHeader};
 use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -45,6 +45,20 @@ pub struct Loc {
 }
 
 impl Loc {
+    /// Where the record with header `h` at `offset` of pack `pack` lies.
+    pub fn of_record(pack: u64, offset: u64, h: &RecordHeader) -> Loc {
+        Loc {
+            pack,
+            offset,
+            stored_len: h.stored_len,
+            raw_len: h.raw_len,
+            codec: h.codec,
+            nonce_len: h.nonce_len,
+            mac_len: h.mac_len,
+            key_id: h.key_id,
+        }
+    }
+
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
         b[0..8].copy_from_slice(&self.pack.to_le_bytes());

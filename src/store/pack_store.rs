@@ -456,16 +456,7 @@ impl PackStore {
         }
         p.pos += header.record_len();
         self.mark_dirty(p.id, &p.file, p.pos, false, false);
-        let loc = Loc {
-            pack: p.id,
-            offset,
-            stored_len: header.stored_len,
-            raw_len: header.raw_len,
-            codec: header.codec,
-            nonce_len: 0,
-            mac_len: 0,
-            key_id: 0,
-        };
+        let loc = Loc::of_record(p.id, offset, header);
         // Recorded before the slot is released: once a pack is sealed (by the next put in this
         // slot), every record in it is in the pending map or the index, which is what
         // compaction goes by when it decides a pack holds nothing live.
@@ -640,19 +631,7 @@ impl PackStore {
                     payload_ok: true,
                 } => {
                     report.records += 1;
-                    ops.push(IndexOp::Put(
-                        header.id,
-                        Loc {
-                            pack: id,
-                            offset,
-                            stored_len: header.stored_len,
-                            raw_len: header.raw_len,
-                            codec: header.codec,
-                            nonce_len: header.nonce_len,
-                            mac_len: header.mac_len,
-                            key_id: header.key_id,
-                        },
-                    ));
+                    ops.push(IndexOp::Put(header.id, Loc::of_record(id, offset, &header)));
                 }
                 ScanItem::Record { offset, header, .. } => {
                     report.damaged.push(format!(
