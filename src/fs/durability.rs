@@ -1,0 +1,208 @@
+//! Durability: durable points (store sync, then a durable metadata commit, then removal of
+//! chunks no durable metadata names), fsync/fsyncdir/sync of the whole volume, maintenance
+//! with everything quiesced, background compaction steps, and durable snapshots for metadata
+//! backups. The ordering is documented in docs/design.md.
+
+use super::{Fs, Guard, LOW_SPACE, PRESYNC_BYTES, State, flush_in_flight};
+use crate::error::{FsError, Ino, Result};
+use crate::meta::MetaDb;
+use crate::store::ChunkStore;
+use std::sync::atomic::Ordering;
+
+impl Fs {
+    /// Waits (releasing the lock meanwhile) until no write-back of any inode is in flight.
+    pub(super) fn wait_no_flush(&self, st: &mut Guard<'_>) {
+        while flush_in_flight(st) {
+            self.flush_done.wait(st);
+        }
+    }
+
+    /// Makes everything committed so far durable: chunk files first, then the metadata,
+    /// then removes chunk files no durable metadata references any more.
+    pub(super) fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
+        if st.pending.is_some() {
+            st.since_durable = true;
+        }
+        if !st.since_durable {
+            return Ok(());
+        }
+        if self.unsynced_bytes.load(Ordering::Relaxed) > PRESYNC_BYTES {
+            // Flush most chunk data with the lock released: a syncfs of seconds' worth of
+            // writes held every other operation up for as long. The sync below, under the
+            // lock, still covers everything the durable commit references; it then has
+            // little left to write.
+            self.unsynced_bytes.store(0, Ordering::Relaxed);
+            parking_lot::MutexGuard::unlocked(st, || self.store().sync())?;
+        }
+        // Write-backs in flight hold snapshots that may count a dead chunk as live: let them
+        // finish, so the chunks freed below are really freed now (a full disk needs them).
+        self.wait_no_flush(st);
+        let st: &mut State = st;
+        self.settle(st)?;
+        self.remove_fresh_dead_chunks(st);
+        self.unsynced_bytes.store(0, Ordering::Relaxed);
+        // On a nearly full device, give the reserve back first: a failed commit (of the pack
+        // index in the store's sync, or of the metadata) would lose the changes it carried (a
+        // delete meant to free space).
+        let low = self
+            .store()
+            .space()
+            .is_ok_and(|s| s.avail_bytes < LOW_SPACE);
+        let released = low && self.store().release_reserve();
+        if released {
+            tracing::warn!("backing store nearly full: used the metadata reserve");
+        }
+        self.store().sync()?;
+        self.meta.make_durable()?;
+        st.since_durable = false;
+        st.fresh_since_durable.clear();
+        // No write-back started since the wait above: the state lock was held throughout.
+        self.remove_dead_chunks()?;
+        // Packs keep removed chunks as dead bytes: give back what is wholly dead now, and on
+        // a nearly full device compact (a deleted file must make room again).
+        match self.store().reclaim(low) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!("reclaimed {n} bytes of dead chunks");
+                // Cached slices of deleted packs would keep their space allocated.
+                self.cache.drop_mapped();
+            }
+            Err(e) => tracing::warn!("cannot reclaim the space of deleted chunks: {e}"),
+        }
+        if released {
+            self.store().restore_reserve();
+        }
+        if let Some(f) = &self.cfg.on_durable {
+            f(self.usage()?);
+        }
+        Ok(())
+    }
+
+    /// Removes chunk files that were created since the last durable commit and are already
+    /// unreferenced again (a file written and deleted in between). Deleting a file that
+    /// filled the disk thus frees its space before the durable commit that records it.
+    /// Called with no write-back in flight.
+    fn remove_fresh_dead_chunks(&self, st: &State) {
+        if st.fresh_since_durable.is_empty() {
+            return;
+        }
+        let Ok(dead) = self.meta.begin_read().and_then(|r| r.zero_refs()) else {
+            return;
+        };
+        let _exclusive = self.removal.write();
+        for id in dead.iter().filter(|id| st.fresh_since_durable.contains(id)) {
+            if self.store().remove(id).is_ok() {
+                self.cache.forget(id);
+            }
+        }
+    }
+
+    /// Removes chunk files whose refcount is 0 in durable metadata.
+    /// No metadata group is open (the caller settled it and holds the state lock, or the
+    /// filesystem is starting).
+    pub(super) fn remove_dead_chunks(&self) -> Result<()> {
+        let dead = self.meta.begin_read()?.zero_refs()?;
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let _exclusive = self.removal.write();
+        let mut tx = self.meta.begin_write()?;
+        for id in &dead {
+            self.store().remove(id)?;
+            self.cache.forget(id);
+            tx.forget_chunk(id)?;
+        }
+        tx.commit(false)?;
+        Ok(())
+    }
+
+    /// fsync(2): the file's data and metadata are durable when this returns.
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        let mut st = self.state.lock();
+        self.writeback_reclaiming(&mut st, ino, true)?;
+        st.since_durable = true;
+        self.make_durable(&mut st)
+    }
+
+    /// Write-back that, on a full backing store, first reclaims what deleted files still
+    /// hold (their chunks go only at a durable point) and then tries once more.
+    pub(super) fn writeback_reclaiming(
+        &self,
+        st: &mut Guard<'_>,
+        ino: Ino,
+        final_: bool,
+    ) -> Result<()> {
+        match self.writeback(st, ino, final_) {
+            Err(FsError::NoSpace) => {
+                st.since_durable = true;
+                self.make_durable(st)?;
+                self.writeback(st, ino, final_)
+            }
+            other => other,
+        }
+    }
+
+    /// fsyncdir(2), and sync of the whole volume.
+    pub fn sync_dir(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        st.since_durable = true;
+        self.make_durable(&mut st)
+    }
+
+    /// Writes back every file and commits durably. `final_` also cuts the trailing partial
+    /// chunk of files still being written (unmount); the periodic flusher keeps those tails
+    /// in memory so a streaming writer's chunks do not depend on flush timing.
+    pub fn sync_all(&self, final_: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        let inos: Vec<Ino> = st.open.keys().copied().collect();
+        let mut first_err = None;
+        for ino in inos {
+            let final_here = final_ || st.open.get(&ino).is_some_and(|o| o.opens == 0);
+            if let Err(e) = self.writeback(&mut st, ino, final_here) {
+                tracing::error!(ino, "write-back failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        st.open.retain(|_, o| !o.idle());
+        self.make_durable(&mut st)?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` (a maintenance command such as gc or a read-only fsck) against this volume's
+    /// own metadata and store, with every write-back finished, everything durable, and no
+    /// other operation, read or chunk removal running until it returns.
+    pub fn with_quiesced<T>(
+        &self,
+        f: impl FnOnce(&MetaDb, &dyn ChunkStore) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state.lock();
+        // make_durable waits for write-backs in flight; the lock is then held until `f` ends.
+        st.since_durable = true;
+        self.make_durable(&mut st)?;
+        let _exclusive = self.removal.write();
+        let out = f(&self.meta, self.store().as_ref());
+        // fsck --verify-data reads every chunk file: pages it brought back from the disk are
+        // resident now without having been verified by the cache, so the memo must not vouch
+        // for them.
+        self.cache.forget_verified();
+        // gc may have compacted packs away: mappings the cache holds would keep their space
+        // allocated (an unlinked file lives while mapped).
+        self.cache.drop_mapped();
+        out
+    }
+
+    /// One bounded step of background compaction (the flusher calls it between durable
+    /// points). Runs without the state lock: compaction only moves chunks between packs.
+    pub fn compact_step(&self) -> Result<u64> {
+        let freed = self.store().compact_step()?;
+        if freed > 0 {
+            tracing::debug!("background compaction freed {freed} bytes");
+            // Cached slices of deleted packs would keep their space allocated.
+            self.cache.drop_mapped();
+        }
+        Ok(freed)
+    }
+}
