@@ -8,6 +8,7 @@
 //! STORE/chunks/        loose chunk files of stores made before packs (format <= 2)
 //! STORE/lock           flock(2)ed exclusively by the process that has the store open
 //! STORE/stats.json     usage published by a mounted daemon after each durable commit
+//! STORE/backups/       rotated copies of meta.redb (meta::backup)
 //! ```
 
 use crate::chunker::ChunkParams;
@@ -40,8 +41,37 @@ pub enum VolumeError {
         "store {path}: the pack index index.redb is damaged ({err}); `dedupfs fsck --repair {path}` rebuilds it from the packs"
     )]
     IndexDamaged { path: PathBuf, err: FsError },
+    #[error("store {path}: the metadata database meta.redb cannot be read ({err}); {hint}")]
+    MetaDamaged {
+        path: PathBuf,
+        err: FsError,
+        hint: String,
+    },
     #[error("store {path}: {err}")]
     Io { path: PathBuf, err: io::Error },
+}
+
+/// What to tell the owner of a store whose metadata cannot be read.
+fn restore_hint(dir: &Path) -> String {
+    match crate::meta::backup::list(dir) {
+        Ok(b) if !b.is_empty() => format!(
+            "`dedupfs fsck --repair {}` restores it from the newest of {} backups (taken {}) and names what was lost",
+            dir.display(),
+            b.len(),
+            crate::meta::backup::show_time(b[0].taken_unix)
+        ),
+        _ => format!(
+            "there is no metadata backup in {}",
+            dir.join(crate::meta::backup::DIR).display()
+        ),
+    }
+}
+
+/// Errors of opening meta.redb that mean the file is damaged (rather than, say, of a newer
+/// format): a backup can stand in for it.
+fn is_damage(err: &FsError) -> bool {
+    matches!(err, FsError::Db(_))
+        || matches!(err, FsError::Corrupt(m) if m == crate::meta::NO_FORMAT_VERSION)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
@@ -132,16 +162,25 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
     if !dir.join("meta.redb").exists() {
-        return Err(VolumeError::Meta {
+        return Err(VolumeError::MetaDamaged {
             path: dir.to_path_buf(),
-            err: crate::error::FsError::Corrupt(
-                "the metadata database meta.redb is missing; the store cannot be opened".into(),
-            ),
+            err: FsError::Corrupt("the file is missing".into()),
+            hint: restore_hint(dir),
         });
     }
-    let meta = MetaDb::open(&dir.join("meta.redb")).map_err(|err| VolumeError::Meta {
-        path: dir.to_path_buf(),
-        err,
+    let meta = MetaDb::open(&dir.join("meta.redb")).map_err(|err| {
+        if is_damage(&err) {
+            VolumeError::MetaDamaged {
+                path: dir.to_path_buf(),
+                hint: restore_hint(dir),
+                err,
+            }
+        } else {
+            VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err,
+            }
+        }
     })?;
     let chunks = PackStore::open(dir).map_err(|err| {
         let index = dir.join("index.redb");

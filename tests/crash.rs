@@ -16,8 +16,10 @@
 //! SIGKILLs the daemon, checks the crashed store with `fsck --verify-data`, remounts, checks every
 //! name against the journal, writes again, unmounts, and runs `fsck`, `gc`, `fsck`.
 //!
-//! Half the trials use 1 MiB packs (kills land during pack seals and creations), and a third
-//! run `dedupfs gc` on the mounted volume in a loop meanwhile (kills land during compaction).
+//! Half the trials use 1 MiB packs (kills land during pack seals and creations), a third
+//! run `dedupfs gc` on the mounted volume in a loop meanwhile (kills land during compaction),
+//! and half back the metadata up every 0.1 s (kills land during backups; the newest copy must
+//! then restore into a consistent tree).
 //!
 //! Only what the contract promises is asserted (POSIX strength: a new or removed name needs its
 //! directory fsynced, even though dedupfs commits the whole tree at every durable point).
@@ -842,6 +844,8 @@ struct TrialOutcome {
     mib_written: f64,
     checked: Checked,
     warnings_after_recovery: usize,
+    /// The newest metadata backup was restored (trials that backed up and took one in time).
+    backup_restored: bool,
 }
 
 /// A running workload on `vol`.
@@ -887,10 +891,18 @@ fn trial(seed: u64) -> TrialOutcome {
     // third run gc (pack compaction, in the daemon) over and over while the workload writes
     // and deletes, so kills land during compaction.
     let small_packs = seed % 2 == 1;
-    let mut vol = if small_packs {
-        Volume::with_args(&["--pack-mib", "1"], &[])
+    // Half the trials (crossing the pack-size half) copy the metadata every 0.1 s while it
+    // changes, so kills land during backups; the newest copy must then restore.
+    let backups = seed % 4 >= 2;
+    let mount_args: &[&str] = if backups {
+        &["-o", "backup_interval=0.1"]
     } else {
-        Volume::new()
+        &[]
+    };
+    let mut vol = if small_packs {
+        Volume::with_args(&["--pack-mib", "1"], mount_args)
+    } else {
+        Volume::with_args(&[], mount_args)
     };
     let Running {
         journal,
@@ -971,6 +983,14 @@ fn trial(seed: u64) -> TrialOutcome {
     if let Err(e) = fsck(&vol.store, true) {
         panic!("{}", context(&vol, "fsck of the crashed store", &e));
     }
+    let backup_restored = backups
+        && match restore_newest_backup(&crashed, &vol.scratch().join("restored")) {
+            Ok(restored) => restored,
+            Err(e) => panic!(
+                "{}",
+                context(&vol, "restore of the newest metadata backup", &e)
+            ),
+        };
 
     vol.remount();
     let (violations, checked) = verify(&vol.mnt, &j, Expect::AfterCrash);
@@ -1055,7 +1075,64 @@ fn trial(seed: u64) -> TrialOutcome {
         mib_written: j.bytes_written as f64 / MIB as f64,
         checked,
         warnings_after_recovery,
+        backup_restored,
     }
+}
+
+/// On a copy of the crashed store whose meta.redb is destroyed, `fsck --repair` restores the
+/// newest backup (not an older one: a kill during a backup leaves the finished copies intact
+/// and never a half-written one under a backup's name) into a consistent tree. Files may only
+/// have lost data that was freed after the backup (the workload deletes and gc compacts).
+fn restore_newest_backup(crashed: &Path, dest: &Path) -> Result<bool, String> {
+    let newest = fs::read_dir(crashed.join("backups"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".redb"))
+                .max()
+        })
+        .unwrap_or(None);
+    let Some(newest) = newest else {
+        return Ok(false); // killed before the first backup
+    };
+    let seq: u64 = newest[5..13]
+        .parse()
+        .map_err(|e| format!("{newest}: {e}"))?;
+    common::run(Command::new("cp").arg("-a").arg(crashed).arg(dest));
+    fs::write(dest.join("meta.redb"), b"destroyed").map_err(|e| e.to_string())?;
+    let out = Command::new(BIN)
+        .args(["fsck", "--repair", "--json"])
+        .arg(dest)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn fsck: {e}"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "fsck --repair printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if report["restored_from_backup"]["seq"] != seq {
+        return Err(format!(
+            "restored {} instead of the newest backup {newest}: {}",
+            report["restored_from_backup"],
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let bad: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|f| f["severity"] == "error" && f["repaired"] != true)
+                .filter(|f| f["kind"] != "file_data_lost" && f["kind"] != "missing_chunk_file")
+                .collect()
+        })
+        .unwrap_or_default();
+    if !bad.is_empty() {
+        return Err(format!("the restored metadata is inconsistent: {bad:?}"));
+    }
+    fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// `cp -al STORE DEST`, then a real copy of the database over its link.
@@ -1108,7 +1185,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
         base.wrapping_add(trials as u64)
     );
     let start = Instant::now();
-    let (mut ops, mut fsyncs, mut mib, mut warned) = (0, 0, 0.0, 0);
+    let (mut ops, mut fsyncs, mut mib, mut warned, mut restored) = (0, 0, 0.0, 0, 0);
     let mut passed = 0;
     for i in 0..trials {
         if start.elapsed() > budget {
@@ -1135,11 +1212,13 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
         fsyncs += o.fsyncs_ok;
         mib += o.mib_written;
         warned += usize::from(o.warnings_after_recovery > 0);
+        restored += usize::from(o.backup_restored);
         passed += 1;
     }
     eprintln!(
         "crash trials: {passed} passed ({ops} ops, {fsyncs} fsyncs, {mib:.0} MiB written, \
-         {warned} trials with fsck warnings after recovery) in {:.1?}",
+         {warned} trials with fsck warnings after recovery, {restored} restores of the newest \
+         metadata backup) in {:.1?}",
         start.elapsed()
     );
 }

@@ -1,10 +1,11 @@
 //! The control socket of a mounted daemon (`STORE/control.sock`): lets `gc` and a read-only
-//! `fsck` run against a mounted store, in the daemon, on its own metadata handle, with its
+//! `fsck` (and `backup`) run against a mounted store, in the daemon, on its own metadata handle, with its
 //! write-backs quiesced (`Fs::with_quiesced`). One JSON request line, one JSON answer line.
 
 use crate::fs::Fs;
 use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
 use crate::maint::gc::{GcOptions, GcReport, gc_with};
+use crate::meta::backup::TakeReport;
 use crate::store::ChunkStore;
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ pub enum Request {
     Fsck {
         verify_data: bool,
     },
+    /// Take a metadata backup now.
+    Backup,
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -57,6 +60,10 @@ impl Remote {
     pub fn into_fsck(self) -> Result<FsckReport> {
         self.report()
     }
+
+    pub fn into_backup(self) -> Result<TakeReport> {
+        self.report()
+    }
 }
 
 fn socket_path(store: &Path) -> PathBuf {
@@ -85,8 +92,11 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
     Ok(Remote { answer })
 }
 
-fn handle(fs: &Fs, req: Request) -> Answer {
+fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     let result = match req {
+        Request::Backup => crate::maint::backup::backup_fs(fs, store)
+            .map_err(|e| e.to_string())
+            .and_then(|(r, _)| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::SetCompression { codec } => {
             codec.parse::<crate::store::codec::Codec>().and_then(|c| {
                 let packs = fs
@@ -146,6 +156,7 @@ pub fn serve(store: &Path, fs: Arc<Fs>) {
     };
     let weak = Arc::downgrade(&fs);
     drop(fs);
+    let store = store.to_path_buf();
     let spawned = std::thread::Builder::new()
         .name("dedupfs-control".into())
         .spawn(move || {
@@ -160,7 +171,7 @@ pub fn serve(store: &Path, fs: Arc<Fs>) {
                 let answer = match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {
                         tracing::info!(?req, "control request");
-                        handle(&fs, req)
+                        handle(&fs, &store, req)
                     }
                     Err(e) => Answer {
                         report: None,

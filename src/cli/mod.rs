@@ -108,6 +108,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the metadata database into STORE/backups now (mounted or not), keeping the newest
+    /// three copies. A mounted volume is also backed up when its metadata changed, hourly
+    /// (mount option backup_interval=SECS) and at unmount; `fsck --repair` restores the
+    /// newest good copy when meta.redb is damaged.
+    Backup {
+        store: PathBuf,
+        /// List the copies instead of taking one.
+        #[arg(long)]
+        list: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,7 +213,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 repair,
                 verify_data,
             };
-            let opened = match volume::open(&store) {
+            let mut restored = None;
+            let mut opened = match volume::open(&store) {
+                Err(VolumeError::MetaDamaged { err, .. }) if repair => {
+                    restored = Some(restore_meta(&store, &err.to_string())?);
+                    volume::open(&store)
+                }
                 Err(VolumeError::IndexDamaged { err, .. }) if repair => {
                     let aside = volume::set_aside_index(&store)?;
                     eprintln!(
@@ -212,6 +229,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 other => other,
             };
+            if repair && let Ok(vol) = &opened {
+                // Damage redb finds only by reading every page (a checksum mismatch deep in
+                // a table): the same remedy as a header it cannot open.
+                match vol.meta.check_integrity() {
+                    Ok(true) => {}
+                    Ok(false) => eprintln!("redb found and repaired damage in meta.redb"),
+                    Err(e) => {
+                        drop(opened);
+                        restored = Some(restore_meta(&store, &e.to_string())?);
+                        opened = volume::open(&store);
+                    }
+                }
+            }
             let report = match opened {
                 Ok(vol) => {
                     let mut report = run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?;
@@ -246,6 +276,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let mut report = report;
+            report.restored_from_backup = restored;
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
@@ -305,6 +337,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("compression of new chunks: {codec}");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Backup { store, list, json } => {
+            if list {
+                // Only to check that STORE is a store: a mounted one is fine.
+                match volume::lock(&store) {
+                    Ok(_) | Err(VolumeError::Locked(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let copies = crate::meta::backup::list(&store)?;
+                if json {
+                    out(&format!("{}\n", serde_json::to_string_pretty(&copies)?));
+                } else {
+                    let mut s = String::new();
+                    for b in &copies {
+                        s += &format!(
+                            "{:>8}  {}  {:>10}  {}\n",
+                            b.seq,
+                            crate::meta::backup::show_time(b.taken_unix),
+                            human(b.bytes),
+                            b.path.display()
+                        );
+                    }
+                    if copies.is_empty() {
+                        s += "no metadata backups\n";
+                    }
+                    out(&s);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = match volume::open(&store) {
+                Ok(vol) => {
+                    crate::maint::backup::backup_offline(&vol.dir, &vol.meta, vol.chunks.as_ref())?
+                }
+                Err(VolumeError::Locked(_)) => {
+                    control::request(&store, &control::Request::Backup)?.into_backup()?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+            } else {
+                out(&format!(
+                    "metadata backup {} ({}, {} rows, {} ms){}\n",
+                    report.backup.path.display(),
+                    human(report.backup.bytes),
+                    report.rows,
+                    report.elapsed_ms,
+                    if report.rotated_out.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; removed {} older", report.rotated_out.len())
+                    }
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Stats { store, json } => {
             let report = stats_of(&store)?;
             if json {
@@ -345,6 +432,34 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
 fn out(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `fsck --repair` of a store whose meta.redb cannot be read: puts the newest good backup in
+/// its place (the damaged file is kept) and has the pack index rebuilt from the packs.
+fn restore_meta(store: &Path, why: &str) -> Result<crate::meta::backup::Backup> {
+    let _lock = volume::lock(store)?;
+    let (r, index_aside) = crate::maint::backup::restore(store).with_context(|| {
+        format!("meta.redb cannot be read ({why}) and cannot be restored from a backup")
+    })?;
+    eprintln!("meta.redb cannot be read: {why}");
+    for (path, e) in &r.skipped {
+        eprintln!("backup {} cannot be used: {e}", path.display());
+    }
+    eprintln!(
+        "restored the metadata from backup {} taken {}: every change made after that time is lost",
+        r.restored.seq,
+        crate::meta::backup::show_time(r.restored.taken_unix)
+    );
+    if let Some(p) = &r.damaged_kept_as {
+        eprintln!("the damaged database is kept as {}", p.display());
+    }
+    if let Some(p) = index_aside {
+        eprintln!(
+            "the pack index was moved to {} and is rebuilt from the packs",
+            p.display()
+        );
+    }
+    Ok(r.restored)
 }
 
 fn human(n: u64) -> String {
@@ -432,6 +547,13 @@ fn run_fsck(
 
 pub fn render_fsck(r: &FsckReport) -> String {
     let mut s = String::new();
+    if let Some(b) = &r.restored_from_backup {
+        s += &format!(
+            "RESTORED: meta.redb was unreadable; the metadata is now backup {} taken {}. Changes made after it are lost; files whose data was freed since are listed as errors below.\n",
+            b.seq,
+            crate::meta::backup::show_time(b.taken_unix)
+        );
+    }
     for f in &r.findings {
         let sev = match f.severity {
             Severity::Error => "ERROR",
@@ -525,6 +647,8 @@ struct MountOpts {
     read_only: bool,
     allow_other: bool,
     allow_root: bool,
+    /// Time between metadata backups while the metadata changes (`None`: only at unmount).
+    backup_interval: Option<Duration>,
 }
 
 impl MountOpts {
@@ -533,6 +657,7 @@ impl MountOpts {
             read_only: false,
             allow_other: false,
             allow_root: false,
+            backup_interval: Some(crate::maint::backup::DEFAULT_INTERVAL),
         };
         for opt in options.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             match opt {
@@ -540,8 +665,21 @@ impl MountOpts {
                 "rw" => o.read_only = false,
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
+                other if other.starts_with("backup_interval=") => {
+                    let v = &other["backup_interval=".len()..];
+                    let secs = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && (0.0..=1e9).contains(s))
+                        .ok_or_else(|| {
+                            anyhow!("mount option {other}: give seconds (0: only at unmount)")
+                        })?;
+                    o.backup_interval = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+                }
                 other => {
-                    bail!("unknown mount option '{other}' (known: ro, rw, allow_other, allow_root)")
+                    bail!(
+                        "unknown mount option '{other}' (known: ro, rw, allow_other, allow_root, backup_interval=SECS)"
+                    )
                 }
             }
         }
@@ -653,6 +791,10 @@ fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usiz
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
+    // Before the metadata is opened: was it changed since the newest backup?
+    let backups = Arc::new(parking_lot::Mutex::new(
+        crate::maint::backup::BackupTimer::new(store, opts.backup_interval),
+    ));
     let vol = volume::open(store)?;
     let dir = vol.dir.clone();
     let publish_dir = dir.clone();
@@ -718,6 +860,20 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     });
 
     let stop = Arc::new(AtomicBool::new(false));
+    let backup_thread = (!opts.read_only).then(|| {
+        let (fs, stop, backups) = (fs.clone(), stop.clone(), backups.clone());
+        let tick = opts
+            .backup_interval
+            .map_or(Duration::from_millis(200), |i| {
+                i.min(Duration::from_millis(200))
+            });
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                backups.lock().tick(&fs);
+            }
+        })
+    });
     let flusher = {
         let (fs, stop) = (fs.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -740,8 +896,14 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();
     let _ = flusher.join();
+    if let Some(t) = backup_thread {
+        let _ = t.join();
+    }
     fs.stop_background();
     let synced = fs.sync_all(true);
+    if synced.is_ok() && !opts.read_only {
+        backups.lock().at_unmount(&fs);
+    }
     publish(&fs, &dir);
     control::remove(&dir);
     drop(lock);

@@ -5,7 +5,7 @@
 
 use super::{Fs, Guard, LOW_SPACE, PRESYNC_BYTES, State, flush_in_flight};
 use crate::error::{FsError, Ino, Result};
-use crate::meta::MetaDb;
+use crate::meta::{self, MetaDb};
 use crate::store::ChunkStore;
 use std::sync::atomic::Ordering;
 
@@ -54,6 +54,7 @@ impl Fs {
         }
         self.store().sync()?;
         self.meta.make_durable()?;
+        self.durable_epoch.fetch_add(1, Ordering::Relaxed);
         st.since_durable = false;
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.
@@ -204,5 +205,22 @@ impl Fs {
             self.cache.drop_mapped();
         }
         Ok(freed)
+    }
+
+    /// A read snapshot of exactly the durable state, for a metadata backup: everything
+    /// committed so far is made durable (the chunk store first), and the snapshot is taken
+    /// before the state lock is released, so no later commit is in it and every chunk it
+    /// names is durable.
+    /// Also returns the durable epoch the snapshot is of.
+    pub fn durable_snapshot(&self) -> Result<(meta::RTx, u64)> {
+        let mut st = self.state.lock();
+        st.since_durable = true;
+        self.make_durable(&mut st)?;
+        Ok((self.meta.begin_read()?, self.durable_epoch()))
+    }
+
+    /// Durable commits made since the filesystem was opened.
+    pub fn durable_epoch(&self) -> u64 {
+        self.durable_epoch.load(Ordering::Relaxed)
     }
 }

@@ -253,6 +253,8 @@ pub struct Fs {
     recent: Mutex<HashSet<ChunkId>>,
     /// Chunk bytes stored since the last sync of the store (a hint: see `make_durable`).
     unsynced_bytes: AtomicU64,
+    /// Durable commits made so far: a metadata backup is due once this moved.
+    durable_epoch: AtomicU64,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -316,6 +318,7 @@ impl Fs {
             removal: RwLock::new(()),
             recent: Mutex::new(HashSet::new()),
             unsynced_bytes: AtomicU64::new(0),
+            durable_epoch: AtomicU64::new(0),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;

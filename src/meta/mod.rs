@@ -9,6 +9,7 @@
 //! - `counters` hold the physical bytes and chunk count of live chunks, and referenced bytes.
 
 pub mod attr;
+pub mod backup;
 
 pub use attr::{Attr, Kind, Ts};
 
@@ -26,6 +27,9 @@ use std::path::Path;
 /// and an older dedupfs then refuses them rather than miss chunks that live in packs.
 pub const FORMAT_VERSION: u64 = 3;
 pub const ROOT_INO: Ino = 1;
+/// The error of opening a database that has no format version (not dedupfs metadata, or
+/// damaged).
+pub const NO_FORMAT_VERSION: &str = "metadata has no format version";
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -144,7 +148,7 @@ impl MetaDb {
             Some(v) => Err(FsError::Corrupt(format!(
                 "store format version {v} is not supported"
             ))),
-            None => Err(FsError::Corrupt("metadata has no format version".into())),
+            None => Err(FsError::Corrupt(NO_FORMAT_VERSION.into())),
         }
     }
 
@@ -199,6 +203,16 @@ impl MetaDb {
         g.0 = Some(Database::open(&self.path)?);
         g.1 += 1;
         Ok(())
+    }
+
+    /// redb's full check of the file (every page's checksum); may repair what redb can.
+    /// `Ok(false)`: damage was found and repaired.
+    pub fn check_integrity(&self) -> Result<bool> {
+        let mut g = self.db.write();
+        let db =
+            g.0.as_mut()
+                .ok_or_else(|| FsError::Db("metadata database is closed".into()))?;
+        Ok(db.check_integrity()?)
     }
 
     /// A durable empty commit: makes every earlier non-durable commit durable.

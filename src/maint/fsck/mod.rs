@@ -132,6 +132,11 @@ pub struct FsckReport {
     pub packs_checked: u64,
     /// Findings repair fixed.
     pub repaired: usize,
+    /// `meta.redb` could not be read and repair put this backup in its place: every change
+    /// made after it was taken is lost, and files whose data was freed since are named in
+    /// the findings.
+    #[serde(default)]
+    pub restored_from_backup: Option<crate::meta::backup::Backup>,
 }
 
 impl FsckReport {
