@@ -61,7 +61,9 @@ enum Cmd {
         /// Return once the mount is ready; the daemon logs to STORE/daemon.log.
         #[arg(long)]
         background: bool,
-        /// Mount options, comma separated: ro, rw, allow_other, allow_root.
+        /// Mount options, comma separated: ro, rw, allow_other, allow_root,
+        /// backup_interval=SECS (metadata backups while it changes; default 3600, 0: only at
+        /// unmount).
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
         /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing

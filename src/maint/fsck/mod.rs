@@ -24,6 +24,10 @@
 //! corrupt chunks are left in place and reported as errors naming the file (reads of those
 //! ranges keep failing with EIO rather than silently returning zeros).
 //!
+//! A `meta.redb` that cannot be read at all is not fixed here: the CLI's `fsck --repair`
+//! first restores the newest metadata backup (`maint::backup::restore`) and then runs this
+//! check, which names the files whose data was freed after the backup was taken.
+//!
 //! Memory: per-inode facts (kind, nlink, parent, size) are held in a map; chunk references
 //! are counted through a sorted `Vec<u64>` of 8-byte id prefixes (8 bytes per extent), with an
 //! exact recount for the rare prefixes two chunks share.
