@@ -266,6 +266,23 @@ fn backups_rotate_and_a_damaged_newest_copy_is_passed_over() {
         .unwrap()
         .write_all_at(&[0; 4096], 0)
         .unwrap();
+    let out = dedupfs(&["fsck", "--json"], &vol.store);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged: Vec<_> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "backup_damaged")
+        .collect();
+    assert!(
+        damaged.len() == 1
+            && damaged[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("-00000005-"),
+        "fsck reports the damaged copy: {report}"
+    );
+    assert_eq!(report["backups"].as_array().unwrap().len(), 3);
     destroy_header(&vol.store);
     let out = dedupfs(&["fsck", "--repair", "--json"], &vol.store);
     assert!(out.status.success(), "fsck --repair: {}", text(&out));

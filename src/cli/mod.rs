@@ -280,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut report = report;
             report.restored_from_backup = restored;
+            crate::maint::fsck::check_backups(&store, &mut report);
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
@@ -580,6 +581,16 @@ pub fn render_fsck(r: &FsckReport) -> String {
         r.remaining(Severity::Warning),
         r.repaired
     );
+    match r.backups.first() {
+        Some(b) => {
+            s += &format!(
+                "metadata backups: {}, newest taken {}\n",
+                r.backups.len(),
+                crate::meta::backup::show_time(b.taken_unix)
+            )
+        }
+        None => s += "metadata backups: none\n",
+    }
     s += if r.has_errors() {
         "store has ERRORS\n"
     } else {

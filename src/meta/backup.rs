@@ -247,6 +247,29 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     Ok(n)
 }
 
+/// Opens a copy read-only and reads its format version and root directory.
+pub fn check(path: &Path) -> Result<()> {
+    let db = redb::ReadOnlyDatabase::open(path)?;
+    let r = redb::ReadableDatabase::begin_read(&db)?;
+    let meta = r.open_table(META)?;
+    let version = meta
+        .get("format_version")?
+        .ok_or_else(|| FsError::Corrupt(super::NO_FORMAT_VERSION.into()))?;
+    let v = u64::from_le_bytes(
+        version
+            .value()
+            .try_into()
+            .map_err(|_| FsError::Corrupt("bad format_version".into()))?,
+    );
+    if v > super::FORMAT_VERSION {
+        return Err(FsError::Corrupt(format!("format version {v} is newer")));
+    }
+    r.open_table(INODES)?
+        .get(super::ROOT_INO)?
+        .ok_or_else(|| FsError::Corrupt("the copy has no root directory".into()))?;
+    Ok(())
+}
+
 /// Replaces the store's `meta.redb` with the newest copy that opens, keeping the damaged file
 /// as `meta.redb.damaged-<UNIX SECS>`. The store must be locked by the caller. When no copy
 /// opens, the damaged file is put back and nothing is changed.

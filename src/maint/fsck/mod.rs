@@ -42,7 +42,9 @@ use crate::store::ChunkStore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod backups;
 mod store;
+pub use backups::check_backups;
 use store::scan_store;
 
 /// Name of the directory (in `/`) that repair reattaches unreachable inodes under.
@@ -107,6 +109,10 @@ pub enum FindingKind {
     PackDamaged,
     /// A pack file the index does not know (garbage after a crash).
     UnknownPack,
+    /// A metadata backup cannot be read (a restore would pass it over).
+    BackupDamaged,
+    /// The store has no metadata backup yet.
+    NoBackup,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +147,9 @@ pub struct FsckReport {
     /// the findings.
     #[serde(default)]
     pub restored_from_backup: Option<crate::meta::backup::Backup>,
+    /// Metadata backups found in the store, newest first.
+    #[serde(default)]
+    pub backups: Vec<crate::meta::backup::Backup>,
 }
 
 impl FsckReport {
