@@ -15,6 +15,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use common::xattr::{getxattr, listxattr, removexattr, setxattr};
 use common::{
     GIB, KIB, MIB, Volume, assert_bytes_eq, cstr, cvt, errno_of, fuse_available, random_bytes,
     read_all,
@@ -33,66 +34,6 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
         )
     })
     .map(drop)
-}
-
-fn setxattr(p: &Path, name: &str, value: &[u8], flags: libc::c_int) -> std::io::Result<()> {
-    let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // SAFETY: valid C strings and a valid buffer of value.len() bytes.
-    cvt(unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
-}
-
-fn getxattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // Size query first (exercises the size-0 protocol), then the real read.
-    // SAFETY: a null buffer with size 0 is the documented size query.
-    let size = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; size as usize];
-    // SAFETY: buf is valid for buf.len() bytes.
-    let got = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if got < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
-}
-
-fn listxattr(p: &Path) -> std::io::Result<Vec<String>> {
-    let p = cstr(p);
-    // SAFETY: a null buffer with size 0 is the documented size query.
-    let size = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; size as usize];
-    // SAFETY: buf is valid for buf.len() bytes.
-    let got = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if got < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(got as usize);
-    Ok(buf
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect())
-}
-
-fn removexattr(p: &Path, name: &str) -> std::io::Result<()> {
-    let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // SAFETY: valid C strings.
-    cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
 }
 
 /// (name, d_ino, d_type) of every entry, via libc opendir/readdir.

@@ -17,10 +17,12 @@
 //! survive one.
 
 mod background;
+mod digest;
 mod dirty;
 mod durability;
 mod file;
 
+pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
 
 use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};
@@ -255,6 +257,8 @@ pub struct Fs {
     unsynced_bytes: AtomicU64,
     /// Durable commits made so far: a metadata backup is due once this moved.
     durable_epoch: AtomicU64,
+    /// blake3 digests of whole files by inode, with the content fingerprint each is valid for.
+    digests: Mutex<digest::DigestCache>,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -319,6 +323,9 @@ impl Fs {
             recent: Mutex::new(HashSet::new()),
             unsynced_bytes: AtomicU64::new(0),
             durable_epoch: AtomicU64::new(0),
+            digests: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(digest::CACHED_DIGESTS).expect("non-zero"),
+            )),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -1070,6 +1077,9 @@ impl Fs {
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         self.writable()?;
         Self::check_xattr_name(name)?;
+        if name == DIGEST_XATTR {
+            return Err(FsError::NotPermitted);
+        }
         if value.len() > 65536 {
             return Err(FsError::Range);
         }
@@ -1107,6 +1117,9 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if name == DIGEST_XATTR {
+            return Ok(self.blake3_digest(ino)?.to_vec());
+        }
         self.with_view(|r| {
             r.inode(ino)?.ok_or(FsError::NotFound)?;
             r.xattr(ino, name)?.ok_or(FsError::NoXattr)
@@ -1129,6 +1142,9 @@ impl Fs {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         self.writable()?;
+        if name == DIGEST_XATTR {
+            return Err(FsError::NotPermitted);
+        }
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| {
             let mut a = self.attr_in(st, tx, ino)?;

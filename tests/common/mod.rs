@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod tree;
+pub mod xattr;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
