@@ -3,6 +3,7 @@
 //! write-backs quiesced (`Fs::with_quiesced`). One JSON request line, one JSON answer line.
 
 use crate::fs::Fs;
+use crate::maint::du::{DuReport, du};
 use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
 use crate::maint::gc::{GcOptions, GcReport, gc_with};
 use crate::meta::backup::TakeReport;
@@ -30,6 +31,10 @@ pub enum Request {
     },
     /// Take a metadata backup now.
     Backup,
+    /// Space accounting of trees: (inode, path as the user named it).
+    Du {
+        items: Vec<(u64, String)>,
+    },
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -64,6 +69,10 @@ impl Remote {
     pub fn into_backup(self) -> Result<TakeReport> {
         self.report()
     }
+
+    pub fn into_du(self) -> Result<Vec<DuReport>> {
+        self.report()
+    }
 }
 
 fn socket_path(store: &Path) -> PathBuf {
@@ -94,6 +103,9 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
 
 fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     let result = match req {
+        Request::Du { items } => du_of(fs, store, &items)
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::Backup => crate::maint::backup::backup_fs(fs, store)
             .map_err(|e| e.to_string())
             .and_then(|(r, _)| serde_json::to_value(r).map_err(|e| e.to_string())),
@@ -140,6 +152,17 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
             error: Some(e),
         },
     }
+}
+
+/// `dedupfs du`: everything written so far is committed first, then each tree is accounted
+/// in one snapshot (other operations go on meanwhile).
+fn du_of(fs: &Fs, store: &Path, items: &[(u64, String)]) -> crate::error::Result<Vec<DuReport>> {
+    fs.sync_all(false)?;
+    let (snap, _) = fs.durable_snapshot()?;
+    items
+        .iter()
+        .map(|(ino, path)| du(&snap, fs.store().as_ref(), *ino, path, store))
+        .collect()
 }
 
 /// Starts answering requests on `STORE/control.sock` (a thread; it lives as long as the

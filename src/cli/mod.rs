@@ -11,8 +11,10 @@ use crate::meta::MetaDb;
 use crate::store::codec::Codec;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
+use mounts::is_mountpoint;
 
 mod control;
+mod mounts;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -107,6 +109,14 @@ enum Cmd {
     /// Show logical and physical bytes, chunk count and dedup ratio (mounted or not).
     Stats {
         store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Space of trees on a mounted volume: logical bytes, bytes on disk no other file shares
+    /// (what deleting the tree frees) and bytes on disk shared with files outside it.
+    Du {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -392,6 +402,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         format!("; removed {} older", report.rotated_out.len())
                     }
                 ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Du { paths, json } => {
+            let mut reports = Vec::new();
+            for p in &paths {
+                let store = mounts::store_of(p)?;
+                let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+                let req = control::Request::Du {
+                    items: vec![(
+                        std::os::unix::fs::MetadataExt::ino(&meta),
+                        p.display().to_string(),
+                    )],
+                };
+                reports.extend(control::request(&store, &req)?.into_du()?);
+            }
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(&reports)?));
+            } else {
+                let mut s = format!(
+                    "{:>12}  {:>12}  {:>12}  path\n",
+                    "logical", "exclusive", "shared"
+                );
+                for r in &reports {
+                    s += &format!(
+                        "{:>12}  {:>12}  {:>12}  {}\n",
+                        human(r.logical_bytes),
+                        human(r.exclusive_bytes),
+                        human(r.shared_bytes),
+                        r.path
+                    );
+                }
+                out(&s);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -698,29 +741,6 @@ impl MountOpts {
         }
         Ok(o)
     }
-}
-
-/// Is `path` the root of a mount? (Its device differs from its parent's, or it is listed
-/// in the mount table.)
-fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
-    };
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    table.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|m| unescape_mount_path(m) == canon.as_os_str().to_string_lossy())
-    })
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 fn check_mountpoint(mp: &Path) -> Result<()> {

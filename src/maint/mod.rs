@@ -2,6 +2,7 @@
 //! exit code from it.
 
 pub mod backup;
+pub mod du;
 pub mod fsck;
 pub mod gc;
 pub mod stats;
