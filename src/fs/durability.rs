@@ -224,3 +224,20 @@ impl Fs {
         self.durable_epoch.load(Ordering::Relaxed)
     }
 }
+
+impl Drop for Fs {
+    /// Commits that no durable point covered (a final sync that failed, or none was made) may
+    /// name chunks the store never synced: they must not become durable through redb's clean
+    /// shutdown. They are dropped, as a crash would drop them.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if st.since_durable || st.pending.is_some() {
+            if !self.cfg.read_only {
+                tracing::warn!(
+                    "closing with changes that were never made durable: they are dropped, as in a crash"
+                );
+            }
+            self.meta.abandon();
+        }
+    }
+}

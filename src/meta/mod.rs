@@ -9,6 +9,7 @@
 //! - `counters` hold the physical bytes and chunk count of live chunks, and referenced bytes.
 
 pub mod attr;
+mod backend;
 pub mod backup;
 
 pub use attr::{Attr, Kind, Ts};
@@ -77,6 +78,19 @@ pub struct MetaDb {
     /// The database (`None` after a failed reopen) and how many times it was reopened.
     db: parking_lot::RwLock<(Option<Database>, u64)>,
     path: std::path::PathBuf,
+    /// Set by [`MetaDb::abandon`]: the backend writes nothing more.
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Opens (or with `create`, creates) the database file at `path` on an abandonable backend.
+fn open_db(
+    path: &Path,
+    create: bool,
+    abandoned: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Database> {
+    let backend = backend::Backend::open(path, create, abandoned.clone())
+        .map_err(|e| FsError::Db(format!("{}: {e}", path.display())))?;
+    Ok(Database::builder().create_with_backend(backend)?)
 }
 
 /// redb refuses all work after an I/O error in a commit (a full disk): the handle must be
@@ -92,10 +106,12 @@ fn kind_of(code: u8) -> Result<Kind> {
 impl MetaDb {
     /// Creates a new database with an empty root directory.
     pub fn create(path: &Path, params: ChunkParams, uid: u32, gid: u32) -> Result<MetaDb> {
-        let db = Database::create(path)?;
+        let abandoned = Default::default();
+        let db = open_db(path, true, &abandoned)?;
         let meta = MetaDb {
             db: parking_lot::RwLock::new((Some(db), 0)),
             path: path.to_path_buf(),
+            abandoned,
         };
         let mut tx = meta.begin_write()?;
         tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
@@ -125,10 +141,12 @@ impl MetaDb {
 
     /// Opens an existing database, checking its format version.
     pub fn open(path: &Path) -> Result<MetaDb> {
-        let db = Database::open(path)?;
+        let abandoned = Default::default();
+        let db = open_db(path, false, &abandoned)?;
         let meta = MetaDb {
             db: parking_lot::RwLock::new((Some(db), 0)),
             path: path.to_path_buf(),
+            abandoned,
         };
         let version = {
             let r = meta.begin_read()?;
@@ -200,7 +218,10 @@ impl MetaDb {
              not yet made durable are lost, as in a crash"
         );
         g.0.take();
-        g.0 = Some(Database::open(&self.path)?);
+        if self.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(FsError::Db("metadata database is closed".into()));
+        }
+        g.0 = Some(open_db(&self.path, false, &self.abandoned)?);
         g.1 += 1;
         Ok(())
     }
@@ -213,6 +234,16 @@ impl MetaDb {
             g.0.as_mut()
                 .ok_or_else(|| FsError::Db("metadata database is closed".into()))?;
         Ok(db.check_integrity()?)
+    }
+
+    /// Closes the database *without* redb's clean shutdown, which would make every commit
+    /// durable, including non-durable ones that name chunks the store never synced. The file
+    /// then recovers to its last durable commit at the next open, exactly as after a crash.
+    /// Later calls fail ("metadata database is closed").
+    pub fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.db.write().0.take();
     }
 
     /// A durable empty commit: makes every earlier non-durable commit durable.

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod codec;
 pub mod compact;
 pub mod failing;
+pub mod fault;
 pub mod local_dir;
 pub mod memory;
 pub mod pack;

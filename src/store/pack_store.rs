@@ -147,6 +147,8 @@ pub struct PackStore {
     /// Packs compaction deleted: a reader that opened one just before must not put its
     /// mapping back into `maps` (it would pin the deleted file's space).
     retired: Mutex<std::collections::HashSet<u64>>,
+    /// Injected I/O errors (tests; `DEDUPFS_FAULTS`).
+    faults: super::fault::Faults,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -222,6 +224,7 @@ impl PackStore {
             sync_failed: Mutex::new(None),
             removed_since_reclaim: AtomicBool::new(true),
             retired: Mutex::new(std::collections::HashSet::new()),
+            faults: super::fault::Faults::from_env(),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -439,13 +442,20 @@ impl PackStore {
             return Err(FsError::Corrupt("no open pack".into()));
         };
         let offset = p.pos;
-        let written = p
-            .file
-            .write_all_at(&header.encode(), offset)
-            .and_then(|()| {
-                p.file
-                    .write_all_at(stored, offset + super::pack::RECORD_HEADER_LEN as u64)
-            });
+        let payload_at = offset + super::pack::RECORD_HEADER_LEN as u64;
+        let written = match self.faults.on_write() {
+            // An injected fault: a short write (the header and half the payload), then the
+            // error, as a device that fails part-way through.
+            Some(e) => p
+                .file
+                .write_all_at(&header.encode(), offset)
+                .and_then(|()| p.file.write_all_at(&stored[..stored.len() / 2], payload_at))
+                .and(Err(e)),
+            None => p
+                .file
+                .write_all_at(&header.encode(), offset)
+                .and_then(|()| p.file.write_all_at(stored, payload_at)),
+        };
         if let Err(e) = written {
             // The record may be partly written past `pos`: seal the pack at `pos` (the tail is
             // cut at the next open) and start a new one for the next chunk.
@@ -466,6 +476,11 @@ impl PackStore {
             self.flush_pending()?;
         }
         Ok(loc)
+    }
+
+    /// Fault injection (tests).
+    pub fn faults(&self) -> &super::fault::Faults {
+        &self.faults
     }
 
     /// Where chunk `id` lives now: pending changes first, then the index. `Ok(None)`: not in
@@ -774,7 +789,11 @@ impl ChunkStore for PackStore {
         }
         let result = (|| {
             for (id, file, ..) in &dirty {
-                if let Err(e) = file.sync_data() {
+                let synced = match self.faults.on_sync() {
+                    Some(e) => Err(e),
+                    None => file.sync_data(),
+                };
+                if let Err(e) = synced {
                     // Linux may drop dirty pages after a failed fdatasync and report success on
                     // a retry: never trust this pack's unsynced records again.
                     *self.sync_failed.lock() = Some(format!("{}: {e}", pack_file_name(*id)));
