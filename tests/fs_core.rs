@@ -3,12 +3,13 @@
 //! Guards against: reads that miss buffered writes, overwrites and truncates that corrupt
 //! neighbouring chunks, holes that read stale data, unlinked-but-open files that vanish early
 //! or never vanish, rename corner cases (replace, NOREPLACE, EXCHANGE, moving a directory into
-//! itself), wrong directory link counts, lost data or renumbered inodes across a remount,
+//! itself), wrong directory link counts, lost data or renumbered inodes across a remount, a
+//! reopened store cutting with the binary's default chunk params instead of its own,
 //! deduplication that silently stops working (identical, shifted, copied data), a small
 //! overwrite that re-chunks the whole file, and write-back faults (I/O error, full disk) that
 //! lose buffered data or wedge the filesystem.
 
-use dedupfs::chunker::ChunkParams;
+use dedupfs::chunker::{ChunkParams, Chunker, DEFAULT_AVG};
 use dedupfs::error::{FsError, Ino};
 use dedupfs::fs::{Caller, Fs, FsConfig, RenameFlags, SeekWhence, SetAttr};
 use dedupfs::meta::{Kind, MetaDb, ROOT_INO};
@@ -858,6 +859,33 @@ fn data_and_inode_numbers_survive_remount_with_local_dir_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalDirStore::open(&dir.path().join("chunks")).unwrap();
     persistence_round_trip(Arc::new(store));
+}
+
+#[test]
+fn a_store_keeps_its_chunk_params_across_remount_whatever_the_default() {
+    // Chunk params are chosen at init and recorded in the metadata; they are on-disk format.
+    // A reopened store must cut new data with its own params, never with the binary's default
+    // (else a release that changes DEFAULT_AVG would make every new write in an existing store
+    // stop sharing chunks with its old data).
+    for avg in [DEFAULT_AVG / 4, DEFAULT_AVG * 4] {
+        let params = ChunkParams::from_avg(avg).unwrap();
+        let mut v = Vol::with(Arc::new(MemoryStore::new()), params, FsConfig::default());
+        v.file_with("before", &noise(4 * MIB as usize, 18));
+        v.remount();
+        assert_eq!(
+            v.fs().chunk_params(),
+            params,
+            "avg {avg}: params after remount"
+        );
+        let data = noise(8 * MIB as usize, 19);
+        let chunks = v.fs().usage().unwrap().chunk_count;
+        v.file_with("after", &data);
+        let added = v.fs().usage().unwrap().chunk_count - chunks;
+        let own = Chunker::new(params).cut_all(&data).len() as u64;
+        let default = Chunker::new(ChunkParams::default()).cut_all(&data).len() as u64;
+        assert_ne!(own, default, "the test needs params that cut differently");
+        assert_eq!(added, own, "avg {avg}: chunks of a write after remount");
+    }
 }
 
 // ---------------------------------------------------------------- deduplication

@@ -14,6 +14,9 @@ ap.add_argument("--fio-bytes", type=int, required=True)
 ap.add_argument("--fio-runtime", type=int, required=True)
 ap.add_argument("--backing", default="?", help="what the figures were measured on")
 ap.add_argument("--codec", default="?", help="the codec of the in-process compression figures")
+ap.add_argument("--fixed-block", type=int, default=64 * 1024,
+                help="the fixed-block policy's block size: the average chunk size of a default store")
+ap.add_argument("--no-main", action="store_true", help="only the chunk-size study ran")
 a = ap.parse_args()
 
 R = {}
@@ -239,7 +242,7 @@ row(f"fio random 4 KiB reads, dedupfs: CDC chunks ({fio_desc}, fresh mount)", "I
     {f: iops(f"{f}.randread") for f in FS}, "iops")
 
 # The same pair on a second file laid out alike, with the fixed-block policy: dedupfs only.
-FIXED_BLOCK = 64 * 1024  # fixed blocks are the store's average chunk size (the bench inits the default)
+FIXED_BLOCK = a.fixed_block  # fixed blocks are the store's average chunk size (the bench inits the default)
 fixed_ran = "dedupfs.randwrite_fixed" in R
 if fixed_ran:
     row(f"fio random 4 KiB writes, fixed {FIXED_BLOCK // 1024} KiB blocks "
@@ -253,7 +256,7 @@ if fixed_ran:
     row("fio random 4 KiB reads, fixed blocks (fresh mount)", "IOPS",
         {"dedupfs": iops("dedupfs.randread_fixed")}, "iops")
 
-tree_n = R.get("tree.entries", "?")
+tree_n = R.get("tree.entries", "0")
 tree_extra = ""
 # Before: after the gc that ran just before the tar x (compacting the fio steps' dead bytes).
 st, sb = stats("tar"), stats("pre_tar") or stats("randwrite_fixed") or stats("randwrite")
@@ -364,35 +367,36 @@ hdr = ["step", "unit", "dedupfs", "ext4", "bindfs", "in-process FastCDC + blake3
        "dedupfs ÷ ext4", "dedupfs ÷ bindfs", "dedupfs ÷ in-process", "dedupfs store after the step"]
 out = []
 out.append(open(a.header).read().rstrip("\n"))
-out.append("")
-out.append(f"**Backing: {a.backing}** (dedupfs stores, native ext4 directory and bindfs's backing "
-           "directory alike)")
-out.append("")
-out.append("| " + " | ".join(hdr) + " |")
-out.append("|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|")
-for step, unit, vals, kind, inproc, inproc_label, store in rows:
-    d = vals.get("dedupfs")
-    cells = [step, unit] + [fmt(vals.get(f), kind) for f in FS]
-    cells.append(inproc_label if inproc is not None else "–")
-    cells += [ratio(d, vals.get("ext4")), ratio(d, vals.get("bindfs")), ratio(d, inproc), store]
-    out.append("| " + " | ".join(cells) + " |")
-out.append("")
-out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS, worse for s, MiB and ×. "
-           "GB/s = 1e9 bytes/s; one run per cell (in-process: median of "
-           f"{cdc['reps'] if cdc else '?'} after a warm-up pass{cdc_rate_note}). "
-           "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
-           "go through the page cache). "
-           "ext4 and bindfs \"physical\" figures are `du` of the directory. "
-           "dedupfs stats: phys = unique chunk bytes before compression, stored = live chunks as "
-           "stored (compressed), on disk = the store's data files incl. dead pack bytes; \"–\" = "
-           "not reported by this dedupfs (or the step failed).")
-if fixed_ran:
+if not a.no_main:  # --chunk-study only: no main table
     out.append("")
-    out.append("dedupfs chunking policy on random 4 KiB I/O, fixed blocks ÷ CDC chunks (same data, same "
-               f"offsets): write IOPS {ratio(iops('dedupfs.randwrite_fixed'), iops('dedupfs.randwrite'))}, "
-               f"with the final fsync {ratio(iops_wall('dedupfs.randwrite_fixed'), iops_wall('dedupfs.randwrite'))}, "
-               f"daemon bytes written {ratio(fwa_daemon.get('dedupfs'), wa_daemon.get('dedupfs'))}, "
-               f"read IOPS {ratio(iops('dedupfs.randread_fixed'), iops('dedupfs.randread'))}.")
+    out.append(f"**Backing: {a.backing}** (dedupfs stores, native ext4 directory and bindfs's backing "
+               "directory alike)")
+    out.append("")
+    out.append("| " + " | ".join(hdr) + " |")
+    out.append("|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|")
+    for step, unit, vals, kind, inproc, inproc_label, store in rows:
+        d = vals.get("dedupfs")
+        cells = [step, unit] + [fmt(vals.get(f), kind) for f in FS]
+        cells.append(inproc_label if inproc is not None else "–")
+        cells += [ratio(d, vals.get("ext4")), ratio(d, vals.get("bindfs")), ratio(d, inproc), store]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS, worse for s, MiB and ×. "
+               "GB/s = 1e9 bytes/s; one run per cell (in-process: median of "
+               f"{cdc['reps'] if cdc else '?'} after a warm-up pass{cdc_rate_note}). "
+               "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
+               "go through the page cache). "
+               "ext4 and bindfs \"physical\" figures are `du` of the directory. "
+               "dedupfs stats: phys = unique chunk bytes before compression, stored = live chunks as "
+               "stored (compressed), on disk = the store's data files incl. dead pack bytes; \"–\" = "
+               "not reported by this dedupfs (or the step failed).")
+    if fixed_ran:
+        out.append("")
+        out.append("dedupfs chunking policy on random 4 KiB I/O, fixed blocks ÷ CDC chunks (same data, same "
+                   f"offsets): write IOPS {ratio(iops('dedupfs.randwrite_fixed'), iops('dedupfs.randwrite'))}, "
+                   f"with the final fsync {ratio(iops_wall('dedupfs.randwrite_fixed'), iops_wall('dedupfs.randwrite'))}, "
+                   f"daemon bytes written {ratio(fwa_daemon.get('dedupfs'), wa_daemon.get('dedupfs'))}, "
+                   f"read IOPS {ratio(iops('dedupfs.randread_fixed'), iops('dedupfs.randread'))}.")
 
 # ---- sanity checks on dedupfs
 checks = []
@@ -449,6 +453,203 @@ for f in FS:
               "gc.verify"):
         if err(f"{f}.{k}"):
             checks.append(f"{f}: step {k} failed (see notes)")
+# ---- the chunk-size study (scripts/bench, bench_chunk_study): one column per average chunk size
+study_sizes = [int(x) for x in R.get("study.sizes", "").split()]
+
+
+def kib(avg):
+    return f"{avg // 1024} KiB" if avg % 1024 == 0 else f"{avg} B"
+
+
+def study_stats(avg, step):
+    return load(f"study.{avg}.stats.{step}")
+
+
+def study_meta(avg, step):
+    """Allocated bytes of meta.redb + index.redb after step (either missing: None)."""
+    m, i = num(f"study.{avg}.meta.{step}"), num(f"study.{avg}.index.{step}")
+    return None if m is None or i is None else m + i
+
+
+def study_pair_delta(avg, i, f):
+    """What release 2 of pair i added to field f of the store's stats (None if unknown)."""
+    return diff(field(study_stats(avg, f"p{i}.r2"), f), field(study_stats(avg, f"p{i}.r1"), f))
+
+
+def study_pair_disk(avg, i):
+    """Bytes on disk release 2 added: pack bytes + metadata files' allocated bytes."""
+    packs_ = study_pair_delta(avg, i, "disk_bytes")
+    meta = diff(study_meta(avg, f"p{i}.r2"), study_meta(avg, f"p{i}.r1"))
+    return None if packs_ is None or meta is None else packs_ + meta
+
+
+def study_rounds():
+    return range(1, int(num("study.reps") or 1) + 1)
+
+
+def median_gbps(prefix, nbytes):
+    """Median over the study's rounds of nbytes ÷ the seconds under prefix.N; ERR if all failed."""
+    v = [gbps(f"{prefix}.{n}", nbytes) for n in study_rounds()]
+    ok = sorted(x for x in v if isinstance(x, float))
+    if not ok:
+        return "ERR" if "ERR" in v else None
+    m = len(ok) // 2
+    return ok[m] if len(ok) % 2 else (ok[m - 1] + ok[m]) / 2
+
+
+def spread(prefix, nbytes):
+    """" (min–max)" of the rounds' rates when there are several, else ""."""
+    ok = [x for x in (gbps(f"{prefix}.{n}", nbytes) for n in study_rounds()) if isinstance(x, float)]
+    return f" ({min(ok):.3g}–{max(ok):.3g})" if len(ok) > 1 else ""
+
+
+if study_sizes:
+    ref = int(R.get("study.default_avg", 0) or 0)
+    if ref not in study_sizes:
+        ref = max(study_sizes)
+    others = [s_ for s_ in study_sizes if s_ != ref]
+    sbytes = num("study.bytes")
+    pairs = sorted({int(k.split(".")[2]) for k in R if k.startswith("study.pair.")})
+    srows = []  # (label, unit, {avg: value}, ext4 value, kind)
+    rates = {}  # (avg, "write" | "read_cold"): the median rate, for the ratio columns
+    ratio_vals = {}  # row index -> the values its ratio columns divide, where cells are text
+
+    def srow(label, unit, vals, kind, ext4=None):
+        srows.append((label, unit, vals, ext4, kind))
+
+    def pct(x, y):
+        d = div(x, y)
+        return None if d is None else 100 * d
+
+    sum_new = {s_: 0.0 for s_ in study_sizes}
+    sum_disk = {s_: 0.0 for s_ in study_sizes}
+    sum_logical, ext4_sum, pairs_done = 0.0, 0.0, 0
+    for i in pairs:
+        name, v1, v2 = (R.get(f"study.pair.{i}", "? ? ?").split() + ["?"] * 3)[:3]
+        logical = num(f"study.pair.{i}.r2.bytes")
+        files = num(f"study.pair.{i}.r2.files")
+        desc = (f"{name} {v1} → {v2} ({fmt(files, 'int')} files, {human(logical)} unpacked)"
+                if logical is not None else f"{name} {v1} → {v2} (not available)")
+        new = {s_: pct(study_pair_delta(s_, i, "physical_bytes"), logical) for s_ in study_sizes}
+        disk = {s_: pct(study_pair_disk(s_, i), logical) for s_ in study_sizes}
+        meta = {s_: pct(diff(study_meta(s_, f"p{i}.r2"), study_meta(s_, f"p{i}.r1")), logical)
+                for s_ in study_sizes}
+        chunks = {s_: study_pair_delta(s_, i, "chunk_count") for s_ in study_sizes}
+        ext4_add = diff(num(f"study.ext4.du.p{i}.r2"), num(f"study.ext4.du.p{i}.r1"))
+        srow(f"{desc}, release 2 stored after release 1: share of its bytes that were new "
+             "(unique chunk bytes added ÷ its logical bytes)", "%", new, "pct")
+        srow("↳ bytes on disk added incl. metadata (packs + meta.redb + index.redb) ÷ its logical "
+             "bytes (ext4: du added)", "%", disk, "pct", pct(ext4_add, logical))
+        srow("↳ of which meta.redb + index.redb (allocated bytes; redb files grow in steps)", "%",
+             meta, "pct")
+        srow("↳ chunks added", "chunks", chunks, "int")
+        if logical is not None:  # the pair was stored: add it to the totals
+            sum_logical += logical
+            pairs_done += 1
+            ext4_sum = None if ext4_add is None or ext4_sum is None else ext4_sum + ext4_add
+            for s_ in study_sizes:
+                d_new, d_disk = study_pair_delta(s_, i, "physical_bytes"), study_pair_disk(s_, i)
+                sum_new[s_] = None if d_new is None or sum_new[s_] is None else sum_new[s_] + d_new
+                sum_disk[s_] = None if d_disk is None or sum_disk[s_] is None else sum_disk[s_] + d_disk
+        for s_ in study_sizes:
+            got = field(study_stats(s_, f"p{i}.r2"), "logical_bytes")
+            was = field(study_stats(s_, f"p{i}.r1"), "logical_bytes")
+            if logical is not None and got is not None and was is not None and got - was != logical:
+                checks.append(f"chunk study, {kib(s_)}, {name} {v2}: the store's logical bytes grew by "
+                              f"{got - was:,.0f}, the tree holds {logical:,.0f}")
+    if pairs_done > 1:
+        srow(f"all {pairs_done} pairs together: new ÷ logical", "%",
+             {s_: pct(sum_new[s_], sum_logical) for s_ in study_sizes}, "pct")
+        srow("↳ on disk incl. metadata ÷ logical", "%",
+             {s_: pct(sum_disk[s_], sum_logical) for s_ in study_sizes}, "pct", pct(ext4_sum, sum_logical))
+
+    size = human(sbytes) if sbytes else "?"
+    nrounds = len(study_rounds())
+    rounds = f"median of {nrounds} rounds (min–max)" if nrounds > 1 else "one round"
+    for what, label in (("write", f"sequential write, {size} of unique data (dd bs=1M conv=fsync), "
+                                  f"fresh store; {rounds}"),
+                        ("read_cold", "sequential read of that file, cold (fresh mount, drop_caches)")):
+        cells = {}
+        for s_ in study_sizes:
+            m = median_gbps(f"study.{s_}.{what}", sbytes)
+            cells[s_] = m if not isinstance(m, float) else f"{fmt(m, 'gbps')}{spread(f'study.{s_}.{what}', sbytes)}"
+            rates[(s_, what)] = m
+        e = median_gbps(f"study.ext4.{what}", sbytes)
+        srow(label, "GB/s", cells, "gbps",
+             e if not isinstance(e, float) else f"{fmt(e, 'gbps')}{spread(f'study.ext4.{what}', sbytes)}")
+        ratio_vals[len(srows) - 1] = {s_: rates[(s_, what)] for s_ in study_sizes}
+    srow("↳ in-process FastCDC + blake3 + the codec per new chunk, 2 threads (same data)", "GB/s",
+         {s_: field(load(f"study.{s_}.cdc"), "cdc_blake3_codec_2t_gbps") for s_ in study_sizes}, "gbps")
+    srow("↳ in-process FastCDC + blake3, 1 thread", "GB/s",
+         {s_: field(load(f"study.{s_}.cdc"), "cdc_blake3_1t_gbps") for s_ in study_sizes}, "gbps")
+
+    def per_gib(avg, what):
+        st = study_stats(avg, "large.1")
+        phys_ = field(st, "physical_bytes")
+        if what == "chunks":
+            v = field(st, "chunk_count")
+        else:
+            files_ = ("meta", "index") if what == "both" else (what,)
+            v = 0
+            for f_ in files_:
+                d = diff(num(f"study.{avg}.{f_}.large.1"), num(f"study.{avg}.{f_}.empty.1"))
+                v = None if d is None or v is None else v + d
+        return None if v is None or not phys_ else v * GiB / phys_
+
+    srow("chunks per GiB of unique data", "chunks",
+         {s_: per_gib(s_, "chunks") for s_ in study_sizes}, "int")
+    srow("meta.redb + index.redb per GiB of unique data (allocated bytes, growth from an empty "
+         "store, measured on the large file)", "MiB", {s_: per_gib(s_, "both") for s_ in study_sizes},
+         "mib")
+    srow("↳ meta.redb", "MiB", {s_: per_gib(s_, "meta") for s_ in study_sizes}, "mib")
+    srow("↳ index.redb", "MiB", {s_: per_gib(s_, "index") for s_ in study_sizes}, "mib")
+    srow("↳ per chunk", "B", {s_: div(per_gib(s_, "both"), per_gib(s_, "chunks"))
+                              for s_ in study_sizes}, "int")
+    def hwm(avg):
+        v = [num(f"study.{avg}.hwm_kib.{n}") for n in study_rounds()]
+        v = [x for x in v if x is not None]
+        return max(v) * 1024 if v else None
+
+    srow("peak daemon RSS during the write (VmHWM; the highest of the rounds)", "MiB",
+         {s_: hwm(s_) for s_ in study_sizes}, "mib")
+
+    for s_ in study_sizes:
+        st = study_stats(s_, "large.1")
+        if st and sbytes and abs(st["physical_bytes"] - sbytes) > sbytes * 0.001:
+            checks.append(f"chunk study, {kib(s_)}: the large file of {sbytes:,.0f} unique bytes left "
+                          f"physical_bytes = {st['physical_bytes']:,}")
+        for k in (tuple(f"{w}.{n}" for w in ("write", "read_cold") for n in study_rounds())
+                  + ("verify",) + tuple(f"p{i}.r{r}" for i in pairs for r in (1, 2))):
+            if err(f"study.{s_}.{k}"):
+                checks.append(f"chunk study, {kib(s_)}: step {k} failed (see notes)")
+
+    params = {s_: R.get(f"study.{s_}.init", "") for s_ in study_sizes}
+    hdr = (["measure", "unit"] + [kib(s_) for s_ in study_sizes] + ["ext4"]
+           + [f"{kib(s_)} ÷ {kib(ref)}" for s_ in others])
+    out.append("")
+    out.append(f"## Chunk-size study: dedupfs at average chunk sizes {', '.join(kib(s_) for s_ in study_sizes)}")
+    out.append("")
+    out.append(f"**Backing: {a.backing}.** Each column: fresh stores made with `dedupfs init "
+               "--avg-chunk N` (min = N/4, max = 4N), the store's default codec unless --compression. "
+               "Release pairs: CPython 3.12 manylinux x86_64 wheels (pip download, pinned by sha256), "
+               "unpacked, copied with `cp -a` one release after the other into one store; exact "
+               "figures from `dedupfs stats --json` with the store unmounted. "
+               f"The large file: {size} of unique, incompressible data in another fresh store. "
+               f"Ratios: each size ÷ {kib(ref)} (the default of this dedupfs).")
+    out.append("")
+    out.append("| " + " | ".join(hdr) + " |")
+    out.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(hdr) - 2)) + "|")
+    for idx, (label, unit, vals, ext4, kind) in enumerate(srows):
+        cells = [label, unit] + [fmt(vals.get(s_), kind) for s_ in study_sizes] + [fmt(ext4, kind)]
+        rv = ratio_vals.get(idx, vals)
+        cells += [ratio(rv.get(s_), rv.get(ref)) for s_ in others]
+        out.append("| " + " | ".join(cells) + " |")
+    if any(params.values()):
+        out.append("")
+        out.append("Stores as `dedupfs init` made them: " + "; ".join(
+            f"{kib(s_)}: {params[s_].split('(', 1)[-1].rstrip(') ') if '(' in params[s_] else '?'}"
+            for s_ in study_sizes) + ".")
+
 if checks or notes:
     out.append("")
     out.append("Checks and notes:")
