@@ -1291,6 +1291,18 @@ impl Fs {
         }
     }
 
+    /// syncfs(2) for the whole volume (`dedupfs sync`; the kernel does not forward sync(2) or
+    /// syncfs(2) to a FUSE filesystem): when this returns, everything written so far is
+    /// durable, including the tail chunk of files still open for writing (as `fsync` of each
+    /// file would). On a full backing store the durable point inside `sync_all` has already
+    /// freed what deleted files held, so one more attempt is made, as `fsync` does.
+    pub fn sync_fs(&self) -> Result<()> {
+        match self.sync_all(true) {
+            Err(FsError::NoSpace) => self.sync_all(true),
+            other => other,
+        }
+    }
+
     /// Starts the background writer, which writes back files that crossed a quarter of their
     /// dirty budget while their writer goes on. Without it, write-back happens only in the
     /// caller's thread (as in most tests).
