@@ -113,7 +113,11 @@ fn sync_fs_makes_open_files_durable_including_their_unfinished_tails() {
     for (name, data) in &files {
         let (ino, attr) = fs.lookup(ROOT_INO, name).unwrap();
         let name = String::from_utf8_lossy(name);
-        assert_eq!(attr.size, data.len() as u64, "size of {name} after the crash");
+        assert_eq!(
+            attr.size,
+            data.len() as u64,
+            "size of {name} after the crash"
+        );
         let got = fs.read(ino, 0, data.len() as u32).unwrap();
         if let Some(at) = got.iter().zip(data).position(|(x, y)| x != y) {
             panic!(

@@ -1,6 +1,7 @@
 //! The control socket of a mounted daemon (`STORE/control.sock`): lets `gc` and a read-only
 //! `fsck` run against a mounted store, in the daemon, on its own metadata handle, with its
-//! write-backs quiesced (`Fs::with_quiesced`). One JSON request line, one JSON answer line.
+//! write-backs quiesced (`Fs::with_quiesced`), and `dedupfs sync` wait for a durable point
+//! (`Fs::sync_fs`). One JSON request line, one JSON answer line, sent once the work is done.
 
 use crate::fs::Fs;
 use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
@@ -27,6 +28,8 @@ pub enum Request {
     Fsck {
         verify_data: bool,
     },
+    /// Everything written so far durable (answered only then).
+    Sync,
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -85,8 +88,23 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
     Ok(Remote { answer })
 }
 
+/// An error's errno by name, for the one-line messages of `dedupfs sync`.
+fn errno_label(n: i32) -> String {
+    match n {
+        libc::ENOSPC => "ENOSPC".into(),
+        libc::EDQUOT => "EDQUOT".into(),
+        libc::EIO => "EIO".into(),
+        libc::EROFS => "EROFS".into(),
+        n => format!("errno {n}"),
+    }
+}
+
 fn handle(fs: &Fs, req: Request) -> Answer {
     let result = match req {
+        Request::Sync => fs
+            .sync_fs()
+            .map(|()| serde_json::json!({ "durable": true }))
+            .map_err(|e| format!("{e} ({})", errno_label(e.errno()))),
         Request::SetCompression { codec } => {
             codec.parse::<crate::store::codec::Codec>().and_then(|c| {
                 let packs = fs

@@ -1,5 +1,7 @@
-//! Command line: `init`, `mount`, `stats`. Parses arguments, calls the library, renders
-//! reports (text or `--json`) and maps failures to one clear line and a non-zero exit.
+//! Command line: `init`, `mount`, `sync`, `stats`, `fsck`, `gc`, `set`, `completions`, `man`,
+//! and the subcommand-less form `dedupfs STORE MOUNTPOINT -o OPTIONS` that `mount(8)` runs
+//! through the fuse3 helper. Parses arguments, calls the library, renders reports (text or
+//! `--json`) and maps failures to one clear line and a non-zero exit.
 
 use crate::chunker::{ChunkParams, DEFAULT_AVG};
 use crate::fs::{Fs, FsConfig};
@@ -13,22 +15,53 @@ use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
 
 mod control;
-use clap::{Parser, Subcommand};
+mod mounts;
+mod notify;
+mod options;
+use clap::{CommandFactory, Parser, Subcommand};
+use options::MountOpts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Text at the end of `--help` and of the man page.
+const AFTER_HELP: &str = "\
+Mounting like any filesystem: `mount -t fuse.dedupfs STORE MOUNTPOINT -o OPTIONS`, or an
+/etc/fstab line `STORE MOUNTPOINT fuse.dedupfs OPTIONS 0 0`, runs `dedupfs STORE MOUNTPOINT -o
+OPTIONS` through mount.fuse3 (fuse3), which looks for dedupfs in /usr/local/sbin,
+/usr/local/bin, /usr/sbin, /usr/bin, /sbin or /bin. That form mounts in the background and
+returns once the mount is live, silently; the daemon logs to STORE/daemon.log.
+
+The kernel does not pass sync(2) or syncfs(2) on to FUSE filesystems: run `dedupfs sync
+MOUNTPOINT` to make everything written so far durable (fsync(2) of a file works as usual).";
+
 #[derive(Parser)]
 #[command(
     name = "dedupfs",
     version,
-    about = "A deduplicating FUSE filesystem with content-defined chunking"
+    about = "A deduplicating FUSE filesystem with content-defined chunking",
+    after_help = AFTER_HELP,
+    override_usage = "dedupfs <COMMAND>\n       dedupfs STORE MOUNTPOINT [-o OPTIONS]",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    /// Store to mount, in the form mount(8) runs through mount.fuse3 for
+    /// `mount -t fuse.dedupfs` and fstab: like `dedupfs mount STORE MOUNTPOINT --background`,
+    /// silent on success.
+    #[arg(required = true, value_name = "STORE")]
+    store: Option<PathBuf>,
+    /// Where to mount it (an empty directory).
+    #[arg(required = true, value_name = "MOUNTPOINT")]
+    mountpoint: Option<PathBuf>,
+    /// Mount options, comma separated (see `dedupfs mount --help`).
+    #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
+    options: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -61,8 +94,12 @@ enum Cmd {
         /// Return once the mount is ready; the daemon logs to STORE/daemon.log.
         #[arg(long)]
         background: bool,
-        /// Mount options, comma separated: ro, rw, allow_other, allow_root.
-        #[arg(short = 'o', value_delimiter = ',')]
+        /// Mount options, comma separated: ro, rw, allow_other, allow_root,
+        /// default_permissions (always on), dev/nodev, suid/nosuid, exec/noexec,
+        /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N. Ignored, as meaningful
+        /// only to mount(8), fstab or systemd: defaults, auto, noauto, nofail, _netdev, user,
+        /// users, owner, group, x-*, comment=*. Anything else is refused.
+        #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing
         /// filesystem's page cache, which the kernel can reclaim). Default: an eighth of the
@@ -108,6 +145,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make everything written to a mounted volume so far durable, and wait for it.
+    ///
+    /// The data and metadata reach the store's disk (sync(1) does not reach FUSE
+    /// filesystems). Exits non-zero if that failed, e.g. because the store's disk is full.
+    Sync {
+        /// The mountpoint, or any path inside the mount.
+        path: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --dir write one page per command into DIR.
+    Man {
+        /// Write dedupfs.1 and dedupfs-COMMAND.1 into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,7 +197,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        // clap requires both paths when there is no subcommand.
+        let (Some(store), Some(mountpoint)) = (cli.store, cli.mountpoint) else {
+            bail!("a command, or STORE MOUNTPOINT, is needed (see dedupfs --help)");
+        };
+        mount_helper(&store, &mountpoint, &cli.options)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    match cmd {
         Cmd::Init {
             store,
             avg_chunk,
@@ -182,10 +246,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cache_mib,
         } => {
             let opts = MountOpts::parse(&options)?;
-            let cache_mib = cache_mib.unwrap_or_else(default_cache_mib);
+            let cache_mib = cache_mib
+                .or(opts.cache_mib)
+                .unwrap_or_else(default_cache_mib);
             check_mountpoint(&mountpoint)?;
             if background {
-                spawn_background(&store, &mountpoint, &options, cache_mib)?;
+                spawn_background(&store, &mountpoint, &options, cache_mib, false)?;
             } else {
                 serve(&store, &mountpoint, &opts, cache_mib)?;
             }
@@ -314,7 +380,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Sync { path } => {
+            let mount = mounts::dedupfs_mount_of(&path)?;
+            // The daemon mounts with its canonical store directory as the source.
+            control::request(Path::new(&mount.source), &control::Request::Sync)
+                .with_context(|| format!("sync of {} failed", mount.mount_point.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dedupfs", &mut buf);
+            out(&String::from_utf8_lossy(&buf));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            let cmd = Cli::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+                }
+                None => {
+                    let mut buf = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut buf)?;
+                    out(&String::from_utf8_lossy(&buf));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `dedupfs STORE MOUNTPOINT -o OPTIONS`, as mount.fuse3 runs it for `mount -t fuse.dedupfs`
+/// and fstab: the options are checked, then the daemon starts in the background and this
+/// returns once the mount is live (mount(8) waits for it), printing nothing on success.
+fn mount_helper(store: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
+    let opts = MountOpts::parse(options)?;
+    if mountpoint.starts_with("/dev/fd") {
+        // mount.fuse3's drop_privileges mounts itself and passes the /dev/fuse descriptor.
+        bail!(
+            "mountpoint {}: a pre-mounted /dev/fuse descriptor (mount.fuse3 -o drop_privileges) is not supported",
+            mountpoint.display()
+        );
+    }
+    if !store.exists() && store.components().count() == 1 {
+        // Most likely a mistyped command rather than a store in the current directory.
+        bail!(
+            "'{}' is neither a command nor an existing store (see dedupfs --help)",
+            store.display()
+        );
+    }
+    check_mountpoint(mountpoint)?;
+    let cache_mib = opts.cache_mib.unwrap_or_else(default_cache_mib);
+    spawn_background(store, mountpoint, options, cache_mib, true)
 }
 
 fn stats_of(store: &Path) -> Result<StatsReport> {
@@ -521,56 +641,7 @@ pub fn render_gc(r: &GcReport) -> String {
     s
 }
 
-struct MountOpts {
-    read_only: bool,
-    allow_other: bool,
-    allow_root: bool,
-}
-
-impl MountOpts {
-    fn parse(options: &[String]) -> Result<MountOpts> {
-        let mut o = MountOpts {
-            read_only: false,
-            allow_other: false,
-            allow_root: false,
-        };
-        for opt in options.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            match opt {
-                "ro" => o.read_only = true,
-                "rw" => o.read_only = false,
-                "allow_other" => o.allow_other = true,
-                "allow_root" => o.allow_root = true,
-                other => {
-                    bail!("unknown mount option '{other}' (known: ro, rw, allow_other, allow_root)")
-                }
-            }
-        }
-        Ok(o)
-    }
-}
-
-/// Is `path` the root of a mount? (Its device differs from its parent's, or it is listed
-/// in the mount table.)
-fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
-    };
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    table.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|m| unescape_mount_path(m) == canon.as_os_str().to_string_lossy())
-    })
-}
-
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
+use mounts::is_mountpoint;
 
 fn check_mountpoint(mp: &Path) -> Result<()> {
     let meta = std::fs::metadata(mp)
@@ -587,7 +658,6 @@ fn check_mountpoint(mp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts the daemon as a child process and waits until the mount is ready.
 /// The read cache's default size: an eighth of the RAM, between 64 MiB and 1 GiB.
 fn default_cache_mib() -> usize {
     let ram_mib = std::fs::read_to_string("/proc/meminfo")
@@ -602,7 +672,15 @@ fn default_cache_mib() -> usize {
     (ram_mib / 8).clamp(64, 1024)
 }
 
-fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usize) -> Result<()> {
+/// Starts the daemon as a child process and waits until the mount is ready; `quiet` leaves
+/// out the line saying so (mount(8) helpers print nothing on success).
+fn spawn_background(
+    store: &Path,
+    mp: &Path,
+    options: &[String],
+    cache_mib: usize,
+    quiet: bool,
+) -> Result<()> {
     // Fail fast, in this process, on the errors a user most often makes.
     drop(volume::lock(store)?);
     let exe = std::env::current_exe().context("cannot find the dedupfs executable")?;
@@ -626,6 +704,9 @@ fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usiz
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if is_mountpoint(mp) {
+            if quiet {
+                return Ok(());
+            }
             println!(
                 "mounted {} at {} (daemon pid {}, log {})",
                 store.display(),
@@ -654,7 +735,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
     let vol = volume::open(store)?;
-    let dir = vol.dir.clone();
+    // The mount's source names the store absolutely: `dedupfs sync MOUNTPOINT` finds the
+    // daemon's control socket through it.
+    let dir = vol.dir.canonicalize().unwrap_or_else(|_| vol.dir.clone());
     let publish_dir = dir.clone();
     let cfg = FsConfig {
         cache_bytes: cache_mib << 20,
@@ -678,7 +761,11 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(dir.display().to_string()),
-        fuser::MountOption::Subtype("dedupfs".into()),
+        // The type in the mount table is then `fuse.dedupfs` (what `mount -t` and fstab name,
+        // and how `dedupfs sync` recognises a dedupfs mount). fuser's own Subtype option
+        // reaches only fusermount, not the mount(2) a root daemon calls itself; the kernel's
+        // `subtype=` option works for both.
+        fuser::MountOption::CUSTOM("subtype=dedupfs".into()),
         fuser::MountOption::DefaultPermissions,
         if opts.read_only {
             fuser::MountOption::RO
@@ -686,6 +773,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
             fuser::MountOption::RW
         },
     ];
+    config.mount_options.extend(opts.kernel_flags());
     // Two request threads: one can copy a request in while the other is being served.
     config.n_threads = Some(2);
     config.clone_fd = true;
@@ -699,6 +787,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let mut session = fuser::Session::new(DedupFuse::new(fs.clone()), mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
+    notify::notify("READY=1");
 
     // Ctrl-C / SIGTERM unmount cleanly: the session then ends and we sync below.
     let mut unmounter = session.unmount_callable();
@@ -737,6 +826,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     };
 
     let result = session.run();
+    notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();
     let _ = flusher.join();
