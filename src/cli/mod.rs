@@ -19,6 +19,7 @@ mod mounts;
 mod notify;
 mod options;
 use clap::{CommandFactory, Parser, Subcommand};
+use mounts::is_mountpoint;
 use options::MountOpts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -640,8 +641,6 @@ pub fn render_gc(r: &GcReport) -> String {
     }
     s
 }
-
-use mounts::is_mountpoint;
 
 fn check_mountpoint(mp: &Path) -> Result<()> {
     let meta = std::fs::metadata(mp)
