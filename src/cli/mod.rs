@@ -833,11 +833,40 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let synced = fs.sync_all(true);
     publish(&fs, &dir);
     control::remove(&dir);
-    drop(lock);
+    close_then_unlock(fs, lock);
     result.with_context(|| format!("FUSE session at {} failed", mp.display()))?;
     synced.context("final sync failed: some data may not be on disk")?;
     tracing::info!("unmounted cleanly");
     Ok(())
+}
+
+/// Closes the store's databases, then releases the store lock. In the other order, a
+/// process that takes the lock at once (`umount MP && mount MP`, a service restart) finds
+/// the databases still open (redb holds its own file lock until its close, which writes and
+/// syncs), and volume::open takes that for a damaged index. Background threads hold only
+/// weak references, upgraded for one item at a time: wait a little for the last of them.
+fn close_then_unlock(fs: Arc<Fs>, lock: std::fs::File) {
+    let mut fs = fs;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(fs) {
+            Ok(alone) => {
+                drop(alone);
+                break;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                fs = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the filesystem is still in use at exit; its store is unlocked anyway"
+                );
+                break;
+            }
+        }
+    }
+    drop(lock);
 }
 
 fn publish(fs: &Fs, dir: &Path) {
