@@ -8,7 +8,8 @@
 //! crash right after it must lose nothing, although sync(2) never reaches a FUSE mount), or
 //! accepting a path that is not on a dedupfs mount; a systemd unit that does not parse; a
 //! `Type=notify` unit declared started before the mount is live; completions or a man page
-//! that are empty or malformed.
+//! that are empty or malformed; a daemon that releases the store lock before closing its
+//! databases, so that a remount right after `umount` was told the pack index was damaged.
 //!
 //! The mount(8) tests run in a private mount namespace (`unshare -m`) with a temporary
 //! /etc/fstab and /usr/local/sbin bind-mounted over the real ones: mount(8) gives its helpers
@@ -228,9 +229,30 @@ fn mount_helper_form_returns_silently_once_the_mount_is_live_and_honours_options
     }
     let fstype = mount_fstype(&vol.mnt);
     assert_eq!(fstype, "fuse.dedupfs");
-    common::run(Command::new("umount").arg(&vol.mnt));
+    umount(&vol.mnt);
     wait_store_free(&vol.store);
     drop(guard);
+}
+
+/// `umount MNT`, retried while the kernel still reports it busy (it releases files closed a
+/// moment ago asynchronously), as the harness's own unmount does.
+fn umount(mnt: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("umount")
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run umount");
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !(err.contains("busy") && Instant::now() < deadline) {
+            panic!("umount {} failed ({}): {err}", mnt.display(), out.status);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The per-mount and superblock options of the mount at `mnt` (mountinfo fields 6 and last).
@@ -295,6 +317,15 @@ trap 'if mountpoint -q "$MNT"; then umount -l "$MNT"; fi' EXIT
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount --bind "$BINDIR" /usr/local/sbin
 mount --bind "$FSTAB" /etc/fstab
+# Retried while busy: the kernel releases files closed a moment ago asynchronously.
+umount_mnt() {
+    for _ in $(seq 100); do
+        if umount "$MNT" 2>"$BINDIR/umount.err"; then return 0; fi
+        grep -q busy "$BINDIR/umount.err" || break
+        sleep 0.1
+    done
+    cat "$BINDIR/umount.err"; return 1
+}
 wait_store_free() {
     flock -w 60 "$STORE/lock" true || { echo "DAEMON-STILL-RUNNING"; exit 1; }
 }
@@ -312,7 +343,7 @@ echo "content: $(cat "$MNT/f")"
 echo "findmnt: $(findmnt -n -o FSTYPE,VFS-OPTIONS "$MNT")"
 if touch "$MNT/new" 2>"$BINDIR/err"; then echo "RO-WRITE-SUCCEEDED"; exit 1; fi
 echo "ro write: $(cat "$BINDIR/err")"
-umount "$MNT"
+umount_mnt
 wait_store_free
 
 echo "== mount MOUNTPOINT from fstab"
@@ -322,7 +353,7 @@ echo "findmnt: $(findmnt -n -o FSTYPE,VFS-OPTIONS,FS-OPTIONS "$MNT")"
 echo "from fstab" > "$MNT/g"
 dedupfs sync "$MNT"
 echo "synced"
-umount "$MNT"
+umount_mnt
 wait_store_free
 echo "== done"
 "#;
@@ -506,7 +537,7 @@ fn foreground_mount_tells_systemd_ready_only_once_the_mount_is_live() {
     // Nothing polled: the unit is started now, so the mount must be usable now.
     assert!(mounted, "READY=1 before the mount");
     assert_eq!(read_all(&vol.path("f")), b"persisted");
-    common::run(Command::new("umount").arg(&vol.mnt));
+    umount(&vol.mnt);
     let n = sock
         .recv(&mut buf)
         .unwrap_or_else(|e| panic!("no STOPPING=1 ({e})\n--- daemon log ---\n{}", log()));
@@ -666,4 +697,40 @@ fn refused_by_clap(args: &[&std::ffi::OsStr]) {
     let (ok, stdout, stderr) = dedupfs(args);
     assert!(!ok && stdout.is_empty(), "{args:?} accepted: {stdout}");
     assert!(stderr.contains("invalid value"), "{stderr}");
+}
+
+#[test]
+fn the_store_is_unlocked_only_after_the_daemon_closed_its_databases() {
+    use dedupfs::volume::{self, VolumeError};
+    if !fuse_available() {
+        return;
+    }
+    let mut vol = Volume::new();
+    fs::write(vol.path("f"), b"persisted").unwrap();
+    vol.unmount();
+    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    for round in 0..5 {
+        let (ok, _, stderr) = dedupfs(&[vol.store.as_os_str(), vol.mnt.as_os_str()]);
+        assert!(ok, "round {round}: mount failed: {stderr}");
+        umount(&vol.mnt);
+        // Like `umount MP && mount MP`, only faster: open the store the moment its lock is
+        // free. That first open must succeed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match volume::open(&vol.store) {
+                Ok(v) => {
+                    drop(v);
+                    break;
+                }
+                Err(VolumeError::Locked(_)) if Instant::now() < deadline => {}
+                Err(e) => panic!(
+                    "round {round}: the first open after the daemon unlocked the store failed: {e}"
+                ),
+            }
+        }
+    }
+    drop(guard);
+    vol.remount();
+    assert_eq!(read_all(&vol.path("f")), b"persisted");
+    vol.unmount();
 }
