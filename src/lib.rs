@@ -11,7 +11,8 @@
 //! - [`volume`]: the store directory, its marker and its lock.
 //! - [`maint`]: fsck, gc and stats as report structs.
 //! - [`fuse`]: the thin fuser adapter.
-//! - [`cli`]: subcommands and report rendering.
+//! - [`cli`]: subcommands and report rendering; mount options, the mount table, the control
+//!   socket and systemd notification of a mounted daemon.
 
 pub mod chunker;
 pub mod cli;

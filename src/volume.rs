@@ -148,15 +148,34 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
         .write(true)
         .open(dir.join("lock"))
         .map_err(io_err(dir))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(VolumeError::Locked(dir.to_path_buf())),
-        Err(e) => Err(VolumeError::Io {
-            path: dir.to_path_buf(),
-            err: e.into(),
-        }),
+    // A lock released a moment ago can still be held by a child that a thread of the
+    // releasing process was forking (a forked child shares the lock until it execs): wait a
+    // little before calling the store busy, unless a daemon is serving it.
+    let mut tries = 0;
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if tries < LOCK_RETRIES && !dir.join("control.sock").exists() =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(VolumeError::Locked(dir.to_path_buf()));
+            }
+            Err(e) => {
+                return Err(VolumeError::Io {
+                    path: dir.to_path_buf(),
+                    err: e.into(),
+                });
+            }
+        }
     }
 }
+
+/// Retries (10 ms apart) of a store lock held by a process that serves no control socket.
+const LOCK_RETRIES: u32 = 20;
 
 /// Opens a store for exclusive use.
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {

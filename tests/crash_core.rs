@@ -2,6 +2,10 @@
 //! flusher on an open file) must never leave committed metadata with a hole where fsynced
 //! bytes were, even for a moment, because any other file's fsync makes that metadata durable.
 //! Found by the kill -9 harness (tests/crash.rs): a fsynced file read zeros after a crash.
+//!
+//! Also guards `dedupfs sync` (`Fs::sync_fs`): it must make every file durable as `fsync` of
+//! each would, including the unfinished tail chunk of a file still open for writing, which
+//! the periodic flusher deliberately keeps in memory.
 
 use dedupfs::chunker::ChunkParams;
 use dedupfs::fs::{Caller, Fs, FsConfig};
@@ -67,5 +71,60 @@ fn partial_write_back_then_another_fsync_then_crash_keeps_fsynced_bytes() {
             "after the crash byte {at} is {:#04x}, fsynced {:#04x}",
             got[at], data[at]
         );
+    }
+}
+
+#[test]
+fn sync_fs_makes_open_files_durable_including_their_unfinished_tails() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meta.redb");
+    let chunks = dir.path().join("chunks");
+    let open = || {
+        let meta = if db.exists() {
+            MetaDb::open(&db).unwrap()
+        } else {
+            MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap()
+        };
+        let store: Arc<dyn ChunkStore> = Arc::new(LocalDirStore::open(&chunks).unwrap());
+        Fs::new(meta, store, FsConfig::default()).unwrap()
+    };
+    let who = Caller::default();
+    // Several chunks each, ending in a piece no content-defined cut closes yet.
+    let files: Vec<(&[u8], Vec<u8>)> = vec![
+        (b"a", noise(300_001, 11)),
+        (b"b", noise(77_777, 12)),
+        (b"c", b"small".to_vec()),
+    ];
+    {
+        let fs = open();
+        let mut handles = Vec::new();
+        for (name, data) in &files {
+            let (ino, _, fh) = fs.create(who, ROOT_INO, name, 0o644).unwrap();
+            fs.write(ino, 0, data).unwrap();
+            handles.push(fh);
+        }
+        // Still open, never fsynced: only the volume-wide sync stands between them and loss.
+        fs.sync_fs().unwrap();
+        // Crash: no release, no final write-back.
+        drop(handles);
+        drop(fs);
+    }
+    let fs = open();
+    for (name, data) in &files {
+        let (ino, attr) = fs.lookup(ROOT_INO, name).unwrap();
+        let name = String::from_utf8_lossy(name);
+        assert_eq!(
+            attr.size,
+            data.len() as u64,
+            "size of {name} after the crash"
+        );
+        let got = fs.read(ino, 0, data.len() as u32).unwrap();
+        if let Some(at) = got.iter().zip(data).position(|(x, y)| x != y) {
+            panic!(
+                "{name}: byte {at} is {:#04x} after the crash, {:#04x} was synced",
+                got[at], data[at]
+            );
+        }
+        assert_eq!(got.len(), data.len(), "{name}: short read after the crash");
     }
 }

@@ -125,7 +125,7 @@ fn du_outside_a_dedupfs_volume_fails_with_one_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("not on a mounted dedupfs volume") && err.lines().count() == 1,
+        err.contains("is not on a dedupfs mount") && err.lines().count() == 1,
         "{err}"
     );
     let out = Command::new(BIN)

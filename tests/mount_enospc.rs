@@ -575,3 +575,81 @@ fn a_daemon_whose_log_cannot_be_written_keeps_serving() {
     assert!(back.expect("read back") == data, "read back other bytes");
     assert!(status.success(), "daemon exit status {status}");
 }
+
+/// `dedupfs sync MOUNTPOINT` run for its exit code, with its stderr.
+fn dedupfs_sync(vol: &Volume) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("sync")
+        .arg(&vol.mnt)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dedupfs sync");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dedupfs_sync_reports_enospc_on_a_full_disk_and_succeeds_once_space_is_freed() {
+    if !can_run() {
+        return;
+    }
+    let disk = Tmpfs::mount(DISK_MIB);
+    let mut vol = Volume::with_store_at(&disk.dir.join("store"), &[]);
+    let kept = Kept::write(&vol);
+    // The file exists durably before the disk fills; its data goes into the daemon's buffers
+    // afterwards, so the write succeeds and only making it durable needs space.
+    write_durably(&vol, "unsynced", b"");
+    let filled = fill_outside(&disk, "filler");
+    eprintln!("filled {} KiB outside the store", filled / KIB);
+    let data = random_bytes(41, 300 * KIB as usize + 17);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(vol.path("unsynced"))
+        .expect("open unsynced");
+    if let Err(e) = f.write_all_at(&data, 0) {
+        panic!(
+            "a buffered write on the full disk failed: {} ({e})",
+            errno_name(errno(&e))
+        );
+    }
+
+    let (ok, stderr) = dedupfs_sync(&vol);
+    assert!(
+        !ok,
+        "dedupfs sync succeeded with no space for the data\n--- daemon log ---\n{}",
+        log_tail(&vol)
+    );
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line expected: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("ENOSPC") && stderr.contains(&vol.mnt.display().to_string()),
+        "the error must name ENOSPC and the mount: {stderr:?}"
+    );
+    assert_daemon_alive(&mut vol, "after a failed dedupfs sync");
+    kept.check(&vol, "after a failed dedupfs sync");
+
+    fs::remove_file(disk.dir.join("filler")).expect("remove filler");
+    let (ok, stderr) = dedupfs_sync(&vol);
+    assert!(
+        ok,
+        "dedupfs sync failed after space was freed: {stderr}\n--- daemon log ---\n{}",
+        log_tail(&vol)
+    );
+    // Durable now, although never fsynced and still open: a crash must not lose it.
+    vol.kill9();
+    drop(f);
+    vol.remount();
+    assert_bytes_eq(
+        "synced by dedupfs sync, after kill -9",
+        &read_all(&vol.path("unsynced")),
+        &data,
+    );
+    kept.check(&vol, "after kill -9 and remount");
+    vol.unmount();
+    assert_fsck_clean(&vol.store);
+}

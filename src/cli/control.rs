@@ -1,6 +1,8 @@
 //! The control socket of a mounted daemon (`STORE/control.sock`): lets `gc` and a read-only
-//! `fsck` (and `backup`) run against a mounted store, in the daemon, on its own metadata handle, with its
-//! write-backs quiesced (`Fs::with_quiesced`). One JSON request line, one JSON answer line.
+//! `fsck` and `backup` run against a mounted store, in the daemon, on its own metadata handle,
+//! with its write-backs quiesced (`Fs::with_quiesced`), `dedupfs sync` wait for a durable point
+//! (`Fs::sync_fs`) and `dedupfs du` account trees. One JSON request line, one JSON answer
+//! line, sent once the work is done.
 
 use crate::fs::Fs;
 use crate::maint::du::{DuReport, du};
@@ -35,6 +37,8 @@ pub enum Request {
     Du {
         items: Vec<(u64, String)>,
     },
+    /// Everything written so far durable (answered only then).
+    Sync,
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -101,8 +105,23 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
     Ok(Remote { answer })
 }
 
+/// An error's errno by name, for the one-line messages of `dedupfs sync`.
+fn errno_label(n: i32) -> String {
+    match n {
+        libc::ENOSPC => "ENOSPC".into(),
+        libc::EDQUOT => "EDQUOT".into(),
+        libc::EIO => "EIO".into(),
+        libc::EROFS => "EROFS".into(),
+        n => format!("errno {n}"),
+    }
+}
+
 fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     let result = match req {
+        Request::Sync => fs
+            .sync_fs()
+            .map(|()| serde_json::json!({ "durable": true }))
+            .map_err(|e| format!("{e} ({})", errno_label(e.errno()))),
         Request::Du { items } => du_of(fs, store, &items)
             .map_err(|e| e.to_string())
             .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),

@@ -1,5 +1,7 @@
-//! Command line: `init`, `mount`, `stats`. Parses arguments, calls the library, renders
-//! reports (text or `--json`) and maps failures to one clear line and a non-zero exit.
+//! Command line: `init`, `mount`, `sync`, `stats`, `fsck`, `gc`, `set`, `completions`, `man`,
+//! and the subcommand-less form `dedupfs STORE MOUNTPOINT -o OPTIONS` that `mount(8)` runs
+//! through the fuse3 helper. Parses arguments, calls the library, renders reports (text or
+//! `--json`) and maps failures to one clear line and a non-zero exit.
 
 use crate::chunker::{ChunkParams, DEFAULT_AVG};
 use crate::fs::{Fs, FsConfig};
@@ -11,26 +13,56 @@ use crate::meta::MetaDb;
 use crate::store::codec::Codec;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
-use mounts::is_mountpoint;
 
 mod control;
 mod mounts;
-use clap::{Parser, Subcommand};
+mod notify;
+mod options;
+use clap::{CommandFactory, Parser, Subcommand};
+use mounts::is_mountpoint;
+use options::MountOpts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Text at the end of `--help` and of the man page.
+const AFTER_HELP: &str = "\
+Mounting like any filesystem: `mount -t fuse.dedupfs STORE MOUNTPOINT -o OPTIONS`, or an
+/etc/fstab line `STORE MOUNTPOINT fuse.dedupfs OPTIONS 0 0`, runs `dedupfs STORE MOUNTPOINT -o
+OPTIONS` through mount.fuse3 (fuse3), which looks for dedupfs in /usr/local/sbin,
+/usr/local/bin, /usr/sbin, /usr/bin, /sbin or /bin. That form mounts in the background and
+returns once the mount is live, silently; the daemon logs to STORE/daemon.log.
+
+The kernel does not pass sync(2) or syncfs(2) on to FUSE filesystems: run `dedupfs sync
+MOUNTPOINT` to make everything written so far durable (fsync(2) of a file works as usual).";
+
 #[derive(Parser)]
 #[command(
     name = "dedupfs",
     version,
-    about = "A deduplicating FUSE filesystem with content-defined chunking"
+    about = "A deduplicating FUSE filesystem with content-defined chunking",
+    after_help = AFTER_HELP,
+    override_usage = "dedupfs <COMMAND>\n       dedupfs STORE MOUNTPOINT [-o OPTIONS]",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    /// Store to mount, in the form mount(8) runs through mount.fuse3 for
+    /// `mount -t fuse.dedupfs` and fstab: like `dedupfs mount STORE MOUNTPOINT --background`,
+    /// silent on success.
+    #[arg(required = true, value_name = "STORE")]
+    store: Option<PathBuf>,
+    /// Where to mount it (an empty directory).
+    #[arg(required = true, value_name = "MOUNTPOINT")]
+    mountpoint: Option<PathBuf>,
+    /// Mount options, comma separated (see `dedupfs mount --help`).
+    #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
+    options: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -64,9 +96,12 @@ enum Cmd {
         #[arg(long)]
         background: bool,
         /// Mount options, comma separated: ro, rw, allow_other, allow_root,
-        /// backup_interval=SECS (metadata backups while it changes; default 3600, 0: only at
-        /// unmount).
-        #[arg(short = 'o', value_delimiter = ',')]
+        /// default_permissions (always on), dev/nodev, suid/nosuid, exec/noexec,
+        /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N, backup_interval=SECS (metadata
+        /// backups while it changes; default 3600, 0: only at unmount). Ignored, as meaningful
+        /// only to mount(8), fstab or systemd: defaults, auto, noauto, nofail, _netdev, user,
+        /// users, owner, group, x-*, comment=*. Anything else is refused.
+        #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing
         /// filesystem's page cache, which the kernel can reclaim). Default: an eighth of the
@@ -132,6 +167,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make everything written to a mounted volume so far durable, and wait for it.
+    ///
+    /// The data and metadata reach the store's disk (sync(1) does not reach FUSE
+    /// filesystems). Exits non-zero if that failed, e.g. because the store's disk is full.
+    Sync {
+        /// The mountpoint, or any path inside the mount.
+        path: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --dir write one page per command into DIR.
+    Man {
+        /// Write dedupfs.1 and dedupfs-COMMAND.1 into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,7 +219,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        // clap requires both paths when there is no subcommand.
+        let (Some(store), Some(mountpoint)) = (cli.store, cli.mountpoint) else {
+            bail!("a command, or STORE MOUNTPOINT, is needed (see dedupfs --help)");
+        };
+        mount_helper(&store, &mountpoint, &cli.options)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    match cmd {
         Cmd::Init {
             store,
             avg_chunk,
@@ -206,10 +268,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cache_mib,
         } => {
             let opts = MountOpts::parse(&options)?;
-            let cache_mib = cache_mib.unwrap_or_else(default_cache_mib);
+            let cache_mib = cache_mib
+                .or(opts.cache_mib)
+                .unwrap_or_else(default_cache_mib);
             check_mountpoint(&mountpoint)?;
             if background {
-                spawn_background(&store, &mountpoint, &options, cache_mib)?;
+                spawn_background(&store, &mountpoint, &options, cache_mib, false)?;
             } else {
                 serve(&store, &mountpoint, &opts, cache_mib)?;
             }
@@ -408,7 +472,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Du { paths, json } => {
             let mut reports = Vec::new();
             for p in &paths {
-                let store = mounts::store_of(p)?;
+                let store = PathBuf::from(mounts::dedupfs_mount_of(p)?.source);
                 let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
                 let req = control::Request::Du {
                     items: vec![(
@@ -447,7 +511,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Sync { path } => {
+            let mount = mounts::dedupfs_mount_of(&path)?;
+            // The daemon mounts with its canonical store directory as the source.
+            control::request(Path::new(&mount.source), &control::Request::Sync)
+                .with_context(|| format!("sync of {} failed", mount.mount_point.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dedupfs", &mut buf);
+            out(&String::from_utf8_lossy(&buf));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            let cmd = Cli::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+                }
+                None => {
+                    let mut buf = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut buf)?;
+                    out(&String::from_utf8_lossy(&buf));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `dedupfs STORE MOUNTPOINT -o OPTIONS`, as mount.fuse3 runs it for `mount -t fuse.dedupfs`
+/// and fstab: the options are checked, then the daemon starts in the background and this
+/// returns once the mount is live (mount(8) waits for it), printing nothing on success.
+fn mount_helper(store: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
+    let opts = MountOpts::parse(options)?;
+    if mountpoint.starts_with("/dev/fd") {
+        // mount.fuse3's drop_privileges mounts itself and passes the /dev/fuse descriptor.
+        bail!(
+            "mountpoint {}: a pre-mounted /dev/fuse descriptor (mount.fuse3 -o drop_privileges) is not supported",
+            mountpoint.display()
+        );
+    }
+    if !store.exists() && store.components().count() == 1 {
+        // Most likely a mistyped command rather than a store in the current directory.
+        bail!(
+            "'{}' is neither a command nor an existing store (see dedupfs --help)",
+            store.display()
+        );
+    }
+    check_mountpoint(mountpoint)?;
+    let cache_mib = opts.cache_mib.unwrap_or_else(default_cache_mib);
+    spawn_background(store, mountpoint, options, cache_mib, true)
 }
 
 fn stats_of(store: &Path) -> Result<StatsReport> {
@@ -699,50 +817,6 @@ pub fn render_gc(r: &GcReport) -> String {
     s
 }
 
-struct MountOpts {
-    read_only: bool,
-    allow_other: bool,
-    allow_root: bool,
-    /// Time between metadata backups while the metadata changes (`None`: only at unmount).
-    backup_interval: Option<Duration>,
-}
-
-impl MountOpts {
-    fn parse(options: &[String]) -> Result<MountOpts> {
-        let mut o = MountOpts {
-            read_only: false,
-            allow_other: false,
-            allow_root: false,
-            backup_interval: Some(crate::maint::backup::DEFAULT_INTERVAL),
-        };
-        for opt in options.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            match opt {
-                "ro" => o.read_only = true,
-                "rw" => o.read_only = false,
-                "allow_other" => o.allow_other = true,
-                "allow_root" => o.allow_root = true,
-                other if other.starts_with("backup_interval=") => {
-                    let v = &other["backup_interval=".len()..];
-                    let secs = v
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| s.is_finite() && (0.0..=1e9).contains(s))
-                        .ok_or_else(|| {
-                            anyhow!("mount option {other}: give seconds (0: only at unmount)")
-                        })?;
-                    o.backup_interval = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
-                }
-                other => {
-                    bail!(
-                        "unknown mount option '{other}' (known: ro, rw, allow_other, allow_root, backup_interval=SECS)"
-                    )
-                }
-            }
-        }
-        Ok(o)
-    }
-}
-
 fn check_mountpoint(mp: &Path) -> Result<()> {
     let meta = std::fs::metadata(mp)
         .with_context(|| format!("mountpoint {} does not exist", mp.display()))?;
@@ -758,7 +832,6 @@ fn check_mountpoint(mp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts the daemon as a child process and waits until the mount is ready.
 /// The read cache's default size: an eighth of the RAM, between 64 MiB and 1 GiB.
 fn default_cache_mib() -> usize {
     let ram_mib = std::fs::read_to_string("/proc/meminfo")
@@ -773,7 +846,15 @@ fn default_cache_mib() -> usize {
     (ram_mib / 8).clamp(64, 1024)
 }
 
-fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usize) -> Result<()> {
+/// Starts the daemon as a child process and waits until the mount is ready; `quiet` leaves
+/// out the line saying so (mount(8) helpers print nothing on success).
+fn spawn_background(
+    store: &Path,
+    mp: &Path,
+    options: &[String],
+    cache_mib: usize,
+    quiet: bool,
+) -> Result<()> {
     // Fail fast, in this process, on the errors a user most often makes.
     drop(volume::lock(store)?);
     let exe = std::env::current_exe().context("cannot find the dedupfs executable")?;
@@ -797,6 +878,9 @@ fn spawn_background(store: &Path, mp: &Path, options: &[String], cache_mib: usiz
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if is_mountpoint(mp) {
+            if quiet {
+                return Ok(());
+            }
             println!(
                 "mounted {} at {} (daemon pid {}, log {})",
                 store.display(),
@@ -829,7 +913,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         crate::maint::backup::BackupTimer::new(store, opts.backup_interval),
     ));
     let vol = volume::open(store)?;
-    let dir = vol.dir.clone();
+    // The mount's source names the store absolutely: `dedupfs sync MOUNTPOINT` finds the
+    // daemon's control socket through it.
+    let dir = vol.dir.canonicalize().unwrap_or_else(|_| vol.dir.clone());
     let publish_dir = dir.clone();
     let cfg = FsConfig {
         cache_bytes: cache_mib << 20,
@@ -853,7 +939,11 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(dir.display().to_string()),
-        fuser::MountOption::Subtype("dedupfs".into()),
+        // The type in the mount table is then `fuse.dedupfs` (what `mount -t` and fstab name,
+        // and how `dedupfs sync` recognises a dedupfs mount). fuser's own Subtype option
+        // reaches only fusermount, not the mount(2) a root daemon calls itself; the kernel's
+        // `subtype=` option works for both.
+        fuser::MountOption::CUSTOM("subtype=dedupfs".into()),
         fuser::MountOption::DefaultPermissions,
         if opts.read_only {
             fuser::MountOption::RO
@@ -861,6 +951,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
             fuser::MountOption::RW
         },
     ];
+    config.mount_options.extend(opts.kernel_flags());
     // Two request threads: one can copy a request in while the other is being served.
     config.n_threads = Some(2);
     config.clone_fd = true;
@@ -874,6 +965,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let mut session = fuser::Session::new(DedupFuse::new(fs.clone()), mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
+    notify::notify("READY=1");
 
     // Ctrl-C / SIGTERM unmount cleanly: the session then ends and we sync below.
     let mut unmounter = session.unmount_callable();
@@ -926,6 +1018,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     };
 
     let result = session.run();
+    notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();
     let _ = flusher.join();
@@ -939,11 +1032,40 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     }
     publish(&fs, &dir);
     control::remove(&dir);
-    drop(lock);
+    close_then_unlock(fs, lock);
     result.with_context(|| format!("FUSE session at {} failed", mp.display()))?;
     synced.context("final sync failed: some data may not be on disk")?;
     tracing::info!("unmounted cleanly");
     Ok(())
+}
+
+/// Closes the store's databases, then releases the store lock. In the other order, a
+/// process that takes the lock at once (`umount MP && mount MP`, a service restart) finds
+/// the databases still open (redb holds its own file lock until its close, which writes and
+/// syncs), and volume::open takes that for a damaged index. Background threads hold only
+/// weak references, upgraded for one item at a time: wait a little for the last of them.
+fn close_then_unlock(fs: Arc<Fs>, lock: std::fs::File) {
+    let mut fs = fs;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(fs) {
+            Ok(alone) => {
+                drop(alone);
+                break;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                fs = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the filesystem is still in use at exit; its store is unlocked anyway"
+                );
+                break;
+            }
+        }
+    }
+    drop(lock);
 }
 
 fn publish(fs: &Fs, dir: &Path) {

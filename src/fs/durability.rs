@@ -207,6 +207,18 @@ impl Fs {
         Ok(freed)
     }
 
+    /// syncfs(2) for the whole volume (`dedupfs sync`; the kernel does not forward sync(2) or
+    /// syncfs(2) to a FUSE filesystem): when this returns, everything written so far is
+    /// durable, including the tail chunk of files still open for writing (as `fsync` of each
+    /// file would). On a full backing store the durable point inside `sync_all` has already
+    /// freed what deleted files held, so one more attempt is made, as `fsync` does.
+    pub fn sync_fs(&self) -> Result<()> {
+        match self.sync_all(true) {
+            Err(FsError::NoSpace) => self.sync_all(true),
+            other => other,
+        }
+    }
+
     /// A read snapshot of exactly the durable state, for a metadata backup: everything
     /// committed so far is made durable (the chunk store first), and the snapshot is taken
     /// before the state lock is released, so no later commit is in it and every chunk it

@@ -1,0 +1,160 @@
+//! Mount options (`-o a,b,c`), for `dedupfs mount` and for the form `mount(8)` runs through
+//! the fuse3 helper `mount.fuse3` (`dedupfs STORE MOUNTPOINT -o OPTIONS`).
+//!
+//! Every option is either honoured, or accepted and ignored because it means something to
+//! `mount(8)`, fstab or systemd rather than to the filesystem; anything else is refused by
+//! name before anything is mounted. When an option and its opposite both appear (`ro,rw`,
+//! `nodev,dev`), the last one wins, as with `mount(8)`.
+
+use anyhow::{Result, bail};
+
+/// What the options ask for. The kernel flags are `None` when not given, which keeps the
+/// defaults of a FUSE mount (nodev, nosuid; exec; relatime; async).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MountOpts {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub dev: Option<bool>,
+    pub suid: Option<bool>,
+    pub exec: Option<bool>,
+    pub atime: Option<bool>,
+    pub sync: Option<bool>,
+    pub dirsync: bool,
+    /// `cache_mib=N`: the read cache size, for fstab lines (which cannot pass `--cache-mib`).
+    pub cache_mib: Option<usize>,
+    /// `backup_interval=SECS`: time between metadata backups while the metadata changes
+    /// (`None`: only at unmount; default one hour).
+    pub backup_interval: Option<std::time::Duration>,
+}
+
+/// Honoured options, listed in the error for an unknown one.
+const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
+                     nosuid, exec, noexec, atime, noatime, relatime, sync, async, dirsync, \
+                     cache_mib=N, backup_interval=SECS; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
+                     owner, group, x-*, comment=*";
+
+impl MountOpts {
+    /// Parses options as given after `-o` (already split at commas, or not).
+    pub fn parse(options: &[String]) -> Result<MountOpts> {
+        let mut o = MountOpts {
+            backup_interval: Some(crate::maint::backup::DEFAULT_INTERVAL),
+            ..MountOpts::default()
+        };
+        let all = options
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        for opt in all {
+            match opt {
+                "ro" => o.read_only = true,
+                "rw" => o.read_only = false,
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                // The daemon always mounts with default_permissions: the kernel checks modes
+                // and owners, and the core trusts the caller's credentials.
+                "default_permissions" => {}
+                "dev" => o.dev = Some(true),
+                "nodev" => o.dev = Some(false),
+                "suid" => o.suid = Some(true),
+                "nosuid" => o.suid = Some(false),
+                "exec" => o.exec = Some(true),
+                "noexec" => o.exec = Some(false),
+                "atime" => o.atime = Some(true),
+                "noatime" => o.atime = Some(false),
+                // The kernel's default for a mount without noatime.
+                "relatime" => o.atime = None,
+                "sync" => o.sync = Some(true),
+                "async" => o.sync = Some(false),
+                "dirsync" => o.dirsync = true,
+                // Meaningful to mount(8), fstab or systemd only (mount.fuse3 removes most of
+                // them, but a hand-written `dedupfs mount -o` or a .mount unit may pass them).
+                "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
+                | "nouser" | "owner" | "group" => {}
+                x if x.starts_with("x-") || x.starts_with("comment=") => {}
+                b if b.starts_with("backup_interval=") => {
+                    let secs = b["backup_interval=".len()..]
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && (0.0..=1e9).contains(s))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "mount option '{b}': backup_interval takes seconds (0: only at unmount)"
+                            )
+                        })?;
+                    o.backup_interval =
+                        (secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs));
+                }
+                c if c.starts_with("cache_mib=") => {
+                    match c["cache_mib=".len()..].parse::<usize>() {
+                        Ok(n) if n > 0 => o.cache_mib = Some(n),
+                        _ => bail!("mount option '{c}': cache_mib takes a number of MiB (> 0)"),
+                    }
+                }
+                other => bail!("unknown mount option '{other}' (known: {KNOWN})"),
+            }
+        }
+        Ok(o)
+    }
+
+    /// The kernel mount flags asked for, as fuser options (read-only and the access options
+    /// are set by the caller, which also decides the fsname and subtype).
+    pub fn kernel_flags(&self) -> Vec<fuser::MountOption> {
+        use fuser::MountOption as M;
+        let pick = |v: Option<bool>, yes: M, no: M| v.map(|v| if v { yes } else { no });
+        [
+            pick(self.dev, M::Dev, M::NoDev),
+            pick(self.suid, M::Suid, M::NoSuid),
+            pick(self.exec, M::Exec, M::NoExec),
+            pick(self.atime, M::Atime, M::NoAtime),
+            pick(self.sync, M::Sync, M::Async),
+            self.dirsync.then_some(M::DirSync),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<MountOpts> {
+        MountOpts::parse(&[s.to_string()])
+    }
+
+    #[test]
+    fn what_mount_fuse3_passes_is_accepted() {
+        // As observed from mount.fuse3 3.14 (fstab `defaults,users,noatime` and a direct `-o`).
+        let o = parse("rw,noatime,noexec,nosuid,nodev").unwrap();
+        assert_eq!(
+            (o.read_only, o.atime, o.exec, o.suid, o.dev),
+            (false, Some(false), Some(false), Some(false), Some(false))
+        );
+        let o = parse("ro,allow_other,noatime,x-systemd.automount,default_permissions,dev,suid")
+            .unwrap();
+        assert!(o.read_only && o.allow_other);
+        assert_eq!((o.dev, o.suid), (Some(true), Some(true)));
+    }
+
+    #[test]
+    fn last_of_a_pair_wins_and_fstab_only_options_are_ignored() {
+        let o =
+            parse("ro,rw,nodev,dev,_netdev,nofail,noauto,users,comment=x,cache_mib=64").unwrap();
+        assert!(!o.read_only);
+        assert_eq!(o.dev, Some(true));
+        assert_eq!(o.cache_mib, Some(64));
+        assert_eq!(o.kernel_flags(), vec![fuser::MountOption::Dev]);
+    }
+
+    #[test]
+    fn an_unknown_option_is_named() {
+        let e = parse("ro,bogus_opt").unwrap_err().to_string();
+        assert!(e.contains("'bogus_opt'"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = parse("cache_mib=lots").unwrap_err().to_string();
+        assert!(e.contains("cache_mib=lots"), "{e}");
+    }
+}
