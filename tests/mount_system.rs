@@ -27,7 +27,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Volume, fuse_available, is_mountpoint, is_root, random_bytes, read_all, which};
+use common::{
+    BIN, Volume, fuse_available, is_mountpoint, is_root, pids_mentioning, random_bytes, read_all,
+    which,
+};
 
 /// Runs `dedupfs ARGS`; returns (success, stdout, stderr).
 fn dedupfs(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
@@ -54,21 +57,6 @@ fn one_line_failure(what: &str, args: &[&std::ffi::OsStr]) -> String {
         "{what}: the error must be one line, got {stderr:?}"
     );
     stderr.trim().to_string()
-}
-
-/// Pids of processes whose command line mentions `needle` (daemons of a store).
-fn pids_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// SIGKILLs every daemon of `store` (failure paths: a daemon started by mount(8) is no child

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::tree::{assert_same_tree, make_tree, snapshot};
-use common::{BIN, Volume, fuse_available, is_mountpoint, run, which};
+use common::{BIN, Volume, fuse_available, is_mountpoint, pids_mentioning, run, which};
 
 /// Number of regular files in the generated trees ("some thousands").
 const TREE_FILES: usize = 3000;
@@ -522,21 +522,6 @@ fn mount_and_init_refuse_bad_arguments_with_one_line_errors() {
         fs::read(not_store.join("junk")).unwrap() == b"junk",
         "a failed init must not touch an existing directory"
     );
-}
-
-/// Pids of processes whose command line mentions `needle`.
-fn pids_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! other files' acknowledged data being touched, an fsync claiming durability after a failed
 //! fdatasync, and a store that fsck finds damaged after any of it.
 
+mod common;
+
 use dedupfs::chunker::ChunkParams;
 use dedupfs::error::FsError;
 use dedupfs::fs::{Caller, Fs, FsConfig};
@@ -21,15 +23,7 @@ use std::sync::Arc;
 const WHO: Caller = Caller { uid: 0, gid: 0 };
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
+    common::random_bytes(seed, len)
 }
 
 fn new_store(dir: &Path) {

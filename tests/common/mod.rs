@@ -636,3 +636,18 @@ pub fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
         );
     }
 }
+
+/// Pids of processes whose command line mentions `needle` (daemons of a store).
+pub fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

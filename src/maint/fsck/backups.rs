@@ -1,7 +1,7 @@
 //! fsck of the metadata backups in `STORE/backups` (`meta::backup`): each copy must open and
 //! hold a root directory, or a restore would pass it over.
 
-use super::{Finding, FindingKind, FsckReport, Severity};
+use super::{FindingKind, FsckReport, Severity, item};
 use crate::meta::backup;
 use std::path::Path;
 
@@ -10,44 +10,39 @@ pub fn check_backups(store: &Path, report: &mut FsckReport) {
     let copies = match backup::list(store) {
         Ok(c) => c,
         Err(e) => {
-            report.findings.push(finding(
-                FindingKind::BackupDamaged,
-                Severity::Warning,
-                format!("cannot list the metadata backups: {e}"),
-            ));
+            report.findings.push(
+                item(
+                    FindingKind::BackupDamaged,
+                    Severity::Warning,
+                    format!("cannot list the metadata backups: {e}"),
+                )
+                .finding,
+            );
             return;
         }
     };
     if copies.is_empty() {
-        report.findings.push(finding(
+        report.findings.push(item(
             FindingKind::NoBackup,
             Severity::Info,
             "no metadata backup yet (a mounted volume takes one at unmount; `dedupfs backup` takes one now)".into(),
-        ));
+        )
+        .finding);
     }
     for b in &copies {
         if let Err(e) = backup::check(&b.path) {
-            report.findings.push(finding(
-                FindingKind::BackupDamaged,
-                Severity::Warning,
-                format!(
-                    "metadata backup {} cannot be read ({e}); a restore would pass it over",
-                    b.path.display()
-                ),
-            ));
+            report.findings.push(
+                item(
+                    FindingKind::BackupDamaged,
+                    Severity::Warning,
+                    format!(
+                        "metadata backup {} cannot be read ({e}); a restore would pass it over",
+                        b.path.display()
+                    ),
+                )
+                .finding,
+            );
         }
     }
     report.backups = copies;
-}
-
-fn finding(kind: FindingKind, severity: Severity, message: String) -> Finding {
-    Finding {
-        kind,
-        severity,
-        message,
-        ino: None,
-        path: None,
-        chunk: None,
-        repaired: false,
-    }
 }
