@@ -11,6 +11,7 @@ use dedupfs::chunker::ChunkParams;
 use dedupfs::fs::{Caller, Fs, FsConfig};
 use dedupfs::meta::{MetaDb, ROOT_INO};
 use dedupfs::store::{ChunkStore, LocalDirStore};
+use std::path::Path;
 use std::sync::Arc;
 
 fn noise(n: usize, mut seed: u64) -> Vec<u8> {
@@ -24,20 +25,23 @@ fn noise(n: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The filesystem over `dir` (created on first use): metadata in `meta.redb`, chunk files in
+/// `chunks/`. Dropping it without a sync is a crash.
+fn open_fs(dir: &Path) -> Fs {
+    let db = dir.join("meta.redb");
+    let meta = if db.exists() {
+        MetaDb::open(&db).unwrap()
+    } else {
+        MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap()
+    };
+    let store: Arc<dyn ChunkStore> = Arc::new(LocalDirStore::open(&dir.join("chunks")).unwrap());
+    Fs::new(meta, store, FsConfig::default()).unwrap()
+}
+
 #[test]
 fn partial_write_back_then_another_fsync_then_crash_keeps_fsynced_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("meta.redb");
-    let chunks = dir.path().join("chunks");
-    let open = || {
-        let meta = if db.exists() {
-            MetaDb::open(&db).unwrap()
-        } else {
-            MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap()
-        };
-        let store: Arc<dyn ChunkStore> = Arc::new(LocalDirStore::open(&chunks).unwrap());
-        Fs::new(meta, store, FsConfig::default()).unwrap()
-    };
+    let open = || open_fs(dir.path());
     let who = Caller::default();
     let data = noise(86_859, 5);
     {
@@ -77,17 +81,7 @@ fn partial_write_back_then_another_fsync_then_crash_keeps_fsynced_bytes() {
 #[test]
 fn sync_fs_makes_open_files_durable_including_their_unfinished_tails() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("meta.redb");
-    let chunks = dir.path().join("chunks");
-    let open = || {
-        let meta = if db.exists() {
-            MetaDb::open(&db).unwrap()
-        } else {
-            MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap()
-        };
-        let store: Arc<dyn ChunkStore> = Arc::new(LocalDirStore::open(&chunks).unwrap());
-        Fs::new(meta, store, FsConfig::default()).unwrap()
-    };
+    let open = || open_fs(dir.path());
     let who = Caller::default();
     // Several chunks each, ending in a piece no content-defined cut closes yet.
     let files: Vec<(&[u8], Vec<u8>)> = vec![

@@ -182,10 +182,7 @@ fn mount_helper_form_returns_silently_once_the_mount_is_live_and_honours_options
     if !fuse_available() {
         return;
     }
-    let mut vol = Volume::new();
-    fs::write(vol.path("f"), b"persisted").unwrap();
-    vol.unmount();
-    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    let (vol, guard) = unmounted_store_with_a_file();
 
     // Exactly as mount.fuse3 runs it (options as observed from fuse3 3.14 for
     // `mount -t fuse.dedupfs -o ro,noatime,x-systemd.automount,...`).
@@ -285,6 +282,16 @@ fn wait_store_free(store: &Path) {
 /// On drop (a failed assertion included), detaches the mount and kills the store's daemons.
 struct KillDaemons(PathBuf, PathBuf);
 
+/// A store holding `/f` = "persisted", unmounted, for tests that mount it in other ways; the
+/// guard kills whatever daemon of it is left when the test ends.
+fn unmounted_store_with_a_file() -> (Volume, KillDaemons) {
+    let mut vol = Volume::new();
+    fs::write(vol.path("f"), b"persisted").unwrap();
+    vol.unmount();
+    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    (vol, guard)
+}
+
 impl Drop for KillDaemons {
     fn drop(&mut self) {
         if is_mountpoint(&self.1) {
@@ -372,10 +379,7 @@ fn mount_t_fuse_dedupfs_and_an_fstab_line_work_through_mount_fuse3() {
         assert!(which(tool).is_some(), "{tool} (util-linux) missing");
     }
     eprintln!("mount helper: {}", helper.display());
-    let mut vol = Volume::new();
-    fs::write(vol.path("f"), b"persisted").unwrap();
-    vol.unmount();
-    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    let (mut vol, guard) = unmounted_store_with_a_file();
 
     let work = vol.scratch();
     let bindir = work.join("sbin");
@@ -486,10 +490,7 @@ fn foreground_mount_tells_systemd_ready_only_once_the_mount_is_live() {
     if !fuse_available() {
         return;
     }
-    let mut vol = Volume::new();
-    fs::write(vol.path("f"), b"persisted").unwrap();
-    vol.unmount();
-    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    let (vol, guard) = unmounted_store_with_a_file();
     let sock_path = vol.scratch().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
@@ -693,10 +694,7 @@ fn the_store_is_unlocked_only_after_the_daemon_closed_its_databases() {
     if !fuse_available() {
         return;
     }
-    let mut vol = Volume::new();
-    fs::write(vol.path("f"), b"persisted").unwrap();
-    vol.unmount();
-    let guard = KillDaemons(vol.store.clone(), vol.mnt.clone());
+    let (mut vol, guard) = unmounted_store_with_a_file();
     for round in 0..5 {
         let (ok, _, stderr) = dedupfs(&[vol.store.as_os_str(), vol.mnt.as_os_str()]);
         assert!(ok, "round {round}: mount failed: {stderr}");
