@@ -345,3 +345,28 @@ fn set_compression_applies_to_new_chunks_and_survives_reopen() {
     assert!(s["compression_ratio"].as_f64().unwrap() > 4.0, "{s}");
     assert_files(&dir, &[("t".into(), text)]);
 }
+
+#[test]
+fn an_index_open_in_another_handle_is_busy_not_damaged() {
+    let tmp = new_store(Codec::default());
+    let dir = tmp.path().join("s");
+    // Another handle on the store's databases (as another process would hold them) without
+    // the store lock: opening the store must not call either file damaged, or advise a repair.
+    for db in ["index.redb", "meta.redb"] {
+        let held = redb::Database::open(dir.join(db)).unwrap();
+        let e = match volume::open(&dir) {
+            Ok(_) => panic!("{db} is held open elsewhere: the open must fail"),
+            Err(e) => e,
+        };
+        assert!(
+            !matches!(
+                e,
+                volume::VolumeError::IndexDamaged { .. } | volume::VolumeError::MetaDamaged { .. }
+            ),
+            "{db} held elsewhere was called damaged: {e}"
+        );
+        assert!(!e.to_string().contains("--repair"), "{e}");
+        drop(held);
+    }
+    assert!(volume::open(&dir).is_ok(), "opens once released");
+}

@@ -177,11 +177,16 @@ impl PackStore {
         let index_path = store_dir.join("index.redb");
         let files = list_pack_files(&dir)?;
         let (index, rebuild) = if index_path.exists() {
-            let idx = PackIndex::open(&index_path).map_err(|e| {
-                corrupt(format!(
+            let idx = PackIndex::open(&index_path).map_err(|e| match e {
+                // Open in another handle (another process): busy, not damaged.
+                FsError::Db(m) if m.contains("already open") => FsError::Db(format!(
+                    "the pack index {} is open in another process ({m})",
+                    index_path.display()
+                )),
+                e => corrupt(format!(
                     "the pack index {} cannot be opened ({e}); `dedupfs fsck --repair` rebuilds it from the packs",
                     index_path.display()
-                ))
+                )),
             })?;
             // A rebuild that did not finish (crash, I/O error) is done again.
             let unfinished = idx.meta_u64("rebuilding")? == Some(1);
