@@ -22,9 +22,6 @@ pub(super) const CACHED_DIGESTS: usize = 16384;
 pub(super) type DigestCache = lru::LruCache<Ino, ([u8; 32], [u8; 32])>;
 /// Bytes read per step while hashing.
 const PIECE: u32 = 1 << 20;
-/// File range whose extents are read at once while fingerprinting (about 16k extents at
-/// 64 KiB chunks): bounded memory for any file size.
-const WINDOW: u64 = 1 << 30;
 
 impl Fs {
     /// The digest of `ino`'s current content.
@@ -77,18 +74,12 @@ impl Fs {
         }
         let mut h = blake3::Hasher::new();
         h.update(&attr.size.to_le_bytes());
-        let mut from = 0u64;
-        while from < attr.size {
-            let to = from.saturating_add(WINDOW);
-            for e in snap.extents(ino, from, to)? {
-                // An extent across a window edge is hashed in both windows: still a function
-                // of the list.
-                h.update(&e.offset.to_le_bytes());
-                h.update(&e.len.to_le_bytes());
-                h.update(&e.id.0);
-            }
-            from = to;
-        }
+        snap.for_each_extent_of(ino, &mut |e| {
+            h.update(&e.offset.to_le_bytes());
+            h.update(&e.len.to_le_bytes());
+            h.update(&e.id.0);
+            Ok(())
+        })?;
         Ok(Some(*h.finalize().as_bytes()))
     }
 }

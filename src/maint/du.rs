@@ -28,8 +28,6 @@ use std::path::{Path, PathBuf};
 
 /// Chunk references held in memory before a sorted run is spilled (32 bytes each: 8 MiB).
 const RUN: usize = 256 * 1024;
-/// File range whose extents are read at once.
-const WINDOW: u64 = 1 << 30;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DuReport {
@@ -111,19 +109,7 @@ pub fn du(
 fn add_file(r: &RTx, refs: &mut Sorter, report: &mut DuReport, ino: Ino, size: u64) -> Result<()> {
     report.files += 1;
     report.logical_bytes += size;
-    let mut from = 0u64;
-    while from < size {
-        let to = from.saturating_add(WINDOW);
-        for e in r.extents(ino, from, to)? {
-            // An extent across a window edge is seen from both windows: count it in the one
-            // where it starts (or the first, for one that starts before 0).
-            if e.offset >= from || from == 0 {
-                refs.push(e.id)?;
-            }
-        }
-        from = to;
-    }
-    Ok(())
+    r.for_each_extent_of(ino, &mut |e| refs.push(e.id))
 }
 
 /// Chunk ids sorted in bounded memory: sorted runs spilled to files, merged at the end.

@@ -401,6 +401,25 @@ macro_rules! read_ops {
                 .find(|e| e.end() == offset))
         }
 
+        /// Every extent of `ino` in offset order, streamed: bounded memory for any file size.
+        pub fn for_each_extent_of(
+            &self,
+            ino: Ino,
+            f: &mut dyn FnMut(Extent) -> Result<()>,
+        ) -> Result<()> {
+            let t = self.tx.open_table(EXTENTS)?;
+            for r in t.range((ino, 0)..=(ino, u64::MAX))? {
+                let (k, v) = r?;
+                let (id, len) = v.value();
+                f(Extent {
+                    offset: k.value().1,
+                    id: ChunkId(*id),
+                    len,
+                })?;
+            }
+            Ok(())
+        }
+
         /// All extents of an inode.
         pub fn all_extents(&self, ino: Ino) -> Result<Vec<Extent>> {
             self.extents(ino, 0, u64::MAX)
