@@ -95,6 +95,12 @@ impl FsError {
         }
     }
 
+    /// redb refused to open a database file because another handle (another process) has it
+    /// open: the file is busy, not damaged.
+    pub fn is_held_elsewhere(&self) -> bool {
+        matches!(self, FsError::Db(m) if m.contains("already open"))
+    }
+
     /// A refusal decided before anything was changed (a bad name, a missing entry, a full
     /// buffer...), as opposed to a failure of the store or the database part-way through.
     pub fn is_refusal(&self) -> bool {

@@ -70,14 +70,8 @@ fn restore_hint(dir: &Path) -> String {
 /// Errors of opening meta.redb that mean the file is damaged (rather than, say, of a newer
 /// format, or open in another process): a backup can stand in for it.
 fn is_damage(err: &FsError) -> bool {
-    (matches!(err, FsError::Db(_)) && !is_held_elsewhere(err))
+    (matches!(err, FsError::Db(_)) && !err.is_held_elsewhere())
         || matches!(err, FsError::Corrupt(m) if m == crate::meta::NO_FORMAT_VERSION)
-}
-
-/// redb refused to open a database file another handle (another process) has open: busy,
-/// not damaged; repairing it would be wrong advice.
-fn is_held_elsewhere(err: &FsError) -> bool {
-    matches!(err, FsError::Db(m) if m.contains("already open"))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
@@ -210,7 +204,7 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
     let chunks = PackStore::open(dir).map_err(|err| {
         let index = dir.join("index.redb");
         match crate::store::pack_index::PackIndex::open(&index) {
-            Err(e) if index.exists() && !is_held_elsewhere(&e) => VolumeError::IndexDamaged {
+            Err(e) if index.exists() && !e.is_held_elsewhere() => VolumeError::IndexDamaged {
                 path: dir.to_path_buf(),
                 err: e,
             },

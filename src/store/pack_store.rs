@@ -179,8 +179,8 @@ impl PackStore {
         let (index, rebuild) = if index_path.exists() {
             let idx = PackIndex::open(&index_path).map_err(|e| match e {
                 // Open in another handle (another process): busy, not damaged.
-                FsError::Db(m) if m.contains("already open") => FsError::Db(format!(
-                    "the pack index {} is open in another process ({m})",
+                e if e.is_held_elsewhere() => FsError::Db(format!(
+                    "the pack index {} is open in another process ({e})",
                     index_path.display()
                 )),
                 e => corrupt(format!(
