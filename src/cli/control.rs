@@ -173,11 +173,11 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     }
 }
 
-/// `dedupfs du`: everything written so far is committed first, then each tree is accounted
-/// in one snapshot (other operations go on meanwhile).
+/// `dedupfs du`: everything written so far is written back and committed first, then each
+/// tree is accounted in one snapshot (other operations go on meanwhile).
 fn du_of(fs: &Fs, store: &Path, items: &[(u64, String)]) -> crate::error::Result<Vec<DuReport>> {
     fs.sync_all(false)?;
-    let (snap, _) = fs.durable_snapshot()?;
+    let snap = fs.meta().begin_read()?;
     items
         .iter()
         .map(|(ino, path)| du(&snap, fs.store().as_ref(), *ino, path, store))
