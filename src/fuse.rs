@@ -2,7 +2,7 @@
 //! No filesystem semantics live here (see `fs`); errno values come from `FsError::errno`.
 
 use crate::error::FsError;
-use crate::fs::{Caller, Fs, RenameFlags as CoreRename, SeekWhence, SetAttr, TimeSet};
+use crate::fs::{Caller, Fs, Op, RenameFlags as CoreRename, SeekWhence, SetAttr, TimeSet};
 use crate::meta::{Attr, Kind, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -152,10 +152,18 @@ impl Filesystem for DedupFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.fs.counters().count(Op::Lookup);
         self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
     }
 
+    // Inodes live in the metadata database, not in a lookup-counted table: forgets are only
+    // counted (one per inode: fuser's batch_forget calls this for each).
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        self.fs.counters().count(Op::Forget);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.fs.counters().count(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &self.attr(ino.0, &a)),
             Err(e) => reply.error(errno(&e)),
@@ -180,6 +188,7 @@ impl Filesystem for DedupFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.fs.counters().count(Op::Setattr);
         let set = SetAttr {
             mode,
             uid,
@@ -196,6 +205,7 @@ impl Filesystem for DedupFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.fs.counters().count(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -212,6 +222,7 @@ impl Filesystem for DedupFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.counters().count(Op::Mknod);
         let r = self
             .fs
             .mknod(caller(req), parent.0, name.as_bytes(), mode, rdev);
@@ -227,15 +238,18 @@ impl Filesystem for DedupFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.counters().count(Op::Mkdir);
         let r = self.fs.mkdir(caller(req), parent.0, name.as_bytes(), mode);
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.counters().count(Op::Unlink);
         empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.counters().count(Op::Rmdir);
         empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
     }
 
@@ -247,6 +261,7 @@ impl Filesystem for DedupFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.fs.counters().count(Op::Symlink);
         let r = self.fs.symlink(
             caller(req),
             parent.0,
@@ -266,6 +281,7 @@ impl Filesystem for DedupFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Rename);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -291,6 +307,7 @@ impl Filesystem for DedupFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.fs.counters().count(Op::Link);
         let r = self
             .fs
             .link(ino.0, newparent.0, newname.as_bytes())
@@ -299,6 +316,7 @@ impl Filesystem for DedupFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.counters().count(Op::Open);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, write) {
             Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
@@ -317,6 +335,7 @@ impl Filesystem for DedupFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.fs.counters().count(Op::Read);
         match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
@@ -335,6 +354,7 @@ impl Filesystem for DedupFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.fs.counters().count(Op::Write);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(ino.0, offset, data).and_then(|n| {
             if kill {
@@ -355,6 +375,7 @@ impl Filesystem for DedupFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Flush);
         empty(reply, self.fs.flush(ino.0));
     }
 
@@ -368,6 +389,7 @@ impl Filesystem for DedupFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Release);
         empty(reply, self.fs.release(fh.0));
     }
 
@@ -379,10 +401,12 @@ impl Filesystem for DedupFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Fsync);
         empty(reply, self.fs.fsync(ino.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.counters().count(Op::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -397,6 +421,7 @@ impl Filesystem for DedupFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.fs.counters().count(Op::Readdir);
         let r = self.fs.readdir(fh.0, offset, &mut |next, e| {
             reply.add(
                 INodeNo(e.ino),
@@ -419,6 +444,7 @@ impl Filesystem for DedupFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -431,10 +457,12 @@ impl Filesystem for DedupFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Fsyncdir);
         empty(reply, self.fs.sync_dir());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.fs.counters().count(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -453,6 +481,7 @@ impl Filesystem for DedupFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Setxattr);
         empty(
             reply,
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
@@ -460,18 +489,22 @@ impl Filesystem for DedupFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.fs.counters().count(Op::Getxattr);
         xattr_reply(reply, self.fs.getxattr(ino.0, name.as_bytes()), size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.fs.counters().count(Op::Listxattr);
         xattr_reply(reply, self.fs.listxattr(ino.0), size);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.counters().count(Op::Removexattr);
         empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.fs.counters().count(Op::Access);
         // Permission checks are the kernel's (default_permissions); we only confirm existence.
         empty(reply, self.fs.getattr(ino.0).map(|_| ()));
     }
@@ -486,6 +519,7 @@ impl Filesystem for DedupFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.fs.counters().count(Op::Create);
         match self.fs.create(caller(req), parent.0, name.as_bytes(), mode) {
             Ok((ino, a, fh)) => reply.created(
                 &TTL,
@@ -508,6 +542,7 @@ impl Filesystem for DedupFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.fs.counters().count(Op::Fallocate);
         empty(reply, self.fs.fallocate(ino.0, offset, length, mode));
     }
 
@@ -520,6 +555,7 @@ impl Filesystem for DedupFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.fs.counters().count(Op::Lseek);
         let w = match whence {
             libc::SEEK_DATA => SeekWhence::Data,
             libc::SEEK_HOLE => SeekWhence::Hole,
@@ -547,6 +583,7 @@ impl Filesystem for DedupFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.fs.counters().count(Op::CopyFileRange);
         // A reply carries a u32 count; the caller loops for the rest.
         let len = len.min(1 << 30);
         match self

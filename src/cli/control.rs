@@ -39,6 +39,8 @@ pub enum Request {
     },
     /// Everything written so far durable (answered only then).
     Sync,
+    /// Requests served since the mount, by operation.
+    Requests,
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -75,6 +77,10 @@ impl Remote {
     }
 
     pub fn into_du(self) -> Result<Vec<DuReport>> {
+        self.report()
+    }
+
+    pub fn into_requests(self) -> Result<crate::fs::RequestCounts> {
         self.report()
     }
 }
@@ -118,6 +124,9 @@ fn errno_label(n: i32) -> String {
 
 fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     let result = match req {
+        Request::Requests => {
+            serde_json::to_value(fs.counters().snapshot()).map_err(|e| e.to_string())
+        }
         Request::Sync => fs
             .sync_fs()
             .map(|()| serde_json::json!({ "durable": true }))

@@ -585,7 +585,12 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
                     store.display()
                 )
             })?;
-            Ok(StatsReport::from_usage(u, true))
+            let mut r = StatsReport::from_usage(u, true);
+            // An older daemon, or one without a control socket, has no counts: not an error.
+            r.requests = control::request(store, &control::Request::Requests)
+                .and_then(|a| a.into_requests())
+                .ok();
+            Ok(r)
         }
         Err(e) => Err(e.into()),
     }
@@ -674,6 +679,10 @@ pub fn render_stats(r: &StatsReport) -> String {
     s += &format!("chunks:           {}\n", r.chunk_count);
     s += &format!("dedup ratio:      {:.2}\n", r.dedup_ratio);
     s += &format!("compression:      {:.2}\n", r.compression_ratio);
+    if let Some(q) = &r.requests {
+        let ops: Vec<String> = q.by_op.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        s += &format!("requests served:  {} ({})\n", q.total, ops.join(", "));
+    }
     if r.from_mounted_daemon {
         s += "(store is mounted: figures from the daemon's last sync, at most a few seconds old)\n";
     }

@@ -17,11 +17,13 @@
 //! survive one.
 
 mod background;
+mod counters;
 mod digest;
 mod dirty;
 mod durability;
 mod file;
 
+pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
 
@@ -259,6 +261,8 @@ pub struct Fs {
     durable_epoch: AtomicU64,
     /// blake3 digests of whole files by inode, with the content fingerprint each is valid for.
     digests: Mutex<digest::DigestCache>,
+    /// Requests served, by operation (counted by the FUSE adapter).
+    counters: Counters,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -326,6 +330,7 @@ impl Fs {
             digests: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(digest::CACHED_DIGESTS).expect("non-zero"),
             )),
+            counters: Counters::default(),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -341,6 +346,11 @@ impl Fs {
             fs.remove_dead_chunks()?;
         }
         Ok(fs)
+    }
+
+    /// Requests served so far, by operation.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub fn chunk_params(&self) -> ChunkParams {

@@ -2,7 +2,7 @@
 //! compression, bytes on disk, chunk count, dedup and compression ratios.
 
 use crate::error::Result;
-use crate::fs::{Usage, usage_of};
+use crate::fs::{RequestCounts, Usage, usage_of};
 use crate::meta::MetaDb;
 use crate::store::ChunkStore;
 use serde::Serialize;
@@ -27,6 +27,9 @@ pub struct StatsReport {
     pub compression_ratio: f64,
     /// True when the figures come from a mounted daemon's last published snapshot.
     pub from_mounted_daemon: bool,
+    /// Requests the mounted daemon served since it was mounted, by operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
 }
 
 impl StatsReport {
@@ -52,6 +55,7 @@ impl StatsReport {
                 u.referenced_bytes as f64 / u.physical_bytes as f64
             },
             from_mounted_daemon,
+            requests: None,
         }
     }
 }
