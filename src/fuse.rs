@@ -2,7 +2,9 @@
 //! No filesystem semantics live here (see `fs`); errno values come from `FsError::errno`.
 
 use crate::error::FsError;
-use crate::fs::{Caller, Fs, Op, RenameFlags as CoreRename, SeekWhence, SetAttr, TimeSet};
+use crate::fs::{
+    CacheMode, Caller, Fs, Op, RenameFlags as CoreRename, SeekWhence, SetAttr, TimeSet,
+};
 use crate::meta::{Attr, Kind, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -17,9 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// How long the kernel may cache attributes and names. We are the only writer of the
-/// volume, so a short TTL costs nothing in correctness and saves most getattr round trips.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes, names and the absence of names. The daemon is
+/// the only writer of its volume and every change reaches it through a kernel request, which
+/// updates or drops the kernel's copy itself (no atime updates happen behind the kernel's
+/// back; st_blocks counts unwritten data as allocated, so write-back does not change it), so
+/// nothing goes stale while cached. Whatever may later change names or attributes outside a
+/// request must invalidate them through the notifier, off the request threads.
+const TTL: Duration = Duration::from_secs(60);
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -39,11 +45,15 @@ impl DedupFuse {
         }
     }
 
-    fn open_flags(&self) -> FopenFlags {
-        if self.direct_io {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
+    /// Flags of an open served as `mode` decided. Without FUSE_DIRECT_IO_ALLOW_MMAP every
+    /// open goes through the page cache, dropping it at open (the kernel keeps it coherent for
+    /// its own writes, but not what an earlier open cached).
+    fn open_flags(&self, mode: CacheMode) -> FopenFlags {
+        match mode {
+            _ if !self.direct_io => FopenFlags::empty(),
+            CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            CacheMode::Cached { keep: true } => FopenFlags::FOPEN_KEEP_CACHE,
+            CacheMode::Cached { keep: false } => FopenFlags::empty(),
         }
     }
 }
@@ -116,6 +126,19 @@ impl DedupFuse {
             Err(e) => reply.error(errno(&e)),
         }
     }
+
+    /// A lookup's answer. A missing name is answered as node 0 with a timeout, so the kernel
+    /// caches its absence (a negative dentry) instead of asking again; creating the name
+    /// through the kernel replaces it.
+    fn lookup_entry(&self, reply: ReplyEntry, r: Result<(u64, Attr), FsError>) {
+        match r {
+            Err(FsError::NotFound) => {
+                let none = file_attr(0, &Attr::new(Kind::File, 0, 0, 0), 0);
+                reply.entry(&TTL, &none, Generation(0))
+            }
+            r => self.entry(reply, r),
+        }
+    }
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
@@ -153,7 +176,7 @@ impl Filesystem for DedupFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.fs.counters().count(Op::Lookup);
-        self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        self.lookup_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
     }
 
     // Inodes live in the metadata database, not in a lookup-counted table: forgets are only
@@ -318,8 +341,8 @@ impl Filesystem for DedupFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.fs.counters().count(Op::Open);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.fs.open(ino.0, write) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
+        match self.fs.open_with_mode(ino.0, write) {
+            Ok((fh, mode)) => reply.opened(FileHandle(fh), self.open_flags(mode)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -526,7 +549,8 @@ impl Filesystem for DedupFuse {
                 &self.attr(ino, &a),
                 Generation(0),
                 FileHandle(fh),
-                self.open_flags(),
+                // A new file has no other opens: direct, as `Fs::open` decides for it.
+                self.open_flags(CacheMode::Direct),
             ),
             Err(e) => reply.error(errno(&e)),
         }

@@ -214,6 +214,7 @@ impl Fs {
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
+        self.content_changed(ino);
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -768,6 +769,7 @@ impl Fs {
     /// range's chunks.
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
         self.writable()?;
+        self.content_changed(ino);
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -868,6 +870,7 @@ impl Fs {
         len: u64,
     ) -> Result<u64> {
         self.writable()?;
+        self.content_changed(dst);
         let mut st = self.state.lock();
         self.writeback(&mut st, src, true)?;
         self.writeback(&mut st, dst, true)?;

@@ -22,10 +22,12 @@ mod digest;
 mod dirty;
 mod durability;
 mod file;
+mod page_cache;
 
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
+pub use page_cache::CacheMode;
 
 use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};
 use crate::error::{FsError, Ino, Result};
@@ -189,8 +191,14 @@ type Guard<'a> = parking_lot::MutexGuard<'a, State>;
 type Ranges = Vec<(u64, Vec<u8>)>;
 
 enum Handle {
-    File { ino: Ino },
-    Dir { entries: Vec<DirEntry> },
+    File {
+        ino: Ino,
+        write: bool,
+        mode: CacheMode,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
 }
 
 /// The open group of metadata changes: one write transaction shared by operations until it
@@ -263,6 +271,8 @@ pub struct Fs {
     digests: Mutex<digest::DigestCache>,
     /// Requests served, by operation (counted by the FUSE adapter).
     counters: Counters,
+    /// Which opens use the kernel's page cache (see `page_cache`).
+    page_cache: Mutex<page_cache::PageCachePolicy>,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -331,6 +341,7 @@ impl Fs {
                 std::num::NonZeroUsize::new(digest::CACHED_DIGESTS).expect("non-zero"),
             )),
             counters: Counters::default(),
+            page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -346,6 +357,11 @@ impl Fs {
             fs.remove_dead_chunks()?;
         }
         Ok(fs)
+    }
+
+    /// The bytes of `ino` change: a later page-cache open must not keep the kernel's pages.
+    fn content_changed(&self, ino: Ino) {
+        self.page_cache.lock().changed(ino);
     }
 
     /// Requests served so far, by operation.
@@ -912,6 +928,7 @@ impl Fs {
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         self.writable()?;
         if let Some(size) = set.size {
+            self.content_changed(ino);
             self.truncate(ino, size)?;
         }
         let mut st = self.state.lock();
@@ -937,6 +954,12 @@ impl Fs {
     }
 
     pub fn open(&self, ino: Ino, write: bool) -> Result<u64> {
+        self.open_with_mode(ino, write).map(|(fh, _)| fh)
+    }
+
+    /// Opens `ino` and says whether the open may use the kernel's page cache (see
+    /// `page_cache`); the handle remembers it until `release`.
+    pub fn open_with_mode(&self, ino: Ino, write: bool) -> Result<(u64, CacheMode)> {
         if write {
             self.writable()?;
         }
@@ -946,19 +969,21 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         o.opens += 1;
+        let mode = self.page_cache.lock().open(ino, write);
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::File { ino });
-        Ok(fh)
+        st.handles.insert(fh, Handle::File { ino, write, mode });
+        Ok((fh, mode))
     }
 
     /// Closes a handle: writes the file back when it was the last one, and deletes an
     /// unlinked inode.
     pub fn release(&self, fh: u64) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(Handle::File { ino }) = st.handles.remove(&fh) else {
+        let Some(Handle::File { ino, write, mode }) = st.handles.remove(&fh) else {
             return Ok(());
         };
+        self.page_cache.lock().release(ino, write, mode);
         let last = match st.open.get_mut(&ino) {
             Some(o) => {
                 o.opens = o.opens.saturating_sub(1);
