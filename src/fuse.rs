@@ -9,9 +9,9 @@ use crate::meta::{Attr, Kind, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -164,6 +164,17 @@ impl Filesystem for DedupFuse {
         self.direct_io = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
+        // Each is an optimisation the kernel may lack: symlink targets cached (a symlink's
+        // target never changes), lookups and readdirs of one directory in parallel (the core
+        // is thread-safe), and directory listings carrying attributes when the kernel expects
+        // them to save lookups.
+        for flag in [
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         tracing::info!(direct_io = self.direct_io, "FUSE session initialised");
         Ok(())
     }
@@ -451,6 +462,32 @@ impl Filesystem for DedupFuse {
                 next,
                 kind(e.kind),
                 OsStr::from_bytes(&e.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.fs.counters().count(Op::Readdirplus);
+        // The kernel links no dentry for "." and "..": their attributes are only carried.
+        let r = self.fs.readdir_plus(fh.0, offset, &mut |next, e, a| {
+            reply.add(
+                INodeNo(e.ino),
+                next,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &self.attr(e.ino, a),
+                Generation(0),
             )
         });
         match r {

@@ -940,8 +940,18 @@ impl Fs {
             apply_set(&mut o.attr, &set, now);
             o.attr_dirty = true;
             let (a, closed) = (o.attr, o.opens == 0);
-            if closed && !self.queue_writeback(&mut st, ino) {
-                self.writeback(&mut st, ino, true)?;
+            // A write-back queued or in flight commits the attributes as they are when it
+            // ends (under the state lock): nothing more to do for it.
+            let in_hand = o.flushing.is_some() || o.queued;
+            if closed && !in_hand {
+                if o.dirty.is_empty() {
+                    // Closed and written back: only the attributes changed. Commit them
+                    // with the open group instead of waking a writer for them.
+                    self.group(&mut st, |st, tx| self.set_attr_in(st, tx, ino, a))?;
+                    self.forget_if_idle(&mut st, ino);
+                } else if !self.queue_writeback(&mut st, ino) {
+                    self.writeback(&mut st, ino, true)?;
+                }
             }
             return Ok(a);
         }
@@ -1064,6 +1074,38 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// `readdir` with each entry's attributes (READDIRPLUS: the kernel caches them and skips
+    /// a lookup per name). An entry removed since the directory was opened is left out.
+    pub fn readdir_plus(
+        &self,
+        fh: u64,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let mut i = offset as usize;
+        loop {
+            let e = {
+                let st = self.state.lock();
+                let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+                    return Err(FsError::Invalid("not a directory handle"));
+                };
+                match entries.get(i) {
+                    Some(e) => e.clone(),
+                    None => return Ok(()),
+                }
+            };
+            i += 1;
+            let attr = match self.getattr(e.ino) {
+                Ok(a) => a,
+                Err(FsError::NotFound) => continue,
+                Err(err) => return Err(err),
+            };
+            if f(i as u64, &e, &attr) {
+                return Ok(());
+            }
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {
