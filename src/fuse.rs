@@ -353,7 +353,15 @@ impl Filesystem for DedupFuse {
         self.fs.counters().count(Op::Open);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open_with_mode(ino.0, write) {
-            Ok((fh, mode)) => reply.opened(FileHandle(fh), self.open_flags(mode)),
+            Ok((fh, mode)) => {
+                let mut flags = self.open_flags(mode);
+                if !write {
+                    // A read-only descriptor has nothing to flush (it cannot dirty pages, not
+                    // even through mmap): its close(2) sends no FLUSH.
+                    flags |= FopenFlags::FOPEN_NOFLUSH;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -442,7 +450,13 @@ impl Filesystem for DedupFuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.fs.counters().count(Op::Opendir);
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings in its cache: it drops a directory's cached listing
+            // itself whenever the directory changes through it (iversion and mtime), and
+            // nothing changes a directory any other way.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }

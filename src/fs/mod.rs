@@ -48,6 +48,8 @@ const GROUP_OPS: u32 = 512;
 const PRESYNC_BYTES: u64 = 8 << 20;
 /// Read-ahead threads: mostly waiting on the disk, so more of them than cores.
 const PREFETCHERS: usize = 8;
+/// Dirty bytes up to which the last close writes a file back itself instead of queueing it.
+const INLINE_WRITEBACK: usize = 1 << 20;
 /// Background write-back threads.
 const WRITERS: usize = 2;
 /// Age at which an open metadata group is committed by the next operation.
@@ -1013,7 +1015,14 @@ impl Fs {
             }
             return self.group(&mut st, |_, tx| tx.delete_inode(ino));
         }
-        if self.queue_writeback(&mut st, ino) {
+        // A small file is written back right here: the closer does not wait for a release,
+        // and handing it to a writer thread would cost more (a wake-up per file) than the
+        // write-back itself. Larger ones go to the background writer.
+        let small = st
+            .open
+            .get(&ino)
+            .is_some_and(|o| o.dirty.bytes() <= INLINE_WRITEBACK);
+        if !small && self.queue_writeback(&mut st, ino) {
             self.forget_if_idle(&mut st, ino);
             return Ok(());
         }
@@ -1262,18 +1271,16 @@ impl Fs {
         Ok(self.with_view(|r| r.allocated(ino))? + dirty)
     }
 
-    /// flush(2) at close: writes the file back so its chunks are cut and committed.
-    ///
-    /// With a background writer the write-back is queued instead: close returns at once (a
-    /// `tar x` of many small files overlaps with chunking them), readers see the data
-    /// meanwhile, and fsync still waits for it. A file whose last write-back failed is
-    /// written back here, so the closer gets the error.
+    /// FLUSH at close(2): a file whose last write-back failed is written back here, so the
+    /// closer gets the error. Otherwise nothing: the write-back follows at the last close
+    /// (`release`, which the closer does not wait for), so close returns at once and the
+    /// file is chunked once, whole, instead of once at each close.
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
-        if self.queue_writeback(&mut st, ino) {
-            return Ok(());
+        if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
+            return self.writeback_reclaiming(&mut st, ino, true);
         }
-        self.writeback_reclaiming(&mut st, ino, true)
+        Ok(())
     }
 
     /// Queues `ino` for the background writer. False when the caller must write back itself:
