@@ -333,18 +333,39 @@ ticks_before = R.get("dedupfs.tar.ticks", "").split()[:2]
 ce = cpu_secs(" ".join(ticks_before) + " " + R.get("dedupfs.tar.ticks_exit", "")) if ticks_before else None
 if ce:
     tar_cpu_exit["dedupfs"] = per_entry(ce[0] + ce[1], 1e6)
-tar_stats = load("dedupfs.tar.stats") or {}
-req0 = (tar_stats.get("before") or {}).get("requests")
-req1 = (tar_stats.get("after") or {}).get("requests")
+
+
+def requests(key):
+    """(total, {op: n}) of the FUSE requests dedupfs served during a step, from the mounted
+    store's stats before and after it under key; None when unknown."""
+    st = load(key) or {}
+    r0 = (st.get("before") or {}).get("requests")
+    r1 = (st.get("after") or {}).get("requests")
+    if r0 is None or r1 is None:
+        return None
+    ops = {k: n - r0["by_op"].get(k, 0) for k, n in r1["by_op"].items()}
+    return r1["total"] - r0["total"], {k: n for k, n in ops.items() if n > 0}
+
+
+def requests_text(key, per, unit):
+    """"N requests per UNIT (op n, ..)", the ops by falling count; "" when unknown."""
+    q = requests(key)
+    if q is None or not per:
+        return ""
+    ops = sorted(q[1].items(), key=lambda kv: -kv[1])
+    by_op = ", ".join(f"{k} {n / per:.2f}" if n / per < 10 else f"{k} {n / per:,.0f}"
+                      for k, n in ops if n / per >= 0.005)
+    return f"FUSE requests per {unit}: {fmt(q[0] / per, 'x')}" + (f" ({by_op})" if by_op else "")
+
+
 tar_req, req_cell = {}, "–"
-if req0 is not None and req1 is not None:
-    tar_req["dedupfs"] = per_entry(req1["total"] - req0["total"])
-    ops = {k: n - req0["by_op"].get(k, 0) for k, n in req1["by_op"].items()}
-    ops = sorted(((k, per_entry(n)) for k, n in ops.items() if n > 0), key=lambda kv: -kv[1])
-    req_cell = "per entry: " + ", ".join(f"{k} {v:.2f}" for k, v in ops if v >= 0.005)
+q = requests("dedupfs.tar.stats")
+if q is not None:
+    tar_req["dedupfs"] = per_entry(q[0])
+    req_cell = requests_text("dedupfs.tar.stats", entries, "entry") or "–"
 elif "dedupfs.tar.stats" in R:
     notes.append("dedupfs stats --json of the mounted store reported no request counts (a dedupfs "
-                 "without them): the requests row is \"–\"")
+                 "without them): the requests rows are \"–\"")
 row(f"↳ daemon CPU per entry during the tar x (user + system, /proc/PID/stat, from before the tar "
     f"to after its syncfs; {fmt(entries, 'int')} entries); target ≤ 150 µs", "µs", tar_cpu, "x",
     store="; ".join(cpu_cell) or "–")
@@ -448,15 +469,20 @@ for f in FS:
         status_cell.append(f"{f}: {n_changed:,.0f} paths listed as changed")
     if any(f"{f}.status.{n}" in R for n in range(1, reps + 1)):
         status_cell.append(f"{f} runs " + runs([f"{f}.status.{n}" for n in range(1, reps + 1)], seconds, "s"))
+status_req = requests_text("dedupfs.status.stats", reps, "run")
+if status_req:
+    status_cell.append(f"dedupfs: {status_req}")
 row(f"git clone --no-hardlinks of a local repository ({git_desc}) into the volume, then syncfs", "s",
-    {f: seconds(f"{f}.clone") for f in FS}, "s")
+    {f: seconds(f"{f}.clone") for f in FS}, "s",
+    store=requests_text("dedupfs.clone.stats", git_files, "file (until durable)") or "–")
 row("↳ git clone until durable (dedupfs: + dedupfs sync; bindfs: + syncfs of its backing "
     "directory; ext4: = above); target ≤ 2x ext4", "s",
     {f: seconds(f"{f}.clone_durable") for f in FS}, "s")
 row(f"↳ git status in that clone, warm (after one untimed run; median of {reps}); target ≤ 1.5x ext4",
     "s", {f: median([f"{f}.status.{n}" for n in range(1, reps + 1)], seconds) for f in FS}, "s",
     store="; ".join(status_cell) or "–")
-row("↳ rm -rf of that clone, then syncfs", "s", {f: seconds(f"{f}.rm") for f in FS}, "s")
+row("↳ rm -rf of that clone, then syncfs", "s", {f: seconds(f"{f}.rm") for f in FS}, "s",
+    store=requests_text("dedupfs.rm.stats", git_files, "file (until durable)") or "–")
 row("↳ rm -rf until durable (as for the clone); target ≤ 3x ext4", "s",
     {f: seconds(f"{f}.rm_durable") for f in FS}, "s")
 
@@ -467,8 +493,9 @@ if rb:
         f"once, then read with dd bs=1M, median of {reps}; target ≥ 0.5x ext4 (its page cache)", "GB/s",
         {f: median([f"{f}.reread.{n}" for n in range(1, reps + 1)], lambda k: gbps(k, rb)) for f in FS},
         "gbps", store="; ".join(
-            f"{f} runs " + runs([f"{f}.reread.{n}" for n in range(1, reps + 1)], lambda k: gbps(k, rb), "gbps")
-            for f in FS if f"{f}.reread.1" in R) or "–")
+            [f"{f} runs " + runs([f"{f}.reread.{n}" for n in range(1, reps + 1)], lambda k: gbps(k, rb), "gbps")
+             for f in FS if f"{f}.reread.1" in R]
+            + [f"dedupfs: {x}" for x in [requests_text("dedupfs.reread.stats", reps, "timed read")] if x]) or "–")
 
 if "cargo.reps" in R:
     creps = int(num("cargo.reps") or 3)
