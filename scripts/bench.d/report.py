@@ -355,7 +355,9 @@ def requests_text(key, per, unit):
     ops = sorted(q[1].items(), key=lambda kv: -kv[1])
     by_op = ", ".join(f"{k} {n / per:.2f}" if n / per < 10 else f"{k} {n / per:,.0f}"
                       for k, n in ops if n / per >= 0.005)
-    return f"FUSE requests per {unit}: {fmt(q[0] / per, 'x')}" + (f" ({by_op})" if by_op else "")
+    total = q[0] / per
+    return (f"FUSE requests per {unit}: {fmt(total, 'x' if total < 100 else 'int')}"
+            + (f" ({by_op})" if by_op else ""))
 
 
 tar_req, req_cell = {}, "–"
