@@ -26,6 +26,7 @@ for line in open(a.results):
         k, v = line.split("\t", 1)
         R[k] = v
 notes = [l.rstrip("\n") for l in open(a.notes) if l.strip()]
+checks = []  # findings that look wrong, listed first under the table
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -296,6 +297,88 @@ row("↳ the tree on disk ÷ its logical bytes (dedupfs: disk_bytes added by the
            f"{human(tree_inproc)}, logical {human(tree_logical)}: disk ÷ in-process "
            f"{ratio(tree_disk, tree_inproc)}, disk ÷ logical {ratio(tree_disk, tree_logical)}"))
 
+# Per entry of that tar x (issue 10): the FUSE daemons' CPU time and context switches, from just
+# before the tar to just after its syncfs; dedupfs: FUSE requests, and CPU until it exited.
+entries = num("tree.entries")
+clk = num("clk_tck") or 100.0
+
+
+def cpu_secs(before_after):
+    """(user, system) seconds between two "UTIME STIME" tick readings ("U0 S0 U1 S1")."""
+    v = before_after.split() if before_after else []
+    if len(v) != 4:
+        return None
+    try:
+        u0, s0, u1, s1 = map(float, v)
+    except ValueError:
+        return None
+    return (u1 - u0) / clk, (s1 - s0) / clk
+
+
+def per_entry(v, scale=1.0):
+    return None if v is None or not entries else v / entries * scale
+
+
+tar_cpu, tar_cpu_exit, tar_cs, cpu_cell = {}, {}, {}, []
+for f in ("dedupfs", "bindfs"):
+    c = cpu_secs(R.get(f"{f}.tar.ticks"))
+    if c:
+        tar_cpu[f] = per_entry(c[0] + c[1], 1e6)
+        cpu_cell.append(f"{f}: user {fmt(per_entry(c[0], 1e6), 'x')} + system "
+                        f"{fmt(per_entry(c[1], 1e6), 'x')} µs")
+    cs = R.get(f"{f}.tar.ctxsw", "").split()
+    if len(cs) == 2:
+        tar_cs[f] = per_entry(float(cs[1]) - float(cs[0]))
+ticks_before = R.get("dedupfs.tar.ticks", "").split()[:2]
+ce = cpu_secs(" ".join(ticks_before) + " " + R.get("dedupfs.tar.ticks_exit", "")) if ticks_before else None
+if ce:
+    tar_cpu_exit["dedupfs"] = per_entry(ce[0] + ce[1], 1e6)
+
+
+def requests(key):
+    """(total, {op: n}) of the FUSE requests dedupfs served during a step, from the mounted
+    store's stats before and after it under key; None when unknown."""
+    st = load(key) or {}
+    r0 = (st.get("before") or {}).get("requests")
+    r1 = (st.get("after") or {}).get("requests")
+    if r0 is None or r1 is None:
+        return None
+    ops = {k: n - r0["by_op"].get(k, 0) for k, n in r1["by_op"].items()}
+    return r1["total"] - r0["total"], {k: n for k, n in ops.items() if n > 0}
+
+
+def requests_text(key, per, unit):
+    """"N requests per UNIT (op n, ..)", the ops by falling count; "" when unknown."""
+    q = requests(key)
+    if q is None or not per:
+        return ""
+    ops = sorted(q[1].items(), key=lambda kv: -kv[1])
+    by_op = ", ".join(f"{k} {n / per:.2f}" if n / per < 10 else f"{k} {n / per:,.0f}"
+                      for k, n in ops if n / per >= 0.005)
+    total = q[0] / per
+    return (f"FUSE requests per {unit}: {fmt(total, 'x' if total < 100 else 'int')}"
+            + (f" ({by_op})" if by_op else ""))
+
+
+tar_req, req_cell = {}, "–"
+q = requests("dedupfs.tar.stats")
+if q is not None:
+    tar_req["dedupfs"] = per_entry(q[0])
+    req_cell = requests_text("dedupfs.tar.stats", entries, "entry") or "–"
+elif "dedupfs.tar.stats" in R:
+    notes.append("dedupfs stats --json of the mounted store reported no request counts (a dedupfs "
+                 "without them): the requests rows are \"–\"")
+row(f"↳ daemon CPU per entry during the tar x (user + system, /proc/PID/stat, from before the tar "
+    f"to after its syncfs; {fmt(entries, 'int')} entries); target ≤ 150 µs", "µs", tar_cpu, "x",
+    store="; ".join(cpu_cell) or "–")
+row("↳ the same until the daemon exited at the unmount (background write-back and the final "
+    "commit included)", "µs", tar_cpu_exit, "x")
+row("↳ daemon context switches per entry during the tar x (voluntary + nonvoluntary, summed over "
+    "/proc/PID/task/*/status; threads that exited in between are not counted)", "switches",
+    tar_cs, "x")
+row("↳ FUSE requests per entry during the tar x (dedupfs stats --json of the mounted store: "
+    "requests served); target ≤ 7", "requests", tar_req, "x", store=req_cell)
+
 # The tree's archive written as one file (each target: a fresh store or directory).
 one_n = field(cdc_one, "bytes") or num("tree.bytes")
 one_inproc2 = field(cdc_one, "cdc_blake3_codec_2t_gbps")
@@ -357,6 +440,80 @@ row("↳ the same, measured with du -sb STORE", "%",
     {"dedupfs": None if du_fall is None else 100 * du_fall}, "pct")
 row("↳ time of that dedupfs gc (unmounted)", "s", {"dedupfs": seconds("dedupfs.gc")}, "s")
 
+# Small files and metadata (issue 10): git, the warm re-read, cargo build. Medians of the timed runs.
+reps = int(num("timed_reps") or 3)
+
+
+def median(keys, conv):
+    """Median of conv(key) over keys (float cells); ERR if every run failed, None if none ran."""
+    v = [conv(k) for k in keys]
+    ok = sorted(x for x in v if isinstance(x, float))
+    if not ok:
+        return "ERR" if "ERR" in v else None
+    m = len(ok) // 2
+    return ok[m] if len(ok) % 2 else (ok[m - 1] + ok[m]) / 2
+
+
+def runs(keys, conv, kind):
+    """The timed runs one by one, for the last column."""
+    v = [conv(k) for k in keys if k in R]
+    return ", ".join(fmt(x, kind) for x in v)
+
+
+git_files, git_bytes, git_repo = num("git.files"), num("git.bytes"), num("git.repo_bytes")
+git_desc = (f"{git_files:,.0f} files, {human(git_bytes)}; a {human(git_repo)} bare repository in one "
+            "pack, one commit" if git_files else "not available")
+status_cell = []
+for f in FS:
+    n_changed = num(f"{f}.status.changed")
+    if n_changed:
+        checks.append(f"{f}: git status in the fresh clone listed {n_changed:,.0f} changed paths")
+        status_cell.append(f"{f}: {n_changed:,.0f} paths listed as changed")
+    if any(f"{f}.status.{n}" in R for n in range(1, reps + 1)):
+        status_cell.append(f"{f} runs " + runs([f"{f}.status.{n}" for n in range(1, reps + 1)], seconds, "s"))
+status_req = requests_text("dedupfs.status.stats", reps, "run")
+if status_req:
+    status_cell.append(f"dedupfs: {status_req}")
+row(f"git clone --no-hardlinks of a local repository ({git_desc}) into the volume, then syncfs", "s",
+    {f: seconds(f"{f}.clone") for f in FS}, "s",
+    store=requests_text("dedupfs.clone.stats", git_files, "file (until durable)") or "–")
+row("↳ git clone until durable (dedupfs: + dedupfs sync; bindfs: + syncfs of its backing "
+    "directory; ext4: = above); target ≤ 2x ext4", "s",
+    {f: seconds(f"{f}.clone_durable") for f in FS}, "s")
+row(f"↳ git status in that clone, warm (after one untimed run; median of {reps}); target ≤ 1.5x ext4",
+    "s", {f: median([f"{f}.status.{n}" for n in range(1, reps + 1)], seconds) for f in FS}, "s",
+    store="; ".join(status_cell) or "–")
+row("↳ rm -rf of that clone, then syncfs", "s", {f: seconds(f"{f}.rm") for f in FS}, "s",
+    store=requests_text("dedupfs.rm.stats", git_files, "file (until durable)") or "–")
+row("↳ rm -rf until durable (as for the clone); target ≤ 3x ext4", "s",
+    {f: seconds(f"{f}.rm_durable") for f in FS}, "s")
+
+rb = num("reread.bytes")
+if rb:
+    rb_note = "" if rb >= GiB else f" (not 1 GiB: the {human(rb)} data set of this mode)"
+    row(f"warm re-read of a {human(rb)} file{rb_note}: written (dd conv=fsync), made durable, read "
+        f"once, then read with dd bs=1M, median of {reps}; target ≥ 0.5x ext4 (its page cache)", "GB/s",
+        {f: median([f"{f}.reread.{n}" for n in range(1, reps + 1)], lambda k: gbps(k, rb)) for f in FS},
+        "gbps", store="; ".join(
+            [f"{f} runs " + runs([f"{f}.reread.{n}" for n in range(1, reps + 1)], lambda k: gbps(k, rb), "gbps")
+             for f in FS if f"{f}.reread.1" in R]
+            + [f"dedupfs: {x}" for x in [requests_text("dedupfs.reread.stats", reps, "timed read")] if x]) or "–")
+
+if "cargo.reps" in R:
+    creps = int(num("cargo.reps") or 3)
+    ckeys = {f: [f"{f}.cargo.{n}" for n in range(1, creps + 1)] for f in FS}
+    cargo_runs = "; ".join(f"{f} runs {runs(ckeys[f], seconds, 's')} s" for f in ("ext4", "dedupfs")
+                           if any(k in R for k in ckeys[f]))
+    sc = stats("cargo")
+    cargo_store = (f"after run 1: phys {human(sc['physical_bytes'])}, on disk {human(field(sc, 'disk_bytes'))}, "
+                   f"logical {human(sc['logical_bytes'])}, ratio {sc['dedup_ratio']:.2f}" if sc else "")
+    row(f"cargo build --release --offline of this repository, CARGO_TARGET_DIR on the volume (a fresh "
+        f"directory / store each run), median of {creps} runs alternating ext4 and dedupfs; target "
+        "≤ 1.05x ext4", "s", {f: median(ckeys[f], seconds) for f in ("ext4", "dedupfs")}, "s",
+        store="; ".join(x for x in (cargo_runs, cargo_store) if x) or "–")
+else:
+    notes.append("cargo build: not run (--cargo-build off, the default with --quick)")
+
 row(f"peak daemon RSS during the {size} write (VmHWM)", "MiB",
     {f: (num(f"{f}.hwm_kib") * 1024 if num(f"{f}.hwm_kib") is not None else None)
      for f in ("dedupfs", "bindfs")}, "mib",
@@ -381,8 +538,9 @@ if not a.no_main:  # --chunk-study only: no main table
         cells += [ratio(d, vals.get("ext4")), ratio(d, vals.get("bindfs")), ratio(d, inproc), store]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
-    out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS, worse for s, MiB and ×. "
-               "GB/s = 1e9 bytes/s; one run per cell (in-process: median of "
+    out.append("Ratios are dedupfs ÷ reference: above 1 is better for GB/s and IOPS, worse for s, MiB, ×, "
+               "µs, switches and requests. "
+               "GB/s = 1e9 bytes/s; one run per cell unless the row says median (in-process: median of "
                f"{cdc['reps'] if cdc else '?'} after a warm-up pass{cdc_rate_note}). "
                "bindfs runs with its defaults: single-threaded, and it clears O_DIRECT (its fio figures "
                "go through the page cache). "
@@ -398,8 +556,7 @@ if not a.no_main:  # --chunk-study only: no main table
                    f"daemon bytes written {ratio(fwa_daemon.get('dedupfs'), wa_daemon.get('dedupfs'))}, "
                    f"read IOPS {ratio(iops('dedupfs.randread_fixed'), iops('dedupfs.randread'))}.")
 
-# ---- sanity checks on dedupfs
-checks = []
+# ---- sanity checks on dedupfs (the git rows above added theirs)
 sw, sr, sc, sl, swr = stats("write"), stats("rewrite"), stats("cp"), stats("fio_layout"), stats("randwrite")
 if sw:
     if sw["logical_bytes"] != N:
@@ -448,9 +605,10 @@ if gw and ga and deleted is not None and ga["logical_bytes"] != gw["logical_byte
     checks.append(f"gc step: logical_bytes went from {gw['logical_bytes']:,} to {ga['logical_bytes']:,} "
                   f"after deleting {deleted:,.0f} bytes")
 for f in FS:
-    for k in ("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread",
-              "randwrite_fixed", "randread_fixed", "tar", "tar_durable", "onefile", "gc",
-              "gc.verify"):
+    for k in (("write", "rewrite", "read_cold", "read_warm", "cp", "randwrite", "randread",
+               "randwrite_fixed", "randread_fixed", "tar", "tar_durable", "onefile", "gc",
+               "gc.verify", "clone", "clone_durable", "rm", "rm_durable")
+              + tuple(f"{step}.{n}" for step in ("status", "reread", "cargo") for n in range(1, reps + 1))):
         if err(f"{f}.{k}"):
             checks.append(f"{f}: step {k} failed (see notes)")
 # ---- the chunk-size study (scripts/bench, bench_chunk_study): one column per average chunk size
