@@ -198,8 +198,12 @@ enum Handle {
         write: bool,
         mode: CacheMode,
     },
+    /// A directory's entries are read at the first readdir from offset 0 (again at each
+    /// rewind), not at opendir: the kernel answers most listings from its own cache, and then
+    /// sends only OPENDIR and RELEASEDIR.
     Dir {
-        entries: Vec<DirEntry>,
+        ino: Ino,
+        entries: Option<Vec<DirEntry>>,
     },
 }
 
@@ -1035,12 +1039,34 @@ impl Fs {
     }
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        let entries = self.with_view(|r| Self::dir_entries(r, ino))?;
+        if self.getattr(ino)?.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
         let mut st = self.state.lock();
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::Dir { entries });
+        st.handles.insert(fh, Handle::Dir { ino, entries: None });
         Ok(fh)
+    }
+
+    /// Makes sure directory handle `fh` holds its entries for a readdir from `offset`: read
+    /// them at offset 0 (opendir or rewinddir) or when not read yet.
+    fn load_dir(&self, fh: u64, offset: u64) -> Result<()> {
+        let ino = {
+            let st = self.state.lock();
+            match st.handles.get(&fh) {
+                Some(Handle::Dir {
+                    entries: Some(_), ..
+                }) if offset > 0 => return Ok(()),
+                Some(Handle::Dir { ino, .. }) => *ino,
+                _ => return Err(FsError::Invalid("not a directory handle")),
+            }
+        };
+        let listed = self.with_view(|r| Self::dir_entries(r, ino))?;
+        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
+            *entries = Some(listed);
+        }
+        Ok(())
     }
 
     /// The entries of directory `ino`, with "." and "..".
@@ -1073,8 +1099,13 @@ impl Fs {
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
+        self.load_dir(fh, offset)?;
         let st = self.state.lock();
-        let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+        let Some(Handle::Dir {
+            entries: Some(entries),
+            ..
+        }) = st.handles.get(&fh)
+        else {
             return Err(FsError::Invalid("not a directory handle"));
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
@@ -1093,11 +1124,16 @@ impl Fs {
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
+        self.load_dir(fh, offset)?;
         let mut i = offset as usize;
         loop {
             let e = {
                 let st = self.state.lock();
-                let Some(Handle::Dir { entries }) = st.handles.get(&fh) else {
+                let Some(Handle::Dir {
+                    entries: Some(entries),
+                    ..
+                }) = st.handles.get(&fh)
+                else {
                     return Err(FsError::Invalid("not a directory handle"));
                 };
                 match entries.get(i) {
