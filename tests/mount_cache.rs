@@ -1432,10 +1432,17 @@ fn writes_vs_racing_opens(p: &Path, run_for: Duration) -> Option<String> {
         for (how, got) in [("the kept reader", via_kept), ("a fresh open", via_fresh)] {
             if let Some(i) = common::first_difference(&got, &want) {
                 let b = i / BLOCK;
-                let seen = block_version(&got[b * BLOCK..(b + 1) * BLOCK], b);
+                let seen = match got
+                    .get(b * BLOCK..(b + 1) * BLOCK)
+                    .map(|blk| block_version(blk, b))
+                {
+                    Some(Ok(seen)) => format!("version {seen}"),
+                    Some(Err(e)) => format!("no version ({e})"),
+                    None => format!("missing ({} bytes read)", got.len()),
+                };
                 failure.get_or_insert(format!(
                     "after the pwrite of version {v} returned, {how} read block {b} (byte {i}) \
-                     as {seen:?} (Ok(version)), not version {v}"
+                     as {seen}"
                 ));
             }
         }
