@@ -6,19 +6,32 @@
 //! and reference copies; offsets past 2 GiB and 4 GiB mangled on the way through FUSE; chunks
 //! re-cut wrongly when small writes land on and around existing chunk boundaries (one file is
 //! cut into fixed blocks, the others content-defined; half the cases use the default 64 KiB
-//! chunks, half 4 KiB ones); SEEK_HOLE reporting a hole over data; and data lost across close,
-//! reopen and a clean unmount.
+//! chunks, half 4 KiB ones); SEEK_HOLE reporting a hole over data; pages kept across opens,
+//! written through, or read back by a concurrent reader while an operation ran, showing stale
+//! bytes afterwards; and data lost across close, reopen and a clean unmount.
 //!
 //! Three files on one volume get random mixes of pwrite, ftruncate (shrink and grow, to 0 and
 //! past 4 GiB), fallocate (PUNCH_HOLE, ZERO_RANGE, plain), copy_file_range (between and within
-//! files), fsync, page-cache drops, reopen and remount. Offsets cluster in a few windows near
-//! 0, 1, 2, 3 and 4 GiB, on and around 64 KiB multiples, and near existing data and the end of
-//! file. The model keeps only the written runs, so multi-GiB sparse files cost kilobytes.
+//! files), fsync, page-cache drops (of one file, or the whole page cache), reopen and remount.
+//! Offsets cluster in a few windows near 0, 1, 2, 3 and 4 GiB, on and around 64 KiB
+//! multiples, and near existing data and the end of file. The model keeps only the written
+//! runs, so multi-GiB sparse files cost kilobytes.
+//!
+//! The kernel's caches take part: the read-write descriptor the operations use is closed at
+//! times (the next operation that needs it opens it again), and read-only descriptors are
+//! kept open across operations at times. So reads go through the page cache and keep it
+//! across opens (FOPEN_KEEP_CACHE) while no writer is open, writers write through the page
+//! cache when they open while a kept reader is open, and are direct otherwise. The reads that
+//! check a step go, by turns, through the read-write descriptor, the kept read-only one and a
+//! read-only one opened for the read. In half the cases a background thread also reads the
+//! files through fresh read-only opens while operations run; the reads that began and ended
+//! between two operations are compared with the model when the next operation begins.
 //!
 //! Every operation is followed by a read-back of the range it touched and a size check of all
-//! files; every few operations the edges of all modelled runs are read back; at the end (and
-//! after every remount) whole files, or all runs plus every hole's edges and middle, are
-//! compared, and a SEEK_DATA/SEEK_HOLE walk must never report a hole over data.
+//! files (fstat, or stat(2) by path); every few operations the edges of all modelled runs are
+//! read back; at the end (and after every remount) whole files, or all runs plus every hole's
+//! edges and middle, are compared, and a SEEK_DATA/SEEK_HOLE walk must never report a hole
+//! over data.
 //!
 //! A failure prints the seed, the minimal failing operation list found by shrinking and the
 //! concrete operations (resolved offsets and lengths) that ran. Environment:
@@ -32,9 +45,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use common::{GIB, KIB, MIB, Volume, fuse_available, random_bytes};
 use proptest::prelude::*;
@@ -258,6 +277,7 @@ enum Op {
         f: usize,
         at: Place,
         len: u64,
+        via: Via,
     },
     /// SEEK_HOLE and SEEK_DATA from one offset.
     Seek {
@@ -268,17 +288,48 @@ enum Op {
         f: usize,
         data_only: bool,
     },
-    /// posix_fadvise(DONTNEED): later reads go to the daemon, not the page cache.
+    /// posix_fadvise(DONTNEED) on the file, or (`global`) `echo 1 > /proc/sys/vm/drop_caches`:
+    /// later reads go to the daemon, not the page cache.
     DropCache {
         f: usize,
+        global: bool,
     },
-    /// Close the file and open it again.
+    /// Close the read-write descriptor and open it again.
     Reopen {
+        f: usize,
+    },
+    /// Close the read-write descriptor; the next operation that needs it opens it again.
+    CloseWriter {
+        f: usize,
+    },
+    /// Open (again) a read-only descriptor kept across operations; with `close_writer`, close
+    /// the read-write one first, so that the reader uses the page cache and the next writer
+    /// writes through it.
+    OpenReader {
+        f: usize,
+        close_writer: bool,
+    },
+    /// Close the kept read-only descriptor.
+    CloseReader {
         f: usize,
     },
     /// Close all files, unmount cleanly, mount again, compare everything, reopen.
     Remount,
 }
+
+/// The descriptor that reads go through.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// The read-write descriptor of the operations (the kept reader, or a fresh read-only
+    /// one, while it is closed).
+    Writer,
+    /// The kept read-only descriptor (a fresh one while none is kept).
+    Kept,
+    /// A read-only descriptor opened for the read and closed after it.
+    Fresh,
+}
+
+const VIAS: [Via; 3] = [Via::Writer, Via::Kept, Via::Fresh];
 
 fn file() -> impl Strategy<Value = usize> {
     0..FILES.len()
@@ -329,12 +380,17 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(f, at, len, keep)| Op::Allocate { f, at, len, keep }),
         8 => (file(), place(), file(), place(), io_len())
             .prop_map(|(from, at_in, to, at_out, len)| Op::Copy { from, at_in, to, at_out, len }),
-        10 => (file(), place(), prop_oneof![1..4 * KIB, 1..=512 * KIB, 1..=2 * MIB])
-            .prop_map(|(f, at, len)| Op::Read { f, at, len }),
+        10 => (file(), place(), prop_oneof![1..4 * KIB, 1..=512 * KIB, 1..=2 * MIB], 0..VIAS.len())
+            .prop_map(|(f, at, len, v)| Op::Read { f, at, len, via: VIAS[v] }),
         4 => (file(), place()).prop_map(|(f, at)| Op::Seek { f, at }),
         3 => (file(), any::<bool>()).prop_map(|(f, data_only)| Op::Fsync { f, data_only }),
-        3 => file().prop_map(|f| Op::DropCache { f }),
+        3 => (file(), prop::bool::weighted(0.25))
+            .prop_map(|(f, global)| Op::DropCache { f, global }),
         2 => file().prop_map(|f| Op::Reopen { f }),
+        5 => file().prop_map(|f| Op::CloseWriter { f }),
+        5 => (file(), prop::bool::weighted(0.75))
+            .prop_map(|(f, close_writer)| Op::OpenReader { f, close_writer }),
+        1 => file().prop_map(|f| Op::CloseReader { f }),
         1 => Just(Op::Remount),
     ]
 }
@@ -365,9 +421,27 @@ fn ops() -> impl Strategy<Value = Vec<Option<Op>>> {
 // ---------------------------------------------------------------- the system under test
 
 struct Sut {
-    /// Declared before `vol`, so that they close before it unmounts.
+    /// The read-write descriptors of the operations (`None` while closed). Declared before
+    /// `vol`, like `readers` and `background`, so that they close before it unmounts.
     files: Vec<Option<File>>,
+    /// Read-only descriptors kept across operations.
+    readers: Vec<Option<File>>,
+    /// The background reader, in the cases that have one (stopped while remounting).
+    background: Option<Background>,
     vol: Volume,
+    /// Whether this case runs a background reader, and how many of its reads were checked.
+    with_background: bool,
+    background_checked: std::cell::Cell<usize>,
+    /// Whether the open read-write and kept read-only descriptors should be page-cache
+    /// opens by the daemon's rule (a reader unless a direct writer is open; a writer if a
+    /// page-cache reader is open), and the checking reads served direct and through the page
+    /// cache by that rule: for the case summary only (a background open can change the
+    /// daemon's decision).
+    writer_cached: Vec<bool>,
+    reader_cached: Vec<bool>,
+    reads_by_mode: std::cell::Cell<[usize; 2]>,
+    /// Where the reads that check the current step go.
+    via: Via,
     model: Vec<ModelFile>,
     /// The concrete operations run so far (resolved offsets), for the failure report.
     trace: Vec<String>,
@@ -442,8 +516,152 @@ fn copy_file_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) 
     }
 }
 
+fn fadvise_dontneed(f: &File, ctx: &str) {
+    // SAFETY: posix_fadvise has no memory-safety preconditions; the descriptor is open.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "{ctx}: posix_fadvise DONTNEED");
+}
+
+// ---------------------------------------------------------------- the background reader
+
+/// Reads to check: (file, offset, length asked, bytes read).
+type Seen = Vec<(usize, u64, u64, Vec<u8>)>;
+
+/// Ranges the background reader favours (the last ones the checks read).
+const HINTS: usize = 16;
+
+/// What the operations thread and the background reader share.
+#[derive(Default)]
+struct Gate {
+    /// Bumped when an operation begins. A read is kept for checking only if no operation
+    /// began while it ran and none was under way when it began: then the model of that quiet
+    /// period says what it must return.
+    epoch: u64,
+    busy: bool,
+    /// (file, offset, length) of recent checks: where the last operations changed things.
+    hints: Vec<(usize, u64, u64)>,
+    seen: Seen,
+    errors: Vec<String>,
+}
+
+/// A thread reading the files through fresh read-only opens while the operations run.
+struct Background {
+    gate: Arc<Mutex<Gate>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(paths: Vec<PathBuf>, seed: u64) -> Background {
+        let gate = Arc::new(Mutex::new(Gate::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (Arc::clone(&gate), Arc::clone(&stop));
+        let thread = thread::spawn(move || background_reads(&paths, &g, &st, seed));
+        Background {
+            gate,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An operation begins; returns the reads of the quiet period that ends, and any errors.
+    fn begin(&self) -> (Seen, Vec<String>) {
+        let mut g = self.lock();
+        g.busy = true;
+        g.epoch += 1;
+        (std::mem::take(&mut g.seen), std::mem::take(&mut g.errors))
+    }
+
+    /// The operation's changes are modelled: a quiet period begins.
+    fn quiet(&self) {
+        self.lock().busy = false;
+    }
+
+    fn hint(&self, f: usize, off: u64, len: u64) {
+        let mut g = self.lock();
+        if g.hints.len() == HINTS {
+            g.hints.remove(0);
+        }
+        g.hints.push((f, off, len));
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The background reader's loop: a fresh read-only open and one pread (up to 256 KiB, in or
+/// near a recently checked range, or anywhere near the start of a file) at a time, paced so
+/// that it costs the case little time.
+fn background_reads(paths: &[PathBuf], gate: &Mutex<Gate>, stop: &AtomicBool, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::SeqCst) {
+        let pick = {
+            let g = gate.lock().unwrap_or_else(|p| p.into_inner());
+            if g.busy {
+                None
+            } else if !g.hints.is_empty() && rng.random_bool(0.8) {
+                let (f, off, len) = g.hints[rng.random_range(0..g.hints.len())];
+                let at = off.saturating_sub(MARGIN) + rng.random_range(0..len.min(MAX_IO) + MARGIN);
+                Some((g.epoch, f, at, rng.random_range(1..=MAX_IO)))
+            } else {
+                let f = rng.random_range(0..paths.len());
+                Some((
+                    g.epoch,
+                    f,
+                    rng.random_range(0..WINDOW_LEN),
+                    rng.random_range(1..=MAX_IO),
+                ))
+            }
+        };
+        let Some((epoch, f, off, len)) = pick else {
+            thread::sleep(Duration::from_micros(200));
+            continue;
+        };
+        let r = File::open(&paths[f]).and_then(|file| pread_full(&file, off, len));
+        let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Ok(data) if g.epoch == epoch && !g.busy => g.seen.push((f, off, len, data)),
+            Ok(_) => {}
+            Err(e) => {
+                let what = format!("background read of {} {off}+{len}: {e}", FILES[f]);
+                g.errors.push(what);
+            }
+        }
+        drop(g);
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A descriptor to read through: one of the Sut's, or one opened for the read.
+enum ReadFd<'a> {
+    Borrowed(&'a File),
+    Fresh(File),
+}
+
+impl Deref for ReadFd<'_> {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        match self {
+            ReadFd::Borrowed(f) => f,
+            ReadFd::Fresh(f) => f,
+        }
+    }
+}
+
 impl Sut {
-    fn new(chunks: Chunks) -> Sut {
+    fn new(chunks: Chunks, with_background: bool) -> Sut {
         let avg = match chunks {
             Chunks::Default => CUT,
             Chunks::Small => 4 * KIB,
@@ -453,18 +671,110 @@ impl Sut {
         let files = (0..FILES.len())
             .map(|i| Some(open(&vol, i, true)))
             .collect();
-        Sut {
+        let mut sut = Sut {
             files,
+            readers: (0..FILES.len()).map(|_| None).collect(),
+            background: None,
             vol,
+            with_background,
+            background_checked: std::cell::Cell::new(0),
+            writer_cached: vec![false; FILES.len()],
+            reader_cached: vec![false; FILES.len()],
+            reads_by_mode: std::cell::Cell::new([0; 2]),
+            via: Via::Writer,
             model: vec![ModelFile::default(); FILES.len()],
             trace: Vec::new(),
             zero_range_unsupported: false,
             step: 0,
+        };
+        sut.start_background();
+        sut
+    }
+
+    fn start_background(&mut self) {
+        if self.with_background {
+            let paths = FILES.iter().map(|n| self.vol.path(n)).collect();
+            self.background = Some(Background::start(paths, self.trace.len() as u64));
         }
     }
 
+    /// The read-write descriptor of `f`; open it with [`Sut::writer`] first.
     fn file(&self, f: usize) -> &File {
         self.files[f].as_ref().expect("file is open")
+    }
+
+    /// Opens the read-write descriptor of `f` if it was closed.
+    fn writer(&mut self, f: usize) -> &File {
+        if self.files[f].is_none() {
+            self.open_writer(f);
+        }
+        self.file(f)
+    }
+
+    /// Opens (again) the read-write descriptor of `f`.
+    fn open_writer(&mut self, f: usize) {
+        self.files[f] = None;
+        self.files[f] = Some(open(&self.vol, f, false));
+        self.writer_cached[f] = self.readers[f].is_some() && self.reader_cached[f];
+    }
+
+    /// The descriptor the checking reads of `f` go through now (see [`Via`]).
+    fn read_fd(&self, f: usize) -> ReadFd<'_> {
+        let (writer, kept) = (self.files[f].as_ref(), self.readers[f].as_ref());
+        let (fd, cached) = match self.via {
+            Via::Writer if writer.is_some() => (writer, self.writer_cached[f]),
+            Via::Writer | Via::Kept if kept.is_some() => (kept, self.reader_cached[f]),
+            _ => (None, writer.is_none() || self.writer_cached[f]),
+        };
+        let mut n = self.reads_by_mode.get();
+        n[usize::from(cached)] += 1;
+        self.reads_by_mode.set(n);
+        match fd {
+            Some(fd) => ReadFd::Borrowed(fd),
+            None => ReadFd::Fresh(
+                File::open(self.vol.path(FILES[f]))
+                    .unwrap_or_else(|e| panic!("open {} read-only: {e}", FILES[f])),
+            ),
+        }
+    }
+
+    /// The model matches the files again (an operation's changes are modelled): background
+    /// reads from now on are checked against it.
+    fn quiet(&self) {
+        if let Some(b) = &self.background {
+            b.quiet();
+        }
+    }
+
+    /// An operation begins: the background reads of the quiet period that ends must match
+    /// the model as it is.
+    fn check_background(&self, ctx: &str) {
+        let Some(b) = &self.background else {
+            return;
+        };
+        let (seen, errors) = b.begin();
+        if let Some(e) = errors.first() {
+            panic!("{ctx}: {e}");
+        }
+        self.background_checked
+            .set(self.background_checked.get() + seen.len());
+        for (f, off, len, got) in seen {
+            let want = self.model[f].read(off, len);
+            if let Some(i) = common::first_difference(&got, &want) {
+                panic!(
+                    "{ctx}: background read of {} {off}+{len} through a fresh read-only open, \
+                     begun and ended with no operation under way, returned {} bytes, model has {} \
+                     (size {}); first difference at file offset {}: got {:?}, want {:?}",
+                    FILES[f],
+                    got.len(),
+                    want.len(),
+                    self.model[f].size,
+                    off + i as u64,
+                    &got[i..got.len().min(i + 8)],
+                    &want[i..want.len().min(i + 8)],
+                );
+            }
+        }
     }
 
     fn resolve(&self, p: Place, f: usize) -> u64 {
@@ -492,11 +802,16 @@ impl Sut {
 
     /// Reads `[off, off + len)` through the mount and compares it with the model.
     fn check_range(&self, f: usize, off: u64, len: u64, ctx: &str) {
+        self.quiet();
+        if let Some(b) = &self.background {
+            b.hint(f, off, len);
+        }
+        let fd = self.read_fd(f);
         let mut at = off;
         let end = off.saturating_add(len);
         while at < end {
             let n = READ_PIECE.min(end - at);
-            let got = pread_full(self.file(f), at, n)
+            let got = pread_full(&fd, at, n)
                 .unwrap_or_else(|e| panic!("{ctx}: pread {} {at}+{n}: {e}", FILES[f]));
             let want = self.model[f].read(at, n);
             if let Some(i) = common::first_difference(&got, &want) {
@@ -546,13 +861,17 @@ impl Sut {
         }
     }
 
+    /// fstat of every file through the descriptor reads go through now, or stat(2) of its
+    /// path when that would be a fresh one.
     fn check_sizes(&self, ctx: &str) {
+        self.quiet();
         for (f, name) in FILES.iter().enumerate() {
-            let size = self
-                .file(f)
-                .metadata()
-                .unwrap_or_else(|e| panic!("{ctx}: fstat {name}: {e}"))
-                .len();
+            let size = match self.via {
+                Via::Fresh => std::fs::metadata(self.vol.path(name)),
+                _ => self.read_fd(f).metadata(),
+            }
+            .unwrap_or_else(|e| panic!("{ctx}: stat {name}: {e}"))
+            .len();
             assert_eq!(size, self.model[f].size, "{ctx}: st_size of {name}");
         }
     }
@@ -572,7 +891,9 @@ impl Sut {
     /// Walks the whole file with SEEK_DATA/SEEK_HOLE: data may be reported over zeros, a hole
     /// never over data, and no offset at or past the end is data or hole.
     fn seek_walk(&self, f: usize, ctx: &str) {
-        let (m, file, name) = (&self.model[f], self.file(f), FILES[f]);
+        self.quiet();
+        let fd = self.read_fd(f);
+        let (m, file, name) = (&self.model[f], &*fd, FILES[f]);
         for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
             let e = lseek(file, m.size, whence).expect_err("seek at the end of file");
             assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{ctx}: {name}");
@@ -646,14 +967,15 @@ impl Sut {
     }
 
     fn close_all(&mut self) {
-        for f in &mut self.files {
+        self.background = None;
+        for f in self.files.iter_mut().chain(&mut self.readers) {
             *f = None;
         }
     }
 
     fn reopen_all(&mut self) {
         for i in 0..FILES.len() {
-            self.files[i] = Some(open(&self.vol, i, false));
+            self.open_writer(i);
         }
     }
 
@@ -661,16 +983,22 @@ impl Sut {
         self.close_all();
         self.vol.remount();
         self.reopen_all();
+        self.start_background();
         self.check_all(&format!("{ctx}, after remount"));
     }
 
     fn apply(&mut self, step: usize, op: Op) {
+        self.check_background(&format!("step {step}: before {op:?}"));
+        self.via = match op {
+            Op::Read { via, .. } => via,
+            _ => VIAS[step % VIAS.len()],
+        };
         match op {
             Op::Write { f, at, len, seed } => {
                 let off = self.resolve(at, f);
                 let ctx = self.note(step, format!("pwrite {} {off}+{len} seed {seed}", FILES[f]));
                 let data = content(seed, len);
-                self.file(f)
+                self.writer(f)
                     .write_all_at(&data, off)
                     .unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 self.model[f].write(off, &data);
@@ -684,7 +1012,7 @@ impl Sut {
                     Size::Past4G(x) => 4 * GIB + x,
                 };
                 let ctx = self.note(step, format!("ftruncate {} {size} (was {old})", FILES[f]));
-                self.file(f)
+                self.writer(f)
                     .set_len(size)
                     .unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 self.model[f].truncate(size);
@@ -696,7 +1024,7 @@ impl Sut {
                 let ctx = self.note(step, format!("punch {} {off}+{len}", FILES[f]));
                 let old = self.model[f].spans_in(off, off + len);
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                fallocate(self.file(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                fallocate(self.writer(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 self.model[f].zero(off, off + len);
                 self.check_cleared(f, off, off + len, &old, &ctx);
             }
@@ -715,7 +1043,7 @@ impl Sut {
                 if keep {
                     mode |= libc::FALLOC_FL_KEEP_SIZE;
                 }
-                match fallocate(self.file(f), mode, off, len) {
+                match fallocate(self.writer(f), mode, off, len) {
                     Ok(()) => {
                         let m = &mut self.model[f];
                         m.zero(off, off + len);
@@ -744,7 +1072,7 @@ impl Sut {
                     ),
                 );
                 let mode = if keep { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
-                fallocate(self.file(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                fallocate(self.writer(f), mode, off, len).unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 if !keep {
                     let m = &mut self.model[f];
                     m.size = m.size.max(off + len);
@@ -773,6 +1101,8 @@ impl Sut {
                         FILES[from], FILES[to]
                     ),
                 );
+                self.writer(from);
+                self.writer(to);
                 let mut done = 0;
                 while done < n {
                     let c = copy_file_range(
@@ -799,7 +1129,7 @@ impl Sut {
                 self.check_around(to, off_out, off_out + n, &ctx);
                 self.check_around(from, off_in, off_in + n, &ctx);
             }
-            Op::Read { f, at, len } => {
+            Op::Read { f, at, len, via: _ } => {
                 let off = self.resolve(at, f);
                 let ctx = self.note(step, format!("pread {} {off}+{len}", FILES[f]));
                 self.check_range(f, off, len, &ctx);
@@ -822,26 +1152,64 @@ impl Sut {
                     ),
                 );
                 let r = if data_only {
-                    self.file(f).sync_data()
+                    self.writer(f).sync_data()
                 } else {
-                    self.file(f).sync_all()
+                    self.writer(f).sync_all()
                 };
                 r.unwrap_or_else(|e| panic!("{ctx}: {e}"));
             }
-            Op::DropCache { f } => {
+            Op::DropCache { f, global: true } => {
+                let ctx = self.note(step, "echo 1 > /proc/sys/vm/drop_caches".to_string());
+                if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", b"1\n") {
+                    // Not root: drop this file's pages instead.
+                    eprintln!("{ctx}: {e}; fadvise DONTNEED {} instead", FILES[f]);
+                    fadvise_dontneed(&self.read_fd(f), &ctx);
+                }
+            }
+            Op::DropCache { f, global: false } => {
                 let ctx = self.note(step, format!("fadvise DONTNEED {}", FILES[f]));
-                // SAFETY: posix_fadvise has no memory-safety preconditions; the fd is open.
-                let rc = unsafe {
-                    libc::posix_fadvise(self.file(f).as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
-                };
-                assert_eq!(rc, 0, "{ctx}");
+                fadvise_dontneed(&self.read_fd(f), &ctx);
             }
             Op::Reopen { f } => {
                 let ctx = self.note(step, format!("close and reopen {}", FILES[f]));
-                self.files[f] = None;
-                self.files[f] = Some(open(&self.vol, f, false));
+                self.open_writer(f);
                 let size = self.model[f].size;
                 self.check_range(f, size.saturating_sub(64 * KIB), 128 * KIB, &ctx);
+            }
+            Op::CloseWriter { f } => {
+                self.note(
+                    step,
+                    format!("close the read-write descriptor of {}", FILES[f]),
+                );
+                self.files[f] = None;
+            }
+            Op::OpenReader { f, close_writer } => {
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "{}open a kept read-only {}",
+                        if close_writer {
+                            "close the read-write descriptor, "
+                        } else {
+                            ""
+                        },
+                        FILES[f]
+                    ),
+                );
+                if close_writer {
+                    self.files[f] = None;
+                }
+                self.readers[f] = None;
+                let r =
+                    File::open(self.vol.path(FILES[f])).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                self.readers[f] = Some(r);
+                self.reader_cached[f] = self.files[f].is_none() || self.writer_cached[f];
+                let size = self.model[f].size;
+                self.check_range(f, size.saturating_sub(64 * KIB), 128 * KIB, &ctx);
+            }
+            Op::CloseReader { f } => {
+                self.note(step, format!("close the kept read-only {}", FILES[f]));
+                self.readers[f] = None;
             }
             Op::Remount => {
                 let ctx = self.note(step, "unmount, mount again".to_string());
@@ -858,7 +1226,9 @@ impl Sut {
     /// SEEK_HOLE and SEEK_DATA from `off`: a reported hole must read as zeros in the model up
     /// to where SEEK_DATA finds data again; SEEK_DATA must not skip data.
     fn check_seek(&self, f: usize, off: u64, ctx: &str) {
-        let (m, file, name) = (&self.model[f], self.file(f), FILES[f]);
+        self.quiet();
+        let fd = self.read_fd(f);
+        let (m, file, name) = (&self.model[f], &*fd, FILES[f]);
         let data_at = |p: u64| match lseek(file, p, libc::SEEK_DATA) {
             Ok(d) => {
                 assert!(
@@ -910,7 +1280,7 @@ impl Sut {
 
     /// Records a concrete operation; returns the context string for its assertions.
     fn note(&mut self, step: usize, what: String) -> String {
-        let line = format!("step {step}: {what}");
+        let line = format!("step {step}: {what} [reads via {:?}]", self.via);
         self.trace.push(line.clone());
         line
     }
@@ -918,8 +1288,8 @@ impl Sut {
 
 // ---------------------------------------------------------------- running a case
 
-fn execute(sut: &mut Option<Sut>, chunks: Chunks, ops: &[Option<Op>]) {
-    let s = sut.insert(Sut::new(chunks));
+fn execute(sut: &mut Option<Sut>, chunks: Chunks, background: bool, ops: &[Option<Op>]) {
+    let s = sut.insert(Sut::new(chunks, background));
     for (step, op) in ops.iter().enumerate() {
         if let Some(op) = op {
             s.step = step;
@@ -929,8 +1299,13 @@ fn execute(sut: &mut Option<Sut>, chunks: Chunks, ops: &[Option<Op>]) {
     let runs: usize = s.model.iter().map(|m| m.runs.len()).sum();
     let sizes: Vec<u64> = s.model.iter().map(|m| m.size).collect();
     eprintln!(
-        "case: {chunks:?} chunks, {} operations, {} modelled runs, sizes {sizes:?}{}",
+        "case: {chunks:?} chunks, {} operations{}, {} modelled runs, sizes {sizes:?}{}",
         ops.iter().flatten().count(),
+        if background {
+            ", background reader"
+        } else {
+            ""
+        },
         runs,
         if s.zero_range_unsupported {
             ", ZERO_RANGE unsupported"
@@ -940,12 +1315,20 @@ fn execute(sut: &mut Option<Sut>, chunks: Chunks, ops: &[Option<Op>]) {
     );
     s.step = ops.len();
     s.note(ops.len(), "end: compare everything".to_string());
+    s.check_background("end");
     s.check_all("end, files open");
     s.note(
         ops.len(),
         "end: close, unmount, mount again, compare".to_string(),
     );
     s.remount("end");
+    s.check_background("end, after remount");
+    let [direct, cached] = s.reads_by_mode.get();
+    eprintln!(
+        "  checking reads: {direct} direct, {cached} through the page cache; background reads \
+         checked: {}",
+        s.background_checked.get()
+    );
     s.close_all();
     s.vol.unmount();
 }
@@ -963,9 +1346,11 @@ thread_local! {
 }
 
 /// Runs one case; a failure carries the concrete operations that ran.
-fn run_case(chunks: Chunks, ops: &[Option<Op>]) -> Result<(), TestCaseError> {
+fn run_case(chunks: Chunks, background: bool, ops: &[Option<Op>]) -> Result<(), TestCaseError> {
     let mut sut = None;
-    let r = catch_unwind(AssertUnwindSafe(|| execute(&mut sut, chunks, ops)));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        execute(&mut sut, chunks, background, ops)
+    }));
     let Err(p) = r else {
         return Ok(());
     };
@@ -1013,9 +1398,12 @@ fn random_operations_on_sparse_files_match_the_model() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    match runner.run(&(chunks(), ops()), |(chunks, ops)| run_case(chunks, &ops)) {
+    let cases = (chunks(), any::<bool>(), ops());
+    match runner.run(&cases, |(chunks, background, ops)| {
+        run_case(chunks, background, &ops)
+    }) {
         Ok(()) => {}
-        Err(TestError::Fail(why, (chunks, ops))) => {
+        Err(TestError::Fail(why, (chunks, background, ops))) => {
             // The operations up to the failing one; `None`s were removed by shrinking.
             let last = FAILED_AT.get().min(ops.len().saturating_sub(1));
             let listed: Vec<String> = ops[..=last]
@@ -1025,8 +1413,8 @@ fn random_operations_on_sparse_files_match_the_model() {
                 .collect();
             panic!(
                 "seed {seed} (DEDUPFS_MODEL_SEED={seed}): {why}\nminimal failing case: \
-                 {chunks:?} chunks, {} operations up to the failing one (later ones never \
-                 ran):\n  {}",
+                 {chunks:?} chunks, background reader: {background}, {} operations up to the \
+                 failing one (later ones never ran):\n  {}",
                 listed.len(),
                 listed.join("\n  ")
             );
@@ -1093,12 +1481,49 @@ fn every_operation_kind_across_the_4_gib_boundary_matches_the_model() {
             len: 6,
             seed: 3,
         },
-        Op::DropCache { f: 0 },
+        Op::DropCache {
+            f: 0,
+            global: false,
+        },
         Op::Read {
             f: 0,
             at: at(w4, MIB - 2000),
             len: 210 * KIB,
+            via: Via::Writer,
         },
+        // Page-cache reads of a closed file, kept across opens, then changed by a writer
+        // opened while a reader is kept (it writes through the page cache).
+        Op::CloseWriter { f: 0 },
+        Op::Read {
+            f: 0,
+            at: at(w4, MIB - 2000),
+            len: 210 * KIB,
+            via: Via::Fresh,
+        },
+        Op::OpenReader {
+            f: 0,
+            close_writer: false,
+        },
+        Op::Read {
+            f: 0,
+            at: at(w4, MIB - 2000),
+            len: 210 * KIB,
+            via: Via::Kept,
+        },
+        Op::Write {
+            f: 0,
+            at: at(w4, MIB - 100),
+            len: 5000,
+            seed: 5,
+        },
+        Op::Read {
+            f: 0,
+            at: at(w4, MIB - 2000),
+            len: 210 * KIB,
+            via: Via::Kept,
+        },
+        Op::DropCache { f: 1, global: true },
+        Op::CloseReader { f: 0 },
         Op::Seek { f: 0, at: at(0, 0) },
         Op::Seek {
             f: 0,
@@ -1150,7 +1575,7 @@ fn every_operation_kind_across_the_4_gib_boundary_matches_the_model() {
         },
     ];
     let ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
-    if let Err(e) = run_case(Chunks::Default, &ops) {
+    if let Err(e) = run_case(Chunks::Default, true, &ops) {
         panic!("{e}");
     }
 }
