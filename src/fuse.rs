@@ -35,6 +35,19 @@ pub struct DedupFuse {
     /// faster through FUSE). Only when the kernel can still mmap such files
     /// (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+): git, sqlite and executables need mmap.
     direct_io: bool,
+    /// Read-only opens may use the page cache (see `fs::page_cache`): only with direct I/O,
+    /// and on kernels that drop a direct write's range from the page cache again after the
+    /// write (Linux 6.18 on), so that a read racing the write does not keep the old bytes.
+    cached_reads: bool,
+}
+
+/// Kernels from which read-only opens get the page cache.
+const CACHED_READS_FROM: (u32, u32) = (6, 18);
+
+/// (major, minor) of a kernel release string such as "6.18.44-fc-v657".
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 impl DedupFuse {
@@ -42,6 +55,7 @@ impl DedupFuse {
         DedupFuse {
             fs,
             direct_io: false,
+            cached_reads: false,
         }
     }
 
@@ -51,6 +65,7 @@ impl DedupFuse {
     fn open_flags(&self, mode: CacheMode) -> FopenFlags {
         match mode {
             _ if !self.direct_io => FopenFlags::empty(),
+            _ if !self.cached_reads => FopenFlags::FOPEN_DIRECT_IO,
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
             CacheMode::Cached { keep: true } => FopenFlags::FOPEN_KEEP_CACHE,
             CacheMode::Cached { keep: false } => FopenFlags::empty(),
@@ -175,7 +190,15 @@ impl Filesystem for DedupFuse {
         ] {
             let _ = config.add_capabilities(flag);
         }
-        tracing::info!(direct_io = self.direct_io, "FUSE session initialised");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        self.cached_reads =
+            self.direct_io && kernel_version(&release).is_some_and(|v| v >= CACHED_READS_FROM);
+        tracing::info!(
+            direct_io = self.direct_io,
+            cached_reads = self.cached_reads,
+            kernel = release.trim(),
+            "FUSE session initialised"
+        );
         Ok(())
     }
 
@@ -668,5 +691,21 @@ impl Filesystem for DedupFuse {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_parse_and_order() {
+        assert_eq!(kernel_version("6.18.44-fc-v657\n"), Some((6, 18)));
+        assert_eq!(kernel_version("6.6.0"), Some((6, 6)));
+        assert_eq!(kernel_version("7.0-rc1"), Some((7, 0)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(Some((6, 19)) >= Some(CACHED_READS_FROM));
+        assert!(kernel_version("6.17.9").unwrap() < CACHED_READS_FROM);
+        assert!(kernel_version("5.15.0").unwrap() < CACHED_READS_FROM);
     }
 }

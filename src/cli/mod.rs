@@ -1014,6 +1014,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
+                if let Err(e) = fs.reap_some() {
+                    tracing::error!("deleting unlinked files failed: {e}");
+                }
                 if last.elapsed() >= FLUSH_INTERVAL {
                     last = Instant::now();
                     if let Err(e) = fs.sync_all(false) {

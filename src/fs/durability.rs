@@ -20,6 +20,8 @@ impl Fs {
     /// Makes everything committed so far durable: chunk files first, then the metadata,
     /// then removes chunk files no durable metadata references any more.
     pub(super) fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
+        // Unlinked files still queued are deleted first: a durable point frees their space.
+        self.reap_queued(st, usize::MAX)?;
         if st.pending.is_some() {
             st.since_durable = true;
         }

@@ -23,6 +23,7 @@ mod dirty;
 mod durability;
 mod file;
 mod page_cache;
+mod reap;
 
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
@@ -196,7 +197,6 @@ enum Handle {
     File {
         ino: Ino,
         write: bool,
-        mode: CacheMode,
     },
     /// A directory's entries are read at the first readdir from offset 0 (again at each
     /// rewind), not at opendir: the kernel answers most listings from its own cache, and then
@@ -247,6 +247,8 @@ struct State {
     /// durable commit (which a full disk may otherwise have no room for).
     fresh_since_durable: HashSet<ChunkId>,
     pending: Option<Pending>,
+    /// Closed inodes whose last link is gone, waiting to be deleted (see `reap`).
+    reap: Vec<Ino>,
 }
 
 pub struct Fs {
@@ -526,10 +528,24 @@ impl Fs {
             return Ok(o.attr);
         }
         if let Some(p) = &st.pending {
-            return p.tx.inode(ino)?.ok_or(FsError::NotFound);
+            let a = p.tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            // Deleted, only not yet removed (see `reap`).
+            if a.nlink == 0 && st.reap.contains(&ino) {
+                return Err(FsError::NotFound);
+            }
+            return Ok(a);
         }
+        let queued = !st.reap.is_empty();
         drop(st);
-        self.meta.begin_read()?.inode(ino)?.ok_or(FsError::NotFound)
+        let a = self
+            .meta
+            .begin_read()?
+            .inode(ino)?
+            .ok_or(FsError::NotFound)?;
+        if queued && a.nlink == 0 && self.state.lock().reap.contains(&ino) {
+            return Err(FsError::NotFound);
+        }
+        Ok(a)
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
@@ -739,7 +755,8 @@ impl Fs {
                 if let Some(o) = st.open.remove(&ino) {
                     st.dirty_total -= o.dirty.bytes();
                 }
-                tx.delete_inode(ino)
+                self.set_attr_in(st, tx, ino, attr)?;
+                self.orphan_closed(st, tx, ino)
             }
         }
     }
@@ -988,7 +1005,7 @@ impl Fs {
         let mode = self.page_cache.lock().open(ino, write);
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::File { ino, write, mode });
+        st.handles.insert(fh, Handle::File { ino, write });
         Ok((fh, mode))
     }
 
@@ -996,10 +1013,10 @@ impl Fs {
     /// unlinked inode.
     pub fn release(&self, fh: u64) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(Handle::File { ino, write, mode }) = st.handles.remove(&fh) else {
+        let Some(Handle::File { ino, write }) = st.handles.remove(&fh) else {
             return Ok(());
         };
-        self.page_cache.lock().release(ino, write, mode);
+        self.page_cache.lock().release(ino, write);
         let last = match st.open.get_mut(&ino) {
             Some(o) => {
                 o.opens = o.opens.saturating_sub(1);

@@ -756,7 +756,7 @@ fn check_tree<R: MetaRead>(
                 item(
                     K::Orphan,
                     Warning,
-                    "inode was unlinked while open when the volume went down; the next mount deletes it".into(),
+                    "inode was unlinked (while open, or just before the volume went down) and not yet deleted; the next mount deletes it".into(),
                 )
                 .ino(o)
                 .fix(Fix::DeleteOrphan(o)),
