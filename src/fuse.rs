@@ -22,10 +22,14 @@ use std::time::{Duration, SystemTime};
 /// How long the kernel may cache attributes, names and the absence of names. The daemon is
 /// the only writer of its volume and every change reaches it through a kernel request, which
 /// updates or drops the kernel's copy itself (no atime updates happen behind the kernel's
-/// back; st_blocks counts unwritten data as allocated, so write-back does not change it), so
-/// nothing goes stale while cached. Whatever may later change names or attributes outside a
-/// request must invalidate them through the notifier, off the request threads.
+/// back), so nothing goes stale while cached, with one exception: st_blocks of a file with
+/// data not yet written back counts that data as allocated, and the write-back may lower it
+/// (runs of zeros become holes), so such a file's attributes get `UNSETTLED_TTL`. Whatever may
+/// later change names or attributes outside a request must invalidate them through the
+/// notifier, off the request threads.
 const TTL: Duration = Duration::from_secs(60);
+/// Attribute timeout of a file whose write-back is pending (see `TTL`).
+const UNSETTLED_TTL: Duration = Duration::from_secs(1);
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -124,20 +128,26 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl DedupFuse {
-    fn attr(&self, ino: u64, a: &Attr) -> FileAttr {
+    /// Attributes for a reply, and how long the kernel may keep them: `TTL`, or
+    /// `UNSETTLED_TTL` while the file has data not written back (its st_blocks may still drop).
+    fn attr(&self, ino: u64, a: &Attr) -> (FileAttr, Duration) {
         // st_blocks shows data actually referenced (holes cost nothing); on failure fall back
         // to the apparent size rather than failing the whole request.
-        let used = if a.kind == Kind::File {
-            self.fs.allocated(ino).unwrap_or(a.size)
+        let (used, settled) = if a.kind == Kind::File {
+            self.fs.allocated_settled(ino).unwrap_or((a.size, false))
         } else {
-            a.size
+            (a.size, true)
         };
-        file_attr(ino, a, used)
+        let ttl = if settled { TTL } else { UNSETTLED_TTL };
+        (file_attr(ino, a, used), ttl)
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<(u64, Attr), FsError>) {
         match r {
-            Ok((ino, a)) => reply.entry(&TTL, &self.attr(ino, &a), Generation(0)),
+            Ok((ino, a)) => {
+                let (attr, ttl) = self.attr(ino, &a);
+                reply.entry(&ttl, &attr, Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -222,7 +232,10 @@ impl Filesystem for DedupFuse {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.fs.counters().count(Op::Getattr);
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &self.attr(ino.0, &a)),
+            Ok(a) => {
+                let (attr, ttl) = self.attr(ino.0, &a);
+                reply.attr(&ttl, &attr)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -256,7 +269,10 @@ impl Filesystem for DedupFuse {
             ctime: ctime.map(Ts::from_system),
         };
         match self.fs.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &self.attr(ino.0, &a)),
+            Ok(a) => {
+                let (attr, ttl) = self.attr(ino.0, &a);
+                reply.attr(&ttl, &attr)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -473,13 +489,11 @@ impl Filesystem for DedupFuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.fs.counters().count(Op::Opendir);
         match self.fs.opendir(ino.0) {
-            // The kernel may keep listings in its cache: it drops a directory's cached listing
-            // itself whenever the directory changes through it (iversion and mtime), and
-            // nothing changes a directory any other way.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // No FOPEN_CACHE_DIR: the kernel's listing cache takes readdir offsets as stable
+            // cookies across listings, and ours are positions in one handle's listing (an
+            // entry could be skipped or repeated after a change; `..` of a moved directory
+            // would stay stale).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -518,12 +532,13 @@ impl Filesystem for DedupFuse {
         self.fs.counters().count(Op::Readdirplus);
         // The kernel links no dentry for "." and "..": their attributes are only carried.
         let r = self.fs.readdir_plus(fh.0, offset, &mut |next, e, a| {
+            let (attr, ttl) = self.attr(e.ino, a);
             reply.add(
                 INodeNo(e.ino),
                 next,
                 OsStr::from_bytes(&e.name),
-                &TTL,
-                &self.attr(e.ino, a),
+                &ttl,
+                &attr,
                 Generation(0),
             )
         });
@@ -618,14 +633,17 @@ impl Filesystem for DedupFuse {
     ) {
         self.fs.counters().count(Op::Create);
         match self.fs.create(caller(req), parent.0, name.as_bytes(), mode) {
-            Ok((ino, a, fh)) => reply.created(
-                &TTL,
-                &self.attr(ino, &a),
-                Generation(0),
-                FileHandle(fh),
-                // A new file has no other opens: direct, as `Fs::open` decides for it.
-                self.open_flags(CacheMode::Direct),
-            ),
+            Ok((ino, a, fh)) => {
+                let (attr, ttl) = self.attr(ino, &a);
+                reply.created(
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    // A new file has no other opens: direct, as `Fs::open` decides for it.
+                    self.open_flags(CacheMode::Direct),
+                )
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

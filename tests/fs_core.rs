@@ -1647,3 +1647,87 @@ fn append_after_a_flush_is_cut_like_a_single_write() {
         "boundaries differ from a single write when split at {differ:?}"
     );
 }
+
+// ---------------------------------------------------------------- deletion off the request path
+
+#[test]
+fn an_inode_opened_after_its_last_unlink_keeps_its_bytes_until_released() {
+    // The kernel may send OPEN for an inode whose name was looked up before another process
+    // unlinked it (an open without O_CREAT does not lock the directory). The unlink only
+    // queues the closed inode for deletion: the open must not find it emptied by the reaper.
+    let v = Vol::mem();
+    let data = noise(300 * KIB as usize, 77);
+    let f = v.file_with("f", &data);
+    v.fs().unlink(ROOT, b"f").unwrap();
+    let fh = v.fs().open(f, false).unwrap();
+    v.fs().reap_some().unwrap();
+    v.fs().sync_dir().unwrap(); // a durable point reaps everything queued, too
+    assert_same(&v.read_all(f), &data, "read after the reaper ran");
+    v.fs().release(fh).unwrap();
+    v.fs().sync_dir().unwrap();
+    assert_eq!(errno(v.fs().getattr(f)), libc::ENOENT);
+    assert_eq!(v.physical(), 0, "its chunks are freed once released");
+}
+
+#[test]
+fn unlinked_files_are_gone_at_the_next_durable_point() {
+    let v = Vol::mem();
+    let f = v.file_with("f", &noise(200 * KIB as usize, 78));
+    assert!(v.physical() > 0);
+    v.fs().unlink(ROOT, b"f").unwrap();
+    // Queued, not deleted yet: still, nothing reaches it by name or inode.
+    assert_eq!(errno(v.fs().lookup(ROOT, b"f")), libc::ENOENT);
+    assert_eq!(errno(v.fs().getattr(f)), libc::ENOENT);
+    v.fs().sync_dir().unwrap();
+    assert_eq!(v.physical(), 0);
+    assert!(
+        v.fs()
+            .meta()
+            .begin_read()
+            .unwrap()
+            .inode(f)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn readdirplus_leaves_out_names_changed_since_the_listing_was_read() {
+    // The kernel turns each READDIRPLUS entry into a cached name: an entry of the handle's
+    // listing whose name was removed or now names another inode must not come back.
+    let v = Vol::mem();
+    let a = v.file_with("a", b"A");
+    v.file_with("b", b"B");
+    let c = v.file_with("c", b"C");
+    let fh = v.fs().opendir(ROOT).unwrap();
+    let mut first = 0;
+    v.fs()
+        .readdir_plus(fh, 0, &mut |next, _, _| {
+            first = next;
+            true // the reply buffer is full after one entry
+        })
+        .unwrap();
+    assert_eq!(first, 1, "one entry (\".\") taken");
+    v.fs().unlink(ROOT, b"b").unwrap();
+    v.fs()
+        .rename(ROOT, b"a", ROOT, b"c", RenameFlags::default())
+        .unwrap();
+    let mut rest = Vec::new();
+    v.fs()
+        .readdir_plus(fh, first, &mut |_, e, attr| {
+            rest.push((String::from_utf8(e.name.clone()).unwrap(), e.ino, attr.size));
+            false
+        })
+        .unwrap();
+    v.fs().releasedir(fh);
+    let names: Vec<&str> = rest.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [".."],
+        "a and b are gone, c names another inode now: {rest:?}"
+    );
+    // The same names listed afresh: c is the renamed a.
+    assert_eq!(v.names(ROOT), ["c"]);
+    assert_eq!(v.lookup(ROOT, "c").unwrap(), a);
+    assert_ne!(a, c);
+}

@@ -1535,3 +1535,31 @@ fn warm_reread_and_repeated_lookups_are_answered_by_the_kernel() {
     );
     vol.unmount();
 }
+
+/// st_blocks of a file counts its data not yet written back as allocated; the write-back may
+/// lower it (runs of zeros are stored as holes). Attributes given out meanwhile must not be
+/// cached for the long timeout, or `du` would show the old figure for a minute.
+#[test]
+fn blocks_seen_while_data_was_pending_are_not_kept_after_the_write_back() {
+    if !fuse_available() {
+        return;
+    }
+    let mut vol = Volume::new();
+    let p = vol.path("zeros");
+    let f = File::create(&p).expect("create");
+    f.write_all_at(&vec![0u8; 8 << 20], 0).expect("write");
+    let pending = f.metadata().expect("fstat").blocks();
+    assert!(
+        pending > 0,
+        "unwritten data counts as allocated ({pending} blocks)"
+    );
+    drop(f); // the last close writes the file back: all holes
+    thread::sleep(Duration::from_millis(1500));
+    let after = fs::metadata(&p).expect("stat").blocks();
+    assert_eq!(
+        after, 0,
+        "st_blocks after the write-back (was {pending} while pending)"
+    );
+    assert_eq!(fs::metadata(&p).expect("stat").len(), 8 << 20);
+    vol.unmount();
+}

@@ -91,6 +91,16 @@ fn socket_path(store: &Path) -> PathBuf {
 
 /// Sends one request to the daemon serving `store`.
 pub fn request(store: &Path, req: &Request) -> Result<Remote> {
+    request_within(store, req, None)
+}
+
+/// `request`, giving up after `timeout` without an answer (the daemon answers one request at
+/// a time: a figure that is only nice to have must not wait behind a long gc).
+pub fn request_within(
+    store: &Path,
+    req: &Request,
+    timeout: Option<std::time::Duration>,
+) -> Result<Remote> {
     let path = socket_path(store);
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -99,6 +109,8 @@ pub fn request(store: &Path, req: &Request) -> Result<Remote> {
             path.display()
         )
     })?;
+    s.set_read_timeout(timeout)?;
+    s.set_write_timeout(timeout)?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;

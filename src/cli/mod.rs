@@ -587,7 +587,8 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
             })?;
             let mut r = StatsReport::from_usage(u, true);
             // An older daemon, or one without a control socket, has no counts: not an error.
-            r.requests = control::request(store, &control::Request::Requests)
+            let wait = Some(Duration::from_secs(2));
+            r.requests = control::request_within(store, &control::Request::Requests, wait)
                 .and_then(|a| a.into_requests())
                 .ok();
             Ok(r)

@@ -1039,10 +1039,10 @@ impl Fs {
         // A small file is written back right here: the closer does not wait for a release,
         // and handing it to a writer thread would cost more (a wake-up per file) than the
         // write-back itself. Larger ones go to the background writer.
-        let small = st
-            .open
-            .get(&ino)
-            .is_some_and(|o| o.dirty.bytes() <= INLINE_WRITEBACK);
+        // (Not while a write-back of it is queued or in flight: this thread would wait for it.)
+        let small = st.open.get(&ino).is_some_and(|o| {
+            o.dirty.bytes() <= INLINE_WRITEBACK && o.flushing.is_none() && !o.queued
+        });
         if !small && self.queue_writeback(&mut st, ino) {
             self.forget_if_idle(&mut st, ino);
             return Ok(());
@@ -1144,24 +1144,31 @@ impl Fs {
         self.load_dir(fh, offset)?;
         let mut i = offset as usize;
         loop {
-            let e = {
+            let (dir, e) = {
                 let st = self.state.lock();
                 let Some(Handle::Dir {
+                    ino,
                     entries: Some(entries),
-                    ..
                 }) = st.handles.get(&fh)
                 else {
                     return Err(FsError::Invalid("not a directory handle"));
                 };
                 match entries.get(i) {
-                    Some(e) => e.clone(),
+                    Some(e) => (*ino, e.clone()),
                     None => return Ok(()),
                 }
             };
             i += 1;
-            let attr = match self.getattr(e.ino) {
-                Ok(a) => a,
-                Err(FsError::NotFound) => continue,
+            // The kernel turns each entry into a cached name: one the listing holds but that
+            // was removed or now names another inode since must not come back that way.
+            let now = if e.name == b"." || e.name == b".." {
+                self.getattr(e.ino).map(|a| (e.ino, a))
+            } else {
+                self.lookup(dir, &e.name)
+            };
+            let attr = match now {
+                Ok((ino, a)) if ino == e.ino => a,
+                Ok(_) | Err(FsError::NotFound) => continue,
                 Err(err) => return Err(err),
             };
             if f(i as u64, &e, &attr) {
@@ -1305,6 +1312,18 @@ impl Fs {
     }
 
     /// Bytes of data a file holds (its st_blocks): committed chunks plus dirty bytes.
+    /// `allocated`, and whether that figure is settled: false while the file has data not
+    /// yet written back (a write-back turns runs of zeros into holes, so the figure drops).
+    pub fn allocated_settled(&self, ino: Ino) -> Result<(u64, bool)> {
+        let settled = self
+            .state
+            .lock()
+            .open
+            .get(&ino)
+            .is_none_or(|o| o.dirty.is_empty() && o.flushing.is_none() && !o.queued);
+        Ok((self.allocated(ino)?, settled))
+    }
+
     pub fn allocated(&self, ino: Ino) -> Result<u64> {
         let dirty = {
             let st = self.state.lock();

@@ -18,7 +18,9 @@
 //! bytes did not change since the last page-cache open; otherwise the kernel drops the
 //! inode's cached pages at open (no writer is open then, so nothing races that drop). What is
 //! unchanged is remembered for a bounded number of inodes: one that was forgotten is simply
-//! opened without KEEP_CACHE.
+//! opened without KEEP_CACHE. The mark is a second line of defence, not a guarantee: of two
+//! racing opens, one granted KEEP_CACHE may read before the other's drop happened; on the
+//! kernels that get page-cache reads, every changed range was already dropped by the kernel.
 
 use crate::error::Ino;
 use lru::LruCache;

@@ -34,7 +34,10 @@ impl Fs {
     pub(super) fn reap_queued(&self, st: &mut State, max: usize) -> Result<()> {
         while !st.reap.is_empty() {
             let n = st.reap.len().min(max).min(BATCH);
-            let batch: Vec<Ino> = st.reap.drain(..n).collect();
+            let mut batch: Vec<Ino> = st.reap.drain(..n).collect();
+            // An open that resolved the name before the unlink can still reach the inode: it
+            // stays on the orphan list, and its last release deletes it.
+            batch.retain(|ino| !st.open.contains_key(ino));
             self.group(st, |_, tx| {
                 for &ino in &batch {
                     tx.delete_inode(ino)?;
