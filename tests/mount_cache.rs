@@ -137,24 +137,12 @@ fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> 
 fn copy_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) -> u64 {
     let mut done = 0;
     while done < len {
-        let mut i = (off_in + done) as libc::loff_t;
-        let mut o = (off_out + done) as libc::loff_t;
-        // SAFETY: both descriptors are open and the offsets point to live locals.
-        let r = unsafe {
-            libc::copy_file_range(
-                from.as_raw_fd(),
-                &mut i,
-                to.as_raw_fd(),
-                &mut o,
-                (len - done) as usize,
-                0,
-            )
-        };
-        assert!(r >= 0, "copy_file_range: {}", io::Error::last_os_error());
+        let r = common::copy_file_range(from, off_in + done, to, off_out + done, len - done)
+            .unwrap_or_else(|e| panic!("copy_file_range: {e}"));
         if r == 0 {
             break;
         }
-        done += r as u64;
+        done += r;
     }
     done
 }

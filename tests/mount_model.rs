@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{GIB, KIB, MIB, Volume, fuse_available, random_bytes};
+use common::{GIB, KIB, MIB, Volume, copy_file_range, fuse_available, random_bytes};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{
@@ -491,28 +491,6 @@ fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> 
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-/// One copy_file_range call; returns the bytes copied.
-fn copy_file_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) -> io::Result<u64> {
-    let mut i = off_in as libc::loff_t;
-    let mut o = off_out as libc::loff_t;
-    // SAFETY: both descriptors are open and the offsets point to live locals.
-    let r = unsafe {
-        libc::copy_file_range(
-            from.as_raw_fd(),
-            &mut i,
-            to.as_raw_fd(),
-            &mut o,
-            len as usize,
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
     }
 }
 

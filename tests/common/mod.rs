@@ -16,6 +16,7 @@ pub mod xattr;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -650,4 +651,32 @@ pub fn pids_mentioning(needle: &str) -> Vec<u32> {
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// One copy_file_range call; returns the bytes copied.
+pub fn copy_file_range(
+    from: &File,
+    off_in: u64,
+    to: &File,
+    off_out: u64,
+    len: u64,
+) -> io::Result<u64> {
+    let mut i = off_in as libc::loff_t;
+    let mut o = off_out as libc::loff_t;
+    // SAFETY: both descriptors are open and the offsets point to live locals.
+    let r = unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut i,
+            to.as_raw_fd(),
+            &mut o,
+            len as usize,
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
 }
