@@ -15,7 +15,7 @@ use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
 
 mod control;
-mod mounts;
+pub mod mounts;
 mod notify;
 mod options;
 use clap::{CommandFactory, Parser, Subcommand};

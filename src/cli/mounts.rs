@@ -3,6 +3,7 @@
 //! mounts with the canonical store directory as the mount's source).
 
 use anyhow::{Context, Result, bail};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -32,14 +33,16 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let source = r.next()?;
     Some(MountEntry {
         dev: (major.parse().ok()?, minor.parse().ok()?),
-        mount_point: PathBuf::from(unescape(mount_point)),
-        fstype: unescape(fstype),
-        source: unescape(source),
+        mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(
+            mount_point,
+        ))),
+        fstype: String::from_utf8_lossy(&unescape_mountinfo(fstype)).into_owned(),
+        source: String::from_utf8_lossy(&unescape_mountinfo(source)).into_owned(),
     })
 }
 
 /// Mountinfo writes space, tab, newline and backslash as `\ooo` (octal).
-fn unescape(s: &str) -> String {
+pub fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -56,7 +59,7 @@ fn unescape(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Every mount visible to this process.

@@ -477,29 +477,8 @@ pub fn is_mountpoint(mnt: &Path) -> bool {
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .unwrap_or("");
-        fstype.starts_with("fuse") && unescape_mountinfo(mountpoint) == want
+        fstype.starts_with("fuse") && dedupfs::cli::mounts::unescape_mountinfo(mountpoint) == want
     })
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        if let (b'\\', Some(v)) = (b[i], octal) {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 /// Kills the daemon if the test runs longer than [`WATCHDOG`], so a hung request fails the test
