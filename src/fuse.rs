@@ -41,17 +41,22 @@ pub struct DedupFuse {
     direct_io: bool,
     /// Read-only opens may use the page cache (see `fs::page_cache`): only with direct I/O,
     /// and on kernels that drop a direct write's range from the page cache again after the
-    /// write (Linux 6.18 on), so that a read racing the write does not keep the old bytes.
+    /// write (`CACHED_READS_FROM`), so that a read racing the write does not keep old bytes.
     cached_reads: bool,
 }
 
-/// Kernels from which read-only opens get the page cache.
-const CACHED_READS_FROM: (u32, u32) = (6, 18);
+/// Kernels from which read-only opens get the page cache: the invalidation after a direct
+/// write (upstream b359af8275a9, in 6.19) came to 6.18 stable with 6.18.3.
+const CACHED_READS_FROM: (u32, u32, u32) = (6, 18, 3);
 
-/// (major, minor) of a kernel release string such as "6.18.44-fc-v657".
-fn kernel_version(release: &str) -> Option<(u32, u32)> {
+/// (major, minor, patch) of a kernel release string such as "6.18.44-fc-v657" (patch 0 when
+/// absent).
+fn kernel_version(release: &str) -> Option<(u32, u32, u32)> {
     let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
 }
 
 impl DedupFuse {
@@ -718,12 +723,16 @@ mod tests {
 
     #[test]
     fn kernel_versions_parse_and_order() {
-        assert_eq!(kernel_version("6.18.44-fc-v657\n"), Some((6, 18)));
-        assert_eq!(kernel_version("6.6.0"), Some((6, 6)));
-        assert_eq!(kernel_version("7.0-rc1"), Some((7, 0)));
+        assert_eq!(kernel_version("6.18.44-fc-v657\n"), Some((6, 18, 44)));
+        assert_eq!(kernel_version("6.6.0"), Some((6, 6, 0)));
+        assert_eq!(kernel_version("7.0-rc1"), Some((7, 0, 0)));
+        assert_eq!(kernel_version("6.19"), Some((6, 19, 0)));
         assert_eq!(kernel_version("garbage"), None);
-        assert!(Some((6, 19)) >= Some(CACHED_READS_FROM));
-        assert!(kernel_version("6.17.9").unwrap() < CACHED_READS_FROM);
-        assert!(kernel_version("5.15.0").unwrap() < CACHED_READS_FROM);
+        for new in ["6.18.3", "6.18.44-fc-v657", "6.19", "6.19.0-rc1", "7.1.2"] {
+            assert!(kernel_version(new).unwrap() >= CACHED_READS_FROM, "{new}");
+        }
+        for old in ["6.18", "6.18.2-arch1", "6.17.9", "5.15.0"] {
+            assert!(kernel_version(old).unwrap() < CACHED_READS_FROM, "{old}");
+        }
     }
 }

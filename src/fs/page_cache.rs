@@ -5,8 +5,8 @@
 //! than write-through). A read-only open uses the page cache unless a writer has the file open
 //! at that moment. Readers that opened first keep their page cache while a writer comes and
 //! writes: the kernel drops the written range from the page cache before each direct write and
-//! again after it (the second drop, for reads that raced the write, is in Linux 6.18 stable and
-//! later; the adapter does not offer the page cache on older kernels). Truncate, fallocate and
+//! again after it (the second drop, for reads that raced the write, is in Linux 6.19 and 6.18.3
+//! on; the adapter does not offer the page cache on older kernels). Truncate, fallocate and
 //! copy_file_range drop the affected pages in the kernel themselves.
 //!
 //! Writing through the page cache (an earlier version of this policy, for writers arriving
