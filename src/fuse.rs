@@ -64,8 +64,14 @@ impl DedupFuse {
         DedupFuse {
             fs,
             direct_io: false,
-            cached_reads: false,
+            cached_reads: true,
         }
+    }
+
+    /// Every read past the page cache, whatever the kernel (mount option `direct_reads`).
+    pub fn with_direct_reads(mut self, direct: bool) -> DedupFuse {
+        self.cached_reads = !direct;
+        self
     }
 
     /// Flags of an open served as `mode` decided. Without FUSE_DIRECT_IO_ALLOW_MMAP every
@@ -206,8 +212,9 @@ impl Filesystem for DedupFuse {
             let _ = config.add_capabilities(flag);
         }
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        self.cached_reads =
-            self.direct_io && kernel_version(&release).is_some_and(|v| v >= CACHED_READS_FROM);
+        self.cached_reads = self.cached_reads
+            && self.direct_io
+            && kernel_version(&release).is_some_and(|v| v >= CACHED_READS_FROM);
         tracing::info!(
             direct_io = self.direct_io,
             cached_reads = self.cached_reads,

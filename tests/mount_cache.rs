@@ -1551,3 +1551,25 @@ fn blocks_seen_while_data_was_pending_are_not_kept_after_the_write_back() {
     assert_eq!(fs::metadata(&p).expect("stat").len(), 8 << 20);
     vol.unmount();
 }
+
+/// Mount option `direct_reads`: every read reaches the daemon, whatever the kernel.
+#[test]
+fn direct_reads_option_sends_every_read_to_the_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let mut vol = Volume::with_args(&[], &["-o", "direct_reads"]);
+    let p = vol.path("f");
+    let data = random_bytes(61, MIB as usize + 7);
+    fs::write(&p, &data).unwrap();
+    assert_bytes_eq("first read", &read_all(&p), &data);
+    for i in 0..3 {
+        let before = requests(&vol, "read");
+        assert_bytes_eq(&format!("re-read {i}"), &read_all(&p), &data);
+        assert!(
+            requests(&vol, "read") > before,
+            "re-read {i} was answered from the page cache despite direct_reads"
+        );
+    }
+    vol.unmount();
+}

@@ -972,7 +972,8 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     } else {
         fuser::SessionACL::Owner
     };
-    let mut session = fuser::Session::new(DedupFuse::new(fs.clone()), mp, &config)
+    let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
+    let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");

@@ -26,12 +26,15 @@ pub struct MountOpts {
     /// `backup_interval=SECS`: time between metadata backups while the metadata changes
     /// (`None`: only at unmount; default one hour).
     pub backup_interval: Option<std::time::Duration>,
+    /// `direct_reads`: every read past the kernel's page cache, as on kernels older than the
+    /// ones read-only opens get it on (see `fs::page_cache`).
+    pub direct_reads: bool,
 }
 
 /// Honoured options, listed in the error for an unknown one.
 const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
                      nosuid, exec, noexec, atime, noatime, relatime, sync, async, dirsync, \
-                     cache_mib=N, backup_interval=SECS; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
+                     cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
                      owner, group, x-*, comment=*";
 
 impl MountOpts {
@@ -68,6 +71,7 @@ impl MountOpts {
                 "sync" => o.sync = Some(true),
                 "async" => o.sync = Some(false),
                 "dirsync" => o.dirsync = true,
+                "direct_reads" => o.direct_reads = true,
                 // Meaningful to mount(8), fstab or systemd only (mount.fuse3 removes most of
                 // them, but a hand-written `dedupfs mount -o` or a .mount unit may pass them).
                 "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
@@ -144,6 +148,8 @@ mod tests {
         let o =
             parse("ro,rw,nodev,dev,_netdev,nofail,noauto,users,comment=x,cache_mib=64").unwrap();
         assert!(!o.read_only);
+        assert!(!o.direct_reads);
+        assert!(parse("direct_reads").unwrap().direct_reads);
         assert_eq!(o.dev, Some(true));
         assert_eq!(o.cache_mib, Some(64));
         assert_eq!(o.kernel_flags(), vec![fuser::MountOption::Dev]);
