@@ -176,11 +176,12 @@ struct OpenInode {
 impl OpenInode {
     /// Closed, with nothing to write and nothing in flight or queued: the entry can go.
     fn idle(&self) -> bool {
-        self.opens == 0
-            && self.dirty.is_empty()
-            && !self.attr_dirty
-            && self.flushing.is_none()
-            && !self.queued
+        self.opens == 0 && self.written_back() && !self.attr_dirty
+    }
+
+    /// No data waiting: nothing dirty, nothing queued for or in write-back.
+    fn written_back(&self) -> bool {
+        self.dirty.is_empty() && self.flushing.is_none() && !self.queued
     }
 }
 
@@ -198,9 +199,9 @@ enum Handle {
         ino: Ino,
         write: bool,
     },
-    /// A directory's entries are read at the first readdir from offset 0 (again at each
-    /// rewind), not at opendir: the kernel answers most listings from its own cache, and then
-    /// sends only OPENDIR and RELEASEDIR.
+    /// A directory's entries are read at the first readdir from offset 0, and again at each
+    /// rewind (so rewinddir sees the directory as it is then), not at opendir: a directory
+    /// opened only as a base for *at() calls or fchdir costs no scan.
     Dir {
         ino: Ino,
         entries: Option<Vec<DirEntry>>,
@@ -1320,7 +1321,7 @@ impl Fs {
             .lock()
             .open
             .get(&ino)
-            .is_none_or(|o| o.dirty.is_empty() && o.flushing.is_none() && !o.queued);
+            .is_none_or(OpenInode::written_back);
         Ok((self.allocated(ino)?, settled))
     }
 
