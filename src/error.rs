@@ -31,6 +31,9 @@ pub enum FsError {
     Range,
     #[error("read-only file system")]
     ReadOnly,
+    /// A request refused with a message for the user (a snapshot name taken, say).
+    #[error("{0}")]
+    Refused(String),
     #[error("operation not supported: {0}")]
     NotSupported(&'static str),
     #[error("file too large")]
@@ -82,6 +85,7 @@ impl FsError {
             FsError::NoXattr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::ReadOnly => libc::EROFS,
+            FsError::Refused(_) => libc::EINVAL,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::TooBig => libc::EFBIG,
             FsError::NotPermitted => libc::EPERM,
@@ -116,6 +120,7 @@ impl FsError {
                 | FsError::NoXattr
                 | FsError::Range
                 | FsError::ReadOnly
+                | FsError::Refused(_)
                 | FsError::NotSupported(_)
                 | FsError::TooBig
                 | FsError::NotPermitted

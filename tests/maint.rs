@@ -12,6 +12,7 @@ use dedupfs::maint::fsck::{
     Finding, FindingKind, FsckOptions, FsckReport, LOST_FOUND, Severity, fsck,
 };
 use dedupfs::maint::gc::gc;
+use dedupfs::meta::snapshot::Holders;
 use dedupfs::meta::{Kind, MetaDb, ROOT_INO};
 use dedupfs::store::{ChunkStore, LocalDirStore};
 use std::fs::OpenOptions;
@@ -89,6 +90,7 @@ impl Fixture {
         fsck(
             &meta,
             store.as_ref(),
+            &Holders::default(),
             FsckOptions {
                 repair,
                 verify_data,
@@ -290,7 +292,7 @@ fn too_low_refcount_is_fixed_before_the_chunk_could_be_collected() {
     let r = fx.fsck(true, false);
     assert!(r.of_kind(FindingKind::RefcountMismatch).any(|f| f.repaired));
     let (meta, store) = fx.open();
-    let g = gc(&meta, store.as_ref(), false).unwrap();
+    let g = gc(&meta, store.as_ref(), &Holders::default(), false).unwrap();
     assert_eq!(g.removed_chunks, 0, "{g:?}");
     drop(meta);
     fx.assert_files_intact();
@@ -315,14 +317,14 @@ fn gc_removes_garbage_and_keeps_live_chunks() {
     assert_eq!(g[0].chunk.as_deref(), Some(gid.to_hex().as_str()));
 
     let (meta, store) = fx.open();
-    let dry = gc(&meta, store.as_ref(), true).unwrap();
+    let dry = gc(&meta, store.as_ref(), &Holders::default(), true).unwrap();
     assert!(dry.dry_run);
     assert_eq!(dry.removed_chunks, 1, "{dry:?}");
     assert_eq!(dry.removed_bytes, garbage.len() as u64);
     assert!(store.path_of(&gid).exists(), "dry run removed a file");
     assert_eq!(chunk_files(fx.dir.path()), live + 1);
 
-    let done = gc(&meta, store.as_ref(), false).unwrap();
+    let done = gc(&meta, store.as_ref(), &Holders::default(), false).unwrap();
     assert_eq!(done.scanned_files, live as u64 + 1);
     assert_eq!(done.removed_chunks, 1);
     assert_eq!(done.removed_bytes, garbage.len() as u64);
@@ -331,7 +333,7 @@ fn gc_removes_garbage_and_keeps_live_chunks() {
     assert!(!store.path_of(&gid).exists());
     assert_eq!(chunk_files(fx.dir.path()), live);
 
-    let twice = gc(&meta, store.as_ref(), false).unwrap();
+    let twice = gc(&meta, store.as_ref(), &Holders::default(), false).unwrap();
     assert_eq!(twice.removed_chunks, 0);
     drop((meta, store));
 
@@ -353,7 +355,13 @@ fn gc_on_a_live_fs_keeps_every_live_chunk() {
     let (ino, _, fh) = fs.create(WHO, ROOT_INO, b"new", 0o644).unwrap();
     fs.write(ino, 0, &data).unwrap();
     fs.flush(ino).unwrap();
-    let g = gc(fs.meta(), fs.store().as_ref(), false).unwrap();
+    let g = gc(
+        fs.meta(),
+        fs.store().as_ref(),
+        &fs.snapshot_holders(),
+        false,
+    )
+    .unwrap();
     assert_eq!(g.removed_chunks, 1, "{g:?}");
     assert_eq!(fs.read(ino, 0, 30_000).unwrap(), data);
     fs.release(fh).unwrap();
@@ -364,6 +372,7 @@ fn gc_on_a_live_fs_keeps_every_live_chunk() {
     let r = fsck(
         fs.meta(),
         fs.store().as_ref(),
+        &Holders::default(),
         FsckOptions {
             repair: false,
             verify_data: true,
@@ -504,7 +513,7 @@ fn orphan_left_by_a_crash_is_a_warning_and_repair_deletes_it() {
     let (meta, store) = fx.open();
     assert!(meta.begin_read().unwrap().inode(b).unwrap().is_none());
     // /b's chunks now have no references; gc removes them and the rest stays clean.
-    let g = gc(&meta, store.as_ref(), false).unwrap();
+    let g = gc(&meta, store.as_ref(), &Holders::default(), false).unwrap();
     assert!(g.removed_chunks > 0, "{g:?}");
     drop((meta, store));
     let again = fx.fsck(false, true);

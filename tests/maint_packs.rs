@@ -11,6 +11,7 @@ use dedupfs::fs::{Caller, Fs, FsConfig};
 use dedupfs::hash::ChunkId;
 use dedupfs::maint::fsck::{FindingKind, FsckOptions, Severity, fsck};
 use dedupfs::maint::gc::{GcOptions, gc_with};
+use dedupfs::meta::snapshot::Holders;
 use dedupfs::meta::{MetaDb, ROOT_INO};
 use dedupfs::store::codec::Codec;
 use dedupfs::store::{ChunkStore, LocalDirStore};
@@ -67,6 +68,7 @@ fn run_fsck(dir: &Path, verify_data: bool) -> dedupfs::maint::fsck::FsckReport {
     fsck(
         &vol.meta,
         vol.chunks.as_ref(),
+        &Holders::default(),
         FsckOptions {
             repair: false,
             verify_data,
@@ -206,7 +208,13 @@ fn gc_gives_the_bytes_of_deleted_files_back_to_the_disk() {
         fs.sync_all(true).unwrap();
     }
     let vol = volume::open(&dir).unwrap();
-    let report = gc_with(&vol.meta, vol.chunks.as_ref(), GcOptions::default()).unwrap();
+    let report = gc_with(
+        &vol.meta,
+        vol.chunks.as_ref(),
+        &Holders::default(),
+        GcOptions::default(),
+    )
+    .unwrap();
     let disk1 = vol.chunks.usage().unwrap().disk_bytes;
     let deleted = 8u64 * (4 << 20);
     assert!(

@@ -14,6 +14,7 @@ use dedupfs::error::FsError;
 use dedupfs::fs::{Caller, Fs, FsConfig};
 use dedupfs::maint::fsck::{FsckOptions, fsck};
 use dedupfs::meta::ROOT_INO;
+use dedupfs::meta::snapshot::Holders;
 use dedupfs::store::codec::Codec;
 use dedupfs::store::{ChunkStore, PackStore};
 use dedupfs::volume;
@@ -63,6 +64,7 @@ fn assert_clean(dir: &Path) {
     let r = fsck(
         &vol.meta,
         vol.chunks.as_ref(),
+        &Holders::default(),
         FsckOptions {
             repair: false,
             verify_data: true,

@@ -41,6 +41,17 @@ pub enum Request {
     Sync,
     /// Requests served since the mount, by operation.
     Requests,
+    /// A snapshot of the live directory `ino` (`path` as the user named it, relative to the
+    /// volume root).
+    SnapshotCreate {
+        name: String,
+        ino: u64,
+        path: String,
+    },
+    SnapshotList,
+    SnapshotDelete {
+        name: String,
+    },
 }
 
 /// The daemon's answer: a report as JSON, or an error message.
@@ -77,6 +88,14 @@ impl Remote {
     }
 
     pub fn into_du(self) -> Result<Vec<DuReport>> {
+        self.report()
+    }
+
+    pub fn into_snapshot(self) -> Result<crate::fs::SnapshotReport> {
+        self.report()
+    }
+
+    pub fn into_snapshots(self) -> Result<Vec<crate::fs::SnapshotReport>> {
         self.report()
     }
 
@@ -134,8 +153,29 @@ fn errno_label(n: i32) -> String {
     }
 }
 
+/// A snapshot operation's failure in one line: a refusal as is, anything else with its errno.
+fn snapshot_error(e: &crate::error::FsError) -> String {
+    match e {
+        crate::error::FsError::Refused(m) => m.clone(),
+        crate::error::FsError::ReadOnly => "the volume is mounted read-only".into(),
+        e => format!("{e} ({})", errno_label(e.errno())),
+    }
+}
+
 fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
     let result = match req {
+        Request::SnapshotCreate { name, ino, path } => fs
+            .snapshot_create(&name, ino, &path)
+            .map_err(|e| snapshot_error(&e))
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+        Request::SnapshotList => fs
+            .snapshot_list()
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+        Request::SnapshotDelete { name } => fs
+            .snapshot_delete(&name)
+            .map_err(|e| snapshot_error(&e))
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::Requests => {
             serde_json::to_value(fs.counters().snapshot()).map_err(|e| e.to_string())
         }
@@ -162,22 +202,24 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
         }
         Request::Gc { dry_run, repack } => fs
             .with_quiesced(|meta, store| {
+                let holders = fs.snapshot_holders();
                 let opts = GcOptions {
                     dry_run,
                     repack,
                     ..GcOptions::default()
                 };
-                gc_with(meta, store, opts)
+                gc_with(meta, store, &holders, opts)
             })
             .map_err(|e| e.to_string())
             .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::Fsck { verify_data } => fs
             .with_quiesced(|meta, store| {
+                let holders = fs.snapshot_holders();
                 let opts = FsckOptions {
                     repair: false,
                     verify_data,
                 };
-                fsck(meta, store, opts, &mut |_| {})
+                fsck(meta, store, &holders, opts, &mut |_| {})
             })
             .map_err(|e| e.to_string())
             .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
@@ -201,7 +243,16 @@ fn du_of(fs: &Fs, store: &Path, items: &[(u64, String)]) -> crate::error::Result
     let snap = fs.meta().begin_read()?;
     items
         .iter()
-        .map(|(ino, path)| du(&snap, fs.store().as_ref(), *ino, path, store))
+        .map(|(ino, path)| {
+            if crate::fs::in_snapshot(*ino) {
+                return Err(crate::error::FsError::Refused(format!(
+                    "{path} is inside a snapshot: `dedupfs snapshot list` shows what each holds"
+                )));
+            }
+            du(&snap, fs.store().as_ref(), *ino, path, store, &|id| {
+                fs.chunk_held(id)
+            })
+        })
         .collect()
 }
 

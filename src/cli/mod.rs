@@ -4,15 +4,15 @@
 //! `--json`) and maps failures to one clear line and a non-zero exit.
 
 use crate::chunker::{ChunkParams, DEFAULT_AVG};
-use crate::fs::{Fs, FsConfig};
+use crate::fs::{Fs, FsConfig, Invalidation};
 use crate::fuse::DedupFuse;
 use crate::maint::fsck::{FsckOptions, FsckReport, Progress, Severity, fsck};
 use crate::maint::gc::{GcOptions, GcReport, gc_with};
 use crate::maint::stats::{StatsReport, stats};
-use crate::meta::MetaDb;
 use crate::store::codec::Codec;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
+use std::os::unix::ffi::OsStrExt;
 
 mod control;
 pub mod mounts;
@@ -155,6 +155,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Read-only point-in-time copies of a mounted volume, or of one directory tree in it,
+    /// costing metadata only; each appears at MOUNTPOINT/.snapshots/NAME.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Copy the metadata database into STORE/backups now (mounted or not), keeping the newest
     /// three copies. A mounted volume is also backed up when its metadata changed, hourly
     /// (mount option backup_interval=SECS) and at unmount; `fsck --repair` restores the
@@ -186,6 +190,27 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot: every write that returned before this command started is in it.
+    Create {
+        mountpoint: PathBuf,
+        name: String,
+        /// Snapshot only this directory (inside the mount) instead of the whole volume.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Each snapshot's creation time, logical size and exclusive bytes (what deleting it
+    /// would free).
+    List {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot and free what only it kept.
+    Delete { mountpoint: PathBuf, name: String },
 }
 
 #[derive(Subcommand)]
@@ -320,7 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let report = match opened {
                 Ok(vol) => {
-                    let mut report = run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?;
+                    let mut report = run_fsck(&vol, opts, !json)?;
                     let index_damage = report.findings.iter().any(|f| {
                         f.kind == crate::maint::fsck::FindingKind::PackDamaged
                             && f.severity == Severity::Error
@@ -336,7 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             rb.records,
                             rb.damaged.len()
                         );
-                        report = run_fsck(&vol.meta, vol.chunks.as_ref(), opts, !json)?;
+                        report = run_fsck(&vol, opts, !json)?;
                     }
                     report
                 }
@@ -378,7 +403,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..GcOptions::default()
             };
             let report = match volume::open(&store) {
-                Ok(vol) => gc_with(&vol.meta, vol.chunks.as_ref(), opts)?,
+                Ok(vol) => {
+                    let holders = crate::meta::snapshot::Holders::open(&vol.dir)?;
+                    gc_with(&vol.meta, vol.chunks.as_ref(), &holders, opts)?
+                }
                 Err(VolumeError::Locked(_)) => {
                     control::request(&store, &control::Request::Gc { dry_run, repack })?
                         .into_gc()?
@@ -502,6 +530,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Snapshot(cmd) => snapshot_cmd(cmd),
         Cmd::Stats { store, json } => {
             let report = stats_of(&store)?;
             if json {
@@ -690,12 +719,146 @@ pub fn render_stats(r: &StatsReport) -> String {
     s
 }
 
-fn run_fsck(
-    meta: &MetaDb,
-    store: &dyn crate::store::ChunkStore,
-    opts: FsckOptions,
-    show_progress: bool,
-) -> Result<FsckReport> {
+/// The dedupfs mount MOUNTPOINT is the root of (its store directory and mount point).
+fn volume_root(mountpoint: &Path) -> Result<mounts::MountEntry> {
+    let m = mounts::dedupfs_mount_of(mountpoint)?;
+    let given = mountpoint
+        .canonicalize()
+        .with_context(|| format!("cannot access {}", mountpoint.display()))?;
+    if given != m.mount_point {
+        bail!(
+            "{} is not the mount point of a dedupfs volume (it is inside the one mounted at {})",
+            mountpoint.display(),
+            m.mount_point.display()
+        );
+    }
+    Ok(m)
+}
+
+fn snapshot_cmd(cmd: SnapshotCmd) -> Result<ExitCode> {
+    match cmd {
+        SnapshotCmd::Create {
+            mountpoint,
+            name,
+            path,
+        } => {
+            let m = volume_root(&mountpoint)?;
+            let (ino, rel) = match &path {
+                None => (crate::meta::ROOT_INO, String::new()),
+                Some(p) => {
+                    let full = p
+                        .canonicalize()
+                        .with_context(|| format!("cannot access {}", p.display()))?;
+                    let rel = full.strip_prefix(&m.mount_point).map_err(|_| {
+                        anyhow!(
+                            "{} is outside the volume mounted at {}",
+                            p.display(),
+                            m.mount_point.display()
+                        )
+                    })?;
+                    let meta = std::fs::metadata(&full)?;
+                    if mounts::dedupfs_mount_of(&full)?.mount_point != m.mount_point {
+                        bail!("{} is on another mount", p.display());
+                    }
+                    if !meta.is_dir() {
+                        bail!("{} is not a directory", p.display());
+                    }
+                    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+                    let ino = if rel.as_os_str().is_empty() {
+                        crate::meta::ROOT_INO
+                    } else {
+                        ino
+                    };
+                    (ino, rel.display().to_string())
+                }
+            };
+            let req = control::Request::SnapshotCreate {
+                name: name.clone(),
+                ino,
+                path: rel,
+            };
+            let r = control::request(Path::new(&m.source), &req)
+                .with_context(|| format!("snapshot {name:?} not created"))?
+                .into_snapshot()?;
+            out(&format!(
+                "snapshot {} of {} ({} files, {}) at {}\n",
+                r.name,
+                if r.path.is_empty() {
+                    "the volume".to_string()
+                } else {
+                    format!("/{}", r.path)
+                },
+                r.files,
+                human(r.logical_bytes),
+                m.mount_point.join(".snapshots").join(&r.name).display()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCmd::List { mountpoint, json } => {
+            let m = volume_root(&mountpoint)?;
+            let list = control::request(Path::new(&m.source), &control::Request::SnapshotList)?
+                .into_snapshots()?;
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(&list)?));
+            } else {
+                let mut s = format!(
+                    "{:<20}  {:<20}  {:>12}  {:>12}  path\n",
+                    "name", "created (UTC)", "logical", "exclusive"
+                );
+                for r in &list {
+                    s += &format!(
+                        "{:<20}  {:<20}  {:>12}  {:>12}  /{}\n",
+                        r.name,
+                        utc(r.created),
+                        human(r.logical_bytes),
+                        human(r.exclusive_bytes),
+                        r.path
+                    );
+                }
+                out(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotCmd::Delete { mountpoint, name } => {
+            let m = volume_root(&mountpoint)?;
+            let req = control::Request::SnapshotDelete { name: name.clone() };
+            let r = control::request(Path::new(&m.source), &req)
+                .with_context(|| format!("snapshot {name:?} not deleted"))?
+                .into_snapshot()?;
+            out(&format!(
+                "deleted snapshot {} (freed about {})\n",
+                r.name,
+                human(r.exclusive_bytes)
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn run_fsck(vol: &volume::Volume, opts: FsckOptions, show_progress: bool) -> Result<FsckReport> {
+    let holders = crate::meta::snapshot::Holders::open(&vol.dir)?;
     let bar = if show_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -706,13 +869,19 @@ fn run_fsck(
     } else {
         None
     };
-    let report = fsck(meta, store, opts, &mut |p: Progress| {
-        if let Some(b) = &bar {
-            b.set_message(format!("{:?}", p.phase));
-            b.set_length(p.total.unwrap_or(p.done));
-            b.set_position(p.done);
-        }
-    })?;
+    let report = fsck(
+        &vol.meta,
+        vol.chunks.as_ref(),
+        &holders,
+        opts,
+        &mut |p: Progress| {
+            if let Some(b) = &bar {
+                b.set_message(format!("{:?}", p.phase));
+                b.set_length(p.total.unwrap_or(p.done));
+                b.set_position(p.done);
+            }
+        },
+    )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -930,6 +1099,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let cfg = FsConfig {
         cache_bytes: cache_mib << 20,
         read_only: opts.read_only,
+        store_dir: Some(dir.clone()),
         on_durable: Some(Arc::new(move |u| {
             if let Err(e) = volume::publish_stats(&publish_dir, &u) {
                 tracing::warn!("cannot publish stats: {e}");
@@ -975,6 +1145,24 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
+    // Snapshots appear and go outside kernel requests: their names and the `.snapshots`
+    // directory's attributes are dropped from the kernel's caches (from the control thread,
+    // never a request thread or under the state lock).
+    let notifier = session.notifier();
+    fs.set_invalidator(Arc::new(move |what| {
+        let r = match &what {
+            Invalidation::Entry { parent, name } => {
+                notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
+            }
+            Invalidation::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+        };
+        // ENOENT: the kernel had nothing cached.
+        if let Err(e) = r
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(?what, "cannot invalidate a kernel cache entry: {e}");
+        }
+    }));
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");
 

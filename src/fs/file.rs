@@ -123,7 +123,7 @@ impl Fs {
     }
 
     /// Copies committed bytes of `ino` at `offset` into `buf`; holes read as zeros.
-    fn read_committed(
+    pub(super) fn read_committed(
         &self,
         tx: &impl MetaRead,
         ino: Ino,
@@ -152,6 +152,9 @@ impl Fs {
     /// released (against a metadata snapshot taken under it, with chunk removal held off), so
     /// reads run in parallel with each other and with write-back.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if super::in_snapshot(ino) {
+            return self.snap_read(ino, offset, size);
+        }
         let mut st = self.state.lock();
         let snap = self.snapshot_for(&mut st, ino)?;
         let attr = match &st.pending {
@@ -213,7 +216,7 @@ impl Fs {
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         self.content_changed(ino);
         let end = offset
             .checked_add(data.len() as u64)
@@ -406,7 +409,10 @@ impl Fs {
             // A chunk metadata knew (refcount 0 now, but durable metadata may still name it,
             // e.g. a file deleted since the last durable point) stays: only chunks no metadata
             // had ever recorded are certainly unreferenced by what is on disk.
-            if !unknown || matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) {
+            if !unknown
+                || matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0)
+                || self.snaps.holds(id)
+            {
                 continue;
             }
             if self.store().remove(id).is_ok() {
@@ -735,7 +741,7 @@ impl Fs {
     /// Sets the size of a regular file. Shrinking drops chunks past the end; growing leaves
     /// a hole that costs nothing (a 1 PiB truncate allocates no memory).
     pub fn truncate(&self, ino: Ino, size: u64) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
@@ -768,7 +774,7 @@ impl Fs {
     /// cannot promise it); KEEP_SIZE alone does nothing; PUNCH_HOLE and ZERO_RANGE drop the
     /// range's chunks.
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         self.content_changed(ino);
         let end = offset
             .checked_add(len)
@@ -808,6 +814,9 @@ impl Fs {
 
     /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
     pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
+        if super::in_snapshot(ino) {
+            return self.with_snap(ino, |r, i| seek_committed(r, i, offset, whence));
+        }
         let st = self.state.lock();
         let tx = self.view(&st)?;
         let attr = self.attr_in(&st, &*tx, ino)?;
@@ -869,13 +878,22 @@ impl Fs {
         off_out: u64,
         len: u64,
     ) -> Result<u64> {
-        self.writable()?;
+        self.writable_ino(dst)?;
         self.content_changed(dst);
+        // A source inside a snapshot is read from its file (restoring from a snapshot is a
+        // copy by reference too); the state lock keeps the snapshot from being deleted meanwhile.
+        let from_snapshot = super::in_snapshot(src);
         let mut st = self.state.lock();
-        self.writeback(&mut st, src, true)?;
+        if !from_snapshot {
+            self.writeback(&mut st, src, true)?;
+        }
         self.writeback(&mut st, dst, true)?;
         let mut tx = self.solo_tx(&mut st)?;
-        let sattr = self.attr_in(&st, &tx, src)?;
+        let sattr = if from_snapshot {
+            self.snap_getattr(src)?
+        } else {
+            self.attr_in(&st, &tx, src)?
+        };
         let mut dattr = self.attr_in(&st, &tx, dst)?;
         if sattr.kind != Kind::File || dattr.kind != Kind::File {
             return Err(FsError::Invalid("copy_file_range of a non-regular file"));
@@ -891,7 +909,11 @@ impl Fs {
         if src == dst && off_in < end_out && off_out < off_in + len {
             return Err(FsError::Invalid("overlapping copy within one file"));
         }
-        let src_extents = tx.extents(src, off_in, off_in + len)?;
+        let src_extents = if from_snapshot {
+            self.with_snap(src, |r, i| r.extents(i, off_in, off_in + len))?
+        } else {
+            tx.extents(src, off_in, off_in + len)?
+        };
         self.cut_extents(&mut tx, dst, off_out, end_out)?;
         let mut new = Vec::new();
         let mut written = HashSet::new();
@@ -925,5 +947,38 @@ impl Fs {
         self.set_attr_in(&mut st, &mut tx, dst, dattr)?;
         self.commit(&mut st, tx)?;
         Ok(len)
+    }
+}
+
+/// SEEK_DATA / SEEK_HOLE over committed extents alone (a file in a snapshot).
+fn seek_committed(r: &dyn MetaRead, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
+    let size = r.inode(ino)?.ok_or(FsError::NotFound)?.size;
+    let nxio = || FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO));
+    if offset >= size {
+        return Err(nxio());
+    }
+    match whence {
+        SeekWhence::Hole => {
+            let mut p = offset;
+            while p < size {
+                match r.extents(ino, p, p + 1)?.first() {
+                    Some(e) => p = e.end(),
+                    None => break,
+                }
+            }
+            Ok(p.min(size))
+        }
+        SeekWhence::Data => {
+            // In windows, so a huge file's extent list is never read whole.
+            let mut from = offset;
+            while from < size {
+                let to = from.saturating_add(1 << 30).min(size);
+                if let Some(e) = r.extents(ino, from, to)?.first() {
+                    return Ok(e.offset.max(offset));
+                }
+                from = to;
+            }
+            Err(nxio())
+        }
     }
 }

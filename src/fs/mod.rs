@@ -24,11 +24,15 @@ mod durability;
 mod file;
 mod page_cache;
 mod reap;
+mod snapshots;
 
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
 pub use page_cache::CacheMode;
+pub use snapshots::{
+    Invalidation, Invalidator, SNAPDIR_INO, SNAPDIR_NAME, SnapshotReport, in_snapshot,
+};
 
 use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};
 use crate::error::{FsError, Ino, Result};
@@ -77,6 +81,8 @@ pub struct FsConfig {
     /// Called with fresh usage figures after every durable commit (the CLI publishes them
     /// for `stats` on a mounted store).
     pub on_durable: Option<Arc<dyn Fn(Usage) + Send + Sync>>,
+    /// The store directory, where snapshot files live (none: no snapshots).
+    pub store_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -98,6 +104,7 @@ impl Default for FsConfig {
             total_dirty_limit: 256 << 20,
             read_only: false,
             on_durable: None,
+            store_dir: None,
         }
     }
 }
@@ -282,6 +289,8 @@ pub struct Fs {
     counters: Counters,
     /// Which opens use the kernel's page cache (see `page_cache`).
     page_cache: Mutex<page_cache::PageCachePolicy>,
+    /// Snapshots, and the chunks they hold.
+    snaps: snapshots::Snapshots,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -329,6 +338,7 @@ impl Fs {
         let params = meta.chunk_params()?;
         params.validate().map_err(FsError::Corrupt)?;
         let fixed_patterns = meta.fixed_patterns()?;
+        let (snaps, deleting) = snapshots::Snapshots::open(cfg.store_dir.as_deref())?;
         let fs = Fs {
             fixed_patterns,
             cache: ChunkCache::new(store, cfg.cache_bytes),
@@ -351,6 +361,7 @@ impl Fs {
             )),
             counters: Counters::default(),
             page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
+            snaps,
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -363,6 +374,7 @@ impl Fs {
             }
             fs.store().sync()?;
             fs.meta.make_durable()?;
+            fs.finish_deletions(deleting)?;
             fs.remove_dead_chunks()?;
         }
         Ok(fs)
@@ -392,6 +404,14 @@ impl Fs {
     pub fn meta(&self) -> &MetaDb {
         let _ = self.settle(&mut self.state.lock());
         &self.meta
+    }
+
+    /// `writable`, and `ino` is not inside a snapshot.
+    fn writable_ino(&self, ino: Ino) -> Result<()> {
+        if in_snapshot(ino) {
+            return Err(FsError::ReadOnly);
+        }
+        self.writable()
     }
 
     fn writable(&self) -> Result<()> {
@@ -476,6 +496,20 @@ impl Fs {
         f(&self.meta.begin_read()?)
     }
 
+    /// `with_view` for live inodes; the snapshot's file (and the inode's number there) for
+    /// inodes inside a snapshot.
+    fn with_view_of<T>(
+        &self,
+        ino: Ino,
+        f: impl FnOnce(&dyn MetaRead, Ino) -> Result<T>,
+    ) -> Result<T> {
+        if in_snapshot(ino) {
+            self.with_snap(ino, f)
+        } else {
+            self.with_view(|r| f(r, ino))
+        }
+    }
+
     /// A snapshot for a reader of `ino`'s chunk list that runs with the state lock released:
     /// settles the open group first if it changed that list.
     fn snapshot_for(&self, st: &mut State, ino: Ino) -> Result<meta::RTx> {
@@ -524,6 +558,9 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if in_snapshot(ino) {
+            return self.snap_getattr(ino);
+        }
         let st = self.state.lock();
         if let Some(o) = st.open.get(&ino) {
             return Ok(o.attr);
@@ -553,7 +590,10 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let ino = self.with_view(|r| {
+        if in_snapshot(parent) {
+            return self.snap_lookup(parent, name);
+        }
+        let found = self.with_view(|r| {
             let pattr = r.inode(parent)?.ok_or(FsError::NotFound)?;
             if pattr.kind != Kind::Dir {
                 return Err(FsError::NotDir);
@@ -563,11 +603,25 @@ impl Fs {
                 b".." => pattr.parent,
                 _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
             })
-        })?;
+        });
+        let ino = match found {
+            // The snapshots directory, unless the root has an entry of that name.
+            Err(FsError::NotFound)
+                if parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any() =>
+            {
+                return self.snapdir_lookup();
+            }
+            r => r?,
+        };
         Ok((ino, self.getattr(ino)?))
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        if in_snapshot(ino) {
+            return self.with_snap(ino, |r, i| {
+                r.symlink(i)?.ok_or(FsError::Invalid("not a symlink"))
+            });
+        }
         self.with_view(|r| r.symlink(ino)?.ok_or(FsError::Invalid("not a symlink")))
     }
 
@@ -579,7 +633,7 @@ impl Fs {
         attr: Attr,
         symlink: Option<&[u8]>,
     ) -> Result<(Ino, Attr)> {
-        self.writable()?;
+        self.writable_ino(parent)?;
         check_name(name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| {
@@ -694,7 +748,8 @@ impl Fs {
     }
 
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
-        self.writable()?;
+        self.writable_ino(ino)?;
+        self.writable_ino(parent)?;
         check_name(name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| self.link_in(st, tx, ino, parent, name))
@@ -763,7 +818,7 @@ impl Fs {
     }
 
     fn remove_entry(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(parent)?;
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -840,7 +895,8 @@ impl Fs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(parent)?;
+        self.writable_ino(newparent)?;
         check_name(name)?;
         check_name(newname)?;
         if flags.exchange && flags.noreplace {
@@ -950,7 +1006,7 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         if let Some(size) = set.size {
             self.content_changed(ino);
             self.truncate(ino, size)?;
@@ -994,6 +1050,14 @@ impl Fs {
     /// Opens `ino` and says whether the open may use the kernel's page cache (see
     /// `page_cache`); the handle remembers it until `release`.
     pub fn open_with_mode(&self, ino: Ino, write: bool) -> Result<(u64, CacheMode)> {
+        if in_snapshot(ino) {
+            // A snapshot never changes, but a slot and its inode numbers are used again by a
+            // later snapshot: pages cached for an earlier one must not be kept.
+            return Ok((
+                self.snap_open(ino, write)?,
+                CacheMode::Cached { keep: false },
+            ));
+        }
         if write {
             self.writable()?;
         }
@@ -1017,6 +1081,9 @@ impl Fs {
         let Some(Handle::File { ino, write }) = st.handles.remove(&fh) else {
             return Ok(());
         };
+        if in_snapshot(ino) {
+            return Ok(());
+        }
         self.page_cache.lock().release(ino, write);
         let last = match st.open.get_mut(&ino) {
             Some(o) => {
@@ -1080,7 +1147,11 @@ impl Fs {
                 _ => return Err(FsError::Invalid("not a directory handle")),
             }
         };
-        let listed = self.with_view(|r| Self::dir_entries(r, ino))?;
+        let listed = if in_snapshot(ino) {
+            self.snap_entries(ino)?
+        } else {
+            self.with_view(|r| Self::dir_entries(r, ino))?
+        };
         if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
             *entries = Some(listed);
         }
@@ -1222,7 +1293,7 @@ impl Fs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         Self::check_xattr_name(name)?;
         if name == DIGEST_XATTR {
             return Err(FsError::NotPermitted);
@@ -1267,6 +1338,13 @@ impl Fs {
         if name == DIGEST_XATTR {
             return Ok(self.blake3_digest(ino)?.to_vec());
         }
+        if ino == SNAPDIR_INO {
+            self.snap_getattr(ino)?;
+            return Err(FsError::NoXattr);
+        }
+        if in_snapshot(ino) {
+            return self.with_snap(ino, |r, i| r.xattr(i, name)?.ok_or(FsError::NoXattr));
+        }
         self.with_view(|r| {
             r.inode(ino)?.ok_or(FsError::NotFound)?;
             r.xattr(ino, name)?.ok_or(FsError::NoXattr)
@@ -1275,7 +1353,10 @@ impl Fs {
 
     /// Attribute names, each followed by a NUL, as listxattr(2) returns them.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
-        let names = self.with_view(|r| {
+        if ino == SNAPDIR_INO {
+            return Ok(Vec::new());
+        }
+        let names = self.with_view_of(ino, |r, ino| {
             r.inode(ino)?.ok_or(FsError::NotFound)?;
             r.xattr_names(ino)
         })?;
@@ -1288,7 +1369,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.writable()?;
+        self.writable_ino(ino)?;
         if name == DIGEST_XATTR {
             return Err(FsError::NotPermitted);
         }
@@ -1326,6 +1407,12 @@ impl Fs {
     }
 
     pub fn allocated(&self, ino: Ino) -> Result<u64> {
+        if ino == SNAPDIR_INO {
+            return Ok(0);
+        }
+        if in_snapshot(ino) {
+            return self.with_snap(ino, |r, i| r.allocated(i));
+        }
         let dirty = {
             let st = self.state.lock();
             st.open

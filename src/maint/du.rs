@@ -49,6 +49,7 @@ pub fn du(
     root: Ino,
     path: &str,
     spill_dir: &Path,
+    held: &dyn Fn(&ChunkId) -> bool,
 ) -> Result<DuReport> {
     let mut report = DuReport {
         path: path.to_string(),
@@ -87,16 +88,9 @@ pub fn du(
     refs.merge(&mut |id, n| {
         report.chunks += 1;
         let (rc, raw_len) = r.chunk(&id)?.ok_or(FsError::MissingChunk { id })?;
-        let on_disk = match store.packs().map(|p| p.locate(&id)).transpose()?.flatten() {
-            Some(loc) => {
-                loc.stored_len as u64
-                    + RECORD_HEADER_LEN as u64
-                    + loc.nonce_len as u64
-                    + loc.mac_len as u64
-            }
-            None => raw_len as u64,
-        };
-        if n >= rc {
+        let on_disk = on_disk(store, &id, raw_len)?;
+        // A chunk a snapshot keeps is not freed by deleting the tree.
+        if n >= rc && !held(&id) {
             report.exclusive_bytes += on_disk;
         } else {
             report.shared_bytes += on_disk;
@@ -104,6 +98,22 @@ pub fn du(
         Ok(())
     })?;
     Ok(report)
+}
+
+/// Bytes chunk `id` (of `raw_len` bytes) takes on disk: its record as stored, header
+/// included (its raw length when it is a loose chunk file).
+pub fn on_disk(store: &dyn ChunkStore, id: &ChunkId, raw_len: u32) -> Result<u64> {
+    Ok(
+        match store.packs().map(|p| p.locate(id)).transpose()?.flatten() {
+            Some(loc) => {
+                loc.stored_len as u64
+                    + RECORD_HEADER_LEN as u64
+                    + loc.nonce_len as u64
+                    + loc.mac_len as u64
+            }
+            None => raw_len as u64,
+        },
+    )
 }
 
 fn add_file(r: &RTx, refs: &mut Sorter, report: &mut DuReport, ino: Ino, size: u64) -> Result<()> {

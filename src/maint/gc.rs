@@ -9,7 +9,8 @@
 //! - it first syncs the store and commits the metadata durably, so the snapshot it judges by is
 //!   the one a crash would come back to (a chunk dropped only by a non-durable commit would
 //!   otherwise be deleted while durable metadata still referenced it);
-//! - a chunk file is live when the `chunks` table gives it a refcount > 0.
+//! - a chunk file is live when the `chunks` table gives it a refcount > 0, or a snapshot file
+//!   names it (`meta::snapshot::Holders`).
 //!
 //! Memory: the live set is a sorted `Vec<u64>` of the first 8 bytes of each live id (8 bytes
 //! per chunk, not a hash set of 32-byte ids). A store file whose prefix is absent is garbage;
@@ -23,6 +24,7 @@
 use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
 use crate::meta::MetaDb;
+use crate::meta::snapshot::Holders;
 use crate::store::ChunkStore;
 use crate::store::compact::{
     COMPACT_MIN_DEAD, CompactReport, RepackReport, compact, remove_unknown_packs, repack_loose,
@@ -93,10 +95,16 @@ fn prefix(id: &ChunkId) -> u64 {
 
 /// Removes unreferenced chunk files and forgets refcount-0 chunks. With `dry_run`, changes
 /// nothing (not even the durable commit) and reports what would be removed.
-pub fn gc(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcReport> {
+pub fn gc(
+    meta: &MetaDb,
+    store: &dyn ChunkStore,
+    holders: &Holders,
+    dry_run: bool,
+) -> Result<GcReport> {
     gc_with(
         meta,
         store,
+        holders,
         GcOptions {
             dry_run,
             ..GcOptions::default()
@@ -106,11 +114,18 @@ pub fn gc(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcRepo
 
 /// `gc` with its options: garbage chunks first, then (pack stores) unknown packs, loose chunk
 /// files into packs when asked, and compaction of packs whose dead share is high.
-pub fn gc_with(meta: &MetaDb, store: &dyn ChunkStore, opts: GcOptions) -> Result<GcReport> {
-    let mut report = remove_garbage(meta, store, opts.dry_run)?;
+/// Chunks the snapshots in `holders` name are kept.
+pub fn gc_with(
+    meta: &MetaDb,
+    store: &dyn ChunkStore,
+    holders: &Holders,
+    opts: GcOptions,
+) -> Result<GcReport> {
+    let mut report = remove_garbage(meta, store, holders, opts.dry_run)?;
     if let Some(packs) = store.packs() {
         let r = meta.begin_read()?;
-        let referenced = |id: &ChunkId| matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0);
+        let referenced =
+            |id: &ChunkId| matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) || holders.holds(id);
         let (n, bytes, kept) = remove_unknown_packs(packs, opts.dry_run, &referenced)?;
         drop(r);
         report.unknown_packs_removed = n;
@@ -124,7 +139,12 @@ pub fn gc_with(meta: &MetaDb, store: &dyn ChunkStore, opts: GcOptions) -> Result
     Ok(report)
 }
 
-fn remove_garbage(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Result<GcReport> {
+fn remove_garbage(
+    meta: &MetaDb,
+    store: &dyn ChunkStore,
+    holders: &Holders,
+    dry_run: bool,
+) -> Result<GcReport> {
     if !dry_run {
         // Judge by durable metadata: chunk files first, then the metadata that names them.
         store.sync()?;
@@ -162,7 +182,7 @@ fn remove_garbage(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Resul
                     return;
                 }
             };
-        if is_live {
+        if is_live || holders.holds(&id) {
             report.kept_chunks += 1;
         } else {
             garbage.push(id);
@@ -203,7 +223,9 @@ fn remove_garbage(meta: &MetaDb, store: &dyn ChunkStore, dry_run: bool) -> Resul
     for id in &zero_refs {
         if let Some((0, _)) | None = tx.chunk(id)? {
             // Usually removed above already; removing a missing chunk is not an error.
-            store.remove(id)?;
+            if !holders.holds(id) {
+                store.remove(id)?;
+            }
             if tx.chunk(id)?.is_some() {
                 report.forgotten_chunks += 1;
             }

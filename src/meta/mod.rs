@@ -11,6 +11,7 @@
 pub mod attr;
 mod backend;
 pub mod backup;
+pub mod snapshot;
 
 pub use attr::{Attr, Kind, Ts};
 
@@ -439,6 +440,29 @@ macro_rules! read_ops {
                 f(ChunkId(*k.value()), rc, len);
             }
             Ok(())
+        }
+
+        /// Up to `limit` chunk rows (id, refcount, length) after `after`, in id order.
+        pub fn chunks_after(
+            &self,
+            after: Option<&ChunkId>,
+            limit: usize,
+        ) -> Result<Vec<(ChunkId, u64, u32)>> {
+            let t = self.tx.open_table(CHUNKS)?;
+            let mut out = Vec::new();
+            let rows = match after {
+                Some(a) => t.range::<&[u8; 32]>((
+                    std::ops::Bound::Excluded(&a.0),
+                    std::ops::Bound::Unbounded,
+                ))?,
+                None => t.iter()?,
+            };
+            for r in rows.take(limit) {
+                let (k, v) = r?;
+                let (rc, len) = v.value();
+                out.push((ChunkId(*k.value()), rc, len));
+            }
+            Ok(out)
         }
 
         pub fn for_each_extent(&self, f: &mut dyn FnMut(Ino, Extent)) -> Result<()> {

@@ -34,6 +34,7 @@
 
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
+use crate::meta::snapshot::Holders;
 use crate::meta::{
     Attr, C_CHUNKS, C_FILES, C_LOGICAL, C_PHYSICAL, C_REFERENCED, Extent, Kind, MetaDb, ROOT_INO,
     RTx, WTx,
@@ -109,6 +110,8 @@ pub enum FindingKind {
     PackDamaged,
     /// A pack file the index does not know (garbage after a crash).
     UnknownPack,
+    /// A chunk a snapshot names is not in the store.
+    SnapshotChunkMissing,
     /// A metadata backup cannot be read (a restore would pass it over).
     BackupDamaged,
     /// The store has no metadata backup yet.
@@ -197,9 +200,11 @@ pub struct Progress {
 
 /// Checks (and with `opts.repair`, repairs) the store. Returns `Err` only when the check itself
 /// cannot proceed (I/O error, unreadable database); damage is reported in the findings.
+/// Chunks the snapshots in `holders` name are not garbage, and must be in the store.
 pub fn fsck(
     meta: &MetaDb,
     store: &dyn ChunkStore,
+    holders: &Holders,
     opts: FsckOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<FsckReport> {
@@ -213,6 +218,7 @@ pub fn fsck(
         store,
         opts.verify_data,
         &scan.extra,
+        holders,
         &mut report,
         progress,
     )?;

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
+use crate::meta::snapshot::Holders;
 use crate::meta::{C_CHUNKS, RTx};
 use crate::store::ChunkStore;
 use crate::store::compact::verify_packs;
@@ -27,6 +28,7 @@ pub(super) fn scan_store(
     store: &dyn ChunkStore,
     verify: bool,
     extra: &[(ChunkId, u32)],
+    holders: &Holders,
     report: &mut FsckReport,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<Item>> {
@@ -213,6 +215,7 @@ pub(super) fn scan_store(
         }
         match r.chunk(&id) {
             Ok(Some(_)) => {}
+            Ok(None) if holders.holds(&id) => {}
             Ok(None) => {
                 garbage_count += 1;
                 match store.stat(&id) {
@@ -241,6 +244,7 @@ pub(super) fn scan_store(
             .chunk(id),
         );
     }
+    items.extend(check_snapshots(store, holders)?);
     if garbage_count > garbage.len() as u64 {
         items.push(item(
             K::GarbageChunk,
@@ -249,6 +253,49 @@ pub(super) fn scan_store(
                 "{garbage_count} chunk files ({garbage_bytes} bytes) in all are unknown to the metadata: garbage, run gc"
             ),
         ));
+    }
+    Ok(items)
+}
+
+/// Every chunk a snapshot names is in the store (its data is hashed by the pack scan with
+/// `verify_data`, like the volume's own).
+fn check_snapshots(store: &dyn ChunkStore, holders: &Holders) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for s in &holders.dbs {
+        let r = s.db.begin_read()?;
+        let mut missing = 0u64;
+        let mut first = None;
+        let mut err = None;
+        r.for_each_chunk(&mut |id, _, _| {
+            if err.is_some() {
+                return;
+            }
+            match store.stat(&id) {
+                Ok(_) => {}
+                Err(FsError::MissingChunk { .. }) => {
+                    missing += 1;
+                    first.get_or_insert(id);
+                }
+                Err(e) => err = Some(e),
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if let Some(id) = first {
+            items.push(
+                item(
+                    FindingKind::SnapshotChunkMissing,
+                    Severity::Error,
+                    format!(
+                        "snapshot {:?}: {missing} chunk(s) it names are missing from the store \
+                         (its files read EIO there)",
+                        s.info.name
+                    ),
+                )
+                .chunk(&id),
+            );
+        }
     }
     Ok(items)
 }

@@ -1,0 +1,657 @@
+//! Snapshots (docs/design.md, "Snapshots"): read-only, point-in-time copies of the volume or
+//! of one directory tree, each a file of its own (`meta::snapshot`), served read-only under
+//! `/.snapshots/NAME`, and the chunk holds that keep their data alive.
+//!
+//! - **Inode numbers.** Live inodes are below 2^48. Inode `i` of the snapshot in slot `s` is
+//!   `s << 48 | i`: stable for the snapshot's life, distinct from every live inode and from
+//!   other snapshots'. The `.snapshots` directory itself is `0xFFFF << 48 | 1`.
+//! - **`.snapshots`** exists while the volume has a snapshot. It is found by a lookup of the
+//!   root but not listed by its readdir (so `cp -a`, `du`, `tar` and `find` of the volume do not
+//!   descend into it), unless the root has an entry of that name of its own, which then wins
+//!   (and `create` is refused until it is renamed).
+//! - **Chunk holds.** The volume removes a chunk only when its refcount is 0 *and* no snapshot
+//!   file names it; while a snapshot is being written, no chunk is removed at all. Deleting a
+//!   snapshot hands the chunks only it held back to the volume (refcount-0 rows), and a durable
+//!   point then removes them.
+
+use super::{Fs, Handle, State};
+use crate::error::{FsError, Ino, Result};
+use crate::hash::ChunkId;
+use crate::meta::snapshot::{self, SnapshotDb, SnapshotInfo};
+use crate::meta::{Attr, DirEntry, Kind, MetaRead, ROOT_INO, Ts};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Inode bits of the snapshot slot.
+pub const SLOT_SHIFT: u32 = 48;
+/// The `.snapshots` directory.
+pub const SNAPDIR_INO: Ino = (0xFFFF << SLOT_SHIFT) | 1;
+/// Its name in the root.
+pub const SNAPDIR_NAME: &[u8] = b".snapshots";
+/// Highest slot a snapshot can have (0xFFFF is the `.snapshots` directory's).
+const MAX_SLOT: u16 = 0xFFFE;
+/// Chunk rows handed back per commit when a snapshot is deleted.
+const RELEASE_BATCH: usize = 50_000;
+
+/// Is `ino` inside a snapshot (or the `.snapshots` directory)?
+pub fn in_snapshot(ino: Ino) -> bool {
+    ino >> SLOT_SHIFT != 0
+}
+
+fn encode(slot: u16, ino: Ino) -> Ino {
+    ((slot as u64) << SLOT_SHIFT) | ino
+}
+
+/// A kernel cache entry to drop after a snapshot appeared or went (sent by the FUSE adapter's
+/// notifier, never on a request thread or under the state lock).
+#[derive(Debug, Clone)]
+pub enum Invalidation {
+    /// The name `name` in directory `parent` (a cached negative or positive entry).
+    Entry { parent: Ino, name: Vec<u8> },
+    /// Attributes of an inode.
+    Inode(Ino),
+}
+
+pub type Invalidator = Arc<dyn Fn(Invalidation) + Send + Sync>;
+
+/// One snapshot as `snapshot list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotReport {
+    pub name: String,
+    /// The tree it copies, relative to the volume root ("" = the whole volume).
+    pub path: String,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Distinct chunks it references.
+    pub chunks: u64,
+    /// Bytes on disk only it keeps (what deleting it frees).
+    pub exclusive_bytes: u64,
+}
+
+/// The snapshots of a volume.
+#[derive(Default)]
+pub(super) struct Snapshots {
+    /// `STORE/snapshots` (none: an in-memory volume, which cannot have snapshots).
+    dir: Option<PathBuf>,
+    /// Open snapshot files, by slot.
+    list: RwLock<Vec<Arc<SnapshotDb>>>,
+    /// Snapshots being written: no chunk may be removed meanwhile.
+    creating: AtomicU32,
+    /// Serialises create and delete.
+    admin: Mutex<()>,
+    invalidator: Mutex<Option<Invalidator>>,
+}
+
+/// Holds off chunk removal while a snapshot is written.
+struct Creating<'a>(&'a AtomicU32);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Snapshots {
+    /// Opens the snapshots of the store at `store_dir`: removes files a crash left half
+    /// written, and returns the files of deletions a crash interrupted (their holds must be
+    /// handed back before they go).
+    pub(super) fn open(store_dir: Option<&Path>) -> Result<(Snapshots, Vec<PathBuf>)> {
+        let Some(store_dir) = store_dir else {
+            return Ok((Snapshots::default(), Vec::new()));
+        };
+        let dir = store_dir.join(snapshot::DIR);
+        let mut list = Vec::new();
+        let mut deleting = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with(".tmp-") {
+                        tracing::info!("removing a snapshot a crash left unfinished: {name}");
+                        std::fs::remove_file(e.path())?;
+                    } else if name.starts_with(".deleting-") {
+                        deleting.push(e.path());
+                    } else if let Some(slot) = snapshot::slot_of(&name) {
+                        let s = SnapshotDb::open(&e.path()).map_err(|err| {
+                            FsError::Corrupt(format!(
+                                "snapshot file {}: {err} (move it away to mount without it)",
+                                e.path().display()
+                            ))
+                        })?;
+                        if s.info.slot != slot {
+                            return Err(FsError::Corrupt(format!(
+                                "snapshot file {} says it is slot {}",
+                                e.path().display(),
+                                s.info.slot
+                            )));
+                        }
+                        list.push(Arc::new(s));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        list.sort_by_key(|s| s.info.slot);
+        Ok((
+            Snapshots {
+                dir: Some(dir),
+                list: RwLock::new(list),
+                ..Snapshots::default()
+            },
+            deleting,
+        ))
+    }
+
+    pub(super) fn any(&self) -> bool {
+        !self.list.read().is_empty()
+    }
+
+    fn by_slot(&self, slot: u16) -> Option<Arc<SnapshotDb>> {
+        self.list
+            .read()
+            .iter()
+            .find(|s| s.info.slot == slot)
+            .cloned()
+    }
+
+    fn by_name(&self, name: &[u8]) -> Option<Arc<SnapshotDb>> {
+        self.list
+            .read()
+            .iter()
+            .find(|s| s.info.name.as_bytes() == name)
+            .cloned()
+    }
+
+    /// May chunk `id` not be removed? True while a snapshot is being written, or when a
+    /// snapshot names it (or its file cannot be read: keeping is the safe answer).
+    pub(super) fn holds(&self, id: &ChunkId) -> bool {
+        if self.creating.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        self.holds_except(id, None)
+    }
+
+    fn holds_except(&self, id: &ChunkId, except: Option<u16>) -> bool {
+        self.list.read().iter().any(|s| {
+            Some(s.info.slot) != except
+                && !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None))
+        })
+    }
+
+    /// Is chunk removal held off entirely (a snapshot being written)?
+    pub(super) fn removal_paused(&self) -> bool {
+        self.creating.load(Ordering::SeqCst) > 0
+    }
+
+    pub(super) fn set_invalidator(&self, f: Invalidator) {
+        *self.invalidator.lock() = Some(f);
+    }
+
+    fn invalidate(&self, what: &[Invalidation]) {
+        let f = self.invalidator.lock().clone();
+        if let Some(f) = f {
+            for w in what {
+                f(w.clone());
+            }
+        }
+    }
+
+    /// The lowest free slot.
+    fn free_slot(&self) -> Result<u16> {
+        let list = self.list.read();
+        (1..=MAX_SLOT)
+            .find(|slot| !list.iter().any(|s| s.info.slot == *slot))
+            .ok_or_else(|| FsError::Refused(format!("the volume has {MAX_SLOT} snapshots")))
+    }
+}
+
+/// The attributes of the `.snapshots` directory.
+fn snapdir_attr(list: &[Arc<SnapshotDb>]) -> Attr {
+    let mut a = Attr::new(Kind::Dir, 0o555, 0, 0);
+    a.nlink = 2 + list.len() as u32;
+    a.parent = ROOT_INO;
+    let newest = list.iter().map(|s| s.info.created_ns).max().unwrap_or(0);
+    let t = Ts {
+        secs: (newest / 1_000_000_000) as i64,
+        nsecs: (newest % 1_000_000_000) as u32,
+    };
+    (a.atime, a.mtime, a.ctime, a.crtime) = (t, t, t, t);
+    a
+}
+
+impl Fs {
+    /// Does a snapshot keep chunk `id` (or is one being written, which keeps them all)?
+    pub fn chunk_held(&self, id: &ChunkId) -> bool {
+        self.snaps.holds(id)
+    }
+
+    /// The open snapshot files, for maintenance (gc, fsck) run through `with_quiesced`.
+    pub fn snapshot_holders(&self) -> snapshot::Holders {
+        snapshot::Holders {
+            dbs: self.snaps.list.read().clone(),
+        }
+    }
+
+    /// Tells the core how to drop kernel cache entries (the FUSE adapter's notifier).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        self.snaps.set_invalidator(f);
+    }
+
+    /// The snapshot `ino` is in, and its inode number there.
+    fn snap_of(&self, ino: Ino) -> Result<(Arc<SnapshotDb>, Ino)> {
+        let slot = (ino >> SLOT_SHIFT) as u16;
+        let s = self.snaps.by_slot(slot).ok_or(FsError::NotFound)?;
+        Ok((s, ino & ((1 << SLOT_SHIFT) - 1)))
+    }
+
+    /// Attributes of an inode in a snapshot (or of `.snapshots`). Inside a snapshot, `parent`
+    /// is translated too (the root's is `.snapshots`).
+    pub(super) fn snap_getattr(&self, ino: Ino) -> Result<Attr> {
+        if ino == SNAPDIR_INO {
+            let list = self.snaps.list.read();
+            if list.is_empty() {
+                return Err(FsError::NotFound);
+            }
+            return Ok(snapdir_attr(&list));
+        }
+        let (s, i) = self.snap_of(ino)?;
+        let mut a = s.db.begin_read()?.inode(i)?.ok_or(FsError::NotFound)?;
+        if a.kind == Kind::Dir {
+            a.parent = if i == s.info.root {
+                SNAPDIR_INO
+            } else {
+                encode(s.info.slot, a.parent)
+            };
+        }
+        Ok(a)
+    }
+
+    /// The `.snapshots` directory, if the root has no entry of that name of its own.
+    pub(super) fn snapdir_lookup(&self) -> Result<(Ino, Attr)> {
+        Ok((SNAPDIR_INO, self.snap_getattr(SNAPDIR_INO)?))
+    }
+
+    pub(super) fn snap_lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
+        let ino = if parent == SNAPDIR_INO {
+            match name {
+                b"." => SNAPDIR_INO,
+                b".." => return Ok((ROOT_INO, self.getattr(ROOT_INO)?)),
+                _ => {
+                    let s = self.snaps.by_name(name).ok_or(FsError::NotFound)?;
+                    encode(s.info.slot, s.info.root)
+                }
+            }
+        } else {
+            let a = self.snap_getattr(parent)?;
+            if a.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            match name {
+                b"." => parent,
+                b".." => a.parent,
+                _ => {
+                    let (s, i) = self.snap_of(parent)?;
+                    let (child, _) =
+                        s.db.begin_read()?
+                            .lookup(i, name)?
+                            .ok_or(FsError::NotFound)?;
+                    encode(s.info.slot, child)
+                }
+            }
+        };
+        if ino == ROOT_INO {
+            return Ok((ino, self.getattr(ino)?));
+        }
+        Ok((ino, self.snap_getattr(ino)?))
+    }
+
+    /// Entries of a directory in a snapshot (or of `.snapshots`), with "." and "..".
+    pub(super) fn snap_entries(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        let a = self.snap_getattr(dir)?;
+        if a.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = vec![
+            DirEntry {
+                name: b".".to_vec(),
+                ino: dir,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: b"..".to_vec(),
+                ino: a.parent,
+                kind: Kind::Dir,
+            },
+        ];
+        if dir == SNAPDIR_INO {
+            for s in self.snaps.list.read().iter() {
+                out.push(DirEntry {
+                    name: s.info.name.as_bytes().to_vec(),
+                    ino: encode(s.info.slot, s.info.root),
+                    kind: Kind::Dir,
+                });
+            }
+            return Ok(out);
+        }
+        let (s, i) = self.snap_of(dir)?;
+        for mut e in s.db.begin_read()?.list_dir(i)? {
+            e.ino = encode(s.info.slot, e.ino);
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on the snapshot file of `ino` and its inode number there.
+    pub(super) fn with_snap<T>(
+        &self,
+        ino: Ino,
+        f: impl FnOnce(&dyn MetaRead, Ino) -> Result<T>,
+    ) -> Result<T> {
+        if ino == SNAPDIR_INO {
+            return Err(FsError::Invalid("the snapshots directory"));
+        }
+        let (s, i) = self.snap_of(ino)?;
+        let r = s.db.begin_read()?;
+        f(&r, i)
+    }
+
+    /// Reads a file in a snapshot.
+    pub(super) fn snap_read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (s, i) = self.snap_of(ino)?;
+        let r = s.db.begin_read()?;
+        let attr = r.inode(i)?.ok_or(FsError::NotFound)?;
+        match attr.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("read of a special file")),
+        }
+        if offset >= attr.size {
+            return Ok(Vec::new());
+        }
+        let end = attr.size.min(offset.saturating_add(size as u64));
+        let mut buf = vec![0u8; (end - offset) as usize];
+        // The snapshot file names its chunks, so none of them is removed while it is
+        // registered; a delete meanwhile removes them only at a durable point, under this lock.
+        let _no_removal = self.removal.read();
+        self.read_committed(&r, i, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Opens a file or directory in a snapshot: read-only.
+    pub(super) fn snap_open(&self, ino: Ino, write: bool) -> Result<u64> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        self.snap_getattr(ino)?;
+        let mut st = self.state.lock();
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::File { ino, write: false });
+        Ok(fh)
+    }
+
+    /// `dedupfs snapshot create`: a read-only copy of the tree under live directory `root`
+    /// (the volume root for all of it), named `name`, with every write that returned before
+    /// this call in it (dirty data is written back first) and none that starts after it
+    /// returned. Other operations go on while the tree is copied; chunk removal waits.
+    pub fn snapshot_create(&self, name: &str, root: Ino, path: &str) -> Result<SnapshotReport> {
+        self.writable()?;
+        snapshot::check_name(name)?;
+        let dir = self.snaps.dir.clone().ok_or_else(|| {
+            FsError::Refused("this volume has no store directory for snapshots".into())
+        })?;
+        let _admin = self.snaps.admin.lock();
+        if self.snaps.by_name(name.as_bytes()).is_some() {
+            return Err(FsError::Refused(format!(
+                "a snapshot named {name:?} exists already"
+            )));
+        }
+        if in_snapshot(root) {
+            return Err(FsError::Refused(
+                "the tree to snapshot is inside a snapshot; snapshot the live tree".into(),
+            ));
+        }
+        if self
+            .with_view(|r| r.lookup(ROOT_INO, SNAPDIR_NAME))?
+            .is_some()
+        {
+            return Err(FsError::Refused(
+                "the volume's root has an entry named .snapshots of its own, where snapshots \
+                 would appear: rename it first"
+                    .into(),
+            ));
+        }
+        let slot = self.snaps.free_slot()?;
+        self.snaps.creating.fetch_add(1, Ordering::SeqCst);
+        let creating = Creating(&self.snaps.creating);
+        // Point in time: everything written so far is written back (tails of open files too)
+        // and durable, and the copy reads a snapshot of exactly that durable state.
+        self.sync_fs()?;
+        let (src, _) = self.durable_snapshot()?;
+        match src.inode(root)? {
+            Some(a) if a.kind == Kind::Dir => {}
+            Some(_) => return Err(FsError::NotDir),
+            None => return Err(FsError::NotFound),
+        }
+        std::fs::create_dir_all(&dir)?;
+        if let Some(store_dir) = dir.parent() {
+            sync_dir(store_dir)?;
+        }
+        let info = SnapshotInfo {
+            slot,
+            name: name.to_string(),
+            created_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            root,
+            path: path.to_string(),
+        };
+        let file = dir.join(snapshot::file_name(slot));
+        let tmp = dir.join(format!(".tmp-{}", snapshot::file_name(slot)));
+        let _ = std::fs::remove_file(&tmp);
+        let started = std::time::Instant::now();
+        let copied = snapshot::write(&src, root, self.chunk_params(), &info, &tmp);
+        drop(src);
+        let copied = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) =
+            std::fs::rename(&tmp, &file).and_then(|()| std::fs::File::open(&dir)?.sync_all())
+        {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&file);
+            return Err(e.into());
+        }
+        let db = Arc::new(SnapshotDb::open(&file)?);
+        let was_empty = {
+            let mut list = self.snaps.list.write();
+            let was_empty = list.is_empty();
+            list.push(db.clone());
+            list.sort_by_key(|s| s.info.slot);
+            was_empty
+        };
+        drop(creating);
+        tracing::info!(
+            name,
+            slot,
+            inodes = copied.inodes,
+            extents = copied.extents,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot created"
+        );
+        let mut inval = vec![
+            Invalidation::Entry {
+                parent: SNAPDIR_INO,
+                name: name.as_bytes().to_vec(),
+            },
+            Invalidation::Inode(SNAPDIR_INO),
+        ];
+        if was_empty {
+            inval.push(Invalidation::Entry {
+                parent: ROOT_INO,
+                name: SNAPDIR_NAME.to_vec(),
+            });
+        }
+        self.snaps.invalidate(&inval);
+        self.snapshot_report(&db)
+    }
+
+    /// `dedupfs snapshot list`.
+    pub fn snapshot_list(&self) -> Result<Vec<SnapshotReport>> {
+        let list = self.snaps.list.read().clone();
+        list.iter().map(|s| self.snapshot_report(s)).collect()
+    }
+
+    fn snapshot_report(&self, s: &SnapshotDb) -> Result<SnapshotReport> {
+        let r = s.db.begin_read()?;
+        let mut chunks = 0u64;
+        let mut exclusive = 0u64;
+        let mut err = None;
+        // The live metadata as the latest operation left it, read without the state lock.
+        let live = {
+            let mut st = self.state.lock();
+            self.settle(&mut st)?;
+            self.meta.begin_read()?
+        };
+        let scanned = {
+            r.for_each_chunk(&mut |id, _, raw_len| {
+                chunks += 1;
+                if err.is_some() {
+                    return;
+                }
+                match live.chunk(&id) {
+                    Ok(Some((rc, _))) if rc > 0 => {}
+                    Ok(_) if self.snaps.holds_except(&id, Some(s.info.slot)) => {}
+                    Ok(_) => {
+                        exclusive += crate::maint::du::on_disk(self.store().as_ref(), &id, raw_len)
+                            .unwrap_or(raw_len as u64)
+                    }
+                    Err(e) => err = Some(e),
+                }
+            })
+        };
+        scanned?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        Ok(SnapshotReport {
+            name: s.info.name.clone(),
+            path: s.info.path.clone(),
+            created: (s.info.created_ns / 1_000_000_000) as i64,
+            files: r.counter(crate::meta::C_FILES)?,
+            logical_bytes: r.counter(crate::meta::C_LOGICAL)?,
+            chunks,
+            exclusive_bytes: exclusive,
+        })
+    }
+
+    /// `dedupfs snapshot delete`: the snapshot goes, and a durable point frees what only it
+    /// held before this returns.
+    pub fn snapshot_delete(&self, name: &str) -> Result<SnapshotReport> {
+        self.writable()?;
+        let dir = self
+            .snaps
+            .dir
+            .clone()
+            .ok_or_else(|| FsError::Refused(format!("no snapshot named {name:?}")))?;
+        let _admin = self.snaps.admin.lock();
+        let s = self
+            .snaps
+            .by_name(name.as_bytes())
+            .ok_or_else(|| FsError::Refused(format!("no snapshot named {name:?}")))?;
+        let report = self.snapshot_report(&s)?;
+        let file = dir.join(snapshot::file_name(s.info.slot));
+        let gone = dir.join(format!(".deleting-{}", snapshot::file_name(s.info.slot)));
+        {
+            let mut st = self.state.lock();
+            // Under the state lock: a copy_file_range out of the snapshot finishes first.
+            std::fs::rename(&file, &gone)?;
+            sync_dir(&dir)?;
+            self.snaps
+                .list
+                .write()
+                .retain(|x| x.info.slot != s.info.slot);
+            self.release_holds(&mut st, &s)?;
+            st.since_durable = true;
+            self.make_durable(&mut st)?;
+        }
+        let now_empty = !self.snaps.any();
+        drop(s);
+        std::fs::remove_file(&gone)?;
+        sync_dir(&dir)?;
+        let mut inval = vec![
+            Invalidation::Entry {
+                parent: SNAPDIR_INO,
+                name: name.as_bytes().to_vec(),
+            },
+            Invalidation::Inode(SNAPDIR_INO),
+        ];
+        if now_empty {
+            inval.push(Invalidation::Entry {
+                parent: ROOT_INO,
+                name: SNAPDIR_NAME.to_vec(),
+            });
+        }
+        self.snaps.invalidate(&inval);
+        Ok(report)
+    }
+
+    /// Hands the chunks that only snapshot `s` (no longer registered) held back to the
+    /// volume: a refcount-0 row for each that the volume does not know, so that the next
+    /// durable point removes it.
+    fn release_holds(&self, st: &mut State, s: &SnapshotDb) -> Result<()> {
+        let r = s.db.begin_read()?;
+        let mut after: Option<ChunkId> = None;
+        loop {
+            let batch = r.chunks_after(after.as_ref(), RELEASE_BATCH)?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = Some(last.0);
+            let mut tx = self.solo_tx(st)?;
+            for (id, _, len) in &batch {
+                if tx.chunk(id)?.is_some() || self.snaps.holds_except(id, Some(s.info.slot)) {
+                    continue;
+                }
+                tx.set_chunk_ref(id, 0, *len)?;
+            }
+            self.commit(st, tx)?;
+        }
+    }
+
+    /// Finishes deletions a crash interrupted (`.deleting-` files): hands their holds back,
+    /// makes that durable, removes the files. At open, before dead chunks are removed.
+    pub(super) fn finish_deletions(&self, files: Vec<PathBuf>) -> Result<()> {
+        for f in files {
+            let s = SnapshotDb::open(&f)?;
+            {
+                let mut st = self.state.lock();
+                self.release_holds(&mut st, &s)?;
+                st.since_durable = true;
+                self.make_durable(&mut st)?;
+            }
+            drop(s);
+            std::fs::remove_file(&f)?;
+            tracing::info!("finished deleting snapshot file {}", f.display());
+        }
+        Ok(())
+    }
+}
