@@ -173,6 +173,11 @@ fn a_snapshot_is_the_tree_as_every_returned_write_left_it() {
     let (open_ino, _, open_fh) = v.fs().create(WHO, d, b"open", 0o644).unwrap();
     let tail = noise(MIB + 12345, 2);
     v.fs().write(open_ino, 0, &tail).unwrap();
+    // Unlinked but still open: not part of the tree.
+    let (gone, _, gone_fh) = v.fs().create(WHO, d, b"gone", 0o644).unwrap();
+    v.fs().write(gone, 0, &noise(MIB, 9)).unwrap();
+    v.fs().fsync(gone).unwrap();
+    v.fs().unlink(d, b"gone").unwrap();
 
     v.fs().snapshot_create("s1", ROOT_INO, "").unwrap();
 
@@ -202,6 +207,13 @@ fn a_snapshot_is_the_tree_as_every_returned_write_left_it() {
     let root = v.at(".snapshots/s1").unwrap();
     assert_eq!(v.fs().lookup(root, b"..").unwrap().0, SNAPDIR_INO);
     assert_eq!(v.fs().lookup(SNAPDIR_INO, b"..").unwrap().0, ROOT_INO);
+    let list = v.fs().snapshot_list().unwrap();
+    assert_eq!(
+        list[0].files, 2,
+        "a (with a2) and open; not the unlinked one"
+    );
+    assert_eq!(list[0].logical_bytes, (3 * MIB + MIB + 12345) as u64);
+    v.fs().release(gone_fh).unwrap();
     // The live tree moved on.
     assert_eq!(&v.read_all(fa)[..7], b"changed");
     assert_eq!(v.names(d), ["a", "new", "open", "sl"]);

@@ -194,7 +194,7 @@ fn remove_unfinished(dir: &Path) {
 
 /// Every table of the schema, copied one by one. A table in the source that this list does not
 /// name fails the copy: a backup that silently missed a table would restore a broken tree.
-fn copy_snapshot(snap: &RTx, dst: &Path) -> Result<u64> {
+pub(super) fn copy_snapshot(snap: &RTx, dst: &Path) -> Result<u64> {
     let src = &snap.tx;
     let db = Database::builder().set_cache_size(COPY_CACHE).create(dst)?;
     let mut tx = db.begin_write()?;

@@ -660,6 +660,10 @@ impl WTx {
         let next = self
             .meta_u64("next_ino")?
             .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?;
+        // Inode numbers from 2^48 up name inodes inside snapshots (`fs::snapshots`).
+        if next >= 1 << 48 {
+            return Err(FsError::NoSpace);
+        }
         self.set_meta("next_ino", &(next + 1).to_le_bytes())?;
         Ok(next)
     }

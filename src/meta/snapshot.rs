@@ -105,6 +105,9 @@ pub fn write(
     if root_attr.kind != Kind::Dir {
         return Err(FsError::NotDir);
     }
+    if root == ROOT_INO {
+        return write_whole(src, info, path);
+    }
     let db = MetaDb::create(path, params, 0, 0)?;
     let mut report = CopyReport::default();
     let mut tx = db.begin_write()?;
@@ -162,6 +165,32 @@ pub fn write(
     }
     let raw = serde_json::to_vec(info).map_err(|e| FsError::Corrupt(e.to_string()))?;
     tx.set_meta(INFO_KEY, &raw)?;
+    tx.commit(true)?;
+    Ok(report)
+}
+
+/// A snapshot of the whole volume: every table copied in key order, as a metadata backup is
+/// (about ten times faster than a walk, and a compact file), then what is not part of the tree
+/// dropped: inodes already unlinked (orphans, still open or waiting to be deleted) and the
+/// refcount-0 chunks the volume has not removed yet, so that the file's `chunks` table names
+/// exactly the chunks its extents do.
+fn write_whole(src: &RTx, info: &SnapshotInfo, path: &Path) -> Result<CopyReport> {
+    super::backup::copy_snapshot(src, path)?;
+    let db = MetaDb::open(path)?;
+    let mut tx = db.begin_write()?;
+    for ino in tx.orphans()? {
+        tx.delete_inode(ino)?;
+    }
+    for id in tx.zero_refs()? {
+        tx.forget_chunk(&id)?;
+    }
+    let raw = serde_json::to_vec(info).map_err(|e| FsError::Corrupt(e.to_string()))?;
+    tx.set_meta(INFO_KEY, &raw)?;
+    let mut report = CopyReport::default();
+    tx.for_each_inode(&mut |_, _| {
+        report.inodes += 1;
+        Ok(())
+    })?;
     tx.commit(true)?;
     Ok(report)
 }
