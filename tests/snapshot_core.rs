@@ -13,7 +13,6 @@ use dedupfs::error::{FsError, Ino};
 use dedupfs::fs::{Caller, Fs, FsConfig, RenameFlags, SNAPDIR_INO, SetAttr, in_snapshot};
 use dedupfs::maint::gc::gc;
 use dedupfs::meta::{Kind, ROOT_INO};
-use dedupfs::store::ChunkStore;
 use dedupfs::store::codec::Codec;
 use dedupfs::volume;
 use std::path::{Path, PathBuf};
