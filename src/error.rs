@@ -31,6 +31,9 @@ pub enum FsError {
     Range,
     #[error("read-only file system")]
     ReadOnly,
+    /// A handle or name of something that no longer exists (a deleted snapshot).
+    #[error("stale file handle")]
+    Stale,
     /// A request refused with a message for the user (a snapshot name taken, say).
     #[error("{0}")]
     Refused(String),
@@ -86,6 +89,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::ReadOnly => libc::EROFS,
             FsError::Refused(_) => libc::EINVAL,
+            FsError::Stale => libc::ESTALE,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::TooBig => libc::EFBIG,
             FsError::NotPermitted => libc::EPERM,
@@ -121,6 +125,7 @@ impl FsError {
                 | FsError::Range
                 | FsError::ReadOnly
                 | FsError::Refused(_)
+                | FsError::Stale
                 | FsError::NotSupported(_)
                 | FsError::TooBig
                 | FsError::NotPermitted

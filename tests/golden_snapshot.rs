@@ -100,7 +100,7 @@ fn write_golden_file() {
 /// Checks a snapshot file holds exactly the golden tree.
 fn check_tree(s: &SnapshotDb) {
     assert_eq!(s.info, info());
-    let r = s.db.begin_read().unwrap();
+    let r = s.begin_read().unwrap();
     let root = r.inode(2).unwrap().expect("root");
     assert_eq!(root.kind, Kind::Dir);
     assert_eq!(

@@ -358,7 +358,7 @@ fn gc_on_a_live_fs_keeps_every_live_chunk() {
     let g = gc(
         fs.meta(),
         fs.store().as_ref(),
-        &fs.snapshot_holders(),
+        &fs.snapshot_holders().unwrap(),
         false,
     )
     .unwrap();

@@ -285,7 +285,7 @@ fn chunks_a_snapshot_names_outlive_the_live_files_and_go_with_the_snapshot() {
     v.fs().sync_fs().unwrap();
     // Durable points, gc and a remount: the snapshot keeps its chunks.
     {
-        let holders = v.fs().snapshot_holders();
+        let holders = v.fs().snapshot_holders().unwrap();
         gc(v.fs().meta(), v.fs().store().as_ref(), &holders, false).unwrap();
     }
     v.remount();
@@ -438,4 +438,74 @@ fn crashes_mid_create_and_mid_delete_are_finished_at_open() {
     assert!(v.snapshot_files().is_empty(), "{:?}", v.snapshot_files());
     assert_eq!(v.stored_chunks(), 0, "the chunks only it held are freed");
     assert_eq!(errno(v.fs().lookup(ROOT_INO, b".snapshots")), libc::ENOENT);
+}
+
+#[test]
+fn a_handle_on_a_deleted_snapshot_never_reads_the_next_one() {
+    let v = Vol::new();
+    v.file(ROOT_INO, "f", b"AAAA");
+    v.fs().snapshot_create("daily", ROOT_INO, "").unwrap();
+    let old = v.at(".snapshots/daily/f").unwrap();
+    let fh = v.fs().open(old, false).unwrap();
+    v.fs().write(v.at("f").unwrap(), 0, b"BBBB").unwrap();
+    // Rotation: delete, then create under the same name.
+    v.fs().snapshot_delete("daily").unwrap();
+    v.fs().snapshot_create("daily", ROOT_INO, "").unwrap();
+    let new = v.at(".snapshots/daily/f").unwrap();
+    assert_ne!(new, old, "a new snapshot gets new inode numbers");
+    assert_eq!(v.fs().read(new, 0, 4).unwrap(), b"BBBB");
+    assert_eq!(errno(v.fs().read(old, 0, 4)), libc::ESTALE);
+    assert_eq!(errno(v.fs().getattr(old)), libc::ESTALE);
+    v.fs().release(fh).unwrap();
+}
+
+#[test]
+fn a_huge_sparse_file_is_snapshotted_by_its_extents_not_its_size() {
+    let v = Vol::new();
+    let d = v.mkdir(ROOT_INO, "d");
+    let f = v.file(d, "sparse", b"head");
+    v.fs().write(f, 1 << 50, b"far").unwrap();
+    v.fs().truncate(f, 1 << 62).unwrap();
+    let t = std::time::Instant::now();
+    // A walk (--path) and a whole-volume copy.
+    v.fs().snapshot_create("sub", d, "d").unwrap();
+    v.fs().snapshot_create("all", ROOT_INO, "").unwrap();
+    let s = v.at(".snapshots/sub/sparse").unwrap();
+    assert_eq!(v.fs().read(s, 1 << 50, 3).unwrap(), b"far");
+    let data = v.fs().seek(s, 5, dedupfs::fs::SeekWhence::Data).unwrap();
+    assert_eq!(data, 1 << 50);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn the_snapshots_name_in_the_root_cannot_be_taken_while_snapshots_exist() {
+    let v = Vol::new();
+    let d = v.mkdir(ROOT_INO, "d");
+    v.fs().snapshot_create("s", ROOT_INO, "").unwrap();
+    let fs = v.fs();
+    assert_eq!(
+        errno(fs.mkdir(WHO, ROOT_INO, b".snapshots", 0o755)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fs.create(WHO, ROOT_INO, b".snapshots", 0o644)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(fs.rename(
+            ROOT_INO,
+            b"d",
+            ROOT_INO,
+            b".snapshots",
+            RenameFlags::default()
+        )),
+        libc::EEXIST
+    );
+    v.at(".snapshots/s/d").unwrap();
+    // Elsewhere the name is an ordinary one.
+    fs.mkdir(WHO, d, b".snapshots", 0o755).unwrap();
 }

@@ -202,7 +202,7 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
         }
         Request::Gc { dry_run, repack } => fs
             .with_quiesced(|meta, store| {
-                let holders = fs.snapshot_holders();
+                let holders = fs.snapshot_holders()?;
                 let opts = GcOptions {
                     dry_run,
                     repack,
@@ -214,7 +214,7 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
             .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
         Request::Fsck { verify_data } => fs
             .with_quiesced(|meta, store| {
-                let holders = fs.snapshot_holders();
+                let holders = fs.snapshot_holders()?;
                 let opts = FsckOptions {
                     repair: false,
                     verify_data,
@@ -249,8 +249,9 @@ fn du_of(fs: &Fs, store: &Path, items: &[(u64, String)]) -> crate::error::Result
                     "{path} is inside a snapshot: `dedupfs snapshot list` shows what each holds"
                 )));
             }
+            let holders = fs.snapshot_holders()?;
             du(&snap, fs.store().as_ref(), *ino, path, store, &|id| {
-                fs.chunk_held(id)
+                holders.holds(id)
             })
         })
         .collect()

@@ -86,38 +86,41 @@ impl Fs {
     /// filled the disk thus frees its space before the durable commit that records it.
     /// Called with no write-back in flight.
     fn remove_fresh_dead_chunks(&self, st: &State) {
-        if st.fresh_since_durable.is_empty() || self.snaps.removal_paused() {
+        if st.fresh_since_durable.is_empty() {
             return;
         }
+        let Some(holders) = self.snaps.removal_holders() else {
+            return;
+        };
         let Ok(dead) = self.meta.begin_read().and_then(|r| r.zero_refs()) else {
             return;
         };
         let _exclusive = self.removal.write();
         for id in dead.iter().filter(|id| st.fresh_since_durable.contains(id)) {
             // (A chunk a snapshot names may have been stored again since the volume forgot it.)
-            if !self.snaps.holds(id) && self.store().remove(id).is_ok() {
+            if !holders.holds(id) && self.store().remove(id).is_ok() {
                 self.cache.forget(id);
             }
         }
     }
 
     /// Removes chunk files whose refcount is 0 in durable metadata, except those a snapshot
-    /// names (the volume forgets those; deleting the last snapshot that names one hands it
-    /// back). Nothing is removed while a snapshot is being written.
+    /// names or one being written will (the volume forgets those; deleting the last snapshot
+    /// that names one hands it back).
     /// No metadata group is open (the caller settled it and holds the state lock, or the
     /// filesystem is starting).
     pub(super) fn remove_dead_chunks(&self) -> Result<()> {
-        if self.snaps.removal_paused() {
-            return Ok(());
-        }
         let dead = self.meta.begin_read()?.zero_refs()?;
         if dead.is_empty() {
             return Ok(());
         }
+        let Some(holders) = self.snaps.removal_holders() else {
+            return Ok(());
+        };
         let _exclusive = self.removal.write();
         let mut tx = self.meta.begin_write()?;
         for id in &dead {
-            if !self.snaps.holds(id) {
+            if !holders.holds(id) {
                 self.store().remove(id)?;
                 self.cache.forget(id);
             }

@@ -404,15 +404,15 @@ impl Fs {
         let Ok(r) = self.view(st) else {
             return;
         };
+        let Some(holders) = self.snaps.removal_holders() else {
+            return;
+        };
         let _exclusive = self.removal.write();
         for (id, unknown) in ids {
             // A chunk metadata knew (refcount 0 now, but durable metadata may still name it,
             // e.g. a file deleted since the last durable point) stays: only chunks no metadata
             // had ever recorded are certainly unreferenced by what is on disk.
-            if !unknown
-                || matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0)
-                || self.snaps.holds(id)
-            {
+            if !unknown || matches!(r.chunk(id), Ok(Some((rc, _))) if rc > 0) || holders.holds(id) {
                 continue;
             }
             if self.store().remove(id).is_ok() {
@@ -815,7 +815,8 @@ impl Fs {
     /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
     pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
         if super::in_snapshot(ino) {
-            return self.with_snap(ino, |r, i| seek_committed(r, i, offset, whence));
+            let (s, i) = self.snap_of(ino)?;
+            return seek_committed(&s.begin_read()?, i, offset, whence);
         }
         let st = self.state.lock();
         let tx = self.view(&st)?;
@@ -951,7 +952,7 @@ impl Fs {
 }
 
 /// SEEK_DATA / SEEK_HOLE over committed extents alone (a file in a snapshot).
-fn seek_committed(r: &dyn MetaRead, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
+fn seek_committed(r: &RTx, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
     let size = r.inode(ino)?.ok_or(FsError::NotFound)?.size;
     let nxio = || FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO));
     if offset >= size {
@@ -969,16 +970,13 @@ fn seek_committed(r: &dyn MetaRead, ino: Ino, offset: u64, whence: SeekWhence) -
             Ok(p.min(size))
         }
         SeekWhence::Data => {
-            // In windows, so a huge file's extent list is never read whole.
-            let mut from = offset;
-            while from < size {
-                let to = from.saturating_add(1 << 30).min(size);
-                if let Some(e) = r.extents(ino, from, to)?.first() {
-                    return Ok(e.offset.max(offset));
-                }
-                from = to;
+            if !r.extents(ino, offset, offset + 1)?.is_empty() {
+                return Ok(offset);
             }
-            Err(nxio())
+            match r.extents_from(ino, offset, 1)?.first() {
+                Some(e) if e.offset < size => Ok(e.offset),
+                _ => Err(nxio()),
+            }
         }
     }
 }

@@ -339,7 +339,14 @@ impl Fs {
         let params = meta.chunk_params()?;
         params.validate().map_err(FsError::Corrupt)?;
         let fixed_patterns = meta.fixed_patterns()?;
-        let (snaps, deleting) = snapshots::Snapshots::open(cfg.store_dir.as_deref())?;
+        // A pack store knows its store directory: snapshots are found (and their chunks held)
+        // whoever opens the volume, not only a daemon that named it.
+        let store_dir = cfg.store_dir.clone().or_else(|| {
+            store
+                .packs()
+                .and_then(|p| p.dir().parent().map(std::path::Path::to_path_buf))
+        });
+        let (snaps, deleting) = snapshots::Snapshots::open(store_dir.as_deref())?;
         let fs = Fs {
             fixed_patterns,
             cache: ChunkCache::new(store, cfg.cache_bytes),
@@ -405,6 +412,15 @@ impl Fs {
     pub fn meta(&self) -> &MetaDb {
         let _ = self.settle(&mut self.state.lock());
         &self.meta
+    }
+
+    /// `.snapshots` in the root names the snapshots directory while there are snapshots: it
+    /// cannot be created there (EEXIST, as for any existing name).
+    fn check_free_name(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any() {
+            return Err(FsError::Exists);
+        }
+        Ok(())
     }
 
     /// `writable`, and `ino` is not inside a snapshot.
@@ -636,6 +652,7 @@ impl Fs {
     ) -> Result<(Ino, Attr)> {
         self.writable_ino(parent)?;
         check_name(name)?;
+        self.check_free_name(parent, name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| {
             self.make_node_in(st, tx, parent, name, attr, symlink)
@@ -752,6 +769,7 @@ impl Fs {
         self.writable_ino(ino)?;
         self.writable_ino(parent)?;
         check_name(name)?;
+        self.check_free_name(parent, name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| self.link_in(st, tx, ino, parent, name))
     }
@@ -900,6 +918,7 @@ impl Fs {
         self.writable_ino(newparent)?;
         check_name(name)?;
         check_name(newname)?;
+        self.check_free_name(newparent, newname)?;
         if flags.exchange && flags.noreplace {
             return Err(FsError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
         }

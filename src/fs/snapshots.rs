@@ -10,20 +10,23 @@
 //!   descend into it), unless the root has an entry of that name of its own, which then wins
 //!   (and `create` is refused until it is renamed).
 //! - **Chunk holds.** The volume removes a chunk only when its refcount is 0 *and* no snapshot
-//!   file names it; while a snapshot is being written, no chunk is removed at all. Deleting a
+//!   file names it, nor the read snapshot a snapshot being written copies from. Deleting a
 //!   snapshot hands the chunks only it held back to the volume (refcount-0 rows), and a durable
 //!   point then removes them.
+//! - **Slots** are given round-robin, so a slot (and with it the inode numbers) is used again
+//!   only after 65,534 more snapshots: a handle or a kernel cache entry of a deleted snapshot
+//!   gets ESTALE, never another snapshot's data.
 
-use super::{Fs, Handle, State};
+use super::{Fs, Handle};
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
-use crate::meta::snapshot::{self, SnapshotDb, SnapshotInfo};
-use crate::meta::{Attr, DirEntry, Kind, MetaRead, ROOT_INO, Ts};
+use crate::meta::snapshot::{self, Holders, SnapshotDb, SnapshotInfo};
+use crate::meta::{Attr, DirEntry, Kind, MetaRead, ROOT_INO, RTx, Ts};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Inode bits of the snapshot slot.
 pub const SLOT_SHIFT: u32 = 48;
@@ -33,8 +36,10 @@ pub const SNAPDIR_INO: Ino = (0xFFFF << SLOT_SHIFT) | 1;
 pub const SNAPDIR_NAME: &[u8] = b".snapshots";
 /// Highest slot a snapshot can have (0xFFFF is the `.snapshots` directory's).
 const MAX_SLOT: u16 = 0xFFFE;
-/// Chunk rows handed back per commit when a snapshot is deleted.
-const RELEASE_BATCH: usize = 50_000;
+/// Chunk rows handed back per commit (and state-lock hold) when a snapshot is deleted.
+const RELEASE_BATCH: usize = 4096;
+/// Free space a snapshot must leave on the store's device beyond its own size (as backups).
+const SPACE_MARGIN: u64 = 64 << 20;
 
 /// Is `ino` inside a snapshot (or the `.snapshots` directory)?
 pub fn in_snapshot(ino: Ino) -> bool {
@@ -80,25 +85,50 @@ pub(super) struct Snapshots {
     dir: Option<PathBuf>,
     /// Open snapshot files, by slot.
     list: RwLock<Vec<Arc<SnapshotDb>>>,
-    /// Snapshots being written: no chunk may be removed meanwhile.
-    creating: AtomicU32,
-    /// Serialises create and delete.
+    /// Read snapshots that snapshots being written copy from: the chunks they name are held.
+    /// (Registered in `list` before they leave here.)
+    pending: Mutex<Vec<Arc<RTx>>>,
+    /// Serialises create and delete (the state lock is taken inside it, never around it).
     admin: Mutex<()>,
     invalidator: Mutex<Option<Invalidator>>,
+    /// The slot given last (slots go round-robin).
+    last_slot: Mutex<u16>,
+    /// When a snapshot last appeared or went, ns since the epoch (`.snapshots`' mtime).
+    changed_ns: AtomicU64,
 }
 
-/// Holds off chunk removal while a snapshot is written.
-struct Creating<'a>(&'a AtomicU32);
+/// Holds the chunks a snapshot being written will name until it is registered or abandoned.
+struct Pending<'a> {
+    snaps: &'a Snapshots,
+    src: Arc<RTx>,
+}
 
-impl Drop for Creating<'_> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.snaps
+            .pending
+            .lock()
+            .retain(|r| !Arc::ptr_eq(r, &self.src));
     }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+fn io_of(e: FsError) -> std::io::Error {
+    match e {
+        FsError::Io(e) => e,
+        e => std::io::Error::other(e.to_string()),
+    }
 }
 
 impl Snapshots {
@@ -145,10 +175,14 @@ impl Snapshots {
             Err(e) => return Err(e.into()),
         }
         list.sort_by_key(|s| s.info.slot);
+        let last_slot = list.iter().map(|s| s.info.slot).max().unwrap_or(0);
+        let changed_ns = list.iter().map(|s| s.info.created_ns).max().unwrap_or(0);
         Ok((
             Snapshots {
                 dir: Some(dir),
                 list: RwLock::new(list),
+                last_slot: Mutex::new(last_slot),
+                changed_ns: AtomicU64::new(changed_ns),
                 ..Snapshots::default()
             },
             deleting,
@@ -175,25 +209,24 @@ impl Snapshots {
             .cloned()
     }
 
-    /// May chunk `id` not be removed? True while a snapshot is being written, or when a
-    /// snapshot names it (or its file cannot be read: keeping is the safe answer).
-    pub(super) fn holds(&self, id: &ChunkId) -> bool {
-        if self.creating.load(Ordering::SeqCst) > 0 {
-            return true;
+    /// What keeps chunks from removal now: registered snapshots and snapshots being written.
+    pub(super) fn holders(&self) -> Result<Holders> {
+        // Pending first: a snapshot leaves `pending` only after it entered `list`.
+        let pending = self.pending.lock().clone();
+        let list = self.list.read().clone();
+        Holders::of(list, pending)
+    }
+
+    /// `holders` for a removal path: `None` (remove nothing now) when a snapshot file cannot
+    /// be read.
+    pub(super) fn removal_holders(&self) -> Option<Holders> {
+        match self.holders() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!("cannot read the snapshot files; no chunk is removed: {e}");
+                None
+            }
         }
-        self.holds_except(id, None)
-    }
-
-    fn holds_except(&self, id: &ChunkId, except: Option<u16>) -> bool {
-        self.list.read().iter().any(|s| {
-            Some(s.info.slot) != except
-                && !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None))
-        })
-    }
-
-    /// Is chunk removal held off entirely (a snapshot being written)?
-    pub(super) fn removal_paused(&self) -> bool {
-        self.creating.load(Ordering::SeqCst) > 0
     }
 
     pub(super) fn set_invalidator(&self, f: Invalidator) {
@@ -209,21 +242,25 @@ impl Snapshots {
         }
     }
 
-    /// The lowest free slot.
+    /// The next free slot after the last one given (round-robin).
     fn free_slot(&self) -> Result<u16> {
         let list = self.list.read();
-        (1..=MAX_SLOT)
+        let mut last = self.last_slot.lock();
+        let slot = (1..=MAX_SLOT as u32)
+            .map(|k| ((*last as u32 + k - 1) % MAX_SLOT as u32 + 1) as u16)
             .find(|slot| !list.iter().any(|s| s.info.slot == *slot))
-            .ok_or_else(|| FsError::Refused(format!("the volume has {MAX_SLOT} snapshots")))
+            .ok_or_else(|| FsError::Refused(format!("the volume has {MAX_SLOT} snapshots")))?;
+        *last = slot;
+        Ok(slot)
     }
 }
 
 /// The attributes of the `.snapshots` directory.
-fn snapdir_attr(list: &[Arc<SnapshotDb>]) -> Attr {
+fn snapdir_attr(list: &[Arc<SnapshotDb>], changed_ns: u64) -> Attr {
     let mut a = Attr::new(Kind::Dir, 0o555, 0, 0);
     a.nlink = 2 + list.len() as u32;
     a.parent = ROOT_INO;
-    let newest = list.iter().map(|s| s.info.created_ns).max().unwrap_or(0);
+    let newest = changed_ns;
     let t = Ts {
         secs: (newest / 1_000_000_000) as i64,
         nsecs: (newest % 1_000_000_000) as u32,
@@ -233,16 +270,10 @@ fn snapdir_attr(list: &[Arc<SnapshotDb>]) -> Attr {
 }
 
 impl Fs {
-    /// Does a snapshot keep chunk `id` (or is one being written, which keeps them all)?
-    pub fn chunk_held(&self, id: &ChunkId) -> bool {
-        self.snaps.holds(id)
-    }
-
-    /// The open snapshot files, for maintenance (gc, fsck) run through `with_quiesced`.
-    pub fn snapshot_holders(&self) -> snapshot::Holders {
-        snapshot::Holders {
-            dbs: self.snaps.list.read().clone(),
-        }
+    /// What keeps chunks from removal (snapshots, and snapshots being written), for
+    /// maintenance (gc, fsck, du) run on the mounted volume.
+    pub fn snapshot_holders(&self) -> Result<Holders> {
+        self.snaps.holders()
     }
 
     /// Tells the core how to drop kernel cache entries (the FUSE adapter's notifier).
@@ -250,10 +281,11 @@ impl Fs {
         self.snaps.set_invalidator(f);
     }
 
-    /// The snapshot `ino` is in, and its inode number there.
-    fn snap_of(&self, ino: Ino) -> Result<(Arc<SnapshotDb>, Ino)> {
+    /// The snapshot `ino` is in, and its inode number there. ESTALE once that snapshot is
+    /// gone (a handle or a kernel cache entry that outlived it).
+    pub(super) fn snap_of(&self, ino: Ino) -> Result<(Arc<SnapshotDb>, Ino)> {
         let slot = (ino >> SLOT_SHIFT) as u16;
-        let s = self.snaps.by_slot(slot).ok_or(FsError::NotFound)?;
+        let s = self.snaps.by_slot(slot).ok_or(FsError::Stale)?;
         Ok((s, ino & ((1 << SLOT_SHIFT) - 1)))
     }
 
@@ -265,10 +297,13 @@ impl Fs {
             if list.is_empty() {
                 return Err(FsError::NotFound);
             }
-            return Ok(snapdir_attr(&list));
+            return Ok(snapdir_attr(
+                &list,
+                self.snaps.changed_ns.load(Ordering::Relaxed),
+            ));
         }
         let (s, i) = self.snap_of(ino)?;
-        let mut a = s.db.begin_read()?.inode(i)?.ok_or(FsError::NotFound)?;
+        let mut a = s.begin_read()?.inode(i)?.ok_or(FsError::NotFound)?;
         if a.kind == Kind::Dir {
             a.parent = if i == s.info.root {
                 SNAPDIR_INO
@@ -304,10 +339,7 @@ impl Fs {
                 b".." => a.parent,
                 _ => {
                     let (s, i) = self.snap_of(parent)?;
-                    let (child, _) =
-                        s.db.begin_read()?
-                            .lookup(i, name)?
-                            .ok_or(FsError::NotFound)?;
+                    let (child, _) = s.begin_read()?.lookup(i, name)?.ok_or(FsError::NotFound)?;
                     encode(s.info.slot, child)
                 }
             }
@@ -347,7 +379,7 @@ impl Fs {
             return Ok(out);
         }
         let (s, i) = self.snap_of(dir)?;
-        for mut e in s.db.begin_read()?.list_dir(i)? {
+        for mut e in s.begin_read()?.list_dir(i)? {
             e.ino = encode(s.info.slot, e.ino);
             out.push(e);
         }
@@ -364,14 +396,17 @@ impl Fs {
             return Err(FsError::Invalid("the snapshots directory"));
         }
         let (s, i) = self.snap_of(ino)?;
-        let r = s.db.begin_read()?;
+        let r = s.begin_read()?;
         f(&r, i)
     }
 
     /// Reads a file in a snapshot.
     pub(super) fn snap_read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        // Taken first: a snapshot registered now keeps its chunks until this read is done (a
+        // delete removes them only at a durable point, under this lock exclusively).
+        let _no_removal = self.removal.read();
         let (s, i) = self.snap_of(ino)?;
-        let r = s.db.begin_read()?;
+        let r = s.begin_read()?;
         let attr = r.inode(i)?.ok_or(FsError::NotFound)?;
         match attr.kind {
             Kind::File => {}
@@ -383,9 +418,6 @@ impl Fs {
         }
         let end = attr.size.min(offset.saturating_add(size as u64));
         let mut buf = vec![0u8; (end - offset) as usize];
-        // The snapshot file names its chunks, so none of them is removed while it is
-        // registered; a delete meanwhile removes them only at a durable point, under this lock.
-        let _no_removal = self.removal.read();
         self.read_committed(&r, i, offset, &mut buf)?;
         Ok(buf)
     }
@@ -406,7 +438,7 @@ impl Fs {
     /// `dedupfs snapshot create`: a read-only copy of the tree under live directory `root`
     /// (the volume root for all of it), named `name`, with every write that returned before
     /// this call in it (dirty data is written back first) and none that starts after it
-    /// returned. Other operations go on while the tree is copied; chunk removal waits.
+    /// returned. Other operations go on while the tree is copied.
     pub fn snapshot_create(&self, name: &str, root: Ino, path: &str) -> Result<SnapshotReport> {
         self.writable()?;
         snapshot::check_name(name)?;
@@ -434,18 +466,35 @@ impl Fs {
                     .into(),
             ));
         }
-        let slot = self.snaps.free_slot()?;
-        self.snaps.creating.fetch_add(1, Ordering::SeqCst);
-        let creating = Creating(&self.snaps.creating);
+        // The copy is at most as large as the metadata database; it must not take the room
+        // the volume's own commits need.
+        let need = self.meta.file_len() + SPACE_MARGIN;
+        let avail = self.store().space()?.avail_bytes;
+        if avail < need {
+            return Err(FsError::Refused(format!(
+                "not enough free space for a snapshot on the store's device: {} MiB free, \
+                 {} MiB needed",
+                avail >> 20,
+                need >> 20
+            )));
+        }
         // Point in time: everything written so far is written back (tails of open files too)
-        // and durable, and the copy reads a snapshot of exactly that durable state.
+        // and durable, and the copy reads a snapshot of exactly that durable state, whose
+        // chunks stay held until the snapshot is registered.
         self.sync_fs()?;
         let (src, _) = self.durable_snapshot()?;
+        let src = Arc::new(src);
+        self.snaps.pending.lock().push(src.clone());
+        let pending = Pending {
+            snaps: &self.snaps,
+            src: src.clone(),
+        };
         match src.inode(root)? {
             Some(a) if a.kind == Kind::Dir => {}
             Some(_) => return Err(FsError::NotDir),
             None => return Err(FsError::NotFound),
         }
+        let slot = self.snaps.free_slot()?;
         std::fs::create_dir_all(&dir)?;
         if let Some(store_dir) = dir.parent() {
             sync_dir(store_dir)?;
@@ -453,10 +502,7 @@ impl Fs {
         let info = SnapshotInfo {
             slot,
             name: name.to_string(),
-            created_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            created_ns: now_ns(),
             root,
             path: path.to_string(),
         };
@@ -464,23 +510,26 @@ impl Fs {
         let tmp = dir.join(format!(".tmp-{}", snapshot::file_name(slot)));
         let _ = std::fs::remove_file(&tmp);
         let started = std::time::Instant::now();
-        let copied = snapshot::write(&src, root, self.chunk_params(), &info, &tmp);
-        drop(src);
-        let copied = match copied {
-            Ok(c) => c,
+        let written = snapshot::write(&src, root, self.chunk_params(), &info, &tmp)
+            .and_then(|c| Ok((c, SnapshotDb::open(&tmp)?)));
+        let (copied, db) = match written {
+            Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        if let Err(e) =
-            std::fs::rename(&tmp, &file).and_then(|()| std::fs::File::open(&dir)?.sync_all())
-        {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&file);
-            return Err(e.into());
+        if let Err(e) = std::fs::rename(&tmp, &file).and_then(|()| sync_dir(&dir).map_err(io_of)) {
+            // Gone again (durably) or kept: never on disk unregistered, its chunks unheld.
+            let undone = std::fs::remove_file(&file)
+                .or_else(|_| std::fs::remove_file(&tmp))
+                .and_then(|()| sync_dir(&dir).map_err(io_of));
+            if undone.is_ok() {
+                return Err(e.into());
+            }
+            tracing::error!("snapshot {name}: directory sync failed ({e}); keeping it");
         }
-        let db = Arc::new(SnapshotDb::open(&file)?);
+        let db = Arc::new(db);
         let was_empty = {
             let mut list = self.snaps.list.write();
             let was_empty = list.is_empty();
@@ -488,12 +537,15 @@ impl Fs {
             list.sort_by_key(|s| s.info.slot);
             was_empty
         };
-        drop(creating);
+        drop(pending);
+        drop(src);
+        self.snaps
+            .changed_ns
+            .store(info.created_ns, Ordering::Relaxed);
         tracing::info!(
             name,
             slot,
             inodes = copied.inodes,
-            extents = copied.extents,
             ms = started.elapsed().as_millis() as u64,
             "snapshot created"
         );
@@ -511,7 +563,18 @@ impl Fs {
             });
         }
         self.snaps.invalidate(&inval);
-        self.snapshot_report(&db)
+        Ok(self.snapshot_report(&db).unwrap_or_else(|e| {
+            tracing::warn!("snapshot {name} created; its figures cannot be read: {e}");
+            SnapshotReport {
+                name: info.name.clone(),
+                path: info.path.clone(),
+                created: (info.created_ns / 1_000_000_000) as i64,
+                files: 0,
+                logical_bytes: 0,
+                chunks: 0,
+                exclusive_bytes: 0,
+            }
+        }))
     }
 
     /// `dedupfs snapshot list`.
@@ -521,34 +584,32 @@ impl Fs {
     }
 
     fn snapshot_report(&self, s: &SnapshotDb) -> Result<SnapshotReport> {
-        let r = s.db.begin_read()?;
-        let mut chunks = 0u64;
-        let mut exclusive = 0u64;
-        let mut err = None;
+        let r = s.begin_read()?;
         // The live metadata as the latest operation left it, read without the state lock.
         let live = {
             let mut st = self.state.lock();
             self.settle(&mut st)?;
             self.meta.begin_read()?
         };
-        let scanned = {
-            r.for_each_chunk(&mut |id, _, raw_len| {
-                chunks += 1;
-                if err.is_some() {
-                    return;
+        let holders = self.snaps.holders()?;
+        let mut chunks = 0u64;
+        let mut exclusive = 0u64;
+        let mut err = None;
+        r.for_each_chunk(&mut |id, _, raw_len| {
+            chunks += 1;
+            if err.is_some() {
+                return;
+            }
+            match live.chunk(&id) {
+                Ok(Some((rc, _))) if rc > 0 => {}
+                Ok(_) if holders.holds_except(&id, Some(s.info.slot)) => {}
+                Ok(_) => {
+                    exclusive += crate::maint::du::on_disk(self.store().as_ref(), &id, raw_len)
+                        .unwrap_or(raw_len as u64)
                 }
-                match live.chunk(&id) {
-                    Ok(Some((rc, _))) if rc > 0 => {}
-                    Ok(_) if self.snaps.holds_except(&id, Some(s.info.slot)) => {}
-                    Ok(_) => {
-                        exclusive += crate::maint::du::on_disk(self.store().as_ref(), &id, raw_len)
-                            .unwrap_or(raw_len as u64)
-                    }
-                    Err(e) => err = Some(e),
-                }
-            })
-        };
-        scanned?;
+                Err(e) => err = Some(e),
+            }
+        })?;
         if let Some(e) = err {
             return Err(e);
         }
@@ -581,15 +642,19 @@ impl Fs {
         let file = dir.join(snapshot::file_name(s.info.slot));
         let gone = dir.join(format!(".deleting-{}", snapshot::file_name(s.info.slot)));
         {
-            let mut st = self.state.lock();
             // Under the state lock: a copy_file_range out of the snapshot finishes first.
+            let _st = self.state.lock();
             std::fs::rename(&file, &gone)?;
             sync_dir(&dir)?;
             self.snaps
                 .list
                 .write()
                 .retain(|x| x.info.slot != s.info.slot);
-            self.release_holds(&mut st, &s)?;
+        }
+        self.snaps.changed_ns.store(now_ns(), Ordering::Relaxed);
+        self.release_holds(&s)?;
+        {
+            let mut st = self.state.lock();
             st.since_durable = true;
             self.make_durable(&mut st)?;
         }
@@ -616,9 +681,11 @@ impl Fs {
 
     /// Hands the chunks that only snapshot `s` (no longer registered) held back to the
     /// volume: a refcount-0 row for each that the volume does not know, so that the next
-    /// durable point removes it.
-    fn release_holds(&self, st: &mut State, s: &SnapshotDb) -> Result<()> {
-        let r = s.db.begin_read()?;
+    /// durable point removes it. In batches, each under the state lock for a moment only:
+    /// other operations go on between them (a chunk referenced again meanwhile has a row and
+    /// is left alone).
+    fn release_holds(&self, s: &SnapshotDb) -> Result<()> {
+        let r = s.begin_read()?;
         let mut after: Option<ChunkId> = None;
         loop {
             let batch = r.chunks_after(after.as_ref(), RELEASE_BATCH)?;
@@ -626,14 +693,16 @@ impl Fs {
                 return Ok(());
             };
             after = Some(last.0);
-            let mut tx = self.solo_tx(st)?;
+            let others = self.snaps.holders()?;
+            let mut st = self.state.lock();
+            let mut tx = self.solo_tx(&mut st)?;
             for (id, _, len) in &batch {
-                if tx.chunk(id)?.is_some() || self.snaps.holds_except(id, Some(s.info.slot)) {
+                if tx.chunk(id)?.is_some() || others.holds_except(id, Some(s.info.slot)) {
                     continue;
                 }
                 tx.set_chunk_ref(id, 0, *len)?;
             }
-            self.commit(st, tx)?;
+            self.commit(&mut st, tx)?;
         }
     }
 
@@ -642,9 +711,9 @@ impl Fs {
     pub(super) fn finish_deletions(&self, files: Vec<PathBuf>) -> Result<()> {
         for f in files {
             let s = SnapshotDb::open(&f)?;
+            self.release_holds(&s)?;
             {
                 let mut st = self.state.lock();
-                self.release_holds(&mut st, &s)?;
                 st.since_durable = true;
                 self.make_durable(&mut st)?;
             }

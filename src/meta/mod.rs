@@ -247,6 +247,11 @@ impl MetaDb {
         self.db.write().0.take();
     }
 
+    /// Size of the database file (an upper bound of a copy of it).
+    pub fn file_len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
     /// A durable empty commit: makes every earlier non-durable commit durable.
     pub fn make_durable(&self) -> Result<()> {
         self.begin_write()?.commit(true)
@@ -440,6 +445,22 @@ macro_rules! read_ops {
                 f(ChunkId(*k.value()), rc, len);
             }
             Ok(())
+        }
+
+        /// Up to `limit` extents of `ino` that start at or after `from`, in offset order.
+        pub fn extents_from(&self, ino: Ino, from: u64, limit: usize) -> Result<Vec<Extent>> {
+            let t = self.tx.open_table(EXTENTS)?;
+            let mut out = Vec::new();
+            for r in t.range((ino, from)..=(ino, u64::MAX))?.take(limit) {
+                let (k, v) = r?;
+                let (id, len) = v.value();
+                out.push(Extent {
+                    offset: k.value().1,
+                    id: ChunkId(*id),
+                    len,
+                });
+            }
+            Ok(out)
         }
 
         /// Up to `limit` chunk rows (id, refcount, length) after `after`, in id order.

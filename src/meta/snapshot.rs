@@ -28,7 +28,7 @@ const INFO_KEY: &str = "snapshot";
 /// one write transaction whatever the tree size.
 const ROWS_PER_COMMIT: usize = 20_000;
 /// Extents read per step when copying one file's chunk list.
-const EXTENT_WINDOW: u64 = 1 << 30;
+const EXTENT_BATCH: usize = 4096;
 
 /// What a snapshot is, stored in its file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub fn write(
     // Its ".." is the snapshots directory, which the file does not hold.
     root_copy.parent = root;
     tx.put_inode(root, &root_copy)?;
-    copy_owned(src, &mut tx, root, 0, &mut rows)?;
+    copy_owned(src, &mut tx, root, &mut rows)?;
     report.inodes += 1;
     let mut dirs = VecDeque::from([root]);
     while let Some(dir) = dirs.pop_front() {
@@ -151,8 +151,7 @@ pub fn write(
                         dirs.push_back(e.ino);
                     }
                     tx.put_inode(e.ino, &a)?;
-                    let size = if a.kind == Kind::File { a.size } else { 0 };
-                    report.extents += copy_owned(src, &mut tx, e.ino, size, &mut rows)?;
+                    report.extents += copy_owned(src, &mut tx, e.ino, &mut rows)?;
                     report.inodes += 1;
                 }
             }
@@ -166,6 +165,8 @@ pub fn write(
     let raw = serde_json::to_vec(info).map_err(|e| FsError::Corrupt(e.to_string()))?;
     tx.set_meta(INFO_KEY, &raw)?;
     tx.commit(true)?;
+    // Closed cleanly here, so it opens read-only (a file needing recovery would not).
+    drop(db);
     Ok(report)
 }
 
@@ -192,28 +193,23 @@ fn write_whole(src: &RTx, info: &SnapshotInfo, path: &Path) -> Result<CopyReport
         Ok(())
     })?;
     tx.commit(true)?;
+    drop(db);
     Ok(report)
 }
 
-/// Copies what inode `ino` (of `size` bytes) owns besides its record: extents, symlink
-/// target, xattrs. Returns the extents copied.
-fn copy_owned(src: &RTx, tx: &mut WTx, ino: Ino, size: u64, rows: &mut usize) -> Result<u64> {
+/// Copies what inode `ino` owns besides its record: extents, symlink target, xattrs.
+/// Returns the extents copied.
+fn copy_owned(src: &RTx, tx: &mut WTx, ino: Ino, rows: &mut usize) -> Result<u64> {
     let mut extents = 0u64;
     let mut from = 0u64;
-    while from < size {
-        let to = from.saturating_add(EXTENT_WINDOW);
-        // An extent that starts before `from` was copied with the window before.
-        let batch: Vec<_> = src
-            .extents(ino, from, to)?
-            .into_iter()
-            .filter(|e| e.offset >= from)
-            .collect();
-        if !batch.is_empty() {
-            tx.replace_extents(ino, &[], &batch)?;
-            extents += batch.len() as u64;
-            *rows += batch.len();
-        }
-        from = to;
+    // By cursor over the extents, not by offset windows: a sparse file of 8 EiB has few.
+    loop {
+        let batch = src.extents_from(ino, from, EXTENT_BATCH)?;
+        let Some(last) = batch.last() else { break };
+        from = last.offset + 1;
+        tx.replace_extents(ino, &[], &batch)?;
+        extents += batch.len() as u64;
+        *rows += batch.len();
     }
     if let Some(target) = src.symlink(ino)? {
         tx.set_symlink(ino, &target)?;
@@ -226,38 +222,89 @@ fn copy_owned(src: &RTx, tx: &mut WTx, ino: Ino, size: u64, rows: &mut usize) ->
     Ok(extents)
 }
 
-/// An open snapshot file.
+/// An open snapshot file, read-only: opening never writes to it (a snapshot file is immutable
+/// once renamed into place), and its cache is small (the daemon may have many).
 pub struct SnapshotDb {
     pub info: SnapshotInfo,
-    pub db: MetaDb,
+    db: redb::ReadOnlyDatabase,
 }
+
+/// Page cache of one open snapshot file.
+const SNAPSHOT_CACHE: usize = 8 << 20;
 
 impl SnapshotDb {
     pub fn open(path: &Path) -> Result<SnapshotDb> {
-        let db = MetaDb::open(path)?;
-        let raw = db
-            .begin_read()?
+        let db = redb::Builder::new()
+            .set_cache_size(SNAPSHOT_CACHE)
+            .open_read_only(path)
+            .map_err(|e| FsError::Db(format!("{}: {e}", path.display())))?;
+        let s = SnapshotDb {
+            info: SnapshotInfo {
+                slot: 0,
+                name: String::new(),
+                created_ns: 0,
+                root: 0,
+                path: String::new(),
+            },
+            db,
+        };
+        let r = s.begin_read()?;
+        match r.meta_u64("format_version")? {
+            Some(super::FORMAT_VERSION) => {}
+            v => {
+                return Err(FsError::Corrupt(format!(
+                    "{}: snapshot of metadata format {v:?}, this dedupfs reads {}",
+                    path.display(),
+                    super::FORMAT_VERSION
+                )));
+            }
+        }
+        let raw = r
             .meta(INFO_KEY)?
             .ok_or_else(|| FsError::Corrupt(format!("{}: not a snapshot", path.display())))?;
         let info = serde_json::from_slice(&raw)
             .map_err(|e| FsError::Corrupt(format!("{}: {e}", path.display())))?;
-        Ok(SnapshotDb { info, db })
+        drop(r);
+        Ok(SnapshotDb { info, ..s })
+    }
+
+    pub fn begin_read(&self) -> Result<RTx> {
+        use redb::ReadableDatabase;
+        Ok(RTx {
+            tx: self.db.begin_read()?,
+        })
     }
 
     /// Logical bytes of its files (each inode once).
     pub fn logical_bytes(&self) -> Result<u64> {
-        self.db.begin_read()?.counter(super::C_LOGICAL)
+        self.begin_read()?.counter(super::C_LOGICAL)
     }
 }
 
-/// The snapshot files of a store as maintenance (gc, fsck) sees them: every chunk one of them
-/// names is kept. Files of interrupted deletions count until the deletion is finished.
-#[derive(Default, Clone)]
+/// The snapshot files of a store as chunk removal sees them: every chunk one of them names is
+/// kept, and every chunk a snapshot being written will name (`pending`: the read snapshot it
+/// copies from). Files of interrupted deletions count until the deletion is finished. Reads
+/// through one read transaction per file, opened when this is built.
+#[derive(Default)]
 pub struct Holders {
     pub dbs: Vec<std::sync::Arc<SnapshotDb>>,
+    txs: Vec<(u16, RTx)>,
+    pending: Vec<std::sync::Arc<RTx>>,
 }
 
 impl Holders {
+    /// Holders of open snapshot files and snapshots being written.
+    pub fn of(
+        dbs: Vec<std::sync::Arc<SnapshotDb>>,
+        pending: Vec<std::sync::Arc<RTx>>,
+    ) -> Result<Holders> {
+        let txs = dbs
+            .iter()
+            .map(|s| Ok((s.info.slot, s.begin_read()?)))
+            .collect::<Result<_>>()?;
+        Ok(Holders { dbs, txs, pending })
+    }
+
     /// Opens the snapshot files of the (unmounted) store at `store_dir`.
     pub fn open(store_dir: &Path) -> Result<Holders> {
         let dir = store_dir.join(DIR);
@@ -282,13 +329,22 @@ impl Holders {
             }
         }
         dbs.sort_by_key(|s| s.info.slot);
-        Ok(Holders { dbs })
+        Holders::of(dbs, Vec::new())
     }
 
-    /// Does a snapshot name chunk `id`? (Yes when a file cannot be read: keeping is safe.)
-    pub fn holds(&self, id: &crate::hash::ChunkId) -> bool {
-        self.dbs
+    /// Does a snapshot (other than the one in slot `except`) name chunk `id`? (Yes when a
+    /// file cannot be read: keeping is the safe answer.)
+    pub fn holds_except(&self, id: &crate::hash::ChunkId, except: Option<u16>) -> bool {
+        self.pending
             .iter()
-            .any(|s| !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None)))
+            .any(|r| !matches!(r.chunk(id), Ok(Some((0, _)) | None)))
+            || self
+                .txs
+                .iter()
+                .any(|(slot, r)| Some(*slot) != except && !matches!(r.chunk(id), Ok(None)))
+    }
+
+    pub fn holds(&self, id: &crate::hash::ChunkId) -> bool {
+        self.holds_except(id, None)
     }
 }

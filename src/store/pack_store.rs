@@ -171,6 +171,11 @@ fn list_pack_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 impl PackStore {
     /// Opens the pack store of the store directory `store_dir`, creating its packs directory
     /// and index when missing. A lost index is rebuilt from the packs.
+    /// The `packs` directory (in the store directory).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn open(store_dir: &Path) -> Result<PackStore> {
         let dir = store_dir.join("packs");
         fs::create_dir_all(&dir)?;

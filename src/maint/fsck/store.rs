@@ -111,14 +111,33 @@ pub(super) fn scan_store(
                     Ok(Some((rc, len))) if rc > 0 => Some((id, len)),
                     _ => None,
                 });
+            // Damage to a chunk only a snapshot keeps is as serious: its files read EIO there.
+            let held = p
+                .chunk
+                .as_deref()
+                .and_then(ChunkId::from_hex)
+                .is_some_and(|id| holders.holds(&id));
             let at = p
                 .offset
                 .map(|o| format!(" at offset {o}"))
                 .unwrap_or_default();
             let mut it = item(
                 K::PackDamaged,
-                if live.is_some() { Error } else { Warning },
-                format!("pack {}{at}: {}", p.pack, p.what),
+                if live.is_some() || held {
+                    Error
+                } else {
+                    Warning
+                },
+                format!(
+                    "pack {}{at}: {}{}",
+                    p.pack,
+                    p.what,
+                    if live.is_none() && held {
+                        " (a chunk a snapshot keeps)"
+                    } else {
+                        ""
+                    }
+                ),
             );
             if let Some((id, len)) = live {
                 damaged.entry(id).or_insert((Damage::Corrupt, len));
@@ -262,7 +281,7 @@ pub(super) fn scan_store(
 fn check_snapshots(store: &dyn ChunkStore, holders: &Holders) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for s in &holders.dbs {
-        let r = s.db.begin_read()?;
+        let r = s.begin_read()?;
         let mut missing = 0u64;
         let mut first = None;
         let mut err = None;
