@@ -802,14 +802,14 @@ fn snapshot_cmd(cmd: SnapshotCmd) -> Result<ExitCode> {
                 out(&format!("{}\n", serde_json::to_string_pretty(&list)?));
             } else {
                 let mut s = format!(
-                    "{:<20}  {:<20}  {:>12}  {:>12}  path\n",
-                    "name", "created (UTC)", "logical", "exclusive"
+                    "{:<20}  {:<23}  {:>12}  {:>12}  path\n",
+                    "name", "created", "logical", "exclusive"
                 );
                 for r in &list {
                     s += &format!(
-                        "{:<20}  {:<20}  {:>12}  {:>12}  /{}\n",
+                        "{:<20}  {:<23}  {:>12}  {:>12}  /{}\n",
                         r.name,
-                        utc(r.created),
+                        crate::meta::backup::show_time(r.created.max(0) as u64),
                         human(r.logical_bytes),
                         human(r.exclusive_bytes),
                         r.path
@@ -833,28 +833,6 @@ fn snapshot_cmd(cmd: SnapshotCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 fn run_fsck(vol: &volume::Volume, opts: FsckOptions, show_progress: bool) -> Result<FsckReport> {

@@ -161,15 +161,9 @@ impl Fs {
             Some(p) => self.attr_in(&st, &p.tx, ino)?,
             None => self.attr_in(&st, &snap, ino)?,
         };
-        match attr.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid("read of a special file")),
-        }
-        if offset >= attr.size {
+        let Some(end) = read_end(&attr, offset, size)? else {
             return Ok(Vec::new());
-        }
-        let end = attr.size.min(offset.saturating_add(size as u64));
+        };
         let (flushing, dirty, sequential) = match st.open.get_mut(&ino) {
             Some(o) => {
                 // Sequential: this read starts where the last one ended (or at 0).
@@ -979,4 +973,18 @@ fn seek_committed(r: &RTx, ino: Ino, offset: u64, whence: SeekWhence) -> Result<
             }
         }
     }
+}
+
+/// Where a read of `size` bytes at `offset` of a file with `attr` ends (`None`: at or past
+/// the end of the file); not a regular file: an error.
+pub(super) fn read_end(attr: &crate::meta::Attr, offset: u64, size: u32) -> Result<Option<u64>> {
+    match attr.kind {
+        Kind::File => {}
+        Kind::Dir => return Err(FsError::IsDir),
+        _ => return Err(FsError::Invalid("read of a special file")),
+    }
+    if offset >= attr.size {
+        return Ok(None);
+    }
+    Ok(Some(attr.size.min(offset.saturating_add(size as u64))))
 }

@@ -408,15 +408,9 @@ impl Fs {
         let (s, i) = self.snap_of(ino)?;
         let r = s.begin_read()?;
         let attr = r.inode(i)?.ok_or(FsError::NotFound)?;
-        match attr.kind {
-            Kind::File => {}
-            Kind::Dir => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid("read of a special file")),
-        }
-        if offset >= attr.size {
+        let Some(end) = super::file::read_end(&attr, offset, size)? else {
             return Ok(Vec::new());
-        }
-        let end = attr.size.min(offset.saturating_add(size as u64));
+        };
         let mut buf = vec![0u8; (end - offset) as usize];
         self.read_committed(&r, i, offset, &mut buf)?;
         Ok(buf)
