@@ -657,7 +657,7 @@ impl Fs {
         if pattr.nlink == 0 {
             return Err(FsError::NotFound);
         }
-        if tx.lookup(parent, name)?.is_some() {
+        if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
         let ino = tx.alloc_ino()?;
@@ -771,7 +771,7 @@ impl Fs {
         if pattr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        if tx.lookup(parent, name)?.is_some() {
+        if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
         if attr.nlink == 0 {
@@ -836,7 +836,11 @@ impl Fs {
         name: &[u8],
         dir: bool,
     ) -> Result<()> {
-        let (ino, kind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let (ino, kind) = match tx.lookup(parent, name)? {
+            Some(found) => found,
+            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
+            None => return Err(FsError::NotFound),
+        };
         if dir {
             if kind != Kind::Dir {
                 return Err(FsError::NotDir);
@@ -919,11 +923,18 @@ impl Fs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let (src, skind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let (src, skind) = match tx.lookup(parent, name)? {
+            Some(found) => found,
+            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
+            None => return Err(FsError::NotFound),
+        };
         if self.attr_in(st, tx, newparent)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         let dst = tx.lookup(newparent, newname)?;
+        if dst.is_none() && self.shows_snapdir(newparent, newname) {
+            return Err(FsError::ReadOnly);
+        }
         let now = Ts::now();
         if skind == Kind::Dir && newparent != parent && self.is_within(tx, newparent, src)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));

@@ -279,6 +279,14 @@ impl Fs {
         Ok(a)
     }
 
+    /// Is `parent`/`name` where the `.snapshots` directory shows, for a caller that found no
+    /// live entry of that name? Removing, renaming or replacing it must fail as the kernel
+    /// sees it (a read-only directory): without this, `rmdir .snapshots` said ENOENT, and a
+    /// directory renamed over it replaced it, hiding every snapshot behind the user's entry.
+    pub(super) fn shows_snapdir(&self, parent: Ino, name: &[u8]) -> bool {
+        parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any()
+    }
+
     /// The `.snapshots` directory, if the root has no entry of that name of its own.
     pub(super) fn snapdir_lookup(&self) -> Result<(Ino, Attr)> {
         Ok((SNAPDIR_INO, self.snap_getattr(SNAPDIR_INO)?))
