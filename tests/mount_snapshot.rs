@@ -177,6 +177,31 @@ fn sh(script: &str) -> Command {
     c
 }
 
+/// stat(2) itself, which the kernel answers from its caches while they are valid (std's
+/// `metadata` asks statx for more than the kernel caches for FUSE, which may send it to the
+/// daemon and so hide a stale cache entry): the attributes, or the errno.
+fn stat(p: &Path) -> Result<libc::stat, i32> {
+    let c = common::cstr(p);
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid C string and room for one struct stat.
+    let rc = unsafe { libc::stat(c.as_ptr(), st.as_mut_ptr()) };
+    if rc == 0 {
+        // SAFETY: stat(2) filled it in.
+        Ok(unsafe { st.assume_init() })
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// The errno of a stat(2) that must fail.
+#[track_caller]
+fn stat_errno(p: &Path) -> i32 {
+    match stat(p) {
+        Ok(st) => panic!("stat {}: exists (inode {:#x})", p.display(), st.st_ino),
+        Err(e) => e,
+    }
+}
+
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
@@ -864,10 +889,19 @@ fn restoring_a_file_is_a_copy_by_reference() {
         "the snapshot keeps the deleted file's data: {stored}"
     );
 
+    // Space alone cannot tell a reference from a byte copy (the copy's chunks would dedup
+    // against the snapshot's): the daemon's request counts can.
+    let ops = |op: &str| vol.stats()["requests"]["by_op"][op].as_u64().unwrap_or(0);
+    let (copies, writes) = (ops("copy_file_range"), ops("write"));
     run(Command::new("cp")
         .arg(vol.path(".snapshots/s/big.img"))
         .arg(vol.path("restored.img")));
     sync(&vol);
+    assert!(
+        ops("copy_file_range") > copies && ops("write") - writes < 8,
+        "cp out of a snapshot is served by copy_file_range, not writes: {}",
+        vol.stats()["requests"]
+    );
     assert_bytes_eq(
         "the restored file",
         &read_all(&vol.path("restored.img")),
@@ -959,8 +993,7 @@ fn exclusive_bytes_are_what_a_delete_frees() {
         "text listing: {table}"
     );
 
-    // A second snapshot that shares a's and b's chunks? No: it is taken now, without them.
-    // Another that does share: both keep c's chunks, which the live tree keeps too.
+    // s2 is taken without a's and b's old data; it shares c with s1 and the live tree.
     create(&vol, "s2");
     let before = vol.stat_u64("stored_bytes");
     // Cache s1's dentries in the kernel before the delete.
@@ -974,13 +1007,11 @@ fn exclusive_bytes_are_what_a_delete_frees() {
         "delete freed {freed} bytes; snapshot list promised {excl} (+ record headers)"
     );
     assert_eq!(
-        errno_of(
-            "stat of a deleted snapshot",
-            fs::metadata(vol.path(".snapshots/s1"))
-        ),
+        stat_errno(&vol.path(".snapshots/s1")),
         libc::ENOENT,
         "the kernel's cached entry went with the snapshot"
     );
+    assert_eq!(stat_errno(&vol.path(".snapshots/s1/c")), libc::ENOENT);
     assert!(
         Command::new("ls")
             .arg(vol.path(".snapshots/s1"))
@@ -996,30 +1027,22 @@ fn exclusive_bytes_are_what_a_delete_frees() {
     assert!(vol.path(".snapshots/s2/c").exists());
     delete(&vol, "s2");
     assert_eq!(
-        errno_of("stat of .snapshots", fs::metadata(vol.path(".snapshots"))),
+        stat_errno(&vol.path(".snapshots")),
         libc::ENOENT,
         ".snapshots is gone with the last snapshot"
     );
     assert!(list(&vol).is_empty());
 
     // Negative entries: a name looked up (and cached as absent) is there as soon as created.
-    assert_eq!(
-        errno_of("stat before", fs::metadata(vol.path(".snapshots"))),
-        libc::ENOENT
-    );
-    assert_eq!(
-        errno_of("stat before", fs::metadata(vol.path(".snapshots/n1"))),
-        libc::ENOENT
-    );
+    assert_eq!(stat_errno(&vol.path(".snapshots")), libc::ENOENT);
+    assert_eq!(stat_errno(&vol.path(".snapshots/n1")), libc::ENOENT);
     create(&vol, "n1");
+    assert!(stat(&vol.path(".snapshots/n1/c")).is_ok());
     assert!(
         vol.path(".snapshots/n1/c").exists(),
         "a snapshot created after a failed lookup of .snapshots is visible at once"
     );
-    assert_eq!(
-        errno_of("stat before", fs::metadata(vol.path(".snapshots/n2"))),
-        libc::ENOENT
-    );
+    assert_eq!(stat_errno(&vol.path(".snapshots/n2")), libc::ENOENT);
     let out = Command::new("ls")
         .arg(vol.path(".snapshots/n2"))
         .output()
@@ -1086,11 +1109,11 @@ fn a_snapshot_recreated_under_the_same_name_shows_its_new_content() {
     create(&vol, "s");
     let f = vol.path(".snapshots/s/f");
     assert_eq!(fs::read(&f).unwrap(), b"first version\n");
-    assert_eq!(fs::metadata(&f).unwrap().len(), 14);
+    assert_eq!(stat(&f).unwrap().st_size, 14);
     delete(&vol, "s");
     write_file(&vol.path("f"), b"the second, longer version\n");
     create(&vol, "s");
-    assert_eq!(fs::metadata(&f).unwrap().len(), 27, "fresh attributes");
+    assert_eq!(stat(&f).unwrap().st_size, 27, "fresh attributes");
     assert_eq!(fs::read(&f).unwrap(), b"the second, longer version\n");
 
     // The same while a process holds a file of the old snapshot open.
@@ -1099,7 +1122,7 @@ fn a_snapshot_recreated_under_the_same_name_shows_its_new_content() {
     write_file(&vol.path("f"), b"third\n");
     create(&vol, "s");
     assert_eq!(
-        fs::metadata(&f).unwrap().len(),
+        stat(&f).unwrap().st_size,
         6,
         "fresh attributes while the old snapshot's file is open"
     );
@@ -1234,10 +1257,7 @@ fn snapshots_survive_kill_9_and_deletes_stay_done() {
         ["kept"],
         "a deleted snapshot stays deleted"
     );
-    assert_eq!(
-        errno_of("stat", fs::metadata(vol.path(".snapshots/gone"))),
-        libc::ENOENT
-    );
+    assert_eq!(stat_errno(&vol.path(".snapshots/gone")), libc::ENOENT);
     assert!(
         vol.stat_u64("stored_bytes") + 1_900_000 <= with_it,
         "its data stays freed"
