@@ -1517,5 +1517,25 @@ fn snapshots_survive_remounts_and_a_read_only_mount_serves_them() {
     assert_eq!(list(&vol), listed);
     delete(&vol, "daily 2026-12-01 ñ");
     assert_eq!(names(&list(&vol)), ["two"]);
+    // The list is in the order the snapshots were taken, also when a newer one reuses the
+    // number of one deleted before it.
+    create(&vol, "three");
+    assert_eq!(names(&list(&vol)), ["two", "three"]);
+    let table = ok(
+        dedupfs([
+            OsStr::new("snapshot"),
+            OsStr::new("list"),
+            vol.mnt.as_os_str(),
+        ]),
+        "snapshot list",
+    );
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(rows, ["two", "three"], "{table}");
+    vol.remount();
+    assert_eq!(names(&list(&vol)), ["two", "three"], "after a remount");
     vol.unmount();
 }
