@@ -522,9 +522,11 @@ impl Fs {
         self.snapshot_report(&db)
     }
 
-    /// `dedupfs snapshot list`.
+    /// `dedupfs snapshot list`, oldest first. (Not in slot order: a new snapshot takes the
+    /// lowest free slot, which may be one an older snapshot's delete freed.)
     pub fn snapshot_list(&self) -> Result<Vec<SnapshotReport>> {
-        let list = self.snaps.list.read().clone();
+        let mut list = self.snaps.list.read().clone();
+        list.sort_by_key(|s| (s.info.created_ns, s.info.slot));
         list.iter().map(|s| self.snapshot_report(s)).collect()
     }
 
