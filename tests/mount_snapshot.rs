@@ -1195,6 +1195,22 @@ fn gc_and_fsck_keep_what_a_snapshot_holds() {
         "gc of the unmounted store",
     );
     fsck_clean(&vol, "fsck after gc of the unmounted store");
+    // fsck --repair rebuilds the volume's chunk bookkeeping from its own tree: it must not
+    // take what only a snapshot names for garbage either.
+    let out = dedupfs([
+        OsStr::new("fsck"),
+        vol.store.as_os_str(),
+        OsStr::new("--repair"),
+        OsStr::new("--json"),
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck --repair --json: {e}: {}", text(&out)));
+    assert!(
+        out.status.success() && report["repaired"] == 0,
+        "fsck --repair found nothing to repair: {}",
+        text(&out)
+    );
+    fsck_clean(&vol, "fsck after fsck --repair");
     vol.remount();
     for (i, h) in held.iter().enumerate() {
         assert_bytes_eq(
@@ -1391,6 +1407,27 @@ fn bad_snapshot_requests_fail_with_one_line_and_change_nothing() {
         ]),
         "not the mount point",
         "delete with a subdirectory as MOUNTPOINT",
+    );
+    refused(
+        &with_path(&vol.path(".snapshots")),
+        "inside a snapshot",
+        "--path .snapshots",
+    );
+    refused(
+        &dedupfs([OsStr::new("du"), vol.path(".snapshots/s1/dir").as_os_str()]),
+        "inside a snapshot",
+        "dedupfs du inside a snapshot",
+    );
+    // A relative MOUNTPOINT is fine: list from inside the mount.
+    let out = Command::new(BIN)
+        .args(["snapshot", "list", ".", "--json"])
+        .current_dir(&vol.mnt)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Vec<Value>>(&ok(out, "list .").into_bytes()).unwrap(),
+        before
     );
     assert_eq!(list(&vol), before, "snapshot list unchanged");
     assert_eq!(ls_a(&vol.path(".snapshots")), [".", "..", "s1"]);
