@@ -1141,24 +1141,30 @@ fn gc_and_fsck_keep_what_a_snapshot_holds() {
     let mut vol = Volume::with_args(&["--pack-mib", "1"], &[]);
     fs::create_dir(vol.path("held")).unwrap();
     fs::create_dir(vol.path("other")).unwrap();
-    // Written in turns, so packs mix data the snapshot holds with data it does not.
-    let mut held = Vec::new();
-    for i in 0..6u64 {
-        let h = random_bytes(100 + i, 700_000);
-        write_file(&vol.path(&format!("held/h{i}")), &h);
-        write_file(
-            &vol.path(&format!("other/o{i}")),
-            &random_bytes(200 + i, 700_000),
-        );
-        held.push(h);
+    // One file written in one go (one write-back: its chunks follow each other in the packs),
+    // whose first half the snapshot gets by reference: once the live tree deletes it, the pack
+    // where the halves meet holds records only the snapshot keeps next to dead ones.
+    let whole = random_bytes(100, (5 * MIB) as usize);
+    write_file(&vol.path("other/whole"), &whole);
+    let half = whole.len() as u64 / 2;
+    {
+        let src = File::open(vol.path("other/whole")).unwrap();
+        let dst = File::create(vol.path("held/half")).unwrap();
+        let mut done = 0;
+        while done < half {
+            done += common::copy_file_range(&src, done, &dst, done, half - done).unwrap();
+        }
     }
+    let held = &whole[..half as usize];
+    let copy = vol.path(".snapshots/s/half");
+    let check = |what: &str| assert_bytes_eq(what, &read_all(&copy), held);
     create_of(&vol, "s", &vol.path("held"));
     fs::remove_dir_all(vol.path("held")).unwrap();
     fs::remove_dir_all(vol.path("other")).unwrap();
     sync(&vol);
     let stored = vol.stat_u64("stored_bytes");
     assert!(
-        stored >= 6 * 700_000,
+        stored >= half,
         "the snapshot's data is still stored: {stored}"
     );
 
@@ -1176,13 +1182,7 @@ fn gc_and_fsck_keep_what_a_snapshot_holds() {
         report["compaction"]["chunks_moved"].as_u64().unwrap_or(0) > 0,
         "gc moved live records out of mixed packs, the snapshot's among them: {report}"
     );
-    for (i, h) in held.iter().enumerate() {
-        assert_bytes_eq(
-            "a held file after gc of the mounted store",
-            &read_all(&vol.path(&format!(".snapshots/s/h{i}"))),
-            h,
-        );
-    }
+    check("a held file after gc of the mounted store");
     fsck_clean(&vol, "fsck of the mounted store");
     vol.unmount();
     fsck_clean(&vol, "fsck after unmount");
@@ -1212,13 +1212,7 @@ fn gc_and_fsck_keep_what_a_snapshot_holds() {
     );
     fsck_clean(&vol, "fsck after fsck --repair");
     vol.remount();
-    for (i, h) in held.iter().enumerate() {
-        assert_bytes_eq(
-            "a held file after gc and a remount",
-            &read_all(&vol.path(&format!(".snapshots/s/h{i}"))),
-            h,
-        );
-    }
+    check("a held file after gc and a remount");
     // Deleting the snapshot frees it all, and fsck is still clean.
     delete(&vol, "s");
     sync(&vol);
@@ -1575,4 +1569,118 @@ fn snapshots_survive_remounts_and_a_read_only_mount_serves_them() {
     vol.remount();
     assert_eq!(names(&list(&vol)), ["two", "three"], "after a remount");
     vol.unmount();
+}
+
+/// A snapshot taken while a process appends 4 KiB records to a file: the snapshot's copy of
+/// the file, and how many appends had returned before `create` started and when it returned.
+fn snapshot_during_appends() -> (Vec<u8>, u64, u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let vol = Volume::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, stop, p) = (done.clone(), stop.clone(), vol.path("log"));
+        std::thread::spawn(move || {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                f.write_all(&record(i)).unwrap();
+                i += 1;
+                done.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = done.load(Ordering::SeqCst);
+    create(&vol, "s");
+    let after = done.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    (read_all(&vol.path(".snapshots/s/log")), before, after)
+}
+
+const REC: usize = 4096;
+
+fn record(i: u64) -> Vec<u8> {
+    let mut r = format!("record {i:010} ").into_bytes();
+    r.resize(REC - 1, b'.');
+    r.push(b'\n');
+    r
+}
+
+/// How `got` reads as the log: how many whole, correct records it starts with, how many
+/// bytes of the next record follow them (a write under way when the snapshot was taken), and
+/// how many NULs then run to its end (`None` if anything else follows).
+fn parse_log(got: &[u8]) -> (u64, usize, Option<usize>) {
+    let good = got
+        .chunks(REC)
+        .enumerate()
+        .take_while(|(i, r)| *r == record(*i as u64).as_slice())
+        .count();
+    let rest = &got[good * REC..];
+    let next = record(good as u64);
+    let torn = rest.iter().zip(&next).take_while(|(a, b)| a == b).count();
+    let after = &rest[torn..];
+    (
+        good as u64,
+        torn,
+        after.iter().all(|&b| b == 0).then_some(after.len()),
+    )
+}
+
+/// Item 1, under load: a snapshot taken while a process appends records holds every record
+/// whose write returned before `create` started, in order, and none written after `create`
+/// returned (a write under way meanwhile may be in part).
+#[test]
+fn a_snapshot_taken_during_writes_has_every_write_that_returned_before_it() {
+    if !fuse_available() {
+        return;
+    }
+    let (got, before, after) = snapshot_during_appends();
+    let (good, torn, nuls) = parse_log(&got);
+    let what = format!(
+        "the snapshot's file: {} bytes, {good} whole records, {torn} bytes of the next, then \
+         {nuls:?} NULs; {before} records were written before create, {after} when it returned",
+        got.len()
+    );
+    assert!(nuls.is_some(), "records, then something else: {what}");
+    assert!(
+        good >= before,
+        "a record written before create is missing: {what}"
+    );
+    assert!(
+        got.len() as u64 <= after * REC as u64,
+        "it has more than was written when create returned: {what}"
+    );
+}
+
+/// The same, strictly: the snapshot's file never holds NULs where the file had none. Fails:
+/// the file's size in the snapshot runs ahead of its data, ending in NULs (megabytes of them),
+/// because a write-back's metadata commit records the inode's in-memory size
+/// (`tx.put_inode(ino, &o.attr)` in `Fs::writeback`; `set_attr_in` for an open file) while
+/// data written since the write-back took its ranges, and the unfinished tail chunk it keeps
+/// dirty, are not committed yet; the durable state `snapshot create` copies is taken after
+/// such commits. (The same commits let a crash leave NULs at the end of a file being written.)
+#[test]
+#[ignore = "bug: a snapshot of a file being appended to ends in NULs (size committed ahead of data)"]
+fn a_snapshot_taken_during_writes_has_no_nuls_the_file_never_held() {
+    if !fuse_available() {
+        return;
+    }
+    let (got, before, after) = snapshot_during_appends();
+    let (good, torn, nuls) = parse_log(&got);
+    assert_eq!(
+        nuls,
+        Some(0),
+        "the snapshot's file: {} bytes, {good} whole records, {torn} bytes of the next, then \
+         NULs the file never held; {before} records were written before create, {after} when \
+         it returned",
+        got.len()
+    );
 }
