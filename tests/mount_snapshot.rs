@@ -1660,15 +1660,11 @@ fn a_snapshot_taken_during_writes_has_every_write_that_returned_before_it() {
     );
 }
 
-/// The same, strictly: the snapshot's file never holds NULs where the file had none. Fails:
-/// the file's size in the snapshot runs ahead of its data, ending in NULs (megabytes of them),
-/// because a write-back's metadata commit records the inode's in-memory size
-/// (`tx.put_inode(ino, &o.attr)` in `Fs::writeback`; `set_attr_in` for an open file) while
-/// data written since the write-back took its ranges, and the unfinished tail chunk it keeps
-/// dirty, are not committed yet; the durable state `snapshot create` copies is taken after
-/// such commits. (The same commits let a crash leave NULs at the end of a file being written.)
+/// The same, strictly: the snapshot's file never holds NULs where the file had none. (A
+/// write-back's metadata commit used to record the inode's in-memory size while data written
+/// since it took its ranges, and the unfinished tail chunk it keeps dirty, were not committed
+/// yet, so the durable state a snapshot copies ended in megabytes of NULs.)
 #[test]
-#[ignore = "bug: a snapshot of a file being appended to ends in NULs (size committed ahead of data)"]
 fn a_snapshot_taken_during_writes_has_no_nuls_the_file_never_held() {
     if !fuse_available() {
         return;

@@ -192,6 +192,23 @@ impl OpenInode {
     }
 }
 
+/// The size to commit for a file of `size` bytes whose bytes in `pending` (start, end) are not
+/// committed yet, where `committed` is the size committed so far: never past the first
+/// pending byte beyond `committed`, so committed metadata never shows a file longer than its
+/// committed data (a crash, or a snapshot copying the durable state, would otherwise show
+/// NULs where writes were still in memory). The size catches up when they are written back.
+fn committed_size(committed: u64, size: u64, pending: impl IntoIterator<Item = (u64, u64)>) -> u64 {
+    if size <= committed {
+        return size;
+    }
+    pending
+        .into_iter()
+        .filter(|&(_, end)| end > committed)
+        .map(|(start, _)| start.max(committed))
+        .min()
+        .map_or(size, |first| first.min(size))
+}
+
 /// Is a write-back of any inode in flight (its snapshot may count dead chunks as live)?
 fn flush_in_flight(st: &State) -> bool {
     st.open.values().any(|o| o.flushing.is_some())
@@ -533,10 +550,21 @@ impl Fs {
 
     /// Writes attributes to the database and the open copy.
     fn set_attr_in(&self, st: &mut State, tx: &mut WTx, ino: Ino, attr: Attr) -> Result<()> {
-        tx.put_inode(ino, &attr)?;
+        let mut stored = attr;
+        if let Some(o) = st.open.get(&ino) {
+            let in_flight = o.flushing.iter().flat_map(|r| r.iter());
+            let pending = o
+                .dirty
+                .spans()
+                .into_iter()
+                .chain(in_flight.map(|(k, v)| (*k, *k + v.len() as u64)));
+            let committed = tx.inode(ino)?.map_or(0, |a| a.size);
+            stored.size = committed_size(committed, attr.size, pending);
+        }
+        tx.put_inode(ino, &stored)?;
         if let Some(o) = st.open.get_mut(&ino) {
             o.attr = attr;
-            o.attr_dirty = false;
+            o.attr_dirty = stored.size != attr.size;
         }
         Ok(())
     }
