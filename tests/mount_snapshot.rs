@@ -2,14 +2,16 @@
 //! driven through the real binary and the tools people use on them.
 //!
 //! Guards against: a snapshot that misses data still dirty in the daemon or picks up changes
-//! made after `create`; hard links, symlinks, xattrs or holes lost in the copy; inode numbers
+//! made after `create`, or shows a file being written with NULs it never held; hard links, symlinks, xattrs or holes lost in the copy; inode numbers
 //! that collide with live ones or change; `.snapshots` showing up in `ls -a`, `cp -a`, `tar`,
-//! `find` or `du` of the volume; a snapshot that can be written to; `--path` copying more than
+//! `find` or `du` of the volume; a snapshot, or `.snapshots` itself, that can be written to,
+//! removed, renamed or replaced; `--path` copying more than
 //! its tree or counting hard links outside it; a restore that copies data instead of
 //! referencing it; exclusive bytes that are not what a delete frees; kernel caches (positive
 //! and negative dentries) that show a deleted snapshot or hide a new one; gc, compaction or
 //! the volume's own removal freeing chunks only a snapshot holds; snapshots lost or resurrected
-//! by kill -9; bad input that changes anything or fails without one clear line.
+//! by kill -9 (or a crash in the middle of a delete); `snapshot list` out of creation order;
+//! bad input that changes anything or fails without one clear line.
 
 mod common;
 
