@@ -327,7 +327,14 @@ impl Fs {
                     tx.replace_extents(ino, &old, &r.new)?;
                 }
                 if let Some(o) = st.open.get(&ino) {
-                    tx.put_inode(ino, &o.attr)?;
+                    // Data written since the take, and the tail kept dirty, are not in this
+                    // commit: neither is the size they add.
+                    let tails = p.tails.iter().map(|(k, v)| (*k, *k + v.len() as u64));
+                    let pending = o.dirty.spans().into_iter().chain(tails);
+                    let committed = tx.inode(ino)?.map_or(0, |a| a.size);
+                    let mut a = o.attr;
+                    a.size = super::committed_size(committed, a.size, pending);
+                    tx.put_inode(ino, &a)?;
                 }
                 Ok(())
             })?;

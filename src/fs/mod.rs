@@ -193,6 +193,23 @@ impl OpenInode {
     }
 }
 
+/// The size to commit for a file of `size` bytes whose bytes in `pending` (start, end) are not
+/// committed yet, where `committed` is the size committed so far: never past the first
+/// pending byte beyond `committed`, so committed metadata never shows a file longer than its
+/// committed data (a crash, or a snapshot copying the durable state, would otherwise show
+/// NULs where writes were still in memory). The size catches up when they are written back.
+fn committed_size(committed: u64, size: u64, pending: impl IntoIterator<Item = (u64, u64)>) -> u64 {
+    if size <= committed {
+        return size;
+    }
+    pending
+        .into_iter()
+        .filter(|&(_, end)| end > committed)
+        .map(|(start, _)| start.max(committed))
+        .min()
+        .map_or(size, |first| first.min(size))
+}
+
 /// Is a write-back of any inode in flight (its snapshot may count dead chunks as live)?
 fn flush_in_flight(st: &State) -> bool {
     st.open.values().any(|o| o.flushing.is_some())
@@ -550,10 +567,21 @@ impl Fs {
 
     /// Writes attributes to the database and the open copy.
     fn set_attr_in(&self, st: &mut State, tx: &mut WTx, ino: Ino, attr: Attr) -> Result<()> {
-        tx.put_inode(ino, &attr)?;
+        let mut stored = attr;
+        if let Some(o) = st.open.get(&ino) {
+            let in_flight = o.flushing.iter().flat_map(|r| r.iter());
+            let pending = o
+                .dirty
+                .spans()
+                .into_iter()
+                .chain(in_flight.map(|(k, v)| (*k, *k + v.len() as u64)));
+            let committed = tx.inode(ino)?.map_or(0, |a| a.size);
+            stored.size = committed_size(committed, attr.size, pending);
+        }
+        tx.put_inode(ino, &stored)?;
         if let Some(o) = st.open.get_mut(&ino) {
             o.attr = attr;
-            o.attr_dirty = false;
+            o.attr_dirty = stored.size != attr.size;
         }
         Ok(())
     }
@@ -675,7 +703,7 @@ impl Fs {
         if pattr.nlink == 0 {
             return Err(FsError::NotFound);
         }
-        if tx.lookup(parent, name)?.is_some() {
+        if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
         let ino = tx.alloc_ino()?;
@@ -790,7 +818,7 @@ impl Fs {
         if pattr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        if tx.lookup(parent, name)?.is_some() {
+        if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
         if attr.nlink == 0 {
@@ -855,7 +883,11 @@ impl Fs {
         name: &[u8],
         dir: bool,
     ) -> Result<()> {
-        let (ino, kind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let (ino, kind) = match tx.lookup(parent, name)? {
+            Some(found) => found,
+            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
+            None => return Err(FsError::NotFound),
+        };
         if dir {
             if kind != Kind::Dir {
                 return Err(FsError::NotDir);
@@ -939,11 +971,18 @@ impl Fs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let (src, skind) = tx.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        let (src, skind) = match tx.lookup(parent, name)? {
+            Some(found) => found,
+            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
+            None => return Err(FsError::NotFound),
+        };
         if self.attr_in(st, tx, newparent)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         let dst = tx.lookup(newparent, newname)?;
+        if dst.is_none() && self.shows_snapdir(newparent, newname) {
+            return Err(FsError::ReadOnly);
+        }
         let now = Ts::now();
         if skind == Kind::Dir && newparent != parent && self.is_within(tx, newparent, src)? {
             return Err(FsError::Invalid("cannot move a directory into itself"));

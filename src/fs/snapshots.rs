@@ -314,6 +314,14 @@ impl Fs {
         Ok(a)
     }
 
+    /// Is `parent`/`name` where the `.snapshots` directory shows, for a caller that found no
+    /// live entry of that name? Removing, renaming or replacing it must fail as the kernel
+    /// sees it (a read-only directory): without this, `rmdir .snapshots` said ENOENT, and a
+    /// directory renamed over it replaced it, hiding every snapshot behind the user's entry.
+    pub(super) fn shows_snapdir(&self, parent: Ino, name: &[u8]) -> bool {
+        parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any()
+    }
+
     /// The `.snapshots` directory, if the root has no entry of that name of its own.
     pub(super) fn snapdir_lookup(&self) -> Result<(Ino, Attr)> {
         Ok((SNAPDIR_INO, self.snap_getattr(SNAPDIR_INO)?))
@@ -571,9 +579,11 @@ impl Fs {
         }))
     }
 
-    /// `dedupfs snapshot list`.
+    /// `dedupfs snapshot list`, oldest first. (Not in slot order: a new snapshot takes the
+    /// lowest free slot, which may be one an older snapshot's delete freed.)
     pub fn snapshot_list(&self) -> Result<Vec<SnapshotReport>> {
-        let list = self.snaps.list.read().clone();
+        let mut list = self.snaps.list.read().clone();
+        list.sort_by_key(|s| (s.info.created_ns, s.info.slot));
         list.iter().map(|s| self.snapshot_report(s)).collect()
     }
 
