@@ -482,7 +482,7 @@ fn a_huge_sparse_file_is_snapshotted_by_its_extents_not_its_size() {
 }
 
 #[test]
-fn the_snapshots_name_in_the_root_cannot_be_taken_while_snapshots_exist() {
+fn the_snapshots_name_in_the_root_cannot_be_taken_or_replaced_while_snapshots_exist() {
     let v = Vol::new();
     let d = v.mkdir(ROOT_INO, "d");
     v.fs().snapshot_create("s", ROOT_INO, "").unwrap();
@@ -503,7 +503,7 @@ fn the_snapshots_name_in_the_root_cannot_be_taken_while_snapshots_exist() {
             b".snapshots",
             RenameFlags::default()
         )),
-        libc::EEXIST
+        libc::EROFS
     );
     v.at(".snapshots/s/d").unwrap();
     // Elsewhere the name is an ordinary one.

@@ -431,15 +431,6 @@ impl Fs {
         &self.meta
     }
 
-    /// `.snapshots` in the root names the snapshots directory while there are snapshots: it
-    /// cannot be created there (EEXIST, as for any existing name).
-    fn check_free_name(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        if parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any() {
-            return Err(FsError::Exists);
-        }
-        Ok(())
-    }
-
     /// `writable`, and `ino` is not inside a snapshot.
     fn writable_ino(&self, ino: Ino) -> Result<()> {
         if in_snapshot(ino) {
@@ -680,7 +671,6 @@ impl Fs {
     ) -> Result<(Ino, Attr)> {
         self.writable_ino(parent)?;
         check_name(name)?;
-        self.check_free_name(parent, name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| {
             self.make_node_in(st, tx, parent, name, attr, symlink)
@@ -797,7 +787,6 @@ impl Fs {
         self.writable_ino(ino)?;
         self.writable_ino(parent)?;
         check_name(name)?;
-        self.check_free_name(parent, name)?;
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| self.link_in(st, tx, ino, parent, name))
     }
@@ -950,7 +939,6 @@ impl Fs {
         self.writable_ino(newparent)?;
         check_name(name)?;
         check_name(newname)?;
-        self.check_free_name(newparent, newname)?;
         if flags.exchange && flags.noreplace {
             return Err(FsError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
         }
