@@ -595,6 +595,28 @@ mod tests {
     }
 
     #[test]
+    fn clients_build_for_https_http_and_aws() {
+        // Builds reqwest's rustls client with the ring provider (a missing provider panics
+        // here, not at the first request).
+        for endpoint in [
+            Some("https://s3.example.net"),
+            Some("http://127.0.0.1:1"),
+            None,
+        ] {
+            let c = RemoteConfig {
+                endpoint: endpoint.map(String::from),
+                ..RemoteConfig::new("b", "k", "s")
+            };
+            RemoteStore::new(&c).unwrap();
+        }
+        let no_key = RemoteConfig::new("b", "", "s");
+        assert!(matches!(
+            RemoteStore::new(&no_key),
+            Err(RemoteError::Config(_))
+        ));
+    }
+
+    #[test]
     fn s3_error_bodies_give_code_and_message() {
         let body = "403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code>\
                     <Message>Forbidden: Invalid signature</Message></Error>";
