@@ -160,6 +160,56 @@ db_error!(
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
+/// Errors of the remote object store (`store::remote`). Each names what the user can act on:
+/// the endpoint, the bucket, the key id or the object. No errno here: the remote volume
+/// decides how these reach the filesystem (through [`FsError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("remote store configuration: {0}")]
+    Config(String),
+    #[error("cannot reach the object store at {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    #[error("the object store at {endpoint} did not answer {op} {key} in time: {detail}")]
+    Timeout {
+        endpoint: String,
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+    #[error(
+        "the object store at {endpoint} refused access key {key_id} to bucket {bucket}: {detail} \
+         (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and the key's permissions)"
+    )]
+    Auth {
+        endpoint: String,
+        bucket: String,
+        key_id: String,
+        detail: String,
+    },
+    #[error("bucket {bucket} does not exist at {endpoint}")]
+    NoBucket { endpoint: String, bucket: String },
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    #[error("object {key} already exists (conditional create refused)")]
+    AlreadyExists { key: String },
+    #[error("object {key} changed since it was read (conditional update refused)")]
+    Precondition { key: String },
+    #[error("object {key}: asked for bytes {start}..{end}, got {got}")]
+    ShortRead {
+        key: String,
+        start: u64,
+        end: u64,
+        got: u64,
+    },
+    #[error("{op} {key} at {endpoint}: {detail}")]
+    Other {
+        endpoint: String,
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! - [`hash`]: `ChunkId`, the blake3 name of a chunk.
 //! - [`chunker`]: FastCDC parameters and cut points (boundaries are on-disk format).
 //! - [`store`]: the `ChunkStore` trait (local dir, memory, fault-injecting) and the verified
-//!   mmap LRU cache (the crate's only `unsafe`).
+//!   mmap LRU cache (the crate's only `unsafe`); `store::remote`, a blocking client of an
+//!   S3-compatible bucket (for remote volumes).
 //! - [`meta`]: metadata in redb: inodes, dirents, extents, refcounts, xattrs.
 //! - [`fs`]: the filesystem core, FUSE-free, every operation returns `Result`.
 //! - [`volume`]: the store directory, its marker and its lock.

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod pack;
 pub mod pack_index;
 pub mod pack_store;
+pub mod remote;
 
 use crate::error::Result;
 use crate::hash::ChunkId;

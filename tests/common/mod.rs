@@ -10,6 +10,7 @@
 //! Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod tree;
 pub mod xattr;
 
