@@ -1098,6 +1098,8 @@ enum Node {
     Dir,
     /// A regular file: bytes read and their BLAKE3 hash.
     File(u64, blake3::Hash),
+    /// A regular file whose read failed (a violation already).
+    Unreadable,
     Other(fs::FileType),
 }
 
@@ -1149,7 +1151,7 @@ fn read_tree(root: &Path, what: &str, bad: &mut Vec<String>) -> BTreeMap<String,
                     }
                     Err(err) => {
                         bad.push(format!("{what}: {rel}: read failed: {err}"));
-                        continue;
+                        Node::Unreadable
                     }
                 }
             } else {
@@ -1342,12 +1344,31 @@ fn verify_snapshots(
                 Kind::Dir => Node::Dir,
                 Kind::File | Kind::Target => Node::File(c.len() as u64, blake3::hash(c)),
             });
-            if got != want.as_ref() {
-                bad.push(format!(
-                    "{what}: {rel}: holds {got:?}, but the name was {want:?} (len {:?}) from \
-                     before the create started until it returned",
-                    s.content.as_ref().map(|c| c.len())
-                ));
+            if got == want.as_ref() || got == Some(&Node::Unreadable) {
+                continue;
+            }
+            let was = "from before the create started until it returned";
+            match (got, &s.content) {
+                (None, _) => bad.push(format!(
+                    "{what}: {rel}: missing, but the name existed {was}"
+                )),
+                (Some(_), None) => bad.push(format!(
+                    "{what}: {rel}: present, but the name was removed {was}"
+                )),
+                (Some(Node::File(..)), Some(c)) => {
+                    let bytes = fs::read(snapdir.join(name).join(rel)).unwrap_or_default();
+                    bad.push(format!(
+                        "{what}: {rel}: differs at byte {:?} (len {}) from the journal's \
+                         content (len {}), which it held {was}",
+                        common::first_difference(&bytes, c),
+                        bytes.len(),
+                        c.len()
+                    ));
+                }
+                (Some(node), _) => bad.push(format!(
+                    "{what}: {rel}: is {node:?}, the workload made a {:?}",
+                    s.kind
+                )),
             }
         }
         trees.insert(name.clone(), tree);
