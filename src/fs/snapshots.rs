@@ -242,6 +242,8 @@ impl Fs {
     pub fn snapshot_holders(&self) -> snapshot::Holders {
         snapshot::Holders {
             dbs: self.snaps.list.read().clone(),
+            // A mounted volume finished its interrupted deletions when it opened.
+            deleting: Vec::new(),
         }
     }
 

@@ -225,14 +225,20 @@ impl SnapshotDb {
 /// names is kept. Files of interrupted deletions count until the deletion is finished.
 #[derive(Default, Clone)]
 pub struct Holders {
+    /// The snapshots: fsck checks that every chunk they name is in the store.
     pub dbs: Vec<std::sync::Arc<SnapshotDb>>,
+    /// Files of deletions a crash interrupted (`.deleting-`, unmounted stores only). They keep
+    /// their chunks until the next mount finishes the deletion, but nothing requires those to
+    /// be there: a crash after the deletion's durable point has rightly removed the chunks
+    /// only they named.
+    pub deleting: Vec<std::sync::Arc<SnapshotDb>>,
 }
 
 impl Holders {
     /// Opens the snapshot files of the (unmounted) store at `store_dir`.
     pub fn open(store_dir: &Path) -> Result<Holders> {
         let dir = store_dir.join(DIR);
-        let mut dbs = Vec::new();
+        let (mut dbs, mut deleting) = (Vec::new(), Vec::new());
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Holders::default()),
@@ -242,24 +248,30 @@ impl Holders {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let live = slot_of(&name).is_some();
-            let deleting = name
+            let interrupted = name
                 .strip_prefix(".deleting-")
                 .is_some_and(|n| slot_of(n).is_some());
-            if live || deleting {
+            if live || interrupted {
                 let s = SnapshotDb::open(&e.path()).map_err(|err| {
                     FsError::Corrupt(format!("snapshot file {}: {err}", e.path().display()))
                 })?;
-                dbs.push(std::sync::Arc::new(s));
+                if live {
+                    dbs.push(std::sync::Arc::new(s));
+                } else {
+                    deleting.push(std::sync::Arc::new(s));
+                }
             }
         }
         dbs.sort_by_key(|s| s.info.slot);
-        Ok(Holders { dbs })
+        deleting.sort_by_key(|s| s.info.slot);
+        Ok(Holders { dbs, deleting })
     }
 
     /// Does a snapshot name chunk `id`? (Yes when a file cannot be read: keeping is safe.)
     pub fn holds(&self, id: &crate::hash::ChunkId) -> bool {
         self.dbs
             .iter()
+            .chain(&self.deleting)
             .any(|s| !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None)))
     }
 }
