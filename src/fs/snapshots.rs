@@ -239,11 +239,15 @@ impl Fs {
     }
 
     /// The open snapshot files, for maintenance (gc, fsck) run through `with_quiesced`.
+    /// Call it under the state lock (inside `with_quiesced`): a create that has not begun
+    /// writing its file by then takes its durable snapshot only after the maintenance is done
+    /// (it needs that lock), so `writing` covers every snapshot whose chunks are unknown.
     pub fn snapshot_holders(&self) -> snapshot::Holders {
         snapshot::Holders {
             dbs: self.snaps.list.read().clone(),
             // A mounted volume finished its interrupted deletions when it opened.
             deleting: Vec::new(),
+            writing: self.snaps.removal_paused(),
         }
     }
 

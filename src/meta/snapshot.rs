@@ -232,6 +232,11 @@ pub struct Holders {
     /// be there: a crash after the deletion's durable point has rightly removed the chunks
     /// only they named.
     pub deleting: Vec<std::sync::Arc<SnapshotDb>>,
+    /// A snapshot is being written (a mounted volume's, `Fs::snapshot_holders`): which chunks
+    /// it names is not known until it is done, so every chunk counts as held. It copies a
+    /// durable state from before this gc's durable point; a chunk the volume dropped since
+    /// would otherwise look like garbage.
+    pub writing: bool,
 }
 
 impl Holders {
@@ -264,14 +269,21 @@ impl Holders {
         }
         dbs.sort_by_key(|s| s.info.slot);
         deleting.sort_by_key(|s| s.info.slot);
-        Ok(Holders { dbs, deleting })
+        Ok(Holders {
+            dbs,
+            deleting,
+            // No daemon: a `.tmp-` snapshot file is one a crash left unfinished.
+            writing: false,
+        })
     }
 
     /// Does a snapshot name chunk `id`? (Yes when a file cannot be read: keeping is safe.)
     pub fn holds(&self, id: &crate::hash::ChunkId) -> bool {
-        self.dbs
-            .iter()
-            .chain(&self.deleting)
-            .any(|s| !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None)))
+        self.writing
+            || self
+                .dbs
+                .iter()
+                .chain(&self.deleting)
+                .any(|s| !matches!(s.db.begin_read().and_then(|r| r.chunk(id)), Ok(None)))
     }
 }
