@@ -1013,7 +1013,7 @@ fn snapshot_loop(
                 Err(format!("{what} failed while the daemon was alive: {e}"))
             }
         };
-        if !live.is_empty() && (live.len() >= MAX_LIVE_SNAPSHOTS || rng.random_bool(0.3)) {
+        if !live.is_empty() && (live.len() >= MAX_LIVE_SNAPSHOTS || rng.random_bool(0.45)) {
             // One of the older ones (or the only one).
             let i = live[rng.random_range(0..live.len().max(2) - 1)];
             let name = {
@@ -1194,10 +1194,42 @@ struct SnapChecked {
     /// Creates and deletes that returned success before the kill.
     created: usize,
     deleted: usize,
+    /// Creates and deletes the kill cut short.
+    cut_creates: usize,
+    cut_deletes: usize,
     /// Snapshots listed after the remount, the files read in them and the names pinned there.
     listed: usize,
     files: usize,
     pinned: usize,
+}
+
+impl SnapChecked {
+    fn add(&mut self, o: &SnapChecked) {
+        self.created += o.created;
+        self.deleted += o.deleted;
+        self.cut_creates += o.cut_creates;
+        self.cut_deletes += o.cut_deletes;
+        self.listed += o.listed;
+        self.files += o.files;
+        self.pinned += o.pinned;
+    }
+}
+
+impl std::fmt::Display for SnapChecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} created, {} deleted, {} creates and {} deletes cut by the kill, {} listed after \
+             the crash with {} files read and {} names pinned",
+            self.created,
+            self.deleted,
+            self.cut_creates,
+            self.cut_deletes,
+            self.listed,
+            self.files,
+            self.pinned
+        )
+    }
 }
 
 /// After the crash and remount: every snapshot whose create returned (and whose delete never
@@ -1223,6 +1255,14 @@ fn verify_snapshots(
         deleted: records
             .iter()
             .filter(|r| r.state == SnapState::Deleted)
+            .count(),
+        cut_creates: records
+            .iter()
+            .filter(|r| r.state == SnapState::Creating)
+            .count(),
+        cut_deletes: records
+            .iter()
+            .filter(|r| r.state == SnapState::Deleting)
             .count(),
         ..SnapChecked::default()
     };
@@ -1830,13 +1870,8 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
         let seed = base.wrapping_add(i as u64);
         let t = Instant::now();
         let o = trial(seed);
-        let s = &o.snaps;
-        let snaps = if s.created + s.deleted + s.listed > 0 {
-            format!(
-                "; snapshots: {} created, {} deleted, {} listed after the crash with {} files \
-                 read, {} names pinned",
-                s.created, s.deleted, s.listed, s.files, s.pinned
-            )
+        let snaps = if o.snaps.created + o.snaps.cut_creates > 0 {
+            format!("; snapshots: {}", o.snaps)
         } else {
             String::new()
         };
@@ -1853,11 +1888,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
             o.warnings_after_recovery,
             t.elapsed()
         );
-        snap_totals.created += s.created;
-        snap_totals.deleted += s.deleted;
-        snap_totals.listed += s.listed;
-        snap_totals.files += s.files;
-        snap_totals.pinned += s.pinned;
+        snap_totals.add(&o.snaps);
         ops += o.ops;
         fsyncs += o.fsyncs_ok;
         mib += o.mib_written;
@@ -1868,13 +1899,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
     eprintln!(
         "crash trials: {passed} passed ({ops} ops, {fsyncs} fsyncs, {mib:.0} MiB written, \
          {warned} trials with fsck warnings after recovery, {restored} restores of the newest \
-         metadata backup; snapshots: {} created, {} deleted, {} checked after a crash with {} \
-         files read, {} names pinned) in {:.1?}",
-        snap_totals.created,
-        snap_totals.deleted,
-        snap_totals.listed,
-        snap_totals.files,
-        snap_totals.pinned,
+         metadata backup; snapshots: {snap_totals}) in {:.1?}",
         start.elapsed()
     );
 }
