@@ -5,7 +5,10 @@
 //! ordering"): a file whose `fsync` returned losing or tearing that content, a chunk removed or
 //! never synced while durable metadata still names it, a rename that leaves the target neither
 //! old nor new, a durably removed name coming back, names nobody created, and a crashed store
-//! that `fsck` finds damaged or that does not mount, work and `gc` again.
+//! that `fsck` finds damaged or that does not mount, work and `gc` again. With snapshots
+//! ("Snapshots"): a snapshot whose create returned lost, or half there; a deleted one coming
+//! back; a chunk a snapshot names removed (its files read EIO); a snapshot holding other than
+//! what the volume held when it was taken.
 //!
 //! Each trial mounts a fresh volume and runs a seeded random workload in a thread: create +
 //! write + fsync (fresh data or copies of other files, so chunks are shared), in-place overwrites
@@ -20,6 +23,17 @@
 //! run `dedupfs gc` on the mounted volume in a loop meanwhile (kills land during compaction),
 //! and half back the metadata up every 0.1 s (kills land during backups; the newest copy must
 //! then restore into a consistent tree).
+//!
+//! A third (crossing the gc-loop third) run a snapshot loop meanwhile: `dedupfs snapshot
+//! create` of the volume or of a directory (`--path`) and `snapshot delete` of older ones at
+//! random short intervals, recording which returned success. After the remount, every snapshot
+//! whose create returned and whose delete never started is listed and served under
+//! `/.snapshots`, every one whose delete returned is gone, and `STORE/snapshots` holds neither
+//! a `.tmp-` nor a `.deleting-` file; every file in every snapshot reads back whole (st_size
+//! bytes, no EIO); a name whose journal state had landed before the create started and did not
+//! change until it returned holds exactly that state in the snapshot (the journal's
+//! generations tell which: [`Journal::settled`]); and after `gc` and another remount every
+//! snapshot reads back the same bytes.
 //!
 //! Only what the contract promises is asserted (POSIX strength: a new or removed name needs its
 //! directory fsynced, even though dedupfs commits the whole tree at every durable point).
@@ -37,7 +51,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +117,8 @@ struct Entry {
     wholes: Vec<Arc<Vec<u8>>>,
     /// What the workload made of it last (`None`: removed or renamed away).
     current: Option<Arc<Vec<u8>>>,
+    /// The journal generation of the name's last change (of content or existence).
+    changed: u64,
 }
 
 impl Entry {
@@ -116,6 +132,7 @@ impl Entry {
             writes: Vec::new(),
             wholes: Vec::new(),
             current,
+            changed: 0,
         }
     }
 
@@ -131,6 +148,11 @@ struct Journal {
     log: Vec<String>,
     fsyncs_ok: usize,
     bytes_written: usize,
+    /// Bumped when a name's content or existence changes, before the syscall that changes it.
+    generation: u64,
+    /// Every change up to this generation has landed in the volume: set when a syscall returns
+    /// (the workload is one thread, so every change journaled before it has landed too).
+    settled: u64,
 }
 
 impl Journal {
@@ -144,6 +166,19 @@ impl Journal {
             .unwrap_or_else(|| panic!("journal has no {path}"))
     }
 
+    /// Before a syscall that changes `path`'s content or existence.
+    fn changing(&mut self, path: &str) {
+        self.generation += 1;
+        let g = self.generation;
+        self.entry(path).changed = g;
+    }
+
+    /// Before the syscall that creates `path`.
+    fn insert(&mut self, path: &str, e: Entry) {
+        self.entries.insert(path.to_string(), e);
+        self.changing(path);
+    }
+
     /// Before a write syscall: the file may afterwards hold these bytes at `off`.
     fn write(&mut self, path: &str, off: usize, data: Arc<Vec<u8>>) {
         self.bytes_written += data.len();
@@ -154,6 +189,7 @@ impl Journal {
         }
         cur[off..off + data.len()].copy_from_slice(&data);
         e.writes.push((off, data));
+        self.changing(path);
     }
 
     /// After fsync(file) returned: its content is durable (its name only if already durable).
@@ -186,6 +222,7 @@ impl Journal {
         let e = self.entry(path);
         e.current = None;
         e.may_be_absent = true;
+        self.changing(path);
     }
 
     fn live_bytes(&self) -> usize {
@@ -233,6 +270,10 @@ impl Workload {
     }
 
     fn check<T>(&self, what: &str, r: io::Result<T>) -> Result<T, Stop> {
+        if r.is_ok() {
+            let mut j = self.j();
+            j.settled = j.generation;
+        }
         r.map_err(|e| {
             if self.killed.load(Ordering::SeqCst) {
                 Stop::Killed
@@ -391,8 +432,8 @@ impl Workload {
         {
             let mut j = self.j();
             j.note(format!("create {path} len {} fsync {sync}", content.len()));
-            j.entries.insert(
-                path.clone(),
+            j.insert(
+                &path,
                 Entry::new(Kind::File, &dir, Some(Arc::new(Vec::new()))),
             );
         }
@@ -480,8 +521,8 @@ impl Workload {
                 "replace {target} via {tmp} len {} fsync dir {sync_dir}",
                 content.len()
             ));
-            j.entries.insert(
-                tmp.clone(),
+            j.insert(
+                &tmp,
                 Entry::new(Kind::File, &dir, Some(Arc::new(Vec::new()))),
             );
         }
@@ -499,6 +540,7 @@ impl Workload {
                 .or_insert_with(|| Entry::new(Kind::Target, &dir, None));
             e.wholes.push(Arc::clone(&content));
             e.current = Some(content);
+            j.changing(&target);
         }
         let r =
             rustix::fs::renameat(&self.root, &tmp, &self.root, &target).map_err(io::Error::from);
@@ -561,8 +603,8 @@ impl Workload {
         {
             let mut j = self.j();
             j.note(format!("mkdir {path}"));
-            j.entries.insert(
-                path.clone(),
+            j.insert(
+                &path,
                 Entry::new(Kind::Dir, &parent, Some(Arc::new(Vec::new()))),
             );
         }
@@ -836,6 +878,575 @@ fn count_findings(report: &serde_json::Value, pred: impl Fn(&serde_json::Value) 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Snapshots taken while the workload runs.
+
+/// Pause between two operations of the snapshot loop (ms): a handful of creates and deletes
+/// per trial, some of them in flight at the kill.
+const SNAP_PAUSE_MS: std::ops::Range<u64> = 0..60;
+/// Once this many snapshots are live, the loop deletes one instead of creating one.
+const MAX_LIVE_SNAPSHOTS: usize = 4;
+
+/// Where a snapshot the loop asked for stands, as far as the loop saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SnapState {
+    /// `snapshot create` started and never returned success (the kill came first): the
+    /// snapshot may exist or not.
+    Creating,
+    /// `snapshot create` returned success: the snapshot must survive the crash whole.
+    Created,
+    /// `snapshot delete` started and never returned: the snapshot may exist or not.
+    Deleting,
+    /// `snapshot delete` returned success: the snapshot must stay gone.
+    Deleted,
+}
+
+/// A name's state as the journal had it.
+#[derive(Clone)]
+struct Settled {
+    /// Journal path (relative to the mount root).
+    path: String,
+    kind: Kind,
+    /// `Entry::changed` then.
+    changed: u64,
+    /// `Entry::current` then (`None`: removed).
+    content: Option<Arc<Vec<u8>>>,
+}
+
+struct SnapRecord {
+    name: String,
+    /// The tree it copies, as a journal path ("" = the whole volume).
+    path: String,
+    state: SnapState,
+    /// Just before the create started: the names under `path` whose last change had landed.
+    before: Vec<Settled>,
+    /// Of those, the ones no change touched until the create returned. The snapshot's point in
+    /// time lies inside the create call, so it holds exactly these states (present with this
+    /// content, or absent). `None` until the create returned.
+    pinned: Option<Vec<Settled>>,
+}
+
+/// `path` relative to the directory `root` (both journal paths), if it is below it.
+fn rel_path<'a>(root: &str, path: &'a str) -> Option<&'a str> {
+    if root.is_empty() {
+        Some(path)
+    } else {
+        path.strip_prefix(root)?.strip_prefix('/')
+    }
+}
+
+/// The names below `root` whose last change has landed in the volume.
+fn settled_under(j: &Journal, root: &str) -> Vec<Settled> {
+    j.entries
+        .iter()
+        .filter(|(p, e)| rel_path(root, p).is_some() && e.changed <= j.settled)
+        .map(|(p, e)| Settled {
+            path: p.clone(),
+            kind: e.kind,
+            changed: e.changed,
+            content: e.current.clone(),
+        })
+        .collect()
+}
+
+/// Those of `before` that no change has touched since.
+fn unchanged(before: &[Settled], j: &Journal) -> Vec<Settled> {
+    before
+        .iter()
+        .filter(|s| {
+            j.entries
+                .get(&s.path)
+                .is_some_and(|e| e.changed == s.changed)
+        })
+        .cloned()
+        .collect()
+}
+
+/// `dedupfs ARGS`: its stdout, or what it printed when it failed.
+fn dedupfs(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn dedupfs: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "{}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}
+
+/// Until the kill: `dedupfs snapshot create MNT snap-K` of the whole volume or (`--path`) of a
+/// directory whose mkdir returned, and `snapshot delete` of older snapshots, at random short
+/// intervals, recording in `records` what started and what returned success. Err: an
+/// operation failed while the daemon was alive.
+fn snapshot_loop(
+    mnt: PathBuf,
+    seed: u64,
+    journal: Arc<Mutex<Journal>>,
+    killed: Arc<AtomicBool>,
+    records: Arc<Mutex<Vec<SnapRecord>>>,
+) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let recs = || records.lock().expect("snapshot records lock");
+    let note = |s: String| journal.lock().expect("journal lock").note(s);
+    let mut k = 0;
+    loop {
+        thread::sleep(Duration::from_millis(rng.random_range(SNAP_PAUSE_MS)));
+        if killed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let live: Vec<usize> = recs()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == SnapState::Created)
+            .map(|(i, _)| i)
+            .collect();
+        let failed = |what: String, e: String| {
+            if killed.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(format!("{what} failed while the daemon was alive: {e}"))
+            }
+        };
+        if !live.is_empty() && (live.len() >= MAX_LIVE_SNAPSHOTS || rng.random_bool(0.45)) {
+            // One of the older ones (or the only one).
+            let i = live[rng.random_range(0..live.len().max(2) - 1)];
+            let name = {
+                let mut r = recs();
+                r[i].state = SnapState::Deleting;
+                r[i].name.clone()
+            };
+            note(format!("snapshot delete {name} started"));
+            match dedupfs(&[
+                "snapshot".as_ref(),
+                "delete".as_ref(),
+                mnt.as_ref(),
+                name.as_ref(),
+            ]) {
+                Ok(_) => {
+                    recs()[i].state = SnapState::Deleted;
+                    note(format!("snapshot delete {name} returned"));
+                }
+                Err(e) => return failed(format!("snapshot delete {name}"), e),
+            }
+        } else {
+            k += 1;
+            let name = format!("snap-{k}");
+            let (path, before) = {
+                let mut j = journal.lock().expect("journal lock");
+                let dirs: Vec<&String> = j
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.kind == Kind::Dir && e.current.is_some() && e.changed <= j.settled
+                    })
+                    .map(|(p, _)| p)
+                    .collect();
+                let path = if !dirs.is_empty() && rng.random_bool(0.3) {
+                    dirs[rng.random_range(0..dirs.len())].clone()
+                } else {
+                    String::new()
+                };
+                let before = settled_under(&j, &path);
+                j.note(format!("snapshot create {name} of {path:?} started"));
+                (path, before)
+            };
+            let i = {
+                let mut r = recs();
+                r.push(SnapRecord {
+                    name: name.clone(),
+                    path: path.clone(),
+                    state: SnapState::Creating,
+                    before,
+                    pinned: None,
+                });
+                r.len() - 1
+            };
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "snapshot".as_ref(),
+                "create".as_ref(),
+                mnt.as_ref(),
+                name.as_ref(),
+            ];
+            let dir = mnt.join(&path);
+            if !path.is_empty() {
+                args.extend(["--path".as_ref(), dir.as_os_str()]);
+            }
+            match dedupfs(&args) {
+                Ok(_) => {
+                    let mut j = journal.lock().expect("journal lock");
+                    j.note(format!("snapshot create {name} returned"));
+                    let mut r = recs();
+                    let before = std::mem::take(&mut r[i].before);
+                    r[i].pinned = Some(unchanged(&before, &j));
+                    r[i].state = SnapState::Created;
+                }
+                Err(e) => return failed(format!("snapshot create {name} of {path:?}"), e),
+            }
+        }
+    }
+}
+
+/// One name in a snapshot as read through the mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    /// A regular file: bytes read and their BLAKE3 hash.
+    File(u64, blake3::Hash),
+    /// A regular file whose read failed (a violation already).
+    Unreadable,
+    Other(fs::FileType),
+}
+
+/// Every name below `root` (a snapshot's directory under MNT/.snapshots), each file read
+/// whole. A failed read or readdir (an I/O error: a chunk the snapshot names is gone) and a
+/// file whose st_size differs from the bytes read are violations.
+fn read_tree(root: &Path, what: &str, bad: &mut Vec<String>) -> BTreeMap<String, Node> {
+    let mut tree = BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let rd = match fs::read_dir(root.join(&dir)) {
+            Ok(rd) => rd,
+            Err(err) => {
+                bad.push(format!("{what}: readdir {dir:?}: {err}"));
+                continue;
+            }
+        };
+        for de in rd {
+            let de = match de {
+                Ok(de) => de,
+                Err(err) => {
+                    bad.push(format!("{what}: readdir {dir:?}: {err}"));
+                    break;
+                }
+            };
+            let rel = join(&dir, &de.file_name().to_string_lossy());
+            let p = root.join(&rel);
+            let md = match fs::symlink_metadata(&p) {
+                Ok(md) => md,
+                Err(err) => {
+                    bad.push(format!("{what}: {rel}: stat failed: {err}"));
+                    continue;
+                }
+            };
+            let node = if md.is_dir() {
+                stack.push(rel.clone());
+                Node::Dir
+            } else if md.is_file() {
+                match fs::read(&p) {
+                    Ok(got) => {
+                        if md.len() != got.len() as u64 {
+                            bad.push(format!(
+                                "{what}: {rel}: st_size {} but {} bytes read",
+                                md.len(),
+                                got.len()
+                            ));
+                        }
+                        Node::File(got.len() as u64, blake3::hash(&got))
+                    }
+                    Err(err) => {
+                        bad.push(format!("{what}: {rel}: read failed: {err}"));
+                        Node::Unreadable
+                    }
+                }
+            } else {
+                Node::Other(md.file_type())
+            };
+            tree.insert(rel, node);
+        }
+    }
+    tree
+}
+
+/// `dedupfs snapshot list MNT --json`: name and path of each snapshot.
+fn list_snapshots(mnt: &Path) -> Result<BTreeMap<String, String>, String> {
+    let out = dedupfs(&[
+        "snapshot".as_ref(),
+        "list".as_ref(),
+        mnt.as_ref(),
+        "--json".as_ref(),
+    ])?;
+    let list: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        format!(
+            "snapshot list printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out)
+        )
+    })?;
+    let list = list
+        .as_array()
+        .ok_or_else(|| format!("snapshot list printed no array: {list}"))?;
+    list.iter()
+        .map(|s| match (s["name"].as_str(), s["path"].as_str()) {
+            (Some(n), Some(p)) => Ok((n.to_string(), p.to_string())),
+            _ => Err(format!("snapshot list entry without name or path: {s}")),
+        })
+        .collect()
+}
+
+/// How much the snapshot checks covered.
+#[derive(Default)]
+struct SnapChecked {
+    /// Creates and deletes that returned success before the kill.
+    created: usize,
+    deleted: usize,
+    /// Creates and deletes the kill cut short.
+    cut_creates: usize,
+    cut_deletes: usize,
+    /// Snapshots listed after the remount, the files read in them and the names pinned there.
+    listed: usize,
+    files: usize,
+    pinned: usize,
+}
+
+impl SnapChecked {
+    fn add(&mut self, o: &SnapChecked) {
+        self.created += o.created;
+        self.deleted += o.deleted;
+        self.cut_creates += o.cut_creates;
+        self.cut_deletes += o.cut_deletes;
+        self.listed += o.listed;
+        self.files += o.files;
+        self.pinned += o.pinned;
+    }
+}
+
+impl std::fmt::Display for SnapChecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} created, {} deleted, {} creates and {} deletes cut by the kill, {} listed after \
+             the crash with {} files read and {} names pinned",
+            self.created,
+            self.deleted,
+            self.cut_creates,
+            self.cut_deletes,
+            self.listed,
+            self.files,
+            self.pinned
+        )
+    }
+}
+
+/// After the crash and remount: every snapshot whose create returned (and whose delete never
+/// started) is listed and served under MNT/.snapshots, every one whose delete returned is
+/// gone, no snapshot nobody made appears, and STORE/snapshots holds no half-written
+/// (`.tmp-`) or half-deleted (`.deleting-`) file. Every file of every listed snapshot reads
+/// back whole; names whose state was settled and unchanged across the create call hold
+/// exactly that state; every name is one the workload created. Returns the violations and
+/// each snapshot's tree (for the comparison after gc).
+fn verify_snapshots(
+    vol: &Volume,
+    j: &Journal,
+    records: &[SnapRecord],
+) -> (
+    Vec<String>,
+    BTreeMap<String, BTreeMap<String, Node>>,
+    SnapChecked,
+) {
+    let mut bad = Vec::new();
+    let mut trees = BTreeMap::new();
+    let mut checked = SnapChecked {
+        created: records.iter().filter(|r| r.pinned.is_some()).count(),
+        deleted: records
+            .iter()
+            .filter(|r| r.state == SnapState::Deleted)
+            .count(),
+        cut_creates: records
+            .iter()
+            .filter(|r| r.state == SnapState::Creating)
+            .count(),
+        cut_deletes: records
+            .iter()
+            .filter(|r| r.state == SnapState::Deleting)
+            .count(),
+        ..SnapChecked::default()
+    };
+    let listed = match list_snapshots(&vol.mnt) {
+        Ok(l) => l,
+        Err(e) => {
+            bad.push(format!("snapshot list after the remount: {e}"));
+            return (bad, trees, checked);
+        }
+    };
+    checked.listed = listed.len();
+    let snapdir = vol.mnt.join(".snapshots");
+    for r in records {
+        let served = fs::symlink_metadata(snapdir.join(&r.name));
+        match r.state {
+            SnapState::Created if !listed.contains_key(&r.name) => bad.push(format!(
+                "snapshot {}: its create returned, yet it is not listed after the crash",
+                r.name
+            )),
+            SnapState::Created if !served.as_ref().is_ok_and(|m| m.is_dir()) => bad.push(format!(
+                "snapshot {}: listed, but .snapshots/{} is not a directory: {served:?}",
+                r.name, r.name
+            )),
+            SnapState::Deleted if listed.contains_key(&r.name) => bad.push(format!(
+                "snapshot {}: its delete returned, yet it is listed after the crash",
+                r.name
+            )),
+            SnapState::Deleted if served.is_ok() => bad.push(format!(
+                "snapshot {}: its delete returned, yet .snapshots/{} exists",
+                r.name, r.name
+            )),
+            _ => {}
+        }
+    }
+    for (name, path) in &listed {
+        match records.iter().find(|r| &r.name == name) {
+            None => bad.push(format!("snapshot {name}: listed, but never created")),
+            Some(r) if &r.path != path => bad.push(format!(
+                "snapshot {name}: listed as a copy of {path:?}, but was taken of {:?}",
+                r.path
+            )),
+            Some(_) => {}
+        }
+    }
+    // The served directory lists exactly the listed snapshots (and is gone with the last).
+    match fs::read_dir(&snapdir) {
+        Ok(rd) => {
+            let served: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let mut served_sorted = served.clone();
+            served_sorted.sort();
+            if !served_sorted.iter().eq(listed.keys()) {
+                bad.push(format!(
+                    ".snapshots lists {served_sorted:?}, snapshot list {:?}",
+                    listed.keys().collect::<Vec<_>>()
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && listed.is_empty() => {}
+        Err(e) => bad.push(format!("readdir .snapshots: {e}")),
+    }
+    // What the open after the crash left in STORE/snapshots: the listed files, nothing else.
+    match fs::read_dir(vol.store.join("snapshots")) {
+        Ok(rd) => {
+            let names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            for n in &names {
+                if n.starts_with(".tmp-") || n.starts_with(".deleting-") {
+                    bad.push(format!("STORE/snapshots/{n} remains after the remount"));
+                }
+            }
+            let files = names.iter().filter(|n| !n.starts_with('.')).count();
+            if files != listed.len() {
+                bad.push(format!(
+                    "STORE/snapshots holds {names:?} for {} listed snapshot(s)",
+                    listed.len()
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && listed.is_empty() => {}
+        Err(e) => bad.push(format!("readdir STORE/snapshots: {e}")),
+    }
+
+    for name in listed.keys() {
+        let what = format!("snapshot {name}");
+        let tree = read_tree(&snapdir.join(name), &what, &mut bad);
+        checked.files += tree
+            .values()
+            .filter(|n| matches!(n, Node::File(..)))
+            .count();
+        let Some(r) = records.iter().find(|r| &r.name == name) else {
+            continue;
+        };
+        for (rel, node) in &tree {
+            let path = join(&r.path, rel);
+            match j.entries.get(&path) {
+                None => bad.push(format!("{what}: {rel}: a name the workload never created")),
+                Some(e) if (e.kind == Kind::Dir) != (*node == Node::Dir) => bad.push(format!(
+                    "{what}: {rel}: is {node:?}, the workload made a {:?}",
+                    e.kind
+                )),
+                Some(_) => {}
+            }
+        }
+        // A create the kill interrupted that made it: its point in time lies before the kill.
+        let pinned = match &r.pinned {
+            Some(p) => p.clone(),
+            None => unchanged(&r.before, j),
+        };
+        checked.pinned += pinned.len();
+        for s in &pinned {
+            let rel = rel_path(&r.path, &s.path).unwrap_or(&s.path);
+            let got = tree.get(rel);
+            let want = s.content.as_ref().map(|c| match s.kind {
+                Kind::Dir => Node::Dir,
+                Kind::File | Kind::Target => Node::File(c.len() as u64, blake3::hash(c)),
+            });
+            if got == want.as_ref() || got == Some(&Node::Unreadable) {
+                continue;
+            }
+            let was = "from before the create started until it returned";
+            match (got, &s.content) {
+                (None, _) => bad.push(format!(
+                    "{what}: {rel}: missing, but the name existed {was}"
+                )),
+                (Some(_), None) => bad.push(format!(
+                    "{what}: {rel}: present, but the name was removed {was}"
+                )),
+                (Some(Node::File(..)), Some(c)) => {
+                    let bytes = fs::read(snapdir.join(name).join(rel)).unwrap_or_default();
+                    bad.push(format!(
+                        "{what}: {rel}: differs at byte {:?} (len {}) from the journal's \
+                         content (len {}), which it held {was}",
+                        common::first_difference(&bytes, c),
+                        bytes.len(),
+                        c.len()
+                    ));
+                }
+                (Some(node), _) => bad.push(format!(
+                    "{what}: {rel}: is {node:?}, the workload made a {:?}",
+                    s.kind
+                )),
+            }
+        }
+        trees.insert(name.clone(), tree);
+    }
+    (bad, trees, checked)
+}
+
+/// After gc and another remount: the same snapshots, reading back the same bytes.
+fn verify_snapshots_again(
+    mnt: &Path,
+    trees: &BTreeMap<String, BTreeMap<String, Node>>,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    match list_snapshots(mnt) {
+        Ok(l) if l.keys().eq(trees.keys()) => {}
+        Ok(l) => bad.push(format!(
+            "snapshots listed {:?}, before gc {:?}",
+            l.keys().collect::<Vec<_>>(),
+            trees.keys().collect::<Vec<_>>()
+        )),
+        Err(e) => bad.push(format!("snapshot list: {e}")),
+    }
+    for (name, before) in trees {
+        let what = format!("snapshot {name} after gc");
+        let after = read_tree(&mnt.join(".snapshots").join(name), &what, &mut bad);
+        if &after != before {
+            let diff: std::collections::BTreeSet<&String> = before
+                .keys()
+                .chain(after.keys())
+                .filter(|k| before.get(*k) != after.get(*k))
+                .collect();
+            bad.push(format!("{what}: changed: {diff:?}"));
+        }
+    }
+    bad
+}
+
+// ---------------------------------------------------------------------------------------------
 // Trials.
 
 struct TrialOutcome {
@@ -846,6 +1457,8 @@ struct TrialOutcome {
     warnings_after_recovery: usize,
     /// The newest metadata backup was restored (trials that backed up and took one in time).
     backup_restored: bool,
+    /// Trials with the snapshot loop: what its checks covered.
+    snaps: SnapChecked,
 }
 
 /// A running workload on `vol`.
@@ -894,6 +1507,10 @@ fn trial(seed: u64) -> TrialOutcome {
     // Half the trials (crossing the pack-size half) copy the metadata every 0.1 s while it
     // changes, so kills land during backups; the newest copy must then restore.
     let backups = seed % 4 >= 2;
+    // A third of the trials (crossing the others: gc loop or not, pack size, backups) take and
+    // delete snapshots meanwhile, so kills land while a snapshot file is written, renamed into
+    // place, or deleted and its chunks handed back.
+    let snapshots = (seed / 3) % 3 == 1;
     let mount_args: &[&str] = if backups {
         &["-o", "backup_interval=0.1"]
     } else {
@@ -934,6 +1551,18 @@ fn trial(seed: u64) -> TrialOutcome {
             Ok(runs)
         })
     });
+    let snap_records = Arc::new(Mutex::new(Vec::new()));
+    let snap_loop = snapshots.then(|| {
+        let (mnt, journal, killed, records) = (
+            vol.mnt.clone(),
+            journal.clone(),
+            killed.clone(),
+            snap_records.clone(),
+        );
+        // Its own stream, so the workload of a seed is the same with or without it.
+        let snap_seed = seed ^ 0x736e_6170_7368_6f74;
+        thread::spawn(move || snapshot_loop(mnt, snap_seed, journal, killed, records))
+    });
 
     let start = Instant::now();
     while start.elapsed() < kill_after && !worker.is_finished() {
@@ -944,6 +1573,8 @@ fn trial(seed: u64) -> TrialOutcome {
     vol.kill9();
     let result = worker.join().expect("workload thread panicked");
     let gc_result = gc_loop.map(|t| t.join().expect("gc thread panicked"));
+    let snap_result = snap_loop.map(|t| t.join().expect("snapshot thread panicked"));
+    let snap_records = std::mem::take(&mut *snap_records.lock().expect("snapshot records lock"));
 
     let j = journal.lock().expect("journal lock");
     // A copy of the store as the kill left it (chunk files are immutable, so hard links do;
@@ -959,12 +1590,18 @@ fn trial(seed: u64) -> TrialOutcome {
         let log = vol.log();
         let log_lines: Vec<&str> = log.lines().collect();
         let log_tail = log_lines[log_lines.len().saturating_sub(40)..].join("\n");
+        let snaps: Vec<String> = snap_records
+            .iter()
+            .map(|r| format!("{} of {:?}: {:?}", r.name, r.path, r.state))
+            .collect();
         format!(
             "crash trial seed {seed} (kill after {kill_after:?}): {what}\n{details}\n\
-             --- last workload ops (of {}) ---\n{}\n--- daemon log tail ---\n{log_tail}\n\
+             --- last workload ops (of {}) ---\n{}\n--- snapshots ---\n{}\n\
+             --- daemon log tail ---\n{log_tail}\n\
              {kept}; replay: DEDUPFS_CRASH_SEED={seed} DEDUPFS_CRASH_TRIALS=1",
             j.log.len(),
             j.log[tail..].join("\n"),
+            snaps.join("\n"),
         )
     };
     if let Err(e) = result {
@@ -975,6 +1612,9 @@ fn trial(seed: u64) -> TrialOutcome {
     }
     if let Some(Err(e)) = gc_result {
         panic!("{}", context(&vol, "gc during the workload", &e));
+    }
+    if let Some(Err(e)) = snap_result {
+        panic!("{}", context(&vol, "snapshots during the workload", &e));
     }
 
     snapshot_store(&vol.store, &crashed);
@@ -1007,6 +1647,22 @@ fn trial(seed: u64) -> TrialOutcome {
             )
         );
     }
+    let (snap_trees, snaps) = if snapshots {
+        let (violations, trees, snaps) = verify_snapshots(&vol, &j, &snap_records);
+        if !violations.is_empty() {
+            panic!(
+                "{}",
+                context(
+                    &vol,
+                    &format!("{} violation(s) by the snapshots", violations.len()),
+                    &violations.join("\n")
+                )
+            );
+        }
+        (trees, snaps)
+    } else {
+        Default::default()
+    };
 
     // The recovered volume works: a new file is written, fsynced and read back.
     let after = common::random_bytes(seed ^ 0xa5a5, 300 * KIB as usize);
@@ -1060,13 +1716,27 @@ fn trial(seed: u64) -> TrialOutcome {
         }
         Err(e) => panic!("{}", context(&vol, "fsck after gc", &e)),
     }
-    // Still mountable, with the file written after the crash.
+    // Still mountable, with the file written after the crash, and gc kept every chunk a
+    // snapshot names.
     vol.remount();
     common::assert_bytes_eq(
         "after-crash after gc and remount",
         &read_all(&vol.path("after-crash")),
         &after,
     );
+    if snapshots {
+        let violations = verify_snapshots_again(&vol.mnt, &snap_trees);
+        if !violations.is_empty() {
+            panic!(
+                "{}",
+                context(
+                    &vol,
+                    "snapshots differ after gc and remount",
+                    &violations.join("\n")
+                )
+            );
+        }
+    }
     vol.unmount();
 
     TrialOutcome {
@@ -1076,6 +1746,7 @@ fn trial(seed: u64) -> TrialOutcome {
         checked,
         warnings_after_recovery,
         backup_restored,
+        snaps,
     }
 }
 
@@ -1138,7 +1809,8 @@ fn restore_newest_backup(crashed: &Path, dest: &Path) -> Result<bool, String> {
 /// `cp -al STORE DEST`, then a real copy of the database over its link.
 fn snapshot_store(store: &Path, dest: &Path) {
     // Loose chunk files are immutable, so hard links do; the databases are copied, and so are
-    // the packs (the next open cuts their torn tails, which would change a linked copy).
+    // the packs (the next open cuts their torn tails, which would change a linked copy) and the
+    // snapshot files (databases too: opening one may recover it in place).
     common::run(Command::new("cp").arg("-al").arg(store).arg(dest));
     for db in ["meta.redb", "index.redb"] {
         let d = dest.join(db);
@@ -1147,14 +1819,16 @@ fn snapshot_store(store: &Path, dest: &Path) {
             fs::copy(store.join(db), &d).expect("copy database");
         }
     }
-    if dest.join("packs").exists() {
-        fs::remove_dir_all(dest.join("packs")).expect("unlink linked packs");
-        common::run(
-            Command::new("cp")
-                .arg("-a")
-                .arg(store.join("packs"))
-                .arg(dest.join("packs")),
-        );
+    for dir in ["packs", "snapshots"] {
+        if dest.join(dir).exists() {
+            fs::remove_dir_all(dest.join(dir)).expect("unlink linked copies");
+            common::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(store.join(dir))
+                    .arg(dest.join(dir)),
+            );
+        }
     }
 }
 
@@ -1187,6 +1861,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
     let start = Instant::now();
     let (mut ops, mut fsyncs, mut mib, mut warned, mut restored) = (0, 0, 0.0, 0, 0);
     let mut passed = 0;
+    let mut snap_totals = SnapChecked::default();
     for i in 0..trials {
         if start.elapsed() > budget {
             eprintln!("time budget of {budget:?} used up: stopping after {passed} trials");
@@ -1195,10 +1870,15 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
         let seed = base.wrapping_add(i as u64);
         let t = Instant::now();
         let o = trial(seed);
+        let snaps = if o.snaps.created + o.snaps.cut_creates > 0 {
+            format!("; snapshots: {}", o.snaps)
+        } else {
+            String::new()
+        };
         eprintln!(
             "trial {i}: seed {seed}: {} ops, {} fsyncs returned, {:.1} MiB written; checked {} \
              names, {} pinned present/absent, {} pinned to one content; {} fsck warnings after \
-             recovery; {:.2?}",
+             recovery{snaps}; {:.2?}",
             o.ops,
             o.fsyncs_ok,
             o.mib_written,
@@ -1208,6 +1888,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
             o.warnings_after_recovery,
             t.elapsed()
         );
+        snap_totals.add(&o.snaps);
         ops += o.ops;
         fsyncs += o.fsyncs_ok;
         mib += o.mib_written;
@@ -1218,7 +1899,7 @@ fn fsynced_data_and_renames_survive_kill_9_at_random_moments() {
     eprintln!(
         "crash trials: {passed} passed ({ops} ops, {fsyncs} fsyncs, {mib:.0} MiB written, \
          {warned} trials with fsck warnings after recovery, {restored} restores of the newest \
-         metadata backup) in {:.1?}",
+         metadata backup; snapshots: {snap_totals}) in {:.1?}",
         start.elapsed()
     );
 }

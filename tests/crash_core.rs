@@ -6,9 +6,18 @@
 //! Also guards `dedupfs sync` (`Fs::sync_fs`): it must make every file durable as `fsync` of
 //! each would, including the unfinished tail chunk of a file still open for writing, which
 //! the periodic flusher deliberately keeps in memory.
+//!
+//! And guards the deletion of a snapshot interrupted by a crash (`fs/snapshots.rs`,
+//! `finish_deletions`): a crash after the snapshot file was renamed to `.deleting-` must be
+//! finished by the next open, freeing the chunks only that snapshot held and none that another
+//! snapshot or the live tree still names (those would read EIO there).
 
 use dedupfs::chunker::ChunkParams;
+use dedupfs::error::FsError;
 use dedupfs::fs::{Caller, Fs, FsConfig};
+use dedupfs::hash::ChunkId;
+use dedupfs::maint::fsck::{FsckOptions, Severity, fsck};
+use dedupfs::meta::snapshot::{self, Holders, SnapshotDb};
 use dedupfs::meta::{MetaDb, ROOT_INO};
 use dedupfs::store::{ChunkStore, LocalDirStore};
 use std::path::Path;
@@ -26,7 +35,7 @@ fn noise(n: usize, mut seed: u64) -> Vec<u8> {
 }
 
 /// The filesystem over `dir` (created on first use): metadata in `meta.redb`, chunk files in
-/// `chunks/`. Dropping it without a sync is a crash.
+/// `chunks/`, snapshot files in `snapshots/`. Dropping it without a sync is a crash.
 fn open_fs(dir: &Path) -> Fs {
     let db = dir.join("meta.redb");
     let meta = if db.exists() {
@@ -35,7 +44,11 @@ fn open_fs(dir: &Path) -> Fs {
         MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap()
     };
     let store: Arc<dyn ChunkStore> = Arc::new(LocalDirStore::open(&dir.join("chunks")).unwrap());
-    Fs::new(meta, store, FsConfig::default()).unwrap()
+    let cfg = FsConfig {
+        store_dir: Some(dir.to_path_buf()),
+        ..FsConfig::default()
+    };
+    Fs::new(meta, store, cfg).unwrap()
 }
 
 #[test]
@@ -121,4 +134,164 @@ fn sync_fs_makes_open_files_durable_including_their_unfinished_tails() {
         }
         assert_eq!(got.len(), data.len(), "{name}: short read after the crash");
     }
+}
+
+/// Three files of distinct data in the root of a fresh volume at `dir`; snapshot `old` of the
+/// volume; `own` unlinked; snapshot `new`; `shared` unlinked; closed cleanly. Then `old` alone
+/// names the chunks of `own`, both snapshots those of `shared`, and the live tree (and both
+/// snapshots) those of `live`. Returns the three files' data and chunk ids.
+fn two_snapshots(dir: &Path) -> [(&'static str, Vec<u8>, Vec<ChunkId>); 3] {
+    let who = Caller::default();
+    let fs = open_fs(dir);
+    let files = [("live", 31), ("shared", 32), ("own", 33)].map(|(name, seed)| {
+        let data = noise(250_000, seed);
+        let (ino, _, fh) = fs.create(who, ROOT_INO, name.as_bytes(), 0o644).unwrap();
+        fs.write(ino, 0, &data).unwrap();
+        fs.release(fh).unwrap();
+        fs.fsync(ino).unwrap();
+        let ids: Vec<ChunkId> = fs
+            .meta()
+            .begin_read()
+            .unwrap()
+            .extents(ino, 0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert!(
+            ids.len() > 1,
+            "{name}: want several chunks, got {}",
+            ids.len()
+        );
+        (name, data, ids)
+    });
+    fs.snapshot_create("old", ROOT_INO, "").unwrap();
+    fs.unlink(ROOT_INO, b"own").unwrap();
+    fs.snapshot_create("new", ROOT_INO, "").unwrap();
+    fs.unlink(ROOT_INO, b"shared").unwrap();
+    fs.sync_fs().unwrap();
+    for (name, _, ids) in &files {
+        for id in ids {
+            assert!(
+                fs.store().stat(id).is_ok(),
+                "{name}: a chunk a snapshot holds was removed before any deletion"
+            );
+        }
+    }
+    drop(fs);
+    let old = dir.join(snapshot::DIR).join(snapshot::file_name(1));
+    assert_eq!(SnapshotDb::open(&old).unwrap().info.name, "old");
+    files
+}
+
+/// After the open that finished deleting `old`: no `.deleting-` file, `new` alone listed, the
+/// chunks of `own` gone, those of `shared` (held by `new`) and `live` kept and reading back
+/// through the snapshot and the live tree, and fsck finds nothing wrong.
+fn assert_old_deleted(dir: &Path, files: &[(&'static str, Vec<u8>, Vec<ChunkId>); 3]) {
+    let fs = open_fs(dir);
+    let left: Vec<String> = std::fs::read_dir(dir.join(snapshot::DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [snapshot::file_name(2)],
+        "snapshot files after the open"
+    );
+    let listed: Vec<String> = fs
+        .snapshot_list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(listed, ["new"]);
+    for (name, _, ids) in files {
+        for id in ids {
+            let stat = fs.store().stat(id);
+            if *name == "own" {
+                assert!(
+                    matches!(stat, Err(FsError::MissingChunk { .. })),
+                    "a chunk only the deleted snapshot held is still there: {stat:?}"
+                );
+            } else {
+                assert!(
+                    stat.is_ok(),
+                    "{name}: a chunk still named by {} was removed: {stat:?}",
+                    if *name == "live" {
+                        "the live tree"
+                    } else {
+                        "snapshot new"
+                    }
+                );
+            }
+        }
+    }
+    let read = |parent, name: &str, want: &[u8]| {
+        let (ino, attr) = fs.lookup(parent, name.as_bytes()).unwrap();
+        assert_eq!(attr.size, want.len() as u64, "size of {name}");
+        let got = fs.read(ino, 0, want.len() as u32).unwrap();
+        assert!(got == want, "{name} reads back other bytes");
+    };
+    let (snapdir, _) = fs.lookup(ROOT_INO, b".snapshots").unwrap();
+    let (new, _) = fs.lookup(snapdir, b"new").unwrap();
+    read(new, "shared", &files[1].1);
+    read(new, "live", &files[0].1);
+    read(ROOT_INO, "live", &files[0].1);
+    assert!(
+        fs.lookup(new, b"own").is_err(),
+        "own was unlinked before new"
+    );
+    drop(fs);
+    assert_fsck_clean(dir, "after the finished deletion");
+}
+
+/// `fsck --verify-data` of the unmounted store at `dir` finds nothing to warn about.
+fn assert_fsck_clean(dir: &Path, when: &str) {
+    let meta = MetaDb::open(&dir.join("meta.redb")).unwrap();
+    let store = LocalDirStore::open(&dir.join("chunks")).unwrap();
+    let holders = Holders::open(dir).unwrap();
+    let opts = FsckOptions {
+        repair: false,
+        verify_data: true,
+    };
+    let report = fsck(&meta, &store, &holders, opts, &mut |_| {}).unwrap();
+    let bad: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity != Severity::Info)
+        .collect();
+    assert!(bad.is_empty(), "fsck {when}: {bad:#?}");
+}
+
+#[test]
+fn snapshot_delete_interrupted_after_the_rename_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = two_snapshots(dir.path());
+    // The crash: `old` renamed to `.deleting-` and the directory synced, nothing else (its
+    // holds handed back by commits no durable point covered, which a crash drops).
+    let snaps = dir.path().join(snapshot::DIR);
+    let name = snapshot::file_name(1);
+    std::fs::rename(snaps.join(&name), snaps.join(format!(".deleting-{name}"))).unwrap();
+    assert_fsck_clean(dir.path(), "of the crashed store");
+    assert_old_deleted(dir.path(), &files);
+}
+
+#[test]
+fn snapshot_delete_interrupted_before_the_file_went_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = two_snapshots(dir.path());
+    // The crash: the deletion ran up to its durable point (holds handed back, the chunks only
+    // `old` held removed), but the `.deleting-` file was not removed yet.
+    let snaps = dir.path().join(snapshot::DIR);
+    let name = snapshot::file_name(1);
+    let kept = dir.path().join("old-snapshot-copy");
+    std::fs::copy(snaps.join(&name), &kept).unwrap();
+    {
+        let fs = open_fs(dir.path());
+        fs.snapshot_delete("old").unwrap();
+    }
+    std::fs::rename(&kept, snaps.join(format!(".deleting-{name}"))).unwrap();
+    // The chunks only `old` named are gone, rightly: fsck must not call them missing.
+    assert_fsck_clean(dir.path(), "of the crashed store");
+    assert_old_deleted(dir.path(), &files);
 }

@@ -484,9 +484,16 @@ impl Fs {
         // and durable, and the copy reads a snapshot of exactly that durable state, whose
         // chunks stay held until the snapshot is registered.
         self.sync_fs()?;
-        let (src, _) = self.durable_snapshot()?;
-        let src = Arc::new(src);
-        self.snaps.pending.lock().push(src.clone());
+        let src = {
+            // Taken and registered as pending under the state lock: maintenance that runs
+            // under it (gc through `with_quiesced`) sees either neither or both.
+            let mut st = self.state.lock();
+            st.since_durable = true;
+            self.make_durable(&mut st)?;
+            let src = Arc::new(self.meta.begin_read()?);
+            self.snaps.pending.lock().push(src.clone());
+            src
+        };
         let pending = Pending {
             snaps: &self.snaps,
             src: src.clone(),

@@ -287,7 +287,13 @@ impl SnapshotDb {
 /// through one read transaction per file, opened when this is built.
 #[derive(Default)]
 pub struct Holders {
+    /// The snapshots: fsck checks that every chunk they name is in the store.
     pub dbs: Vec<std::sync::Arc<SnapshotDb>>,
+    /// Files of deletions a crash interrupted (`.deleting-`, unmounted stores only). They keep
+    /// their chunks until the next mount finishes the deletion, but nothing requires those to
+    /// be there: a crash after the deletion's durable point has rightly removed the chunks
+    /// only they named.
+    pub deleting: Vec<std::sync::Arc<SnapshotDb>>,
     txs: Vec<(u16, RTx)>,
     pending: Vec<std::sync::Arc<RTx>>,
 }
@@ -298,17 +304,31 @@ impl Holders {
         dbs: Vec<std::sync::Arc<SnapshotDb>>,
         pending: Vec<std::sync::Arc<RTx>>,
     ) -> Result<Holders> {
+        Holders::with_deleting(dbs, Vec::new(), pending)
+    }
+
+    fn with_deleting(
+        dbs: Vec<std::sync::Arc<SnapshotDb>>,
+        deleting: Vec<std::sync::Arc<SnapshotDb>>,
+        pending: Vec<std::sync::Arc<RTx>>,
+    ) -> Result<Holders> {
         let txs = dbs
             .iter()
+            .chain(&deleting)
             .map(|s| Ok((s.info.slot, s.begin_read()?)))
             .collect::<Result<_>>()?;
-        Ok(Holders { dbs, txs, pending })
+        Ok(Holders {
+            dbs,
+            deleting,
+            txs,
+            pending,
+        })
     }
 
     /// Opens the snapshot files of the (unmounted) store at `store_dir`.
     pub fn open(store_dir: &Path) -> Result<Holders> {
         let dir = store_dir.join(DIR);
-        let mut dbs = Vec::new();
+        let (mut dbs, mut deleting) = (Vec::new(), Vec::new());
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Holders::default()),
@@ -318,18 +338,23 @@ impl Holders {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let live = slot_of(&name).is_some();
-            let deleting = name
+            let interrupted = name
                 .strip_prefix(".deleting-")
                 .is_some_and(|n| slot_of(n).is_some());
-            if live || deleting {
+            if live || interrupted {
                 let s = SnapshotDb::open(&e.path()).map_err(|err| {
                     FsError::Corrupt(format!("snapshot file {}: {err}", e.path().display()))
                 })?;
-                dbs.push(std::sync::Arc::new(s));
+                if live {
+                    dbs.push(std::sync::Arc::new(s));
+                } else {
+                    deleting.push(std::sync::Arc::new(s));
+                }
             }
         }
         dbs.sort_by_key(|s| s.info.slot);
-        Holders::of(dbs, Vec::new())
+        deleting.sort_by_key(|s| s.info.slot);
+        Holders::with_deleting(dbs, deleting, Vec::new())
     }
 
     /// Does a snapshot (other than the one in slot `except`) name chunk `id`? (Yes when a

@@ -277,7 +277,8 @@ pub(super) fn scan_store(
 }
 
 /// Every chunk a snapshot names is in the store (its data is hashed by the pack scan with
-/// `verify_data`, like the volume's own).
+/// `verify_data`, like the volume's own). Not those of interrupted deletions
+/// (`Holders::deleting`): past the deletion's durable point their own chunks are gone.
 fn check_snapshots(store: &dyn ChunkStore, holders: &Holders) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for s in &holders.dbs {
