@@ -28,12 +28,7 @@ fn dedupfs(args: &[&str], store: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "exit {}; stdout: {}; stderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 fn backups(store: &Path) -> Vec<PathBuf> {

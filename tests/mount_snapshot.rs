@@ -47,12 +47,7 @@ where
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "exit {}; stdout: {}; stderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 #[track_caller]

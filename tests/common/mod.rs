@@ -593,6 +593,16 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// First index where two byte slices differ, for readable assertion messages.
+/// A finished command's exit status, stdout and stderr, for an assertion message.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {}; stdout: {}; stderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
         .zip(b)
