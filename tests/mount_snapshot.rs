@@ -56,62 +56,49 @@ fn ok(o: Output, what: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// `dedupfs snapshot create MNT NAME`, which must succeed.
+/// `dedupfs snapshot VERB MNT ARGS...`, which must succeed; its stdout.
+#[track_caller]
+fn snapshot_ok(vol: &Volume, verb: &str, args: &[&OsStr]) -> String {
+    let mut all = vec![
+        OsStr::new("snapshot"),
+        OsStr::new(verb),
+        vol.mnt.as_os_str(),
+    ];
+    all.extend_from_slice(args);
+    let what = all
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    ok(dedupfs(all), &what)
+}
+
+/// `dedupfs snapshot create MNT NAME`.
 #[track_caller]
 fn create(vol: &Volume, name: &str) -> String {
-    ok(
-        dedupfs([
-            OsStr::new("snapshot"),
-            OsStr::new("create"),
-            vol.mnt.as_os_str(),
-            OsStr::new(name),
-        ]),
-        &format!("snapshot create {name}"),
-    )
+    snapshot_ok(vol, "create", &[OsStr::new(name)])
 }
 
-/// `dedupfs snapshot create MNT NAME --path PATH`, which must succeed.
+/// `dedupfs snapshot create MNT NAME --path PATH`.
 #[track_caller]
 fn create_of(vol: &Volume, name: &str, path: &Path) -> String {
-    ok(
-        dedupfs([
-            OsStr::new("snapshot"),
-            OsStr::new("create"),
-            vol.mnt.as_os_str(),
-            OsStr::new(name),
-            OsStr::new("--path"),
-            path.as_os_str(),
-        ]),
-        &format!("snapshot create {name} --path {}", path.display()),
+    snapshot_ok(
+        vol,
+        "create",
+        &[OsStr::new(name), OsStr::new("--path"), path.as_os_str()],
     )
 }
 
-/// `dedupfs snapshot delete MNT NAME`, which must succeed.
+/// `dedupfs snapshot delete MNT NAME`.
 #[track_caller]
 fn delete(vol: &Volume, name: &str) -> String {
-    ok(
-        dedupfs([
-            OsStr::new("snapshot"),
-            OsStr::new("delete"),
-            vol.mnt.as_os_str(),
-            OsStr::new(name),
-        ]),
-        &format!("snapshot delete {name}"),
-    )
+    snapshot_ok(vol, "delete", &[OsStr::new(name)])
 }
 
 /// `dedupfs snapshot list MNT --json`, parsed.
 #[track_caller]
 fn list(vol: &Volume) -> Vec<Value> {
-    let out = ok(
-        dedupfs([
-            OsStr::new("snapshot"),
-            OsStr::new("list"),
-            vol.mnt.as_os_str(),
-            OsStr::new("--json"),
-        ]),
-        "snapshot list --json",
-    );
+    let out = snapshot_ok(vol, "list", &[OsStr::new("--json")]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("snapshot list --json: {e}: {out}"))
 }
 
