@@ -509,3 +509,31 @@ fn the_snapshots_name_in_the_root_cannot_be_taken_or_replaced_while_snapshots_ex
     // Elsewhere the name is an ordinary one.
     fs.mkdir(WHO, d, b".snapshots", 0o755).unwrap();
 }
+
+#[test]
+fn a_read_only_open_leaves_a_half_written_snapshot_for_the_next_writable_one() {
+    let mut v = Vol::new();
+    v.file(ROOT_INO, "f", b"x");
+    v.fs().snapshot_create("s", ROOT_INO, "").unwrap();
+    drop(v.fs.take());
+    drop(v.lock.take());
+    let half = v.dir.join("snapshots").join(".tmp-00002.redb");
+    std::fs::write(&half, b"half").unwrap();
+    {
+        let vol = volume::open(&v.dir).unwrap();
+        let cfg = FsConfig {
+            read_only: true,
+            store_dir: Some(v.dir.clone()),
+            ..FsConfig::default()
+        };
+        let fs = Fs::new(vol.meta, vol.chunks, cfg).unwrap();
+        let s = fs.lookup(ROOT_INO, b".snapshots").unwrap().0;
+        assert!(fs.lookup(s, b"s").is_ok(), "served read-only");
+        assert!(half.exists(), "a read-only open changes nothing");
+    }
+    let (fs, lock) = open_fs(&v.dir);
+    v.fs = Some(fs);
+    v.lock = Some(lock);
+    assert!(!half.exists());
+    assert_eq!(v.snapshot_files(), ["00001.redb"]);
+}

@@ -363,7 +363,7 @@ impl Fs {
                 .packs()
                 .and_then(|p| p.dir().parent().map(std::path::Path::to_path_buf))
         });
-        let (snaps, deleting) = snapshots::Snapshots::open(store_dir.as_deref())?;
+        let (snaps, deleting) = snapshots::Snapshots::open(store_dir.as_deref(), cfg.read_only)?;
         let fs = Fs {
             fixed_patterns,
             cache: ChunkCache::new(store, cfg.cache_bytes),

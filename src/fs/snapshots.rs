@@ -135,7 +135,11 @@ impl Snapshots {
     /// Opens the snapshots of the store at `store_dir`: removes files a crash left half
     /// written, and returns the files of deletions a crash interrupted (their holds must be
     /// handed back before they go).
-    pub(super) fn open(store_dir: Option<&Path>) -> Result<(Snapshots, Vec<PathBuf>)> {
+    /// A read-only mount changes nothing: it leaves `.tmp-` files for the next writable open.
+    pub(super) fn open(
+        store_dir: Option<&Path>,
+        read_only: bool,
+    ) -> Result<(Snapshots, Vec<PathBuf>)> {
         let Some(store_dir) = store_dir else {
             return Ok((Snapshots::default(), Vec::new()));
         };
@@ -149,6 +153,9 @@ impl Snapshots {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
                     if name.starts_with(".tmp-") {
+                        if read_only {
+                            continue;
+                        }
                         tracing::info!("removing a snapshot a crash left unfinished: {name}");
                         std::fs::remove_file(e.path())?;
                     } else if name.starts_with(".deleting-") {
