@@ -1570,7 +1570,7 @@ fn trial(seed: u64) -> TrialOutcome {
     }
     // Raise the flag first: any syscall failing from here on may be the kill's doing.
     killed.store(true, Ordering::SeqCst);
-    vol.kill9();
+    let kill = vol.try_kill9();
     let result = worker.join().expect("workload thread panicked");
     let gc_result = gc_loop.map(|t| t.join().expect("gc thread panicked"));
     let snap_result = snap_loop.map(|t| t.join().expect("snapshot thread panicked"));
@@ -1604,6 +1604,9 @@ fn trial(seed: u64) -> TrialOutcome {
             snaps.join("\n"),
         )
     };
+    if let Err(e) = kill {
+        panic!("{}", context(&vol, "the kill", &e));
+    }
     if let Err(e) = result {
         panic!(
             "{}",

@@ -36,6 +36,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dedupfs");
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon may take to exit after `umount` (it flushes buffers and metadata).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a SIGKILLed daemon may take to die. One that takes longer has a thread stuck in the
+/// kernel (state D) that keeps `/dev/fuse` open, so requests to the mount hang until the
+/// connection is aborted.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A test whose daemon lives longer than this is considered hung: the watchdog kills the daemon
 /// so that requests blocked on the mount fail with ENOTCONN instead of hanging the suite.
 const WATCHDOG: Duration = Duration::from_secs(600);
@@ -245,10 +249,39 @@ impl Volume {
     /// Simulated crash: SIGKILL the daemon (no flush, no destroy), then lazily detach the dead
     /// mount so the mountpoint can be reused.
     pub fn kill9(&mut self) {
+        if let Err(e) = self.try_kill9() {
+            panic!("{e}\n--- daemon log ---\n{}", self.log());
+        }
+    }
+
+    /// `kill9`, but a daemon that does not die within `KILL_TIMEOUT` is an Err naming what its
+    /// remaining threads wait for in the kernel (instead of a test that hangs in `wait`, and
+    /// every request to the mount with it). The FUSE connection is then aborted (`umount -f`,
+    /// as root), which fails the requests the daemon never answered and lets it die; the
+    /// mount is detached either way.
+    pub fn try_kill9(&mut self) -> Result<(), String> {
         assert!(self.mounted, "kill9 of a volume that is not mounted");
         self.watchdog.disarm();
         self.child.kill().expect("SIGKILL daemon");
-        self.child.wait().expect("reap daemon");
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        let mut stuck = None;
+        while self.child.try_wait().expect("poll daemon").is_none() {
+            if Instant::now() > deadline {
+                stuck = Some(threads_in_kernel(self.child.id()));
+                let c = CString::new(self.mnt.as_os_str().as_bytes()).expect("path without NUL");
+                // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) };
+                // Without the abort (not root) it may never die: give up waiting.
+                let give_up = Instant::now() + KILL_TIMEOUT;
+                while self.child.try_wait().expect("poll daemon").is_none()
+                    && Instant::now() < give_up
+                {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
         let out = Command::new("umount")
             .arg("-l")
             .arg(&self.mnt)
@@ -268,6 +301,13 @@ impl Volume {
             "{} still mounted after kill -9 and lazy umount",
             self.mnt.display()
         );
+        match stuck {
+            None => Ok(()),
+            Some(threads) => Err(format!(
+                "the daemon did not die within {KILL_TIMEOUT:?} of SIGKILL (FUSE connection \
+                 aborted to end it); its threads then:\n{threads}"
+            )),
+        }
     }
 
     /// Stop the daemon with a signal (SIGINT or SIGTERM are documented to unmount cleanly);
@@ -452,6 +492,32 @@ fn unmount_command(mnt: &Path) -> Command {
 }
 
 /// Lazy unmount without spawning anything (usable while unwinding).
+/// Each thread of process `pid`: name, state, kernel wait channel and (as root) kernel stack.
+fn threads_in_kernel(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // "tid (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        out += &format!(
+            "{} {} state {state} wchan {}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    out
+}
+
 fn detach(mnt: &Path) {
     let c = CString::new(mnt.as_os_str().as_bytes()).expect("path without NUL");
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
