@@ -3,9 +3,10 @@
 
 use crate::error::FsError;
 use crate::fs::{
-    CacheMode, Caller, Fs, Op, RenameFlags as CoreRename, SeekWhence, SetAttr, TimeSet,
+    CacheMode, Caller, Fs, Op, RenameFlags as CoreRename, SNAPDIR_INO, SNAPDIR_NAME, SeekWhence,
+    SetAttr, TimeSet,
 };
-use crate::meta::{Attr, Kind, Ts};
+use crate::meta::{Attr, Kind, ROOT_INO, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
@@ -28,6 +29,12 @@ use std::time::{Duration, SystemTime};
 /// later change names or attributes outside a request must invalidate them through the
 /// notifier, off the request threads.
 const TTL: Duration = Duration::from_secs(60);
+/// Entry and attribute timeout of `.snapshots` and of each snapshot's root, and no negative
+/// entries for their names: snapshots appear and go through the control socket, not through
+/// a kernel request, so the kernel must ask again rather than be told. (Telling it through the
+/// notifier was tried: an invalidation waits for the directory's lock, which a request in that
+/// directory holds while it waits for the daemon; a daemon killed then never finished dying.)
+const SNAPSHOT_TTL: Duration = Duration::ZERO;
 /// Attribute timeout of a file whose write-back is pending (see `TTL`).
 const UNSETTLED_TTL: Duration = Duration::from_secs(1);
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
@@ -149,7 +156,15 @@ impl DedupFuse {
         } else {
             (a.size, true)
         };
-        let ttl = if settled { TTL } else { UNSETTLED_TTL };
+        let ttl = if ino == SNAPDIR_INO || a.parent == SNAPDIR_INO {
+            // `.snapshots` and the snapshots' roots come and go outside any request: the
+            // kernel asks again each time instead of being told (see `SNAPSHOT_TTL`).
+            SNAPSHOT_TTL
+        } else if settled {
+            TTL
+        } else {
+            UNSETTLED_TTL
+        };
         (file_attr(ino, a, used), ttl)
     }
 
@@ -165,9 +180,18 @@ impl DedupFuse {
 
     /// A lookup's answer. A missing name is answered as node 0 with a timeout, so the kernel
     /// caches its absence (a negative dentry) instead of asking again; creating the name
-    /// through the kernel replaces it.
-    fn lookup_entry(&self, reply: ReplyEntry, r: Result<(u64, Attr), FsError>) {
+    /// through the kernel replaces it. Not so for `.snapshots` in the root and names in it:
+    /// a snapshot appears without a request (see `SNAPSHOT_TTL`).
+    fn lookup_entry(
+        &self,
+        reply: ReplyEntry,
+        parent: u64,
+        name: &[u8],
+        r: Result<(u64, Attr), FsError>,
+    ) {
+        let snapshot_name = parent == SNAPDIR_INO || (parent == ROOT_INO && name == SNAPDIR_NAME);
         match r {
+            Err(FsError::NotFound) if snapshot_name => reply.error(Errno::ENOENT),
             Err(FsError::NotFound) => {
                 let none = file_attr(0, &Attr::new(Kind::File, 0, 0, 0), 0);
                 reply.entry(&TTL, &none, Generation(0))
@@ -232,7 +256,8 @@ impl Filesystem for DedupFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.fs.counters().count(Op::Lookup);
-        self.lookup_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        let name = name.as_bytes();
+        self.lookup_entry(reply, parent.0, name, self.fs.lookup(parent.0, name));
     }
 
     // Inodes live in the metadata database, not in a lookup-counted table: forgets are only

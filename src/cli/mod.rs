@@ -4,7 +4,7 @@
 //! `--json`) and maps failures to one clear line and a non-zero exit.
 
 use crate::chunker::{ChunkParams, DEFAULT_AVG};
-use crate::fs::{Fs, FsConfig, Invalidation};
+use crate::fs::{Fs, FsConfig};
 use crate::fuse::DedupFuse;
 use crate::maint::fsck::{FsckOptions, FsckReport, Progress, Severity, fsck};
 use crate::maint::gc::{GcOptions, GcReport, gc_with};
@@ -12,7 +12,6 @@ use crate::maint::stats::{StatsReport, stats};
 use crate::store::codec::Codec;
 use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
-use std::os::unix::ffi::OsStrExt;
 
 mod control;
 pub mod mounts;
@@ -1123,24 +1122,6 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
-    // Snapshots appear and go outside kernel requests: their names and the `.snapshots`
-    // directory's attributes are dropped from the kernel's caches (from the control thread,
-    // never a request thread or under the state lock).
-    let notifier = session.notifier();
-    fs.set_invalidator(Arc::new(move |what| {
-        let r = match &what {
-            Invalidation::Entry { parent, name } => {
-                notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::from_bytes(name))
-            }
-            Invalidation::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
-        };
-        // ENOENT: the kernel had nothing cached.
-        if let Err(e) = r
-            && e.raw_os_error() != Some(libc::ENOENT)
-        {
-            tracing::warn!(?what, "cannot invalidate a kernel cache entry: {e}");
-        }
-    }));
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");
 

@@ -31,8 +31,7 @@ pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
 pub use page_cache::CacheMode;
 pub use snapshots::{
-    Invalidation, Invalidator, SLOT_SHIFT as SNAPSHOT_SLOT_SHIFT, SNAPDIR_INO, SNAPDIR_NAME,
-    SnapshotReport, in_snapshot,
+    SLOT_SHIFT as SNAPSHOT_SLOT_SHIFT, SNAPDIR_INO, SNAPDIR_NAME, SnapshotReport, in_snapshot,
 };
 
 use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy, glob_match};

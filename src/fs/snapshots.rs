@@ -50,18 +50,6 @@ fn encode(slot: u16, ino: Ino) -> Ino {
     ((slot as u64) << SLOT_SHIFT) | ino
 }
 
-/// A kernel cache entry to drop after a snapshot appeared or went (sent by the FUSE adapter's
-/// notifier, never on a request thread or under the state lock).
-#[derive(Debug, Clone)]
-pub enum Invalidation {
-    /// The name `name` in directory `parent` (a cached negative or positive entry).
-    Entry { parent: Ino, name: Vec<u8> },
-    /// Attributes of an inode.
-    Inode(Ino),
-}
-
-pub type Invalidator = Arc<dyn Fn(Invalidation) + Send + Sync>;
-
 /// One snapshot as `snapshot list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotReport {
@@ -90,7 +78,6 @@ pub(super) struct Snapshots {
     pending: Mutex<Vec<Arc<RTx>>>,
     /// Serialises create and delete (the state lock is taken inside it, never around it).
     admin: Mutex<()>,
-    invalidator: Mutex<Option<Invalidator>>,
     /// The slot given last (slots go round-robin).
     last_slot: Mutex<u16>,
     /// When a snapshot last appeared or went, ns since the epoch (`.snapshots`' mtime).
@@ -236,19 +223,6 @@ impl Snapshots {
         }
     }
 
-    pub(super) fn set_invalidator(&self, f: Invalidator) {
-        *self.invalidator.lock() = Some(f);
-    }
-
-    fn invalidate(&self, what: &[Invalidation]) {
-        let f = self.invalidator.lock().clone();
-        if let Some(f) = f {
-            for w in what {
-                f(w.clone());
-            }
-        }
-    }
-
     /// The next free slot after the last one given (round-robin).
     fn free_slot(&self) -> Result<u16> {
         let list = self.list.read();
@@ -281,11 +255,6 @@ impl Fs {
     /// maintenance (gc, fsck, du) run on the mounted volume.
     pub fn snapshot_holders(&self) -> Result<Holders> {
         self.snaps.holders()
-    }
-
-    /// Tells the core how to drop kernel cache entries (the FUSE adapter's notifier).
-    pub fn set_invalidator(&self, f: Invalidator) {
-        self.snaps.set_invalidator(f);
     }
 
     /// The snapshot `ino` is in, and its inode number there. ESTALE once that snapshot is
@@ -546,13 +515,11 @@ impl Fs {
             tracing::error!("snapshot {name}: directory sync failed ({e}); keeping it");
         }
         let db = Arc::new(db);
-        let was_empty = {
+        {
             let mut list = self.snaps.list.write();
-            let was_empty = list.is_empty();
             list.push(db.clone());
             list.sort_by_key(|s| s.info.slot);
-            was_empty
-        };
+        }
         drop(pending);
         drop(src);
         self.snaps
@@ -565,20 +532,6 @@ impl Fs {
             ms = started.elapsed().as_millis() as u64,
             "snapshot created"
         );
-        let mut inval = vec![
-            Invalidation::Entry {
-                parent: SNAPDIR_INO,
-                name: name.as_bytes().to_vec(),
-            },
-            Invalidation::Inode(SNAPDIR_INO),
-        ];
-        if was_empty {
-            inval.push(Invalidation::Entry {
-                parent: ROOT_INO,
-                name: SNAPDIR_NAME.to_vec(),
-            });
-        }
-        self.snaps.invalidate(&inval);
         Ok(self.snapshot_report(&db).unwrap_or_else(|e| {
             tracing::warn!("snapshot {name} created; its figures cannot be read: {e}");
             SnapshotReport {
@@ -676,24 +629,9 @@ impl Fs {
             st.since_durable = true;
             self.make_durable(&mut st)?;
         }
-        let now_empty = !self.snaps.any();
         drop(s);
         std::fs::remove_file(&gone)?;
         sync_dir(&dir)?;
-        let mut inval = vec![
-            Invalidation::Entry {
-                parent: SNAPDIR_INO,
-                name: name.as_bytes().to_vec(),
-            },
-            Invalidation::Inode(SNAPDIR_INO),
-        ];
-        if now_empty {
-            inval.push(Invalidation::Entry {
-                parent: ROOT_INO,
-                name: SNAPDIR_NAME.to_vec(),
-            });
-        }
-        self.snaps.invalidate(&inval);
         Ok(report)
     }
 
