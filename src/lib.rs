@@ -25,3 +25,4 @@ pub mod maint;
 pub mod meta;
 pub mod store;
 pub mod volume;
+pub mod remote;
