@@ -10,6 +10,8 @@
 //! - [`meta`]: metadata in redb: inodes, dirents, extents, refcounts, xattrs.
 //! - [`fs`]: the filesystem core, FUSE-free, every operation returns `Result`.
 //! - [`volume`]: the store directory, its marker and its lock.
+//! - [`remote`]: remote volumes (issue 11): the one-writer lease, judged by the object
+//!   store's clock.
 //! - [`maint`]: fsck, gc and stats as report structs.
 //! - [`fuse`]: the thin fuser adapter.
 //! - [`cli`]: subcommands and report rendering; mount options, the mount table, the control
@@ -23,6 +25,6 @@ pub mod fuse;
 pub mod hash;
 pub mod maint;
 pub mod meta;
+pub mod remote;
 pub mod store;
 pub mod volume;
-pub mod remote;

@@ -2,3 +2,5 @@
 //! with the store directory as its local cache and journal.
 //!
 //! - [`lease`]: one writer per volume: the lease object, judged by the object store's clock.
+
+pub mod lease;
