@@ -61,6 +61,15 @@ pub enum FsError {
     Corrupt(String),
     #[error("I/O error: {0}")]
     Io(io::Error),
+    /// The object store of a remote volume failed or could not be reached.
+    #[error("object store: {0}")]
+    Remote(Box<RemoteError>),
+}
+
+impl From<RemoteError> for FsError {
+    fn from(e: RemoteError) -> Self {
+        FsError::Remote(Box::new(e))
+    }
 }
 
 impl From<io::Error> for FsError {
@@ -100,6 +109,7 @@ impl FsError {
             | FsError::Db(_)
             | FsError::Corrupt(_) => libc::EIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Remote(_) => libc::EIO,
         }
     }
 

@@ -15,6 +15,8 @@ use crate::chunker::ChunkParams;
 use crate::error::FsError;
 use crate::fs::Usage;
 use crate::meta::{FORMAT_VERSION, MetaDb};
+use crate::remote::config::VolumeConfig;
+use crate::remote::packs::RemotePacks;
 use crate::store::PackStore;
 use crate::store::codec::Codec;
 use std::fs::{self, File, OpenOptions};
@@ -86,6 +88,8 @@ pub struct Volume {
     pub dir: PathBuf,
     pub meta: MetaDb,
     pub chunks: Arc<PackStore>,
+    /// The bucket side of a remote volume (`STORE/remote.json`); `None` for a local one.
+    pub remote: Option<Arc<RemotePacks>>,
     pub lock: File,
 }
 
@@ -121,7 +125,11 @@ pub fn init(
     packs.set_target(pack_bytes).map_err(meta_err)?;
     crate::store::ChunkStore::sync(&packs).map_err(meta_err)?;
     drop(packs);
-    // The marker is written last: a store without it was never finished.
+    write_marker(dir)
+}
+
+/// Writes the store marker, durably. Written last: a store without it was never finished.
+pub fn write_marker(dir: &Path) -> Result<(), VolumeError> {
     fs::write(
         dir.join(MARKER),
         format!("{MARKER_TEXT}format {FORMAT_VERSION}\n"),
@@ -201,7 +209,25 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
             }
         }
     })?;
-    let chunks = PackStore::open(dir).map_err(|err| {
+    let remote = match VolumeConfig::load(dir) {
+        Ok(Some(c)) => Some(Arc::new(RemotePacks::open(dir, &c).map_err(|err| {
+            VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err,
+            }
+        })?)),
+        Ok(None) => None,
+        Err(err) => {
+            return Err(VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err,
+            });
+        }
+    };
+    let source = remote
+        .clone()
+        .map(|r| r as Arc<dyn crate::store::pack_store::PackSource>);
+    let chunks = PackStore::open_with(dir, source).map_err(|err| {
         let index = dir.join("index.redb");
         match crate::store::pack_index::PackIndex::open(&index) {
             Err(e) if index.exists() && !e.is_held_elsewhere() => VolumeError::IndexDamaged {
@@ -218,6 +244,7 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
         dir: dir.to_path_buf(),
         meta,
         chunks: Arc::new(chunks),
+        remote,
         lock,
     })
 }

@@ -9,6 +9,7 @@ use crate::maint::du::{DuReport, du};
 use crate::maint::fsck::{FsckOptions, FsckReport, fsck};
 use crate::maint::gc::{GcOptions, GcReport, gc_with};
 use crate::meta::backup::TakeReport;
+use crate::remote::sync::RemoteVolume;
 use crate::store::ChunkStore;
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
@@ -162,7 +163,7 @@ fn snapshot_error(e: &crate::error::FsError) -> String {
     }
 }
 
-fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
+fn handle(fs: &Fs, store: &Path, remote: Option<&RemoteVolume>, req: Request) -> Answer {
     let result = match req {
         Request::SnapshotCreate { name, ino, path } => fs
             .snapshot_create(&name, ino, &path)
@@ -181,7 +182,8 @@ fn handle(fs: &Fs, store: &Path, req: Request) -> Answer {
         }
         Request::Sync => fs
             .sync_fs()
-            .map(|()| serde_json::json!({ "durable": true }))
+            .and_then(|()| remote.map(|r| r.publish(fs)).transpose())
+            .map(|published| serde_json::json!({ "durable": true, "published": published }))
             .map_err(|e| format!("{e} ({})", errno_label(e.errno()))),
         Request::Du { items } => du_of(fs, store, &items)
             .map_err(|e| e.to_string())
@@ -259,7 +261,7 @@ fn du_of(fs: &Fs, store: &Path, items: &[(u64, String)]) -> crate::error::Result
 
 /// Starts answering requests on `STORE/control.sock` (a thread; it lives as long as the
 /// process). A failure to bind is logged: the mount works without it.
-pub fn serve(store: &Path, fs: Arc<Fs>) {
+pub fn serve(store: &Path, fs: Arc<Fs>, remote: Option<Arc<RemoteVolume>>) {
     let path = socket_path(store);
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
@@ -286,7 +288,7 @@ pub fn serve(store: &Path, fs: Arc<Fs>) {
                 let answer = match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {
                         tracing::info!(?req, "control request");
-                        handle(&fs, &store, req)
+                        handle(&fs, &store, remote.as_deref(), req)
                     }
                     Err(e) => Answer {
                         report: None,

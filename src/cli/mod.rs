@@ -17,6 +17,7 @@ mod control;
 pub mod mounts;
 mod notify;
 mod options;
+mod remote;
 use clap::{CommandFactory, Parser, Subcommand};
 use mounts::is_mountpoint;
 use options::MountOpts;
@@ -86,6 +87,16 @@ enum Cmd {
         /// files; smaller ones let compaction rewrite less at a time.
         #[arg(long, default_value_t = 32)]
         pack_mib: u64,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make STORE (a new directory) a local cache of a remote volume that exists in a bucket:
+    /// another machine's, or this one's after its disk was lost. It holds the volume as of
+    /// its last publication (`dedupfs sync` or unmount on the writing machine).
+    Attach {
+        store: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Serve a store at a mountpoint until it is unmounted (umount, fusermount3 -u, Ctrl-C).
     Mount {
@@ -191,6 +202,48 @@ enum Cmd {
     },
 }
 
+/// Where a remote volume lives (`init --remote`, `attach`).
+#[derive(clap::Args, Clone)]
+struct RemoteArgs {
+    /// Keep the volume in an S3-compatible bucket: s3://BUCKET/PREFIX. STORE becomes its
+    /// local cache and journal. Credentials and endpoint come from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ENDPOINT_URL.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    remote: Option<String>,
+    /// The object store's URL (http(s)://HOST:PORT), instead of AWS_ENDPOINT_URL.
+    #[arg(long, requires = "remote")]
+    endpoint: Option<String>,
+    /// The volume's name under the prefix (several volumes may share one). Default for init:
+    /// "default"; for attach: the only volume there.
+    #[arg(long, requires = "remote")]
+    volume: Option<String>,
+    /// Local disk the cache may use, in GiB (packs not uploaded yet count too: past this,
+    /// writes get ENOSPC until uploads catch up).
+    #[arg(long, default_value_t = 10.0, requires = "remote")]
+    cache_disk_gib: f64,
+}
+
+impl RemoteArgs {
+    fn config(&self, default_volume: &str) -> Result<Option<crate::remote::config::VolumeConfig>> {
+        let Some(url) = &self.remote else {
+            return Ok(None);
+        };
+        crate::store::remote::parse_s3_url(url)?;
+        if !(self.cache_disk_gib >= 0.125 && self.cache_disk_gib <= 1e6) {
+            bail!(
+                "--cache-disk-gib {}: use 0.125 or more",
+                self.cache_disk_gib
+            );
+        }
+        Ok(Some(crate::remote::config::VolumeConfig::new(
+            url,
+            self.endpoint.clone(),
+            self.volume.as_deref().unwrap_or(default_volume),
+            (self.cache_disk_gib * (1u64 << 30) as f64) as u64,
+        )))
+    }
+}
+
 #[derive(Subcommand)]
 enum SnapshotCmd {
     /// Take a snapshot: every write that returned before this command started is in it.
@@ -258,8 +311,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fixed_for,
             compression,
             pack_mib,
+            remote,
         } => {
             let params = ChunkParams::from_avg(avg_chunk).map_err(|e| anyhow!(e))?;
+            let remote = remote.config("default")?;
+            if let Some(r) = &remote {
+                crate::remote::attach::check_volume_name(&r.volume)?;
+                // Before anything is made locally: the bucket answers and takes our key.
+                crate::store::remote::RemoteStore::open(&r.client_config()?)?;
+            }
+            let existed = store.exists();
             if !(1..=1024).contains(&pack_mib) {
                 bail!("--pack-mib {pack_mib}: use 1 to 1024");
             }
@@ -275,12 +336,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 compression,
                 pack_mib.saturating_mul(1 << 20),
             )?;
+            if let Some(r) = &remote {
+                if let Err(e) = crate::remote::attach::init_remote(&store, r) {
+                    undo_init(&store, existed);
+                    return Err(e)
+                        .context("the remote volume was not created (nothing was kept locally)");
+                }
+                println!(
+                    "created remote volume {} in {}; {} is its local cache (up to {})",
+                    r.volume,
+                    r.url,
+                    store.display(),
+                    human(r.cache_bytes)
+                );
+            }
             println!(
                 "initialised dedupfs store {} (chunks: min {} / avg {} / max {} bytes; compression {compression})",
                 store.display(),
                 params.min,
                 params.avg,
                 params.max
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attach { store, remote } => {
+            let Some(config) = remote.config("")? else {
+                bail!("attach needs --remote s3://BUCKET/PREFIX");
+            };
+            let existed = store.exists();
+            let r = match crate::remote::attach::attach(&store, config) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !matches!(e, crate::error::FsError::Refused(_)) {
+                        undo_init(&store, existed);
+                    }
+                    return Err(e.into());
+                }
+            };
+            for s in &r.skipped {
+                eprintln!("skipped a damaged generation: {s}");
+            }
+            println!(
+                "attached volume {} of {} at {}: generation {} published {}, {} packs, {} snapshots",
+                r.volume,
+                r.url,
+                store.display(),
+                r.generation,
+                crate::meta::backup::show_time(r.published_unix),
+                r.packs,
+                r.snapshots
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -572,6 +676,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Removes what a failed `init --remote` or `attach` made in `store` (which was missing or
+/// empty before).
+fn undo_init(store: &Path, existed: bool) {
+    if existed {
+        if let Ok(entries) = std::fs::read_dir(store) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(store);
+    }
+}
+
 /// `dedupfs STORE MOUNTPOINT -o OPTIONS`, as mount.fuse3 runs it for `mount -t fuse.dedupfs`
 /// and fstab: the options are checked, then the daemon starts in the background and this
 /// returns once the mount is live (mount(8) waits for it), printing nothing on success.
@@ -604,7 +727,16 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
                 Err(VolumeError::Locked(_)) => return stats_of(store),
                 other => other?,
             };
-            Ok(stats(&vol.meta, vol.chunks.as_ref())?)
+            let mut r = stats(&vol.meta, vol.chunks.as_ref())?;
+            if let Some(remote) = &vol.remote {
+                let rv = crate::remote::sync::RemoteVolume::new(
+                    &vol.dir,
+                    vol.chunks.clone(),
+                    remote.clone(),
+                )?;
+                r.remote = Some(rv.status()?);
+            }
+            Ok(r)
         }
         Err(VolumeError::Locked(_)) => {
             let u = volume::read_published_stats(store).with_context(|| {
@@ -619,6 +751,9 @@ fn stats_of(store: &Path) -> Result<StatsReport> {
             r.requests = control::request_within(store, &control::Request::Requests, wait)
                 .and_then(|a| a.into_requests())
                 .ok();
+            r.remote = std::fs::read(store.join("remote").join("status.json"))
+                .ok()
+                .and_then(|raw| serde_json::from_slice(&raw).ok());
             Ok(r)
         }
         Err(e) => Err(e.into()),
@@ -711,6 +846,28 @@ pub fn render_stats(r: &StatsReport) -> String {
     if let Some(q) = &r.requests {
         let ops: Vec<String> = q.by_op.iter().map(|(k, v)| format!("{k} {v}")).collect();
         s += &format!("requests served:  {} ({})\n", q.total, ops.join(", "));
+    }
+    if let Some(rs) = &r.remote {
+        s += &format!("remote volume:    {} in {}\n", rs.volume, rs.url);
+        s += &format!(
+            "not uploaded:     {} ({} packs); {} packs in the bucket, {} of them also local; {} of ranges cached\n",
+            human(rs.not_uploaded_bytes),
+            rs.not_uploaded_packs,
+            rs.uploaded_packs,
+            rs.local_packs.saturating_sub(rs.not_uploaded_packs),
+            human(rs.cached_range_bytes)
+        );
+        s += &format!(
+            "published:        generation {} at {}\n",
+            rs.generation,
+            crate::meta::backup::show_time(rs.published_unix)
+        );
+        if let Some(f) = &rs.fenced {
+            s += &format!("READ-ONLY:        {f}\n");
+        }
+        if let Some(e) = &rs.last_error {
+            s += &format!("last error:       {e}\n");
+        }
     }
     if r.from_mounted_daemon {
         s += "(store is mounted: figures from the daemon's last sync, at most a few seconds old)\n";
@@ -1085,13 +1242,26 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         ..FsConfig::default()
     };
     let lock = vol.lock;
+    // A remote volume mounted writable: its lease first (refused while another machine
+    // holds it), before anything changes.
+    let mut remote = match &vol.remote {
+        Some(r) if !opts.read_only => Some(remote::RemoteDaemon::start(
+            &dir,
+            vol.chunks.clone(),
+            r.clone(),
+        )?),
+        _ => None,
+    };
     let fs = Arc::new(
         Fs::new(vol.meta, vol.chunks, cfg)
             .with_context(|| format!("cannot open store {}", store.display()))?,
     );
     fs.start_background();
     publish(&fs, &dir);
-    control::serve(&dir, fs.clone());
+    if let Some(r) = &mut remote {
+        r.run(&fs);
+    }
+    control::serve(&dir, fs.clone(), remote.as_ref().map(|r| r.vol.clone()));
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -1191,11 +1361,16 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     if synced.is_ok() && !opts.read_only {
         backups.lock().at_unmount(&fs);
     }
+    let uploaded = match remote {
+        Some(r) if synced.is_ok() => r.finish(&fs),
+        _ => Ok(()),
+    };
     publish(&fs, &dir);
     control::remove(&dir);
     close_then_unlock(fs, lock);
     result.with_context(|| format!("FUSE session at {} failed", mp.display()))?;
     synced.context("final sync failed: some data may not be on disk")?;
+    uploaded?;
     tracing::info!("unmounted cleanly");
     Ok(())
 }

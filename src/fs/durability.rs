@@ -244,6 +244,19 @@ impl Fs {
         Ok((self.meta.begin_read()?, self.durable_epoch()))
     }
 
+    /// [`Fs::durable_snapshot`], also running `with` at that same durable point, under the
+    /// state lock (a remote volume takes its read snapshot of the pack index there, so that
+    /// the two snapshots agree).
+    pub fn durable_snapshot_with<T>(
+        &self,
+        with: impl FnOnce() -> Result<T>,
+    ) -> Result<(meta::RTx, T)> {
+        let mut st = self.state.lock();
+        st.since_durable = true;
+        self.make_durable(&mut st)?;
+        Ok((self.meta.begin_read()?, with()?))
+    }
+
     /// Durable commits made since the filesystem was opened.
     pub fn durable_epoch(&self) -> u64 {
         self.durable_epoch.load(Ordering::Relaxed)

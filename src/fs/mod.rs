@@ -308,6 +308,8 @@ pub struct Fs {
     page_cache: Mutex<page_cache::PageCachePolicy>,
     /// Snapshots, and the chunks they hold.
     snaps: snapshots::Snapshots,
+    /// Every change refused from now on (`Fs::fence`).
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -386,6 +388,7 @@ impl Fs {
             counters: Counters::default(),
             page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
             snaps,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -439,11 +442,24 @@ impl Fs {
     }
 
     fn writable(&self) -> Result<()> {
-        if self.cfg.read_only {
+        if self.cfg.read_only || self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             Err(FsError::ReadOnly)
         } else {
             Ok(())
         }
+    }
+
+    /// Refuses every change from now on (EROFS), for the rest of the mount: another machine
+    /// took this remote volume over (`why` is logged once).
+    pub fn fence(&self, why: &str) {
+        if !self.fenced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!("the volume is read-only from now on: {why}");
+        }
+    }
+
+    /// Whether [`Fs::fence`] was called.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one metadata-changing operation in the open group (starting one if needed) and

@@ -30,6 +30,9 @@ pub struct StatsReport {
     /// Requests the mounted daemon served since it was mounted, by operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestCounts>,
+    /// A remote volume's upload backlog and last publication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::sync::RemoteStatus>,
 }
 
 impl StatsReport {
@@ -56,6 +59,7 @@ impl StatsReport {
             },
             from_mounted_daemon,
             requests: None,
+            remote: None,
         }
     }
 }

@@ -179,6 +179,12 @@ impl MetaDb {
         })
     }
 
+    /// Copies the read snapshot `snap` into a new database file `dst` (every table, committed
+    /// durably): a consistent copy of the metadata while it changes.
+    pub fn copy_to(snap: &RTx, dst: &std::path::Path) -> Result<u64> {
+        backup::copy_snapshot(snap, dst)
+    }
+
     pub fn begin_read(&self) -> Result<RTx> {
         self.with_db(|db| {
             Ok(RTx {

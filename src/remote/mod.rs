@@ -1,6 +1,18 @@
 //! Remote volumes (issue 11): a volume whose packs and metadata live in an S3-compatible bucket,
 //! with the store directory as its local cache and journal.
 //!
+//! - [`config`]: `STORE/remote.json` and the keys of a volume in the bucket.
 //! - [`lease`]: one writer per volume: the lease object, judged by the object store's clock.
+//! - [`generation`]: the metadata generation object (format, golden-tested).
+//! - [`range_cache`]: cached byte ranges of evicted packs.
+//! - [`packs`]: the uploaded-pack table and reads of evicted packs (the pack store's source).
+//! - [`sync`]: a mounted volume's uploads, evictions and publications (fencing).
+//! - [`attach`]: `init --remote` and `attach`.
 
+pub mod attach;
+pub mod config;
+pub mod generation;
 pub mod lease;
+pub mod packs;
+pub mod range_cache;
+pub mod sync;

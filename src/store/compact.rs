@@ -74,6 +74,12 @@ pub fn compact_at_most(
 ) -> Result<CompactReport> {
     let _one = store.compaction_lock();
     let mut report = CompactReport::default();
+    if store.source().is_some() {
+        report
+            .skipped
+            .push("all packs: this is a remote volume, whose packs are not compacted yet".into());
+        return Ok(report);
+    }
     if !dry_run {
         // Everything put so far goes into the index, durably.
         if seal_open {
@@ -436,6 +442,9 @@ pub struct PackCheck {
     pub packs: u64,
     pub records: u64,
     pub bytes_verified: u64,
+    /// Packs of a remote volume whose local file was evicted (scanned only with verify_data,
+    /// from the bucket).
+    pub remote_packs: u64,
     pub problems: Vec<PackProblem>,
 }
 
@@ -468,6 +477,24 @@ pub fn verify_packs(store: &PackStore, verify_data: bool) -> Result<PackCheck> {
         };
         let data = match fs::read(store.pack_path(id)) {
             Ok(d) => d,
+            // Evicted from a remote volume's cache: fetched only to verify data.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && store.is_remote(id) => {
+                check.remote_packs += 1;
+                if !verify_data {
+                    continue;
+                }
+                match store.read_pack(id, 0..row.len) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        check.problems.push(problem(
+                            None,
+                            None,
+                            format!("cannot read the pack from the bucket: {e}"),
+                        ));
+                        continue;
+                    }
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 check
                     .problems
@@ -540,11 +567,42 @@ pub fn verify_packs(store: &PackStore, verify_data: bool) -> Result<PackCheck> {
             return Err(e);
         }
     }
+    // The bucket of a remote volume: every uploaded pack there, intact (with verify_data).
+    let mut bad_remote = std::collections::HashMap::new();
+    if let Some(source) = store.source() {
+        let found = source.check(verify_data).unwrap_or_else(|e| {
+            check.problems.push(PackProblem {
+                pack: "(bucket)".into(),
+                offset: None,
+                chunk: None,
+                what: format!("the packs in the bucket could not be checked: {e}"),
+            });
+            Vec::new()
+        });
+        for (pack, what) in found {
+            check.problems.push(PackProblem {
+                pack: pack_file_name(pack),
+                offset: None,
+                chunk: None,
+                what: what.clone(),
+            });
+            bad_remote.insert(pack, what);
+        }
+    }
     // Index entries that point where no matching record starts.
     let mut bad = Vec::new();
     store.index().for_each(&mut |cid, loc| {
         if let Some(p) = check_loc(store, &cid, &loc) {
             bad.push(p);
+        } else if let Some(what) = bad_remote.get(&loc.pack)
+            && !store.is_local(loc.pack)
+        {
+            bad.push(PackProblem {
+                pack: pack_file_name(loc.pack),
+                offset: Some(loc.offset),
+                chunk: Some(cid.to_hex()),
+                what: format!("evicted pack unreadable from the bucket: {what}"),
+            });
         }
     })?;
     check.problems.extend(bad);
@@ -565,6 +623,10 @@ pub fn check_loc(store: &PackStore, id: &ChunkId, loc: &Loc) -> Option<PackProbl
     };
     let f = match File::open(store.pack_path(loc.pack)) {
         Ok(f) => f,
+        // Evicted from a remote volume's cache: checked by `verify_packs` with verify_data.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && store.is_remote(loc.pack) => {
+            return None;
+        }
         Err(e) => return problem(format!("cannot open the pack: {e}")),
     };
     let mut h = [0u8; RECORD_HEADER_LEN];

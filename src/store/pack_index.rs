@@ -293,6 +293,57 @@ impl PackIndex {
         })
     }
 
+    /// A read snapshot of the whole index (for [`PackIndex::copy_snapshot`]).
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        let g = self.db.read_recursive();
+        let db = g
+            .as_ref()
+            .ok_or_else(|| FsError::Db("pack index is closed".into()))?;
+        Ok(db.begin_read()?)
+    }
+
+    /// Copies every table of the read snapshot `tx` into a new index file `dst` (committed
+    /// durably). Returns the packs the copy knows, retired ones left out.
+    pub fn copy_snapshot(tx: &redb::ReadTransaction, dst: &Path) -> Result<Vec<(u64, PackRow)>> {
+        let db = Database::builder().set_cache_size(16 << 20).create(dst)?;
+        let mut w = db.begin_write()?;
+        fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+            src: &redb::ReadTransaction,
+            dst: &redb::WriteTransaction,
+            def: TableDefinition<K, V>,
+        ) -> Result<()> {
+            let from = match src.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut to = dst.open_table(def)?;
+            for row in from.iter()? {
+                let (k, v) = row?;
+                to.insert(k.value(), v.value())?;
+            }
+            Ok(())
+        }
+        copy(tx, &w, LOCS)?;
+        copy(tx, &w, PACKS)?;
+        copy(tx, &w, META)?;
+        w.set_durability(Durability::Immediate)?;
+        w.commit()?;
+        drop(db);
+        std::fs::File::open(dst)?.sync_all()?;
+        let mut packs = Vec::new();
+        if let Ok(t) = tx.open_table(PACKS) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let r = PackRow::decode(v.value());
+                if r.state != PackState::Retired {
+                    packs.push((k.value(), r));
+                }
+            }
+        }
+        Ok(packs)
+    }
+
     /// Calls `f` with every chunk and its location.
     pub fn for_each(&self, f: &mut dyn FnMut(ChunkId, Loc)) -> Result<()> {
         self.read(|tx| {

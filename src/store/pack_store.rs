@@ -80,6 +80,28 @@ const BACKGROUND_STEP_TIME: std::time::Duration = std::time::Duration::from_secs
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
+/// Where packs whose files are not in the packs directory are kept: the bucket of a remote
+/// volume (`remote::packs`). A pack it has may be evicted from the local directory at any time
+/// once sealed; reads of it then go through `read`.
+pub trait PackSource: Send + Sync {
+    /// Whether pack `pack` is kept there (uploaded), so its local file may be missing.
+    fn has(&self, pack: u64) -> bool;
+    /// Bytes `range` of pack `pack` (unverified: records carry checksums and chunks are
+    /// verified by their hash above).
+    fn read(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>>;
+    /// Whether the data not yet in the source has reached its limit: new data is refused
+    /// (ENOSPC) until uploads catch up.
+    fn over_limit(&self) -> bool {
+        false
+    }
+    /// fsck: the packs the source should have and has not, or has damaged (with `verify`,
+    /// which reads them all): (pack, what is wrong).
+    fn check(&self, verify: bool) -> Result<Vec<(u64, String)>> {
+        let _ = verify;
+        Ok(Vec::new())
+    }
+}
+
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +171,8 @@ pub struct PackStore {
     retired: Mutex<std::collections::HashSet<u64>>,
     /// Injected I/O errors (tests; `DEDUPFS_FAULTS`).
     faults: super::fault::Faults,
+    /// Where evicted packs are read from (remote volumes).
+    source: Option<Arc<dyn PackSource>>,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -177,6 +201,12 @@ impl PackStore {
     }
 
     pub fn open(store_dir: &Path) -> Result<PackStore> {
+        PackStore::open_with(store_dir, None)
+    }
+
+    /// [`PackStore::open`] for a store whose sealed packs are also kept in `source`: their
+    /// local files may be missing (evicted), and are then read from there.
+    pub fn open_with(store_dir: &Path, source: Option<Arc<dyn PackSource>>) -> Result<PackStore> {
         let dir = store_dir.join("packs");
         fs::create_dir_all(&dir)?;
         let index_path = store_dir.join("index.redb");
@@ -235,6 +265,7 @@ impl PackStore {
             removed_since_reclaim: AtomicBool::new(true),
             retired: Mutex::new(std::collections::HashSet::new()),
             faults: super::fault::Faults::from_env(),
+            source,
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -277,6 +308,17 @@ impl PackStore {
             }
             let len = match fs::metadata(&path) {
                 Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(*id) => {
+                    // Evicted: read from the bucket when needed.
+                    if row.state == PackState::Open {
+                        ops.push(IndexOp::Pack {
+                            id: *id,
+                            len: row.len,
+                            state: PackState::Sealed,
+                        });
+                    }
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::error!(
                         pack = %path.display(),
@@ -330,6 +372,78 @@ impl PackStore {
 
     pub fn index(&self) -> &PackIndex {
         &self.index
+    }
+
+    /// The source of evicted packs, for a remote volume.
+    pub fn source(&self) -> Option<&Arc<dyn PackSource>> {
+        self.source.as_ref()
+    }
+
+    /// Whether pack `pack` is kept in the source (its local file may be evicted).
+    pub fn is_remote(&self, pack: u64) -> bool {
+        self.source.as_ref().is_some_and(|s| s.has(pack))
+    }
+
+    /// Whether the local file of pack `pack` is present.
+    pub fn is_local(&self, pack: u64) -> bool {
+        self.pack_path(pack).exists()
+    }
+
+    /// Bytes `range` of pack `pack`: from its local file, or from the source when the file was
+    /// evicted.
+    pub fn read_pack(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        match File::open(self.pack_path(pack)) {
+            Ok(f) => {
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                f.read_exact_at(&mut buf, range.start)?;
+                Ok(buf)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(pack) => self
+                .source
+                .as_ref()
+                .map_or_else(|| Err(FsError::Io(e)), |s| s.read(pack, range)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the local file of sealed pack `pack`, which the source keeps: reads of it go
+    /// there from now on. Returns the bytes freed; 0 when the pack is open, written since
+    /// the last sync, or not in the source.
+    pub fn evict(&self, pack: u64) -> Result<u64> {
+        if !self.is_remote(pack)
+            || self.open_pack_ids().contains(&pack)
+            || self.dirty.lock().contains_key(&pack)
+        {
+            return Ok(0);
+        }
+        let path = self.pack_path(pack);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        self.unmap(pack);
+        fs::remove_file(&path)?;
+        Ok(len)
+    }
+
+    /// Reads chunk `id` at `loc` from the source (its pack was evicted).
+    fn read_remote(&self, id: &ChunkId, loc: &Loc) -> Result<ChunkBytes> {
+        let Some(source) = &self.source else {
+            return Err(FsError::MissingChunk { id: *id });
+        };
+        let start = loc.stored_start();
+        let stored = source.read(loc.pack, start..start + loc.stored_len as u64)?;
+        if loc.codec == CODEC_NONE {
+            return Ok(ChunkBytes::Owned(Arc::new(stored)));
+        }
+        match decompress(loc.codec, &stored, loc.raw_len) {
+            Ok(v) => Ok(ChunkBytes::Owned(Arc::new(v))),
+            Err(e) => {
+                tracing::error!(chunk = %id, pack = %pack_file_name(loc.pack), offset = loc.offset, "{e}");
+                Err(FsError::CorruptChunk { id: *id })
+            }
+        }
     }
 
     pub fn packs_dir(&self) -> &Path {
@@ -423,6 +537,9 @@ impl PackStore {
     /// Refuses new data while the device is nearly full (`DATA_HEADROOM`). Looks at the free
     /// space only when it may have run low since the last look.
     fn check_space(&self, len: u64) -> Result<()> {
+        if self.source.as_ref().is_some_and(|s| s.over_limit()) {
+            return Err(FsError::NoSpace);
+        }
         let since = self.appended_since.fetch_add(len, Ordering::Relaxed) + len;
         let seen = self.space_seen.load(Ordering::Relaxed);
         if seen.saturating_sub(since) >= DATA_HEADROOM + SPACE_CHECK_EVERY {
@@ -734,6 +851,10 @@ impl ChunkStore for PackStore {
             };
             match self.map_pack(loc.pack, loc.end()) {
                 Ok(m) => return self.read_at(id, &loc, &m),
+                // Evicted: the bucket has it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(loc.pack) => {
+                    return self.read_remote(id, &loc);
+                }
                 // Compaction may have moved the chunk and deleted the pack since the lookup.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !retried => retried = true,
                 Err(e) => {
@@ -957,7 +1078,7 @@ impl ChunkStore for PackStore {
     }
 
     fn compact_step(&self) -> Result<u64> {
-        if self.compaction_busy() {
+        if self.compaction_busy() || self.source.is_some() {
             return Ok(0);
         }
         let u = self.usage()?;
@@ -977,6 +1098,11 @@ impl ChunkStore for PackStore {
     }
 
     fn reclaim(&self, low_space: bool) -> Result<u64> {
+        if self.source.is_some() {
+            // Remote volumes keep their packs as uploaded (no compaction yet: a published
+            // generation may name any of them); local space comes back by eviction.
+            return Ok(0);
+        }
         // Near the point where new chunks are refused, dead bytes must go back now.
         let low_space = low_space
             || super::space_of(&self.dir_fd)?.avail_bytes < 2 * DATA_HEADROOM + SPACE_CHECK_EVERY;

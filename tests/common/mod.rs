@@ -94,6 +94,8 @@ pub struct Volume {
     pub mnt: PathBuf,
     pub child: Child,
     mount_args: Vec<String>,
+    /// Environment of the daemon (a remote volume's credentials).
+    env: Vec<(String, String)>,
     log: PathBuf,
     mounted: bool,
     watchdog: Watchdog,
@@ -143,6 +145,7 @@ impl Volume {
             mnt,
             child,
             mount_args,
+            env: Vec::new(),
             log,
             mounted: true,
             watchdog,
@@ -172,6 +175,7 @@ impl Volume {
             mnt,
             child,
             mount_args: Vec::new(),
+            env: Vec::new(),
             log,
             mounted: true,
             watchdog,
@@ -179,6 +183,59 @@ impl Volume {
         };
         vol.wait_until_mounted();
         vol
+    }
+
+    /// An existing store (made by the caller: `init --remote`, `attach`), mounted with
+    /// `mount_args` by a daemon with `env` added to its environment, at a mountpoint in a
+    /// temp dir.
+    pub fn mount_existing(store: &Path, mount_args: &[&str], env: &[(String, String)]) -> Volume {
+        let tmp = tempfile::Builder::new()
+            .prefix("dedupfs-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = tmp.path().canonicalize().expect("canonicalize temp dir");
+        let mnt = root.join("mnt");
+        let log = root.join("daemon.log");
+        fs::create_dir(&mnt).expect("create mountpoint");
+        let mount_args: Vec<String> = mount_args.iter().map(|s| s.to_string()).collect();
+        let child = spawn_mount_env(store, &mnt, &mount_args, &log, env);
+        let watchdog = Watchdog::start(child.id(), mnt.clone());
+        let mut vol = Volume {
+            store: store.to_path_buf(),
+            mnt,
+            child,
+            mount_args,
+            env: env.to_vec(),
+            log,
+            mounted: true,
+            watchdog,
+            _tmp: tmp,
+        };
+        vol.wait_until_mounted();
+        vol
+    }
+
+    /// The daemon's exit after a refused mount: `dedupfs mount` of `store` with `env`, which
+    /// must fail; returns its output.
+    pub fn mount_refused(store: &Path, mount_args: &[&str], env: &[(String, String)]) -> String {
+        let tmp = tempfile::tempdir().expect("create temp dir");
+        let out = Command::new(BIN)
+            .arg("mount")
+            .arg(store)
+            .arg(tmp.path())
+            .args(mount_args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dedupfs mount");
+        let text = output_text(&out);
+        assert!(
+            !out.status.success(),
+            "mount of {} was expected to fail: {text}",
+            store.display()
+        );
+        assert!(!is_mountpoint(tmp.path()), "refused mount left a mount");
+        text
     }
 
     /// `MNT/rel`.
@@ -340,7 +397,13 @@ impl Volume {
         if self.mounted {
             self.unmount();
         }
-        self.child = spawn_mount(&self.store, &self.mnt, &self.mount_args, &self.log);
+        self.child = spawn_mount_env(
+            &self.store,
+            &self.mnt,
+            &self.mount_args,
+            &self.log,
+            &self.env,
+        );
         self.watchdog = Watchdog::start(self.child.id(), self.mnt.clone());
         self.mounted = true;
         self.wait_until_mounted();
@@ -461,6 +524,16 @@ impl Drop for Volume {
 }
 
 fn spawn_mount(store: &Path, mnt: &Path, args: &[String], log: &Path) -> Child {
+    spawn_mount_env(store, mnt, args, log, &[])
+}
+
+fn spawn_mount_env(
+    store: &Path,
+    mnt: &Path,
+    args: &[String],
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -472,6 +545,7 @@ fn spawn_mount(store: &Path, mnt: &Path, args: &[String], log: &Path) -> Child {
         .arg(store)
         .arg(mnt)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)

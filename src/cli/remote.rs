@@ -1,0 +1,226 @@
+//! The daemon's side of a remote volume: the lease taken before mounting, the background
+//! thread that uploads packs and publishes generations, and the final publication at unmount.
+
+use crate::fs::Fs;
+use crate::remote::config::hex16;
+use crate::remote::lease::{Holder, Lease, LeaseConfig, LeaseError, RenewerHandle};
+use crate::remote::packs::RemotePacks;
+use crate::remote::sync::RemoteVolume;
+use crate::store::PackStore;
+use crate::store::remote::RemoteStore;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Between two upload passes.
+const STEP: Duration = Duration::from_secs(2);
+
+pub struct RemoteDaemon {
+    pub vol: Arc<RemoteVolume>,
+    keeper: Arc<LeaseKeeper>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The lease while mounted: renewed in the background. Taken over (`Lost`, `Deleted`): the
+/// volume stops writing. Not renewable for too long (the object store unreachable): the
+/// lease has lapsed; local writes go on into the local journal, nothing is published until the
+/// lease is taken again (and if another machine took it meanwhile, the volume stops writing).
+struct LeaseKeeper {
+    client: Arc<RemoteStore>,
+    key: String,
+    me: Holder,
+    cfg: LeaseConfig,
+    held: parking_lot::Mutex<Option<(Arc<Lease>, RenewerHandle)>>,
+    vol: Arc<RemoteVolume>,
+    fs: OnceLock<Weak<Fs>>,
+}
+
+impl LeaseKeeper {
+    fn fence(&self, why: String) {
+        match self.fs.get().and_then(Weak::upgrade) {
+            Some(fs) => self.vol.fence(&fs, why),
+            None => tracing::error!("{why}"),
+        }
+    }
+
+    /// Starts renewing `lease`.
+    fn keep(self: &Arc<Self>, lease: Lease) {
+        let lease = Arc::new(lease);
+        let weak = Arc::downgrade(self);
+        let on_lost = Box::new(move |e: LeaseError| {
+            let Some(k) = weak.upgrade() else { return };
+            match e {
+                LeaseError::Lost { .. } | LeaseError::Deleted { .. } => {
+                    k.fence(format!("another machine took the volume over: {e}"));
+                }
+                e => {
+                    tracing::error!(
+                        "{e}; writes go on into the local store, nothing is published until \
+                         the lease is taken again"
+                    );
+                    k.vol.set_lapsed(true);
+                }
+            }
+        });
+        let renewer = Lease::spawn_renewer(
+            lease.clone(),
+            self.client.clone(),
+            self.cfg.clone(),
+            on_lost,
+        );
+        if let Some((_, old)) = self.held.lock().replace((lease, renewer)) {
+            old.stop();
+        }
+    }
+
+    /// After a lapse: takes the lease again when the object store answers.
+    fn retake(self: &Arc<Self>) {
+        if !self.vol.lapsed() || self.vol.fenced().is_some() {
+            return;
+        }
+        match Lease::acquire(&self.client, &self.key, self.me.clone(), &self.cfg) {
+            Ok(a) => {
+                if let Some((old, age)) = &a.took_over {
+                    tracing::warn!(
+                        "took the lease of the volume again from {old}, whose lease expired {} s ago",
+                        age.as_secs()
+                    );
+                }
+                self.keep(a.lease);
+                self.vol.set_lapsed(false);
+                tracing::info!("the lease of the volume is held again");
+            }
+            Err(e @ LeaseError::Held { .. }) => {
+                self.fence(format!("another machine holds the volume now: {e}"));
+            }
+            Err(e) => tracing::debug!("lease not taken again yet: {e}"),
+        }
+    }
+
+    /// Stops renewing; releases the lease when `release`.
+    fn finish(&self, release: bool) {
+        if let Some((lease, renewer)) = self.held.lock().take() {
+            renewer.stop();
+            if !release || self.vol.lapsed() {
+                return;
+            }
+            match Arc::try_unwrap(lease) {
+                Ok(l) => {
+                    if let Err(e) = l.release(&self.client) {
+                        tracing::warn!("cannot release the lease: {e}");
+                    }
+                }
+                Err(_) => tracing::warn!("the lease is still in use; it will expire"),
+            }
+        }
+    }
+}
+
+impl RemoteDaemon {
+    /// Before mounting a remote volume writable: takes its lease (refused, with the holder
+    /// named, while another machine holds it).
+    pub fn start(
+        dir: &Path,
+        packs: Arc<PackStore>,
+        remote: Arc<RemotePacks>,
+    ) -> Result<RemoteDaemon> {
+        let vol = Arc::new(RemoteVolume::new(dir, packs, remote.clone())?);
+        let client = remote.client()?;
+        let config = remote.config();
+        let me = Holder::this_process(&hex16(config.writer), dir);
+        let cfg = LeaseConfig::default();
+        let key = remote.keys().lease();
+        let acquired = Lease::acquire(&client, &key, me, &cfg).with_context(|| {
+            format!(
+                "cannot mount volume {} of {} for writing (`-o ro` mounts this store's copy read-only)",
+                config.volume, config.url
+            )
+        })?;
+        if let Some((old, age)) = &acquired.took_over {
+            let state = crate::remote::sync::PublishState::load(dir)?;
+            tracing::warn!(
+                "took over volume {} from {} (pid {}, store {}), whose lease expired {} s ago: \
+                 what it wrote after it last published (and after the generation this store \
+                 has, {}) is not visible here",
+                config.volume,
+                old.host,
+                old.pid,
+                old.store_dir,
+                age.as_secs(),
+                state.generation
+            );
+        }
+        let keeper = Arc::new(LeaseKeeper {
+            client,
+            key,
+            me: acquired.lease.holder().clone(),
+            cfg,
+            held: parking_lot::Mutex::new(None),
+            vol: vol.clone(),
+            fs: OnceLock::new(),
+        });
+        keeper.keep(acquired.lease);
+        Ok(RemoteDaemon {
+            vol,
+            keeper,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        })
+    }
+
+    /// Once the filesystem is open: uploads in the background and publishes every
+    /// `publish_secs` while the metadata changes.
+    pub fn run(&mut self, fs: &Arc<Fs>) {
+        let _ = self.keeper.fs.set(Arc::downgrade(fs));
+        let (vol, stop, weak) = (self.vol.clone(), self.stop.clone(), Arc::downgrade(fs));
+        let keeper = self.keeper.clone();
+        let every = Duration::from_secs(vol.remote().config().publish_secs);
+        self.thread = Some(std::thread::spawn(move || {
+            let mut last_publish = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let until = Instant::now() + STEP;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                keeper.retake();
+                vol.step();
+                if !every.is_zero() && last_publish.elapsed() >= every {
+                    last_publish = Instant::now();
+                    let Some(fs) = weak.upgrade() else { break };
+                    if vol.fenced().is_none()
+                        && !vol.lapsed()
+                        && let Err(e) = vol.publish(&fs)
+                    {
+                        tracing::warn!("periodic publication failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+
+    /// At unmount: stops the background thread, publishes everything (the volume's state in
+    /// the bucket is then this mount's last one) and releases the lease.
+    pub fn finish(mut self, fs: &Fs) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.keeper.retake();
+        let published = if self.vol.fenced().is_some() {
+            Ok(())
+        } else {
+            self.vol.publish(fs).map(|_| ())
+        };
+        self.vol.write_status();
+        // Kept (to expire) when the last publication failed: the next mount of this store
+        // takes it again at once (same session) and publishes what this one could not.
+        self.keeper.finish(published.is_ok());
+        published.context("the final upload to the object store failed: the data is safe in the local store and goes up at the next mount")
+    }
+}

@@ -1,0 +1,232 @@
+//! Making remote volumes (`init --remote`) and local caches of existing ones (`attach`).
+
+use super::config::{Keys, VolumeConfig, VolumeInfo, hostname, now_unix};
+use super::generation::{self, Header};
+use super::packs::PackTable;
+use super::sync::{PublishState, list_generations, put_generation};
+use crate::error::{FsError, Result};
+use crate::store::remote::RemoteStore;
+use std::path::Path;
+
+/// What `init --remote` or `attach` did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AttachReport {
+    pub url: String,
+    pub volume: String,
+    pub generation: u64,
+    /// When that generation was published (its writer's clock, unix seconds).
+    pub published_unix: u64,
+    pub packs: u64,
+    pub snapshots: u64,
+    /// Newer generation objects that could not be used (damaged), with the reason.
+    pub skipped: Vec<String>,
+}
+
+fn who() -> String {
+    format!("{} (pid {})", hostname(), std::process::id())
+}
+
+/// Names of the volumes under the URL's prefix.
+pub fn list_volumes(client: &RemoteStore) -> Result<Vec<String>> {
+    let mut names: Vec<String> = client
+        .list("volumes")?
+        .into_iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix("volumes/")?;
+            let (name, file) = rest.split_once('/')?;
+            (file == "volume.json").then(|| name.to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Checks a volume name: one path segment of plain characters.
+pub fn check_volume_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(FsError::Refused(format!(
+            "volume name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+/// After `volume::init` made a local store at `dir`: makes it the first generation of the new
+/// volume `config.volume` in the bucket. Refuses a name that exists there.
+pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
+    check_volume_name(&config.volume)?;
+    let client = RemoteStore::open(&config.client_config()?)?;
+    let keys = config.keys();
+    if client.head(&keys.volume_json()).is_ok() || !list_generations(&client, &keys)?.is_empty() {
+        return Err(FsError::Refused(format!(
+            "volume {:?} exists already in {}: `dedupfs attach STORE --remote {} --volume {}` \
+             makes a local cache of it",
+            config.volume, config.url, config.url, config.volume
+        )));
+    }
+    let info = VolumeInfo::new(&config.volume_id, &who());
+    client.put(
+        &keys.volume_json(),
+        serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?,
+    )?;
+    config.save(dir)?;
+    PackTable::replace(dir, &[])?;
+    let header = Header {
+        generation: 1,
+        writer: config.writer,
+        parent: 0,
+        created_ns: now_unix() * 1_000_000_000,
+    };
+    put_generation(
+        &client,
+        &keys,
+        header,
+        &dir.join("meta.redb"),
+        &dir.join("index.redb"),
+        Vec::new(),
+        Vec::new(),
+    )?;
+    PublishState {
+        generation: 1,
+        published_unix: now_unix(),
+    }
+    .save(dir)?;
+    Ok(AttachReport {
+        url: config.url.clone(),
+        volume: config.volume.clone(),
+        generation: 1,
+        published_unix: now_unix(),
+        packs: 0,
+        snapshots: 0,
+        skipped: Vec::new(),
+    })
+}
+
+/// Makes `dir` (missing or empty) a local cache of the volume at `config.url`: the newest
+/// complete generation's metadata, pack index and snapshots; packs are read from the bucket
+/// when needed. `config.volume` empty: the only volume under the prefix.
+pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(FsError::Refused(format!(
+            "{} exists and is not empty; attach makes a new store directory",
+            dir.display()
+        )));
+    }
+    let client = RemoteStore::open(&config.client_config()?)?;
+    if config.volume.is_empty() {
+        let names = list_volumes(&client)?;
+        config.volume = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(FsError::Refused(format!(
+                    "there is no dedupfs volume in {}",
+                    config.url
+                )));
+            }
+            many => {
+                return Err(FsError::Refused(format!(
+                    "{} holds several volumes ({}): name one with --volume",
+                    config.url,
+                    many.join(", ")
+                )));
+            }
+        };
+    }
+    check_volume_name(&config.volume)?;
+    let keys = Keys::clone(&config.keys());
+    let info: VolumeInfo = match client.get(&keys.volume_json()) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map_err(|e| FsError::Corrupt(format!("{}: {e}", keys.volume_json())))?,
+        Err(crate::error::RemoteError::NotFound { .. }) => {
+            let names = list_volumes(&client).unwrap_or_default();
+            return Err(FsError::Refused(format!(
+                "there is no volume {:?} in {}{}",
+                config.volume,
+                config.url,
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (there is: {})", names.join(", "))
+                }
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    config.volume_id = info.volume_id;
+    let keys = config.keys();
+    let mut skipped = Vec::new();
+    let mut found = None;
+    for (g, w, key) in list_generations(&client, &keys)? {
+        match client
+            .get(&key)
+            .map_err(FsError::from)
+            .and_then(|b| generation::decode(&b))
+        {
+            Ok(found_gen) if found_gen.header.generation == g && found_gen.header.writer == w => {
+                found = Some(found_gen);
+                break;
+            }
+            Ok(_) => skipped.push(format!("{key}: its header names another generation")),
+            Err(e) => skipped.push(format!("{key}: {e}")),
+        }
+    }
+    let found_gen = found.ok_or_else(|| {
+        FsError::Corrupt(format!(
+            "volume {:?} in {} has no usable metadata generation{}",
+            config.volume,
+            config.url,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", skipped.join("; "))
+            }
+        ))
+    })?;
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &Path, bytes: &[u8]| -> Result<()> {
+        let f = std::fs::File::create(name)?;
+        std::io::Write::write_all(&mut &f, bytes)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    write(&dir.join("meta.redb"), &found_gen.meta)?;
+    write(&dir.join("index.redb"), &found_gen.index)?;
+    if !found_gen.snapshots.is_empty() {
+        let sdir = dir.join("snapshots");
+        std::fs::create_dir_all(&sdir)?;
+        for (name, bytes) in &found_gen.snapshots {
+            write(&sdir.join(name), bytes)?;
+        }
+        std::fs::File::open(&sdir)?.sync_all()?;
+    }
+    std::fs::create_dir_all(dir.join("packs"))?;
+    // A new writer id: this store's generations are its own.
+    config.writer = super::config::random_u64();
+    config.save(dir)?;
+    PackTable::replace(dir, &found_gen.packs)?;
+    let published_unix = found_gen.header.created_ns / 1_000_000_000;
+    PublishState {
+        generation: found_gen.header.generation,
+        published_unix,
+    }
+    .save(dir)?;
+    crate::volume::write_marker(dir)
+        .map_err(|e| FsError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(AttachReport {
+        url: config.url.clone(),
+        volume: config.volume.clone(),
+        generation: found_gen.header.generation,
+        published_unix,
+        packs: found_gen.packs.len() as u64,
+        snapshots: found_gen.snapshots.len() as u64,
+        skipped,
+    })
+}

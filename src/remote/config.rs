@@ -1,0 +1,240 @@
+//! A remote volume's local configuration (`STORE/remote.json`) and its keys in the bucket.
+//!
+//! ```text
+//! STORE/remote.json                 this file: where the volume lives, its ids, cache size
+//! STORE/remote/packs.log            packs uploaded: "<pack id hex> <len> <hash hex>" per line
+//! STORE/remote/state.json           the newest generation this store published or attached
+//! STORE/remote/status.json          upload backlog, for `stats` (published by the daemon)
+//! STORE/remote/cache/               byte ranges of evicted packs (range_cache.rs)
+//!
+//! PREFIX/volumes/NAME/volume.json   the volume: id, created, by whom
+//! PREFIX/volumes/NAME/gens/GEN-WRITER  metadata generation GEN (16 hex) by WRITER (16 hex)
+//! PREFIX/volumes/NAME/lease         the writer's lease (lease.rs)
+//! PREFIX/packs/VOLID/ID-HASH        pack ID (16 hex) of volume VOLID, HASH = its blake3
+//!                                   (first 16 bytes, hex): immutable, content-named
+//! ```
+//!
+//! Credentials are never stored: they come from the environment at every run.
+
+use crate::error::{FsError, RemoteError, Result};
+use crate::store::remote::{RemoteConfig, RemoteStore};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "remote.json";
+pub const STATE_DIR: &str = "remote";
+const FORMAT: u32 = 1;
+/// Default local cache (`--cache-disk-gib`): packs not uploaded yet, uploaded packs kept, and
+/// ranges of evicted packs.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
+/// Default interval between automatic publications of the metadata while it changes.
+pub const DEFAULT_PUBLISH_SECS: u64 = 300;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    pub format: u32,
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// `--endpoint` given at init or attach; `AWS_ENDPOINT_URL` otherwise.
+    pub endpoint: Option<String>,
+    /// The volume's name under the prefix.
+    pub volume: String,
+    /// Random id of the volume (names its packs), chosen at init.
+    pub volume_id: String,
+    /// Random id of this store directory: the writer of its generations and the session of
+    /// its lease. A new one for every `init` or `attach`.
+    pub writer: u64,
+    /// Local bytes the cache may take (packs and ranges).
+    pub cache_bytes: u64,
+    /// Seconds between automatic publications while the metadata changes (0: only at
+    /// `dedupfs sync` and unmount).
+    pub publish_secs: u64,
+}
+
+impl VolumeConfig {
+    pub fn new(url: &str, endpoint: Option<String>, volume: &str, cache_bytes: u64) -> Self {
+        VolumeConfig {
+            format: FORMAT,
+            url: url.to_string(),
+            endpoint,
+            volume: volume.to_string(),
+            volume_id: hex16(random_u64()),
+            writer: random_u64(),
+            cache_bytes,
+            publish_secs: DEFAULT_PUBLISH_SECS,
+        }
+    }
+
+    /// The config of the store at `dir`; `None` for a local volume.
+    pub fn load(dir: &Path) -> Result<Option<VolumeConfig>> {
+        let raw = match fs::read(dir.join(CONFIG_FILE)) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let c: VolumeConfig = serde_json::from_slice(&raw)
+            .map_err(|e| FsError::Corrupt(format!("{}: {e}", dir.join(CONFIG_FILE).display())))?;
+        if c.format != FORMAT {
+            return Err(FsError::Corrupt(format!(
+                "{}: remote volume format {} is not supported by this dedupfs ({FORMAT})",
+                dir.join(CONFIG_FILE).display(),
+                c.format
+            )));
+        }
+        Ok(Some(c))
+    }
+
+    /// Writes the config durably (temporary file, rename, directory fsync).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_durably(dir, CONFIG_FILE, &json)
+    }
+
+    /// The client settings: endpoint and credentials from the environment, `--endpoint` first.
+    pub fn client_config(&self) -> Result<RemoteConfig, RemoteError> {
+        let mut c = RemoteConfig::from_env(&self.url)?;
+        if let Some(e) = &self.endpoint {
+            c.endpoint = Some(e.clone());
+        }
+        Ok(c)
+    }
+
+    /// A client of the bucket (no request made).
+    pub fn client(&self) -> Result<RemoteStore, RemoteError> {
+        RemoteStore::new(&self.client_config()?)
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys {
+            volume: self.volume.clone(),
+            volume_id: self.volume_id.clone(),
+        }
+    }
+}
+
+/// Object keys of one volume (relative to the URL's prefix).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    volume: String,
+    volume_id: String,
+}
+
+impl Keys {
+    pub fn volume_dir(&self) -> String {
+        format!("volumes/{}", self.volume)
+    }
+    pub fn volume_json(&self) -> String {
+        format!("volumes/{}/volume.json", self.volume)
+    }
+    pub fn gens(&self) -> String {
+        format!("volumes/{}/gens", self.volume)
+    }
+    pub fn gen_key(&self, generation: u64, writer: u64) -> String {
+        format!("{}/{}", self.gens(), gen_name(generation, writer))
+    }
+    pub fn lease(&self) -> String {
+        format!("volumes/{}/lease", self.volume)
+    }
+    pub fn pack(&self, id: u64, hash: &[u8; 16]) -> String {
+        format!("packs/{}/{id:016x}-{}", self.volume_id, hex(hash))
+    }
+}
+
+/// `GEN-WRITER` of a generation object.
+pub fn gen_name(generation: u64, writer: u64) -> String {
+    format!("{generation:016x}-{writer:016x}")
+}
+
+/// (generation, writer) of a key ending in `GEN-WRITER`.
+pub fn parse_gen_name(key: &str) -> Option<(u64, u64)> {
+    let name = key.rsplit('/').next()?;
+    let (g, w) = name.split_once('-')?;
+    if g.len() != 16 || w.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(g, 16).ok()?,
+        u64::from_str_radix(w, 16).ok()?,
+    ))
+}
+
+/// What the bucket keeps of a volume besides its generations: its identity.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub format: u32,
+    pub volume_id: String,
+    pub created_unix: u64,
+    pub created_by: String,
+    /// Chunking and pack settings are in the metadata; the codec in the index.
+    pub note: String,
+}
+
+impl VolumeInfo {
+    pub fn new(volume_id: &str, created_by: &str) -> Self {
+        VolumeInfo {
+            format: FORMAT,
+            volume_id: volume_id.to_string(),
+            created_unix: now_unix(),
+            created_by: created_by.to_string(),
+            note: "a dedupfs remote volume: `dedupfs attach STORE --remote URL --volume NAME`"
+                .into(),
+        }
+    }
+}
+
+/// The local state directory (`STORE/remote`), created when missing.
+pub fn state_dir(dir: &Path) -> Result<PathBuf> {
+    let d = dir.join(STATE_DIR);
+    if !d.is_dir() {
+        fs::create_dir_all(&d)?;
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(d)
+}
+
+/// Writes `name` in `dir` atomically and durably.
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let f = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut &f, bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
+        // No getrandom: the clock and pid still make a collision unlikely.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
+}
+
+pub fn hex16(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `host` as the lease and messages name this machine.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}

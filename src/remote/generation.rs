@@ -1,0 +1,244 @@
+//! Metadata generations: one immutable object per publication of a remote volume's metadata,
+//! holding everything `attach` needs besides the packs.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "DDFSGEN\0"
+//!      8     4  format (u32 LE) = 1
+//!     12     8  generation (u64 LE): 1 at init, +1 per publication
+//!     20     8  writer (u64 LE): the store directory that published it
+//!     28     8  parent (u64 LE): the generation the writer started from (0: none)
+//!     36     8  created (u64 LE): unix nanoseconds, the writer's clock (informational)
+//!     44     4  section count n (u32 LE)
+//!     48        n sections, each:
+//!                 0  4  kind (u32 LE): 1 meta.redb, 2 index.redb, 3 pack table, 4 snapshot file
+//!                 4  4  flags (u32 LE): bit 0 = zstd-compressed
+//!                 8  8  raw length (u64 LE)
+//!                16  8  stored length s (u64 LE)
+//!                24  s  bytes
+//!   end-32    32  blake3 of every byte before it
+//! ```
+//!
+//! Pack table (kind 3), raw: per pack 32 bytes: id (u64 LE), length (u64 LE), the first 16
+//! bytes of the blake3 of the pack's bytes (which name its object).
+//! Snapshot file (kind 4), raw: u32 LE length of the file name, the name, the redb file.
+//!
+//! An object that fails its checksum, has an unknown kind or format, is not a generation: the
+//! newest generation that passes is the volume's state.
+
+use crate::error::{FsError, Result};
+
+const MAGIC: &[u8; 8] = b"DDFSGEN\0";
+const FORMAT: u32 = 1;
+const HEADER_LEN: usize = 48;
+const SECTION_HEADER_LEN: usize = 24;
+const FLAG_ZSTD: u32 = 1;
+const ZSTD_LEVEL: i32 = 3;
+/// Largest raw section accepted when decoding (a damaged length must not allocate wildly).
+const MAX_SECTION: u64 = 64 << 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Meta = 1,
+    Index = 2,
+    Packs = 3,
+    Snapshot = 4,
+}
+
+impl Kind {
+    fn of(v: u32) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Meta,
+            2 => Kind::Index,
+            3 => Kind::Packs,
+            4 => Kind::Snapshot,
+            _ => return None,
+        })
+    }
+}
+
+/// One pack as a generation names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackRef {
+    pub id: u64,
+    pub len: u64,
+    pub hash: [u8; 16],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub generation: u64,
+    pub writer: u64,
+    pub parent: u64,
+    pub created_ns: u64,
+}
+
+/// A decoded generation.
+#[derive(Debug)]
+pub struct Generation {
+    pub header: Header,
+    pub meta: Vec<u8>,
+    pub index: Vec<u8>,
+    pub packs: Vec<PackRef>,
+    /// (file name, redb file) of each snapshot.
+    pub snapshots: Vec<(String, Vec<u8>)>,
+}
+
+fn section(out: &mut Vec<u8>, kind: Kind, raw: &[u8], compress: bool) -> Result<()> {
+    let (flags, stored) = if compress {
+        (FLAG_ZSTD, zstd::bulk::compress(raw, ZSTD_LEVEL)?)
+    } else {
+        (0, raw.to_vec())
+    };
+    out.extend_from_slice(&(kind as u32).to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(stored.len() as u64).to_le_bytes());
+    out.extend_from_slice(&stored);
+    Ok(())
+}
+
+/// Encodes a generation (sections compressed with zstd).
+pub fn encode(g: &Generation) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(g.meta.len() / 2 + g.index.len() / 2 + 4096);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&g.header.generation.to_le_bytes());
+    out.extend_from_slice(&g.header.writer.to_le_bytes());
+    out.extend_from_slice(&g.header.parent.to_le_bytes());
+    out.extend_from_slice(&g.header.created_ns.to_le_bytes());
+    let count = 3 + g.snapshots.len() as u32;
+    out.extend_from_slice(&count.to_le_bytes());
+    section(&mut out, Kind::Meta, &g.meta, true)?;
+    section(&mut out, Kind::Index, &g.index, true)?;
+    let mut packs = Vec::with_capacity(g.packs.len() * 32);
+    for p in &g.packs {
+        packs.extend_from_slice(&p.id.to_le_bytes());
+        packs.extend_from_slice(&p.len.to_le_bytes());
+        packs.extend_from_slice(&p.hash);
+    }
+    section(&mut out, Kind::Packs, &packs, true)?;
+    for (name, file) in &g.snapshots {
+        let mut raw = Vec::with_capacity(4 + name.len() + file.len());
+        raw.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        raw.extend_from_slice(name.as_bytes());
+        raw.extend_from_slice(file);
+        section(&mut out, Kind::Snapshot, &raw, true)?;
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    Ok(out)
+}
+
+fn bad(what: &str) -> FsError {
+    FsError::Corrupt(format!("metadata generation: {what}"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32> {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| bad("truncated"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| bad("truncated"))
+}
+
+/// The header alone (after checking the magic and format; the checksum is not checked).
+pub fn decode_header(b: &[u8]) -> Result<Header> {
+    if b.len() < HEADER_LEN + 32 || &b[..8] != MAGIC {
+        return Err(bad("not a dedupfs generation (no magic)"));
+    }
+    let format = u32_at(b, 8)?;
+    if format != FORMAT {
+        return Err(bad(&format!(
+            "format {format} is not supported by this dedupfs ({FORMAT})"
+        )));
+    }
+    Ok(Header {
+        generation: u64_at(b, 12)?,
+        writer: u64_at(b, 20)?,
+        parent: u64_at(b, 28)?,
+        created_ns: u64_at(b, 36)?,
+    })
+}
+
+/// Decodes and checks a whole generation object.
+pub fn decode(b: &[u8]) -> Result<Generation> {
+    let header = decode_header(b)?;
+    let body_end = b.len() - 32;
+    if blake3::hash(&b[..body_end]).as_bytes() != &b[body_end..] {
+        return Err(bad("checksum mismatch (damaged or incomplete object)"));
+    }
+    let count = u32_at(b, 44)?;
+    let mut at = HEADER_LEN;
+    let mut g = Generation {
+        header,
+        meta: Vec::new(),
+        index: Vec::new(),
+        packs: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    let mut seen = [false; 4];
+    for _ in 0..count {
+        let kind = Kind::of(u32_at(b, at)?).ok_or_else(|| bad("unknown section kind"))?;
+        let flags = u32_at(b, at + 4)?;
+        let raw_len = u64_at(b, at + 8)?;
+        let stored_len = u64_at(b, at + 16)?;
+        let start = at + SECTION_HEADER_LEN;
+        let end = start
+            .checked_add(usize::try_from(stored_len).map_err(|_| bad("section too long"))?)
+            .filter(|&e| e <= body_end)
+            .ok_or_else(|| bad("section runs past the end"))?;
+        if raw_len > MAX_SECTION || flags & !FLAG_ZSTD != 0 {
+            return Err(bad("bad section header"));
+        }
+        let stored = &b[start..end];
+        let raw = if flags & FLAG_ZSTD != 0 {
+            zstd::bulk::decompress(stored, raw_len as usize)
+                .map_err(|e| bad(&format!("section does not decompress: {e}")))?
+        } else {
+            stored.to_vec()
+        };
+        if raw.len() as u64 != raw_len {
+            return Err(bad("section length mismatch"));
+        }
+        match kind {
+            Kind::Meta => g.meta = raw,
+            Kind::Index => g.index = raw,
+            Kind::Packs => {
+                if raw.len() % 32 != 0 {
+                    return Err(bad("pack table length"));
+                }
+                g.packs = raw
+                    .chunks_exact(32)
+                    .map(|r| PackRef {
+                        id: u64::from_le_bytes(r[0..8].try_into().unwrap_or_default()),
+                        len: u64::from_le_bytes(r[8..16].try_into().unwrap_or_default()),
+                        hash: r[16..32].try_into().unwrap_or_default(),
+                    })
+                    .collect();
+            }
+            Kind::Snapshot => {
+                let n = u32_at(&raw, 0)? as usize;
+                let name = raw
+                    .get(4..4 + n)
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .filter(|s| !s.is_empty() && !s.contains('/') && !s.starts_with('.'))
+                    .ok_or_else(|| bad("snapshot file name"))?
+                    .to_string();
+                g.snapshots.push((name, raw[4 + n..].to_vec()));
+            }
+        }
+        seen[kind as usize - 1] = true;
+        at = end;
+    }
+    if at != body_end || !seen[0] || !seen[1] || !seen[2] {
+        return Err(bad("sections missing or trailing bytes"));
+    }
+    Ok(g)
+}

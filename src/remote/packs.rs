@@ -1,0 +1,235 @@
+//! The packs of a remote volume in its bucket: which are uploaded (the pack table, kept in
+//! `STORE/remote/packs.log`), and reading the ones whose local files were evicted (through
+//! the range cache). This is the pack store's [`PackSource`].
+//!
+//! `packs.log` is append-only, one line per uploaded pack, `<id: 16 hex> <len> <hash: 32 hex>`,
+//! fsynced before the upload counts (before any generation naming the pack is published, and
+//! before the local file may be evicted). A torn last line (a crash while appending) is
+//! ignored: that pack is uploaded again, under the same content-named key.
+
+use super::config::{Keys, VolumeConfig, hex, state_dir};
+use super::generation::PackRef;
+use super::range_cache::RangeCache;
+use crate::error::{FsError, Result};
+use crate::store::pack_store::PackSource;
+use crate::store::remote::RemoteStore;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+const LOG: &str = "packs.log";
+const CACHE_DIR: &str = "cache";
+/// Share of the local cache budget that ranges of evicted packs may take (the rest is for
+/// packs kept whole), at least `MIN_RANGE_CACHE`.
+const RANGE_SHARE: u64 = 4;
+const MIN_RANGE_CACHE: u64 = 64 << 20;
+
+/// The uploaded packs, persisted in `packs.log`.
+pub struct PackTable {
+    log: Mutex<File>,
+    packs: RwLock<HashMap<u64, PackRef>>,
+}
+
+fn parse_line(line: &str) -> Option<PackRef> {
+    let mut it = line.split(' ');
+    let id = u64::from_str_radix(it.next()?, 16).ok()?;
+    let len = it.next()?.parse().ok()?;
+    let h = it.next()?;
+    if h.len() != 32 || it.next().is_some() {
+        return None;
+    }
+    let mut hash = [0u8; 16];
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(PackRef { id, len, hash })
+}
+
+fn line_of(p: &PackRef) -> String {
+    format!("{:016x} {} {}\n", p.id, p.len, hex(&p.hash))
+}
+
+impl PackTable {
+    pub fn open(store_dir: &Path) -> Result<PackTable> {
+        let path = state_dir(store_dir)?.join(LOG);
+        let mut packs = HashMap::new();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.split_inclusive('\n') {
+                    // Only whole lines: a torn last one is a pack to upload again.
+                    if let Some(p) = line.strip_suffix('\n').and_then(parse_line) {
+                        packs.insert(p.id, p);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A torn tail would glue itself to the next line: end it.
+        if fs::metadata(&path)?.len() > 0 && !fs::read(&path)?.ends_with(b"\n") {
+            (&log).write_all(b"\n")?;
+        }
+        Ok(PackTable {
+            log: Mutex::new(log),
+            packs: RwLock::new(packs),
+        })
+    }
+
+    /// Rewrites the table to exactly `packs` (attach), durably.
+    pub fn replace(store_dir: &Path, packs: &[PackRef]) -> Result<()> {
+        let text: String = packs.iter().map(line_of).collect();
+        super::config::write_durably(&state_dir(store_dir)?, LOG, text.as_bytes())
+    }
+
+    pub fn get(&self, id: u64) -> Option<PackRef> {
+        self.packs.read().get(&id).copied()
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.packs.read().contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.packs.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records an upload, durably.
+    pub fn add(&self, p: PackRef) -> Result<()> {
+        let log = self.log.lock();
+        (&*log).write_all(line_of(&p).as_bytes())?;
+        log.sync_data()?;
+        self.packs.write().insert(p.id, p);
+        Ok(())
+    }
+}
+
+/// Reads evicted packs from the bucket; the pack store's source.
+pub struct RemotePacks {
+    config: VolumeConfig,
+    keys: Keys,
+    pub table: PackTable,
+    cache: RangeCache,
+    /// Made on first use: offline maintenance of a store whose packs are all local needs no
+    /// credentials.
+    client: OnceLock<std::result::Result<Arc<RemoteStore>, String>>,
+    /// Bytes of local packs not uploaded yet (set by the uploader), and the limit past which
+    /// new data is refused (the cache budget).
+    pub backlog: std::sync::atomic::AtomicU64,
+}
+
+impl RemotePacks {
+    pub fn open(store_dir: &Path, config: &VolumeConfig) -> Result<RemotePacks> {
+        let range_limit = (config.cache_bytes / RANGE_SHARE).max(MIN_RANGE_CACHE);
+        Ok(RemotePacks {
+            keys: config.keys(),
+            config: config.clone(),
+            table: PackTable::open(store_dir)?,
+            cache: RangeCache::open(&state_dir(store_dir)?.join(CACHE_DIR), range_limit)?,
+            client: OnceLock::new(),
+            backlog: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The bucket's client, made once (no request is made here).
+    pub fn client(&self) -> Result<Arc<RemoteStore>> {
+        let c = self.client.get_or_init(|| {
+            self.config
+                .client()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        c.clone().map_err(|e| {
+            FsError::Refused(format!(
+                "cannot use the object store of this volume ({}): {e}",
+                self.config.url
+            ))
+        })
+    }
+
+    /// Bytes of ranges of evicted packs cached locally.
+    pub fn cached_range_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
+    /// Bytes the range cache keeps at most: the rest of the budget is for whole packs.
+    pub fn pack_budget(&self) -> u64 {
+        self.config
+            .cache_bytes
+            .saturating_sub((self.config.cache_bytes / RANGE_SHARE).max(MIN_RANGE_CACHE))
+    }
+}
+
+impl PackSource for RemotePacks {
+    fn has(&self, pack: u64) -> bool {
+        self.table.contains(pack)
+    }
+
+    fn read(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
+        let p = self.table.get(pack).ok_or_else(|| {
+            FsError::Corrupt(format!("pack {pack:016x} is neither local nor uploaded"))
+        })?;
+        let key = self.keys.pack(p.id, &p.hash);
+        let fetch = |r: Range<u64>| -> Result<Vec<u8>> {
+            let client = self.client()?;
+            client.get_range(&key, r).map_err(|e| {
+                tracing::error!(pack = %key, "cannot read from the object store: {e}");
+                FsError::from(e)
+            })
+        };
+        self.cache.read(pack, p.len, range, &fetch)
+    }
+
+    fn check(&self, verify: bool) -> Result<Vec<(u64, String)>> {
+        let client = self.client()?;
+        let prefix = format!("packs/{}", self.config.volume_id);
+        let present: HashMap<String, u64> = client
+            .list(&prefix)?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        let mut table: Vec<PackRef> = self.table.packs.read().values().copied().collect();
+        table.sort_by_key(|p| p.id);
+        let mut problems = Vec::new();
+        for p in table {
+            let key = self.keys.pack(p.id, &p.hash);
+            match present.get(&key) {
+                None => problems.push((p.id, format!("object {key} is missing from the bucket"))),
+                Some(&size) if size != p.len => problems.push((
+                    p.id,
+                    format!("object {key} is {size} bytes, {} were uploaded", p.len),
+                )),
+                Some(_) if verify => match client.get(&key) {
+                    Ok(bytes) if super::sync::pack_hash(&bytes) == p.hash => {}
+                    Ok(_) => problems.push((
+                        p.id,
+                        format!("object {key} is damaged (its bytes do not match its name)"),
+                    )),
+                    Err(e) => problems.push((p.id, format!("object {key}: {e}"))),
+                },
+                Some(_) => {}
+            }
+        }
+        Ok(problems)
+    }
+
+    fn over_limit(&self) -> bool {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed) >= self.config.cache_bytes
+    }
+}

@@ -1,0 +1,328 @@
+//! A bounded local cache of byte ranges of packs whose local files were evicted: reads of a
+//! remote volume's cold data fetch aligned blocks of the pack object once, and later reads of
+//! the same block never touch the network.
+//!
+//! ```text
+//! STORE/remote/cache/<pack id: 16 hex>-<block number: 8 hex>   BLOCK bytes (less at the end
+//!                                                               of a pack) + blake3 (32 bytes)
+//! ```
+//!
+//! A block file is written under a temporary name and renamed, without fsync: the cache is not
+//! durable state. Its trailing checksum is checked on every read; a block that fails it (a
+//! crash left it short, the disk damaged it) is deleted and fetched again, so the cache never
+//! serves bytes the bucket did not send. The chunk hash above checks those too.
+//!
+//! A miss fetches the missing blocks in one ranged GET; a miss right after the previous block
+//! of the same pack (a sequential read) fetches `AHEAD` more blocks with it. Blocks are evicted
+//! least recently used first once their bytes pass the limit.
+
+use crate::error::Result;
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Block size: a random 4 KiB read costs one 1 MiB GET, a sequential read streams 4 MiB GETs.
+pub const BLOCK: u64 = 1 << 20;
+/// Extra blocks fetched by a sequential miss.
+const AHEAD: u64 = 3;
+
+struct State {
+    /// (pack, block) -> bytes on disk, least recently used first out.
+    lru: LruCache<(u64, u64), u64>,
+    total: u64,
+    /// (pack, first block after) the last fetch: a miss there is sequential.
+    last_fetch: (u64, u64),
+}
+
+pub struct RangeCache {
+    dir: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+fn block_name(pack: u64, block: u64) -> String {
+    format!("{pack:016x}-{block:08x}")
+}
+
+fn parse_block_name(name: &str) -> Option<(u64, u64)> {
+    let (p, b) = name.split_once('-')?;
+    if p.len() != 16 || b.len() != 8 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(p, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+impl RangeCache {
+    /// Opens (creating) the cache at `dir`, keeping at most `limit` bytes: blocks already there
+    /// are kept, oldest evicted first; unfinished temporary files are removed.
+    pub fn open(dir: &Path, limit: u64) -> Result<RangeCache> {
+        fs::create_dir_all(dir)?;
+        let mut found = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match parse_block_name(name) {
+                Some(key) => {
+                    let m = e.metadata()?;
+                    found.push((m.modified().ok(), key, m.len()));
+                }
+                None if name.starts_with(".tmp-") => {
+                    let _ = fs::remove_file(e.path());
+                }
+                None => {}
+            }
+        }
+        found.sort();
+        let mut state = State {
+            lru: LruCache::unbounded(),
+            total: 0,
+            last_fetch: (u64::MAX, 0),
+        };
+        for (_, key, len) in found {
+            state.lru.put(key, len);
+            state.total += len;
+        }
+        let cache = RangeCache {
+            dir: dir.to_path_buf(),
+            limit,
+            state: Mutex::new(state),
+        };
+        cache.evict_over_limit();
+        Ok(cache)
+    }
+
+    /// Bytes the cache holds on disk.
+    pub fn bytes(&self) -> u64 {
+        self.state.lock().total
+    }
+
+    /// Bytes `range` of pack `pack` (whose object is `pack_len` bytes long), from cached blocks
+    /// or fetched with `fetch(byte range of the object)`.
+    pub fn read(
+        &self,
+        pack: u64,
+        pack_len: u64,
+        range: Range<u64>,
+        fetch: &dyn Fn(Range<u64>) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = range.start / BLOCK;
+        let last = (range.end - 1) / BLOCK;
+        let last_block = pack_len.saturating_sub(1) / BLOCK;
+        let mut blocks: Vec<Option<Vec<u8>>> = (first..=last).map(|b| self.load(pack, b)).collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].is_some() {
+                i += 1;
+                continue;
+            }
+            // A run of missing blocks, fetched in one request.
+            let mut j = i;
+            while j + 1 < blocks.len() && blocks[j + 1].is_none() {
+                j += 1;
+            }
+            let (a, b) = (first + i as u64, first + j as u64);
+            let sequential = {
+                let mut st = self.state.lock();
+                let seq = st.last_fetch == (pack, a);
+                let ahead = if seq { AHEAD } else { 0 };
+                let end_block = (b + ahead).min(last_block);
+                st.last_fetch = (pack, end_block + 1);
+                end_block
+            };
+            let start = a * BLOCK;
+            let end = ((sequential + 1) * BLOCK).min(pack_len);
+            let data = fetch(start..end)?;
+            for (k, piece) in data.chunks(BLOCK as usize).enumerate() {
+                let block = a + k as u64;
+                self.store(pack, block, piece);
+                if block <= b {
+                    blocks[(block - first) as usize] = Some(piece.to_vec());
+                }
+            }
+            i = j + 1;
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (k, data) in blocks.into_iter().enumerate() {
+            let data = data.unwrap_or_default();
+            let base = (first + k as u64) * BLOCK;
+            let from = range.start.max(base) - base;
+            let to = (range.end.min(base + data.len() as u64)).saturating_sub(base);
+            if from > to || to > data.len() as u64 {
+                return Err(crate::error::FsError::Corrupt(format!(
+                    "pack {pack:016x}: block {} is shorter than the range read",
+                    first + k as u64
+                )));
+            }
+            out.extend_from_slice(&data[from as usize..to as usize]);
+        }
+        if out.len() as u64 != range.end - range.start {
+            return Err(crate::error::FsError::Corrupt(format!(
+                "pack {pack:016x}: bytes {}..{} are past the end of the pack",
+                range.start, range.end
+            )));
+        }
+        Ok(out)
+    }
+
+    /// A cached block, checked; `None` when absent or damaged (then removed).
+    fn load(&self, pack: u64, block: u64) -> Option<Vec<u8>> {
+        self.state.lock().lru.get(&(pack, block))?;
+        let path = self.dir.join(block_name(pack, block));
+        let mut raw = fs::read(&path).ok();
+        let ok = raw.as_ref().is_some_and(|r| {
+            r.len() >= 32 && blake3::hash(&r[..r.len() - 32]).as_bytes() == &r[r.len() - 32..]
+        });
+        if !ok {
+            if raw.is_some() {
+                tracing::warn!(block = %path.display(), "cached block fails its checksum; fetching it again");
+            }
+            self.forget(pack, block);
+            return None;
+        }
+        let mut r = raw.take()?;
+        r.truncate(r.len() - 32);
+        Some(r)
+    }
+
+    fn forget(&self, pack: u64, block: u64) {
+        let mut st = self.state.lock();
+        if let Some(len) = st.lru.pop(&(pack, block)) {
+            st.total -= len;
+        }
+        drop(st);
+        let _ = fs::remove_file(self.dir.join(block_name(pack, block)));
+    }
+
+    /// Keeps a fetched block (best effort: a full disk only costs a later fetch).
+    fn store(&self, pack: u64, block: u64, data: &[u8]) {
+        let name = block_name(pack, block);
+        let tmp = self.dir.join(format!(
+            ".tmp-{name}-{:x}",
+            crate::remote::config::random_u64()
+        ));
+        let mut bytes = Vec::with_capacity(data.len() + 32);
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(blake3::hash(data).as_bytes());
+        if fs::write(&tmp, &bytes)
+            .and_then(|()| fs::rename(&tmp, self.dir.join(&name)))
+            .is_err()
+        {
+            let _ = fs::remove_file(&tmp);
+            return;
+        }
+        let mut st = self.state.lock();
+        if let Some(old) = st.lru.put((pack, block), bytes.len() as u64) {
+            st.total -= old;
+        }
+        st.total += bytes.len() as u64;
+        drop(st);
+        self.evict_over_limit();
+    }
+
+    fn evict_over_limit(&self) {
+        loop {
+            let victim = {
+                let mut st = self.state.lock();
+                if st.total <= self.limit {
+                    return;
+                }
+                match st.lru.pop_lru() {
+                    Some((key, len)) => {
+                        st.total -= len;
+                        key
+                    }
+                    None => return,
+                }
+            };
+            let _ = fs::remove_file(self.dir.join(block_name(victim.0, victim.1)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn pack_bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn reads_exact_ranges_and_serves_them_again_without_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = RangeCache::open(dir.path(), 64 << 20).unwrap();
+        let pack = pack_bytes(5 * BLOCK as usize + 1234);
+        let fetches = RefCell::new(Vec::new());
+        let fetch = |r: Range<u64>| {
+            fetches.borrow_mut().push(r.clone());
+            Ok(pack[r.start as usize..r.end as usize].to_vec())
+        };
+        let len = pack.len() as u64;
+        for r in [
+            0..10,
+            BLOCK - 5..BLOCK + 5,
+            3 * BLOCK + 17..5 * BLOCK + 1000,
+            len - 7..len,
+        ] {
+            let got = cache.read(9, len, r.clone(), &fetch).unwrap();
+            assert_eq!(got, &pack[r.start as usize..r.end as usize], "{r:?}");
+        }
+        let n = fetches.borrow().len();
+        for r in [0..BLOCK, BLOCK..2 * BLOCK + 3, len - 100..len] {
+            let got = cache.read(9, len, r.clone(), &fetch).unwrap();
+            assert_eq!(got, &pack[r.start as usize..r.end as usize]);
+        }
+        assert_eq!(
+            fetches.borrow().len(),
+            n,
+            "cached blocks were fetched again"
+        );
+        assert!(cache.read(9, len, len - 1..len + 1, &fetch).is_err());
+    }
+
+    #[test]
+    fn damaged_blocks_are_fetched_again_and_the_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = pack_bytes(8 * BLOCK as usize);
+        let len = pack.len() as u64;
+        let fetch = |r: Range<u64>| Ok(pack[r.start as usize..r.end as usize].to_vec());
+        {
+            let cache = RangeCache::open(dir.path(), 3 * (BLOCK + 32)).unwrap();
+            for b in 0..8 {
+                cache
+                    .read(1, len, b * BLOCK..b * BLOCK + 1, &fetch)
+                    .unwrap();
+                assert!(cache.bytes() <= 3 * (BLOCK + 32));
+            }
+        }
+        // Damage every block file left: reopened, the cache fetches them again.
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            let mut raw = fs::read(&p).unwrap();
+            raw[100] ^= 1;
+            fs::write(&p, raw).unwrap();
+        }
+        let cache = RangeCache::open(dir.path(), 3 * (BLOCK + 32)).unwrap();
+        let got = cache.read(1, len, 7 * BLOCK..8 * BLOCK, &fetch).unwrap();
+        assert_eq!(got, &pack[7 * BLOCK as usize..]);
+        let failing = |_: Range<u64>| Err(crate::error::FsError::Corrupt("offline".into()));
+        assert_eq!(
+            cache
+                .read(1, len, 7 * BLOCK + 5..7 * BLOCK + 9, &failing)
+                .unwrap(),
+            &pack[7 * BLOCK as usize + 5..7 * BLOCK as usize + 9],
+            "a block fetched again is served from the cache"
+        );
+        assert!(cache.read(1, len, 0..1, &failing).is_err());
+    }
+}

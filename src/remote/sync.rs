@@ -1,0 +1,538 @@
+//! A mounted remote volume's traffic with its bucket: uploading sealed packs, evicting local
+//! copies past the cache budget, and publishing metadata generations.
+//!
+//! Ordering (docs/design.md, "Remote volumes"):
+//! - a pack is uploaded (content-named key, so a retry or a duplicate stores the same bytes)
+//!   and recorded in `packs.log` (fsynced) before any generation naming it is published, and
+//!   before its local file may be evicted;
+//! - a generation is a consistent pair of metadata and pack index taken at one durable point,
+//!   plus the table of the packs that index names; it is published with a number one above
+//!   the last one this store published or attached, after checking that no other writer
+//!   published above that number (fencing): if one did, this store stops writing.
+
+use super::config::{Keys, parse_gen_name, state_dir, write_durably};
+use super::generation::{self, Generation, Header, PackRef};
+use super::packs::RemotePacks;
+use crate::error::{FsError, Result};
+use crate::fs::Fs;
+use crate::meta::MetaDb;
+use crate::store::ChunkStore;
+use crate::store::PackStore;
+use crate::store::pack_index::{PackIndex, PackState};
+use crate::store::remote::RemoteStore;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const STATE: &str = "state.json";
+const STATUS: &str = "status.json";
+/// Packs uploaded at once.
+const UPLOADERS: usize = 2;
+
+/// The newest generation this store published or attached (`STORE/remote/state.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublishState {
+    pub generation: u64,
+    pub published_unix: u64,
+}
+
+impl PublishState {
+    pub fn load(store_dir: &Path) -> Result<PublishState> {
+        match std::fs::read(store_dir.join(super::config::STATE_DIR).join(STATE)) {
+            Ok(raw) => serde_json::from_slice(&raw)
+                .map_err(|e| FsError::Corrupt(format!("remote/{STATE}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PublishState::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save(&self, store_dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_durably(&state_dir(store_dir)?, STATE, &json)
+    }
+}
+
+/// What `stats` shows of a remote volume (`STORE/remote/status.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteStatus {
+    pub url: String,
+    pub volume: String,
+    /// Packs and bytes written locally and not in the bucket yet.
+    pub not_uploaded_packs: u64,
+    pub not_uploaded_bytes: u64,
+    /// Packs uploaded, and local copies of them still kept.
+    pub uploaded_packs: u64,
+    pub local_packs: u64,
+    pub cached_range_bytes: u64,
+    /// The newest generation published from this store (or attached).
+    pub generation: u64,
+    pub published_unix: u64,
+    /// Set when the volume stopped writing (another writer took it over).
+    pub fenced: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// What one publication did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublishReport {
+    pub generation: u64,
+    /// Nothing changed since the last publication: no new generation.
+    pub unchanged: bool,
+    pub packs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub metadata_bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Hash (first 16 bytes of blake3) of pack bytes: names the object.
+pub fn pack_hash(bytes: &[u8]) -> [u8; 16] {
+    let h = blake3::hash(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.as_bytes()[..16]);
+    out
+}
+
+/// Newest generations first: (generation, writer, key) of every generation object.
+pub fn list_generations(client: &RemoteStore, keys: &Keys) -> Result<Vec<(u64, u64, String)>> {
+    let mut gens: Vec<(u64, u64, String)> = client
+        .list(&keys.gens())?
+        .into_iter()
+        .filter_map(|o| parse_gen_name(&o.key).map(|(g, w)| (g, w, o.key)))
+        .collect();
+    // For equal numbers (two writers past the lease), the lower writer id wins: every reader
+    // and writer decides the same way.
+    gens.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    Ok(gens)
+}
+
+/// Builds and uploads generation `header` from metadata and index files.
+#[allow(clippy::too_many_arguments)]
+pub fn put_generation(
+    client: &RemoteStore,
+    keys: &Keys,
+    header: Header,
+    meta_file: &Path,
+    index_file: &Path,
+    packs: Vec<PackRef>,
+    snapshots: Vec<(String, Vec<u8>)>,
+) -> Result<u64> {
+    let g = Generation {
+        meta: std::fs::read(meta_file)?,
+        index: std::fs::read(index_file)?,
+        packs,
+        snapshots,
+        header,
+    };
+    let bytes = generation::encode(&g)?;
+    let n = bytes.len() as u64;
+    client.put(&keys.gen_key(g.header.generation, g.header.writer), bytes)?;
+    Ok(n)
+}
+
+/// The remote side of a mounted (writable) volume.
+pub struct RemoteVolume {
+    dir: PathBuf,
+    packs: Arc<PackStore>,
+    remote: Arc<RemotePacks>,
+    /// One upload pass at a time (the background thread and a publication).
+    uploading: Mutex<()>,
+    /// One publication at a time.
+    publishing: Mutex<PublishState>,
+    /// Durable epoch of the filesystem at the last publication (nothing new: no generation).
+    published_epoch: Mutex<Option<u64>>,
+    fenced: Mutex<Option<String>>,
+    /// The lease could not be renewed (the object store unreachable): nothing is published
+    /// until it is taken again.
+    lapsed: std::sync::atomic::AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl RemoteVolume {
+    pub fn new(dir: &Path, packs: Arc<PackStore>, remote: Arc<RemotePacks>) -> Result<Self> {
+        Ok(RemoteVolume {
+            dir: dir.to_path_buf(),
+            packs,
+            publishing: Mutex::new(PublishState::load(dir)?),
+            remote,
+            uploading: Mutex::new(()),
+            published_epoch: Mutex::new(None),
+            fenced: Mutex::new(None),
+            lapsed: std::sync::atomic::AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn remote(&self) -> &Arc<RemotePacks> {
+        &self.remote
+    }
+
+    fn client(&self) -> Result<Arc<RemoteStore>> {
+        self.remote.client()
+    }
+
+    /// Stops all writing to the bucket and the volume (another writer took it over).
+    pub fn fence(&self, fs: &Fs, why: String) {
+        fs.fence(&why);
+        *self.fenced.lock() = Some(why);
+    }
+
+    pub fn fenced(&self) -> Option<String> {
+        self.fenced.lock().clone()
+    }
+
+    pub fn set_lapsed(&self, lapsed: bool) {
+        self.lapsed.store(lapsed, Ordering::Relaxed);
+    }
+
+    pub fn lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Relaxed)
+    }
+
+    /// Sealed packs with a local file and not uploaded: (id, durable length).
+    fn to_upload(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .packs
+            .index()
+            .packs()?
+            .into_iter()
+            .filter(|(id, r)| r.state == PackState::Sealed && !self.remote.table.contains(*id))
+            .map(|(id, r)| (id, r.len))
+            .collect())
+    }
+
+    /// Uploads one sealed pack and records it. Returns the bytes uploaded.
+    fn upload_one(&self, client: &RemoteStore, id: u64, len: u64) -> Result<u64> {
+        let bytes = self.packs.read_pack(id, 0..len)?;
+        let hash = pack_hash(&bytes);
+        let key = self.remote.keys().pack(id, &hash);
+        client.put(&key, bytes)?;
+        self.remote.table.add(PackRef { id, len, hash })?;
+        tracing::debug!(pack = %key, len, "uploaded");
+        Ok(len)
+    }
+
+    /// Uploads every sealed pack not in the bucket yet (`UPLOADERS` at a time). Returns
+    /// (packs, bytes) uploaded.
+    pub fn upload_pending(&self) -> Result<(u64, u64)> {
+        let _one = self.uploading.lock();
+        let todo = self.to_upload()?;
+        if todo.is_empty() {
+            return Ok((0, 0));
+        }
+        let client = self.client()?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let first_err: Mutex<Option<FsError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..UPLOADERS.min(todo.len()) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(id, len)) = todo.get(i) else { break };
+                        if first_err.lock().is_some() {
+                            break;
+                        }
+                        match self.upload_one(&client, id, len) {
+                            Ok(n) => {
+                                done.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                first_err.lock().get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_err.into_inner() {
+            return Err(e);
+        }
+        Ok((todo.len() as u64, done.into_inner()))
+    }
+
+    /// Deletes local copies of uploaded packs, oldest first, while the local packs take more
+    /// than the cache budget. Returns bytes freed.
+    pub fn evict(&self) -> Result<u64> {
+        let budget = self.remote.pack_budget();
+        let mut local: Vec<(u64, u64)> = Vec::new();
+        let mut total = 0;
+        for (id, r) in self.packs.index().packs()? {
+            if r.state == PackState::Retired {
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(self.packs.pack_path(id)) {
+                total += m.len();
+                local.push((id, m.len().max(r.len)));
+            }
+        }
+        let mut freed = 0;
+        for (id, _) in local {
+            if total <= budget {
+                break;
+            }
+            let n = self.packs.evict(id)?;
+            total -= n.min(total);
+            freed += n;
+        }
+        Ok(freed)
+    }
+
+    /// Figures for `stats`, also written to `STORE/remote/status.json`.
+    pub fn status(&self) -> Result<RemoteStatus> {
+        let mut s = RemoteStatus {
+            url: self.remote.config().url.clone(),
+            volume: self.remote.config().volume.clone(),
+            cached_range_bytes: self.remote.cached_range_bytes(),
+            fenced: self.fenced(),
+            last_error: self.last_error.lock().clone(),
+            ..RemoteStatus::default()
+        };
+        {
+            let p = self.publishing.lock();
+            s.generation = p.generation;
+            s.published_unix = p.published_unix;
+        }
+        let open = self.packs.index().packs()?;
+        for (id, r) in open {
+            if r.state == PackState::Retired {
+                continue;
+            }
+            let local = self.packs.is_local(id);
+            if self.remote.table.contains(id) {
+                s.uploaded_packs += 1;
+                s.local_packs += local as u64;
+            } else if local {
+                s.not_uploaded_packs += 1;
+                s.not_uploaded_bytes +=
+                    std::fs::metadata(self.packs.pack_path(id)).map_or(r.len, |m| m.len());
+                s.local_packs += 1;
+            }
+        }
+        self.remote
+            .backlog
+            .store(s.not_uploaded_bytes, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    pub fn write_status(&self) {
+        match self.status() {
+            Ok(s) => {
+                let json = serde_json::to_vec_pretty(&s).unwrap_or_default();
+                let dir = self.dir.join(super::config::STATE_DIR);
+                let tmp = dir.join(format!(".{STATUS}.tmp"));
+                if std::fs::write(&tmp, json)
+                    .and_then(|()| std::fs::rename(&tmp, dir.join(STATUS)))
+                    .is_err()
+                {
+                    tracing::warn!("cannot write {}", dir.join(STATUS).display());
+                }
+            }
+            Err(e) => tracing::warn!("remote status: {e}"),
+        }
+    }
+
+    /// One background step: upload what is sealed, evict past the budget, refresh the status.
+    pub fn step(&self) {
+        let r = self.upload_pending().and_then(|_| self.evict());
+        match r {
+            Ok(_) => *self.last_error.lock() = None,
+            Err(e) => {
+                let msg = e.to_string();
+                let mut last = self.last_error.lock();
+                if last.as_deref() != Some(&msg) {
+                    tracing::warn!("uploading packs: {msg} (retrying)");
+                }
+                *last = Some(msg);
+            }
+        }
+        self.write_status();
+    }
+
+    /// Makes everything written so far part of a new generation in the bucket: packs first,
+    /// then the metadata. Returns when the generation is stored (or failed).
+    pub fn publish(&self, fs: &Fs) -> Result<PublishReport> {
+        let started = Instant::now();
+        let mut state = self.publishing.lock();
+        if let Some(why) = self.fenced() {
+            return Err(FsError::Refused(format!(
+                "this store no longer writes the volume: {why}"
+            )));
+        }
+        if self.lapsed() {
+            return Err(FsError::Refused(
+                "the lease of the volume lapsed while the object store was unreachable; the \
+                 data is safe in the local store and is published once the lease is taken again"
+                    .into(),
+            ));
+        }
+        let client = self.client()?;
+        // Everything so far into sealed, durable packs.
+        self.packs.seal_open_packs();
+        fs.sync_fs()?;
+        let epoch = fs.durable_epoch();
+        if *self.published_epoch.lock() == Some(epoch) && self.to_upload()?.is_empty() {
+            return Ok(PublishReport {
+                generation: state.generation,
+                unchanged: true,
+                ..PublishReport::default()
+            });
+        }
+        // The snapshot files present at the durable point hold their chunks in that index;
+        // opened there, so a delete afterwards cannot take their bytes away.
+        let (meta_tx, (index_tx, snapshot_files)) = fs.durable_snapshot_with(|| {
+            Ok((
+                self.packs.index().begin_read()?,
+                open_snapshot_files(&self.dir)?,
+            ))
+        })?;
+        // Packs a writer opened since the seal above hold records the snapshot may name:
+        // sealed now, so that they can be uploaded whole.
+        self.packs.seal_open_packs();
+        self.packs.sync()?;
+        let work = state_dir(&self.dir)?;
+        let meta_tmp = work.join(".gen-meta.redb");
+        let index_tmp = work.join(".gen-index.redb");
+        for p in [&meta_tmp, &index_tmp] {
+            let _ = std::fs::remove_file(p);
+        }
+        let result = (|| {
+            MetaDb::copy_to(&meta_tx, &meta_tmp)?;
+            drop(meta_tx);
+            let named = PackIndex::copy_snapshot(&index_tx, &index_tmp)?;
+            drop(index_tx);
+            let (packs_uploaded, bytes_uploaded) = self.upload_pending()?;
+            let mut refs = Vec::with_capacity(named.len());
+            for (id, _) in &named {
+                let r = self.remote.table.get(*id).ok_or_else(|| {
+                    FsError::Corrupt(format!(
+                        "pack {id:016x} is named by the index but was not uploaded"
+                    ))
+                })?;
+                refs.push(r);
+            }
+            let mut snapshots = Vec::with_capacity(snapshot_files.len());
+            for (name, f) in snapshot_files {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &f, &mut bytes)?;
+                snapshots.push((name, bytes));
+            }
+            // Fencing: nobody else may have published since the generation we build on.
+            let keys = self.remote.keys();
+            let gens = list_generations(&client, keys)?;
+            let me = self.remote.config().writer;
+            // Our own generations above the state: published, then the state file was not
+            // written (a crash in between). The next number goes above them.
+            let own = gens
+                .iter()
+                .filter(|(_, w, _)| *w == me)
+                .map(|(g, _, _)| *g)
+                .max()
+                .unwrap_or(0);
+            let base = state.generation.max(own);
+            if let Some((g, w, _)) = gens.iter().find(|(g, w, _)| *g > base && *w != me) {
+                let why = format!(
+                    "another writer ({w:016x}) published generation {g} of this volume, above \
+                     generation {} this store built on: two machines wrote the volume (the \
+                     lease was lost or forced); this store's changes since generation {} are \
+                     kept locally but not published",
+                    base, base
+                );
+                self.fence(fs, why.clone());
+                return Err(FsError::Refused(why));
+            }
+            let header = Header {
+                generation: base + 1,
+                writer: me,
+                parent: base,
+                created_ns: now_ns(),
+            };
+            let metadata_bytes = put_generation(
+                &client,
+                keys,
+                header.clone(),
+                &meta_tmp,
+                &index_tmp,
+                refs,
+                snapshots,
+            )?;
+            // A writer that published the same number at the same time: the lower writer id
+            // wins, for every reader; the loser stops.
+            let gens = list_generations(&client, keys)?;
+            if let Some((_, w, _)) = gens.iter().find(|(g, _, _)| *g == header.generation)
+                && *w != me
+            {
+                let why = format!(
+                    "another writer ({w:016x}) published generation {} at the same time as this \
+                     store and wins: this store's generation is ignored",
+                    header.generation
+                );
+                self.fence(fs, why.clone());
+                return Err(FsError::Refused(why));
+            }
+            Ok(PublishReport {
+                generation: header.generation,
+                unchanged: false,
+                packs_uploaded,
+                bytes_uploaded,
+                metadata_bytes,
+                elapsed_ms: 0,
+            })
+        })();
+        for p in [&meta_tmp, &index_tmp] {
+            let _ = std::fs::remove_file(p);
+        }
+        let mut report = result?;
+        state.generation = report.generation;
+        state.published_unix = now_unix();
+        state.save(&self.dir)?;
+        *self.published_epoch.lock() = Some(epoch);
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            generation = report.generation,
+            packs = report.packs_uploaded,
+            bytes = report.bytes_uploaded,
+            metadata = report.metadata_bytes,
+            ms = report.elapsed_ms,
+            "published"
+        );
+        drop(state);
+        self.write_status();
+        Ok(report)
+    }
+}
+
+/// Finished snapshot files of the store (`STORE/snapshots/*.redb`), by name, opened.
+fn open_snapshot_files(dir: &Path) -> Result<Vec<(String, std::fs::File)>> {
+    let sdir = dir.join("snapshots");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&sdir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".redb") {
+            continue;
+        }
+        out.push((name, std::fs::File::open(e.path())?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

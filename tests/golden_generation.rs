@@ -1,0 +1,165 @@
+//! Golden test of a remote volume's formats: the metadata generation object
+//! (`remote::generation`, tests/data/generation-v1.bin), the object keys in the bucket and the
+//! local pack table line. A generation written by this version must decode exactly in every
+//! later one (an attach of an older volume), and the keys must not move (a store would no
+//! longer find its packs), so a change fails here and must be made on purpose, with a
+//! migration.
+//!
+//! `cargo test --release --test golden_generation -- --ignored write_golden_file` rewrites the
+//! file (only when the format changes on purpose).
+
+use dedupfs::remote::config::{Keys, VolumeConfig, gen_name, parse_gen_name};
+use dedupfs::remote::generation::{self, Generation, Header, PackRef};
+use std::path::{Path, PathBuf};
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/generation-v1.bin")
+}
+
+fn sample() -> Generation {
+    Generation {
+        header: Header {
+            generation: 42,
+            writer: 0x0123_4567_89ab_cdef,
+            parent: 41,
+            created_ns: 1_796_000_000_123_456_789,
+        },
+        // Stand-ins for the redb files: the object carries them as bytes.
+        meta: (0..70_000u32).map(|i| (i % 251) as u8).collect(),
+        index: b"index bytes".repeat(100),
+        packs: vec![
+            PackRef {
+                id: 1,
+                len: 33_554_999,
+                hash: [0xaa; 16],
+            },
+            PackRef {
+                id: 0x1_0000_0002,
+                len: 64,
+                hash: *b"0123456789abcdef",
+            },
+        ],
+        snapshots: vec![("00007.redb".into(), b"snapshot file".to_vec())],
+    }
+}
+
+fn keys() -> Keys {
+    let mut c = VolumeConfig::new("s3://bucket/prefix", None, "vm-images", 1 << 30);
+    c.volume_id = "00000000deadbeef".into();
+    c.keys()
+}
+
+#[test]
+#[ignore]
+fn write_golden_file() {
+    std::fs::write(golden(), generation::encode(&sample()).unwrap()).unwrap();
+}
+
+#[test]
+fn the_golden_generation_decodes_exactly() {
+    let raw = std::fs::read(golden()).expect("tests/data/generation-v1.bin");
+    // The fixed header, byte by byte.
+    assert_eq!(&raw[..8], b"DDFSGEN\0");
+    assert_eq!(u32::from_le_bytes(raw[8..12].try_into().unwrap()), 1);
+    assert_eq!(u64::from_le_bytes(raw[12..20].try_into().unwrap()), 42);
+    assert_eq!(
+        u64::from_le_bytes(raw[20..28].try_into().unwrap()),
+        0x0123_4567_89ab_cdef
+    );
+    assert_eq!(u64::from_le_bytes(raw[28..36].try_into().unwrap()), 41);
+    assert_eq!(u32::from_le_bytes(raw[44..48].try_into().unwrap()), 4);
+    let g = generation::decode(&raw).unwrap();
+    let want = sample();
+    assert_eq!(g.header, want.header);
+    assert_eq!(g.meta, want.meta);
+    assert_eq!(g.index, want.index);
+    assert_eq!(g.packs, want.packs);
+    assert_eq!(g.snapshots, want.snapshots);
+    assert_eq!(generation::decode_header(&raw).unwrap(), want.header);
+}
+
+#[test]
+fn this_version_round_trips_and_refuses_damage() {
+    let raw = generation::encode(&sample()).unwrap();
+    let g = generation::decode(&raw).unwrap();
+    assert_eq!(g.packs, sample().packs);
+    // Any flipped byte, a cut object and trailing bytes are refused, never misread.
+    for at in [
+        0,
+        9,
+        13,
+        47,
+        60,
+        raw.len() / 2,
+        raw.len() - 33,
+        raw.len() - 1,
+    ] {
+        let mut bad = raw.clone();
+        bad[at] ^= 0x10;
+        assert!(generation::decode(&bad).is_err(), "flip at {at} accepted");
+    }
+    assert!(generation::decode(&raw[..raw.len() - 1]).is_err());
+    assert!(generation::decode(&raw[..40]).is_err());
+    let mut longer = raw.clone();
+    longer.push(0);
+    assert!(generation::decode(&longer).is_err());
+}
+
+#[test]
+fn object_keys_and_generation_names_are_pinned() {
+    let k = keys();
+    assert_eq!(k.volume_json(), "volumes/vm-images/volume.json");
+    assert_eq!(k.lease(), "volumes/vm-images/lease");
+    assert_eq!(
+        k.gen_key(42, 0x0123_4567_89ab_cdef),
+        "volumes/vm-images/gens/000000000000002a-0123456789abcdef"
+    );
+    assert_eq!(
+        k.pack(0x1f, b"0123456789abcdef"),
+        "packs/00000000deadbeef/000000000000001f-30313233343536373839616263646566"
+    );
+    assert_eq!(gen_name(1, 2), "0000000000000001-0000000000000002");
+    assert_eq!(
+        parse_gen_name("x/volumes/v/gens/000000000000002a-0123456789abcdef"),
+        Some((42, 0x0123_4567_89ab_cdef))
+    );
+    assert_eq!(parse_gen_name("volumes/v/gens/2a-1"), None);
+}
+
+#[test]
+fn the_pack_table_reads_its_lines_and_ignores_a_torn_one() {
+    use dedupfs::remote::packs::PackTable;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("remote")).unwrap();
+    // Two whole lines as this version writes them, then one a crash cut short.
+    std::fs::write(
+        dir.path().join("remote/packs.log"),
+        "000000000000001f 33554999 30313233343536373839616263646566\n\
+         0000000100000002 64 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n\
+         0000000000000003 12 aaaa",
+    )
+    .unwrap();
+    let t = PackTable::open(dir.path()).unwrap();
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        t.get(0x1f),
+        Some(PackRef {
+            id: 0x1f,
+            len: 33_554_999,
+            hash: *b"0123456789abcdef"
+        })
+    );
+    assert_eq!(t.get(0x1_0000_0002).unwrap().hash, [0xaa; 16]);
+    assert!(!t.contains(3), "a torn line counted as an upload");
+    // Appending after the torn line starts a new line.
+    t.add(PackRef {
+        id: 4,
+        len: 5,
+        hash: [1; 16],
+    })
+    .unwrap();
+    drop(t);
+    let t = PackTable::open(dir.path()).unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.get(4).unwrap().len, 5);
+}
