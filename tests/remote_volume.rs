@@ -517,3 +517,111 @@ fn a_daemon_killed_while_uploading_publishes_everything_at_the_next_mount() {
     let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
     assert_bytes_eq("f attached", &read_all(&vb.path("f")), &data);
 }
+
+#[test]
+fn with_the_store_down_writes_stop_at_the_cache_limit_and_uncached_reads_fail_fast() {
+    if !available() {
+        return;
+    }
+    let mut g = Garage::single();
+    let env = env_of(&g);
+    let dirs = Dirs::new();
+    let a = dirs.path("a");
+    init_remote(
+        &g,
+        &a,
+        "v",
+        &["--cache-disk-gib", "0.125", "--pack-mib", "4"],
+    );
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let old = random_bytes(41, 8 << 20);
+    fs::write(va.path("old"), &old).unwrap();
+    va.unmount();
+    // A second cache with nothing local, to read from while the store is down.
+    let b = dirs.path("b");
+    attach(&g, &b, "v", &[]);
+    va.remount();
+    g.stop();
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let started = std::time::Instant::now();
+    let e = fs::read(vb.path("old")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "an uncached read took {:?} with the store down",
+        started.elapsed()
+    );
+    assert!(
+        vb.log().contains("cannot read from the object store"),
+        "{}",
+        vb.log()
+    );
+    drop(vb);
+    // Writes go into the local journal until the not-uploaded bytes reach the 128 MiB budget.
+    let mut f = fs::File::create(va.path("big")).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        use std::io::Write;
+        // Unique data: repeated blocks would dedup into nothing.
+        let chunk = random_bytes(1000 + (written >> 20), 1 << 20);
+        match f.write_all(&chunk).and_then(|()| {
+            if written.is_multiple_of(16 << 20) {
+                f.sync_data()
+            } else {
+                Ok(())
+            }
+        }) {
+            Ok(()) => written += 1 << 20,
+            Err(e) => break e,
+        }
+        assert!(
+            written < 400 << 20,
+            "no ENOSPC after {written} bytes with the store down"
+        );
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(
+        written >= 64 << 20,
+        "ENOSPC after only {} MiB",
+        written >> 20
+    );
+    drop(f);
+    // The store is back: everything goes up, and writing works again.
+    g.restart();
+    ok(sync(&env, &va.mnt), "sync after the store came back");
+    fs::write(va.path("after"), b"after").unwrap();
+    ok(sync(&env, &va.mnt), "sync");
+    va.unmount();
+    let c = dirs.path("c");
+    attach(&g, &c, "v", &[]);
+    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    assert_bytes_eq("old", &read_all(&vc.path("old")), &old);
+    assert_eq!(fs::read(vc.path("after")).unwrap(), b"after");
+    assert!(fs::metadata(vc.path("big")).unwrap().len() >= written);
+}
+
+#[test]
+fn a_three_node_cluster_losing_a_node_keeps_the_volume_working() {
+    if !available() {
+        return;
+    }
+    let mut g = Garage::cluster3();
+    let env = env_of(&g);
+    let dirs = Dirs::new();
+    let a = dirs.path("a");
+    init_remote(&g, &a, "v", &["--pack-mib", "1"]);
+    let va = Volume::mount_existing(&a, &[], &env);
+    let one = random_bytes(51, 6 << 20);
+    fs::write(va.path("one"), &one).unwrap();
+    // Node 2 stops mid-run (the mount talks to node 0).
+    g.stop_node(2);
+    let two = random_bytes(52, 6 << 20);
+    fs::write(va.path("two"), &two).unwrap();
+    ok(sync(&env, &va.mnt), "sync with a node down");
+    g.restart_node(2);
+    let b = dirs.path("b");
+    attach(&g, &b, "v", &[]);
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
+    assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
+}

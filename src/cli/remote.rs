@@ -22,6 +22,7 @@ pub struct RemoteDaemon {
     keeper: Arc<LeaseKeeper>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    publisher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The lease while mounted: renewed in the background. Taken over (`Lost`, `Deleted`): the
@@ -34,6 +35,8 @@ struct LeaseKeeper {
     me: Holder,
     cfg: LeaseConfig,
     held: parking_lot::Mutex<Option<(Arc<Lease>, RenewerHandle)>>,
+    /// One attempt to take a lapsed lease again at a time.
+    retaking: parking_lot::Mutex<()>,
     vol: Arc<RemoteVolume>,
     fs: OnceLock<Weak<Fs>>,
 }
@@ -78,6 +81,7 @@ impl LeaseKeeper {
 
     /// After a lapse: takes the lease again when the object store answers.
     fn retake(self: &Arc<Self>) {
+        let _one = self.retaking.lock();
         if !self.vol.lapsed() || self.vol.fenced().is_some() {
             return;
         }
@@ -159,15 +163,23 @@ impl RemoteDaemon {
             me: acquired.lease.holder().clone(),
             cfg,
             held: parking_lot::Mutex::new(None),
+            retaking: parking_lot::Mutex::new(()),
             vol: vol.clone(),
             fs: OnceLock::new(),
         });
         keeper.keep(acquired.lease);
+        let weak = Arc::downgrade(&keeper);
+        vol.set_retaker(Box::new(move || {
+            if let Some(k) = weak.upgrade() {
+                k.retake();
+            }
+        }));
         Ok(RemoteDaemon {
             vol,
             keeper,
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
+            publisher: None,
         })
     }
 
@@ -179,26 +191,39 @@ impl RemoteDaemon {
         let keeper = self.keeper.clone();
         let every = Duration::from_secs(vol.remote().config().publish_secs);
         self.thread = Some(std::thread::spawn(move || {
-            let mut last_publish = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                // Woken at once by a writer waiting for room (at most every 100 ms, so that
+                // `stop` is seen).
                 let until = Instant::now() + STEP;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
+                    if vol.wait_for_work(Duration::from_millis(100)) {
+                        break;
+                    }
                 }
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 keeper.retake();
                 vol.step();
-                if !every.is_zero() && last_publish.elapsed() >= every {
-                    last_publish = Instant::now();
-                    let Some(fs) = weak.upgrade() else { break };
-                    if vol.fenced().is_none()
-                        && !vol.lapsed()
-                        && let Err(e) = vol.publish(&fs)
-                    {
-                        tracing::warn!("periodic publication failed: {e}");
-                    }
+            }
+        }));
+        // Publications on their own thread: one waits for the state lock, which a writer
+        // holding it may keep while it waits for uploads to make room.
+        let (vol, stop) = (self.vol.clone(), self.stop.clone());
+        self.publisher = Some(std::thread::spawn(move || {
+            let mut last_publish = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if every.is_zero() || last_publish.elapsed() < every {
+                    continue;
+                }
+                last_publish = Instant::now();
+                let Some(fs) = weak.upgrade() else { break };
+                if vol.fenced().is_none()
+                    && !vol.lapsed()
+                    && let Err(e) = vol.publish(&fs)
+                {
+                    tracing::warn!("periodic publication failed: {e}");
                 }
             }
         }));
@@ -208,7 +233,10 @@ impl RemoteDaemon {
     /// the bucket is then this mount's last one) and releases the lease.
     pub fn finish(mut self, fs: &Fs) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.publisher.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
         self.keeper.retake();

@@ -96,6 +96,7 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
     )?;
     PublishState {
         generation: 1,
+        writer: config.writer,
         published_unix: now_unix(),
     }
     .save(dir)?;
@@ -215,6 +216,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
     let published_unix = found_gen.header.created_ns / 1_000_000_000;
     PublishState {
         generation: found_gen.header.generation,
+        writer: found_gen.header.writer,
         published_unix,
     }
     .save(dir)?;

@@ -27,6 +27,9 @@ const CACHE_DIR: &str = "cache";
 /// packs kept whole), at least `MIN_RANGE_CACHE`.
 const RANGE_SHARE: u64 = 4;
 const MIN_RANGE_CACHE: u64 = 64 << 20;
+/// Retries of a read for a waiting reader, and the time after which none starts.
+const READ_RETRIES: usize = 2;
+const READ_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The uploaded packs, persisted in `packs.log`.
 pub struct PackTable {
@@ -121,9 +124,14 @@ pub struct RemotePacks {
     /// Made on first use: offline maintenance of a store whose packs are all local needs no
     /// credentials.
     client: OnceLock<std::result::Result<Arc<RemoteStore>, String>>,
-    /// Bytes of local packs not uploaded yet (set by the uploader), and the limit past which
-    /// new data is refused (the cache budget).
-    pub backlog: std::sync::atomic::AtomicU64,
+    /// For reads on behalf of a reader waiting in read(2): fewer retries, so that a dead
+    /// object store costs a reader seconds, not the uploader's minute and a half.
+    read_client: OnceLock<std::result::Result<Arc<RemoteStore>, String>>,
+    /// The last upload pass failed: writers over the backlog limit are refused, not held.
+    pub uploads_failing: std::sync::atomic::AtomicBool,
+    /// Wakes the uploader (a writer waits for room: `true`) and the waiting writers (a pack
+    /// was uploaded).
+    pub progress: (Mutex<bool>, parking_lot::Condvar),
 }
 
 impl RemotePacks {
@@ -135,7 +143,9 @@ impl RemotePacks {
             table: PackTable::open(store_dir)?,
             cache: RangeCache::open(&state_dir(store_dir)?.join(CACHE_DIR), range_limit)?,
             client: OnceLock::new(),
-            backlog: std::sync::atomic::AtomicU64::new(0),
+            read_client: OnceLock::new(),
+            uploads_failing: std::sync::atomic::AtomicBool::new(false),
+            progress: (Mutex::new(false), parking_lot::Condvar::new()),
         })
     }
 
@@ -152,6 +162,23 @@ impl RemotePacks {
         let c = self.client.get_or_init(|| {
             self.config
                 .client()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        c.clone().map_err(|e| {
+            FsError::Refused(format!(
+                "cannot use the object store of this volume ({}): {e}",
+                self.config.url
+            ))
+        })
+    }
+
+    fn read_client(&self) -> Result<Arc<RemoteStore>> {
+        let c = self.read_client.get_or_init(|| {
+            let mut cfg = self.config.client_config().map_err(|e| e.to_string())?;
+            cfg.max_retries = READ_RETRIES;
+            cfg.retry_timeout = READ_RETRY_TIME;
+            RemoteStore::new(&cfg)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         });
@@ -187,7 +214,7 @@ impl PackSource for RemotePacks {
         })?;
         let key = self.keys.pack(p.id, &p.hash);
         let fetch = |r: Range<u64>| -> Result<Vec<u8>> {
-            let client = self.client()?;
+            let client = self.read_client()?;
             client.get_range(&key, r).map_err(|e| {
                 tracing::error!(pack = %key, "cannot read from the object store: {e}");
                 FsError::from(e)
@@ -229,7 +256,19 @@ impl PackSource for RemotePacks {
         Ok(problems)
     }
 
-    fn over_limit(&self) -> bool {
-        self.backlog.load(std::sync::atomic::Ordering::Relaxed) >= self.config.cache_bytes
+    fn backlog_limit(&self) -> Option<u64> {
+        Some(self.config.cache_bytes)
+    }
+
+    fn wait_for_room(&self) -> bool {
+        let mut g = self.progress.0.lock();
+        *g = true;
+        self.progress.1.notify_all();
+        self.progress
+            .1
+            .wait_for(&mut g, std::time::Duration::from_millis(500));
+        !self
+            .uploads_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -19,9 +19,12 @@
 use crate::error::Result;
 use lru::LruCache;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::fs;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Block size: a random 4 KiB read costs one 1 MiB GET, a sequential read streams 4 MiB GETs.
 pub const BLOCK: u64 = 1 << 20;
@@ -32,14 +35,26 @@ struct State {
     /// (pack, block) -> bytes on disk, least recently used first out.
     lru: LruCache<(u64, u64), u64>,
     total: u64,
-    /// (pack, first block after) the last fetch: a miss there is sequential.
-    last_fetch: (u64, u64),
+    /// Pack -> first block after its last fetch: a miss there is sequential.
+    last_fetch: HashMap<u64, u64>,
 }
+
+/// (pack, block number), and a block's bytes.
+type BlockKey = (u64, u64);
+type Block = Arc<Vec<u8>>;
+
+/// Blocks kept in memory, verified, so that the chunks of one block (16 of 64 KiB in 1 MiB)
+/// do not each read and hash the whole block file again.
+const HOT_BLOCKS: usize = 16;
 
 pub struct RangeCache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    hot: Mutex<LruCache<BlockKey, Block>>,
+    /// One fetch per pack at a time: readers missing the same blocks (read-ahead threads of
+    /// one file) wait for the first one's fetch instead of each fetching them again.
+    fetching: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
 }
 
 fn block_name(pack: u64, block: u64) -> String {
@@ -82,7 +97,7 @@ impl RangeCache {
         let mut state = State {
             lru: LruCache::unbounded(),
             total: 0,
-            last_fetch: (u64::MAX, 0),
+            last_fetch: HashMap::new(),
         };
         for (_, key, len) in found {
             state.lru.put(key, len);
@@ -92,6 +107,10 @@ impl RangeCache {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::new(state),
+            hot: Mutex::new(LruCache::new(
+                NonZeroUsize::new(HOT_BLOCKS).expect("non-zero"),
+            )),
+            fetching: Mutex::new(HashMap::new()),
         };
         cache.evict_over_limit();
         Ok(cache)
@@ -117,7 +136,23 @@ impl RangeCache {
         let first = range.start / BLOCK;
         let last = (range.end - 1) / BLOCK;
         let last_block = pack_len.saturating_sub(1) / BLOCK;
-        let mut blocks: Vec<Option<Vec<u8>>> = (first..=last).map(|b| self.load(pack, b)).collect();
+        let mut blocks: Vec<Option<Arc<Vec<u8>>>> =
+            (first..=last).map(|b| self.load(pack, b)).collect();
+        let fetch_lock = if blocks.iter().any(Option::is_none) {
+            let lock = self.fetching.lock().entry(pack).or_default().clone();
+            Some(lock)
+        } else {
+            None
+        };
+        let _fetching = fetch_lock.as_ref().map(|l| l.lock());
+        if fetch_lock.is_some() {
+            // Fetched by another reader while this one waited?
+            for (k, b) in blocks.iter_mut().enumerate() {
+                if b.is_none() {
+                    *b = self.load(pack, first + k as u64);
+                }
+            }
+        }
         let mut i = 0;
         while i < blocks.len() {
             if blocks[i].is_some() {
@@ -132,10 +167,19 @@ impl RangeCache {
             let (a, b) = (first + i as u64, first + j as u64);
             let sequential = {
                 let mut st = self.state.lock();
-                let seq = st.last_fetch == (pack, a);
-                let ahead = if seq { AHEAD } else { 0 };
-                let end_block = (b + ahead).min(last_block);
-                st.last_fetch = (pack, end_block + 1);
+                let seq = st.last_fetch.get(&pack) == Some(&a);
+                let mut end_block = b;
+                // Ahead, up to the first block already cached.
+                while seq
+                    && end_block < (b + AHEAD).min(last_block)
+                    && !st.lru.contains(&(pack, end_block + 1))
+                {
+                    end_block += 1;
+                }
+                if st.last_fetch.len() >= 4096 {
+                    st.last_fetch.clear();
+                }
+                st.last_fetch.insert(pack, end_block + 1);
                 end_block
             };
             let start = a * BLOCK;
@@ -144,8 +188,10 @@ impl RangeCache {
             for (k, piece) in data.chunks(BLOCK as usize).enumerate() {
                 let block = a + k as u64;
                 self.store(pack, block, piece);
+                let piece = Arc::new(piece.to_vec());
+                self.hot.lock().put((pack, block), piece.clone());
                 if block <= b {
-                    blocks[(block - first) as usize] = Some(piece.to_vec());
+                    blocks[(block - first) as usize] = Some(piece);
                 }
             }
             i = j + 1;
@@ -174,8 +220,11 @@ impl RangeCache {
     }
 
     /// A cached block, checked; `None` when absent or damaged (then removed).
-    fn load(&self, pack: u64, block: u64) -> Option<Vec<u8>> {
+    fn load(&self, pack: u64, block: u64) -> Option<Arc<Vec<u8>>> {
         self.state.lock().lru.get(&(pack, block))?;
+        if let Some(b) = self.hot.lock().get(&(pack, block)) {
+            return Some(b.clone());
+        }
         let path = self.dir.join(block_name(pack, block));
         let mut raw = fs::read(&path).ok();
         let ok = raw.as_ref().is_some_and(|r| {
@@ -190,10 +239,13 @@ impl RangeCache {
         }
         let mut r = raw.take()?;
         r.truncate(r.len() - 32);
+        let r = Arc::new(r);
+        self.hot.lock().put((pack, block), r.clone());
         Some(r)
     }
 
     fn forget(&self, pack: u64, block: u64) {
+        self.hot.lock().pop(&(pack, block));
         let mut st = self.state.lock();
         if let Some(len) = st.lru.pop(&(pack, block)) {
             st.total -= len;
@@ -243,6 +295,7 @@ impl RangeCache {
                     None => return,
                 }
             };
+            self.hot.lock().pop(&victim);
             let _ = fs::remove_file(self.dir.join(block_name(victim.0, victim.1)));
         }
     }

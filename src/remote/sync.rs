@@ -36,6 +36,8 @@ const UPLOADERS: usize = 2;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PublishState {
     pub generation: u64,
+    /// Its writer: this store's, or the one of the generation attached.
+    pub writer: u64,
     pub published_unix: u64,
 }
 
@@ -147,6 +149,8 @@ pub struct RemoteVolume {
     /// The lease could not be renewed (the object store unreachable): nothing is published
     /// until it is taken again.
     lapsed: std::sync::atomic::AtomicBool,
+    /// Takes a lapsed lease again (set by the daemon that keeps the lease).
+    retaker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -173,6 +177,7 @@ impl RemoteVolume {
             published_epoch: Mutex::new(None),
             fenced: Mutex::new(None),
             lapsed: std::sync::atomic::AtomicBool::new(false),
+            retaker: std::sync::OnceLock::new(),
             last_error: Mutex::new(None),
         })
     }
@@ -203,6 +208,11 @@ impl RemoteVolume {
         self.lapsed.load(Ordering::Relaxed)
     }
 
+    /// How a lapsed lease is taken again (before a publication that finds it lapsed).
+    pub fn set_retaker(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.retaker.set(f);
+    }
+
     /// Sealed packs with a local file and not uploaded: (id, durable length).
     fn to_upload(&self) -> Result<Vec<(u64, u64)>> {
         Ok(self
@@ -222,6 +232,8 @@ impl RemoteVolume {
         let key = self.remote.keys().pack(id, &hash);
         client.put(&key, bytes)?;
         self.remote.table.add(PackRef { id, len, hash })?;
+        self.remote.uploads_failing.store(false, Ordering::Relaxed);
+        self.remote.progress.1.notify_all();
         tracing::debug!(pack = %key, len, "uploaded");
         Ok(len)
     }
@@ -323,9 +335,6 @@ impl RemoteVolume {
                 s.local_packs += 1;
             }
         }
-        self.remote
-            .backlog
-            .store(s.not_uploaded_bytes, Ordering::Relaxed);
         Ok(s)
     }
 
@@ -346,9 +355,28 @@ impl RemoteVolume {
         }
     }
 
+    /// Waits up to `timeout` for a writer to ask for room; true when one did.
+    pub fn wait_for_work(&self, timeout: std::time::Duration) -> bool {
+        let mut g = self.remote.progress.0.lock();
+        if !*g {
+            self.remote.progress.1.wait_for(&mut g, timeout);
+        }
+        std::mem::take(&mut *g)
+    }
+
     /// One background step: upload what is sealed, evict past the budget, refresh the status.
     pub fn step(&self) {
-        let r = self.upload_pending().and_then(|_| self.evict());
+        // Seals recorded in the index (a sync of the packs alone, which any writer may make):
+        // a full pack is uploaded at once, not at the next durable point.
+        let r = self
+            .packs
+            .sync()
+            .and_then(|()| self.upload_pending())
+            .and_then(|_| self.evict());
+        self.remote
+            .uploads_failing
+            .store(r.is_err(), Ordering::Relaxed);
+        self.remote.progress.1.notify_all();
         match r {
             Ok(_) => *self.last_error.lock() = None,
             Err(e) => {
@@ -372,6 +400,11 @@ impl RemoteVolume {
             return Err(FsError::Refused(format!(
                 "this store no longer writes the volume: {why}"
             )));
+        }
+        if self.lapsed()
+            && let Some(retake) = self.retaker.get()
+        {
+            retake();
         }
         if self.lapsed() {
             return Err(FsError::Refused(
@@ -443,14 +476,22 @@ impl RemoteVolume {
                 .map(|(g, _, _)| *g)
                 .max()
                 .unwrap_or(0);
-            let base = state.generation.max(own);
-            if let Some((g, w, _)) = gens.iter().find(|(g, w, _)| *g > base && *w != me) {
+            let (base, base_writer) = if own > state.generation {
+                (own, me)
+            } else {
+                (state.generation, state.writer)
+            };
+            // The volume's head (the newest generation, lowest writer id among equals: what
+            // every reader takes) must be the one this store built on; otherwise another
+            // writer published meanwhile, or won a tie with it.
+            if let Some((g, w, _)) = gens.first()
+                && (*g, *w) != (base, base_writer)
+            {
                 let why = format!(
-                    "another writer ({w:016x}) published generation {g} of this volume, above \
-                     generation {} this store built on: two machines wrote the volume (the \
-                     lease was lost or forced); this store's changes since generation {} are \
-                     kept locally but not published",
-                    base, base
+                    "another writer ({w:016x}) published generation {g} of this volume, which \
+                     is not the generation {base} this store built on: two machines wrote the \
+                     volume (the lease was lost or forced); this store's changes since are \
+                     kept locally but not published"
                 );
                 self.fence(fs, why.clone());
                 return Err(FsError::Refused(why));
@@ -471,14 +512,15 @@ impl RemoteVolume {
                 snapshots,
             )?;
             // A writer that published the same number at the same time: the lower writer id
-            // wins, for every reader; the loser stops.
+            // wins, for every reader; the loser stops. (A tie this listing misses is caught by
+            // the head check of the next publication.)
             let gens = list_generations(&client, keys)?;
-            if let Some((_, w, _)) = gens.iter().find(|(g, _, _)| *g == header.generation)
-                && *w != me
+            if let Some((g, w, _)) = gens.first()
+                && (*g, *w) != (header.generation, me)
             {
                 let why = format!(
-                    "another writer ({w:016x}) published generation {} at the same time as this \
-                     store and wins: this store's generation is ignored",
+                    "another writer ({w:016x}) published generation {g} at the same time as this \
+                     store published {}, and wins: this store's generation is ignored",
                     header.generation
                 );
                 self.fence(fs, why.clone());
@@ -498,6 +540,7 @@ impl RemoteVolume {
         }
         let mut report = result?;
         state.generation = report.generation;
+        state.writer = self.remote.config().writer;
         state.published_unix = now_unix();
         state.save(&self.dir)?;
         *self.published_epoch.lock() = Some(epoch);

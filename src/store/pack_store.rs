@@ -77,6 +77,13 @@ const DATA_HEADROOM: u64 = 16 << 20;
 const BACKGROUND_MIN_DEAD_BYTES: u64 = 64 << 20;
 const BACKGROUND_PACKS: usize = 64;
 const BACKGROUND_STEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes appended between two measurements of a remote volume's upload backlog.
+const BACKLOG_CHECK_EVERY: u64 = 4 << 20;
+/// Longest a writer waits for uploads to make room before it gets ENOSPC.
+const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// ... and while uploads are failing (the object store may have just come back: the
+/// uploader's next attempt is at most a backoff away).
+const BACKLOG_WAIT_FAILING: std::time::Duration = std::time::Duration::from_secs(15);
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
@@ -89,9 +96,14 @@ pub trait PackSource: Send + Sync {
     /// Bytes `range` of pack `pack` (unverified: records carry checksums and chunks are
     /// verified by their hash above).
     fn read(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>>;
-    /// Whether the data not yet in the source has reached its limit: new data is refused
-    /// (ENOSPC) until uploads catch up.
-    fn over_limit(&self) -> bool {
+    /// Bytes of packs not in the source yet that the store may hold: past it, new data is
+    /// refused (ENOSPC) until uploads catch up. `None`: no limit.
+    fn backlog_limit(&self) -> Option<u64> {
+        None
+    }
+    /// The backlog is over the limit: waits (briefly) for uploads to make room. False when
+    /// uploads are failing (the source is unreachable): the data is refused sooner.
+    fn wait_for_room(&self) -> bool {
         false
     }
     /// fsck: the packs the source should have and has not, or has damaged (with `verify`,
@@ -173,6 +185,13 @@ pub struct PackStore {
     faults: super::fault::Faults,
     /// Where evicted packs are read from (remote volumes).
     source: Option<Arc<dyn PackSource>>,
+    /// Bytes appended since the backlog (packs not in the source) was last measured, and
+    /// whether it was over the source's limit then.
+    backlog_since: AtomicU64,
+    backlog_over: AtomicBool,
+    /// Packs known to have no local file (evicted, or never here after an attach): read from
+    /// the source without trying the file first.
+    evicted: RwLock<std::collections::HashSet<u64>>,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -266,6 +285,9 @@ impl PackStore {
             retired: Mutex::new(std::collections::HashSet::new()),
             faults: super::fault::Faults::from_env(),
             source,
+            backlog_since: AtomicU64::new(0),
+            backlog_over: AtomicBool::new(false),
+            evicted: RwLock::new(std::collections::HashSet::new()),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -384,6 +406,27 @@ impl PackStore {
         self.source.as_ref().is_some_and(|s| s.has(pack))
     }
 
+    /// Bytes of packs the source does not have yet (written since the last sync included).
+    pub fn backlog_bytes(&self) -> Result<u64> {
+        let mut ends: HashMap<u64, u64> = self
+            .dirty
+            .lock()
+            .iter()
+            .map(|(id, d)| (*id, d.end))
+            .collect();
+        for (id, row) in self.index.packs()? {
+            if row.state != PackState::Retired {
+                let e = ends.entry(id).or_insert(0);
+                *e = (*e).max(row.len);
+            }
+        }
+        Ok(ends
+            .into_iter()
+            .filter(|(id, _)| !self.is_remote(*id))
+            .map(|(_, len)| len)
+            .sum())
+    }
+
     /// Whether the local file of pack `pack` is present.
     pub fn is_local(&self, pack: u64) -> bool {
         self.pack_path(pack).exists()
@@ -423,6 +466,7 @@ impl PackStore {
             Err(e) => return Err(e.into()),
         };
         self.unmap(pack);
+        self.evicted.write().insert(pack);
         fs::remove_file(&path)?;
         Ok(len)
     }
@@ -537,8 +581,30 @@ impl PackStore {
     /// Refuses new data while the device is nearly full (`DATA_HEADROOM`). Looks at the free
     /// space only when it may have run low since the last look.
     fn check_space(&self, len: u64) -> Result<()> {
-        if self.source.as_ref().is_some_and(|s| s.over_limit()) {
-            return Err(FsError::NoSpace);
+        if let Some(source) = &self.source
+            && let Some(limit) = source.backlog_limit()
+        {
+            let since = self.backlog_since.fetch_add(len, Ordering::Relaxed) + len;
+            if since >= BACKLOG_CHECK_EVERY || self.backlog_over.load(Ordering::Relaxed) {
+                self.backlog_since.store(0, Ordering::Relaxed);
+                // Over the limit: a writer waits while uploads make room (as it would for a
+                // slow disk), and is refused only when they fail, or make no room in time.
+                let started = std::time::Instant::now();
+                let over = loop {
+                    if self.backlog_bytes()? + len <= limit {
+                        break false;
+                    }
+                    let uploading = source.wait_for_room();
+                    let waited = started.elapsed();
+                    if waited >= BACKLOG_WAIT || !uploading && waited >= BACKLOG_WAIT_FAILING {
+                        break true;
+                    }
+                };
+                self.backlog_over.store(over, Ordering::Relaxed);
+            }
+            if self.backlog_over.load(Ordering::Relaxed) {
+                return Err(FsError::NoSpace);
+            }
         }
         let since = self.appended_since.fetch_add(len, Ordering::Relaxed) + len;
         let seen = self.space_seen.load(Ordering::Relaxed);
@@ -849,10 +915,14 @@ impl ChunkStore for PackStore {
                     None => Err(FsError::MissingChunk { id: *id }),
                 };
             };
+            if self.evicted.read().contains(&loc.pack) {
+                return self.read_remote(id, &loc);
+            }
             match self.map_pack(loc.pack, loc.end()) {
                 Ok(m) => return self.read_at(id, &loc, &m),
                 // Evicted: the bucket has it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(loc.pack) => {
+                    self.evicted.write().insert(loc.pack);
                     return self.read_remote(id, &loc);
                 }
                 // Compaction may have moved the chunk and deleted the pack since the lookup.

@@ -217,16 +217,21 @@ impl Garage {
         }
     }
 
-    /// Starts node `i` again on its directories and ports; returns once it answers and sees
-    /// every running node as healthy (it has rejoined the cluster).
+    /// Starts node `i` again on its directories and ports; returns once it answers and every
+    /// running node sees every running node as healthy (it has rejoined the cluster, in the
+    /// eyes of the others too: under load node 0 has been seen to lag behind node `i`).
     pub fn restart_node(&mut self, i: usize) {
         self.stop_node(i);
         self.spawn(i);
         self.wait_answering(i);
-        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
-        self.wait_for(i, "the node to rejoin", |g| {
-            (g.healthy_seen_by(i) >= running).then_some(())
-        });
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].child.is_some())
+            .collect();
+        for &n in &running {
+            self.wait_for(n, "the node to rejoin", |g| {
+                (g.healthy_seen_by(n) >= running.len()).then_some(())
+            });
+        }
     }
 
     /// How many nodes node `i` currently lists as healthy (0 if it does not answer).
