@@ -511,7 +511,7 @@ if "cargo.reps" in R:
         f"directory / store each run), median of {creps} runs alternating ext4 and dedupfs; target "
         "≤ 1.05x ext4", "s", {f: median(ckeys[f], seconds) for f in ("ext4", "dedupfs")}, "s",
         store="; ".join(x for x in (cargo_runs, cargo_store) if x) or "–")
-else:
+elif not a.no_main:
     notes.append("cargo build: not run (--cargo-build off, the default with --quick)")
 
 row(f"peak daemon RSS during the {size} write (VmHWM)", "MiB",
@@ -807,6 +807,170 @@ if study_sizes:
         out.append("Stores as `dedupfs init` made them: " + "; ".join(
             f"{kib(s_)}: {params[s_].split('(', 1)[-1].rstrip(') ') if '(' in params[s_] else '?'}"
             for s_ in study_sizes) + ".")
+
+# ---- the remote-volume table (scripts/bench.d/garage.sh, bench_remote; issue 11 "Targets")
+if "remote.data_bytes" in R:
+    rn = num("remote.data_bytes")
+    r2 = num("remote.second_bytes")
+    tck = num("remote.clk_tck") or 100.0
+    out.append("")
+    out.append("## Remote volume (Garage)")
+    out.append("")
+    if "remote.skipped" in R:
+        out.append(f"Skipped: {R['remote.skipped']}.")
+    else:
+        def mbps(key, nbytes):
+            if err(key):
+                return "ERR"
+            t = num(key)
+            return nbytes / t / 1e6 if t and nbytes else None
+
+        def cpu(key, which):
+            """CPU seconds of the daemon (which=0) or of garage (1) during the step under key."""
+            v = R.get(f"{key}.cpu", "").split()
+            return int(v[which]) / tck if len(v) == 2 else None
+
+        def cpu_cell(key, which):
+            c, t = cpu(key, which), num(key)
+            if c is None:
+                return None
+            return f"{c:.2f}" + (f" ({100 * c / t:.0f} % of the wall time)" if t else "")
+
+        def verdict(ok):
+            return "–" if ok is None else ("met" if ok else "missed")
+
+        def rat(x, y):
+            return div(x, y) if isinstance(x, float) and isinstance(y, float) else None
+
+        rrows = []  # (measure, unit, local, garage, ratio text, target, verdict)
+        w_l, w_g = mbps("remote.local.write", rn), mbps("remote.garage.write", rn)
+        rw = rat(w_g, w_l)
+        rrows.append((f"sequential write of {human(rn)} of unique data (dd bs=1M conv=fsync) until "
+                      "`dedupfs sync` returns (Garage: packs uploaded, metadata generation published)",
+                      "MB/s", w_l, w_g, rw, "≥ 0.5x local", verdict(None if rw is None else rw >= 0.5)))
+        rrows.append(("↳ until dd returned (its fsync: durable in the local store / journal)", "MB/s",
+                      mbps("remote.local.write.fsync", rn), mbps("remote.garage.write.fsync", rn),
+                      rat(mbps("remote.garage.write.fsync", rn), mbps("remote.local.write.fsync", rn)), "", ""))
+        rrows.append(("↳ CPU time of the dedupfs daemon during the write until sync (utime + stime)", "s",
+                      cpu_cell("remote.local.write", 0), cpu_cell("remote.garage.write", 0),
+                      div(cpu("remote.garage.write", 0), cpu("remote.local.write", 0)), "", ""))
+        rrows.append(("↳ CPU time of the garage server during it (it shares the two cores)", "s",
+                      None, cpu_cell("remote.garage.write", 1), None, "report it", ""))
+
+        def req(key, i):
+            v = R.get(f"{key}.req", "").split()
+            return int(v[i]) if len(v) == 2 else None
+
+        rrows.append(("↳ S3 requests for pack objects during it, PUT / GET (garage's log)", "requests", None,
+                      f"{req('remote.garage.write', 0)} / {req('remote.garage.write', 1)}"
+                      if req("remote.garage.write", 0) is not None else None, None, "", ""))
+        rc_l, rc_g = mbps("remote.local.read_cold", rn), mbps("remote.garage.read_cold", rn)
+        rr = rat(rc_g, rc_l)
+        rrows.append(("cold read of that file (dd bs=1M), fresh mount after drop_caches; Garage: a store "
+                      "made by `dedupfs attach` (nothing downloaded), every byte fetched from the bucket",
+                      "MB/s", rc_l, rc_g, rr, "≥ 0.5x local", verdict(None if rr is None else rr >= 0.5)))
+        rrows.append(("↳ CPU time during it: dedupfs daemon", "s", cpu_cell("remote.local.read_cold", 0),
+                      cpu_cell("remote.garage.read_cold", 0), None, "", ""))
+        rrows.append(("↳ CPU time during it: garage server", "s", None,
+                      cpu_cell("remote.garage.read_cold", 1), None, "", ""))
+        gets = req("remote.garage.read_cold", 1)
+        rrows.append(("↳ GET requests for pack objects during it (garage's log), and per MiB of the file", "requests", None,
+                      f"{gets:,} ({gets / (rn / MiB):.2f} per MiB)" if gets is not None and rn else None,
+                      None, "", ""))
+        rca = mbps("remote.garage.read_cached", rn)
+        rcr = rat(rca, rc_l)
+        rrows.append(("cached read: Garage: the attached store mounted again, drop_caches, every byte "
+                      "from its range cache on the local disk; local: the cold read above (its packs on "
+                      "the same disk)", "MB/s", rc_l, rca, rcr, "same as local (taken as ≥ 0.9x)",
+                      verdict(None if rcr is None else rcr >= 0.9)))
+        gcached = cpu("remote.garage.read_cached", 1)
+        rrows.append(("↳ CPU time during it: dedupfs daemon", "s", None,
+                      cpu_cell("remote.garage.read_cached", 0), None, "", ""))
+        rrows.append(("↳ CPU time of the garage server during it, and its GET requests for pack objects (≈ 0, 0: no network)",
+                      "s", None, (f"{cpu_cell('remote.garage.read_cached', 1)}; "
+                                  f"{req('remote.garage.read_cached', 1)} GET")
+                      if cpu("remote.garage.read_cached", 1) is not None else None, None, "", ""))
+        ra_l, ra_g = mbps("remote.local.read_again", rn), mbps("remote.garage.read_again", rn)
+        rrows.append(("read again at once after the cold read, same mount (page cache, daemon cache)",
+                      "MB/s", ra_l, ra_g, rat(ra_g, ra_l), "", ""))
+        l0, l1 = load("remote.listing.before_second"), load("remote.listing.after_second")
+        up = diff(field(l1, "bytes"), field(l0, "bytes"))
+        pct2 = None if up is None or not r2 else 100 * up / r2
+        objs2 = diff(field(l1, "objects"), field(l0, "objects"))
+        rrows.append((f"a second volume (`init --remote --volume second`, same prefix) storing the same "
+                      f"{human(r2)}, until sync and unmount: bytes it put in the bucket (listing before "
+                      "and after) ÷ the bytes stored", "%", None, pct2, None, "< 1 %",
+                      verdict(None if pct2 is None else pct2 < 1)))
+        if up is not None:
+            rrows.append(("↳ bytes and objects it put in the bucket", "MiB", None,
+                          f"{up / MiB:,.1f} in {objs2:,.0f} objects", None, "", ""))
+        lf = load("remote.listing.first")
+        n_obj = field(lf, "objects")
+        by = (lf or {}).get("by_dir", {})
+        n_packs = (by.get("packs") or [0, 0])[0]
+        per4 = None
+        if n_obj is not None and rn:
+            per4 = n_packs * (4 * GiB / rn) + (n_obj - n_packs)
+        obj_cell = None
+        if n_obj is not None:
+            obj_cell = (f"{n_obj:,.0f} ({', '.join(f'{k} {v[0]:,}' for k, v in sorted(by.items()))}); "
+                        f"≈ {per4:,.0f} for 4 GiB (pack objects scaled)" if per4 is not None else f"{n_obj:,.0f}")
+        rrows.append((f"objects in the bucket for the {human(rn)} data set (after the first volume's "
+                      "unmount, an S3 listing of the prefix)", "objects", None, obj_cell, None,
+                      "a few hundred at most for 4 GiB (taken as ≤ 500)",
+                      verdict(None if per4 is None else per4 <= 500)))
+        if field(lf, "bytes") is not None and rn:
+            rrows.append(("↳ their bytes ÷ the data set's", "x", None, f"{field(lf, 'bytes') / rn:.3f}",
+                          None, "", ""))
+        rrows.append(("`dedupfs attach` of the volume into a fresh store (nothing downloaded): time; "
+                      "the store's size after it", "s", None,
+                      f"{fmt(seconds('remote.attach'), 's')}; {human(num('remote.attach.du'))}"
+                      if "remote.attach" in R else None, None, "", ""))
+        rrows.append(("unmount of the Garage volume after its sync (publishes again if anything changed)",
+                      "s", None, seconds("remote.garage.umount"), None, "", ""))
+
+        out.append(f"**Backing: {a.backing}** (the local volume's store, the Garage volume's local "
+                   "store, the attached store and Garage's data and metadata directories alike). "
+                   f"{R.get('remote.garage_version', 'garage ?')}: one node on 127.0.0.1, sqlite "
+                   "metadata, its defaults written out (no fsync of data or metadata, 1 MiB blocks "
+                   "compressed with zstd level 1); the dedupfs volumes in its bucket with the default "
+                   "pack size, the attached store with "
+                   f"`--cache-disk-gib {R.get('remote.cache_gib', '?')}` (its range cache holds the "
+                   "whole data set). MB/s = 1e6 bytes/s; one run per cell. Local first, then Garage, "
+                   "in the same run.")
+        out.append("")
+        out.append("| measure | unit | local volume | Garage volume | Garage ÷ local | target | |")
+        out.append("|---|---|---:|---:|---:|---|---|")
+        for m, unit, lv, gv, rv, tgt, vd in rrows:
+            kind = {"MB/s": "mbps", "%": "pct2", "x": "x", "s": "s"}.get(unit, "int")
+
+            def cell(v):
+                if v is None:
+                    return "–"
+                if isinstance(v, str):
+                    return v
+                if kind == "mbps":
+                    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+                if kind == "pct2":
+                    return f"{v:.2f}"
+                return fmt(v, kind)
+            rtext = "–" if rv is None else (f"{rv:.2f}" if rv >= 0.01 else f"{rv:.2g}")
+            out.append(f"| {m} | {unit} | {cell(lv)} | {cell(gv)} | {rtext} | {tgt or '–'} | {vd or ''} |")
+        su = load("remote.garage.stats.synced")
+        nu = field((su or {}).get("remote"), "not_uploaded_bytes")
+        if nu:
+            checks.append(f"remote table: after `dedupfs sync` returned, stats shows {nu:,} bytes not uploaded")
+        if req("remote.garage.read_cached", 1):
+            checks.append(f"remote table: {req('remote.garage.read_cached', 1)} GET requests reached garage "
+                          "during the read from the range cache (reads of cached data should not touch the "
+                          f"network; garage CPU {gcached} s)")
+        if err("remote.verify"):
+            checks.append("remote table: the attached store's file differs from the data written")
+        for k in ("local.write", "garage.write", "local.read_cold", "garage.read_cold",
+                  "garage.read_cached", "attach", "second.write", "listing.first",
+                  "listing.before_second", "listing.after_second"):
+            if err(f"remote.{k}"):
+                checks.append(f"remote table: step {k} failed (see notes)")
 
 if checks or notes:
     out.append("")
