@@ -28,8 +28,11 @@ fn available() -> bool {
     garage::garage_available()
 }
 
+/// Environment variables of a process.
+type Env = Vec<(String, String)>;
+
 /// The daemon's and the CLI's environment for `g`.
-fn env_of(g: &Garage) -> Vec<(String, String)> {
+fn env_of(g: &Garage) -> Env {
     vec![
         ("AWS_ACCESS_KEY_ID".into(), g.key_id.clone()),
         ("AWS_SECRET_ACCESS_KEY".into(), g.secret.clone()),
@@ -111,6 +114,29 @@ fn attach(g: &Garage, store: &Path, prefix: &str, extra: &[&str]) -> String {
     ok(dedupfs(&env, &args), "attach")
 }
 
+/// `attach` into `dirs/name`, then a read-only mount of it: another machine's view of what
+/// was published.
+fn attached_ro(g: &Garage, dirs: &Dirs, name: &str, prefix: &str) -> Volume {
+    let store = dirs.path(name);
+    attach(g, &store, prefix, &[]);
+    Volume::mount_existing(&store, &["-o", "ro"], &env_of(g))
+}
+
+/// A test's Garage (skipped when FUSE or garage is missing), its environment and a temp dir
+/// for store directories.
+fn rig(cluster: bool) -> Option<(Garage, Env, Dirs)> {
+    if !available() {
+        return None;
+    }
+    let g = if cluster {
+        Garage::cluster3()
+    } else {
+        Garage::single()
+    };
+    let env = env_of(&g);
+    Some((g, env, Dirs::new()))
+}
+
 fn stats(env: &[(String, String)], store: &Path) -> serde_json::Value {
     let out = ok(
         dedupfs(env, &["stats", store.to_str().unwrap(), "--json"]),
@@ -125,12 +151,9 @@ fn sync(env: &[(String, String)], mnt: &Path) -> Output {
 
 #[test]
 fn a_volume_written_here_is_attached_elsewhere_with_the_same_tree_and_bytes() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     // 1 MiB packs: many packs, so uploads and reads cross pack boundaries.
     init_remote(&g, &a, "team", &["--pack-mib", "1"]);
@@ -177,12 +200,9 @@ fn a_volume_written_here_is_attached_elsewhere_with_the_same_tree_and_bytes() {
 
 #[test]
 fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &[]);
     let va = Volume::mount_existing(&a, &[], &env);
@@ -194,11 +214,10 @@ fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
 
     // Another machine attaches what was synced, while the first still writes.
     fs::write(va.path("after-sync"), b"not published").unwrap();
-    let b = dirs.path("b");
-    attach(&g, &b, "v", &[]);
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let vb = attached_ro(&g, &dirs, "b", "v");
     assert_bytes_eq("f", &read_all(&vb.path("f")), &data);
     assert!(!vb.path("after-sync").exists(), "saw data never synced");
+    let b = vb.store.clone();
     drop(vb);
     // Writable: refused, naming the holder.
     let said = Volume::mount_refused(&b, &[], &env);
@@ -209,12 +228,9 @@ fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
 
 #[test]
 fn evicted_packs_are_read_back_from_the_bucket() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     // The smallest cache: 128 MiB, of which 64 MiB for whole packs.
     init_remote(
@@ -257,12 +273,9 @@ fn evicted_packs_are_read_back_from_the_bucket() {
 
 #[test]
 fn a_dead_object_store_keeps_writes_local_until_it_returns() {
-    if !available() {
+    let Some((mut g, env, dirs)) = rig(false) else {
         return;
-    }
-    let mut g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &["--pack-mib", "1"]);
     let mut va = Volume::mount_existing(&a, &[], &env);
@@ -276,20 +289,15 @@ fn a_dead_object_store_keeps_writes_local_until_it_returns() {
     g.restart();
     ok(sync(&env, &va.mnt), "sync after the store came back");
     va.unmount();
-    let b = dirs.path("b");
-    attach(&g, &b, "v", &[]);
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let vb = attached_ro(&g, &dirs, "b", "v");
     assert_bytes_eq("f attached", &read_all(&vb.path("f")), &data);
 }
 
 #[test]
 fn a_writer_that_lost_the_volume_stops_and_nothing_published_is_lost() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &[]);
     let va = Volume::mount_existing(&a, &[], &env);
@@ -309,9 +317,7 @@ fn a_writer_that_lost_the_volume_stops_and_nothing_published_is_lost() {
     let e = fs::write(va.path("later"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     // What B published is the volume.
-    let c = dirs.path("c");
-    attach(&g, &c, "v", &[]);
-    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    let vc = attached_ro(&g, &dirs, "c", "v");
     assert_eq!(fs::read(vc.path("from-b")).unwrap(), b"b's data");
     assert_eq!(fs::read(vc.path("base")).unwrap(), b"base");
     assert!(!vc.path("from-a").exists());
@@ -319,12 +325,9 @@ fn a_writer_that_lost_the_volume_stops_and_nothing_published_is_lost() {
 
 #[test]
 fn bad_remote_input_gets_one_clear_line_and_leaves_nothing() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &[]);
     // The same volume again.
@@ -384,12 +387,9 @@ fn bad_remote_input_gets_one_clear_line_and_leaves_nothing() {
 
 #[test]
 fn a_damaged_generation_is_skipped_for_the_previous_one() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &[]);
     let va = Volume::mount_existing(&a, &[], &env);
@@ -423,12 +423,9 @@ fn a_damaged_generation_is_skipped_for_the_previous_one() {
 
 #[test]
 fn fsck_checks_the_bucket_and_names_the_files_of_a_lost_pack() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &["--pack-mib", "1", "--compression", "none"]);
     let mut va = Volume::mount_existing(&a, &[], &env);
@@ -471,9 +468,7 @@ fn fsck_checks_the_bucket_and_names_the_files_of_a_lost_pack() {
     assert!(said.contains("(file /f"), "no file named: {said}");
     // Reads of the lost or damaged data fail; they never return other bytes. (A fresh cache:
     // b's holds the ranges the first fsck fetched and verified.)
-    let d = dirs.path("d");
-    attach(&g, &d, "v", &[]);
-    let vb = Volume::mount_existing(&d, &["-o", "ro"], &env);
+    let vb = attached_ro(&g, &dirs, "d", "v");
     let mut failed = 0;
     for i in 0..3u64 {
         match fs::read(vb.path(&format!("f{i}"))) {
@@ -489,12 +484,9 @@ fn fsck_checks_the_bucket_and_names_the_files_of_a_lost_pack() {
 
 #[test]
 fn a_daemon_killed_while_uploading_publishes_everything_at_the_next_mount() {
-    if !available() {
+    let Some((g, env, dirs)) = rig(false) else {
         return;
-    }
-    let g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &["--pack-mib", "1"]);
     let mut va = Volume::mount_existing(&a, &[], &env);
@@ -512,20 +504,15 @@ fn a_daemon_killed_while_uploading_publishes_everything_at_the_next_mount() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     assert_bytes_eq("f after kill -9", &read_all(&va.path("f")), &data);
     va.unmount();
-    let b = dirs.path("b");
-    attach(&g, &b, "v", &[]);
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let vb = attached_ro(&g, &dirs, "b", "v");
     assert_bytes_eq("f attached", &read_all(&vb.path("f")), &data);
 }
 
 #[test]
 fn with_the_store_down_writes_stop_at_the_cache_limit_and_uncached_reads_fail_fast() {
-    if !available() {
+    let Some((mut g, env, dirs)) = rig(false) else {
         return;
-    }
-    let mut g = Garage::single();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(
         &g,
@@ -592,9 +579,7 @@ fn with_the_store_down_writes_stop_at_the_cache_limit_and_uncached_reads_fail_fa
     fs::write(va.path("after"), b"after").unwrap();
     ok(sync(&env, &va.mnt), "sync");
     va.unmount();
-    let c = dirs.path("c");
-    attach(&g, &c, "v", &[]);
-    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    let vc = attached_ro(&g, &dirs, "c", "v");
     assert_bytes_eq("old", &read_all(&vc.path("old")), &old);
     assert_eq!(fs::read(vc.path("after")).unwrap(), b"after");
     assert!(fs::metadata(vc.path("big")).unwrap().len() >= written);
@@ -602,12 +587,9 @@ fn with_the_store_down_writes_stop_at_the_cache_limit_and_uncached_reads_fail_fa
 
 #[test]
 fn a_three_node_cluster_losing_a_node_keeps_the_volume_working() {
-    if !available() {
+    let Some((mut g, env, dirs)) = rig(true) else {
         return;
-    }
-    let mut g = Garage::cluster3();
-    let env = env_of(&g);
-    let dirs = Dirs::new();
+    };
     let a = dirs.path("a");
     init_remote(&g, &a, "v", &["--pack-mib", "1"]);
     let va = Volume::mount_existing(&a, &[], &env);
@@ -619,9 +601,7 @@ fn a_three_node_cluster_losing_a_node_keeps_the_volume_working() {
     fs::write(va.path("two"), &two).unwrap();
     ok(sync(&env, &va.mnt), "sync with a node down");
     g.restart_node(2);
-    let b = dirs.path("b");
-    attach(&g, &b, "v", &[]);
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let vb = attached_ro(&g, &dirs, "b", "v");
     assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
     assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
 }

@@ -159,25 +159,25 @@ impl RemotePacks {
 
     /// The bucket's client, made once (no request is made here).
     pub fn client(&self) -> Result<Arc<RemoteStore>> {
-        let c = self.client.get_or_init(|| {
-            self.config
-                .client()
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
-        });
-        c.clone().map_err(|e| {
-            FsError::Refused(format!(
-                "cannot use the object store of this volume ({}): {e}",
-                self.config.url
-            ))
-        })
+        self.lazy_client(&self.client, |_| {})
     }
 
     fn read_client(&self) -> Result<Arc<RemoteStore>> {
-        let c = self.read_client.get_or_init(|| {
-            let mut cfg = self.config.client_config().map_err(|e| e.to_string())?;
+        self.lazy_client(&self.read_client, |cfg| {
             cfg.max_retries = READ_RETRIES;
             cfg.retry_timeout = READ_RETRY_TIME;
+        })
+    }
+
+    /// The client in `cell`, made on first use with the volume's settings changed by `tweak`.
+    fn lazy_client(
+        &self,
+        cell: &OnceLock<std::result::Result<Arc<RemoteStore>, String>>,
+        tweak: impl FnOnce(&mut crate::store::remote::RemoteConfig),
+    ) -> Result<Arc<RemoteStore>> {
+        let c = cell.get_or_init(|| {
+            let mut cfg = self.config.client_config().map_err(|e| e.to_string())?;
+            tweak(&mut cfg);
             RemoteStore::new(&cfg)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())

@@ -408,12 +408,7 @@ impl PackStore {
 
     /// Bytes of packs the source does not have yet (written since the last sync included).
     pub fn backlog_bytes(&self) -> Result<u64> {
-        let mut ends: HashMap<u64, u64> = self
-            .dirty
-            .lock()
-            .iter()
-            .map(|(id, d)| (*id, d.end))
-            .collect();
+        let mut ends = self.unsynced_ends();
         for (id, row) in self.index.packs()? {
             if row.state != PackState::Retired {
                 let e = ends.entry(id).or_insert(0);
@@ -425,6 +420,15 @@ impl PackStore {
             .filter(|(id, _)| !self.is_remote(*id))
             .map(|(_, len)| len)
             .sum())
+    }
+
+    /// Packs written since the last sync, and where their complete records end.
+    fn unsynced_ends(&self) -> HashMap<u64, u64> {
+        self.dirty
+            .lock()
+            .iter()
+            .map(|(id, d)| (*id, d.end))
+            .collect()
     }
 
     /// Whether the local file of pack `pack` is present.
@@ -1101,12 +1105,7 @@ impl ChunkStore for PackStore {
             ..StoreUsage::default()
         };
         // Packs written since the last sync are longer than the index says, or not in it yet.
-        let mut unsynced: HashMap<u64, u64> = self
-            .dirty
-            .lock()
-            .iter()
-            .map(|(id, d)| (*id, d.end))
-            .collect();
+        let mut unsynced = self.unsynced_ends();
         for (id, row) in self.index.packs()? {
             let len = unsynced.remove(&id).unwrap_or(row.len).max(row.len);
             if row.state == PackState::Retired {
