@@ -29,7 +29,7 @@ use std::sync::Arc;
 /// Block size: a random 4 KiB read costs one 1 MiB GET, a sequential read streams 4 MiB GETs.
 pub const BLOCK: u64 = 1 << 20;
 /// Extra blocks fetched by a sequential miss.
-const AHEAD: u64 = 3;
+const AHEAD: u64 = 15;
 
 struct State {
     /// (pack, block) -> bytes on disk, least recently used first out.
