@@ -605,3 +605,27 @@ fn a_three_node_cluster_losing_a_node_keeps_the_volume_working() {
     assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
     assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
 }
+
+#[test]
+fn a_lost_pack_index_is_rebuilt_from_the_packs_in_the_bucket() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "v", &["--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let data = random_bytes(61, 5 << 20);
+    fs::write(va.path("f"), &data).unwrap();
+    va.unmount();
+    // A cache with no pack file of its own loses its index.
+    let b = dirs.path("b");
+    attach(&g, &b, "v", &[]);
+    fs::write(b.join("index.redb"), b"not a database").unwrap();
+    let said = ok(
+        dedupfs(&env, &["fsck", "--repair", b.to_str().unwrap()]),
+        "fsck --repair",
+    );
+    assert!(said.contains("consistent"), "{said}");
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq("f after the rebuild", &read_all(&vb.path("f")), &data);
+}

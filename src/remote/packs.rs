@@ -223,6 +223,18 @@ impl PackSource for RemotePacks {
         self.cache.read(pack, p.len, range, &fetch)
     }
 
+    fn packs(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .table
+            .packs
+            .read()
+            .values()
+            .map(|p| (p.id, p.len))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     fn check(&self, verify: bool) -> Result<Vec<(u64, String)>> {
         let client = self.client()?;
         let prefix = format!("packs/{}", self.config.volume_id);

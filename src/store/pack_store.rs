@@ -106,6 +106,10 @@ pub trait PackSource: Send + Sync {
     fn wait_for_room(&self) -> bool {
         false
     }
+    /// Every pack kept there: (id, length).
+    fn packs(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
     /// fsck: the packs the source should have and has not, or has damaged (with `verify`,
     /// which reads them all): (pack, what is wrong).
     fn check(&self, verify: bool) -> Result<Vec<(u64, String)>> {
@@ -246,7 +250,12 @@ impl PackStore {
             let unfinished = idx.meta_u64("rebuilding")? == Some(1);
             (idx, unfinished)
         } else {
-            (PackIndex::create(&index_path)?, !files.is_empty())
+            // Packs to rebuild it from: local files, or those only the source keeps.
+            let remote_packs = source.as_ref().is_some_and(|s| !s.packs().is_empty());
+            (
+                PackIndex::create(&index_path)?,
+                !files.is_empty() || remote_packs,
+            )
         };
         let loose_dir = store_dir.join("chunks");
         let loose = if loose_dir.is_dir() {
@@ -815,9 +824,35 @@ impl PackStore {
         self.index.clear()?;
         let mut report = RebuildReport::default();
         let mut max_id = 0;
-        for (id, path) in list_pack_files(&self.dir)? {
+        // Local files, then the packs only the source has (evicted ones of a remote volume),
+        // read whole from there.
+        let mut all: Vec<(u64, PathBuf, Option<u64>)> = list_pack_files(&self.dir)?
+            .into_iter()
+            .map(|(id, p)| (id, p, None))
+            .collect();
+        if let Some(source) = &self.source {
+            for (id, len) in source.packs() {
+                if !all.iter().any(|(l, _, _)| *l == id) {
+                    all.push((id, self.pack_path(id), Some(len)));
+                }
+            }
+        }
+        for (id, path, remote_len) in all {
             max_id = max_id.max(id);
-            let data = fs::read(&path)?;
+            let data = match remote_len {
+                None => fs::read(&path)?,
+                Some(len) => match self.source.as_ref().map(|s| s.read(id, 0..len)) {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        report.damaged.push(format!(
+                            "pack {} in the bucket cannot be read ({e}); skipped",
+                            pack_file_name(id)
+                        ));
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
             match decode_pack_header(&data) {
                 Ok(hid) if hid == id => {}
                 Ok(hid) => {
