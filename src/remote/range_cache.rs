@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Block size: a random 4 KiB read costs one 1 MiB GET, a sequential read streams 4 MiB GETs.
+/// Block size: a random 4 KiB read costs one 1 MiB GET; a sequential read streams 16 MiB GETs.
 pub const BLOCK: u64 = 1 << 20;
 /// Extra blocks fetched by a sequential miss.
 const AHEAD: u64 = 15;
