@@ -21,15 +21,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 fn config(g: &Garage) -> RemoteConfig {
-    RemoteConfig {
-        endpoint: Some(g.endpoint.clone()),
-        region: g.region.clone(),
-        ..RemoteConfig::new(&g.bucket, &g.key_id, &g.secret)
-    }
+    g.client_config()
 }
 
 fn open(g: &Garage) -> RemoteStore {
-    RemoteStore::open(&config(g)).unwrap_or_else(|e| panic!("open: {e}\nlog:\n{}", g.log(0)))
+    g.client()
 }
 
 /// A holder on a made-up host, with a fresh session.

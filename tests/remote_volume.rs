@@ -15,7 +15,7 @@ mod common;
 use common::garage::{self, Garage};
 use common::tree;
 use common::{BIN, Volume, assert_bytes_eq, fuse_available, random_bytes, read_all};
-use dedupfs::store::remote::{RemoteConfig, RemoteStore};
+use dedupfs::store::remote::RemoteStore;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -72,9 +72,7 @@ fn fails(o: Output, what: &str) -> String {
 }
 
 fn client(g: &Garage, prefix: &str) -> RemoteStore {
-    let mut c = RemoteConfig::new(&g.bucket, &g.key_id, &g.secret);
-    c.endpoint = Some(g.endpoint.clone());
-    c.region = g.region.clone();
+    let mut c = g.client_config();
     c.prefix = prefix.to_string();
     RemoteStore::open(&c).expect("open bucket")
 }

@@ -201,6 +201,21 @@ impl Garage {
     }
 
     /// The S3 endpoint of node `i`.
+    /// Client settings for the bucket through node 0.
+    pub fn client_config(&self) -> dedupfs::store::remote::RemoteConfig {
+        dedupfs::store::remote::RemoteConfig {
+            endpoint: Some(self.endpoint.clone()),
+            region: self.region.clone(),
+            ..dedupfs::store::remote::RemoteConfig::new(&self.bucket, &self.key_id, &self.secret)
+        }
+    }
+
+    /// A client of the bucket through node 0 (checked: it answers).
+    pub fn client(&self) -> dedupfs::store::remote::RemoteStore {
+        dedupfs::store::remote::RemoteStore::open(&self.client_config())
+            .unwrap_or_else(|e| panic!("open: {e}\nlog:\n{}", self.log(0)))
+    }
+
     pub fn endpoint_of(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.nodes[i].s3_port)
     }

@@ -159,30 +159,8 @@ impl Volume {
     /// test mounted), mounted read-write at a mountpoint in a temp dir. The daemon log stays in
     /// the temp dir, so it never competes with the store for space.
     pub fn with_store_at(store: &Path, init_args: &[&str]) -> Volume {
-        let tmp = tempfile::Builder::new()
-            .prefix("dedupfs-test-")
-            .tempdir()
-            .expect("create temp dir");
-        let root = tmp.path().canonicalize().expect("canonicalize temp dir");
-        let mnt = root.join("mnt");
-        let log = root.join("daemon.log");
-        fs::create_dir(&mnt).expect("create mountpoint");
         run(Command::new(BIN).arg("init").arg(store).args(init_args));
-        let child = spawn_mount(store, &mnt, &[], &log);
-        let watchdog = Watchdog::start(child.id(), mnt.clone());
-        let mut vol = Volume {
-            store: store.to_path_buf(),
-            mnt,
-            child,
-            mount_args: Vec::new(),
-            env: Vec::new(),
-            log,
-            mounted: true,
-            watchdog,
-            _tmp: tmp,
-        };
-        vol.wait_until_mounted();
-        vol
+        Volume::mount_existing(store, &[], &[])
     }
 
     /// An existing store (made by the caller: `init --remote`, `attach`), mounted with
