@@ -209,6 +209,13 @@ fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
     ok(sync(&env, &va.mnt), "dedupfs sync");
     let s = stats(&env, &a);
     assert_eq!(s["remote"]["not_uploaded_bytes"], 0, "{s}");
+    // Nothing written since: no new generation.
+    ok(sync(&env, &va.mnt), "dedupfs sync again");
+    assert_eq!(
+        stats(&env, &a)["remote"]["generation"],
+        s["remote"]["generation"],
+        "an unchanged volume published again"
+    );
 
     // Another machine attaches what was synced, while the first still writes.
     fs::write(va.path("after-sync"), b"not published").unwrap();
@@ -319,6 +326,15 @@ fn a_writer_that_lost_the_volume_stops_and_nothing_published_is_lost() {
     assert_eq!(fs::read(vc.path("from-b")).unwrap(), b"b's data");
     assert_eq!(fs::read(vc.path("base")).unwrap(), b"base");
     assert!(!vc.path("from-a").exists());
+    // Once B is gone, A (whose base is behind the head) may not take writes it could never
+    // publish: its writable mount is refused even with the lease free.
+    drop(vc);
+    let mut va = va;
+    let mut vb = vb;
+    vb.unmount();
+    va.unmount();
+    let said = Volume::mount_refused(&a, &[], &env);
+    assert!(said.contains("not the generation"), "{said}");
 }
 
 #[test]
@@ -417,6 +433,18 @@ fn a_damaged_generation_is_skipped_for_the_previous_one() {
     let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
     assert_eq!(fs::read(vb.path("one")).unwrap(), b"1");
     assert!(!vb.path("two").exists());
+    // The store that skipped the damaged head can write the volume on once A is gone (killed,
+    // so it publishes nothing more; its lease forced away): its generation goes above the
+    // damaged one, and another attach gets it.
+    drop(vb);
+    let mut va = va;
+    va.kill9();
+    c.delete("volumes/default/lease").unwrap();
+    let vb = Volume::mount_existing(&b, &[], &env);
+    fs::write(vb.path("three"), b"3").unwrap();
+    ok(sync(&env, &vb.mnt), "sync above a damaged head");
+    let vc = attached_ro(&g, &dirs, "c", "v");
+    assert_eq!(fs::read(vc.path("three")).unwrap(), b"3");
 }
 
 #[test]

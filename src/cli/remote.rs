@@ -168,6 +168,21 @@ impl RemoteDaemon {
             fs: OnceLock::new(),
         });
         keeper.keep(acquired.lease);
+        // A store whose base is not the volume's head (another machine published since, or
+        // this store was fenced) must not take writes it can never publish.
+        let state = crate::remote::sync::PublishState::load(dir)?;
+        if let Err(why) =
+            crate::remote::sync::check_head(&keeper.client, remote.keys(), &state, config.writer)?
+        {
+            keeper.finish(true);
+            anyhow::bail!(
+                "cannot mount volume {} of {} for writing: {why}. `-o ro` mounts this store's \
+                 copy read-only; `dedupfs attach` into a new directory gives the volume as \
+                 published",
+                config.volume,
+                config.url
+            );
+        }
         let weak = Arc::downgrade(&keeper);
         vol.set_retaker(Box::new(move || {
             if let Some(k) = weak.upgrade() {
@@ -189,14 +204,17 @@ impl RemoteDaemon {
         let _ = self.keeper.fs.set(Arc::downgrade(fs));
         let (vol, stop, weak) = (self.vol.clone(), self.stop.clone(), Arc::downgrade(fs));
         let keeper = self.keeper.clone();
+        let step_fs = Arc::downgrade(fs);
         let every = Duration::from_secs(vol.remote().config().publish_secs);
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Woken at once by a writer waiting for room (at most every 100 ms, so that
                 // `stop` is seen).
                 let until = Instant::now() + STEP;
+                let mut writer_waits = false;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                     if vol.wait_for_work(Duration::from_millis(100)) {
+                        writer_waits = true;
                         break;
                     }
                 }
@@ -204,7 +222,12 @@ impl RemoteDaemon {
                     break;
                 }
                 keeper.retake();
-                vol.step();
+                if vol.step(writer_waits) > 0
+                    && let Some(fs) = step_fs.upgrade()
+                {
+                    // Cached slices of evicted packs would keep their space allocated.
+                    fs.drop_mapped_chunks();
+                }
             }
         }));
         // Publications on their own thread: one waits for the state lock, which a writer
@@ -229,9 +252,8 @@ impl RemoteDaemon {
         }));
     }
 
-    /// At unmount: stops the background thread, publishes everything (the volume's state in
-    /// the bucket is then this mount's last one) and releases the lease.
-    pub fn finish(mut self, fs: &Fs) -> Result<()> {
+    /// Stops the background threads (once).
+    fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in [self.thread.take(), self.publisher.take()]
             .into_iter()
@@ -239,6 +261,12 @@ impl RemoteDaemon {
         {
             let _ = t.join();
         }
+    }
+
+    /// At unmount: stops the background thread, publishes everything (the volume's state in
+    /// the bucket is then this mount's last one) and releases the lease.
+    pub fn finish(mut self, fs: &Fs) -> Result<()> {
+        self.stop_threads();
         self.keeper.retake();
         let published = if self.vol.fenced().is_some() {
             Ok(())
@@ -250,5 +278,14 @@ impl RemoteDaemon {
         // takes it again at once (same session) and publishes what this one could not.
         self.keeper.finish(published.is_ok());
         published.context("the final upload to the object store failed: the data is safe in the local store and goes up at the next mount")
+    }
+}
+
+impl Drop for RemoteDaemon {
+    /// A mount that ended without `finish` (a failed final sync, a failed mount): the threads
+    /// stop before the store is unlocked; the lease is left to expire (nothing was published).
+    fn drop(&mut self) {
+        self.stop_threads();
+        self.keeper.finish(false);
     }
 }

@@ -208,6 +208,12 @@ impl Fs {
         out
     }
 
+    /// Drops the chunk cache's mappings of pack files (a remote volume evicted packs: their
+    /// space comes back once nothing maps them).
+    pub fn drop_mapped_chunks(&self) {
+        self.cache.drop_mapped();
+    }
+
     /// One bounded step of background compaction (the flusher calls it between durable
     /// points). Runs without the state lock: compaction only moves chunks between packs.
     pub fn compact_step(&self) -> Result<u64> {

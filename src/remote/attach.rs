@@ -97,6 +97,7 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
     PublishState {
         generation: 1,
         writer: config.writer,
+        skipped: Vec::new(),
         published_unix: now_unix(),
     }
     .save(dir)?;
@@ -164,6 +165,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
     config.volume_id = info.volume_id;
     let keys = config.keys();
     let mut skipped = Vec::new();
+    let mut skipped_keys = Vec::new();
     let mut found = None;
     for (g, w, key) in list_generations(&client, &keys)? {
         match client
@@ -175,8 +177,14 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
                 found = Some(found_gen);
                 break;
             }
-            Ok(_) => skipped.push(format!("{key}: its header names another generation")),
-            Err(e) => skipped.push(format!("{key}: {e}")),
+            Ok(_) => {
+                skipped.push(format!("{key}: its header names another generation"));
+                skipped_keys.push(key);
+            }
+            Err(e) => {
+                skipped.push(format!("{key}: {e}"));
+                skipped_keys.push(key);
+            }
         }
     }
     let found_gen = found.ok_or_else(|| {
@@ -217,6 +225,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
     PublishState {
         generation: found_gen.header.generation,
         writer: found_gen.header.writer,
+        skipped: skipped_keys,
         published_unix,
     }
     .save(dir)?;

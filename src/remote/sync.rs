@@ -38,6 +38,10 @@ pub struct PublishState {
     pub generation: u64,
     /// Its writer: this store's, or the one of the generation attached.
     pub writer: u64,
+    /// Keys of generations above it that `attach` found damaged and skipped: not the head
+    /// (and the next generation is numbered above them).
+    #[serde(default)]
+    pub skipped: Vec<String>,
     pub published_unix: u64,
 }
 
@@ -89,6 +93,10 @@ pub struct PublishReport {
     pub elapsed_ms: u64,
 }
 
+fn is_remote_error(e: &FsError) -> bool {
+    matches!(e, FsError::Remote(_))
+}
+
 /// Hash (first 16 bytes of blake3) of pack bytes: names the object.
 pub fn pack_hash(bytes: &[u8]) -> [u8; 16] {
     let h = blake3::hash(bytes);
@@ -108,6 +116,46 @@ pub fn list_generations(client: &RemoteStore, keys: &Keys) -> Result<Vec<(u64, u
     // and writer decides the same way.
     gens.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     Ok(gens)
+}
+
+/// Fencing: whether this store may publish on top of the volume's head. The head (the newest
+/// generation, lowest writer id among equals, damaged ones `attach` skipped left out: what
+/// every reader takes) must be the generation the store built on, or one of its own above it
+/// (published, then a crash before the state file was written). `Ok(Ok((base, next)))`: the
+/// generation built on and the number to publish; `Ok(Err(why))`: another writer published.
+pub fn check_head(
+    client: &RemoteStore,
+    keys: &Keys,
+    state: &PublishState,
+    me: u64,
+) -> Result<std::result::Result<(u64, u64), String>> {
+    let gens = list_generations(client, keys)?;
+    let own = gens
+        .iter()
+        .filter(|(_, w, _)| *w == me)
+        .map(|(g, _, _)| *g)
+        .max()
+        .unwrap_or(0);
+    let (base, base_writer) = if own > state.generation {
+        (own, me)
+    } else {
+        (state.generation, state.writer)
+    };
+    let skipped_max = gens
+        .iter()
+        .filter(|(_, _, k)| state.skipped.contains(k))
+        .map(|(g, _, _)| *g)
+        .max()
+        .unwrap_or(0);
+    match gens.iter().find(|(_, _, k)| !state.skipped.contains(k)) {
+        Some((g, w, _)) if (*g, *w) != (base, base_writer) => Ok(Err(format!(
+            "another writer ({w:016x}) published generation {g} of this volume, which is not \
+             the generation {base} this store built on: two machines wrote the volume (the \
+             lease was lost or forced); this store's changes since are kept locally but not \
+             published"
+        ))),
+        _ => Ok(Ok((base, base.max(skipped_max) + 1))),
+    }
 }
 
 /// Builds and uploads generation `header` from metadata and index files.
@@ -145,6 +193,9 @@ pub struct RemoteVolume {
     publishing: Mutex<PublishState>,
     /// Durable epoch of the filesystem at the last publication (nothing new: no generation).
     published_epoch: Mutex<Option<u64>>,
+    /// (generation, unix time) of the last publication, for `status` (which must not wait
+    /// for a publication in progress: the uploader calls it).
+    published: Mutex<(u64, u64)>,
     fenced: Mutex<Option<String>>,
     /// The lease could not be renewed (the object store unreachable): nothing is published
     /// until it is taken again.
@@ -168,10 +219,12 @@ fn now_ns() -> u64 {
 
 impl RemoteVolume {
     pub fn new(dir: &Path, packs: Arc<PackStore>, remote: Arc<RemotePacks>) -> Result<Self> {
+        let state = PublishState::load(dir)?;
         Ok(RemoteVolume {
             dir: dir.to_path_buf(),
             packs,
-            publishing: Mutex::new(PublishState::load(dir)?),
+            published: Mutex::new((state.generation, state.published_unix)),
+            publishing: Mutex::new(state),
             remote,
             uploading: Mutex::new(()),
             published_epoch: Mutex::new(None),
@@ -256,14 +309,19 @@ impl RemoteVolume {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&(id, len)) = todo.get(i) else { break };
-                        if first_err.lock().is_some() {
+                        if first_err.lock().as_ref().is_some_and(is_remote_error) {
                             break;
                         }
                         match self.upload_one(&client, id, len) {
                             Ok(n) => {
                                 done.fetch_add(n, Ordering::Relaxed);
                             }
+                            // A pack that cannot be read locally does not hold up the others
+                            // (fsck names it); the object store failing stops the pass.
                             Err(e) => {
+                                if !is_remote_error(&e) {
+                                    tracing::error!(pack = id, "cannot upload: {e}");
+                                }
                                 first_err.lock().get_or_insert(e);
                             }
                         }
@@ -314,11 +372,7 @@ impl RemoteVolume {
             last_error: self.last_error.lock().clone(),
             ..RemoteStatus::default()
         };
-        {
-            let p = self.publishing.lock();
-            s.generation = p.generation;
-            s.published_unix = p.published_unix;
-        }
+        (s.generation, s.published_unix) = *self.published.lock();
         let open = self.packs.index().packs()?;
         for (id, r) in open {
             if r.state == PackState::Retired {
@@ -365,7 +419,13 @@ impl RemoteVolume {
     }
 
     /// One background step: upload what is sealed, evict past the budget, refresh the status.
-    pub fn step(&self) {
+    /// `writer_waits`: a writer waits for room, so the packs open for appends are sealed
+    /// too (they count against the budget and only sealed packs are uploaded). Returns the
+    /// bytes evicted (whose mappings the caller's chunk cache should drop).
+    pub fn step(&self, writer_waits: bool) -> u64 {
+        if writer_waits {
+            self.packs.seal_open_packs();
+        }
         // Seals recorded in the index (a sync of the packs alone, which any writer may make):
         // a full pack is uploaded at once, not at the next durable point.
         let r = self
@@ -373,6 +433,7 @@ impl RemoteVolume {
             .sync()
             .and_then(|()| self.upload_pending())
             .and_then(|_| self.evict());
+        let evicted = *r.as_ref().unwrap_or(&0);
         self.remote
             .uploads_failing
             .store(r.is_err(), Ordering::Relaxed);
@@ -389,6 +450,7 @@ impl RemoteVolume {
             }
         }
         self.write_status();
+        evicted
     }
 
     /// Makes everything written so far part of a new generation in the bucket: packs first,
@@ -417,8 +479,8 @@ impl RemoteVolume {
         // Everything so far into sealed, durable packs.
         self.packs.seal_open_packs();
         fs.sync_fs()?;
-        let epoch = fs.durable_epoch();
-        if *self.published_epoch.lock() == Some(epoch) && self.to_upload()?.is_empty() {
+        if *self.published_epoch.lock() == Some(fs.durable_epoch()) && self.to_upload()?.is_empty()
+        {
             return Ok(PublishReport {
                 generation: state.generation,
                 unchanged: true,
@@ -427,10 +489,13 @@ impl RemoteVolume {
         }
         // The snapshot files present at the durable point hold their chunks in that index;
         // opened there, so a delete afterwards cannot take their bytes away.
-        let (meta_tx, (index_tx, snapshot_files)) = fs.durable_snapshot_with(|| {
+        let (meta_tx, (index_tx, snapshot_files, epoch)) = fs.durable_snapshot_with(|| {
             Ok((
                 self.packs.index().begin_read()?,
                 open_snapshot_files(&self.dir)?,
+                // The epoch of this durable point: unchanged at the next publication if
+                // nothing was written meanwhile.
+                fs.durable_epoch(),
             ))
         })?;
         // Packs a writer opened since the seal above hold records the snapshot may name:
@@ -466,38 +531,16 @@ impl RemoteVolume {
             }
             // Fencing: nobody else may have published since the generation we build on.
             let keys = self.remote.keys();
-            let gens = list_generations(&client, keys)?;
             let me = self.remote.config().writer;
-            // Our own generations above the state: published, then the state file was not
-            // written (a crash in between). The next number goes above them.
-            let own = gens
-                .iter()
-                .filter(|(_, w, _)| *w == me)
-                .map(|(g, _, _)| *g)
-                .max()
-                .unwrap_or(0);
-            let (base, base_writer) = if own > state.generation {
-                (own, me)
-            } else {
-                (state.generation, state.writer)
+            let (base, next) = match check_head(&client, keys, &state, me)? {
+                Ok(b) => b,
+                Err(why) => {
+                    self.fence(fs, why.clone());
+                    return Err(FsError::Refused(why));
+                }
             };
-            // The volume's head (the newest generation, lowest writer id among equals: what
-            // every reader takes) must be the one this store built on; otherwise another
-            // writer published meanwhile, or won a tie with it.
-            if let Some((g, w, _)) = gens.first()
-                && (*g, *w) != (base, base_writer)
-            {
-                let why = format!(
-                    "another writer ({w:016x}) published generation {g} of this volume, which \
-                     is not the generation {base} this store built on: two machines wrote the \
-                     volume (the lease was lost or forced); this store's changes since are \
-                     kept locally but not published"
-                );
-                self.fence(fs, why.clone());
-                return Err(FsError::Refused(why));
-            }
             let header = Header {
-                generation: base + 1,
+                generation: next,
                 writer: me,
                 parent: base,
                 created_ns: now_ns(),
@@ -515,7 +558,7 @@ impl RemoteVolume {
             // wins, for every reader; the loser stops. (A tie this listing misses is caught by
             // the head check of the next publication.)
             let gens = list_generations(&client, keys)?;
-            if let Some((g, w, _)) = gens.first()
+            if let Some((g, w, _)) = gens.iter().find(|(_, _, k)| !state.skipped.contains(k))
                 && (*g, *w) != (header.generation, me)
             {
                 let why = format!(
@@ -542,6 +585,7 @@ impl RemoteVolume {
         state.generation = report.generation;
         state.writer = self.remote.config().writer;
         state.published_unix = now_unix();
+        *self.published.lock() = (state.generation, state.published_unix);
         state.save(&self.dir)?;
         *self.published_epoch.lock() = Some(epoch);
         report.elapsed_ms = started.elapsed().as_millis() as u64;
