@@ -128,6 +128,12 @@ pub fn init(
     write_marker(dir)
 }
 
+/// Removes the store marker (durably): `dir` is no store until [`write_marker`] again.
+pub fn unmark(dir: &Path) -> io::Result<()> {
+    fs::remove_file(dir.join(MARKER))?;
+    File::open(dir)?.sync_all()
+}
+
 /// Writes the store marker, durably. Written last: a store without it was never finished.
 pub fn write_marker(dir: &Path) -> Result<(), VolumeError> {
     fs::write(

@@ -337,7 +337,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pack_mib.saturating_mul(1 << 20),
             )?;
             if let Some(r) = &remote {
-                if let Err(e) = crate::remote::attach::init_remote(&store, r) {
+                // Not a store until the volume exists in the bucket and remote.json says so:
+                // a crash in between must not leave a store that opens as a local volume.
+                let made = volume::unmark(&store)
+                    .map_err(crate::error::FsError::from)
+                    .and_then(|()| crate::remote::attach::init_remote(&store, r))
+                    .and_then(|_| {
+                        volume::write_marker(&store).map_err(|e| {
+                            crate::error::FsError::Io(std::io::Error::other(e.to_string()))
+                        })
+                    });
+                if let Err(e) = made {
                     undo_init(&store, existed);
                     return Err(e)
                         .context("the remote volume was not created (nothing was kept locally)");
