@@ -322,12 +322,6 @@ impl Fs {
         });
         let result = prepared.and_then(|p| {
             self.group(st, |st, tx| {
-                // Gone from the metadata (deleted, or its creation dropped with a group whose
-                // commit failed): its data goes too, as in a crash; the inode is never created
-                // again by a write-back.
-                if tx.inode(ino)?.is_none() {
-                    return Err(FsError::Stale);
-                }
                 for r in &p.regions {
                     let old = tx.extents(ino, r.start, r.end)?;
                     tx.replace_extents(ino, &old, &r.new)?;

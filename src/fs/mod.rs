@@ -310,8 +310,6 @@ pub struct Fs {
     snaps: snapshots::Snapshots,
     /// Every change refused from now on (`Fs::fence`).
     fenced: std::sync::atomic::AtomicBool,
-    /// Above every inode number handed out since the volume was opened (`alloc_ino_from`).
-    ino_floor: AtomicU64,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -391,7 +389,6 @@ impl Fs {
             page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
             snaps,
             fenced: std::sync::atomic::AtomicBool::new(false),
-            ino_floor: AtomicU64::new(0),
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -714,9 +711,7 @@ impl Fs {
         if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
-        let ino = tx.alloc_ino_from(self.ino_floor.load(std::sync::atomic::Ordering::Relaxed))?;
-        self.ino_floor
-            .fetch_max(ino + 1, std::sync::atomic::Ordering::Relaxed);
+        let ino = tx.alloc_ino()?;
         if attr.kind == Kind::Dir {
             attr.nlink = 2;
             attr.parent = parent;

@@ -684,17 +684,9 @@ impl WTx {
     }
 
     pub fn alloc_ino(&mut self) -> Result<Ino> {
-        self.alloc_ino_from(0)
-    }
-
-    /// [`WTx::alloc_ino`], never below `floor`: numbers handed out by operations whose group
-    /// was dropped (a failed commit) are not in the database, but the kernel and open handles
-    /// may still know them, so they are not given out again.
-    pub fn alloc_ino_from(&mut self, floor: Ino) -> Result<Ino> {
         let next = self
             .meta_u64("next_ino")?
-            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?
-            .max(floor);
+            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?;
         // Inode numbers from 2^48 up name inodes inside snapshots (`fs::snapshots`).
         if next >= 1 << 48 {
             return Err(FsError::NoSpace);
