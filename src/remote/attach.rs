@@ -1,6 +1,6 @@
 //! Making remote volumes (`init --remote`) and local caches of existing ones (`attach`).
 
-use super::config::{Keys, VolumeConfig, VolumeInfo, hostname, now_unix};
+use super::config::{VolumeConfig, VolumeInfo, hostname, now_unix};
 use super::generation::{self, Header};
 use super::packs::PackTable;
 use super::sync::{PublishState, list_generations, put_generation};
@@ -143,7 +143,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
         };
     }
     check_volume_name(&config.volume)?;
-    let keys = Keys::clone(&config.keys());
+    let keys = config.keys();
     let info: VolumeInfo = match client.get(&keys.volume_json()) {
         Ok(raw) => serde_json::from_slice(&raw)
             .map_err(|e| FsError::Corrupt(format!("{}: {e}", keys.volume_json())))?,

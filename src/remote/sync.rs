@@ -10,7 +10,7 @@
 //!   the last one this store published or attached, after checking that no other writer
 //!   published above that number (fencing): if one did, this store stops writing.
 
-use super::config::{Keys, parse_gen_name, state_dir, write_durably};
+use super::config::{Keys, now_unix, parse_gen_name, state_dir, write_durably};
 use super::generation::{self, Generation, Header, PackRef};
 use super::packs::RemotePacks;
 use crate::error::{FsError, Result};
@@ -203,12 +203,6 @@ pub struct RemoteVolume {
     /// Takes a lapsed lease again (set by the daemon that keeps the lease).
     retaker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     last_error: Mutex<Option<String>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn now_ns() -> u64 {
