@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod remote;
 pub mod tree;
 pub mod xattr;
 
