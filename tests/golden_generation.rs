@@ -1,21 +1,45 @@
 //! Golden test of a remote volume's formats: the metadata generation object
-//! (`remote::generation`, tests/data/generation-v1.bin), the object keys in the bucket and the
+//! (`remote::generation`, tests/data/generation-v1.bin and generation-v2.bin), the object keys in the bucket and the
 //! local pack table line. A generation written by this version must decode exactly in every
 //! later one (an attach of an older volume), and the keys must not move (a store would no
 //! longer find its packs), so a change fails here and must be made on purpose, with a
 //! migration.
 //!
 //! `cargo test --release --test golden_generation -- --ignored write_golden_file` rewrites the
-//! file (only when the format changes on purpose).
+//! file of the current format (only when it changes on purpose, as a new version's file).
 
-use dedupfs::remote::config::{Keys, VolumeConfig, gen_name, parse_gen_name};
-use dedupfs::remote::generation::{self, Generation, Header, PackRef};
+use dedupfs::remote::config::{
+    Keys, VolumeConfig, foreign_pack_key, gen_name, parse_gen_name, parse_pack_key,
+};
+use dedupfs::remote::generation::{self, Generation, Header, Origin, PackRef};
 use std::path::{Path, PathBuf};
 
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/generation-v1.bin")
 }
 
+fn golden_v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/generation-v2.bin")
+}
+
+/// Format 2: format 1's sample plus a pack of another volume (shared dedup) and a gc
+/// acknowledgement.
+fn sample_v2() -> Generation {
+    let mut g = sample();
+    g.packs.push(PackRef {
+        id: (1 << 62) + 3,
+        len: 1_048_576,
+        hash: [0x5c; 16],
+        origin: Some(Origin {
+            volume: 0x0000_0000_feed_f00d,
+            pack: 0x77,
+        }),
+    });
+    g.gc_ack = 9;
+    g
+}
+
+/// What the format-1 file holds (written by dedupfs of session 7).
 fn sample() -> Generation {
     Generation {
         header: Header {
@@ -28,18 +52,11 @@ fn sample() -> Generation {
         meta: (0..70_000u32).map(|i| (i % 251) as u8).collect(),
         index: b"index bytes".repeat(100),
         packs: vec![
-            PackRef {
-                id: 1,
-                len: 33_554_999,
-                hash: [0xaa; 16],
-            },
-            PackRef {
-                id: 0x1_0000_0002,
-                len: 64,
-                hash: *b"0123456789abcdef",
-            },
+            PackRef::own(1, 33_554_999, [0xaa; 16]),
+            PackRef::own(0x1_0000_0002, 64, *b"0123456789abcdef"),
         ],
         snapshots: vec![("00007.redb".into(), b"snapshot file".to_vec())],
+        gc_ack: 0,
     }
 }
 
@@ -52,7 +69,26 @@ fn keys() -> Keys {
 #[test]
 #[ignore]
 fn write_golden_file() {
-    std::fs::write(golden(), generation::encode(&sample()).unwrap()).unwrap();
+    std::fs::write(golden_v2(), generation::encode(&sample_v2()).unwrap()).unwrap();
+}
+
+#[test]
+fn the_golden_v2_generation_decodes_exactly() {
+    let raw = std::fs::read(golden_v2()).expect("tests/data/generation-v2.bin");
+    assert_eq!(&raw[..8], b"DDFSGEN\0");
+    assert_eq!(u32::from_le_bytes(raw[8..12].try_into().unwrap()), 2);
+    // meta, index, pack table, gc, one snapshot
+    assert_eq!(u32::from_le_bytes(raw[44..48].try_into().unwrap()), 5);
+    let g = generation::decode(&raw).unwrap();
+    let want = sample_v2();
+    assert_eq!(g.header, want.header);
+    assert_eq!(g.meta, want.meta);
+    assert_eq!(g.index, want.index);
+    assert_eq!(g.packs, want.packs);
+    assert_eq!(g.snapshots, want.snapshots);
+    assert_eq!(g.gc_ack, 9);
+    // This version writes exactly these bytes.
+    assert_eq!(generation::encode(&want).unwrap(), raw);
 }
 
 #[test]
@@ -80,9 +116,10 @@ fn the_golden_generation_decodes_exactly() {
 
 #[test]
 fn this_version_round_trips_and_refuses_damage() {
-    let raw = generation::encode(&sample()).unwrap();
+    let raw = generation::encode(&sample_v2()).unwrap();
     let g = generation::decode(&raw).unwrap();
-    assert_eq!(g.packs, sample().packs);
+    assert_eq!(g.packs, sample_v2().packs);
+    assert_eq!(g.gc_ack, 9);
     // Any flipped byte, a cut object and trailing bytes are refused, never misread.
     for at in [
         0,
@@ -124,6 +161,37 @@ fn object_keys_and_generation_names_are_pinned() {
         Some((42, 0x0123_4567_89ab_cdef))
     );
     assert_eq!(parse_gen_name("volumes/v/gens/2a-1"), None);
+    // Another volume's pack, and the bucket gc's objects.
+    let o = Origin {
+        volume: 0xfeed_f00d,
+        pack: 0x77,
+    };
+    let key = foreign_pack_key(o, b"0123456789abcdef");
+    assert_eq!(
+        key,
+        "packs/00000000feedf00d/0000000000000077-30313233343536373839616263646566"
+    );
+    assert_eq!(
+        parse_pack_key(&key),
+        Some((0xfeed_f00d, 0x77, *b"0123456789abcdef"))
+    );
+    assert_eq!(
+        k.pack_of(&PackRef {
+            id: (1 << 62) + 1,
+            len: 1,
+            hash: *b"0123456789abcdef",
+            origin: Some(o)
+        }),
+        key
+    );
+    assert_eq!(
+        dedupfs::remote::config::gc_mark_key(5),
+        "gc/marks/0000000000000005"
+    );
+    assert_eq!(
+        dedupfs::remote::config::gc_swept_key(5),
+        "gc/swept/0000000000000005"
+    );
 }
 
 #[test]
@@ -136,30 +204,43 @@ fn the_pack_table_reads_its_lines_and_ignores_a_torn_one() {
         dir.path().join("remote/packs.log"),
         "000000000000001f 33554999 30313233343536373839616263646566\n\
          0000000100000002 64 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n\
+         4000000000000001 99 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb 00000000feedf00d:0000000000000077\n\
          0000000000000003 12 aaaa",
     )
     .unwrap();
     let t = PackTable::open(dir.path()).unwrap();
-    assert_eq!(t.len(), 2);
+    assert_eq!(t.len(), 3);
     assert_eq!(
         t.get(0x1f),
+        Some(PackRef::own(0x1f, 33_554_999, *b"0123456789abcdef"))
+    );
+    // Another volume's pack this one names.
+    let o = Origin {
+        volume: 0xfeed_f00d,
+        pack: 0x77,
+    };
+    assert_eq!(
+        t.get((1 << 62) + 1),
         Some(PackRef {
-            id: 0x1f,
-            len: 33_554_999,
-            hash: *b"0123456789abcdef"
+            id: (1 << 62) + 1,
+            len: 99,
+            hash: [0xbb; 16],
+            origin: Some(o)
         })
     );
+    assert_eq!(t.foreign_id(o, 99, [0xbb; 16]).unwrap(), (1 << 62) + 1);
+    let next = Origin {
+        volume: 0xfeed_f00d,
+        pack: 0x78,
+    };
+    assert_eq!(t.foreign_id(next, 7, [0xcc; 16]).unwrap(), (1 << 62) + 2);
     assert_eq!(t.get(0x1_0000_0002).unwrap().hash, [0xaa; 16]);
     assert!(!t.contains(3), "a torn line counted as an upload");
     // Appending after the torn line starts a new line.
-    t.add(PackRef {
-        id: 4,
-        len: 5,
-        hash: [1; 16],
-    })
-    .unwrap();
+    t.add(PackRef::own(4, 5, [1; 16])).unwrap();
     drop(t);
     let t = PackTable::open(dir.path()).unwrap();
-    assert_eq!(t.len(), 3);
+    assert_eq!(t.len(), 5);
     assert_eq!(t.get(4).unwrap().len, 5);
+    assert_eq!(t.foreign_id(next, 7, [0xcc; 16]).unwrap(), (1 << 62) + 2);
 }

@@ -145,6 +145,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the pack objects of a bucket that no volume under its prefix names any more
+    /// (volumes there share packs: a chunk one uploaded is named by the others).
+    ///
+    /// Safe while volumes write: a run marks what no volume's newest generation names, and a
+    /// later run deletes what is still unnamed once every volume has acknowledged the mark
+    /// (each mounted volume does within a minute, by publishing; an unmounted one at its next
+    /// mount and `dedupfs sync`). Until then the run says which volumes it waits for.
+    GcBucket {
+        /// s3://BUCKET/PREFIX (credentials and endpoint from AWS_* as for `init --remote`).
+        url: String,
+        /// The object store's URL (http(s)://HOST:PORT), instead of AWS_ENDPOINT_URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Report what would be marked and deleted without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a store setting (mounted or not): `dedupfs set STORE compression zstd:3`.
     Set {
         store: PathBuf,
@@ -533,6 +552,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::GcBucket {
+            url,
+            endpoint,
+            dry_run,
+            json,
+        } => {
+            let mut cfg = crate::store::remote::RemoteConfig::from_env(&url)?;
+            if let Some(e) = endpoint {
+                cfg.endpoint = Some(e);
+            }
+            let client = crate::store::remote::RemoteStore::open(&cfg)?;
+            let r = crate::remote::gc::gc_bucket(&client, dry_run)?;
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
+            } else {
+                out(&render_gc_bucket(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Set {
             store,
             setting: Setting::Compression { codec },
@@ -867,6 +905,12 @@ pub fn render_stats(r: &StatsReport) -> String {
             rs.local_packs.saturating_sub(rs.not_uploaded_packs),
             human(rs.cached_range_bytes)
         );
+        if rs.shared_packs > 0 {
+            s += &format!(
+                "shared:           {} packs of other volumes under the prefix named\n",
+                rs.shared_packs
+            );
+        }
         s += &format!(
             "published:        generation {} at {}\n",
             rs.generation,
@@ -1080,6 +1124,49 @@ pub fn render_fsck(r: &FsckReport) -> String {
     } else {
         "store is consistent\n"
     };
+    s
+}
+
+fn render_gc_bucket(r: &crate::remote::gc::BucketGcReport) -> String {
+    let would = |done: &'static str, not: &'static str| if r.dry_run { not } else { done };
+    let mut s = format!(
+        "{} volumes, {} pack objects ({})\n",
+        r.volumes.len(),
+        r.pack_objects,
+        human(r.pack_bytes)
+    );
+    if let Some(e) = r.swept {
+        s += &format!(
+            "mark {e}: {} {} packs ({}); {} packs were named again and stay\n",
+            would("deleted", "would delete"),
+            r.deleted_packs,
+            human(r.deleted_bytes),
+            r.kept_named
+        );
+    }
+    if let Some(e) = r.waiting {
+        s += &format!(
+            "mark {e} waits for these volumes to publish (a mounted volume does within a \
+             minute; otherwise mount it and run `dedupfs sync`): {}\n",
+            r.waiting_for.join(", ")
+        );
+    }
+    if let Some(e) = r.marked {
+        s += &format!(
+            "marked {} packs ({}) no volume names as mark {e}: a later run deletes those still \
+             unnamed once every volume has acknowledged it\n",
+            r.marked_packs,
+            human(r.marked_bytes)
+        );
+    } else if r.dry_run && r.waiting.is_none() && r.marked_packs > 0 {
+        s += &format!(
+            "would mark {} packs ({}) no volume names\n",
+            r.marked_packs,
+            human(r.marked_bytes)
+        );
+    } else if r.waiting.is_none() && r.marked_packs == 0 {
+        s += "every pack object is named by a volume: nothing to mark\n";
+    }
     s
 }
 

@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 /// Between two upload passes.
 const STEP: Duration = Duration::from_secs(2);
+/// How often a mounted volume looks for a bucket gc mark to acknowledge
+/// (`DEDUPFS_GC_MARK_CHECK_SECS` overrides it: tests that stage the gc race).
+fn mark_check() -> Duration {
+    let secs = std::env::var("DEDUPFS_GC_MARK_CHECK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
 
 pub struct RemoteDaemon {
     pub vol: Arc<RemoteVolume>,
@@ -183,6 +192,18 @@ impl RemoteDaemon {
                 config.url
             );
         }
+        // Shared dedup: chunks other volumes under the prefix published are named, not stored
+        // again. Without the bucket now, the volume works, and dedups against them later.
+        remote.enable_sharing()?;
+        match remote.install_marks().and_then(|_| remote.refresh_shared()) {
+            Ok(r) => tracing::info!(
+                volumes = r.volumes,
+                generations = r.generations_merged,
+                chunks = r.chunks_added,
+                "shared chunk index refreshed"
+            ),
+            Err(e) => tracing::warn!("cannot refresh the shared chunk index: {e}"),
+        }
         let weak = Arc::downgrade(&keeper);
         vol.set_retaker(Box::new(move || {
             if let Some(k) = weak.upgrade() {
@@ -235,9 +256,17 @@ impl RemoteDaemon {
         let (vol, stop) = (self.vol.clone(), self.stop.clone());
         self.publisher = Some(std::thread::spawn(move || {
             let mut last_publish = Instant::now();
+            let mut last_mark_check = Instant::now();
+            let mark_every = mark_check();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                if every.is_zero() || last_publish.elapsed() < every {
+                // A bucket gc waits for every volume to acknowledge its mark: published
+                // soon, even when nothing changed here.
+                let mark_waits = last_mark_check.elapsed() >= mark_every && {
+                    last_mark_check = Instant::now();
+                    vol.gc_mark_waiting()
+                };
+                if !mark_waits && (every.is_zero() || last_publish.elapsed() < every) {
                     continue;
                 }
                 last_publish = Instant::now();

@@ -85,6 +85,10 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
         parent: 0,
         created_ns: now_unix() * 1_000_000_000,
     };
+    // The marks of a bucket gc under way: generation 1 names no pack, and the store installs
+    // them before it can place a chunk in another volume's pack, so it acknowledges them.
+    let gc_ack = super::shared::SharedIndex::open(&super::config::state_dir(dir)?)?
+        .install_marks(&client)?;
     put_generation(
         &client,
         &keys,
@@ -93,12 +97,14 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
         &dir.join("index.redb"),
         Vec::new(),
         Vec::new(),
+        gc_ack,
     )?;
     PublishState {
         generation: 1,
         writer: config.writer,
         skipped: Vec::new(),
         published_unix: now_unix(),
+        gc_ack,
     }
     .save(dir)?;
     Ok(AttachReport {
@@ -227,6 +233,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
         writer: found_gen.header.writer,
         skipped: skipped_keys,
         published_unix,
+        gc_ack: found_gen.gc_ack,
     }
     .save(dir)?;
     crate::volume::write_marker(dir)

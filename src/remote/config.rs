@@ -11,7 +11,11 @@
 //! PREFIX/volumes/NAME/gens/GEN-WRITER  metadata generation GEN (16 hex) by WRITER (16 hex)
 //! PREFIX/volumes/NAME/lease         the writer's lease (lease.rs)
 //! PREFIX/packs/VOLID/ID-HASH        pack ID (16 hex) of volume VOLID, HASH = its blake3
-//!                                   (first 16 bytes, hex): immutable, content-named
+//!                                   (first 16 bytes, hex): immutable, content-named; other
+//!                                   volumes under the prefix may name it (shared dedup)
+//! PREFIX/gc/marks/EPOCH             a bucket gc mark: packs no head named (gc.rs)
+//! PREFIX/gc/swept/EPOCH             what the sweep of that mark deleted
+//! STORE/remote/shared.redb          chunks of the other volumes, and the marks installed
 //! ```
 //!
 //! Credentials are never stored: they come from the environment at every run.
@@ -121,6 +125,13 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The keys of volume `volume` (its id is needed only for its packs).
+    pub fn for_volume(volume: &str, volume_id: &str) -> Keys {
+        Keys {
+            volume: volume.to_string(),
+            volume_id: volume_id.to_string(),
+        }
+    }
     pub fn volume_dir(&self) -> String {
         format!("volumes/{}", self.volume)
     }
@@ -139,6 +150,62 @@ impl Keys {
     pub fn pack(&self, id: u64, hash: &[u8; 16]) -> String {
         format!("packs/{}/{id:016x}-{}", self.volume_id, hex(hash))
     }
+    /// The object of a pack this volume names: its own, or another volume's (shared dedup).
+    pub fn pack_of(&self, p: &super::generation::PackRef) -> String {
+        match p.origin {
+            None => self.pack(p.id, &p.hash),
+            Some(o) => foreign_pack_key(o, &p.hash),
+        }
+    }
+    /// The volume's id as a number (it names the volume's packs).
+    pub fn volume_id(&self) -> u64 {
+        u64::from_str_radix(&self.volume_id, 16).unwrap_or(0)
+    }
+}
+
+/// The object of pack `o.pack` of volume `o.volume`.
+pub fn foreign_pack_key(o: super::generation::Origin, hash: &[u8; 16]) -> String {
+    format!("packs/{:016x}/{:016x}-{}", o.volume, o.pack, hex(hash))
+}
+
+/// (volume, pack, hash) of a pack object's key `packs/VOLID/ID-HASH`.
+pub fn parse_pack_key(key: &str) -> Option<(u64, u64, [u8; 16])> {
+    let mut it = key.rsplit('/');
+    let name = it.next()?;
+    let vol = it.next()?;
+    let (id, h) = name.split_once('-')?;
+    if vol.len() != 16 || id.len() != 16 || h.len() != 32 {
+        return None;
+    }
+    let mut hash = [0u8; 16];
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((
+        u64::from_str_radix(vol, 16).ok()?,
+        u64::from_str_radix(id, 16).ok()?,
+        hash,
+    ))
+}
+
+/// Bucket gc marks (`gc/marks/EPOCH`) and the records of finished sweeps (`gc/swept/EPOCH`).
+pub const GC_MARKS: &str = "gc/marks";
+pub const GC_SWEPT: &str = "gc/swept";
+
+pub fn gc_mark_key(epoch: u64) -> String {
+    format!("{GC_MARKS}/{epoch:016x}")
+}
+
+pub fn gc_swept_key(epoch: u64) -> String {
+    format!("{GC_SWEPT}/{epoch:016x}")
+}
+
+/// The epoch of a key ending in a 16-hex-digit number.
+pub fn parse_epoch(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    (name.len() == 16)
+        .then(|| u64::from_str_radix(name, 16).ok())
+        .flatten()
 }
 
 /// `GEN-WRITER` of a generation object.

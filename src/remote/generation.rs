@@ -4,14 +4,15 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic "DDFSGEN\0"
-//!      8     4  format (u32 LE) = 1
+//!      8     4  format (u32 LE) = 2 (1 is still read: see below)
 //!     12     8  generation (u64 LE): 1 at init, +1 per publication
 //!     20     8  writer (u64 LE): the store directory that published it
 //!     28     8  parent (u64 LE): the generation the writer started from (0: none)
 //!     36     8  created (u64 LE): unix nanoseconds, the writer's clock (informational)
 //!     44     4  section count n (u32 LE)
 //!     48        n sections, each:
-//!                 0  4  kind (u32 LE): 1 meta.redb, 2 index.redb, 3 pack table, 4 snapshot file
+//!                 0  4  kind (u32 LE): 1 meta.redb, 2 index.redb, 3 pack table, 4 snapshot
+//!                       file, 5 gc acknowledgement
 //!                 4  4  flags (u32 LE): bit 0 = zstd-compressed
 //!                 8  8  raw length (u64 LE)
 //!                16  8  stored length s (u64 LE)
@@ -19,9 +20,23 @@
 //!   end-32    32  blake3 of every byte before it
 //! ```
 //!
-//! Pack table (kind 3), raw: per pack 32 bytes: id (u64 LE), length (u64 LE), the first 16
-//! bytes of the blake3 of the pack's bytes (which name its object).
+//! Pack table (kind 3), raw: per pack 48 bytes:
+//!
+//! ```text
+//!      0  8  id (u64 LE): the pack's number in this volume's index
+//!      8  8  length (u64 LE)
+//!     16 16  the first 16 bytes of the blake3 of the pack's bytes (they name its object)
+//!     32  8  origin volume (u64 LE): 0 = this volume uploaded it; otherwise the id of the
+//!            volume that did (shared dedup: `packs/ORIGIN/PACK-HASH`)
+//!     40  8  origin pack (u64 LE): the pack's number in the origin volume (0 when own)
+//! ```
+//!
+//! Format 1 (read, never written): 32 bytes per pack (the first three fields, all own packs),
+//! and no kind 5.
 //! Snapshot file (kind 4), raw: u32 LE length of the file name, the name, the redb file.
+//! Gc acknowledgement (kind 5), raw: u64 LE, the newest bucket gc mark the writer had
+//! installed before it took this generation's durable point (0: none; docs/design.md,
+//! "Shared dedup and gc").
 //!
 //! An object that fails its checksum, has an unknown kind or format, is not a generation: the
 //! newest generation that passes is the volume's state.
@@ -29,7 +44,9 @@
 use crate::error::{FsError, Result};
 
 const MAGIC: &[u8; 8] = b"DDFSGEN\0";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// Format 1: 32-byte pack entries, no gc acknowledgement.
+const FORMAT_V1: u32 = 1;
 const HEADER_LEN: usize = 48;
 const SECTION_HEADER_LEN: usize = 24;
 const FLAG_ZSTD: u32 = 1;
@@ -43,6 +60,7 @@ pub enum Kind {
     Index = 2,
     Packs = 3,
     Snapshot = 4,
+    Gc = 5,
 }
 
 impl Kind {
@@ -52,6 +70,7 @@ impl Kind {
             2 => Kind::Index,
             3 => Kind::Packs,
             4 => Kind::Snapshot,
+            5 => Kind::Gc,
             _ => return None,
         })
     }
@@ -60,9 +79,32 @@ impl Kind {
 /// One pack as a generation names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackRef {
+    /// Its number in this volume's index.
     pub id: u64,
     pub len: u64,
     pub hash: [u8; 16],
+    /// `None`: this volume uploaded it. Otherwise another volume under the same prefix did
+    /// (shared dedup), and this is where its object is.
+    pub origin: Option<Origin>,
+}
+
+/// A pack another volume uploaded: that volume's id and the pack's number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub volume: u64,
+    pub pack: u64,
+}
+
+impl PackRef {
+    /// A pack this volume uploads.
+    pub fn own(id: u64, len: u64, hash: [u8; 16]) -> PackRef {
+        PackRef {
+            id,
+            len,
+            hash,
+            origin: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +124,8 @@ pub struct Generation {
     pub packs: Vec<PackRef>,
     /// (file name, redb file) of each snapshot.
     pub snapshots: Vec<(String, Vec<u8>)>,
+    /// The newest bucket gc mark installed before the durable point (0: none).
+    pub gc_ack: u64,
 }
 
 fn section(out: &mut Vec<u8>, kind: Kind, raw: &[u8], compress: bool) -> Result<()> {
@@ -107,17 +151,21 @@ pub fn encode(g: &Generation) -> Result<Vec<u8>> {
     out.extend_from_slice(&g.header.writer.to_le_bytes());
     out.extend_from_slice(&g.header.parent.to_le_bytes());
     out.extend_from_slice(&g.header.created_ns.to_le_bytes());
-    let count = 3 + g.snapshots.len() as u32;
+    let count = 4 + g.snapshots.len() as u32;
     out.extend_from_slice(&count.to_le_bytes());
     section(&mut out, Kind::Meta, &g.meta, true)?;
     section(&mut out, Kind::Index, &g.index, true)?;
-    let mut packs = Vec::with_capacity(g.packs.len() * 32);
+    let mut packs = Vec::with_capacity(g.packs.len() * 48);
     for p in &g.packs {
+        let o = p.origin.unwrap_or(Origin { volume: 0, pack: 0 });
         packs.extend_from_slice(&p.id.to_le_bytes());
         packs.extend_from_slice(&p.len.to_le_bytes());
         packs.extend_from_slice(&p.hash);
+        packs.extend_from_slice(&o.volume.to_le_bytes());
+        packs.extend_from_slice(&o.pack.to_le_bytes());
     }
     section(&mut out, Kind::Packs, &packs, true)?;
+    section(&mut out, Kind::Gc, &g.gc_ack.to_le_bytes(), false)?;
     for (name, file) in &g.snapshots {
         let mut raw = Vec::with_capacity(4 + name.len() + file.len());
         raw.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -150,15 +198,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64> {
 
 /// The header alone (after checking the magic and format; the checksum is not checked).
 pub fn decode_header(b: &[u8]) -> Result<Header> {
-    if b.len() < HEADER_LEN + 32 || &b[..8] != MAGIC {
-        return Err(bad("not a dedupfs generation (no magic)"));
-    }
-    let format = u32_at(b, 8)?;
-    if format != FORMAT {
-        return Err(bad(&format!(
-            "format {format} is not supported by this dedupfs ({FORMAT})"
-        )));
-    }
+    decode_format(b)?;
     Ok(Header {
         generation: u64_at(b, 12)?,
         writer: u64_at(b, 20)?,
@@ -167,9 +207,24 @@ pub fn decode_header(b: &[u8]) -> Result<Header> {
     })
 }
 
+fn decode_format(b: &[u8]) -> Result<u32> {
+    if b.len() < HEADER_LEN + 32 || &b[..8] != MAGIC {
+        return Err(bad("not a dedupfs generation (no magic)"));
+    }
+    let format = u32_at(b, 8)?;
+    if format != FORMAT && format != FORMAT_V1 {
+        return Err(bad(&format!(
+            "format {format} is not supported by this dedupfs ({FORMAT})"
+        )));
+    }
+    Ok(format)
+}
+
 /// Decodes and checks a whole generation object.
 pub fn decode(b: &[u8]) -> Result<Generation> {
     let header = decode_header(b)?;
+    let format = decode_format(b)?;
+    let entry = if format == FORMAT_V1 { 32 } else { 48 };
     let body_end = b.len() - 32;
     if blake3::hash(&b[..body_end]).as_bytes() != &b[body_end..] {
         return Err(bad("checksum mismatch (damaged or incomplete object)"));
@@ -182,8 +237,9 @@ pub fn decode(b: &[u8]) -> Result<Generation> {
         index: Vec::new(),
         packs: Vec::new(),
         snapshots: Vec::new(),
+        gc_ack: 0,
     };
-    let mut seen = [false; 4];
+    let mut seen = [false; 5];
     for _ in 0..count {
         let kind = Kind::of(u32_at(b, at)?).ok_or_else(|| bad("unknown section kind"))?;
         let flags = u32_at(b, at + 4)?;
@@ -211,18 +267,27 @@ pub fn decode(b: &[u8]) -> Result<Generation> {
             Kind::Meta => g.meta = raw,
             Kind::Index => g.index = raw,
             Kind::Packs => {
-                if raw.len() % 32 != 0 {
+                if raw.len() % entry != 0 {
                     return Err(bad("pack table length"));
                 }
+                let at = |r: &[u8], i: usize| {
+                    u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default())
+                };
                 g.packs = raw
-                    .chunks_exact(32)
+                    .chunks_exact(entry)
                     .map(|r| PackRef {
-                        id: u64::from_le_bytes(r[0..8].try_into().unwrap_or_default()),
-                        len: u64::from_le_bytes(r[8..16].try_into().unwrap_or_default()),
+                        id: at(r, 0),
+                        len: at(r, 8),
                         hash: r[16..32].try_into().unwrap_or_default(),
+                        origin: (entry == 48 && at(r, 32) != 0).then(|| Origin {
+                            volume: at(r, 32),
+                            pack: at(r, 40),
+                        }),
                     })
                     .collect();
             }
+            Kind::Gc if format == FORMAT_V1 => return Err(bad("unknown section kind")),
+            Kind::Gc => g.gc_ack = u64_at(&raw, 0)?,
             Kind::Snapshot => {
                 let n = u32_at(&raw, 0)? as usize;
                 let name = raw

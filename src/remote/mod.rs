@@ -6,13 +6,17 @@
 //! - [`generation`]: the metadata generation object (format, golden-tested).
 //! - [`range_cache`]: cached byte ranges of evicted packs.
 //! - [`packs`]: the uploaded-pack table and reads of evicted packs (the pack store's source).
+//! - [`gc`]: `dedupfs gc-bucket`: deleting packs no volume names (mark, acknowledge, sweep).
+//! - [`shared`]: chunks of the other volumes under the prefix (shared dedup), gc marks.
 //! - [`sync`]: a mounted volume's uploads, evictions and publications (fencing).
 //! - [`attach`]: `init --remote` and `attach`.
 
 pub mod attach;
 pub mod config;
+pub mod gc;
 pub mod generation;
 pub mod lease;
 pub mod packs;
 pub mod range_cache;
+pub mod shared;
 pub mod sync;

@@ -3,14 +3,18 @@
 //! the range cache). This is the pack store's [`PackSource`].
 //!
 //! `packs.log` is append-only, one line per uploaded pack, `<id: 16 hex> <len> <hash: 32 hex>`,
-//! fsynced before the upload counts (before any generation naming the pack is published, and
+//! with a fourth field `<origin volume: 16 hex>:<origin pack: 16 hex>` for a pack another
+//! volume uploaded that this one names (shared dedup: never uploaded from here), fsynced before the upload counts (before any generation naming the pack is published, and
 //! before the local file may be evicted). A torn last line (a crash while appending) is
 //! ignored: that pack is uploaded again, under the same content-named key.
 
 use super::config::{Keys, VolumeConfig, hex, state_dir};
-use super::generation::PackRef;
+use super::generation::{Origin, PackRef};
 use super::range_cache::RangeCache;
+use super::shared::SharedIndex;
 use crate::error::{FsError, Result};
+use crate::hash::ChunkId;
+use crate::store::pack_index::Loc;
 use crate::store::pack_store::PackSource;
 use crate::store::remote::RemoteStore;
 use parking_lot::{Mutex, RwLock};
@@ -35,13 +39,27 @@ const READ_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct PackTable {
     log: Mutex<File>,
     packs: RwLock<HashMap<u64, PackRef>>,
+    /// The packs of other volumes this one names, by where they are.
+    foreign: RwLock<HashMap<Origin, u64>>,
 }
+
+use crate::store::pack_store::FOREIGN_PACK_BASE as FOREIGN_BASE;
 
 fn parse_line(line: &str) -> Option<PackRef> {
     let mut it = line.split(' ');
     let id = u64::from_str_radix(it.next()?, 16).ok()?;
     let len = it.next()?.parse().ok()?;
     let h = it.next()?;
+    let origin = match it.next() {
+        None => None,
+        Some(o) => {
+            let (v, p) = o.split_once(':')?;
+            Some(Origin {
+                volume: u64::from_str_radix(v, 16).ok()?,
+                pack: u64::from_str_radix(p, 16).ok()?,
+            })
+        }
+    };
     if h.len() != 32 || it.next().is_some() {
         return None;
     }
@@ -49,11 +67,26 @@ fn parse_line(line: &str) -> Option<PackRef> {
     for (i, b) in hash.iter_mut().enumerate() {
         *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(PackRef { id, len, hash })
+    Some(PackRef {
+        id,
+        len,
+        hash,
+        origin,
+    })
 }
 
 fn line_of(p: &PackRef) -> String {
-    format!("{:016x} {} {}\n", p.id, p.len, hex(&p.hash))
+    match p.origin {
+        None => format!("{:016x} {} {}\n", p.id, p.len, hex(&p.hash)),
+        Some(o) => format!(
+            "{:016x} {} {} {:016x}:{:016x}\n",
+            p.id,
+            p.len,
+            hex(&p.hash),
+            o.volume,
+            o.pack
+        ),
+    }
 }
 
 impl PackTable {
@@ -77,10 +110,46 @@ impl PackTable {
         if fs::metadata(&path)?.len() > 0 && !fs::read(&path)?.ends_with(b"\n") {
             (&log).write_all(b"\n")?;
         }
+        let foreign = packs
+            .values()
+            .filter_map(|p| p.origin.map(|o| (o, p.id)))
+            .collect();
         Ok(PackTable {
             log: Mutex::new(log),
             packs: RwLock::new(packs),
+            foreign: RwLock::new(foreign),
         })
+    }
+
+    /// The number under which this store names another volume's pack `origin`, recorded
+    /// durably the first time (before any index entry can name it).
+    pub fn foreign_id(&self, origin: Origin, len: u64, hash: [u8; 16]) -> Result<u64> {
+        if let Some(id) = self.foreign.read().get(&origin) {
+            return Ok(*id);
+        }
+        let log = self.log.lock();
+        if let Some(id) = self.foreign.read().get(&origin) {
+            return Ok(*id);
+        }
+        let id = self
+            .packs
+            .read()
+            .keys()
+            .copied()
+            .filter(|&id| id >= FOREIGN_BASE)
+            .max()
+            .map_or(FOREIGN_BASE, |m| m + 1);
+        let p = PackRef {
+            id,
+            len,
+            hash,
+            origin: Some(origin),
+        };
+        (&*log).write_all(line_of(&p).as_bytes())?;
+        log.sync_data()?;
+        self.packs.write().insert(id, p);
+        self.foreign.write().insert(origin, id);
+        Ok(id)
     }
 
     /// Rewrites the table to exactly `packs` (attach), durably.
@@ -111,6 +180,9 @@ impl PackTable {
         (&*log).write_all(line_of(&p).as_bytes())?;
         log.sync_data()?;
         self.packs.write().insert(p.id, p);
+        if let Some(o) = p.origin {
+            self.foreign.write().insert(o, p.id);
+        }
         Ok(())
     }
 }
@@ -132,6 +204,10 @@ pub struct RemotePacks {
     /// Wakes the uploader (a writer waits for room: `true`) and the waiting writers (a pack
     /// was uploaded).
     pub progress: (Mutex<bool>, parking_lot::Condvar),
+    /// Chunks of the other volumes under the prefix (shared dedup): opened by a writable
+    /// mount only.
+    shared: OnceLock<SharedIndex>,
+    dir: std::path::PathBuf,
 }
 
 impl RemotePacks {
@@ -146,7 +222,44 @@ impl RemotePacks {
             read_client: OnceLock::new(),
             uploads_failing: std::sync::atomic::AtomicBool::new(false),
             progress: (Mutex::new(false), parking_lot::Condvar::new()),
+            shared: OnceLock::new(),
+            dir: store_dir.to_path_buf(),
         })
+    }
+
+    /// Opens the shared index (a writable mount): from now on new chunks that another volume
+    /// has published are named in its packs instead of being stored again.
+    pub fn enable_sharing(&self) -> Result<()> {
+        if self.shared.get().is_none() {
+            let s = SharedIndex::open(&state_dir(&self.dir)?)?;
+            let _ = self.shared.set(s);
+        }
+        Ok(())
+    }
+
+    pub fn shared(&self) -> Option<&SharedIndex> {
+        self.shared.get()
+    }
+
+    /// Installs new bucket gc marks (returns the newest installed; 0 without sharing or
+    /// marks).
+    pub fn install_marks(&self) -> Result<u64> {
+        match self.shared() {
+            Some(s) => s.install_marks(&*self.client()?),
+            None => Ok(0),
+        }
+    }
+
+    /// Merges the chunks other volumes published since the last refresh.
+    pub fn refresh_shared(&self) -> Result<super::shared::RefreshReport> {
+        match self.shared() {
+            Some(s) => s.refresh(
+                &*self.client()?,
+                self.keys.volume_id(),
+                &state_dir(&self.dir)?,
+            ),
+            None => Ok(Default::default()),
+        }
     }
 
     pub fn config(&self) -> &VolumeConfig {
@@ -208,11 +321,30 @@ impl PackSource for RemotePacks {
         self.table.contains(pack)
     }
 
+    fn share(&self, id: &ChunkId, record: &mut dyn FnMut(Loc, u64)) -> Result<bool> {
+        let Some(shared) = self.shared() else {
+            return Ok(false);
+        };
+        let found = shared.lookup(id, |c| {
+            let pack = self.table.foreign_id(c.origin, c.pack_len, c.pack_hash)?;
+            record(Loc { pack, ..c.loc }, c.pack_len);
+            Ok(())
+        });
+        match found {
+            Ok(f) => Ok(f.is_some()),
+            // A damaged cache of other volumes' chunks costs dedup hits, never data.
+            Err(e) => {
+                tracing::warn!("shared chunk index: {e}; storing the chunk here");
+                Ok(false)
+            }
+        }
+    }
+
     fn read(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
         let p = self.table.get(pack).ok_or_else(|| {
             FsError::Corrupt(format!("pack {pack:016x} is neither local nor uploaded"))
         })?;
-        let key = self.keys.pack(p.id, &p.hash);
+        let key = self.keys.pack_of(&p);
         let fetch = |r: Range<u64>| -> Result<Vec<u8>> {
             let client = self.read_client()?;
             client.get_range(&key, r).map_err(|e| {
@@ -237,9 +369,10 @@ impl PackSource for RemotePacks {
 
     fn check(&self, verify: bool) -> Result<Vec<(u64, String)>> {
         let client = self.client()?;
-        let prefix = format!("packs/{}", self.config.volume_id);
+        // Its own packs and those of other volumes it names.
+        let prefix = "packs";
         let present: HashMap<String, u64> = client
-            .list(&prefix)?
+            .list(prefix)?
             .into_iter()
             .map(|o| (o.key, o.size))
             .collect();
@@ -247,7 +380,7 @@ impl PackSource for RemotePacks {
         table.sort_by_key(|p| p.id);
         let mut problems = Vec::new();
         for p in table {
-            let key = self.keys.pack(p.id, &p.hash);
+            let key = self.keys.pack_of(&p);
             match present.get(&key) {
                 None => problems.push((p.id, format!("object {key} is missing from the bucket"))),
                 Some(&size) if size != p.len => problems.push((

@@ -43,6 +43,9 @@ pub struct PublishState {
     #[serde(default)]
     pub skipped: Vec<String>,
     pub published_unix: u64,
+    /// The bucket gc mark that generation acknowledged (installed before its durable point).
+    #[serde(default)]
+    pub gc_ack: u64,
 }
 
 impl PublishState {
@@ -72,6 +75,9 @@ pub struct RemoteStatus {
     /// Packs uploaded, and local copies of them still kept.
     pub uploaded_packs: u64,
     pub local_packs: u64,
+    /// Packs of other volumes this one names (shared dedup; not counted above).
+    #[serde(default)]
+    pub shared_packs: u64,
     pub cached_range_bytes: u64,
     /// The newest generation published from this store (or attached).
     pub generation: u64,
@@ -168,8 +174,10 @@ pub fn put_generation(
     index_file: &Path,
     packs: Vec<PackRef>,
     snapshots: Vec<(String, Vec<u8>)>,
+    gc_ack: u64,
 ) -> Result<u64> {
     let g = Generation {
+        gc_ack,
         meta: std::fs::read(meta_file)?,
         index: std::fs::read(index_file)?,
         packs,
@@ -278,7 +286,7 @@ impl RemoteVolume {
         let hash = pack_hash(&bytes);
         let key = self.remote.keys().pack(id, &hash);
         client.put(&key, bytes)?;
-        self.remote.table.add(PackRef { id, len, hash })?;
+        self.remote.table.add(PackRef::own(id, len, hash))?;
         self.remote.uploads_failing.store(false, Ordering::Relaxed);
         self.remote.progress.1.notify_all();
         tracing::debug!(pack = %key, len, "uploaded");
@@ -372,6 +380,10 @@ impl RemoteVolume {
             if r.state == PackState::Retired {
                 continue;
             }
+            if id >= crate::store::pack_store::FOREIGN_PACK_BASE {
+                s.shared_packs += (r.live_records > 0) as u64;
+                continue;
+            }
             let local = self.packs.is_local(id);
             if self.remote.table.contains(id) {
                 s.uploaded_packs += 1;
@@ -447,6 +459,22 @@ impl RemoteVolume {
         evicted
     }
 
+    /// Whether the bucket holds a gc mark newer than the last one this store acknowledged
+    /// (which then waits for this volume's next publication).
+    pub fn gc_mark_waiting(&self) -> bool {
+        let acked = self.publishing.lock().gc_ack;
+        let Ok(client) = self.client() else {
+            return false;
+        };
+        match client.list(super::config::GC_MARKS) {
+            Ok(objs) => objs
+                .iter()
+                .filter_map(|o| super::config::parse_epoch(&o.key))
+                .any(|e| e > acked),
+            Err(_) => false,
+        }
+    }
+
     /// Makes everything written so far part of a new generation in the bucket: packs first,
     /// then the metadata. Returns when the generation is stored (or failed).
     pub fn publish(&self, fs: &Fs) -> Result<PublishReport> {
@@ -470,10 +498,20 @@ impl RemoteVolume {
             ));
         }
         let client = self.client()?;
+        // What the other volumes published since (shared dedup), if the bucket answers.
+        if let Err(e) = self.remote.refresh_shared() {
+            tracing::warn!("cannot refresh the shared chunk index: {e}");
+        }
+        // Bucket gc marks first: from here on no chunk is newly placed in a pack they list,
+        // and every placement made before is in the index copied below, so this generation
+        // may acknowledge them (docs/design.md, "Shared dedup and gc").
+        let gc_ack = self.remote.install_marks()?;
         // Everything so far into sealed, durable packs.
         self.packs.seal_open_packs();
         fs.sync_fs()?;
-        if *self.published_epoch.lock() == Some(fs.durable_epoch()) && self.to_upload()?.is_empty()
+        if *self.published_epoch.lock() == Some(fs.durable_epoch())
+            && self.to_upload()?.is_empty()
+            && gc_ack == state.gc_ack
         {
             return Ok(PublishReport {
                 generation: state.generation,
@@ -509,7 +547,8 @@ impl RemoteVolume {
             drop(index_tx);
             let (packs_uploaded, bytes_uploaded) = self.upload_pending()?;
             let mut refs = Vec::with_capacity(named.len());
-            for (id, _) in &named {
+            // Packs no chunk lives in are not named: `gc-bucket` may delete them.
+            for (id, _) in named.iter().filter(|(_, r)| r.live_records > 0) {
                 let r = self.remote.table.get(*id).ok_or_else(|| {
                     FsError::Corrupt(format!(
                         "pack {id:016x} is named by the index but was not uploaded"
@@ -547,6 +586,7 @@ impl RemoteVolume {
                 &index_tmp,
                 refs,
                 snapshots,
+                gc_ack,
             )?;
             // A writer that published the same number at the same time: the lower writer id
             // wins, for every reader; the loser stops. (A tie this listing misses is caught by
@@ -579,6 +619,7 @@ impl RemoteVolume {
         state.generation = report.generation;
         state.writer = self.remote.config().writer;
         state.published_unix = now_unix();
+        state.gc_ack = gc_ack;
         *self.published.lock() = (state.generation, state.published_unix);
         state.save(&self.dir)?;
         *self.published_epoch.lock() = Some(epoch);

@@ -579,7 +579,19 @@ pub fn verify_packs(store: &PackStore, verify_data: bool) -> Result<PackCheck> {
             });
             Vec::new()
         });
+        // A pack no chunk lives in any more may be gone from the bucket: `gc-bucket` deletes
+        // what no volume names.
+        let live: std::collections::HashSet<u64> = store
+            .index()
+            .packs()?
+            .into_iter()
+            .filter(|(_, r)| r.live_records > 0)
+            .map(|(id, _)| id)
+            .collect();
         for (pack, what) in found {
+            if !live.contains(&pack) {
+                continue;
+            }
             check.problems.push(PackProblem {
                 pack: pack_file_name(pack),
                 offset: None,

@@ -87,6 +87,11 @@ const BACKLOG_WAIT_FAILING: std::time::Duration = std::time::Duration::from_secs
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
+/// Numbers of packs another volume uploaded that this store names (shared dedup of a remote
+/// volume): far above any pack this store creates (it counts from 1), so never a local
+/// file's, and left out of the count of local packs.
+pub const FOREIGN_PACK_BASE: u64 = 1 << 62;
+
 /// Where packs whose files are not in the packs directory are kept: the bucket of a remote
 /// volume (`remote::packs`). A pack it has may be evicted from the local directory at any time
 /// once sealed; reads of it then go through `read`.
@@ -105,6 +110,13 @@ pub trait PackSource: Send + Sync {
     /// uploads are failing (the source is unreachable): the data is refused sooner.
     fn wait_for_room(&self) -> bool {
         false
+    }
+    /// Shared dedup: when a pack the source keeps for another volume holds chunk `id`, calls
+    /// `record` with its location here (and the pack's length) while the choice cannot be
+    /// overtaken by a bucket gc mark, and returns true: the chunk is not stored again.
+    fn share(&self, id: &ChunkId, record: &mut dyn FnMut(Loc, u64)) -> Result<bool> {
+        let _ = (id, record);
+        Ok(false)
     }
     /// Every pack kept there: (id, length).
     fn packs(&self) -> Vec<(u64, u64)> {
@@ -196,6 +208,9 @@ pub struct PackStore {
     /// Packs known to have no local file (evicted, or never here after an attach): read from
     /// the source without trying the file first.
     evicted: RwLock<std::collections::HashSet<u64>>,
+    /// Other volumes' packs that pending entries name: (id, length), recorded as sealed packs
+    /// in the index with them.
+    foreign_rows: Mutex<HashMap<u64, u64>>,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -297,6 +312,7 @@ impl PackStore {
             backlog_since: AtomicU64::new(0),
             backlog_over: AtomicBool::new(false),
             evicted: RwLock::new(std::collections::HashSet::new()),
+            foreign_rows: Mutex::new(HashMap::new()),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -327,7 +343,9 @@ impl PackStore {
             .unwrap_or(1)
             .saturating_sub(1);
         for (id, row) in &rows {
-            max_id = max_id.max(*id);
+            if *id < FOREIGN_PACK_BASE {
+                max_id = max_id.max(*id);
+            }
             let path = self.dir.join(pack_file_name(*id));
             if row.state == PackState::Retired {
                 match fs::remove_file(&path) {
@@ -348,6 +366,11 @@ impl PackStore {
                             state: PackState::Sealed,
                         });
                     }
+                    continue;
+                }
+                // Nothing lives in it: forgotten (a bucket gc may have deleted it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound && row.live_records == 0 => {
+                    ops.push(IndexOp::DropPack(*id));
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -838,7 +861,9 @@ impl PackStore {
             }
         }
         for (id, path, remote_len) in all {
-            max_id = max_id.max(id);
+            if id < FOREIGN_PACK_BASE {
+                max_id = max_id.max(id);
+            }
             let data = match remote_len {
                 None => fs::read(&path)?,
                 Some(len) => match self.source.as_ref().map(|s| s.read(id, 0..len)) {
@@ -855,6 +880,8 @@ impl PackStore {
             };
             match decode_pack_header(&data) {
                 Ok(hid) if hid == id => {}
+                // Another volume's pack carries its number there.
+                Ok(_) if id >= FOREIGN_PACK_BASE => {}
                 Ok(hid) => {
                     report.damaged.push(format!(
                         "{}: header names pack {hid:016x}; skipped",
@@ -934,6 +961,19 @@ pub struct RebuildReport {
 impl ChunkStore for PackStore {
     fn put(&self, id: &ChunkId, data: &[u8]) -> Result<()> {
         let raw_len: u32 = data.len().try_into().map_err(|_| FsError::TooBig)?;
+        if let Some(source) = &self.source {
+            let mut pending = 0;
+            let shared = source.share(id, &mut |loc, pack_len| {
+                self.foreign_rows.lock().insert(loc.pack, pack_len);
+                pending = self.set_pending(*id, Some(loc));
+            })?;
+            if shared {
+                if pending > PENDING_MAX {
+                    self.flush_pending()?;
+                }
+                return Ok(());
+            }
+        }
         let codec = self.codec();
         let compressed = codec.compress(data);
         let (codec_id, stored) = match &compressed {
@@ -1027,6 +1067,8 @@ impl ChunkStore for PackStore {
                 "an earlier sync of the packs failed ({e}); their data may be lost, so nothing more is committed: unmount and run `dedupfs fsck`"
             ))));
         }
+        // After the pending snapshot: a foreign pack is recorded before an entry names it.
+        let foreign: Vec<(u64, u64)> = self.foreign_rows.lock().drain().collect();
         let result = (|| {
             for (id, file, ..) in &dirty {
                 let synced = match self.faults.on_sync() {
@@ -1048,18 +1090,27 @@ impl ChunkStore for PackStore {
             {
                 l.sync()?;
             }
-            let mut ops: Vec<IndexOp> = dirty
+            let mut ops: Vec<IndexOp> = foreign
                 .iter()
-                .map(|(id, _, end, _, sealed, _)| IndexOp::Pack {
-                    id: *id,
-                    len: *end,
-                    state: if *sealed {
-                        PackState::Sealed
-                    } else {
-                        PackState::Open
-                    },
+                .map(|&(id, len)| IndexOp::Pack {
+                    id,
+                    len,
+                    state: PackState::Sealed,
                 })
                 .collect();
+            ops.extend(
+                dirty
+                    .iter()
+                    .map(|(id, _, end, _, sealed, _)| IndexOp::Pack {
+                        id: *id,
+                        len: *end,
+                        state: if *sealed {
+                            PackState::Sealed
+                        } else {
+                            PackState::Open
+                        },
+                    }),
+            );
             ops.push(IndexOp::SetMeta(
                 "next_pack",
                 self.next_pack
@@ -1077,6 +1128,7 @@ impl ChunkStore for PackStore {
             if codec_changed {
                 self.codec_dirty.store(true, Ordering::Relaxed);
             }
+            self.foreign_rows.lock().extend(foreign);
             return result;
         }
         let mut d = self.dirty.lock();

@@ -1,0 +1,253 @@
+//! Garbage collection of the packs in a bucket shared by several volumes
+//! (`dedupfs gc-bucket s3://BUCKET/PREFIX`).
+//!
+//! A volume names its own packs and, by shared dedup, packs other volumes uploaded; a pack
+//! object may go only when no volume will ever name it again. The protocol (docs/design.md,
+//! "Shared dedup and gc", has the argument):
+//!
+//! 1. **Mark.** The collector reads every volume's head generation and writes mark E
+//!    (`gc/marks/E`) listing the pack objects no head names.
+//! 2. **Acknowledge.** A writer, before the durable point of each publication, installs every
+//!    mark it has not installed (`shared.rs`): from then on it never places a chunk in a
+//!    listed pack, and every placement made before is in the index that the publication
+//!    copies. The generation records the newest mark installed (`gc_ack`).
+//! 3. **Sweep.** A later run deletes the packs of mark E that no head names, but only once
+//!    every volume's head acknowledges E; until then it reports which volumes it waits for.
+//!
+//! No clock is involved: a volume that newly names a listed pack either did so before it
+//! installed the mark (then its acknowledging head names the pack, and the sweep keeps it) or
+//! never does.
+
+use super::config::{
+    self, GC_MARKS, GC_SWEPT, Keys, VolumeInfo, gc_mark_key, gc_swept_key, parse_epoch,
+    parse_pack_key,
+};
+use super::generation::{self, Origin};
+use super::shared::Mark;
+use crate::error::{FsError, Result};
+use crate::store::remote::RemoteStore;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+
+/// One volume as the collector saw it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VolumeHead {
+    pub volume: String,
+    pub generation: u64,
+    pub gc_ack: u64,
+    pub packs_named: u64,
+}
+
+/// What one `gc-bucket` run did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketGcReport {
+    pub dry_run: bool,
+    pub volumes: Vec<VolumeHead>,
+    pub pack_objects: u64,
+    pub pack_bytes: u64,
+    /// The mark swept in this run, and what its sweep deleted and kept.
+    pub swept: Option<u64>,
+    pub deleted_packs: u64,
+    pub deleted_bytes: u64,
+    /// Packs of the swept mark that a volume named by then (kept).
+    pub kept_named: u64,
+    /// The mark waiting for acknowledgements, and the volumes it waits for.
+    pub waiting: Option<u64>,
+    pub waiting_for: Vec<String>,
+    /// The mark made in this run: its packs and bytes (deleted by a later run).
+    pub marked: Option<u64>,
+    pub marked_packs: u64,
+    pub marked_bytes: u64,
+}
+
+/// The record of a finished sweep (`gc/swept/E`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Swept {
+    epoch: u64,
+    swept_unix: u64,
+    deleted: Vec<String>,
+    kept: Vec<String>,
+}
+
+/// Every volume's head: its acknowledgement and the pack objects it names.
+/// Pack objects as (volume id, pack number).
+type Named = HashSet<(u64, u64)>;
+
+fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
+    let mut out = Vec::new();
+    let mut named = HashSet::new();
+    for name in super::attach::list_volumes(client)? {
+        let probe = Keys::for_volume(&name, "");
+        let info: VolumeInfo = match client.get(&probe.volume_json()) {
+            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
+                FsError::Corrupt(format!(
+                    "{}: {e}: gc needs every volume",
+                    probe.volume_json()
+                ))
+            })?,
+            // Generations without a volume object: `init` failed half-way; none can name a
+            // pack without one.
+            Err(crate::error::RemoteError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let volume = u64::from_str_radix(&info.volume_id, 16).map_err(|_| {
+            FsError::Corrupt(format!(
+                "{}: volume id {:?}",
+                probe.volume_json(),
+                info.volume_id
+            ))
+        })?;
+        let keys = Keys::for_volume(&name, &info.volume_id);
+        let gens = super::sync::list_generations(client, &keys)?;
+        let Some((g, w, key)) = gens.first() else {
+            // `init` PUTs the volume object first: no generation names anything yet.
+            out.push(VolumeHead {
+                volume: name,
+                generation: 0,
+                gc_ack: u64::MAX,
+                packs_named: 0,
+            });
+            continue;
+        };
+        // The newest generation must decode: what a damaged one names is unknown (its writer
+        // publishes above it, and the next run goes on).
+        let raw = client.get(key)?;
+        let head = generation::decode(&raw).map_err(|e| {
+            FsError::Refused(format!(
+                "volume {name}: its newest generation {key} cannot be read ({e}); gc needs \
+                 every volume's head: a publication of that volume (dedupfs sync) puts a good \
+                 one above it"
+            ))
+        })?;
+        if (head.header.generation, head.header.writer) != (*g, *w) {
+            return Err(FsError::Refused(format!(
+                "volume {name}: {key} names another generation"
+            )));
+        }
+        for p in &head.packs {
+            let o = p.origin.unwrap_or(Origin { volume, pack: p.id });
+            named.insert((o.volume, o.pack));
+        }
+        out.push(VolumeHead {
+            volume: name,
+            generation: *g,
+            gc_ack: head.gc_ack,
+            packs_named: head.packs.len() as u64,
+        });
+    }
+    Ok((out, named))
+}
+
+/// One run: sweeps the waiting mark if every volume acknowledged it, then marks what no head
+/// names now. `dry_run`: reports only.
+pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> {
+    let mut report = BucketGcReport {
+        dry_run,
+        ..BucketGcReport::default()
+    };
+    let marks: Vec<u64> = client
+        .list(GC_MARKS)?
+        .iter()
+        .filter_map(|o| parse_epoch(&o.key))
+        .collect();
+    let swept: HashSet<u64> = client
+        .list(GC_SWEPT)?
+        .iter()
+        .filter_map(|o| parse_epoch(&o.key))
+        .collect();
+    let last_epoch = marks.iter().chain(swept.iter()).copied().max().unwrap_or(0);
+    let waiting = marks.iter().copied().filter(|e| !swept.contains(e)).max();
+    let (volumes, named) = heads(client)?;
+    report.volumes = volumes.clone();
+
+    if let Some(epoch) = waiting {
+        let raw = client.get(&gc_mark_key(epoch))?;
+        let mark: Mark = serde_json::from_slice(&raw)
+            .map_err(|e| FsError::Corrupt(format!("{}: {e}", gc_mark_key(epoch))))?;
+        let behind: Vec<String> = volumes
+            .iter()
+            .filter(|v| v.gc_ack < epoch)
+            .map(|v| {
+                format!(
+                    "{} (generation {} acknowledges mark {})",
+                    v.volume, v.generation, v.gc_ack
+                )
+            })
+            .collect();
+        if !behind.is_empty() {
+            report.waiting = Some(epoch);
+            report.waiting_for = behind;
+            return Ok(report);
+        }
+        // Sizes for the report.
+        let sizes: HashMap<String, u64> = client
+            .list("packs")?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        let mut record = Swept {
+            epoch,
+            swept_unix: config::now_unix(),
+            deleted: Vec::new(),
+            kept: Vec::new(),
+        };
+        for key in &mark.candidates {
+            let Some((v, p, _)) = parse_pack_key(key) else {
+                continue;
+            };
+            if named.contains(&(v, p)) {
+                record.kept.push(key.clone());
+                continue;
+            }
+            let Some(&size) = sizes.get(key) else {
+                continue;
+            };
+            if !dry_run {
+                client.delete(key)?;
+            }
+            report.deleted_packs += 1;
+            report.deleted_bytes += size;
+            record.deleted.push(key.clone());
+        }
+        report.kept_named = record.kept.len() as u64;
+        report.swept = Some(epoch);
+        if dry_run {
+            return Ok(report);
+        }
+        client.put(
+            &gc_swept_key(epoch),
+            serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?,
+        )?;
+        client.delete(&gc_mark_key(epoch))?;
+    }
+
+    // A new mark: the pack objects no head names now.
+    let mut candidates = Vec::new();
+    for o in client.list("packs")? {
+        report.pack_objects += 1;
+        report.pack_bytes += o.size;
+        let Some((v, p, _)) = parse_pack_key(&o.key) else {
+            continue;
+        };
+        if !named.contains(&(v, p)) {
+            report.marked_packs += 1;
+            report.marked_bytes += o.size;
+            candidates.push(o.key);
+        }
+    }
+    if candidates.is_empty() || dry_run {
+        return Ok(report);
+    }
+    let epoch = last_epoch + 1;
+    let mark = Mark {
+        epoch,
+        created_unix: config::now_unix(),
+        candidates,
+    };
+    client.put(
+        &gc_mark_key(epoch),
+        serde_json::to_vec_pretty(&mark).map_err(std::io::Error::other)?,
+    )?;
+    report.marked = Some(epoch);
+    Ok(report)
+}

@@ -1,0 +1,302 @@
+//! Shared dedup between the volumes under one bucket prefix, and the bucket gc that deletes
+//! the packs no volume names (`dedupfs gc-bucket`), on a real Garage server.
+//!
+//! Guards against: a second volume uploading data another volume already stored; a volume
+//! that names another's pack and cannot read it back (after attach, or offline fsck); and
+//! above all the gc race of the naive protocol — volume B starts naming an old pack (by
+//! dedup) just after volume A dropped it and the collector marked it: the sweep must keep it,
+//! and must wait until every volume has acknowledged the mark.
+//!
+//! Skips (with a `SKIP:` line) when FUSE or the `garage` binary is absent.
+
+mod common;
+
+use common::garage;
+use common::remote::*;
+use common::tree;
+use common::{Volume, assert_bytes_eq, random_bytes, read_all};
+use std::fs;
+use std::path::Path;
+
+const MIB: usize = 1 << 20;
+
+/// The volume id of a remote store (names its packs in the bucket).
+fn volume_id(store: &Path) -> String {
+    let c: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.join("remote.json")).unwrap()).unwrap();
+    c["volume_id"].as_str().unwrap().to_string()
+}
+
+/// Bytes of the pack objects volume `store` uploaded itself.
+fn own_pack_bytes(g: &garage::Garage, prefix: &str, store: &Path) -> u64 {
+    client(g, prefix)
+        .list(&format!("packs/{}", volume_id(store)))
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum()
+}
+
+/// `dedupfs gc-bucket` of the prefix, as JSON.
+fn gc_bucket(g: &garage::Garage, env: &[(String, String)], prefix: &str) -> serde_json::Value {
+    let url = url_of(g, prefix);
+    let out = ok(
+        dedupfs(env, &["gc-bucket", &url, "--json"]),
+        "dedupfs gc-bucket",
+    );
+    serde_json::from_str(&out).expect("gc-bucket json")
+}
+
+/// The daemons of the race test look for gc marks only when told to (`dedupfs sync`).
+fn env_without_mark_polls(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut e = env.to_vec();
+    e.push(("DEDUPFS_GC_MARK_CHECK_SECS".into(), "100000".into()));
+    e
+}
+
+#[test]
+fn a_second_volume_of_the_same_data_uploads_almost_nothing_and_reads_it_back() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let image = random_bytes(21, 24 * MIB);
+    let a = dirs.path("a");
+    init_remote(&g, &a, "pool", &["--volume", "a"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("image"), &image).unwrap();
+    tree::make_tree(&va.path("tree"), 5, 200);
+    let want = tree::snapshot(&va.mnt);
+    va.unmount();
+    let a_bytes = own_pack_bytes(&g, "pool", &a);
+    assert!(
+        a_bytes >= 24 * MIB as u64,
+        "volume a uploaded {a_bytes} bytes"
+    );
+
+    // Volume b, same prefix: the same bytes are named in a's packs, not uploaded again.
+    let b = dirs.path("b");
+    init_remote(&g, &b, "pool", &["--volume", "b"]);
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+    fs::write(vb.path("image"), &image).unwrap();
+    tree::make_tree(&vb.path("tree"), 5, 200);
+    ok(sync(&env, &vb.mnt), "dedupfs sync of b");
+    let b_bytes = own_pack_bytes(&g, "pool", &b);
+    eprintln!("volume a uploaded {a_bytes} bytes of packs, volume b {b_bytes}");
+    assert!(
+        b_bytes * 100 < a_bytes,
+        "the second volume uploaded {b_bytes} bytes of packs for data the first has ({a_bytes})"
+    );
+    assert_bytes_eq("image on b", &read_all(&vb.path("image")), &image);
+    tree::assert_same_tree("tree on b", &tree::snapshot(&vb.mnt), &want, true);
+    vb.unmount();
+
+    // Offline fsck of b reads a's packs in the bucket (with --verify-data, every byte).
+    ok(
+        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of b",
+    );
+    // Another machine attaches b: it reads a's packs.
+    let c2 = dirs.path("c2");
+    attach(&g, &c2, "pool", &["--volume", "b"]);
+    let vc2 = Volume::mount_existing(&c2, &["-o", "ro"], &env);
+    assert_bytes_eq(
+        "image on an attached b",
+        &read_all(&vc2.path("image")),
+        &image,
+    );
+    tree::assert_same_tree(
+        "tree on an attached b",
+        &tree::snapshot(&vc2.mnt),
+        &want,
+        true,
+    );
+}
+
+#[test]
+fn bucket_gc_keeps_a_pack_named_again_in_the_race_and_deletes_it_once_unnamed() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let env = env_without_mark_polls(&env);
+    let kept = random_bytes(31, 6 * MIB);
+    let doomed = random_bytes(32, 12 * MIB);
+    let doomed2 = random_bytes(33, 4 * MIB);
+
+    // Volume a: a kept file, then (in packs of its own) the file that will be dropped.
+    let a = dirs.path("a");
+    init_remote(&g, &a, "race", &["--volume", "a", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("kept"), &kept).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (kept)");
+    fs::write(va.path("doomed"), &doomed).unwrap();
+    fs::write(va.path("doomed2"), &doomed2).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (doomed)");
+
+    // Volume b mounts now: its shared index learns a's chunks, the doomed file's included.
+    let b = dirs.path("b");
+    init_remote(&g, &b, "race", &["--volume", "b"]);
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+
+    // a drops the file and publishes: no head names its packs any more; the collector marks.
+    fs::remove_file(va.path("doomed")).unwrap();
+    fs::remove_file(va.path("doomed2")).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (after the delete)");
+    let r1 = gc_bucket(&g, &env, "race");
+    let mark = r1["marked"].as_u64().expect("a mark was made");
+    assert!(
+        r1["marked_bytes"].as_u64().unwrap() >= 16 * MIB as u64,
+        "the dropped file's packs were not marked: {r1}"
+    );
+    assert_eq!(r1["deleted_packs"], 0, "{r1}");
+
+    // The race: b has not seen the mark, and writes the same bytes: they are named in a's
+    // marked packs (nothing uploaded).
+    let b_before = own_pack_bytes(&g, "race", &b);
+    fs::write(vb.path("same-as-doomed"), &doomed).unwrap();
+
+    // The collector may not sweep: neither volume has acknowledged the mark.
+    let r2 = gc_bucket(&g, &env, "race");
+    assert_eq!(r2["waiting"].as_u64(), Some(mark), "{r2}");
+    assert_eq!(r2["deleted_packs"], 0, "{r2}");
+    let waits = r2["waiting_for"].to_string();
+    assert!(waits.contains("\"a ") && waits.contains("\"b "), "{r2}");
+
+    // Both publish (and so acknowledge); b's generation names a's packs.
+    ok(sync(&env, &vb.mnt), "sync b (acknowledges)");
+    let b_after = own_pack_bytes(&g, "race", &b);
+    assert!(
+        b_after - b_before < MIB as u64,
+        "b uploaded {} bytes for data a's packs hold: the race was not staged",
+        b_after - b_before
+    );
+    // b has installed the mark: bytes of the marked packs it had not named before are now
+    // stored by b itself, never placed in them.
+    fs::write(vb.path("same-as-doomed2"), &doomed2).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (doomed2)");
+    let b_own = own_pack_bytes(&g, "race", &b);
+    assert!(
+        b_own - b_after >= 4 * MIB as u64,
+        "after acknowledging the mark b placed chunks in the marked packs ({} bytes uploaded)",
+        b_own - b_after
+    );
+    let r3 = gc_bucket(&g, &env, "race");
+    assert_eq!(
+        r3["waiting"].as_u64(),
+        Some(mark),
+        "a has not acknowledged: {r3}"
+    );
+    ok(sync(&env, &va.mnt), "sync a (acknowledges)");
+    let r4 = gc_bucket(&g, &env, "race");
+    assert_eq!(r4["swept"].as_u64(), Some(mark), "{r4}");
+    assert!(
+        r4["kept_named"].as_u64().unwrap() >= 1,
+        "the sweep did not find the packs b names again: {r4}"
+    );
+    // Deleted: what only doomed2 used (b stored its own copy); kept: what b names.
+    let deleted = r4["deleted_bytes"].as_u64().unwrap();
+    assert!(
+        deleted < 12 * MIB as u64,
+        "the sweep deleted {deleted} bytes, more than b does not name: {r4}"
+    );
+
+    // What b wrote reads back from the bucket alone: a fresh attach of b.
+    let c = dirs.path("c");
+    attach(&g, &c, "race", &["--volume", "b"]);
+    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    assert_bytes_eq(
+        "b's file after the sweep",
+        &read_all(&vc.path("same-as-doomed")),
+        &doomed,
+    );
+    assert_bytes_eq(
+        "b's copy of doomed2 after the sweep",
+        &read_all(&vc.path("same-as-doomed2")),
+        &doomed2,
+    );
+    drop(vc);
+
+    // Once nothing names a's packs, two runs with acknowledgements between delete them.
+    fs::remove_file(vb.path("same-as-doomed")).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (drops the name)");
+    let r5 = gc_bucket(&g, &env, "race");
+    let mark2 = r5["marked"].as_u64().expect("second mark");
+    assert!(
+        r5["marked_bytes"].as_u64().unwrap() >= 12 * MIB as u64,
+        "{r5}"
+    );
+    ok(sync(&env, &va.mnt), "sync a (acknowledges 2)");
+    ok(sync(&env, &vb.mnt), "sync b (acknowledges 2)");
+    let r6 = gc_bucket(&g, &env, "race");
+    assert_eq!(r6["swept"].as_u64(), Some(mark2), "{r6}");
+    assert!(
+        r6["deleted_bytes"].as_u64().unwrap() >= 12 * MIB as u64,
+        "{r6}"
+    );
+
+    // Nothing either volume names was lost: both read back whole, from fresh attaches too.
+    assert_bytes_eq("a's kept file", &read_all(&va.path("kept")), &kept);
+    assert_bytes_eq(
+        "b's doomed2",
+        &read_all(&vb.path("same-as-doomed2")),
+        &doomed2,
+    );
+    va.unmount();
+    vb.unmount();
+    for (name, vol, file, want) in [
+        ("a2", "a", "kept", &kept),
+        ("b2", "b", "same-as-doomed2", &doomed2),
+    ] {
+        let s = dirs.path(name);
+        attach(&g, &s, "race", &["--volume", vol]);
+        ok(
+            dedupfs(&env, &["fsck", s.to_str().unwrap()]),
+            "fsck of a fresh attach",
+        );
+        let v = Volume::mount_existing(&s, &["-o", "ro"], &env);
+        assert_bytes_eq(file, &read_all(&v.path(file)), want);
+    }
+}
+
+#[test]
+fn a_volume_killed_while_naming_another_volumes_packs_loses_nothing_fsynced() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let shared = random_bytes(41, 8 * MIB);
+    let own = random_bytes(42, 3 * MIB);
+    let a = dirs.path("a");
+    init_remote(&g, &a, "crash", &["--volume", "a"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("shared"), &shared).unwrap();
+    va.unmount();
+
+    let b = dirs.path("b");
+    init_remote(&g, &b, "crash", &["--volume", "b", "--pack-mib", "1"]);
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+    for (name, data) in [("shared", &shared), ("own", &own)] {
+        use std::io::Write;
+        let mut f = fs::File::create(vb.path(name)).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Killed before any publication: the placements in a's packs are only in b's local
+    // journal (packs.log, index) now.
+    vb.kill9();
+    vb.remount();
+    assert_bytes_eq("shared after kill -9", &read_all(&vb.path("shared")), &shared);
+    assert_bytes_eq("own after kill -9", &read_all(&vb.path("own")), &own);
+    vb.unmount();
+    ok(
+        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of b after the crash",
+    );
+    assert!(
+        own_pack_bytes(&g, "crash", &b) < 5 * MIB as u64,
+        "b uploaded the chunks a has"
+    );
+    let c = dirs.path("c");
+    attach(&g, &c, "crash", &["--volume", "b"]);
+    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    assert_bytes_eq("shared attached", &read_all(&vc.path("shared")), &shared);
+    assert_bytes_eq("own attached", &read_all(&vc.path("own")), &own);
+}
