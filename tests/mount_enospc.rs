@@ -412,10 +412,11 @@ fn deleting_the_file_that_filled_the_disk_makes_room_again() {
     );
     assert!(
         free_after + 2 * MIB >= free_before,
-        "deleting the big file gave back only {} of {} KiB: chunk files or temp files leaked\n--- store ---\n{}",
+        "deleting the big file gave back only {} of {} KiB: chunk files or temp files leaked\n--- store ---\n{}--- daemon log ---\n{}",
         free_after / KIB,
         free_before / KIB,
-        du(&vol.store)
+        du(&vol.store),
+        log_tail(&vol)
     );
     recovers(&mut vol, &kept, 18, &|_| {});
 }
@@ -523,6 +524,20 @@ fn du(store: &Path) -> String {
         .map(|o| o.stdout.iter().filter(|&&b| b == b'\n').count())
         .unwrap_or(0);
     out.push_str(&format!("{chunks} chunk files\n"));
+    // Pack by pack: which ones kept dead records.
+    if let Ok(rd) = fs::read_dir(store.join("packs")) {
+        let mut packs: Vec<(String, u64)> = rd
+            .flatten()
+            .map(|e| {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        packs.sort();
+        for (name, len) in packs {
+            out.push_str(&format!("  packs/{name}: {} KiB\n", len / KIB));
+        }
+    }
     out
 }
 

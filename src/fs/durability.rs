@@ -61,8 +61,10 @@ impl Fs {
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.
         self.remove_dead_chunks()?;
-        // Packs keep removed chunks as dead bytes: give back what is wholly dead now, and on
-        // a nearly full device compact (a deleted file must make room again).
+        // Packs keep removed chunks as dead bytes: give back what is wholly dead now, and
+        // compact packs that still hold live records when the device is nearly full or the
+        // dead bytes are large next to the free space (the rule is in `PackStore::reclaim`):
+        // a deleted file must make room again by the time this durable point returns.
         match self.store().reclaim(low) {
             Ok(0) => {}
             Ok(n) => {
@@ -70,7 +72,11 @@ impl Fs {
                 // Cached slices of deleted packs would keep their space allocated.
                 self.cache.drop_mapped();
             }
-            Err(e) => tracing::warn!("cannot reclaim the space of deleted chunks: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot reclaim the space of deleted chunks: {e}");
+                // Packs deleted before the failure are as good as gone only once unmapped.
+                self.cache.drop_mapped();
+            }
         }
         if released {
             self.store().restore_reserve();

@@ -47,6 +47,10 @@ pub struct CompactReport {
     pub bytes_reclaimed: u64,
     /// Packs left alone although they qualified, with the reason (e.g. a damaged record).
     pub skipped: Vec<String>,
+    /// Of those, packs whose live chunks did not fit the free space (worth another pass once
+    /// other packs are gone).
+    #[serde(default)]
+    pub skipped_for_space: u64,
 }
 
 /// Compacts every sealed pack whose dead share is at least `min_dead` (0.0 rewrites every
@@ -117,17 +121,42 @@ pub fn compact_at_most(
         if until.is_some_and(|t| std::time::Instant::now() >= t) {
             break;
         }
+        // On a nearly full device, a pack whose live records do not fit the free space is
+        // passed over rather than started: the copy would fail part-way, having filled the
+        // disk for nothing, and a deader pack later in the list may still fit (or fit once
+        // the packs after it are gone: `reclaim` makes another pass).
+        if row.live_records > 0 && !fits(store, &row)? {
+            report.skipped.push(format!(
+                "{}: no space for its live chunks",
+                pack_file_name(id)
+            ));
+            report.skipped_for_space += 1;
+            continue;
+        }
         match compact_one(store, id, &row, &mut out, &mut report) {
             Ok(()) => {}
-            Err(FsError::NoSpace) if out.is_some() => {
+            Err(FsError::NoSpace) => {
                 report.skipped.push(format!(
                     "{}: no space for its live chunks",
                     pack_file_name(id)
                 ));
-                break;
+                report.skipped_for_space += 1;
+                // `compact_one` gave back what the failed copy wrote; what is committed in the
+                // pack being written stays (sealed below). Other candidates may still fit.
+                if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
+                    drop_uncommitted(store, &mut out);
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
+                    drop_uncommitted(store, &mut out);
+                }
+                return Err(e);
+            }
         }
+    }
+    if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
+        drop_uncommitted(store, &mut out);
     }
     // The last pack compaction wrote to is complete now (up to what was committed).
     if let Some(o) = out.filter(|o| !o.sealed && o.committed > PACK_HEADER_LEN) {
@@ -142,6 +171,32 @@ pub fn compact_at_most(
         )?;
     }
     Ok(report)
+}
+
+/// Whether the live records of `row` fit the device's free space, with room to spare for the
+/// index commit that moves them (`COPY_MARGIN`).
+fn fits(store: &PackStore, row: &PackRow) -> Result<bool> {
+    let avail = store.space()?.avail_bytes;
+    Ok(row.live_bytes + COPY_MARGIN <= avail)
+}
+
+/// Free space kept beyond a pack's live bytes before compaction copies them: the record
+/// headers, the new pack's header and the index commit that moves the chunks.
+const COPY_MARGIN: u64 = 1 << 20;
+
+/// Deletes the pack compaction created when no index commit names it yet (its first copy
+/// failed, or it was never used): nothing can have mapped it, and left behind it would hold
+/// its partial copies as garbage until `gc`.
+fn drop_uncommitted(store: &PackStore, out: &mut Option<Out>) {
+    if let Some(o) = out.take()
+        && let Err(e) = fs::remove_file(store.pack_path(o.id))
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(
+            "cannot remove the unused compaction pack {}: {e}",
+            pack_file_name(o.id)
+        );
+    }
 }
 
 /// The pack compaction writes into.
@@ -254,8 +309,19 @@ fn compact_one(
             Ok(())
         })();
         if let Err(e) = copied {
-            // Nothing refers to the copies: the next candidate writes over them.
+            // Nothing refers to the copies: the next candidate writes over them. Their bytes
+            // are given back now (on a full disk they are the space a failed copy took): no
+            // index location points at or past `committed`, so no reader touches the cut
+            // range, and the bytes below it are not modified.
             o.pos = o.committed;
+            if o.committed > PACK_HEADER_LEN
+                && let Err(cut) = o.file.set_len(o.committed)
+            {
+                tracing::warn!(
+                    "cannot cut the failed copies off {}: {cut}",
+                    pack_file_name(o.id)
+                );
+            }
             return Err(e);
         }
         // Open (appended to by the next candidate) until full; a crash leaves it open in the

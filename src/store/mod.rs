@@ -128,9 +128,10 @@ pub trait ChunkStore: Send + Sync {
         None
     }
     /// Gives the space of removed chunks back to the device where the store keeps dead bytes
-    /// (packs): deletes packs no live chunk uses, and with `low_space` also compacts packs
-    /// whose dead share is high. Returns the bytes freed. Called after a durable point that
-    /// removed chunks, with no write-back in flight.
+    /// (packs): deletes packs no live chunk uses, and with `low_space` (or when the store finds
+    /// the device nearly full, or the dead bytes large next to the free space) also compacts
+    /// packs whose dead share is high. Returns the bytes freed. Called after every durable
+    /// point, with no write-back in flight.
     fn reclaim(&self, low_space: bool) -> Result<u64> {
         let _ = low_space;
         Ok(0)

@@ -86,6 +86,19 @@ const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 const BACKLOG_WAIT_FAILING: std::time::Duration = std::time::Duration::from_secs(15);
 /// Bytes appended between two looks at the free space, while it is plentiful.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
+/// Below this much free space a durable point compacts packs with live records too (at least
+/// `COMPACT_MIN_DEAD` dead), not only packs with none: new chunks are refused not far below
+/// (`DATA_HEADROOM`), and the next look at the space may be `SPACE_CHECK_EVERY` away.
+const RECLAIM_LOW_SPACE: u64 = 2 * DATA_HEADROOM + SPACE_CHECK_EVERY;
+/// ... and also with more free space, while it is at most this many times the dead bytes
+/// (compacting would give back at least half as much again as is free). A user who
+/// deletes a file that took much of the free space expects it back at the next durable point;
+/// the background step (`BACKGROUND_MIN_DEAD_BYTES`) only follows seconds later, and only
+/// once a quarter of all pack bytes are dead.
+const RECLAIM_FREE_PER_DEAD: u64 = 2;
+/// Compaction passes of one reclaim at most (a pass after one that passed a pack over for lack
+/// of space and freed some).
+const RECLAIM_PASSES: usize = 4;
 
 /// Numbers of packs another volume uploaded that this store names (shared dedup of a remote
 /// volume): far above any pack this store creates (it counts from 1), so never a local
@@ -1259,17 +1272,25 @@ impl ChunkStore for PackStore {
             // generation may name any of them); local space comes back by eviction.
             return Ok(0);
         }
+        let removed = self.removed_since_reclaim.swap(false, Ordering::Relaxed);
+        let avail = super::space_of(&self.dir_fd)?.avail_bytes;
         // Near the point where new chunks are refused, dead bytes must go back now.
-        let low_space = low_space
-            || super::space_of(&self.dir_fd)?.avail_bytes < 2 * DATA_HEADROOM + SPACE_CHECK_EVERY;
-        if !self.removed_since_reclaim.swap(false, Ordering::Relaxed) && !low_space {
+        let low_space = low_space || avail < RECLAIM_LOW_SPACE;
+        if !removed && !low_space {
             // No removal since the last sync: nothing new can have died.
             return Ok(0);
         }
         self.sync()?;
+        // The rule (docs/design.md, "Compaction"): packs with nothing live always go; packs
+        // with live records too (at least `COMPACT_MIN_DEAD` dead) when the device is nearly
+        // full, or when the dead bytes are a large share of the free space (deleting a big
+        // file whose records share packs with live data must make room when the delete's
+        // durable point returns, whatever the timing of the writes put its records).
+        let dead = self.usage()?.dead_bytes;
+        let pressure = low_space || dead.saturating_mul(RECLAIM_FREE_PER_DEAD) >= avail;
         // An open pack whose every record died (a large file written and deleted) is sealed
-        // so it can go too; on a nearly full device, so is one that is mostly dead. Other open
-        // packs keep filling.
+        // so it can go too; under pressure, so is one that is mostly dead. Other open packs
+        // keep filling.
         let rows = self.index.packs()?;
         for slot in &self.slots {
             let mut g = slot.lock();
@@ -1278,7 +1299,7 @@ impl ChunkStore for PackStore {
                     *id == p.id
                         && !self.pending_has_pack(p.id)
                         && (r.live_records == 0
-                            || low_space
+                            || pressure
                                 && r.dead_bytes() as f64
                                     >= super::compact::COMPACT_MIN_DEAD * r.len as f64)
                 })
@@ -1288,13 +1309,22 @@ impl ChunkStore for PackStore {
             }
         }
         self.sync()?;
-        let min_dead = if low_space {
+        let min_dead = if pressure {
             super::compact::COMPACT_MIN_DEAD
         } else {
             f64::INFINITY
         };
-        let r = super::compact::compact(self, min_dead, false, false)?;
-        Ok(r.bytes_reclaimed)
+        // A pack passed over for lack of space may fit once the packs after it are gone:
+        // another pass follows one that freed some.
+        let mut freed = 0;
+        for _ in 0..RECLAIM_PASSES {
+            let r = super::compact::compact(self, min_dead, false, false)?;
+            freed += r.bytes_reclaimed;
+            if r.skipped_for_space == 0 || r.packs_compacted == 0 {
+                break;
+            }
+        }
+        Ok(freed)
     }
 }
 
