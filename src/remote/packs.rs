@@ -303,6 +303,26 @@ impl RemotePacks {
         })
     }
 
+    /// Bytes `range` of pack `pack` through the range cache (`again`: its blocks fetched anew).
+    fn read_through_cache(&self, pack: u64, range: Range<u64>, again: bool) -> Result<Vec<u8>> {
+        let p = self.table.get(pack).ok_or_else(|| {
+            FsError::Corrupt(format!("pack {pack:016x} is neither local nor uploaded"))
+        })?;
+        let key = self.keys.pack_of(&p);
+        let fetch = |r: Range<u64>| -> Result<Vec<u8>> {
+            let client = self.read_client()?;
+            client.get_range(&key, r).map_err(|e| {
+                tracing::error!(pack = %key, "cannot read from the object store: {e}");
+                FsError::from(e)
+            })
+        };
+        if again {
+            self.cache.reread(pack, p.len, range, &fetch)
+        } else {
+            self.cache.read(pack, p.len, range, &fetch)
+        }
+    }
+
     /// Bytes of ranges of evicted packs cached locally.
     pub fn cached_range_bytes(&self) -> u64 {
         self.cache.bytes()
@@ -341,18 +361,11 @@ impl PackSource for RemotePacks {
     }
 
     fn read(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
-        let p = self.table.get(pack).ok_or_else(|| {
-            FsError::Corrupt(format!("pack {pack:016x} is neither local nor uploaded"))
-        })?;
-        let key = self.keys.pack_of(&p);
-        let fetch = |r: Range<u64>| -> Result<Vec<u8>> {
-            let client = self.read_client()?;
-            client.get_range(&key, r).map_err(|e| {
-                tracing::error!(pack = %key, "cannot read from the object store: {e}");
-                FsError::from(e)
-            })
-        };
-        self.cache.read(pack, p.len, range, &fetch)
+        self.read_through_cache(pack, range, false)
+    }
+
+    fn reread(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
+        self.read_through_cache(pack, range, true)
     }
 
     fn packs(&self) -> Vec<(u64, u64)> {

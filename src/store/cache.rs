@@ -238,9 +238,19 @@ impl ChunkCache {
         if let Some(hit) = self.lru.lock().map.get(id) {
             return Ok(hit.clone());
         }
-        let bytes = self.store.get(id).inspect_err(|e| {
+        let mut bytes = self.store.get(id).inspect_err(|e| {
             tracing::error!(chunk = %id, "cannot load chunk: {e}");
         })?;
+        // Bytes from a cache of a remote pack are checked here only: when they fail, the
+        // store fetches them again (and they are checked again below).
+        let mut verified = false;
+        if matches!(bytes, ChunkBytes::Owned(_)) {
+            if bytes.len() as u64 == len && ChunkId::of(&bytes) == *id {
+                verified = true;
+            } else if let Some(again) = self.store.get_again(id)? {
+                bytes = again;
+            }
+        }
         if bytes.len() as u64 != len {
             tracing::error!(chunk = %id, expected = len, actual = bytes.len(), "chunk has the wrong length");
             return Err(FsError::ChunkLength {
@@ -249,10 +259,11 @@ impl ChunkCache {
                 actual: bytes.len() as u64,
             });
         }
-        let trusted = match &bytes {
-            ChunkBytes::Mapped(m) => m.resident && self.memo.lock().get(id) == Some(&m.stamp),
-            ChunkBytes::Owned(_) => false,
-        };
+        let trusted = verified
+            || match &bytes {
+                ChunkBytes::Mapped(m) => m.resident && self.memo.lock().get(id) == Some(&m.stamp),
+                ChunkBytes::Owned(_) => false,
+            };
         if !trusted {
             if ChunkId::of(&bytes) != *id {
                 tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");

@@ -99,6 +99,13 @@ pub trait ChunkStore: Send + Sync {
     fn put(&self, id: &ChunkId, data: &[u8]) -> Result<()>;
     /// Loads a chunk's bytes, unverified (the cache verifies). Missing is `MissingChunk`.
     fn get(&self, id: &ChunkId) -> Result<ChunkBytes>;
+    /// The bytes `get` served for `id` failed their hash or length: reads them again where a
+    /// cached copy may have been damaged (a remote pack's range cache). `None`: no other
+    /// source (the damage is in the store).
+    fn get_again(&self, id: &ChunkId) -> Result<Option<ChunkBytes>> {
+        let _ = id;
+        Ok(None)
+    }
     /// Removes a chunk; removing a missing chunk is not an error.
     fn remove(&self, id: &ChunkId) -> Result<()>;
     /// Makes every earlier `put` and `remove` durable.

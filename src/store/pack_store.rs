@@ -114,6 +114,11 @@ pub trait PackSource: Send + Sync {
     /// Bytes `range` of pack `pack` (unverified: records carry checksums and chunks are
     /// verified by their hash above).
     fn read(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>>;
+    /// [`PackSource::read`] again, bypassing any local copy: the bytes it served for this
+    /// range failed their chunk's hash.
+    fn reread(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.read(pack, range)
+    }
     /// Bytes of packs not in the source yet that the store may hold: past it, new data is
     /// refused (ENOSPC) until uploads catch up. `None`: no limit.
     fn backlog_limit(&self) -> Option<u64> {
@@ -520,13 +525,19 @@ impl PackStore {
         Ok(len)
     }
 
-    /// Reads chunk `id` at `loc` from the source (its pack was evicted).
-    fn read_remote(&self, id: &ChunkId, loc: &Loc) -> Result<ChunkBytes> {
+    /// Reads chunk `id` at `loc` from the source (its pack was evicted); `again`: bypassing
+    /// its local copy of those bytes.
+    fn read_remote(&self, id: &ChunkId, loc: &Loc, again: bool) -> Result<ChunkBytes> {
         let Some(source) = &self.source else {
             return Err(FsError::MissingChunk { id: *id });
         };
         let start = loc.stored_start();
-        let stored = source.read(loc.pack, start..start + loc.stored_len as u64)?;
+        let range = start..start + loc.stored_len as u64;
+        let stored = if again {
+            source.reread(loc.pack, range)?
+        } else {
+            source.read(loc.pack, range)?
+        };
         if loc.codec == CODEC_NONE {
             return Ok(ChunkBytes::Owned(Arc::new(stored)));
         }
@@ -1008,14 +1019,14 @@ impl ChunkStore for PackStore {
                 };
             };
             if self.evicted.read().contains(&loc.pack) {
-                return self.read_remote(id, &loc);
+                return self.read_remote(id, &loc, false);
             }
             match self.map_pack(loc.pack, loc.end()) {
                 Ok(m) => return self.read_at(id, &loc, &m),
                 // Evicted: the bucket has it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(loc.pack) => {
                     self.evicted.write().insert(loc.pack);
-                    return self.read_remote(id, &loc);
+                    return self.read_remote(id, &loc, false);
                 }
                 // Compaction may have moved the chunk and deleted the pack since the lookup.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !retried => retried = true,
@@ -1029,6 +1040,16 @@ impl ChunkStore for PackStore {
                     });
                 }
             }
+        }
+    }
+
+    fn get_again(&self, id: &ChunkId) -> Result<Option<ChunkBytes>> {
+        // Only bytes that came through the source's cache can be read differently.
+        match self.locate(id)? {
+            Some(loc) if self.is_remote(loc.pack) && !self.is_local(loc.pack) => {
+                self.read_remote(id, &loc, true).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 
