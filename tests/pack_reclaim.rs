@@ -12,6 +12,9 @@
 //! The store lives in a tmpfs the test mounts, so these tests need root; they print a `SKIP:`
 //! line and pass otherwise.
 
+mod common;
+
+use common::random_bytes;
 use dedupfs::hash::ChunkId;
 use dedupfs::store::codec::Codec;
 use dedupfs::store::compact::verify_packs;
@@ -22,18 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MIB: u64 = 1 << 20;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
 
 fn put(store: &dyn ChunkStore, data: &[u8]) -> ChunkId {
     let id = ChunkId::of(data);
@@ -111,7 +102,7 @@ fn deleted_data_sharing_packs_with_live_data_is_compacted_away_at_the_next_recla
     // chunk at the start of each: every pack holds live data and 31 MiB of the big file.
     let (mut kept, mut big) = (Vec::new(), Vec::new());
     for i in 0..96u64 {
-        let data = noise(i, MIB as usize);
+        let data = random_bytes(i, MIB as usize);
         if i % 32 == 0 {
             kept.push((put(&store, &data), data));
         } else {
@@ -173,7 +164,7 @@ fn a_pack_whose_live_data_cannot_fit_is_passed_over_without_filling_the_disk() {
     // A sealed pack of 32 MiB, a quarter dead (24 MiB live), and a small open one.
     let ids: Vec<(ChunkId, Vec<u8>)> = (0..33u64)
         .map(|i| {
-            let data = noise(i, MIB as usize);
+            let data = random_bytes(i, MIB as usize);
             (put(&store, &data), data)
         })
         .collect();
