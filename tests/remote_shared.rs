@@ -319,3 +319,43 @@ fn a_volume_killed_while_naming_another_volumes_packs_loses_nothing_fsynced() {
     assert_bytes_eq("shared attached", &read_all(&vc.path("shared")), &shared);
     assert_bytes_eq("own attached", &read_all(&vc.path("own")), &own);
 }
+
+#[test]
+fn gc_bucket_refuses_what_it_cannot_judge_and_marks_nothing() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "judge", &["--volume", "a"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("f"), random_bytes(51, 2 * MIB)).unwrap();
+    va.unmount();
+    let url = url_of(&g, "judge");
+    // An empty prefix: nothing to do, said plainly.
+    let said = ok(
+        dedupfs(&env, &["gc-bucket", &url_of(&g, "nothing-here")]),
+        "gc-bucket of an empty prefix",
+    );
+    assert!(said.contains("nothing to mark"), "{said}");
+    // A volume whose identity object is gone: its packs are not taken for garbage.
+    let c = client(&g, "judge");
+    c.delete("volumes/a/volume.json").unwrap();
+    let said = fails(
+        dedupfs(&env, &["gc-bucket", &url]),
+        "gc-bucket without volume.json",
+    );
+    assert!(said.contains("no volume.json"), "{said}");
+    assert!(c.list("gc").unwrap().is_empty(), "a mark was made");
+    // An unreachable object store: one clear error, soon.
+    let dead = format!("http://127.0.0.1:{}", garage::closed_port());
+    let started = std::time::Instant::now();
+    let said = fails(
+        dedupfs(&env, &["gc-bucket", &url, "--endpoint", &dead]),
+        "gc-bucket of an unreachable store",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{said}"
+    );
+    assert!(said.to_lowercase().contains("127.0.0.1"), "{said}");
+}

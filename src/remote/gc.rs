@@ -76,7 +76,26 @@ type Named = HashSet<(u64, u64)>;
 fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
     let mut out = Vec::new();
     let mut named = HashSet::new();
-    for name in super::attach::list_volumes(client)? {
+    let volumes = super::attach::list_volumes(client)?;
+    // A volume whose identity object is gone still names packs (its own by its id): refuse
+    // rather than take them for garbage.
+    for o in client.list("volumes")? {
+        let name = o
+            .key
+            .strip_prefix("volumes/")
+            .and_then(|r| r.split_once('/'));
+        if let Some((name, rest)) = name
+            && rest.starts_with("gens/")
+            && !volumes.iter().any(|v| v == name)
+        {
+            return Err(FsError::Refused(format!(
+                "volumes/{name} has generations but no volume.json: gc-bucket cannot tell which \
+                 packs it names; restore volumes/{name}/volume.json (or delete that volume's \
+                 objects) first"
+            )));
+        }
+    }
+    for name in volumes {
         let probe = Keys::for_volume(&name, "");
         let info: VolumeInfo = match client.get(&probe.volume_json()) {
             Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
@@ -85,9 +104,6 @@ fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
                     probe.volume_json()
                 ))
             })?,
-            // Generations without a volume object: `init` failed half-way; none can name a
-            // pack without one.
-            Err(crate::error::RemoteError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
         let volume = u64::from_str_radix(&info.volume_id, 16).map_err(|_| {
