@@ -703,9 +703,18 @@ impl WTx {
     }
 
     pub fn alloc_ino(&mut self) -> Result<Ino> {
+        self.alloc_ino_from(0)
+    }
+
+    /// [`WTx::alloc_ino`], never below `floor`. The filesystem passes the number after the
+    /// highest it handed out in this mount: numbers of operations whose commit was dropped
+    /// (a failed commit) are no longer in the database, but the kernel and open handles may
+    /// still name them. The new `next_ino` is above `floor`, so the commit stores it.
+    pub fn alloc_ino_from(&mut self, floor: Ino) -> Result<Ino> {
         let next = self
             .meta_u64("next_ino")?
-            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?;
+            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?
+            .max(floor);
         // Inode numbers from 2^48 up name inodes inside snapshots (`fs::snapshots`).
         if next >= 1 << 48 {
             return Err(FsError::NoSpace);
