@@ -11,14 +11,21 @@
 //! `finish_deletions`): a crash after the snapshot file was renamed to `.deleting-` must be
 //! finished by the next open, freeing the chunks only that snapshot held and none that another
 //! snapshot or the live tree still names (those would read EIO there).
+//!
+//! And guards inode numbers across a failed metadata commit (CI, mount_enospc: fsck found
+//! "entry later0 says Dir but inode 52652 is a File"): the commit is dropped as a crash would
+//! drop it, numbers it handed out go back to the database's allocator, but the kernel and an
+//! open handle still hold them. A later mkdir got the number of a dropped file, whose
+//! write-back then overwrote the directory's inode. Numbers must never be handed out twice in
+//! one mount, and the dropped file's data must go as in a crash, without failing other syncs.
 
 use dedupfs::chunker::ChunkParams;
 use dedupfs::error::FsError;
-use dedupfs::fs::{Caller, Fs, FsConfig};
+use dedupfs::fs::{Caller, Fs, FsConfig, SetAttr};
 use dedupfs::hash::ChunkId;
 use dedupfs::maint::fsck::{FsckOptions, Severity, fsck};
 use dedupfs::meta::snapshot::{self, Holders, SnapshotDb};
-use dedupfs::meta::{MetaDb, ROOT_INO};
+use dedupfs::meta::{Kind, MetaDb, ROOT_INO};
 use dedupfs::store::{ChunkStore, LocalDirStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -294,4 +301,105 @@ fn snapshot_delete_interrupted_before_the_file_went_is_finished_at_open() {
     // The chunks only `old` named are gone, rightly: fsck must not call them missing.
     assert_fsck_clean(dir.path(), "of the crashed store");
     assert_old_deleted(dir.path(), &files);
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
+    r.expect_err("operation should fail").errno()
+}
+
+#[test]
+fn a_file_dropped_with_a_failed_commit_never_lends_its_inode_number_to_a_new_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Caller::default();
+    // A small total dirty budget, to see below that the dropped file's bytes left it.
+    let budget = 64 << 10;
+    let cfg = FsConfig {
+        store_dir: Some(dir.path().to_path_buf()),
+        total_dirty_limit: budget,
+        file_dirty_limit: 1 << 20,
+        ..FsConfig::default()
+    };
+    let db = dir.path().join("meta.redb");
+    let meta = MetaDb::create(&db, ChunkParams::default(), 0, 0).unwrap();
+    let store: Arc<dyn ChunkStore> =
+        Arc::new(LocalDirStore::open(&dir.path().join("chunks")).unwrap());
+    let fs = Fs::new(meta, store, cfg).unwrap();
+    let (kept, _) = fs.mkdir(who, ROOT_INO, b"kept", 0o755).unwrap();
+    fs.sync_dir().unwrap();
+
+    // A new file, open, with dirty data; its creation is committed but not durable.
+    let (lost, _, lost_fh) = fs.create(who, ROOT_INO, b"lost", 0o644).unwrap();
+    fs.write(lost, 0, &noise(40_000, 1)).unwrap();
+    // The disk fills: the durable commit fails, and the database goes back to its last
+    // durable commit, which has no `lost`.
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.sync_dir()), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+
+    // Space is back. A new directory must not get the dropped file's number.
+    let (d, _) = fs.mkdir(who, ROOT_INO, b"dir", 0o755).unwrap();
+    assert_ne!(
+        d, lost,
+        "the dropped file's inode number was handed out again"
+    );
+    // Still open and dirty, but no longer in the metadata: reads and attribute changes
+    // through its handle are refused.
+    assert_eq!(errno(fs.read(lost, 0, 10)), libc::ESTALE);
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(lost, chmod)), libc::ESTALE);
+    let (inner, _, inner_fh) = fs.create(who, d, b"inner", 0o644).unwrap();
+    let inner_data = noise(5_000, 2);
+    fs.write(inner, 0, &inner_data).unwrap();
+    // The periodic flusher writes back every open file, the dropped one included: it must
+    // succeed, and leave the directory alone.
+    fs.sync_all(false).unwrap();
+    assert_eq!(fs.getattr(d).unwrap().kind, Kind::Dir, "dir overwritten");
+    assert_ne!(inner, lost);
+
+    // The dropped file's handle: ESTALE, and no operation brings its inode back.
+    assert_eq!(errno(fs.read(lost, 0, 10)), libc::ESTALE);
+    assert_eq!(errno(fs.write(lost, 0, b"again")), libc::ESTALE);
+    assert_eq!(errno(fs.fsync(lost)), libc::ESTALE);
+    assert_eq!(errno(fs.getattr(lost)), libc::ESTALE);
+    assert_eq!(errno(fs.setattr(lost, chmod)), libc::ESTALE);
+    assert_eq!(errno(fs.truncate(lost, 1)), libc::ESTALE);
+    assert_eq!(errno(fs.setxattr(lost, b"user.x", b"v", 0)), libc::ESTALE);
+    assert_eq!(errno(fs.link(lost, kept, b"relinked")), libc::ESTALE);
+    assert_eq!(errno(fs.flush(lost)), libc::ESTALE);
+    fs.release(lost_fh).unwrap();
+    fs.fsync(inner).unwrap();
+
+    // Its 40 000 dirty bytes left the budget: 2 x 30 000 more bytes of another file fit in
+    // 64 KiB and stay dirty (counted still, they would force that file's write-back).
+    let (other, _, other_fh) = fs.create(who, kept, b"other", 0o644).unwrap();
+    fs.write(other, 0, &noise(30_000, 3)).unwrap();
+    fs.write(other, 30_000, &noise(30_000, 4)).unwrap();
+    assert!(
+        !fs.allocated_settled(other).unwrap().1,
+        "the dropped file's dirty bytes are still counted against the budget"
+    );
+
+    fs.release(inner_fh).unwrap();
+    fs.release(other_fh).unwrap();
+    // The final sync of an unmount.
+    fs.sync_all(true).unwrap();
+    assert!(fs.lookup(ROOT_INO, b"lost").is_err());
+    drop(fs);
+
+    assert_fsck_clean(dir.path(), "after the dropped commit");
+    let fs = open_fs(dir.path());
+    let (d2, attr) = fs.lookup(ROOT_INO, b"dir").unwrap();
+    assert_eq!((d2, attr.kind, attr.nlink), (d, Kind::Dir, 2));
+    let (i2, attr) = fs.lookup(d, b"inner").unwrap();
+    assert_eq!(attr.size, inner_data.len() as u64);
+    assert_eq!(fs.read(i2, 0, 10_000).unwrap(), inner_data);
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 4, "root: ., kept, dir");
+    // After a remount the dropped numbers may be used again: the kernel forgot them.
+    fs.create(who, ROOT_INO, b"after", 0o644).unwrap();
+    fs.sync_all(true).unwrap();
+    drop(fs);
+    assert_fsck_clean(dir.path(), "after the remount");
 }

@@ -136,10 +136,18 @@ impl Fs {
         Ok(())
     }
 
-    /// fsync(2): the file's data and metadata are durable when this returns.
+    /// fsync(2): the file's data and metadata are durable when this returns. A file whose
+    /// creation a failed commit dropped gets ESTALE: what was written to it is lost.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         self.writeback_reclaiming(&mut st, ino, true)?;
+        if st.open.contains_key(&ino) && self.view(&st)?.inode(ino)?.is_none() {
+            // Nothing was left to write back, so the write-back did not look.
+            self.discard_gone(&mut st, ino);
+        }
+        if st.stale.contains(&ino) {
+            return Err(FsError::Stale);
+        }
         st.since_durable = true;
         self.make_durable(&mut st)
     }

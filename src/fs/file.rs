@@ -107,7 +107,11 @@ impl Fs {
                     Some(p) => p.tx.inode(ino)?,
                     None => self.meta.begin_read()?.inode(ino)?,
                 }
-                .ok_or(FsError::NotFound)?;
+                .ok_or(if st.stale.contains(&ino) {
+                    FsError::Stale
+                } else {
+                    FsError::NotFound
+                })?;
                 Ok(v.insert(OpenInode {
                     attr,
                     attr_dirty: false,
@@ -298,6 +302,10 @@ impl Fs {
     /// readers as `flushing` until the commit. Every operation that edits this inode's extents
     /// waits for an in-flight write-back first (`wait_idle`), so the snapshot's extents are
     /// still current when the commit replaces them.
+    ///
+    /// An inode gone from the metadata (a failed commit dropped the group that created it)
+    /// is not written: its open state goes (`discard_gone`) and the write-back succeeds, so
+    /// the syncs of other files do not fail for it; its own handles get ESTALE from then on.
     pub(super) fn writeback(&self, st: &mut Guard<'_>, ino: Ino, final_: bool) -> Result<()> {
         self.wait_idle(st, ino);
         let Some(o) = st.open.get_mut(&ino) else {
@@ -307,6 +315,13 @@ impl Fs {
         if o.dirty.is_empty() && !o.attr_dirty {
             return Ok(());
         }
+        if self.view(st)?.inode(ino)?.is_none() {
+            self.discard_gone(st, ino);
+            return Ok(());
+        }
+        let Some(o) = st.open.get_mut(&ino) else {
+            return Ok(());
+        };
         let ranges = Arc::new(o.dirty.take());
         let taken: usize = ranges.iter().map(|(_, v)| v.len()).sum();
         let size = o.attr.size;
@@ -320,8 +335,15 @@ impl Fs {
                 self.prepare(&snap, ino, &ranges, size, final_, policy, &fresh)
             })
         });
+        // Checked again at the commit: the group that created the inode may have been dropped
+        // while the state lock was released.
+        let mut gone = false;
         let result = prepared.and_then(|p| {
             self.group(st, |st, tx| {
+                if tx.inode(ino)?.is_none() {
+                    gone = true;
+                    return Err(FsError::Stale);
+                }
                 for r in &p.regions {
                     let old = tx.extents(ino, r.start, r.end)?;
                     tx.replace_extents(ino, &old, &r.new)?;
@@ -352,6 +374,12 @@ impl Fs {
             return result.map(|_| ());
         };
         o.flushing = None;
+        if gone {
+            self.discard_gone(st, ino);
+            self.discard_fresh(st, &fresh.into_inner());
+            self.flush_done.notify_all();
+            return Ok(());
+        }
         let before = o.dirty.bytes();
         let out = match result {
             Ok(tails) => {
@@ -392,6 +420,24 @@ impl Fs {
             self.group(st, |_, tx| tx.delete_inode(ino))?;
         }
         out
+    }
+
+    /// Drops the open state of `ino`, whose inode is gone from the metadata because a failed
+    /// commit dropped the group that created it: its dirty bytes go (and leave the dirty
+    /// budget), as a crash would lose them, and its handles get ESTALE from now on (`stale`).
+    /// Its number is never handed out again in this mount (`State::ino_floor`). No write-back
+    /// of it is in flight.
+    pub(super) fn discard_gone(&self, st: &mut State, ino: Ino) {
+        if let Some(o) = st.open.remove(&ino) {
+            st.dirty_total -= o.dirty.bytes();
+            tracing::error!(
+                ino,
+                "inode {ino} is gone from the metadata (a failed commit dropped its creation): \
+                 its {} unwritten bytes are dropped, as in a crash; its open handles get ESTALE",
+                o.dirty.bytes()
+            );
+        }
+        st.stale.insert(ino);
     }
 
     /// Removes chunk files a failed write-back created, unless metadata references them by

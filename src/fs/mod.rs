@@ -209,6 +209,16 @@ fn committed_size(committed: u64, size: u64, pending: impl IntoIterator<Item = (
         .map_or(size, |first| first.min(size))
 }
 
+/// The error for `ino` missing from the metadata: ESTALE for an inode a handle still names
+/// after a failed commit dropped its creation, ENOENT otherwise.
+fn missing(st: &State, ino: Ino) -> FsError {
+    if st.stale.contains(&ino) || st.open.contains_key(&ino) {
+        FsError::Stale
+    } else {
+        FsError::NotFound
+    }
+}
+
 /// Is a write-back of any inode in flight (its snapshot may count dead chunks as live)?
 fn flush_in_flight(st: &State) -> bool {
     st.open.values().any(|o| o.flushing.is_some())
@@ -274,6 +284,15 @@ struct State {
     pending: Option<Pending>,
     /// Closed inodes whose last link is gone, waiting to be deleted (see `reap`).
     reap: Vec<Ino>,
+    /// Above every inode number handed out in this mount. A failed commit gives the numbers
+    /// of the operations it drops back to the database's allocator, but the kernel and open
+    /// handles still know them: a number handed out again would let the dropped file's
+    /// write-back overwrite another inode. After a remount they may be used again.
+    ino_floor: Ino,
+    /// Inodes this mount handed out whose creation a failed commit dropped, found while a
+    /// handle still named them (`discard_gone`): their handles get ESTALE. Never reused in
+    /// this mount (`ino_floor`), and few (one per file open across a failed commit).
+    stale: HashSet<Ino>,
 }
 
 pub struct Fs {
@@ -563,16 +582,18 @@ impl Fs {
         self.meta.begin_read()
     }
 
-    /// Current attributes: the open copy if any, else the database's.
+    /// Current attributes: the open copy if any, else the database's. Either way the inode
+    /// must be in the database: an open copy of an inode whose creation a failed commit
+    /// dropped is refused (ESTALE), so that no change of it writes a row for it again.
     fn attr_in(&self, st: &State, tx: &(impl MetaRead + ?Sized), ino: Ino) -> Result<Attr> {
-        if let Some(o) = st.open.get(&ino) {
-            return Ok(o.attr);
-        }
-        tx.inode(ino)?.ok_or(FsError::NotFound)
+        let stored = tx.inode(ino)?.ok_or_else(|| missing(st, ino))?;
+        Ok(st.open.get(&ino).map_or(stored, |o| o.attr))
     }
 
-    /// Writes attributes to the database and the open copy.
+    /// Writes attributes to the database and the open copy. Never creates the inode: one
+    /// missing from the database is refused before any change.
     fn set_attr_in(&self, st: &mut State, tx: &mut WTx, ino: Ino, attr: Attr) -> Result<()> {
+        let committed = tx.inode(ino)?.ok_or_else(|| missing(st, ino))?.size;
         let mut stored = attr;
         if let Some(o) = st.open.get(&ino) {
             let in_flight = o.flushing.iter().flat_map(|r| r.iter());
@@ -581,7 +602,6 @@ impl Fs {
                 .spans()
                 .into_iter()
                 .chain(in_flight.map(|(k, v)| (*k, *k + v.len() as u64)));
-            let committed = tx.inode(ino)?.map_or(0, |a| a.size);
             stored.size = committed_size(committed, attr.size, pending);
         }
         tx.put_inode(ino, &stored)?;
@@ -617,7 +637,7 @@ impl Fs {
             return Ok(o.attr);
         }
         if let Some(p) = &st.pending {
-            let a = p.tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            let a = p.tx.inode(ino)?.ok_or_else(|| missing(&st, ino))?;
             // Deleted, only not yet removed (see `reap`).
             if a.nlink == 0 && st.reap.contains(&ino) {
                 return Err(FsError::NotFound);
@@ -625,12 +645,13 @@ impl Fs {
             return Ok(a);
         }
         let queued = !st.reap.is_empty();
+        let stale = st.stale.contains(&ino);
         drop(st);
-        let a = self
-            .meta
-            .begin_read()?
-            .inode(ino)?
-            .ok_or(FsError::NotFound)?;
+        let a = self.meta.begin_read()?.inode(ino)?.ok_or(if stale {
+            FsError::Stale
+        } else {
+            FsError::NotFound
+        })?;
         if queued && a.nlink == 0 && self.state.lock().reap.contains(&ino) {
             return Err(FsError::NotFound);
         }
@@ -711,7 +732,8 @@ impl Fs {
         if tx.lookup(parent, name)?.is_some() || self.shows_snapdir(parent, name) {
             return Err(FsError::Exists);
         }
-        let ino = tx.alloc_ino()?;
+        let ino = tx.alloc_ino_from(st.ino_floor)?;
+        st.ino_floor = ino + 1;
         if attr.kind == Kind::Dir {
             attr.nlink = 2;
             attr.parent = parent;
@@ -792,7 +814,11 @@ impl Fs {
         {
             // Recorded on the inode, so the choice survives renames and is visible.
             let mut st = self.state.lock();
-            self.group(&mut st, |_, tx| tx.set_xattr(ino, POLICY_XATTR, b"fixed"))?;
+            self.group(&mut st, |st, tx| {
+                // (Gone if a failed commit dropped the create in between.)
+                self.attr_in(st, tx, ino)?;
+                tx.set_xattr(ino, POLICY_XATTR, b"fixed")
+            })?;
         }
         let fh = self.open(ino, true)?;
         Ok((ino, attr, fh))
@@ -1075,6 +1101,10 @@ impl Fs {
         }
         let mut st = self.state.lock();
         let now = Ts::now();
+        if st.open.contains_key(&ino) && self.view(&st)?.inode(ino)?.is_none() {
+            // Its creation was dropped by a failed commit (see `discard_gone`).
+            return Err(FsError::Stale);
+        }
         if let Some(o) = st.open.get_mut(&ino) {
             // An open (or just closed, write-back pending) file: change the authoritative
             // in-memory copy; its write-back commits it with the data. `tar x` sets times,
@@ -1497,10 +1527,16 @@ impl Fs {
     /// closer gets the error. Otherwise nothing: the write-back follows at the last close
     /// (`release`, which the closer does not wait for), so close returns at once and the
     /// file is chunked once, whole, instead of once at each close.
+    ///
+    /// A file whose creation a failed commit dropped gets ESTALE, once that was found: its
+    /// data written through the handle is lost, as in a crash.
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
-            return self.writeback_reclaiming(&mut st, ino, true);
+            self.writeback_reclaiming(&mut st, ino, true)?;
+        }
+        if st.stale.contains(&ino) {
+            return Err(FsError::Stale);
         }
         Ok(())
     }

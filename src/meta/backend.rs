@@ -3,6 +3,12 @@
 //! failed sync of the chunk store those may name chunks that never reached the disk. An
 //! abandoned backend drops every write and sync from then on, so the file stays exactly as a
 //! crash at that moment would leave it, and the next open recovers to the last durable commit.
+//!
+//! Fault injection for tests: while an errno is armed ([`MetaDb::fail_writes`]), every write,
+//! resize and sync of the file fails with it and changes nothing, as on a full disk. Unarmed,
+//! it costs one atomic load per write.
+//!
+//! [`MetaDb::fail_writes`]: super::MetaDb::fail_writes
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
@@ -10,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 // redb 4 without `experimental-api-5`: plain I/O errors.
 type IoResult<T> = std::io::Result<T>;
@@ -19,6 +25,8 @@ type IoResult<T> = std::io::Result<T>;
 pub(super) struct Backend {
     file: FileBackend,
     abandoned: Arc<AtomicBool>,
+    /// The errno every write fails with (0: none; see the module comment).
+    fail_errno: Arc<AtomicI32>,
 }
 
 impl Backend {
@@ -28,6 +36,7 @@ impl Backend {
         path: &Path,
         create: bool,
         abandoned: Arc<AtomicBool>,
+        fail_errno: Arc<AtomicI32>,
     ) -> std::io::Result<Backend> {
         let file: File = OpenOptions::new()
             .read(true)
@@ -43,11 +52,20 @@ impl Backend {
         Ok(Backend {
             file: FileBackend::new(file).map_err(std::io::Error::other)?,
             abandoned,
+            fail_errno,
         })
     }
 
     fn off(&self) -> bool {
         self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// The injected failure of a write, resize or sync, when armed.
+    fn injected(&self) -> IoResult<()> {
+        match self.fail_errno.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        }
     }
 }
 
@@ -64,6 +82,7 @@ impl StorageBackend for Backend {
         if self.off() {
             return Ok(());
         }
+        self.injected()?;
         self.file.set_len(len)
     }
 
@@ -71,6 +90,7 @@ impl StorageBackend for Backend {
         if self.off() {
             return Ok(());
         }
+        self.injected()?;
         self.file.sync_data()
     }
 
@@ -78,6 +98,7 @@ impl StorageBackend for Backend {
         if self.off() {
             return Ok(());
         }
+        self.injected()?;
         self.file.write(offset, data)
     }
 

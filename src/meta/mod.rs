@@ -81,6 +81,8 @@ pub struct MetaDb {
     path: std::path::PathBuf,
     /// Set by [`MetaDb::abandon`]: the backend writes nothing more.
     abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Armed by [`MetaDb::fail_writes`]: the errno the backend's writes fail with (0: none).
+    fail_errno: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// Opens (or with `create`, creates) the database file at `path` on an abandonable backend.
@@ -88,8 +90,9 @@ fn open_db(
     path: &Path,
     create: bool,
     abandoned: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail_errno: &std::sync::Arc<std::sync::atomic::AtomicI32>,
 ) -> Result<Database> {
-    let backend = backend::Backend::open(path, create, abandoned.clone())
+    let backend = backend::Backend::open(path, create, abandoned.clone(), fail_errno.clone())
         .map_err(|e| FsError::Db(format!("{}: {e}", path.display())))?;
     Ok(Database::builder().create_with_backend(backend)?)
 }
@@ -107,12 +110,13 @@ fn kind_of(code: u8) -> Result<Kind> {
 impl MetaDb {
     /// Creates a new database with an empty root directory.
     pub fn create(path: &Path, params: ChunkParams, uid: u32, gid: u32) -> Result<MetaDb> {
-        let abandoned = Default::default();
-        let db = open_db(path, true, &abandoned)?;
+        let (abandoned, fail_errno) = Default::default();
+        let db = open_db(path, true, &abandoned, &fail_errno)?;
         let meta = MetaDb {
             db: parking_lot::RwLock::new((Some(db), 0)),
             path: path.to_path_buf(),
             abandoned,
+            fail_errno,
         };
         let mut tx = meta.begin_write()?;
         tx.set_meta("format_version", &FORMAT_VERSION.to_le_bytes())?;
@@ -142,12 +146,13 @@ impl MetaDb {
 
     /// Opens an existing database, checking its format version.
     pub fn open(path: &Path) -> Result<MetaDb> {
-        let abandoned = Default::default();
-        let db = open_db(path, false, &abandoned)?;
+        let (abandoned, fail_errno) = Default::default();
+        let db = open_db(path, false, &abandoned, &fail_errno)?;
         let meta = MetaDb {
             db: parking_lot::RwLock::new((Some(db), 0)),
             path: path.to_path_buf(),
             abandoned,
+            fail_errno,
         };
         let version = {
             let r = meta.begin_read()?;
@@ -228,7 +233,12 @@ impl MetaDb {
         if self.abandoned.load(std::sync::atomic::Ordering::Acquire) {
             return Err(FsError::Db("metadata database is closed".into()));
         }
-        g.0 = Some(open_db(&self.path, false, &self.abandoned)?);
+        g.0 = Some(open_db(
+            &self.path,
+            false,
+            &self.abandoned,
+            &self.fail_errno,
+        )?);
         g.1 += 1;
         Ok(())
     }
@@ -251,6 +261,15 @@ impl MetaDb {
         self.abandoned
             .store(true, std::sync::atomic::Ordering::Release);
         self.db.write().0.take();
+    }
+
+    /// Fault injection for tests: from now on every write, resize and sync of the database
+    /// file fails with `errno` and changes nothing (`libc::ENOSPC`: a full disk), until called
+    /// with `None`. A commit that meets it fails, and redb then refuses all work until the
+    /// file is reopened, which recovers the last durable commit (`with_db`).
+    pub fn fail_writes(&self, errno: Option<i32>) {
+        self.fail_errno
+            .store(errno.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Size of the database file (an upper bound of a copy of it).
@@ -684,9 +703,18 @@ impl WTx {
     }
 
     pub fn alloc_ino(&mut self) -> Result<Ino> {
+        self.alloc_ino_from(0)
+    }
+
+    /// [`WTx::alloc_ino`], never below `floor`. The filesystem passes the number after the
+    /// highest it handed out in this mount: numbers of operations whose commit was dropped
+    /// (a failed commit) are no longer in the database, but the kernel and open handles may
+    /// still name them. The new `next_ino` is above `floor`, so the commit stores it.
+    pub fn alloc_ino_from(&mut self, floor: Ino) -> Result<Ino> {
         let next = self
             .meta_u64("next_ino")?
-            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?;
+            .ok_or_else(|| FsError::Corrupt("no next_ino".into()))?
+            .max(floor);
         // Inode numbers from 2^48 up name inodes inside snapshots (`fs::snapshots`).
         if next >= 1 << 48 {
             return Err(FsError::NoSpace);
