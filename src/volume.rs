@@ -246,6 +246,12 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
             },
         }
     })?;
+    if chunks.was_rebuilt() && remote.is_some() {
+        forget_foreign_strays(dir, &meta, &chunks).map_err(|err| VolumeError::Meta {
+            path: dir.to_path_buf(),
+            err,
+        })?;
+    }
     Ok(Volume {
         dir: dir.to_path_buf(),
         meta,
@@ -253,6 +259,25 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
         remote,
         lock,
     })
+}
+
+/// After a rebuild of a remote volume's index: the chunks of other volumes' packs that neither
+/// its metadata nor a snapshot of it knows are forgotten (`PackStore::forget_foreign_strays`).
+fn forget_foreign_strays(
+    dir: &Path,
+    meta: &MetaDb,
+    chunks: &PackStore,
+) -> crate::error::Result<()> {
+    let holders = crate::meta::snapshot::Holders::open(dir)?;
+    let tx = meta.begin_read()?;
+    let keep = |id: &crate::hash::ChunkId| !matches!(tx.chunk(id), Ok(None)) || holders.holds(id);
+    let n = chunks.forget_foreign_strays(&keep)?;
+    if n > 0 {
+        tracing::info!(
+            "{n} chunks of other volumes' packs that this volume does not use were left out of the rebuilt index"
+        );
+    }
+    Ok(())
 }
 
 /// Moves a damaged pack index aside (`index.redb.damaged`), so that the next open rebuilds

@@ -331,6 +331,36 @@ fn gc_bucket_refuses_what_it_cannot_judge_and_marks_nothing() {
     fs::write(va.path("f"), random_bytes(51, 2 * MIB)).unwrap();
     va.unmount();
     let url = url_of(&g, "judge");
+    let c = client(&g, "judge");
+    // One run at a time: another run's lease is respected, and named.
+    {
+        use dedupfs::remote::lease::{Holder, Lease, LeaseConfig, new_session_id};
+        let other = Holder::this_process(&new_session_id(), Path::new("(another run)"));
+        let held = Lease::acquire(&c, "gc/lease", other, &LeaseConfig::default()).unwrap();
+        let said = fails(
+            dedupfs(&env, &["gc-bucket", &url]),
+            "gc-bucket beside another run",
+        );
+        assert!(said.contains("another gc-bucket run"), "{said}");
+        held.lease.release(&c).unwrap();
+    }
+    // A damaged mark: gc-bucket names it and the remedy; volumes still publish (and
+    // acknowledge no further than the mark before it).
+    c.put("gc/marks/0000000000000001", b"{not json".to_vec())
+        .unwrap();
+    let said = fails(
+        dedupfs(&env, &["gc-bucket", &url]),
+        "gc-bucket with a damaged mark",
+    );
+    assert!(
+        said.contains("gc/marks/0000000000000001") && said.contains("delete it"),
+        "{said}"
+    );
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("g"), b"more").unwrap();
+    ok(sync(&env, &va.mnt), "sync beside a damaged mark");
+    va.unmount();
+    c.delete("gc/marks/0000000000000001").unwrap();
     // An empty prefix: nothing to do, said plainly.
     let said = ok(
         dedupfs(&env, &["gc-bucket", &url_of(&g, "nothing-here")]),
@@ -338,14 +368,13 @@ fn gc_bucket_refuses_what_it_cannot_judge_and_marks_nothing() {
     );
     assert!(said.contains("nothing to mark"), "{said}");
     // A volume whose identity object is gone: its packs are not taken for garbage.
-    let c = client(&g, "judge");
     c.delete("volumes/a/volume.json").unwrap();
     let said = fails(
         dedupfs(&env, &["gc-bucket", &url]),
         "gc-bucket without volume.json",
     );
     assert!(said.contains("no volume.json"), "{said}");
-    assert!(c.list("gc").unwrap().is_empty(), "a mark was made");
+    assert!(c.list("gc/marks").unwrap().is_empty(), "a mark was made");
     // An unreachable object store: one clear error, soon.
     let dead = format!("http://127.0.0.1:{}", garage::closed_port());
     let started = std::time::Instant::now();
@@ -358,4 +387,73 @@ fn gc_bucket_refuses_what_it_cannot_judge_and_marks_nothing() {
         "{said}"
     );
     assert!(said.to_lowercase().contains("127.0.0.1"), "{said}");
+}
+
+#[test]
+fn a_rebuilt_index_keeps_own_chunks_in_own_packs_so_a_sweep_cannot_take_them() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let env = env_without_mark_polls(&env);
+    let x = random_bytes(61, 4 * MIB);
+    let y = random_bytes(62, 4 * MIB);
+    let (a, b) = (dirs.path("a"), dirs.path("b"));
+    init_remote(&g, &a, "rebuild", &["--volume", "a"]);
+    init_remote(&g, &b, "rebuild", &["--volume", "b"]);
+    // b stores x itself (a has published nothing yet).
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+    fs::write(vb.path("x"), &x).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (x)");
+    // a stores x and y in its own packs.
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("x"), &x).unwrap();
+    fs::write(va.path("y"), &y).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (x, y)");
+    // b learns a's chunks, and names a's packs for y.
+    ok(sync(&env, &vb.mnt), "sync b (refresh)");
+    fs::write(vb.path("y"), &y).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (y)");
+    // Both drop y, a drops x: no head names a's packs; they are marked and acknowledged.
+    fs::remove_file(vb.path("y")).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (y gone)");
+    fs::remove_file(va.path("x")).unwrap();
+    fs::remove_file(va.path("y")).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (all gone)");
+    let r1 = gc_bucket(&g, &env, "rebuild");
+    assert!(r1["marked"].as_u64().is_some(), "{r1}");
+    ok(sync(&env, &va.mnt), "sync a (ack)");
+    ok(sync(&env, &vb.mnt), "sync b (ack)");
+    // b's pack index is lost and rebuilt (its packs, a's packs it lists): x's chunks are in
+    // both b's own pack and a's; they must stay in b's.
+    vb.unmount();
+    fs::remove_file(b.join("index.redb")).unwrap();
+    fs::remove_file(b.join("remote/status.json")).unwrap();
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+    // The daemon's own figures (written within seconds of the mount).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !b.join("remote/status.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let s = stats(&env, &b);
+    assert_eq!(
+        s["remote"]["shared_packs"], 0,
+        "after the rebuild b's chunks live in a's packs: {s}"
+    );
+    let r2 = gc_bucket(&g, &env, "rebuild");
+    assert!(r2["swept"].as_u64().is_some(), "{r2}");
+    assert!(r2["deleted_packs"].as_u64().unwrap() >= 1, "{r2}");
+    // Read from the packs, not from caches: remount.
+    vb.unmount();
+    vb.remount();
+    assert_bytes_eq(
+        "x on b after the rebuild and the sweep",
+        &read_all(&vb.path("x")),
+        &x,
+    );
+    vb.unmount();
+    va.unmount();
+    let c = dirs.path("c");
+    attach(&g, &c, "rebuild", &["--volume", "b"]);
+    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    assert_bytes_eq("x on an attached b", &read_all(&vc.path("x")), &x);
 }

@@ -166,7 +166,7 @@ fn evicted_packs_are_read_back_from_the_bucket() {
         &data,
     );
     assert!(
-        va.log().contains("fetching it again"),
+        va.log().contains("fetching them again"),
         "no log line about the damaged blocks:\n{}",
         va.log()
     );

@@ -563,7 +563,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.endpoint = Some(e);
             }
             let client = crate::store::remote::RemoteStore::open(&cfg)?;
-            let r = crate::remote::gc::gc_bucket(&client, dry_run)?;
+            let r = crate::remote::gc::gc_bucket(std::sync::Arc::new(client), dry_run)?;
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
             } else {

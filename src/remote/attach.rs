@@ -174,11 +174,9 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
     let mut skipped_keys = Vec::new();
     let mut found = None;
     for (g, w, key) in list_generations(&client, &keys)? {
-        match client
-            .get(&key)
-            .map_err(FsError::from)
-            .and_then(|b| generation::decode(&b))
-        {
+        // An object store that does not answer is no damaged generation: attach fails.
+        let raw = client.get(&key)?;
+        match generation::decode(&raw) {
             Ok(found_gen) if found_gen.header.generation == g && found_gen.header.writer == w => {
                 found = Some(found_gen);
                 break;
@@ -187,6 +185,8 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
                 skipped.push(format!("{key}: its header names another generation"));
                 skipped_keys.push(key);
             }
+            // A newer format is no damage to skip: refused.
+            Err(e @ FsError::Refused(_)) => return Err(e),
             Err(e) => {
                 skipped.push(format!("{key}: {e}"));
                 skipped_keys.push(key);

@@ -23,11 +23,15 @@ use super::config::{
     parse_pack_key,
 };
 use super::generation::{self, Origin};
+use super::lease::{Holder, Lease, LeaseConfig, LeaseError, new_session_id};
 use super::shared::Mark;
 use crate::error::{FsError, Result};
 use crate::store::remote::RemoteStore;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One volume as the collector saw it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -154,9 +158,55 @@ fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
     Ok((out, named))
 }
 
+/// The lease of a `gc-bucket` run (one run at a time: two would number their marks alike).
+pub const GC_LEASE: &str = "gc/lease";
+
 /// One run: sweeps the waiting mark if every volume acknowledged it, then marks what no head
-/// names now. `dry_run`: reports only.
-pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> {
+/// names now. `dry_run`: reports only (and takes no lease). Runs hold `gc/lease` (the volume
+/// lease's protocol, `lease.rs`), renewed while they work; a run that loses it stops before
+/// its next change.
+pub fn gc_bucket(client: Arc<RemoteStore>, dry_run: bool) -> Result<BucketGcReport> {
+    if dry_run {
+        return run(&client, true, &AtomicBool::new(false));
+    }
+    let me = Holder::this_process(&new_session_id(), Path::new("(dedupfs gc-bucket)"));
+    let cfg = LeaseConfig::default();
+    let acquired = Lease::acquire(&client, GC_LEASE, me, &cfg).map_err(|e| match e {
+        LeaseError::Held { holder, .. } => FsError::Refused(format!(
+            "another gc-bucket run holds {GC_LEASE} ({holder}): one run at a time"
+        )),
+        e => FsError::Refused(format!("cannot take {GC_LEASE}: {e}")),
+    })?;
+    let lease = Arc::new(acquired.lease);
+    let lost = Arc::new(AtomicBool::new(false));
+    let flag = lost.clone();
+    let renewer = Lease::spawn_renewer(
+        lease.clone(),
+        client.clone(),
+        cfg,
+        Box::new(move |_| flag.store(true, Ordering::SeqCst)),
+    );
+    let out = run(&client, false, &lost);
+    renewer.stop();
+    if let Ok(lease) = Arc::try_unwrap(lease)
+        && let Err(e) = lease.release(&client)
+    {
+        tracing::warn!("cannot release {GC_LEASE}: {e} (it expires by itself)");
+    }
+    out
+}
+
+fn still_held(lost: &AtomicBool) -> Result<()> {
+    if lost.load(Ordering::SeqCst) {
+        return Err(FsError::Refused(format!(
+            "this run lost {GC_LEASE} (another run took it, or the store was unreachable): \
+             stopped; run again"
+        )));
+    }
+    Ok(())
+}
+
+fn run(client: &RemoteStore, dry_run: bool, lost: &AtomicBool) -> Result<BucketGcReport> {
     let mut report = BucketGcReport {
         dry_run,
         ..BucketGcReport::default()
@@ -171,15 +221,31 @@ pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> 
         .iter()
         .filter_map(|o| parse_epoch(&o.key))
         .collect();
-    let last_epoch = marks.iter().chain(swept.iter()).copied().max().unwrap_or(0);
     let waiting = marks.iter().copied().filter(|e| !swept.contains(e)).max();
     let (volumes, named) = heads(client)?;
+    // Never a number a volume already acknowledged (marks deleted by hand would otherwise be
+    // numbered again, and taken as installed).
+    let last_epoch = marks
+        .iter()
+        .chain(swept.iter())
+        .copied()
+        .chain(volumes.iter().map(|v| v.gc_ack).filter(|&a| a != u64::MAX))
+        .max()
+        .unwrap_or(0);
     report.volumes = volumes.clone();
 
     if let Some(epoch) = waiting {
         let raw = client.get(&gc_mark_key(epoch))?;
         let mark: Mark = serde_json::from_slice(&raw)
-            .map_err(|e| FsError::Corrupt(format!("{}: {e}", gc_mark_key(epoch))))?;
+            .ok()
+            .filter(|m: &Mark| m.epoch == epoch)
+            .ok_or_else(|| {
+                FsError::Refused(format!(
+                    "the gc mark {} is damaged: delete it (safe: only a sweep of it deletes \
+                     packs), then run again",
+                    gc_mark_key(epoch)
+                ))
+            })?;
         let behind: Vec<String> = volumes
             .iter()
             .filter(|v| v.gc_ack < epoch)
@@ -219,6 +285,7 @@ pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> 
                 continue;
             };
             if !dry_run {
+                still_held(lost)?;
                 client.delete(key)?;
             }
             report.deleted_packs += 1;
@@ -230,6 +297,7 @@ pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> 
         if dry_run {
             return Ok(report);
         }
+        still_held(lost)?;
         client.put(
             &gc_swept_key(epoch),
             serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?,
@@ -254,6 +322,7 @@ pub fn gc_bucket(client: &RemoteStore, dry_run: bool) -> Result<BucketGcReport> 
     if candidates.is_empty() || dry_run {
         return Ok(report);
     }
+    still_held(lost)?;
     let epoch = last_epoch + 1;
     let mark = Mark {
         epoch,

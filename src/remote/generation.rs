@@ -212,6 +212,14 @@ fn decode_format(b: &[u8]) -> Result<u32> {
         return Err(bad("not a dedupfs generation (no magic)"));
     }
     let format = u32_at(b, 8)?;
+    if format > FORMAT {
+        // Written by a newer dedupfs: not damage, and no older generation may stand in for it
+        // (a writer would publish above it from older metadata).
+        return Err(FsError::Refused(format!(
+            "metadata generation format {format} was written by a newer dedupfs (this one reads \
+             up to {FORMAT}): upgrade dedupfs"
+        )));
+    }
     if format != FORMAT && format != FORMAT_V1 {
         return Err(bad(&format!(
             "format {format} is not supported by this dedupfs ({FORMAT})"
@@ -287,6 +295,7 @@ pub fn decode(b: &[u8]) -> Result<Generation> {
                     .collect();
             }
             Kind::Gc if format == FORMAT_V1 => return Err(bad("unknown section kind")),
+            Kind::Gc if seen[4] || raw.len() != 8 => return Err(bad("gc section")),
             Kind::Gc => g.gc_ack = u64_at(&raw, 0)?,
             Kind::Snapshot => {
                 let n = u32_at(&raw, 0)? as usize;

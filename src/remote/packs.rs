@@ -39,8 +39,9 @@ const READ_RETRY_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct PackTable {
     log: Mutex<File>,
     packs: RwLock<HashMap<u64, PackRef>>,
-    /// The packs of other volumes this one names, by where they are.
-    foreign: RwLock<HashMap<Origin, u64>>,
+    /// The packs of other volumes this one names, by where they are and their content (a
+    /// pack number reused with other bytes is another pack).
+    foreign: RwLock<HashMap<(Origin, [u8; 16]), u64>>,
 }
 
 use crate::store::pack_store::FOREIGN_PACK_BASE as FOREIGN_BASE;
@@ -54,6 +55,10 @@ fn parse_line(line: &str) -> Option<PackRef> {
         None => None,
         Some(o) => {
             let (v, p) = o.split_once(':')?;
+            // Whole fields only: a torn line must not parse as another pack.
+            if v.len() != 16 || p.len() != 16 {
+                return None;
+            }
             Some(Origin {
                 volume: u64::from_str_radix(v, 16).ok()?,
                 pack: u64::from_str_radix(p, 16).ok()?,
@@ -112,7 +117,7 @@ impl PackTable {
         }
         let foreign = packs
             .values()
-            .filter_map(|p| p.origin.map(|o| (o, p.id)))
+            .filter_map(|p| p.origin.map(|o| ((o, p.hash), p.id)))
             .collect();
         Ok(PackTable {
             log: Mutex::new(log),
@@ -124,11 +129,11 @@ impl PackTable {
     /// The number under which this store names another volume's pack `origin`, recorded
     /// durably the first time (before any index entry can name it).
     pub fn foreign_id(&self, origin: Origin, len: u64, hash: [u8; 16]) -> Result<u64> {
-        if let Some(id) = self.foreign.read().get(&origin) {
+        if let Some(id) = self.foreign.read().get(&(origin, hash)) {
             return Ok(*id);
         }
         let log = self.log.lock();
-        if let Some(id) = self.foreign.read().get(&origin) {
+        if let Some(id) = self.foreign.read().get(&(origin, hash)) {
             return Ok(*id);
         }
         let id = self
@@ -148,7 +153,7 @@ impl PackTable {
         (&*log).write_all(line_of(&p).as_bytes())?;
         log.sync_data()?;
         self.packs.write().insert(id, p);
-        self.foreign.write().insert(origin, id);
+        self.foreign.write().insert((origin, hash), id);
         Ok(id)
     }
 
@@ -181,7 +186,7 @@ impl PackTable {
         log.sync_data()?;
         self.packs.write().insert(p.id, p);
         if let Some(o) = p.origin {
-            self.foreign.write().insert(o, p.id);
+            self.foreign.write().insert((o, p.hash), p.id);
         }
         Ok(())
     }

@@ -225,8 +225,8 @@ impl RangeCache {
         Ok(out)
     }
 
-    /// Reads `range` again after the bytes served for it failed their check above: the
-    /// cached blocks under it are dropped and fetched anew.
+    /// Reads `range` with the cached blocks under it dropped and fetched anew (the bytes served
+    /// for it failed their check above, or a rebuild must not trust them).
     pub fn reread(
         &self,
         pack: u64,
@@ -236,11 +236,6 @@ impl RangeCache {
     ) -> Result<Vec<u8>> {
         if !range.is_empty() {
             for block in range.start / BLOCK..=(range.end - 1) / BLOCK {
-                tracing::warn!(
-                    pack = format!("{pack:016x}"),
-                    block,
-                    "cached block served bytes that fail their chunk's hash; fetching it again"
-                );
                 self.forget(pack, block);
             }
         }

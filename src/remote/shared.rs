@@ -10,7 +10,7 @@
 //! chunks     chunk id (32)            -> location (32, pack = a shared-pack number below)
 //! packs      shared-pack number (u64) -> origin volume (u64 LE), origin pack (u64 LE),
 //!                                        length (u64 LE), hash (16): 40 bytes
-//! pack_ids   origin volume, origin pack (16) -> shared-pack number
+//! pack_ids   origin volume, origin pack, hash (32) -> shared-pack number
 //! seen       volume name              -> generation (u64 LE), writer (u64 LE) merged last
 //! condemned  origin volume, origin pack (16) -> epoch of the mark that listed it
 //! meta       "installed_mark", "next_pack" -> u64 LE
@@ -34,7 +34,7 @@ use std::path::Path;
 
 const CHUNKS: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("chunks");
 const PACKS: TableDefinition<u64, &[u8; 40]> = TableDefinition::new("packs");
-const PACK_IDS: TableDefinition<&[u8; 16], u64> = TableDefinition::new("pack_ids");
+const PACK_IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("pack_ids");
 const SEEN: TableDefinition<&str, &[u8; 16]> = TableDefinition::new("seen");
 const CONDEMNED: TableDefinition<&[u8; 16], u64> = TableDefinition::new("condemned");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -165,21 +165,39 @@ impl SharedIndex {
             return Ok(installed);
         }
         let mut marks = Vec::new();
+        let mut newest = installed;
         for (e, key) in &epochs {
             let raw = match client.get(key) {
                 Ok(r) => r,
-                // Swept and removed since the listing: nothing of it can be named any more.
-                Err(crate::error::RemoteError::NotFound { .. }) => continue,
+                // Removed since the listing (by hand: a sweep needs this store's
+                // acknowledgement first): nothing of it is deleted.
+                Err(crate::error::RemoteError::NotFound { .. }) => {
+                    newest = *e;
+                    continue;
+                }
                 Err(err) => return Err(err.into()),
             };
-            let m: Mark = serde_json::from_slice(&raw)
-                .map_err(|err| FsError::Corrupt(format!("{key}: {err}")))?;
-            if m.epoch != *e {
-                return Err(FsError::Corrupt(format!("{key}: names epoch {}", m.epoch)));
+            match serde_json::from_slice::<Mark>(&raw) {
+                Ok(m) if m.epoch == *e => {
+                    marks.push(m);
+                    newest = *e;
+                }
+                // Installed up to the one before: this store acknowledges no further, and the
+                // bucket gc waits (and says why) until the object is deleted.
+                bad => {
+                    let why =
+                        bad.map_or_else(|e| e.to_string(), |m| format!("names epoch {}", m.epoch));
+                    tracing::error!(
+                        "bucket gc mark {key} is damaged ({why}): delete it (only a sweep of it \
+                         would delete packs); marks are acknowledged up to the one before"
+                    );
+                    break;
+                }
             }
-            marks.push(m);
         }
-        let newest = epochs.last().map_or(installed, |(e, _)| *e);
+        if newest == installed && marks.is_empty() {
+            return Ok(installed);
+        }
         let _gate = self.gate.write();
         let mut w = self.db.begin_write()?;
         w.set_durability(Durability::Immediate)?;
@@ -221,24 +239,34 @@ impl SharedIndex {
                 let r = self.db.begin_read()?;
                 r.open_table(SEEN)?.get(name.as_str())?.map(|v| *v.value())
             };
-            for (g, w, key) in super::sync::list_generations(client, &keys)? {
-                let mut tag = [0u8; 16];
-                tag[..8].copy_from_slice(&g.to_le_bytes());
-                tag[8..].copy_from_slice(&w.to_le_bytes());
-                if seen == Some(tag) {
-                    break;
+            // The head only. Not an older generation when it cannot be read: that one may name
+            // packs a bucket gc has deleted since (this volume is skipped until the next
+            // refresh; it costs dedup hits, never data).
+            let Some((g, w, key)) = super::sync::list_generations(client, &keys)?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            let mut tag = [0u8; 16];
+            tag[..8].copy_from_slice(&g.to_le_bytes());
+            tag[8..].copy_from_slice(&w.to_le_bytes());
+            if seen == Some(tag) {
+                continue;
+            }
+            let decoded = client
+                .get(&key)
+                .map_err(FsError::from)
+                .and_then(|b| super::generation::decode(&b));
+            match decoded {
+                Ok(generation)
+                    if (generation.header.generation, generation.header.writer) == (g, w) =>
+                {
+                    report.chunks_added += self.merge(&name, tag, volume, &generation, work)?;
+                    report.generations_merged += 1;
                 }
-                let decoded = client
-                    .get(&key)
-                    .map_err(FsError::from)
-                    .and_then(|b| super::generation::decode(&b));
-                let Ok(generation) = decoded else {
-                    // Damaged or half-written: the next older one is the volume's state.
-                    continue;
-                };
-                report.chunks_added += self.merge(&name, tag, volume, &generation, work)?;
-                report.generations_merged += 1;
-                break;
+                Ok(_) => tracing::warn!("{key} names another generation; volume {name} skipped"),
+                Err(e) => tracing::warn!("{key}: {e}; volume {name} skipped for shared dedup"),
             }
         }
         Ok(report)
@@ -284,7 +312,10 @@ impl SharedIndex {
                         if condemned.get(&ok)?.is_some() || chunks.get(&id.0)?.is_some() {
                             return Ok(());
                         }
-                        let known = pack_ids.get(&ok)?.map(|v| v.value());
+                        let mut pk = [0u8; 32];
+                        pk[..16].copy_from_slice(&ok);
+                        pk[16..].copy_from_slice(&p.hash);
+                        let known = pack_ids.get(&pk)?.map(|v| v.value());
                         let sp = match known {
                             Some(sp) => sp,
                             None => {
@@ -295,7 +326,7 @@ impl SharedIndex {
                                 row[16..24].copy_from_slice(&p.len.to_le_bytes());
                                 row[24..].copy_from_slice(&p.hash);
                                 packs.insert(sp, &row)?;
-                                pack_ids.insert(&ok, sp)?;
+                                pack_ids.insert(&pk, sp)?;
                                 sp
                             }
                         };

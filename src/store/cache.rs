@@ -238,9 +238,17 @@ impl ChunkCache {
         if let Some(hit) = self.lru.lock().map.get(id) {
             return Ok(hit.clone());
         }
-        let mut bytes = self.store.get(id).inspect_err(|e| {
-            tracing::error!(chunk = %id, "cannot load chunk: {e}");
-        })?;
+        let mut bytes = match self.store.get(id) {
+            Ok(b) => b,
+            // Stored bytes that do not decompress: a damaged cached copy is fetched again.
+            Err(FsError::CorruptChunk { .. }) if let Some(again) = self.store.get_again(id)? => {
+                again
+            }
+            Err(e) => {
+                tracing::error!(chunk = %id, "cannot load chunk: {e}");
+                return Err(e);
+            }
+        };
         // Bytes from a cache of a remote pack are checked here only: when they fail, the
         // store fetches them again (and they are checked again below).
         let mut verified = false;

@@ -229,6 +229,8 @@ pub struct PackStore {
     /// Other volumes' packs that pending entries name: (id, length), recorded as sealed packs
     /// in the index with them.
     foreign_rows: Mutex<HashMap<u64, u64>>,
+    /// The index was rebuilt from the packs at this open.
+    rebuilt: AtomicBool,
 }
 
 fn corrupt(msg: String) -> FsError {
@@ -331,6 +333,7 @@ impl PackStore {
             backlog_over: AtomicBool::new(false),
             evicted: RwLock::new(std::collections::HashSet::new()),
             foreign_rows: Mutex::new(HashMap::new()),
+            rebuilt: AtomicBool::new(false),
         };
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
@@ -344,6 +347,7 @@ impl PackStore {
                 files.len()
             );
             store.rebuild_index()?;
+            store.rebuilt.store(true, Ordering::Relaxed);
         }
         store.recover(&files)?;
         store.restore_reserve();
@@ -440,6 +444,29 @@ impl PackStore {
             (max_id + 1).to_le_bytes().to_vec(),
         ));
         self.index.apply(&ops, true)
+    }
+
+    /// Whether the index was rebuilt from the packs when this store was opened.
+    pub fn was_rebuilt(&self) -> bool {
+        self.rebuilt.load(Ordering::Relaxed)
+    }
+
+    /// After a rebuild: forgets the chunks found in other volumes' packs that `keep` says no
+    /// metadata of this volume knows. A rebuild indexes every record of such a pack, most of
+    /// them the other volume's; left in the index, they would make this volume's generations
+    /// name that pack (and hold it against a bucket gc) for nothing. Returns how many.
+    pub fn forget_foreign_strays(&self, keep: &dyn Fn(&ChunkId) -> bool) -> Result<u64> {
+        let mut ops = Vec::new();
+        self.index.for_each(&mut |id, loc| {
+            if loc.pack >= FOREIGN_PACK_BASE && !keep(&id) {
+                ops.push(IndexOp::Remove(id));
+            }
+        })?;
+        let n = ops.len() as u64;
+        for batch in ops.chunks(4096) {
+            self.index.apply(batch, true)?;
+        }
+        Ok(n)
     }
 
     pub fn index(&self) -> &PackIndex {
@@ -884,13 +911,18 @@ impl PackStore {
                 }
             }
         }
+        // Other volumes' packs first: a later record of a chunk wins, and a chunk this volume
+        // stored itself must stay in its own pack (another volume's pack may be deleted by a
+        // bucket gc once this volume's generations stop naming it).
+        all.sort_by_key(|(id, _, _)| *id < FOREIGN_PACK_BASE);
         for (id, path, remote_len) in all {
             if id < FOREIGN_PACK_BASE {
                 max_id = max_id.max(id);
             }
             let data = match remote_len {
                 None => fs::read(&path)?,
-                Some(len) => match self.source.as_ref().map(|s| s.read(id, 0..len)) {
+                // Past the local cache of it: a damaged cached block must not cost records.
+                Some(len) => match self.source.as_ref().map(|s| s.reread(id, 0..len)) {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => {
                         report.damaged.push(format!(
@@ -1047,6 +1079,11 @@ impl ChunkStore for PackStore {
         // Only bytes that came through the source's cache can be read differently.
         match self.locate(id)? {
             Some(loc) if self.is_remote(loc.pack) && !self.is_local(loc.pack) => {
+                tracing::warn!(
+                    chunk = %id,
+                    pack = %pack_file_name(loc.pack),
+                    "bytes from the local cache of the bucket fail their check; fetching them again"
+                );
                 self.read_remote(id, &loc, true).map(Some)
             }
             _ => Ok(None),
@@ -1229,7 +1266,8 @@ impl ChunkStore for PackStore {
         let mut unsynced = self.unsynced_ends();
         for (id, row) in self.index.packs()? {
             let len = unsynced.remove(&id).unwrap_or(row.len).max(row.len);
-            if row.state == PackState::Retired {
+            // Another volume's pack holds this one's chunks, not its bytes.
+            if row.state == PackState::Retired || id >= FOREIGN_PACK_BASE {
                 continue;
             }
             u.packs += 1;
