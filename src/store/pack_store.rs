@@ -409,11 +409,12 @@ impl PackStore {
         loc: &Loc,
         payload: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, [u8]>> {
-        if loc.key_id == 0 && loc.nonce_len == 0 && loc.mac_len == 0 {
-            return Ok(std::borrow::Cow::Borrowed(payload));
-        }
-        let opened = match &self.key {
-            Some(k) if loc.key_id == crate::crypto::RECORD_KEY_ID => {
+        let plain = loc.key_id == 0 && loc.nonce_len == 0 && loc.mac_len == 0;
+        // An encrypted store takes only sealed records (the bucket is not trusted to slip in
+        // a plaintext one), and a plain store cannot open sealed ones.
+        let opened = match (&self.key, plain) {
+            (None, true) => return Ok(std::borrow::Cow::Borrowed(payload)),
+            (Some(k), false) if loc.key_id == crate::crypto::RECORD_KEY_ID => {
                 k.open_record(id, loc.codec, loc.raw_len, payload)
             }
             _ => None,
@@ -423,6 +424,11 @@ impl PackStore {
                 "encrypted record fails authentication (damaged, or sealed with another key)");
             FsError::CorruptChunk { id: *id }
         })
+    }
+
+    /// Whether reading the record at `loc` goes through [`PackStore::open_payload`].
+    fn sealed_read(&self, loc: &Loc) -> bool {
+        self.key.is_some() || loc.key_id != 0 || loc.nonce_len != 0 || loc.mac_len != 0
     }
 
     /// Bytes of a record from the start of its payload to its end.
@@ -610,7 +616,7 @@ impl PackStore {
         let Some(source) = &self.source else {
             return Err(FsError::MissingChunk { id: *id });
         };
-        let stored = if self.key.is_some() || loc.key_id != 0 {
+        let stored = if self.sealed_read(loc) {
             let payload = source.read(loc.pack, Self::payload_range(loc))?;
             self.open_payload(id, loc, &payload)?.into_owned()
         } else {
@@ -863,7 +869,7 @@ impl PackStore {
     /// The chunk at `loc`, from its pack's mapping: a slice when stored raw, decompressed
     /// otherwise. Unverified (the cache checks the hash).
     fn read_at(&self, id: &ChunkId, loc: &Loc, m: &PackMap) -> Result<ChunkBytes> {
-        let sealed = loc.key_id != 0 || loc.nonce_len != 0 || loc.mac_len != 0;
+        let sealed = self.sealed_read(loc);
         let (start, len) = if sealed {
             let r = Self::payload_range(loc);
             (r.start as usize, (r.end - r.start) as usize)
