@@ -152,13 +152,8 @@ impl Key {
 
     /// The key in file `path`, or a message saying what is wrong with it.
     pub fn load(path: &Path) -> Result<Key> {
-        let raw = std::fs::read(path).map_err(|e| {
-            refused(format!(
-                "cannot read the key file {}: {e} (an encrypted volume needs its key; \
-                 {KEY_FILE_ENV} names another file)",
-                path.display()
-            ))
-        })?;
+        let raw = std::fs::read(path)
+            .map_err(|e| refused(format!("cannot read the key file {}: {e}", path.display())))?;
         let k = parse_key_file(&raw)
             .map_err(|e| refused(format!("the key file {} is no key: {e}", path.display())))?;
         Ok(Key::from_bytes(&k))
@@ -169,7 +164,12 @@ impl Key {
         let path = std::env::var_os(KEY_FILE_ENV)
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| recorded.to_path_buf());
-        let key = Key::load(&path)?;
+        let key = Key::load(&path).map_err(|e| {
+            refused(format!(
+                "{e} (the volume is encrypted and needs its key; {KEY_FILE_ENV} names another \
+                 key file)"
+            ))
+        })?;
         key.check_id(want_id, &path.display().to_string())?;
         Ok(key)
     }
