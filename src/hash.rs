@@ -1,4 +1,9 @@
 //! Chunk identity: a blake3 hash of the chunk's bytes, its hex form and its fan-out path.
+//!
+//! A volume names its chunks with one [`Hasher`]: plain blake3, or (encrypted volumes) blake3
+//! keyed with a key derived from the volume key, so that the names the bucket holds reveal no
+//! content hashes. Every place that computes or verifies a chunk's name from its bytes takes
+//! the volume's hasher; `ChunkId::of` is plain blake3 only.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -52,6 +57,47 @@ impl ChunkId {
     }
 }
 
+/// How a volume names chunks: plain blake3, or keyed blake3 (encrypted volumes: the key is
+/// derived from the volume key, `crypto::Key::hasher`). Two volumes dedup against each other
+/// only when their hashers agree.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hasher {
+    key: Option<[u8; 32]>,
+}
+
+impl Hasher {
+    /// Plain blake3 (unencrypted volumes).
+    pub const PLAIN: Hasher = Hasher { key: None };
+
+    /// Keyed blake3 with `key` (already derived for chunk naming).
+    pub fn keyed(key: [u8; 32]) -> Hasher {
+        Hasher { key: Some(key) }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The name of chunk `data`.
+    pub fn id(&self, data: &[u8]) -> ChunkId {
+        match &self.key {
+            None => ChunkId::of(data),
+            Some(k) => ChunkId(*blake3::keyed_hash(k, data).as_bytes()),
+        }
+    }
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.write_str(if self.key.is_some() {
+            "Hasher(keyed)"
+        } else {
+            "Hasher(plain)"
+        })
+    }
+}
+
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -73,6 +119,17 @@ mod tests {
         let id = ChunkId::of(b"hello");
         assert_eq!(ChunkId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(ChunkId::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn keyed_names_differ_from_plain_and_between_keys() {
+        let plain = Hasher::PLAIN.id(b"x");
+        assert_eq!(plain, ChunkId::of(b"x"));
+        let a = Hasher::keyed([1; 32]).id(b"x");
+        let b = Hasher::keyed([2; 32]).id(b"x");
+        assert_ne!(a, plain);
+        assert_ne!(a, b);
+        assert_eq!(a, Hasher::keyed([1; 32]).id(b"x"));
     }
 
     #[test]

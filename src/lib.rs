@@ -19,6 +19,7 @@
 
 pub mod chunker;
 pub mod cli;
+pub mod crypto;
 pub mod error;
 pub mod fs;
 pub mod fuse;

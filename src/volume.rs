@@ -101,6 +101,19 @@ pub fn init(
     codec: Codec,
     pack_bytes: u64,
 ) -> Result<(), VolumeError> {
+    init_keyed(dir, params, fixed_patterns, codec, pack_bytes, None)
+}
+
+/// [`init`] of an encrypted store (`key`): its index records the key id, and its records and
+/// chunk names use the key.
+pub fn init_keyed(
+    dir: &Path,
+    params: ChunkParams,
+    fixed_patterns: &[String],
+    codec: Codec,
+    pack_bytes: u64,
+    key: Option<crate::crypto::Key>,
+) -> Result<(), VolumeError> {
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(io_err(dir))?;
         if entries.next().is_some() {
@@ -120,7 +133,7 @@ pub fn init(
     let meta = MetaDb::create(&dir.join("meta.redb"), params, uid, gid).map_err(meta_err)?;
     meta.set_fixed_patterns(fixed_patterns).map_err(meta_err)?;
     drop(meta);
-    let packs = PackStore::open(dir).map_err(meta_err)?;
+    let packs = PackStore::open_keyed(dir, None, key).map_err(meta_err)?;
     packs.set_codec(codec);
     packs.set_target(pack_bytes).map_err(meta_err)?;
     crate::store::ChunkStore::sync(&packs).map_err(meta_err)?;
@@ -194,6 +207,15 @@ const LOCK_RETRIES: u32 = 20;
 /// Opens a store for exclusive use.
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
+    // An encrypted volume's key first: a missing or wrong key is refused before anything
+    // else is opened (and so before anything is written).
+    let key = VolumeConfig::load(dir)
+        .and_then(|c| c.map(|c| c.load_key()).transpose())
+        .map_err(|err| VolumeError::Meta {
+            path: dir.to_path_buf(),
+            err,
+        })?
+        .flatten();
     if !dir.join("meta.redb").exists() {
         return Err(VolumeError::MetaDamaged {
             path: dir.to_path_buf(),
@@ -216,12 +238,12 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
         }
     })?;
     let remote = match VolumeConfig::load(dir) {
-        Ok(Some(c)) => Some(Arc::new(RemotePacks::open(dir, &c).map_err(|err| {
-            VolumeError::Meta {
+        Ok(Some(c)) => Some(Arc::new(RemotePacks::open(dir, &c, key.clone()).map_err(
+            |err| VolumeError::Meta {
                 path: dir.to_path_buf(),
                 err,
-            }
-        })?)),
+            },
+        )?)),
         Ok(None) => None,
         Err(err) => {
             return Err(VolumeError::Meta {
@@ -233,7 +255,7 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
     let source = remote
         .clone()
         .map(|r| r as Arc<dyn crate::store::pack_store::PackSource>);
-    let chunks = PackStore::open_with(dir, source).map_err(|err| {
+    let chunks = PackStore::open_keyed(dir, source, key).map_err(|err| {
         let index = dir.join("index.redb");
         match crate::store::pack_index::PackIndex::open(&index) {
             Err(e) if index.exists() && !e.is_held_elsewhere() => VolumeError::IndexDamaged {

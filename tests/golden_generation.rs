@@ -22,6 +22,17 @@ fn golden_v2() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/generation-v2.bin")
 }
 
+/// generation-v2.bin sealed (encrypted volume) with `golden_key()` and `GOLDEN_NONCE`.
+fn golden_sealed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/generation-sealed-v1.bin")
+}
+
+fn golden_key() -> dedupfs::crypto::Key {
+    dedupfs::crypto::Key::from_bytes(&[0x42; 32])
+}
+
+const GOLDEN_NONCE: [u8; 24] = [0x24; 24];
+
 /// Format 2: format 1's sample plus a pack of another volume (shared dedup) and a gc
 /// acknowledgement.
 fn sample_v2() -> Generation {
@@ -70,6 +81,62 @@ fn keys() -> Keys {
 #[ignore]
 fn write_golden_file() {
     std::fs::write(golden_v2(), generation::encode(&sample_v2()).unwrap()).unwrap();
+}
+
+#[test]
+#[ignore]
+fn write_golden_sealed_file() {
+    let plain = std::fs::read(golden_v2()).unwrap();
+    let sealed = golden_key()
+        .seal_generation_with_nonce(&plain, GOLDEN_NONCE)
+        .unwrap();
+    std::fs::write(golden_sealed(), sealed).unwrap();
+}
+
+#[test]
+fn the_golden_sealed_generation_opens_exactly_with_its_key_only() {
+    let raw = std::fs::read(golden_sealed()).expect("tests/data/generation-sealed-v1.bin");
+    let key = golden_key();
+    // The envelope header, field by field.
+    assert_eq!(&raw[..8], b"DDFSGENX");
+    assert_eq!(u32::from_le_bytes(raw[8..12].try_into().unwrap()), 1);
+    assert_eq!(raw[12..20], key.id(), "key id");
+    assert_eq!(raw[20..44], GOLDEN_NONCE, "nonce");
+    let plain = std::fs::read(golden_v2()).unwrap();
+    assert_eq!(raw.len(), 44 + plain.len() + 16, "ciphertext and tag");
+    // The key id and the derivations are format too: pinned.
+    assert_eq!(key.id_hex(), "8d59d26d06ca7eae");
+    assert_eq!(key.open_generation(&raw).unwrap(), plain);
+    let g = generation::decode_for(&raw, Some(&key)).unwrap();
+    let want = sample_v2();
+    assert_eq!(g.header, want.header);
+    assert_eq!(g.meta, want.meta);
+    assert_eq!(g.packs, want.packs);
+    assert_eq!(g.gc_ack, 9);
+    // This version writes exactly these bytes for this key and nonce.
+    assert_eq!(
+        key.seal_generation_with_nonce(&plain, GOLDEN_NONCE)
+            .unwrap(),
+        raw
+    );
+    // Another key, no key, and a flipped byte are refused with what is wrong.
+    let other = dedupfs::crypto::Key::from_bytes(&[0x43; 32]);
+    let e = generation::decode_for(&raw, Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wrong key"), "{e}");
+    let e = generation::decode_for(&raw, None).unwrap_err().to_string();
+    assert!(e.contains("encrypted") && e.contains("--encrypt"), "{e}");
+    for at in [12, 30, 44, raw.len() / 2, raw.len() - 1] {
+        let mut bad = raw.clone();
+        bad[at] ^= 0x10;
+        assert!(
+            generation::decode_for(&bad, Some(&key)).is_err(),
+            "flip at {at} accepted"
+        );
+    }
+    // An unencrypted generation is not accepted for an encrypted volume.
+    assert!(generation::decode_for(&plain, Some(&key)).is_err());
 }
 
 #[test]

@@ -113,3 +113,43 @@ fn index_entry_bytes_are_pinned() {
     );
     assert_eq!(PackRow::decode(&row.encode()), row);
 }
+
+/// An encrypted record (XChaCha20-Poly1305, crypto.rs) with a fixed key and nonce: the
+/// header fields, the payload layout (nonce | ciphertext | tag) and every byte, pinned.
+#[test]
+fn encrypted_record_bytes_are_pinned() {
+    let key = dedupfs::crypto::Key::from_bytes(&[0x42; 32]);
+    let stored = b"stored bytes of a chunk";
+    // Chunk names of an encrypted volume are keyed blake3: pinned too.
+    let id = key.hasher().id(b"plaintext");
+    assert_ne!(id, ChunkId::of(b"plaintext"));
+    assert_eq!(
+        id.to_hex(),
+        "c85082b7c48cbcaaf3390e2a96044de9849ce58b10961b0e516cf676077be0df"
+    );
+    let (h, payload) = key
+        .seal_record_with_nonce(&id, CODEC_NONE, 23, stored, [0x24; 24])
+        .unwrap();
+    let bytes = h.encode();
+    assert_eq!(bytes[6], 1, "key id");
+    assert_eq!(bytes[7], 24, "nonce length");
+    assert_eq!(bytes[48], 16, "MAC length");
+    assert_eq!(&bytes[44..48], &23u32.to_le_bytes(), "stored length");
+    assert_eq!(
+        &bytes[52..56],
+        &crc32c::crc32c(&payload).to_le_bytes(),
+        "payload checksum covers nonce, ciphertext and tag"
+    );
+    assert_eq!(payload.len(), 24 + 23 + 16);
+    assert_eq!(&payload[..24], &[0x24; 24], "nonce first");
+    assert_eq!(h.record_len(), 64 + 24 + 23 + 16);
+    assert_eq!(
+        hex(&payload),
+        "242424242424242424242424242424242424242424242424a45a1e8b067a7d494e925ebd6b7cb6c91da617901374f45adf4ec674550963a499d4224f9c678a"
+    );
+    assert_eq!(RecordHeader::decode(&bytes), Some(h));
+    assert_eq!(
+        key.open_record(&id, CODEC_NONE, 23, &payload).as_deref(),
+        Some(&stored[..])
+    );
+}

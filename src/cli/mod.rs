@@ -90,6 +90,9 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Write a new random volume key (32 bytes, mode 0600) to KEYFILE, for `init --encrypt`.
+    /// Never overwrites a file.
+    Keygen { keyfile: PathBuf },
     /// Make STORE (a new directory) a local cache of a remote volume that exists in a bucket:
     /// another machine's, or this one's after its disk was lost. It holds the volume as of
     /// its last publication (`dedupfs sync` or unmount on the writing machine).
@@ -240,6 +243,14 @@ struct RemoteArgs {
     /// writes get ENOSPC until uploads catch up).
     #[arg(long, default_value_t = 10.0, requires = "remote")]
     cache_disk_gib: f64,
+    /// Encrypt the volume (init), or the key of an encrypted one (attach): a file of 32
+    /// random bytes or 64 hex digits (`dedupfs keygen KEYFILE`). Packs and metadata in the
+    /// bucket are sealed with XChaCha20-Poly1305 and chunks named by keyed blake3. remote.json
+    /// records the file's path and the key's id, never the key: mount reads the file
+    /// (DEDUPFS_KEY_FILE overrides the path). Losing the key loses the volume; volumes dedup
+    /// against each other only when they share the key.
+    #[arg(long, value_name = "KEYFILE", requires = "remote")]
+    encrypt: Option<PathBuf>,
 }
 
 impl RemoteArgs {
@@ -254,12 +265,27 @@ impl RemoteArgs {
                 self.cache_disk_gib
             );
         }
-        Ok(Some(crate::remote::config::VolumeConfig::new(
+        let mut c = crate::remote::config::VolumeConfig::new(
             url,
             self.endpoint.clone(),
             self.volume.as_deref().unwrap_or(default_volume),
             (self.cache_disk_gib * (1u64 << 30) as f64) as u64,
-        )))
+        );
+        if let Some((path, key)) = self.key()? {
+            c.key_file = Some(path);
+            c.key_id = Some(key.id_hex());
+        }
+        Ok(Some(c))
+    }
+
+    /// The key file given with --encrypt (absolute) and its key.
+    fn key(&self) -> Result<Option<(PathBuf, crate::crypto::Key)>> {
+        let Some(p) = &self.encrypt else {
+            return Ok(None);
+        };
+        let path = std::path::absolute(p).with_context(|| format!("{}", p.display()))?;
+        let key = crate::crypto::Key::load(&path)?;
+        Ok(Some((path, key)))
     }
 }
 
@@ -333,6 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remote,
         } => {
             let params = ChunkParams::from_avg(avg_chunk).map_err(|e| anyhow!(e))?;
+            let key = remote.key()?.map(|(_, k)| k);
             let remote = remote.config("default")?;
             if let Some(r) = &remote {
                 crate::remote::attach::check_volume_name(&r.volume)?;
@@ -348,19 +375,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|p| p.trim().to_string())
                 .filter(|p| !p.is_empty())
                 .collect();
-            volume::init(
+            volume::init_keyed(
                 &store,
                 params,
                 &patterns,
                 compression,
                 pack_mib.saturating_mul(1 << 20),
+                key.clone(),
             )?;
             if let Some(r) = &remote {
                 // Not a store until the volume exists in the bucket and remote.json says so:
                 // a crash in between must not leave a store that opens as a local volume.
                 let made = volume::unmark(&store)
                     .map_err(crate::error::FsError::from)
-                    .and_then(|()| crate::remote::attach::init_remote(&store, r))
+                    .and_then(|()| crate::remote::attach::init_remote(&store, r, key.as_ref()))
                     .and_then(|_| {
                         volume::write_marker(&store).map_err(|e| {
                             crate::error::FsError::Io(std::io::Error::other(e.to_string()))
@@ -388,12 +416,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Keygen { keyfile } => {
+            let key = crate::crypto::keygen(&keyfile)?;
+            println!(
+                "wrote a new key to {} (key id {}): keep a copy somewhere safe, without it an \
+                 encrypted volume cannot be read",
+                keyfile.display(),
+                key.id_hex()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Attach { store, remote } => {
+            let key = remote.key()?.map(|(_, k)| k);
             let Some(config) = remote.config("")? else {
                 bail!("attach needs --remote s3://BUCKET/PREFIX");
             };
             let existed = store.exists();
-            let r = match crate::remote::attach::attach(&store, config) {
+            let r = match crate::remote::attach::attach(&store, config, key.as_ref()) {
                 Ok(r) => r,
                 Err(e) => {
                     if !matches!(e, crate::error::FsError::Refused(_)) {

@@ -542,7 +542,7 @@ impl Fs {
         fresh: &Mutex<Vec<(ChunkId, bool)>>,
     ) -> Result<(u64, (ChunkId, u32))> {
         let data = &job.block[job.start..job.start + job.len];
-        let id = ChunkId::of(data);
+        let id = self.cache.hasher().id(data);
         if let Some(unknown) = self.ensure_chunk(snap, written, &id, data)? {
             fresh.lock().push((id, unknown));
         }
@@ -773,7 +773,7 @@ impl Fs {
                 if is_zero(data) {
                     continue;
                 }
-                let id = ChunkId::of(data);
+                let id = self.cache.hasher().id(data);
                 self.ensure_chunk(tx, &mut written, &id, data)?;
                 new.push(Extent {
                     offset: s,
@@ -979,7 +979,7 @@ impl Fs {
             }
             let chunk = self.cache.get(&e.id, e.len as u64)?;
             let data = &chunk[(s - e.offset) as usize..(t - e.offset) as usize];
-            let id = ChunkId::of(data);
+            let id = self.cache.hasher().id(data);
             self.ensure_chunk(&tx, &mut written, &id, data)?;
             new.push(Extent {
                 offset: at,

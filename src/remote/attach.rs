@@ -61,7 +61,11 @@ pub fn check_volume_name(name: &str) -> Result<()> {
 
 /// After `volume::init` made a local store at `dir`: makes it the first generation of the new
 /// volume `config.volume` in the bucket. Refuses a name that exists there.
-pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
+pub fn init_remote(
+    dir: &Path,
+    config: &VolumeConfig,
+    key: Option<&crate::crypto::Key>,
+) -> Result<AttachReport> {
     check_volume_name(&config.volume)?;
     let client = RemoteStore::open(&config.client_config()?)?;
     let keys = config.keys();
@@ -72,7 +76,8 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
             config.volume, config.url, config.url, config.volume
         )));
     }
-    let info = VolumeInfo::new(&config.volume_id, &who());
+    let mut info = VolumeInfo::new(&config.volume_id, &who());
+    info.key_id = key.map(|k| k.id_hex());
     client.put(
         &keys.volume_json(),
         serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?,
@@ -98,6 +103,7 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
         Vec::new(),
         Vec::new(),
         gc_ack,
+        key,
     )?;
     PublishState {
         generation: 1,
@@ -121,7 +127,14 @@ pub fn init_remote(dir: &Path, config: &VolumeConfig) -> Result<AttachReport> {
 /// Makes `dir` (missing or empty) a local cache of the volume at `config.url`: the newest
 /// complete generation's metadata, pack index and snapshots; packs are read from the bucket
 /// when needed. `config.volume` empty: the only volume under the prefix.
-pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
+///
+/// An encrypted volume needs its key (`key`), checked against the id `volume.json` records
+/// before anything is written locally.
+pub fn attach(
+    dir: &Path,
+    mut config: VolumeConfig,
+    volume_key: Option<&crate::crypto::Key>,
+) -> Result<AttachReport> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(FsError::Refused(format!(
             "{} exists and is not empty; attach makes a new store directory",
@@ -168,6 +181,23 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
         }
         Err(e) => return Err(e.into()),
     };
+    match (&info.key_id, volume_key) {
+        (None, None) => {}
+        (Some(id), Some(k)) => k.check_id(id, "the key file given")?,
+        (Some(id), None) => {
+            return Err(FsError::Refused(format!(
+                "volume {:?} is encrypted (key id {id}): attach needs its key,                  --encrypt KEYFILE",
+                config.volume
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(FsError::Refused(format!(
+                "volume {:?} is not encrypted: attach it without --encrypt",
+                config.volume
+            )));
+        }
+    }
+    config.key_id = info.key_id.clone();
     config.volume_id = info.volume_id;
     let keys = config.keys();
     let mut skipped = Vec::new();
@@ -176,7 +206,7 @@ pub fn attach(dir: &Path, mut config: VolumeConfig) -> Result<AttachReport> {
     for (g, w, key) in list_generations(&client, &keys)? {
         // An object store that does not answer is no damaged generation: attach fails.
         let raw = client.get(&key)?;
-        match generation::decode(&raw) {
+        match generation::decode_for(&raw, volume_key) {
             Ok(found_gen) if found_gen.header.generation == g && found_gen.header.writer == w => {
                 found = Some(found_gen);
                 break;

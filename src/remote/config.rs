@@ -54,6 +54,13 @@ pub struct VolumeConfig {
     /// Seconds between automatic publications while the metadata changes (0: only at
     /// `dedupfs sync` and unmount).
     pub publish_secs: u64,
+    /// Encrypted volume (`--encrypt`): the key file's absolute path (never the key), read at
+    /// every open; `DEDUPFS_KEY_FILE` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// ... and the key's id (hex), which the key read must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl VolumeConfig {
@@ -67,7 +74,19 @@ impl VolumeConfig {
             writer: random_u64(),
             cache_bytes,
             publish_secs: DEFAULT_PUBLISH_SECS,
+            key_file: None,
+            key_id: None,
         }
+    }
+
+    /// The volume key of an encrypted volume (`None`: not encrypted): from `DEDUPFS_KEY_FILE`
+    /// or the recorded file, refused unless its id is the volume's.
+    pub fn load_key(&self) -> Result<Option<crate::crypto::Key>> {
+        let Some(id) = &self.key_id else {
+            return Ok(None);
+        };
+        let path = self.key_file.clone().unwrap_or_default();
+        crate::crypto::Key::load_for_volume(&path, id).map(Some)
     }
 
     /// The config of the store at `dir`; `None` for a local volume.
@@ -235,6 +254,10 @@ pub struct VolumeInfo {
     pub created_by: String,
     /// Chunking and pack settings are in the metadata; the codec in the index.
     pub note: String,
+    /// Encrypted volume: the id (hex) of its key. Shared dedup merges only volumes with the
+    /// same key id (a key is a dedup domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl VolumeInfo {
@@ -246,6 +269,7 @@ impl VolumeInfo {
             created_by: created_by.to_string(),
             note: "a dedupfs remote volume: `dedupfs attach STORE --remote URL --volume NAME`"
                 .into(),
+            key_id: None,
         }
     }
 }

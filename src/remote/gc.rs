@@ -132,7 +132,7 @@ fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
         // The newest generation must decode: what a damaged one names is unknown (its writer
         // publishes above it, and the next run goes on).
         let raw = client.get(key)?;
-        let head = generation::decode(&raw).map_err(|e| {
+        let head = generation::decode_for(&raw, None).map_err(|e| {
             FsError::Refused(format!(
                 "volume {name}: its newest generation {key} cannot be read ({e}); gc needs \
                  every volume's head: a publication of that volume (dedupfs sync) puts a good \

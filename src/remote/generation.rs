@@ -40,6 +40,18 @@
 //!
 //! An object that fails its checksum, has an unknown kind or format, is not a generation: the
 //! newest generation that passes is the volume's state.
+//!
+//! An encrypted volume's generation objects are this encoding sealed whole in an envelope
+//! (`crypto.rs`, docs/design.md "Encryption"):
+//!
+//! ```text
+//!      0   8  magic "DDFSGENX"
+//!      8   4  format (u32 LE) = 1
+//!     12   8  key id (the volume key's id)
+//!     20  24  nonce (random)
+//!     44   n  XChaCha20-Poly1305 ciphertext of the generation above (AAD: bytes 0..44)
+//!   44+n  16  Poly1305 tag
+//! ```
 
 use crate::error::{FsError, Result};
 
@@ -176,6 +188,31 @@ pub fn encode(g: &Generation) -> Result<Vec<u8>> {
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     Ok(out)
+}
+
+/// Encodes a generation, sealed with `key` for an encrypted volume.
+pub fn encode_for(g: &Generation, key: Option<&crate::crypto::Key>) -> Result<Vec<u8>> {
+    let plain = encode(g)?;
+    match key {
+        None => Ok(plain),
+        Some(k) => k.seal_generation(&plain),
+    }
+}
+
+/// Decodes a generation object of a volume encrypted with `key` (`None`: not encrypted). A
+/// sealed object without a key, or a plain one when a key is given (the bucket is not
+/// trusted to downgrade a volume), is refused.
+pub fn decode_for(b: &[u8], key: Option<&crate::crypto::Key>) -> Result<Generation> {
+    match (key, crate::crypto::sealed_generation_key_id(b)) {
+        (None, None) => decode(b),
+        (Some(k), Some(_)) => decode(&k.open_generation(b)?),
+        (None, Some(id)) => Err(FsError::Refused(format!(
+            "the volume is encrypted (key id {id}): its metadata opens only with its key              (--encrypt KEYFILE)"
+        ))),
+        (Some(_), None) => Err(bad(
+            "not encrypted, but the volume is (refused: an unencrypted object in an encrypted              volume is not its own)",
+        )),
+    }
 }
 
 fn bad(what: &str) -> FsError {

@@ -213,10 +213,17 @@ pub struct RemotePacks {
     /// mount only.
     shared: OnceLock<SharedIndex>,
     dir: std::path::PathBuf,
+    /// The volume key of an encrypted volume: other volumes' generations are read with it,
+    /// and only volumes with the same key are shared with.
+    key: Option<crate::crypto::Key>,
 }
 
 impl RemotePacks {
-    pub fn open(store_dir: &Path, config: &VolumeConfig) -> Result<RemotePacks> {
+    pub fn open(
+        store_dir: &Path,
+        config: &VolumeConfig,
+        key: Option<crate::crypto::Key>,
+    ) -> Result<RemotePacks> {
         let range_limit = (config.cache_bytes / RANGE_SHARE).max(MIN_RANGE_CACHE);
         Ok(RemotePacks {
             keys: config.keys(),
@@ -229,6 +236,7 @@ impl RemotePacks {
             progress: (Mutex::new(false), parking_lot::Condvar::new()),
             shared: OnceLock::new(),
             dir: store_dir.to_path_buf(),
+            key,
         })
     }
 
@@ -262,6 +270,7 @@ impl RemotePacks {
                 &*self.client()?,
                 self.keys.volume_id(),
                 &state_dir(&self.dir)?,
+                self.key.as_ref(),
             ),
             None => Ok(Default::default()),
         }

@@ -218,7 +218,17 @@ impl SharedIndex {
 
     /// Merges the newest readable generation of every other volume under the prefix that
     /// changed since the last refresh. `own`: this volume's id (its own packs are skipped).
-    pub fn refresh(&self, client: &RemoteStore, own: u64, work: &Path) -> Result<RefreshReport> {
+    ///
+    /// Only volumes encrypted with the same key (`key`), or unencrypted ones when `key` is
+    /// `None`, are merged: a key defines a dedup domain (chunk names are keyed with it, and
+    /// another key's records would not open).
+    pub fn refresh(
+        &self,
+        client: &RemoteStore,
+        own: u64,
+        work: &Path,
+        volume_key: Option<&crate::crypto::Key>,
+    ) -> Result<RefreshReport> {
         let mut report = RefreshReport::default();
         for name in super::attach::list_volumes(client)? {
             let keys = Keys::for_volume(&name, "");
@@ -231,7 +241,7 @@ impl SharedIndex {
             let Ok(volume) = u64::from_str_radix(&info.volume_id, 16) else {
                 continue;
             };
-            if volume == own {
+            if volume == own || info.key_id != volume_key.map(|k| k.id_hex()) {
                 continue;
             }
             report.volumes += 1;
@@ -257,7 +267,7 @@ impl SharedIndex {
             let decoded = client
                 .get(&key)
                 .map_err(FsError::from)
-                .and_then(|b| super::generation::decode(&b));
+                .and_then(|b| super::generation::decode_for(&b, volume_key));
             match decoded {
                 Ok(generation)
                     if (generation.header.generation, generation.header.writer) == (g, w) =>

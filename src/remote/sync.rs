@@ -175,6 +175,7 @@ pub fn put_generation(
     packs: Vec<PackRef>,
     snapshots: Vec<(String, Vec<u8>)>,
     gc_ack: u64,
+    key: Option<&crate::crypto::Key>,
 ) -> Result<u64> {
     let g = Generation {
         gc_ack,
@@ -184,7 +185,7 @@ pub fn put_generation(
         snapshots,
         header,
     };
-    let bytes = generation::encode(&g)?;
+    let bytes = generation::encode_for(&g, key)?;
     let n = bytes.len() as u64;
     client.put(&keys.gen_key(g.header.generation, g.header.writer), bytes)?;
     Ok(n)
@@ -587,6 +588,7 @@ impl RemoteVolume {
                 refs,
                 snapshots,
                 gc_ack,
+                self.packs.key(),
             )?;
             // A writer that published the same number at the same time: the lower writer id
             // wins, for every reader; the loser stops. (A tie this listing misses is caught by

@@ -208,6 +208,8 @@ struct Lru {
 /// Cache of verified chunks, bounded by total bytes and by count.
 pub struct ChunkCache {
     store: Arc<dyn ChunkStore>,
+    /// The store's chunk naming, which verification checks against.
+    hasher: crate::hash::Hasher,
     lru: Mutex<Lru>,
     capacity: usize,
     /// The file each recently verified chunk was verified from (see the module comment).
@@ -217,6 +219,7 @@ pub struct ChunkCache {
 impl ChunkCache {
     pub fn new(store: Arc<dyn ChunkStore>, capacity_bytes: usize) -> ChunkCache {
         ChunkCache {
+            hasher: store.hasher(),
             store,
             lru: Mutex::new(Lru {
                 map: LruCache::unbounded(),
@@ -231,6 +234,11 @@ impl ChunkCache {
 
     pub fn store(&self) -> &Arc<dyn ChunkStore> {
         &self.store
+    }
+
+    /// How the store names chunks.
+    pub fn hasher(&self) -> crate::hash::Hasher {
+        self.hasher
     }
 
     /// Verified bytes of chunk `id`, which metadata says is `len` bytes long.
@@ -253,7 +261,7 @@ impl ChunkCache {
         // store fetches them again (and they are checked again below).
         let mut verified = false;
         if matches!(bytes, ChunkBytes::Owned(_)) {
-            if bytes.len() as u64 == len && ChunkId::of(&bytes) == *id {
+            if bytes.len() as u64 == len && self.hasher.id(&bytes) == *id {
                 verified = true;
             } else if let Some(again) = self.store.get_again(id)? {
                 bytes = again;
@@ -273,7 +281,7 @@ impl ChunkCache {
                 ChunkBytes::Owned(_) => false,
             };
         if !trusted {
-            if ChunkId::of(&bytes) != *id {
+            if self.hasher.id(&bytes) != *id {
                 tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
                 self.memo.lock().pop(id);
                 return Err(FsError::CorruptChunk { id: *id });

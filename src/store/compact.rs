@@ -468,7 +468,7 @@ pub fn repack_loose(store: &PackStore) -> Result<RepackReport> {
             continue;
         }
         let bytes = loose.get(&id)?;
-        if ChunkId::of(&bytes) != id {
+        if store.hasher().id(&bytes) != id {
             report.damaged += 1;
             continue;
         }
@@ -604,17 +604,28 @@ pub fn verify_packs(store: &PackStore, verify_data: bool) -> Result<PackCheck> {
                         "record payload fails its checksum".into(),
                     ));
                 } else if verify_data && live {
-                    let s = offset as usize + RECORD_HEADER_LEN + header.nonce_len as usize;
-                    let stored = &data[s..s + header.stored_len as usize];
+                    let s = offset as usize + RECORD_HEADER_LEN;
+                    let payload = &data[s..s + header.payload_len() as usize];
                     check.bytes_verified += header.raw_len as u64;
-                    let ok = decompress(header.codec, stored, header.raw_len)
-                        .is_ok_and(|raw| ChunkId::of(&raw) == header.id);
-                    if !ok {
-                        check.problems.push(problem(
+                    let loc = Loc::of_record(id, offset, &header);
+                    match store.open_payload(&header.id, &loc, payload) {
+                        Err(_) => check.problems.push(problem(
                             Some(offset),
                             chunk,
-                            "chunk content does not match its name (blake3)".into(),
-                        ));
+                            "encrypted record fails authentication (damaged, or another key)"
+                                .into(),
+                        )),
+                        Ok(stored) => {
+                            let ok = decompress(header.codec, &stored, header.raw_len)
+                                .is_ok_and(|raw| store.hasher().id(&raw) == header.id);
+                            if !ok {
+                                check.problems.push(problem(
+                                    Some(offset),
+                                    chunk,
+                                    "chunk content does not match its name (blake3)".into(),
+                                ));
+                            }
+                        }
                     }
                 }
             }

@@ -97,6 +97,11 @@ pub trait ChunkStore: Send + Sync {
     /// Stores `data` under `id`, replacing any file of that name (a damaged copy is repaired
     /// this way). Not durable until [`ChunkStore::sync`].
     fn put(&self, id: &ChunkId, data: &[u8]) -> Result<()>;
+    /// How chunks of this store are named (keyed for an encrypted volume): every computation
+    /// or check of a chunk id from its bytes goes through it.
+    fn hasher(&self) -> crate::hash::Hasher {
+        crate::hash::Hasher::PLAIN
+    }
     /// Loads a chunk's bytes, unverified (the cache verifies). Missing is `MissingChunk`.
     fn get(&self, id: &ChunkId) -> Result<ChunkBytes>;
     /// The bytes `get` served for `id` failed their hash or length: reads them again where a

@@ -6,7 +6,7 @@
 //!              | 16 pack id u64 LE | 24 reserved u32 (0) | 28 crc32c of bytes 0..28
 //! record     = header (64 bytes) | nonce (nonce_len) | stored bytes (stored_len) | MAC (mac_len)
 //! record header:
-//!   0 magic "DDRC"     4 version u8 (1)   5 codec u8        6 key id u8 (0: plaintext)
+//!   0 magic "DDRC"     4 version u8 (1)   5 codec u8        6 key id u8 (0: plaintext, 1: sealed)
 //!   7 nonce_len u8     8 chunk id [32]    40 raw_len u32    44 stored_len u32
 //!   48 mac_len u8      49 reserved [3]    52 crc32c of nonce|stored|MAC
 //!   56 reserved u32    60 crc32c of header bytes 0..60
@@ -15,8 +15,9 @@
 //! Invariants: every record states its chunk id, lengths, codec and a checksum of what follows
 //! it, so the chunk index can be rebuilt from the packs alone; the header checksum lets a scan
 //! tell a record from garbage and resynchronise on the next magic after damage. The key id,
-//! nonce and MAC fields are reserved for encrypted packs (all zero/empty today), so adding
-//! encryption does not change the layout. All integers are little-endian. Changing any
+//! nonce and MAC fields are zero/empty in plaintext records; an encrypted volume's records
+//! (`crypto.rs`: key id 1, a 24-byte nonce, a 16-byte Poly1305 tag around the stored bytes)
+//! use them without changing the layout, and the payload checksum covers all three. All integers are little-endian. Changing any
 //! constant here is a format change: `tests/golden_pack.rs` pins them.
 
 use crate::hash::ChunkId;

@@ -231,7 +231,15 @@ pub struct PackStore {
     foreign_rows: Mutex<HashMap<u64, u64>>,
     /// The index was rebuilt from the packs at this open.
     rebuilt: AtomicBool,
+    /// The volume key of an encrypted volume: records are sealed with it and chunks named by
+    /// its keyed hash.
+    key: Option<crate::crypto::Key>,
+    hasher: crate::hash::Hasher,
 }
+
+/// Index meta key: the key id (8 bytes) of an encrypted store. A store that has it is never
+/// opened without that key (its chunk names are keyed: plain names would silently miss).
+pub const META_KEY_ID: &str = "key_id";
 
 fn corrupt(msg: String) -> FsError {
     FsError::Corrupt(msg)
@@ -265,10 +273,22 @@ impl PackStore {
     /// [`PackStore::open`] for a store whose sealed packs are also kept in `source`: their
     /// local files may be missing (evicted), and are then read from there.
     pub fn open_with(store_dir: &Path, source: Option<Arc<dyn PackSource>>) -> Result<PackStore> {
+        PackStore::open_keyed(store_dir, source, None)
+    }
+
+    /// [`PackStore::open_with`] for an encrypted volume's store (`key`), or a plain one
+    /// (`None`). Refuses a key the index does not record, and a store that records one when
+    /// it is not given.
+    pub fn open_keyed(
+        store_dir: &Path,
+        source: Option<Arc<dyn PackSource>>,
+        key: Option<crate::crypto::Key>,
+    ) -> Result<PackStore> {
         let dir = store_dir.join("packs");
         fs::create_dir_all(&dir)?;
         let index_path = store_dir.join("index.redb");
         let files = list_pack_files(&dir)?;
+        let created = !index_path.exists();
         let (index, rebuild) = if index_path.exists() {
             let idx = PackIndex::open(&index_path).map_err(|e| match e {
                 // Open in another handle (another process): busy, not damaged.
@@ -334,7 +354,12 @@ impl PackStore {
             evicted: RwLock::new(std::collections::HashSet::new()),
             foreign_rows: Mutex::new(HashMap::new()),
             rebuilt: AtomicBool::new(false),
+            hasher: key
+                .as_ref()
+                .map_or(crate::hash::Hasher::PLAIN, |k| k.hasher()),
+            key,
         };
+        store.check_key(created || rebuild)?;
         if let Some(t) = store.index.meta_u64("pack_target")? {
             store
                 .target
@@ -352,6 +377,72 @@ impl PackStore {
         store.recover(&files)?;
         store.restore_reserve();
         Ok(store)
+    }
+
+    /// Refuses a key the index does not record and a missing one; records the key in an index
+    /// made now (`init`, or a lost index rebuilt from the packs).
+    fn check_key(&self, new_index: bool) -> Result<()> {
+        let recorded = self.index.meta(META_KEY_ID)?;
+        match (&self.key, recorded) {
+            (None, None) => Ok(()),
+            (Some(k), Some(r)) if r == k.id() => Ok(()),
+            (Some(k), None) if new_index => self
+                .index
+                .apply(&[IndexOp::SetMeta(META_KEY_ID, k.id().to_vec())], true),
+            (Some(k), Some(r)) => Err(FsError::Refused(format!(
+                "wrong key: the store was encrypted with key id {}, this key's id is {}",
+                crate::remote::config::hex(&r),
+                k.id_hex()
+            ))),
+            (Some(_), None) => Err(FsError::Refused(
+                "the store is not encrypted, but a key was given".into(),
+            )),
+            (None, Some(r)) => Err(FsError::Refused(format!(
+                "the store is encrypted (key id {}): it opens only with its key",
+                crate::remote::config::hex(&r)
+            ))),
+        }
+    }
+
+    /// The volume key of an encrypted store.
+    pub fn key(&self) -> Option<&crate::crypto::Key> {
+        self.key.as_ref()
+    }
+
+    /// The stored (compressed) bytes of the record at `loc` from its payload (nonce |
+    /// stored | MAC): opened with the volume key when sealed. A failed tag is damage (EIO),
+    /// logged with the chunk and pack only.
+    pub fn open_payload<'a>(
+        &self,
+        id: &ChunkId,
+        loc: &Loc,
+        payload: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        let plain = loc.key_id == 0 && loc.nonce_len == 0 && loc.mac_len == 0;
+        // An encrypted store takes only sealed records (the bucket is not trusted to slip in
+        // a plaintext one), and a plain store cannot open sealed ones.
+        let opened = match (&self.key, plain) {
+            (None, true) => return Ok(std::borrow::Cow::Borrowed(payload)),
+            (Some(k), false) if loc.key_id == crate::crypto::RECORD_KEY_ID => {
+                k.open_record(id, loc.codec, loc.raw_len, payload)
+            }
+            _ => None,
+        };
+        opened.map(std::borrow::Cow::Owned).ok_or_else(|| {
+            tracing::error!(chunk = %id, pack = %pack_file_name(loc.pack), offset = loc.offset,
+                "encrypted record fails authentication (damaged, or sealed with another key)");
+            FsError::CorruptChunk { id: *id }
+        })
+    }
+
+    /// Whether reading the record at `loc` goes through [`PackStore::open_payload`].
+    fn sealed_read(&self, loc: &Loc) -> bool {
+        self.key.is_some() || loc.key_id != 0 || loc.nonce_len != 0 || loc.mac_len != 0
+    }
+
+    /// Bytes of a record from the start of its payload to its end.
+    fn payload_range(loc: &Loc) -> std::ops::Range<u64> {
+        loc.offset + super::pack::RECORD_HEADER_LEN as u64..loc.end()
     }
 
     /// Brings packs in line with the index after an unclean stop: cuts torn tails, seals packs
@@ -558,12 +649,19 @@ impl PackStore {
         let Some(source) = &self.source else {
             return Err(FsError::MissingChunk { id: *id });
         };
-        let start = loc.stored_start();
-        let range = start..start + loc.stored_len as u64;
-        let stored = if again {
-            source.reread(loc.pack, range)?
+        let read = |range: std::ops::Range<u64>| {
+            if again {
+                source.reread(loc.pack, range)
+            } else {
+                source.read(loc.pack, range)
+            }
+        };
+        let stored = if self.sealed_read(loc) {
+            let payload = read(Self::payload_range(loc))?;
+            self.open_payload(id, loc, &payload)?.into_owned()
         } else {
-            source.read(loc.pack, range)?
+            let start = loc.stored_start();
+            read(start..start + loc.stored_len as u64)?
         };
         if loc.codec == CODEC_NONE {
             return Ok(ChunkBytes::Owned(Arc::new(stored)));
@@ -707,7 +805,8 @@ impl PackStore {
         Ok(())
     }
 
-    /// Appends one record (header and stored bytes) to this thread's open pack.
+    /// Appends one record (header and payload: nonce, stored bytes, MAC) to this thread's
+    /// open pack.
     fn append(&self, header: &RecordHeader, stored: &[u8]) -> Result<Loc> {
         self.check_space(header.record_len())?;
         let slot = &self.slots[THREAD_SLOT.with(|s| *s) % SLOTS];
@@ -810,8 +909,13 @@ impl PackStore {
     /// The chunk at `loc`, from its pack's mapping: a slice when stored raw, decompressed
     /// otherwise. Unverified (the cache checks the hash).
     fn read_at(&self, id: &ChunkId, loc: &Loc, m: &PackMap) -> Result<ChunkBytes> {
-        let start = loc.stored_start() as usize;
-        let len = loc.stored_len as usize;
+        let sealed = self.sealed_read(loc);
+        let (start, len) = if sealed {
+            let r = Self::payload_range(loc);
+            (r.start as usize, (r.end - r.start) as usize)
+        } else {
+            (loc.stored_start() as usize, loc.stored_len as usize)
+        };
         let chunk = m.map.chunk(start, len)?;
         // A read of data not in the page cache close after the last read of this pack is part
         // of a sequential read (read-ahead threads fetch the next chunks out of order): have
@@ -819,6 +923,19 @@ impl PackStore {
         let last = m.last_end.swap((start + len) as u64, Ordering::Relaxed);
         if !chunk.is_resident() && loc.offset.abs_diff(last) <= READAHEAD as u64 {
             m.map.will_need(start, READAHEAD);
+        }
+        if sealed {
+            let stored = self.open_payload(id, loc, chunk.bytes())?.into_owned();
+            if loc.codec == CODEC_NONE {
+                return Ok(ChunkBytes::Owned(Arc::new(stored)));
+            }
+            return match decompress(loc.codec, &stored, loc.raw_len) {
+                Ok(v) => Ok(ChunkBytes::Owned(Arc::new(v))),
+                Err(e) => {
+                    tracing::error!(chunk = %id, pack = %pack_file_name(loc.pack), offset = loc.offset, "{e}");
+                    Err(FsError::CorruptChunk { id: *id })
+                }
+            };
         }
         if loc.codec == CODEC_NONE {
             return Ok(ChunkBytes::Mapped(chunk));
@@ -1036,9 +1153,21 @@ impl ChunkStore for PackStore {
             Some(c) => (codec.id(), c.as_slice()),
             None => (CODEC_NONE, data),
         };
-        let header = RecordHeader::plain(*id, codec_id, raw_len, stored);
-        self.append(&header, stored)?;
+        match &self.key {
+            None => {
+                let header = RecordHeader::plain(*id, codec_id, raw_len, stored);
+                self.append(&header, stored)?;
+            }
+            Some(k) => {
+                let (header, payload) = k.seal_record(id, codec_id, raw_len, stored)?;
+                self.append(&header, &payload)?;
+            }
+        }
         Ok(())
+    }
+
+    fn hasher(&self) -> crate::hash::Hasher {
+        self.hasher
     }
 
     fn get(&self, id: &ChunkId) -> Result<ChunkBytes> {

@@ -61,7 +61,7 @@ pub(super) fn scan_store(
         let checked = if verify && !in_pack {
             store.get(&id).map(|b| {
                 report.bytes_verified += b.len() as u64;
-                (b.len() as u64, ChunkId::of(&b) == id)
+                (b.len() as u64, store.hasher().id(&b) == id)
             })
         } else {
             store.stat(&id).map(|n| (n, true))
