@@ -367,4 +367,55 @@ fn volumes_dedup_against_each_other_only_when_they_share_the_key() {
         let v = Volume::mount_existing(&s, &["-o", "ro"], &env);
         assert_bytes_eq(name, &read_all(&v.path("image")), &image);
     }
+    // The bucket gc reads what encrypted volumes name only with their keys.
+    let url = url_of(&g, "pool");
+    let gc = |keys: &[&Path]| {
+        let mut args = vec!["gc-bucket", url.as_str(), "--json"];
+        for k in keys {
+            args.push("--encrypt");
+            args.push(k.to_str().unwrap());
+        }
+        dedupfs(&env, &args)
+    };
+    let said = fails(gc(&[]), "gc-bucket without the keys");
+    assert!(
+        said.contains("--encrypt") && said.contains("encrypted"),
+        "{said}"
+    );
+    let said = fails(gc(&[&k1]), "gc-bucket without c's key");
+    assert!(said.contains("volume c"), "{said}");
+    // c drops its file: with both keys, its packs are marked, acknowledged and deleted, and
+    // a and b (another key) lose nothing.
+    let mut vc = Volume::mount_existing(&c, &[], &env);
+    fs::remove_file(vc.path("image")).unwrap();
+    ok(sync(&env, &vc.mnt), "sync c");
+    vc.unmount();
+    let r: serde_json::Value =
+        serde_json::from_str(&ok(gc(&[&k1, &k2]), "gc-bucket with both keys")).unwrap();
+    assert!(
+        r["marked_bytes"].as_u64().unwrap() >= 16 * MIB as u64,
+        "{r}"
+    );
+    for s in [&a, &b, &c] {
+        let mut v = Volume::mount_existing(s, &[], &env);
+        ok(sync(&env, &v.mnt), "sync (acknowledges)");
+        v.unmount();
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&ok(gc(&[&k1, &k2]), "gc-bucket sweep")).unwrap();
+    assert!(
+        r["deleted_bytes"].as_u64().unwrap() >= 16 * MIB as u64,
+        "{r}"
+    );
+    for name in ["a", "b"] {
+        let s = dirs.path(&format!("{name}3"));
+        attach(
+            &g,
+            &s,
+            "pool",
+            &["--volume", name, "--encrypt", k1.to_str().unwrap()],
+        );
+        let v = Volume::mount_existing(&s, &["-o", "ro"], &env);
+        assert_bytes_eq(name, &read_all(&v.path("image")), &image);
+    }
 }

@@ -164,6 +164,10 @@ enum Cmd {
         /// Report what would be marked and deleted without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// The key file of encrypted volumes under the prefix (once per key): their
+        /// generations are sealed, and gc-bucket must read what they name.
+        #[arg(long, value_name = "KEYFILE")]
+        encrypt: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -595,14 +599,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             url,
             endpoint,
             dry_run,
+            encrypt,
             json,
         } => {
+            let keys = encrypt
+                .iter()
+                .map(|p| crate::crypto::Key::load(p))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let mut cfg = crate::store::remote::RemoteConfig::from_env(&url)?;
             if let Some(e) = endpoint {
                 cfg.endpoint = Some(e);
             }
             let client = crate::store::remote::RemoteStore::open(&cfg)?;
-            let r = crate::remote::gc::gc_bucket(std::sync::Arc::new(client), dry_run)?;
+            let r = crate::remote::gc::gc_bucket(std::sync::Arc::new(client), &keys, dry_run)?;
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
             } else {

@@ -77,7 +77,10 @@ struct Swept {
 /// Pack objects as (volume id, pack number).
 type Named = HashSet<(u64, u64)>;
 
-fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
+fn heads(
+    client: &RemoteStore,
+    volume_keys: &[crate::crypto::Key],
+) -> Result<(Vec<VolumeHead>, Named)> {
     let mut out = Vec::new();
     let mut named = HashSet::new();
     let volumes = super::attach::list_volumes(client)?;
@@ -131,8 +134,21 @@ fn heads(client: &RemoteStore) -> Result<(Vec<VolumeHead>, Named)> {
         };
         // The newest generation must decode: what a damaged one names is unknown (its writer
         // publishes above it, and the next run goes on).
+        // An encrypted volume's generations are sealed: its key must be given.
+        let volume_key =
+            match &info.key_id {
+                None => None,
+                Some(id) => Some(volume_keys.iter().find(|k| &k.id_hex() == id).ok_or_else(
+                    || {
+                        FsError::Refused(format!(
+                            "volume {name} is encrypted (key id {id}): give its key file with \
+                     --encrypt KEYFILE (once per key) so that gc-bucket can read what it names"
+                        ))
+                    },
+                )?),
+            };
         let raw = client.get(key)?;
-        let head = generation::decode_for(&raw, None).map_err(|e| {
+        let head = generation::decode_for(&raw, volume_key).map_err(|e| {
             FsError::Refused(format!(
                 "volume {name}: its newest generation {key} cannot be read ({e}); gc needs \
                  every volume's head: a publication of that volume (dedupfs sync) puts a good \
@@ -165,9 +181,13 @@ pub const GC_LEASE: &str = "gc/lease";
 /// names now. `dry_run`: reports only (and takes no lease). Runs hold `gc/lease` (the volume
 /// lease's protocol, `lease.rs`), renewed while they work; a run that loses it stops before
 /// its next change.
-pub fn gc_bucket(client: Arc<RemoteStore>, dry_run: bool) -> Result<BucketGcReport> {
+pub fn gc_bucket(
+    client: Arc<RemoteStore>,
+    keys: &[crate::crypto::Key],
+    dry_run: bool,
+) -> Result<BucketGcReport> {
     if dry_run {
-        return run(&client, true, &AtomicBool::new(false));
+        return run(&client, keys, true, &AtomicBool::new(false));
     }
     let me = Holder::this_process(&new_session_id(), Path::new("(dedupfs gc-bucket)"));
     let cfg = LeaseConfig::default();
@@ -186,7 +206,7 @@ pub fn gc_bucket(client: Arc<RemoteStore>, dry_run: bool) -> Result<BucketGcRepo
         cfg,
         Box::new(move |_| flag.store(true, Ordering::SeqCst)),
     );
-    let out = run(&client, false, &lost);
+    let out = run(&client, keys, false, &lost);
     renewer.stop();
     if let Ok(lease) = Arc::try_unwrap(lease)
         && let Err(e) = lease.release(&client)
@@ -206,7 +226,12 @@ fn still_held(lost: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-fn run(client: &RemoteStore, dry_run: bool, lost: &AtomicBool) -> Result<BucketGcReport> {
+fn run(
+    client: &RemoteStore,
+    keys: &[crate::crypto::Key],
+    dry_run: bool,
+    lost: &AtomicBool,
+) -> Result<BucketGcReport> {
     let mut report = BucketGcReport {
         dry_run,
         ..BucketGcReport::default()
@@ -222,7 +247,7 @@ fn run(client: &RemoteStore, dry_run: bool, lost: &AtomicBool) -> Result<BucketG
         .filter_map(|o| parse_epoch(&o.key))
         .collect();
     let waiting = marks.iter().copied().filter(|e| !swept.contains(e)).max();
-    let (volumes, named) = heads(client)?;
+    let (volumes, named) = heads(client, keys)?;
     // Never a number a volume already acknowledged (marks deleted by hand would otherwise be
     // numbered again, and taken as installed).
     let last_epoch = marks
