@@ -258,17 +258,8 @@ fn a_damaged_encrypted_pack_reads_as_eio_and_fsck_names_it() {
         "fsck of an intact encrypted volume",
     );
     let c = client(&g, "v");
-    let packs: Vec<_> = c
-        .list("packs")
-        .unwrap()
-        .into_iter()
-        .filter(|o| o.size > 512 << 10)
-        .collect();
-    assert!(packs.len() >= 3, "{packs:?}");
     // Damage one object in place (same size): inside a record's ciphertext.
-    let mut raw = c.get(&packs[0].key).unwrap();
-    raw[300_000] ^= 1;
-    c.put(&packs[0].key, raw).unwrap();
+    let packs = damage_first_big_pack(&c);
     let said = fails(
         dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
         "fsck of a damaged encrypted object",

@@ -133,3 +133,19 @@ pub fn stats(env: &[(String, String)], store: &Path) -> serde_json::Value {
 pub fn sync(env: &[(String, String)], mnt: &Path) -> Output {
     dedupfs(env, &["sync", mnt.to_str().unwrap()])
 }
+
+/// The pack objects under the client's prefix larger than 512 KiB (at least three, asserted),
+/// in key order; the first has one byte flipped in place (same size: only reading it tells).
+pub fn damage_first_big_pack(c: &RemoteStore) -> Vec<dedupfs::store::remote::ObjectInfo> {
+    let packs: Vec<_> = c
+        .list("packs")
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.size > 512 << 10)
+        .collect();
+    assert!(packs.len() >= 3, "{packs:?}");
+    let mut raw = c.get(&packs[0].key).unwrap();
+    raw[300_000] ^= 1;
+    c.put(&packs[0].key, raw).unwrap();
+    packs
+}
