@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! STORE/remote/cache/<pack id: 16 hex>-<block number: 8 hex>   BLOCK bytes (less at the end
-//!                                                               of a pack) + blake3 (32 bytes)
+//!                                                               of a pack)
 //! ```
 //!
 //! A block file is written under a temporary name and renamed, without fsync: the cache is not
@@ -13,7 +13,8 @@
 //! blake3 above (the chunk cache), and a chunk that fails there is read again with
 //! [`RangeCache::reread`], which drops the cached blocks under it and fetches them anew — so
 //! the cache never serves bytes the bucket did not send, and a damaged block costs one fetch.
-//! The trailing checksum stays in the file (for inspection, and a later format).
+//! (Block files of session 7 carried a blake3 trailer: their length differs, so they are
+//! fetched again once.)
 //!
 //! A miss fetches the missing blocks in one ranged GET; a miss right after the previous block
 //! of the same pack (a sequential read) fetches `AHEAD` more blocks with it. Blocks are evicted
@@ -251,7 +252,7 @@ impl RangeCache {
         }
         let path = self.dir.join(block_name(pack, block));
         let mut raw = fs::read(&path).ok();
-        let ok = raw.as_ref().is_some_and(|r| r.len() as u64 == len + 32);
+        let ok = raw.as_ref().is_some_and(|r| r.len() as u64 == len);
         if !ok {
             if raw.is_some() {
                 tracing::warn!(block = %path.display(), "cached block has the wrong length; fetching it again");
@@ -259,9 +260,7 @@ impl RangeCache {
             self.forget(pack, block);
             return None;
         }
-        let mut r = raw.take()?;
-        r.truncate(r.len() - 32);
-        let r = Arc::new(r);
+        let r = Arc::new(raw.take()?);
         self.hot.lock().put((pack, block), r.clone());
         Some(r)
     }
@@ -283,10 +282,7 @@ impl RangeCache {
             ".tmp-{name}-{:x}",
             crate::remote::config::random_u64()
         ));
-        let mut bytes = Vec::with_capacity(data.len() + 32);
-        bytes.extend_from_slice(data);
-        bytes.extend_from_slice(blake3::hash(data).as_bytes());
-        if fs::write(&tmp, &bytes)
+        if fs::write(&tmp, data)
             .and_then(|()| fs::rename(&tmp, self.dir.join(&name)))
             .is_err()
         {
@@ -294,10 +290,10 @@ impl RangeCache {
             return;
         }
         let mut st = self.state.lock();
-        if let Some(old) = st.lru.put((pack, block), bytes.len() as u64) {
+        if let Some(old) = st.lru.put((pack, block), data.len() as u64) {
             st.total -= old;
         }
-        st.total += bytes.len() as u64;
+        st.total += data.len() as u64;
         drop(st);
         self.evict_over_limit();
     }
@@ -372,12 +368,12 @@ mod tests {
         let len = pack.len() as u64;
         let fetch = |r: Range<u64>| Ok(pack[r.start as usize..r.end as usize].to_vec());
         {
-            let cache = RangeCache::open(dir.path(), 3 * (BLOCK + 32)).unwrap();
+            let cache = RangeCache::open(dir.path(), 3 * BLOCK).unwrap();
             for b in 0..8 {
                 cache
                     .read(1, len, b * BLOCK..b * BLOCK + 1, &fetch)
                     .unwrap();
-                assert!(cache.bytes() <= 3 * (BLOCK + 32));
+                assert!(cache.bytes() <= 3 * BLOCK);
             }
         }
         // Cut every block file left (a crash): reopened, the cache fetches them again.
@@ -387,7 +383,7 @@ mod tests {
             raw.truncate(raw.len() - 1);
             fs::write(&p, raw).unwrap();
         }
-        let cache = RangeCache::open(dir.path(), 3 * (BLOCK + 32)).unwrap();
+        let cache = RangeCache::open(dir.path(), 3 * BLOCK).unwrap();
         let got = cache.read(1, len, 7 * BLOCK..8 * BLOCK, &fetch).unwrap();
         assert_eq!(got, &pack[7 * BLOCK as usize..]);
         // A flipped byte is not seen here (the chunk hash above sees it): reread fetches the
@@ -397,7 +393,7 @@ mod tests {
         let mut raw = fs::read(&p).unwrap();
         raw[100] ^= 1;
         fs::write(&p, raw).unwrap();
-        let cache = RangeCache::open(dir.path(), 3 * (BLOCK + 32)).unwrap();
+        let cache = RangeCache::open(dir.path(), 3 * BLOCK).unwrap();
         let bad = cache
             .read(1, len, 7 * BLOCK..7 * BLOCK + 200, &fetch)
             .unwrap();
