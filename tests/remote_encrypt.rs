@@ -305,16 +305,7 @@ fn volumes_dedup_against_each_other_only_when_they_share_the_key() {
     keygen(&env, &k1);
     keygen(&env, &k2);
     let image = random_bytes(51, 16 * MIB);
-    let own_bytes = |store: &Path| -> u64 {
-        let c: serde_json::Value =
-            serde_json::from_slice(&fs::read(store.join("remote.json")).unwrap()).unwrap();
-        client(&g, "pool")
-            .list(&format!("packs/{}", c["volume_id"].as_str().unwrap()))
-            .unwrap()
-            .iter()
-            .map(|o| o.size)
-            .sum()
-    };
+    let own_bytes = |store: &Path| own_pack_bytes(&g, "pool", store);
     let write = |name: &str, key: &Path| -> PathBuf {
         let s = dirs.path(name);
         init_remote(

@@ -20,23 +20,6 @@ use std::path::Path;
 
 const MIB: usize = 1 << 20;
 
-/// The volume id of a remote store (names its packs in the bucket).
-fn volume_id(store: &Path) -> String {
-    let c: serde_json::Value =
-        serde_json::from_slice(&fs::read(store.join("remote.json")).unwrap()).unwrap();
-    c["volume_id"].as_str().unwrap().to_string()
-}
-
-/// Bytes of the pack objects volume `store` uploaded itself.
-fn own_pack_bytes(g: &garage::Garage, prefix: &str, store: &Path) -> u64 {
-    client(g, prefix)
-        .list(&format!("packs/{}", volume_id(store)))
-        .unwrap()
-        .iter()
-        .map(|o| o.size)
-        .sum()
-}
-
 /// `dedupfs gc-bucket` of the prefix, as JSON.
 fn gc_bucket(g: &garage::Garage, env: &[(String, String)], prefix: &str) -> serde_json::Value {
     let url = url_of(g, prefix);

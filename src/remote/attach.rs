@@ -42,6 +42,16 @@ pub fn list_volumes(client: &RemoteStore) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The identity object of volume `name` under the prefix, and its id as a number.
+pub fn volume_info(client: &RemoteStore, name: &str) -> Result<(VolumeInfo, u64)> {
+    let key = super::config::Keys::for_volume(name, "").volume_json();
+    let info: VolumeInfo = serde_json::from_slice(&client.get(&key)?)
+        .map_err(|e| FsError::Corrupt(format!("{key}: {e}")))?;
+    let id = u64::from_str_radix(&info.volume_id, 16)
+        .map_err(|_| FsError::Corrupt(format!("{key}: volume id {:?}", info.volume_id)))?;
+    Ok((info, id))
+}
+
 /// Checks a volume name: one path segment of plain characters.
 pub fn check_volume_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

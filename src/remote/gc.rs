@@ -19,8 +19,7 @@
 //! never does.
 
 use super::config::{
-    self, GC_MARKS, GC_SWEPT, Keys, VolumeInfo, gc_mark_key, gc_swept_key, parse_epoch,
-    parse_pack_key,
+    self, GC_MARKS, GC_SWEPT, Keys, gc_mark_key, gc_swept_key, parse_epoch, parse_pack_key,
 };
 use super::generation::{self, Origin};
 use super::lease::{Holder, Lease, LeaseConfig, LeaseError, new_session_id};
@@ -103,22 +102,9 @@ fn heads(
         }
     }
     for name in volumes {
-        let probe = Keys::for_volume(&name, "");
-        let info: VolumeInfo = match client.get(&probe.volume_json()) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
-                FsError::Corrupt(format!(
-                    "{}: {e}: gc needs every volume",
-                    probe.volume_json()
-                ))
-            })?,
-            Err(e) => return Err(e.into()),
-        };
-        let volume = u64::from_str_radix(&info.volume_id, 16).map_err(|_| {
-            FsError::Corrupt(format!(
-                "{}: volume id {:?}",
-                probe.volume_json(),
-                info.volume_id
-            ))
+        let (info, volume) = super::attach::volume_info(client, &name).map_err(|e| match e {
+            FsError::Corrupt(why) => FsError::Corrupt(format!("{why}: gc needs every volume")),
+            e => e,
         })?;
         let keys = Keys::for_volume(&name, &info.volume_id);
         let gens = super::sync::list_generations(client, &keys)?;

@@ -232,13 +232,7 @@ impl SharedIndex {
         let mut report = RefreshReport::default();
         for name in super::attach::list_volumes(client)? {
             let keys = Keys::for_volume(&name, "");
-            let Ok(raw) = client.get(&keys.volume_json()) else {
-                continue;
-            };
-            let Ok(info) = serde_json::from_slice::<config::VolumeInfo>(&raw) else {
-                continue;
-            };
-            let Ok(volume) = u64::from_str_radix(&info.volume_id, 16) else {
+            let Ok((info, volume)) = super::attach::volume_info(client, &name) else {
                 continue;
             };
             if volume == own || info.key_id != volume_key.map(|k| k.id_hex()) {

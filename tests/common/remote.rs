@@ -149,3 +149,20 @@ pub fn damage_first_big_pack(c: &RemoteStore) -> Vec<dedupfs::store::remote::Obj
     c.put(&packs[0].key, raw).unwrap();
     packs
 }
+
+/// The volume id of a remote store (names its packs in the bucket).
+pub fn volume_id(store: &Path) -> String {
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("remote.json")).unwrap()).unwrap();
+    c["volume_id"].as_str().unwrap().to_string()
+}
+
+/// Bytes of the pack objects volume `store` uploaded itself.
+pub fn own_pack_bytes(g: &Garage, prefix: &str, store: &Path) -> u64 {
+    client(g, prefix)
+        .list(&format!("packs/{}", volume_id(store)))
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .sum()
+}
