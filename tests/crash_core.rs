@@ -18,6 +18,11 @@
 //! open handle still hold them. A later mkdir got the number of a dropped file, whose
 //! write-back then overwrote the directory's inode. Numbers must never be handed out twice in
 //! one mount, and the dropped file's data must go as in a crash, without failing other syncs.
+//!
+//! And guards the attributes of files already open across such a failed commit: their
+//! in-memory size and link count kept what the dropped commit recorded. A size past the
+//! committed data was then committed by a later write-back (the lost bytes read as NULs), and
+//! the last close deleted a file whose unlink had been rolled back (its entry left dangling).
 
 use dedupfs::chunker::ChunkParams;
 use dedupfs::error::FsError;
@@ -402,4 +407,81 @@ fn a_file_dropped_with_a_failed_commit_never_lends_its_inode_number_to_a_new_dir
     fs.sync_all(true).unwrap();
     drop(fs);
     assert_fsck_clean(dir.path(), "after the remount");
+}
+
+#[test]
+fn an_open_file_rolled_back_by_a_failed_commit_keeps_its_committed_bytes_and_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Caller::default();
+    // A small per-file dirty limit: writes write back themselves, without a durable point.
+    let meta = MetaDb::create(&dir.path().join("meta.redb"), ChunkParams::default(), 0, 0).unwrap();
+    let store: Arc<dyn ChunkStore> =
+        Arc::new(LocalDirStore::open(&dir.path().join("chunks")).unwrap());
+    let cfg = FsConfig {
+        store_dir: Some(dir.path().to_path_buf()),
+        file_dirty_limit: 16 << 10,
+        ..FsConfig::default()
+    };
+    let fs = Fs::new(meta, store, cfg).unwrap();
+    let a = noise(50_000, 5);
+    let (f, _, f_fh) = fs.create(who, ROOT_INO, b"f", 0o644).unwrap();
+    fs.write(f, 0, &a).unwrap();
+    let kept = noise(20_000, 6);
+    let (g, _, g_fh) = fs.create(who, ROOT_INO, b"g", 0o644).unwrap();
+    fs.write(g, 0, &kept).unwrap();
+    fs.sync_fs().unwrap();
+
+    // Both files stay open. `f` grows by B, in pieces that write back B's start into the
+    // open group; `g` loses its only link in the same group. Then the disk fills and the
+    // commit fails: the database goes back to its last durable commit, without B's extents
+    // and without the unlink.
+    let b = noise(30_000, 7);
+    for (i, piece) in b.chunks(10_000).enumerate() {
+        fs.write(f, (a.len() + i * 10_000) as u64, piece).unwrap();
+    }
+    fs.unlink(ROOT_INO, b"g").unwrap();
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.fsync(f)), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+
+    // The file is A, or A+B; never A followed by NULs.
+    let ab = [a.clone(), b.clone()].concat();
+    let check = |fs: &Fs, ino, extra: &[u8], when: &str| {
+        let size = fs.getattr(ino).unwrap().size;
+        let got = fs.read(ino, 0, size as u32 + 1).unwrap();
+        assert!(
+            got == [&a[..], extra].concat() || got == [&ab[..], extra].concat(),
+            "{when}: {} bytes read, expected A or A+B (then {} more bytes)",
+            got.len(),
+            extra.len()
+        );
+    };
+    check(&fs, f, &[], "after the failed commit");
+    // An appending writer writes at the size it sees; a later write-back commits it.
+    let c = noise(10_000, 8);
+    let end = fs.getattr(f).unwrap().size;
+    fs.write(f, end, &c).unwrap();
+    fs.fsync(f).unwrap();
+    check(&fs, f, &c, "after an append and fsync");
+
+    // The unlink was rolled back: the entry is still there, and the last close keeps the file.
+    assert_eq!(fs.lookup(ROOT_INO, b"g").unwrap().0, g);
+    assert_eq!(
+        fs.getattr(g).unwrap().nlink,
+        1,
+        "link count of the rolled-back unlink"
+    );
+    fs.release(g_fh).unwrap();
+    fs.release(f_fh).unwrap();
+    fs.sync_fs().unwrap();
+    assert_eq!(fs.read(g, 0, 30_000).unwrap(), kept);
+    drop(fs);
+
+    assert_fsck_clean(dir.path(), "after the rolled-back commit");
+    let fs = open_fs(dir.path());
+    let (f2, _) = fs.lookup(ROOT_INO, b"f").unwrap();
+    check(&fs, f2, &c, "after a remount");
+    let (g2, attr) = fs.lookup(ROOT_INO, b"g").unwrap();
+    assert_eq!(attr.nlink, 1);
+    assert_eq!(fs.read(g2, 0, 30_000).unwrap(), kept);
 }

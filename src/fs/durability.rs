@@ -21,6 +21,7 @@ impl Fs {
     /// then removes chunk files no durable metadata references any more.
     pub(super) fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
         // Unlinked files still queued are deleted first: a durable point frees their space.
+        self.catch_up(st);
         self.reap_queued(st, usize::MAX)?;
         if st.pending.is_some() {
             st.since_durable = true;
@@ -55,7 +56,11 @@ impl Fs {
             tracing::warn!("backing store nearly full: used the metadata reserve");
         }
         self.store().sync()?;
-        self.meta.make_durable()?;
+        if let Err(e) = self.meta.make_durable() {
+            // The database goes back to its last durable commit (now, or when reopened).
+            self.reset_open(st, true);
+            return Err(e);
+        }
         self.durable_epoch.fetch_add(1, Ordering::Relaxed);
         st.since_durable = false;
         st.fresh_since_durable.clear();

@@ -161,6 +161,8 @@ impl Fs {
         }
         let mut st = self.state.lock();
         let snap = self.snapshot_for(&mut st, ino)?;
+        // Taking the snapshot may have reopened the database (rolled back).
+        self.catch_up(&mut st);
         let attr = match &st.pending {
             Some(p) => self.attr_in(&st, &p.tx, ino)?,
             None => self.attr_in(&st, &snap, ino)?,
@@ -308,6 +310,7 @@ impl Fs {
     /// the syncs of other files do not fail for it; its own handles get ESTALE from then on.
     pub(super) fn writeback(&self, st: &mut Guard<'_>, ino: Ino, final_: bool) -> Result<()> {
         self.wait_idle(st, ino);
+        self.catch_up(st);
         let Some(o) = st.open.get_mut(&ino) else {
             return Ok(());
         };
@@ -353,9 +356,13 @@ impl Fs {
                     // commit: neither is the size they add.
                     let tails = p.tails.iter().map(|(k, v)| (*k, *k + v.len() as u64));
                     let pending = o.dirty.spans().into_iter().chain(tails);
-                    let committed = tx.inode(ino)?.map_or(0, |a| a.size);
+                    let row = tx.inode(ino)?;
+                    let committed = row.map_or(0, |a| a.size);
                     let mut a = o.attr;
                     a.size = super::committed_size(committed, a.size, pending);
+                    // Link, unlink and rename write the link count to the row themselves: it
+                    // is current; the open copy may still hold one a failed commit dropped.
+                    a.nlink = row.map_or(a.nlink, |r| r.nlink);
                     tx.put_inode(ino, &a)?;
                 }
                 Ok(())

@@ -293,6 +293,9 @@ struct State {
     /// handle still named them (`discard_gone`): their handles get ESTALE. Never reused in
     /// this mount (`ino_floor`), and few (one per file open across a failed commit).
     stale: HashSet<Ino>,
+    /// The database generation (`MetaDb::generation`) the open inodes' attributes agree with;
+    /// `None` after a failed commit whose reset could not read the database yet.
+    meta_gen: Option<u64>,
 }
 
 pub struct Fs {
@@ -392,6 +395,8 @@ impl Fs {
             cfg,
             state: Mutex::new(State {
                 next_fh: 1,
+                // A database just opened was never reopened.
+                meta_gen: Some(0),
                 ..State::default()
             }),
             flush_done: Condvar::new(),
@@ -492,12 +497,21 @@ impl Fs {
     ) -> Result<T> {
         let mut p = match st.pending.take() {
             Some(p) => p,
-            None => Pending {
-                tx: self.meta.begin_write()?,
-                ops: 0,
-                since: Instant::now(),
-                extents: HashSet::new(),
-            },
+            None => {
+                self.catch_up(st);
+                let tx = self.meta.begin_write()?;
+                // Opening the transaction may have reopened the database (rolled back). (No
+                // second write transaction now: redb would wait for this one.)
+                if st.meta_gen != Some(self.meta.generation()) {
+                    self.reset_open(st, false);
+                }
+                Pending {
+                    tx,
+                    ops: 0,
+                    since: Instant::now(),
+                    extents: HashSet::new(),
+                }
+            }
         };
         let r = f(st, &mut p.tx);
         if let Err(e) = &r
@@ -509,6 +523,8 @@ impl Fs {
                 p.ops
             );
             self.recent.lock().clear();
+            drop(p);
+            self.reset_open(st, true);
             return r;
         }
         if r.is_ok() {
@@ -532,8 +548,80 @@ impl Fs {
         self.recent.lock().clear();
         if let Err(e) = &r {
             tracing::error!("metadata group commit failed: {e}");
+            self.reset_open(st, true);
         }
         r
+    }
+
+    /// After the database was reopened (a failed commit: it went back to its last durable
+    /// commit), resets the open inodes' attributes from it (`reset_open`).
+    fn catch_up(&self, st: &mut State) {
+        if st.meta_gen != Some(self.meta.generation()) {
+            let reopen = st.pending.is_none();
+            self.reset_open(st, reopen);
+        }
+    }
+
+    /// A failed commit dropped changes the open inodes' in-memory attributes still hold (their
+    /// size, link count, mode, times): each takes its attributes from the committed row again,
+    /// as a crash would leave them. The write-backs the dropped commits carried are lost, as in
+    /// a crash; the bytes still dirty (never in a commit) stay, and the size grows over those
+    /// that continue the committed data. Dirty bytes past a gap are dropped with the lost
+    /// ones: the gap may be bytes a lost write-back took, which must not read as NULs (a hole
+    /// left by a sparse write is lost too, as in a crash). The last close then deletes a file
+    /// only if its committed link count is 0.
+    ///
+    /// redb refuses writes after a failed commit, but its read snapshots still show the lost
+    /// commits until the file is reopened: with `reopen` (no write transaction is open), a
+    /// write transaction is opened first, which reopens it now, so nobody reads or writes on
+    /// top of what is gone. If that fails (the disk is still full), the reset is owed
+    /// (`meta_gen` is `None`) and `catch_up` tries again. An inode missing from the database
+    /// is left alone: its creation was dropped (`discard_gone`).
+    fn reset_open(&self, st: &mut State, reopen: bool) {
+        st.meta_gen = None;
+        let r = if reopen {
+            self.meta.begin_write().map(drop)
+        } else {
+            Ok(())
+        };
+        let r = r.and_then(|()| self.meta.begin_read());
+        let Ok(r) = r else {
+            return;
+        };
+        st.meta_gen = Some(self.meta.generation());
+        let mut dropped = 0;
+        for (&ino, o) in st.open.iter_mut() {
+            let Ok(Some(row)) = r.inode(ino) else {
+                continue;
+            };
+            let in_flight = o.flushing.iter().flat_map(|r| r.iter());
+            let mut spans: Vec<(u64, u64)> = o
+                .dirty
+                .spans()
+                .into_iter()
+                .chain(in_flight.map(|(k, v)| (*k, *k + v.len() as u64)))
+                .collect();
+            spans.sort_unstable();
+            let mut size = row.size;
+            for (start, end) in spans {
+                if start > size {
+                    break;
+                }
+                size = size.max(end);
+            }
+            let before = o.dirty.bytes();
+            o.dirty.truncate(size);
+            dropped += before - o.dirty.bytes();
+            let mut attr = row;
+            attr.size = size;
+            if !o.dirty.is_empty() {
+                // Their write-back commits these with them.
+                (attr.mtime, attr.ctime) = (o.attr.mtime, o.attr.ctime);
+            }
+            o.attr_dirty = attr != row;
+            o.attr = attr;
+        }
+        st.dirty_total -= dropped;
     }
 
     /// The metadata as the latest operation left it (the caller holds the state lock).
@@ -616,7 +704,10 @@ impl Fs {
     /// after storing chunks: truncate, fallocate, copy_file_range). The caller settled the
     /// open group before starting it.
     fn commit(&self, st: &mut State, tx: WTx) -> Result<()> {
-        tx.commit(false)?;
+        if let Err(e) = tx.commit(false) {
+            self.reset_open(st, true);
+            return Err(e);
+        }
         st.since_durable = true;
         Ok(())
     }
@@ -625,14 +716,20 @@ impl Fs {
     /// writer at a time, and the operation must see the group's changes).
     fn solo_tx(&self, st: &mut State) -> Result<WTx> {
         self.settle(st)?;
-        self.meta.begin_write()
+        self.catch_up(st);
+        let tx = self.meta.begin_write()?;
+        if st.meta_gen != Some(self.meta.generation()) {
+            self.reset_open(st, false);
+        }
+        Ok(tx)
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         if in_snapshot(ino) {
             return self.snap_getattr(ino);
         }
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        self.catch_up(&mut st);
         if let Some(o) = st.open.get(&ino) {
             return Ok(o.attr);
         }
@@ -1187,6 +1284,7 @@ impl Fs {
         if !last {
             return Ok(());
         }
+        self.catch_up(&mut st);
         let nlink = st.open.get(&ino).map(|o| o.attr.nlink).unwrap_or(1);
         if nlink == 0 {
             // Unlinked and now closed: its data goes with it.

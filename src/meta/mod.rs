@@ -272,6 +272,12 @@ impl MetaDb {
             .store(errno.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many times the database was reopened after an I/O error: each reopen went back to
+    /// the last durable commit, dropping every commit made since.
+    pub fn generation(&self) -> u64 {
+        self.db.read().1
+    }
+
     /// Size of the database file (an upper bound of a copy of it).
     pub fn file_len(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
