@@ -1565,6 +1565,38 @@ fn allocated_counts_data_whose_write_back_is_in_flight() {
     assert_eq!(fs.allocated(ino).unwrap(), data.len() as u64, "after");
 }
 
+/// Another file's failed durable commit takes the database back to its last durable point,
+/// losing a write-back of `f` committed since (not durable yet). `f`'s next fsync must say
+/// so (EIO, once, as Linux reports a write-back error), never return success over lost data.
+#[test]
+fn writes_a_failed_commit_lost_are_reported_by_the_next_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = MetaDb::create(&dir.path().join("meta.redb"), ChunkParams::default(), 0, 0).unwrap();
+    let fs = Fs::new(meta, Arc::new(MemoryStore::new()), FsConfig::default()).unwrap();
+    let (f, _, _f_fh) = fs.create(WHO, ROOT, b"f", 0o644).unwrap();
+    let (g, _, _g_fh) = fs.create(WHO, ROOT, b"g", 0o644).unwrap();
+    let a = noise(50_000, 40);
+    fs.write(f, 0, &a).unwrap();
+    fs.fsync(f).unwrap();
+    // B is committed, not durable (a truncate to the same size writes back first).
+    let b = noise(20_000, 41);
+    fs.write(f, a.len() as u64, &b).unwrap();
+    fs.truncate(f, (a.len() + b.len()) as u64).unwrap();
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.fsync(g)), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+    assert_eq!(
+        errno(fs.fsync(f)),
+        libc::EIO,
+        "the fsync of a file whose committed write-back a failed commit lost"
+    );
+    fs.fsync(f).expect("the loss is reported once");
+    assert_eq!(fs.getattr(f).unwrap().size, a.len() as u64);
+    assert_same(&fs.read(f, 0, 100_000).unwrap(), &a, "f after the loss");
+    // A file with nothing lost does not get the error.
+    fs.fsync(g).unwrap();
+}
+
 fn extent_lens(fs: &Fs, ino: Ino) -> Vec<u32> {
     let r = fs.meta().begin_read().unwrap();
     r.all_extents(ino).unwrap().iter().map(|e| e.len).collect()

@@ -62,6 +62,9 @@ impl Fs {
             return Err(e);
         }
         self.durable_epoch.fetch_add(1, Ordering::Relaxed);
+        for o in st.open.values_mut() {
+            o.unsynced = false;
+        }
         st.since_durable = false;
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.
@@ -145,16 +148,36 @@ impl Fs {
     /// creation a failed commit dropped gets ESTALE: what was written to it is lost.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
-        self.writeback_reclaiming(&mut st, ino, true)?;
-        if st.open.contains_key(&ino) && self.view(&st)?.inode(ino)?.is_none() {
+        let r = self.fsync_locked(&mut st, ino);
+        // A failed commit lost writes made to this file (`reset_open`): reported once, by
+        // this fsync, even when the rest is durable now; a failed fsync reports the newest
+        // failure itself (the reset it owes may come later).
+        let failures = st.failures;
+        let Some(o) = st.open.get_mut(&ino) else {
+            return r;
+        };
+        let lost = o.lost_at > o.told;
+        o.told = if r.is_err() || lost { failures } else { o.told };
+        r?;
+        if lost {
+            return Err(FsError::Io(std::io::Error::other(
+                "a failed metadata commit lost writes made to this file before this fsync",
+            )));
+        }
+        Ok(())
+    }
+
+    fn fsync_locked(&self, st: &mut Guard<'_>, ino: Ino) -> Result<()> {
+        self.writeback_reclaiming(st, ino, true)?;
+        if st.open.contains_key(&ino) && self.view(st)?.inode(ino)?.is_none() {
             // Nothing was left to write back, so the write-back did not look.
-            self.discard_gone(&mut st, ino);
+            self.discard_gone(st, ino);
         }
         if st.stale.contains(&ino) {
             return Err(FsError::Stale);
         }
         st.since_durable = true;
-        self.make_durable(&mut st)
+        self.make_durable(st)
     }
 
     /// Write-back that, on a full backing store, first reclaims what deleted files still

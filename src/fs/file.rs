@@ -120,6 +120,9 @@ impl Fs {
                     flushing: None,
                     queued: false,
                     wb_failed: false,
+                    unsynced: false,
+                    lost_at: 0,
+                    told: 0,
                     read_end: 0,
                 }))
             }
@@ -309,6 +312,24 @@ impl Fs {
     /// is not written: its open state goes (`discard_gone`) and the write-back succeeds, so
     /// the syncs of other files do not fail for it; its own handles get ESTALE from then on.
     pub(super) fn writeback(&self, st: &mut Guard<'_>, ino: Ino, final_: bool) -> Result<()> {
+        loop {
+            let mut raced = false;
+            let r = self.writeback_pass(st, ino, final_, &mut raced);
+            if !raced {
+                return r;
+            }
+        }
+    }
+
+    /// One write-back of `ino`'s dirty ranges (`writeback`); sets `raced` when a failed commit
+    /// reset the attributes while it was in flight, and nothing was committed.
+    fn writeback_pass(
+        &self,
+        st: &mut Guard<'_>,
+        ino: Ino,
+        final_: bool,
+        raced: &mut bool,
+    ) -> Result<()> {
         self.wait_idle(st, ino);
         self.catch_up(st);
         let Some(o) = st.open.get_mut(&ino) else {
@@ -329,6 +350,9 @@ impl Fs {
         let taken: usize = ranges.iter().map(|(_, v)| v.len()).sum();
         let size = o.attr.size;
         o.flushing = Some(ranges.clone());
+        // A failed commit while this write-back is in flight resets the attributes
+        // (`reset_open`): the ranges are then checked against the reset size again.
+        let meta_gen = st.meta_gen;
         // Chunk files this write-back creates: if it fails they are removed again, so a full
         // disk gets its space back when the writer gives up (not only after gc).
         let fresh = Mutex::new(Vec::new());
@@ -345,6 +369,11 @@ impl Fs {
             self.group(st, |st, tx| {
                 if tx.inode(ino)?.is_none() {
                     gone = true;
+                    return Err(FsError::Stale);
+                }
+                if st.meta_gen != meta_gen {
+                    // Refused before any change: the group carries on.
+                    *raced = true;
                     return Err(FsError::Stale);
                 }
                 for r in &p.regions {
@@ -387,10 +416,24 @@ impl Fs {
             self.flush_done.notify_all();
             return Ok(());
         }
+        if *raced {
+            // The ranges go back to dirty and are cut where the reset cut the dirty bytes
+            // (past a gap the lost commits may have left), then written back again: committed
+            // as prepared, they could name extents past the reset size, which a later growing
+            // truncate or write past the end would expose.
+            let before = o.dirty.bytes();
+            o.dirty.restore(Arc::unwrap_or_clone(ranges));
+            o.dirty.truncate(o.attr.size);
+            st.dirty_total += o.dirty.bytes() - before;
+            self.discard_fresh(st, &fresh.into_inner());
+            self.flush_done.notify_all();
+            return Ok(());
+        }
         let before = o.dirty.bytes();
         let out = match result {
             Ok(tails) => {
                 o.wb_failed = false;
+                o.unsynced = true;
                 // Tails go back under anything written since the take.
                 o.dirty.restore(tails);
                 if o.dirty.is_empty() {
