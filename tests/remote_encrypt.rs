@@ -401,3 +401,59 @@ fn volumes_dedup_against_each_other_only_when_they_share_the_key() {
         assert_bytes_eq(name, &read_all(&v.path("image")), &image);
     }
 }
+
+/// A cache of an encrypted volume that lost its pack index rebuilds it from the sealed packs
+/// in the bucket, with the key; with another key the rebuild is refused (an index rebuilt
+/// from records it cannot open would name none of the volume's chunks) and nothing changes.
+#[test]
+fn a_lost_index_of_an_encrypted_volume_is_rebuilt_from_the_bucket_only_with_its_key() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let key = dirs.path("k1");
+    keygen(&env, &key);
+    let other = dirs.path("k2");
+    keygen(&env, &other);
+    let a = dirs.path("a");
+    let k = key.to_str().unwrap();
+    init_remote(&g, &a, "v", &["--pack-mib", "1", "--encrypt", k]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let big = fill(&va);
+    let want = tree::snapshot(&va.mnt);
+    va.unmount();
+
+    // Another cache, with no pack file of its own, loses its index.
+    let b = dirs.path("b");
+    attach(&g, &b, "v", &["--encrypt", k]);
+    fs::write(b.join("index.redb"), b"not a database").unwrap();
+    // The empty lock file the refused run takes holds nothing.
+    let files = |d: &Path| {
+        let mut m = checksums(d);
+        m.remove(&d.join("lock"));
+        m
+    };
+    let before = files(&b);
+    let said = fails(
+        dedupfs(
+            &with_key_env(&env, &other),
+            &["fsck", "--repair", b.to_str().unwrap()],
+        ),
+        "fsck --repair with another key",
+    );
+    assert!(said.to_lowercase().contains("key"), "{said}");
+    assert_eq!(files(&b), before, "a refused rebuild changed the cache");
+
+    let said = ok(
+        dedupfs(&env, &["fsck", "--repair", b.to_str().unwrap()]),
+        "fsck --repair",
+    );
+    assert!(said.contains("consistent"), "{said}");
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    tree::assert_same_tree("after the rebuild", &tree::snapshot(&vb.mnt), &want, true);
+    assert_bytes_eq(
+        "big.bin after the rebuild",
+        &read_all(&vb.path("big.bin")),
+        &big,
+    );
+    assert_eq!(fs::read(vb.path(SECRET_NAME)).unwrap(), marker_file());
+}
