@@ -6,7 +6,9 @@
 //! another tree; `dedupfs sync` or unmount returning before the data is in the bucket; evicted
 //! packs that read back wrong or not at all; a second writer let in while the first holds the
 //! lease, or not stopped when it publishes over another's generation; a damaged generation
-//! object taken for the volume's state; a dead object store that loses writes or hangs them.
+//! object taken for the volume's state; a dead object store that loses writes or hangs them;
+//! a PUT whose reply is lost after the server stored the object (retried, never taken for
+//! another writer's generation, never a second copy of a pack).
 //!
 //! Skips (with a `SKIP:` line) when FUSE or the `garage` binary is absent.
 
@@ -633,5 +635,90 @@ fn kill_9_at_random_moments_loses_nothing_fsynced_locally_or_in_the_bucket() {
         names >= durable.len(),
         "{names} files, {} fsynced",
         durable.len()
+    );
+}
+
+/// PUTs whose replies are lost after Garage stored the objects (a proxy closes the
+/// connection instead of answering): the ambiguous outcome of a timeout. The first pack PUT
+/// loses one reply (the client's own retry stores the same key again); the
+/// generation PUT loses every reply until the client gives up, so the publication fails with
+/// its generation in the bucket. The next `dedupfs sync` must build on that generation of its
+/// own (not take it for another writer's and fence the volume), another machine attaches the
+/// same bytes, and each pack is one object.
+#[test]
+fn puts_whose_replies_are_lost_are_retried_and_publish_once() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let proxy = common::reply_drop::ReplyDropper::start(&g.endpoint, &[]);
+    let penv: Env = env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "AWS_ENDPOINT_URL" => (k.clone(), proxy.endpoint.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let a = dirs.path("a");
+    let url = url_of(&g, "v");
+    ok(
+        dedupfs(
+            &penv,
+            &[
+                "init",
+                a.to_str().unwrap(),
+                "--remote",
+                &url,
+                "--pack-mib",
+                "1",
+            ],
+        ),
+        "init through the proxy",
+    );
+    let mut va = Volume::mount_existing(&a, &[], &penv);
+    let one = random_bytes(71, 4 << 20);
+    fs::write(va.path("one"), &one).unwrap();
+    // One attempt and six retries (`RemoteConfig::max_retries`): all seven replies lost.
+    proxy.lose("PUT", "/packs/", 1);
+    proxy.lose("PUT", "/gens/", 7);
+    let mut said = Vec::new();
+    let synced = (0..3).any(|_| {
+        let o = sync(&penv, &va.mnt);
+        said.push(common::output_text(&o));
+        o.status.success()
+    });
+    let lost = proxy.lost();
+    eprintln!("replies lost: {lost:?}; syncs: {said:?}");
+    assert!(synced, "no sync succeeded: {said:?}");
+    let gens_lost = lost.iter().filter(|l| l.contains("/gens/")).count();
+    assert!(
+        lost.iter().any(|l| l.contains("/packs/")) && gens_lost == 7,
+        "the faults were not injected (replies lost: {lost:?}, still to lose: {})",
+        proxy.pending()
+    );
+    // Not fenced by its own generation: later writes publish too.
+    let two = random_bytes(72, 1 << 20);
+    fs::write(va.path("two"), &two).unwrap();
+    ok(sync(&penv, &va.mnt), "sync after the lost replies");
+    va.unmount();
+
+    let vb = attached_ro(&g, &dirs, "b", "v");
+    assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
+    assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
+    // Each pack is one object: a retried upload stored the same key again.
+    let c = client(&g, "v");
+    let packs: Vec<String> = c
+        .list("packs/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let mut ids: Vec<&str> = packs.iter().map(|k| k.split('-').next().unwrap()).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        n,
+        "a pack number uploaded under two names: {packs:?}"
     );
 }

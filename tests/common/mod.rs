@@ -12,6 +12,7 @@
 
 pub mod garage;
 pub mod remote;
+pub mod reply_drop;
 pub mod tree;
 pub mod xattr;
 
