@@ -19,6 +19,8 @@ use crate::chunker::ChunkParams;
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Schema version of the metadata database. Bump on any incompatible change to a table.
@@ -177,11 +179,7 @@ impl MetaDb {
     }
 
     pub fn begin_write(&self) -> Result<WTx> {
-        self.with_db(|db| {
-            Ok(WTx {
-                tx: db.begin_write()?,
-            })
-        })
+        self.with_db(|db| Ok(WTx::new(db.begin_write()?)))
     }
 
     /// Copies the read snapshot `snap` into a new database file `dst` (every table, committed
@@ -316,39 +314,11 @@ impl MetaDb {
 /// Shared read operations of read and write transactions, over any readable tables.
 macro_rules! read_ops {
     () => {
-        pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-            let t = self.tx.open_table(META)?;
-            Ok(t.get(key)?.map(|v| v.value().to_vec()))
-        }
-
         pub fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
             Ok(self
                 .meta(key)?
                 .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                 .map(u64::from_le_bytes))
-        }
-
-        pub fn counter(&self, key: &str) -> Result<u64> {
-            let t = self.tx.open_table(COUNTERS)?;
-            Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
-        }
-
-        pub fn inode(&self, ino: Ino) -> Result<Option<Attr>> {
-            let t = self.tx.open_table(INODES)?;
-            match t.get(ino)? {
-                Some(v) => Ok(Some(Attr::decode(v.value())?)),
-                None => Ok(None),
-            }
-        }
-
-        /// Every inode, in inode order (maintenance and stats).
-        pub fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Attr) -> Result<()>) -> Result<()> {
-            let t = self.tx.open_table(INODES)?;
-            for r in t.iter()? {
-                let (k, v) = r?;
-                f(k.value(), Attr::decode(v.value())?)?;
-            }
-            Ok(())
         }
 
         pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
@@ -580,12 +550,6 @@ macro_rules! read_ops {
             Ok(out)
         }
 
-        /// Bytes of data (not holes) that the chunk list of `ino` covers.
-        pub fn allocated(&self, ino: Ino) -> Result<u64> {
-            let t = self.tx.open_table(ALLOCATED)?;
-            Ok(t.get(ino)?.map(|v| v.value()).unwrap_or(0))
-        }
-
         pub fn orphans(&self) -> Result<Vec<Ino>> {
             let t = self.tx.open_table(ORPHANS)?;
             let mut out = Vec::new();
@@ -596,17 +560,6 @@ macro_rules! read_ops {
         }
 
         // --- maintenance (fsck) ---
-
-        /// Every row of the `allocated` table, in inode order (fsck compares it with the
-        /// extents).
-        pub fn for_each_allocated(&self, f: &mut dyn FnMut(Ino, u64)) -> Result<()> {
-            let t = self.tx.open_table(ALLOCATED)?;
-            for r in t.iter()? {
-                let (k, v) = r?;
-                f(k.value(), v.value());
-            }
-            Ok(())
-        }
     };
 }
 
@@ -670,18 +623,255 @@ pub struct RTx {
 
 impl RTx {
     read_ops!();
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let t = self.tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn counter(&self, key: &str) -> Result<u64> {
+        let t = self.tx.open_table(COUNTERS)?;
+        Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<Option<Attr>> {
+        let t = self.tx.open_table(INODES)?;
+        match t.get(ino)? {
+            Some(v) => Ok(Some(Attr::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every inode, in inode order (maintenance and stats).
+    pub fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Attr) -> Result<()>) -> Result<()> {
+        let t = self.tx.open_table(INODES)?;
+        for r in t.iter()? {
+            let (k, v) = r?;
+            f(k.value(), Attr::decode(v.value())?)?;
+        }
+        Ok(())
+    }
+    /// Bytes of data (not holes) that the chunk list of `ino` covers.
+    pub fn allocated(&self, ino: Ino) -> Result<u64> {
+        let t = self.tx.open_table(ALLOCATED)?;
+        Ok(t.get(ino)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Every row of the `allocated` table, in inode order (fsck compares it with the
+    /// extents).
+    pub fn for_each_allocated(&self, f: &mut dyn FnMut(Ino, u64)) -> Result<()> {
+        let t = self.tx.open_table(ALLOCATED)?;
+        for r in t.iter()? {
+            let (k, v) = r?;
+            f(k.value(), v.value());
+        }
+        Ok(())
+    }
 }
 
+/// A write transaction. Rows that every operation of a group touches again and again (the
+/// inode records of a file and its directory, their `allocated` rows, the counters,
+/// `next_ino`) are kept decoded here
+/// and written to their tables once, at commit: each redb table open and B-tree lookup costs
+/// more than the operation's own work (a `tar x` of 5k files opened a table ~40 times per
+/// file). Only `commit` makes them reach the database, and the transaction is all or nothing,
+/// so what a crash, a failed commit or a dropped transaction loses is unchanged; reads through
+/// this transaction see them as if written.
 pub struct WTx {
     tx: redb::WriteTransaction,
+    /// Inode records read or written by this transaction (`None`: no such inode), and whether
+    /// each differs from the table's row (written at commit).
+    inodes: RefCell<HashMap<Ino, Cached<Option<Attr>>>>,
+    /// `allocated` rows read or written by this transaction (0: no row), likewise.
+    allocated: RefCell<HashMap<Ino, Cached<u64>>>,
+    /// Counter values changed by this transaction, written at commit.
+    counters: BTreeMap<String, u64>,
+    /// `meta` values set by this transaction, written at commit.
+    meta_writes: BTreeMap<String, Vec<u8>>,
+}
+
+/// A row as this transaction sees it; `dirty`: the table still holds an older value.
+#[derive(Clone, Copy)]
+struct Cached<T> {
+    value: T,
+    dirty: bool,
 }
 
 impl WTx {
     read_ops!();
 
+    fn new(tx: redb::WriteTransaction) -> WTx {
+        WTx {
+            tx,
+            inodes: RefCell::new(HashMap::new()),
+            allocated: RefCell::new(HashMap::new()),
+            counters: BTreeMap::new(),
+            meta_writes: BTreeMap::new(),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.meta_writes.get(key) {
+            return Ok(Some(v.clone()));
+        }
+        let t = self.tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn counter(&self, key: &str) -> Result<u64> {
+        if let Some(&v) = self.counters.get(key) {
+            return Ok(v);
+        }
+        let t = self.tx.open_table(COUNTERS)?;
+        Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<Option<Attr>> {
+        if let Some(c) = self.inodes.borrow().get(&ino) {
+            return Ok(c.value);
+        }
+        let attr = {
+            let t = self.tx.open_table(INODES)?;
+            match t.get(ino)? {
+                Some(v) => Some(Attr::decode(v.value())?),
+                None => None,
+            }
+        };
+        self.inodes.borrow_mut().insert(
+            ino,
+            Cached {
+                value: attr,
+                dirty: false,
+            },
+        );
+        Ok(attr)
+    }
+
+    /// Bytes of data (not holes) that the chunk list of `ino` covers.
+    pub fn allocated(&self, ino: Ino) -> Result<u64> {
+        if let Some(c) = self.allocated.borrow().get(&ino) {
+            return Ok(c.value);
+        }
+        let bytes = {
+            let t = self.tx.open_table(ALLOCATED)?;
+            t.get(ino)?.map(|v| v.value()).unwrap_or(0)
+        };
+        self.allocated.borrow_mut().insert(
+            ino,
+            Cached {
+                value: bytes,
+                dirty: false,
+            },
+        );
+        Ok(bytes)
+    }
+
+    /// Every row of the `allocated` table, in inode order (fsck compares it with the
+    /// extents).
+    pub fn for_each_allocated(&self, f: &mut dyn FnMut(Ino, u64)) -> Result<()> {
+        self.flush_allocated()?;
+        let t = self.tx.open_table(ALLOCATED)?;
+        for r in t.iter()? {
+            let (k, v) = r?;
+            f(k.value(), v.value());
+        }
+        Ok(())
+    }
+
+    /// Sets the allocated bytes of `ino` (written at commit; 0 removes the row).
+    fn put_allocated(&mut self, ino: Ino, bytes: u64) {
+        self.allocated.get_mut().insert(
+            ino,
+            Cached {
+                value: bytes,
+                dirty: true,
+            },
+        );
+    }
+
+    /// Writes the `allocated` rows changed since the last flush to the table.
+    fn flush_allocated(&self) -> Result<()> {
+        let mut cache = self.allocated.borrow_mut();
+        let mut dirty: Vec<(Ino, u64)> = cache
+            .iter_mut()
+            .filter(|(_, c)| c.dirty)
+            .map(|(&ino, c)| {
+                c.dirty = false;
+                (ino, c.value)
+            })
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        dirty.sort_unstable_by_key(|&(ino, _)| ino);
+        let mut t = self.tx.open_table(ALLOCATED)?;
+        for (ino, bytes) in dirty {
+            if bytes == 0 {
+                t.remove(ino)?;
+            } else {
+                t.insert(ino, bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every inode, in inode order (maintenance and stats).
+    pub fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Attr) -> Result<()>) -> Result<()> {
+        self.flush_inodes()?;
+        let t = self.tx.open_table(INODES)?;
+        for r in t.iter()? {
+            let (k, v) = r?;
+            f(k.value(), Attr::decode(v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the inode records changed since the last flush to the table, in inode order.
+    fn flush_inodes(&self) -> Result<()> {
+        let mut cache = self.inodes.borrow_mut();
+        let mut dirty: Vec<(Ino, Attr)> = cache
+            .iter_mut()
+            .filter(|(_, c)| c.dirty)
+            .filter_map(|(&ino, c)| {
+                c.dirty = false;
+                c.value.map(|a| (ino, a))
+            })
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        dirty.sort_unstable_by_key(|&(ino, _)| ino);
+        let mut t = self.tx.open_table(INODES)?;
+        for (ino, a) in dirty {
+            t.insert(ino, a.encode().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Writes what this transaction keeps in memory (inode records, counters, `meta` values)
+    /// to the tables.
+    fn flush(&mut self) -> Result<()> {
+        self.flush_inodes()?;
+        self.flush_allocated()?;
+        if !self.counters.is_empty() {
+            let mut t = self.tx.open_table(COUNTERS)?;
+            for (k, v) in std::mem::take(&mut self.counters) {
+                t.insert(k.as_str(), v)?;
+            }
+        }
+        if !self.meta_writes.is_empty() {
+            let mut t = self.tx.open_table(META)?;
+            for (k, v) in std::mem::take(&mut self.meta_writes) {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Commits. `durable` commits fsync the database; others become durable with the next
     /// durable commit. The caller must have synced the chunk store before a durable commit.
     pub fn commit(mut self, durable: bool) -> Result<()> {
+        self.flush()?;
         self.tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -692,19 +882,30 @@ impl WTx {
     }
 
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        self.tx.open_table(META)?.insert(key, value)?;
+        match self.meta_writes.get_mut(key) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.meta_writes.insert(key.to_owned(), value.to_vec());
+            }
+        }
         Ok(())
     }
 
     fn add_counter(&mut self, key: &str, delta: i64) -> Result<()> {
-        let mut t = self.tx.open_table(COUNTERS)?;
-        let cur = t.get(key)?.map(|v| v.value()).unwrap_or(0);
-        t.insert(key, cur.saturating_add_signed(delta))?;
-        Ok(())
+        let cur = self.counter(key)?;
+        self.set_counter(key, cur.saturating_add_signed(delta))
     }
 
     pub fn set_counter(&mut self, key: &str, value: u64) -> Result<()> {
-        self.tx.open_table(COUNTERS)?.insert(key, value)?;
+        match self.counters.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                self.counters.insert(key.to_owned(), value);
+            }
+        }
         Ok(())
     }
 
@@ -732,9 +933,13 @@ impl WTx {
     pub fn put_inode(&mut self, ino: Ino, attr: &Attr) -> Result<()> {
         let old = self.inode(ino)?;
         self.account_file(old.as_ref(), Some(attr))?;
-        self.tx
-            .open_table(INODES)?
-            .insert(ino, attr.encode().as_slice())?;
+        self.inodes.get_mut().insert(
+            ino,
+            Cached {
+                value: Some(*attr),
+                dirty: true,
+            },
+        );
         Ok(())
     }
 
@@ -746,6 +951,13 @@ impl WTx {
         let old = self.inode(ino)?;
         self.account_file(old.as_ref(), None)?;
         self.tx.open_table(INODES)?.remove(ino)?;
+        self.inodes.get_mut().insert(
+            ino,
+            Cached {
+                value: None,
+                dirty: false,
+            },
+        );
         self.tx.open_table(SYMLINKS)?.remove(ino)?;
         for name in self.xattr_names(ino)? {
             self.tx.open_table(XATTRS)?.remove((ino, name.as_slice()))?;
@@ -799,14 +1011,8 @@ impl WTx {
         let added: u64 = new.iter().map(|e| e.len as u64).sum();
         let removed: u64 = old.iter().map(|e| e.len as u64).sum();
         if added != removed {
-            let mut t = self.tx.open_table(ALLOCATED)?;
-            let cur = t.get(ino)?.map(|v| v.value()).unwrap_or(0);
-            let next = (cur + added).saturating_sub(removed);
-            if next == 0 {
-                t.remove(ino)?;
-            } else {
-                t.insert(ino, next)?;
-            }
+            let cur = self.allocated(ino)?;
+            self.put_allocated(ino, (cur + added).saturating_sub(removed));
         }
         for e in new {
             self.add_ref(&e.id, e.len)?;
@@ -896,12 +1102,7 @@ impl WTx {
     /// Sets the allocated bytes of `ino` directly (fsck repair); 0 removes the row, as
     /// [`WTx::replace_extents`] does.
     pub fn set_allocated(&mut self, ino: Ino, bytes: u64) -> Result<()> {
-        let mut t = self.tx.open_table(ALLOCATED)?;
-        if bytes == 0 {
-            t.remove(ino)?;
-        } else {
-            t.insert(ino, bytes)?;
-        }
+        self.put_allocated(ino, bytes);
         Ok(())
     }
 }
