@@ -622,7 +622,7 @@ impl Fs {
             attr.size = target.len() as u64;
             tx.set_symlink(ino, target)?;
         }
-        tx.put_inode(ino, &attr)?;
+        tx.create_inode(ino, &attr)?;
         tx.put_dirent(parent, name, ino, attr.kind)?;
         let now = Ts::now();
         pattr.mtime = now;

@@ -20,7 +20,7 @@ use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// Schema version of the metadata database. Bump on any incompatible change to a table.
@@ -321,7 +321,7 @@ macro_rules! read_ops {
                 .map(u64::from_le_bytes))
         }
 
-        pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+        fn table_lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
             let t = self.tx.open_table(DIRENTS)?;
             match t.get((parent, name))? {
                 Some(v) => {
@@ -332,7 +332,7 @@ macro_rules! read_ops {
             }
         }
 
-        pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        fn table_list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
             let t = self.tx.open_table(DIRENTS)?;
             let mut out = Vec::new();
             let empty: &[u8] = &[];
@@ -352,7 +352,7 @@ macro_rules! read_ops {
             Ok(out)
         }
 
-        pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
+        fn table_dir_is_empty(&self, dir: Ino) -> Result<bool> {
             let t = self.tx.open_table(DIRENTS)?;
             let empty: &[u8] = &[];
             let first = t.range((dir, empty)..)?.next();
@@ -363,7 +363,7 @@ macro_rules! read_ops {
         }
 
         /// Extents of `ino` that overlap `[from, to)`, in offset order.
-        pub fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
+        fn table_extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
             let t = self.tx.open_table(EXTENTS)?;
             let mut out = Vec::new();
             if from >= to {
@@ -505,7 +505,7 @@ macro_rules! read_ops {
             Ok(())
         }
 
-        pub fn for_each_dirent(&self, f: &mut dyn FnMut(Ino, &[u8], Ino, Kind)) -> Result<()> {
+        fn table_for_each_dirent(&self, f: &mut DirentFn) -> Result<()> {
             let t = self.tx.open_table(DIRENTS)?;
             for r in t.iter()? {
                 let (k, v) = r?;
@@ -530,12 +530,12 @@ macro_rules! read_ops {
             Ok(t.get(ino)?.map(|v| v.value().to_vec()))
         }
 
-        pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        fn table_xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
             let t = self.tx.open_table(XATTRS)?;
             Ok(t.get((ino, name))?.map(|v| v.value().to_vec()))
         }
 
-        pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        fn table_xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
             let t = self.tx.open_table(XATTRS)?;
             let empty: &[u8] = &[];
             let mut out = Vec::new();
@@ -624,6 +624,35 @@ pub struct RTx {
 impl RTx {
     read_ops!();
 
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+        self.table_lookup(parent, name)
+    }
+
+    pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        self.table_list_dir(dir)
+    }
+
+    pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
+        self.table_dir_is_empty(dir)
+    }
+
+    pub fn for_each_dirent(&self, f: &mut DirentFn) -> Result<()> {
+        self.table_for_each_dirent(f)
+    }
+
+    /// Extents of `ino` that overlap `[from, to)`, in offset order.
+    pub fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
+        self.table_extents(ino, from, to)
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.table_xattr(ino, name)
+    }
+
+    pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.table_xattr_names(ino)
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let t = self.tx.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
@@ -670,8 +699,8 @@ impl RTx {
 }
 
 /// A write transaction. Rows that every operation of a group touches again and again (the
-/// inode records of a file and its directory, their `allocated` rows, the counters,
-/// `next_ino`) are kept decoded here
+/// inode records of a file and its directory, their `allocated` rows, the directory entries,
+/// the counters, `next_ino`) are kept decoded here
 /// and written to their tables once, at commit: each redb table open and B-tree lookup costs
 /// more than the operation's own work (a `tar x` of 5k files opened a table ~40 times per
 /// file). Only `commit` makes them reach the database, and the transaction is all or nothing,
@@ -684,11 +713,25 @@ pub struct WTx {
     inodes: RefCell<HashMap<Ino, Cached<Option<Attr>>>>,
     /// `allocated` rows read or written by this transaction (0: no row), likewise.
     allocated: RefCell<HashMap<Ino, Cached<u64>>>,
+    /// Directory entries looked up or written by this transaction, by parent and name
+    /// (`None`: no such name), likewise. Listings write them first.
+    dirents: RefCell<HashMap<Ino, DirCache>>,
+    /// Inodes this transaction created ([`WTx::create_inode`]) and whose extents, resp.
+    /// xattrs, it has not written since: they have none, so reading them needs no table.
+    no_extents: HashSet<Ino>,
+    no_xattrs: HashSet<Ino>,
     /// Counter values changed by this transaction, written at commit.
     counters: BTreeMap<String, u64>,
     /// `meta` values set by this transaction, written at commit.
     meta_writes: BTreeMap<String, Vec<u8>>,
 }
+
+/// What a directory entry names: the inode and its kind.
+type Dirent = (Ino, Kind);
+/// The entries of one directory a write transaction knows, by name (`None`: no such name).
+type DirCache = HashMap<Vec<u8>, Cached<Option<Dirent>>>;
+/// A visitor of directory entries: parent, name, inode, kind.
+pub type DirentFn<'a> = dyn FnMut(Ino, &[u8], Ino, Kind) + 'a;
 
 /// A row as this transaction sees it; `dirty`: the table still holds an older value.
 #[derive(Clone, Copy)]
@@ -705,6 +748,9 @@ impl WTx {
             tx,
             inodes: RefCell::new(HashMap::new()),
             allocated: RefCell::new(HashMap::new()),
+            dirents: RefCell::new(HashMap::new()),
+            no_extents: HashSet::new(),
+            no_xattrs: HashSet::new(),
             counters: BTreeMap::new(),
             meta_writes: BTreeMap::new(),
         }
@@ -745,6 +791,99 @@ impl WTx {
             },
         );
         Ok(attr)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+        if let Some(c) = self.dirents.borrow().get(&parent).and_then(|d| d.get(name)) {
+            return Ok(c.value);
+        }
+        let found = self.table_lookup(parent, name)?;
+        self.dirents.borrow_mut().entry(parent).or_default().insert(
+            name.to_vec(),
+            Cached {
+                value: found,
+                dirty: false,
+            },
+        );
+        Ok(found)
+    }
+
+    pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        self.flush_dirents()?;
+        self.table_list_dir(dir)
+    }
+
+    pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
+        self.flush_dirents()?;
+        self.table_dir_is_empty(dir)
+    }
+
+    pub fn for_each_dirent(&self, f: &mut DirentFn) -> Result<()> {
+        self.flush_dirents()?;
+        self.table_for_each_dirent(f)
+    }
+
+    fn set_dirent(&mut self, parent: Ino, name: &[u8], value: Option<(Ino, Kind)>) {
+        let dir = self.dirents.get_mut().entry(parent).or_default();
+        let c = Cached { value, dirty: true };
+        match dir.get_mut(name) {
+            Some(e) => *e = c,
+            None => {
+                dir.insert(name.to_vec(), c);
+            }
+        }
+    }
+
+    /// Writes the directory entries changed since the last flush to the table, in key order.
+    fn flush_dirents(&self) -> Result<()> {
+        let mut cache = self.dirents.borrow_mut();
+        let mut dirty: Vec<(Ino, &[u8], Option<Dirent>)> = Vec::new();
+        for (&parent, dir) in cache.iter_mut() {
+            for (name, c) in dir.iter_mut() {
+                if c.dirty {
+                    c.dirty = false;
+                    dirty.push((parent, name.as_slice(), c.value));
+                }
+            }
+        }
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        dirty.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut t = self.tx.open_table(DIRENTS)?;
+        for (parent, name, value) in dirty {
+            match value {
+                Some((ino, kind)) => {
+                    t.insert((parent, name), (ino, kind.code()))?;
+                }
+                None => {
+                    t.remove((parent, name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Extents of `ino` that overlap `[from, to)`, in offset order.
+    pub fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
+        if self.no_extents.contains(&ino) {
+            return Ok(Vec::new());
+        }
+        self.table_extents(ino, from, to)
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.no_xattrs.contains(&ino) {
+            return Ok(None);
+        }
+        self.table_xattr(ino, name)
+    }
+
+    pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        if self.no_xattrs.contains(&ino) {
+            return Ok(Vec::new());
+        }
+        self.table_xattr_names(ino)
     }
 
     /// Bytes of data (not holes) that the chunk list of `ino` covers.
@@ -853,6 +992,7 @@ impl WTx {
     fn flush(&mut self) -> Result<()> {
         self.flush_inodes()?;
         self.flush_allocated()?;
+        self.flush_dirents()?;
         if !self.counters.is_empty() {
             let mut t = self.tx.open_table(COUNTERS)?;
             for (k, v) in std::mem::take(&mut self.counters) {
@@ -943,6 +1083,25 @@ impl WTx {
         Ok(())
     }
 
+    /// Creates inode `ino`, a number the allocator ([`WTx::alloc_ino_from`]) just handed out.
+    /// No table has rows for such a number (`next_ino` is above every inode number in use;
+    /// fsck checks it), so until this transaction writes some, the inode's extents, xattrs
+    /// and allocated bytes are known to be empty without reading their tables.
+    pub fn create_inode(&mut self, ino: Ino, attr: &Attr) -> Result<()> {
+        self.inodes.get_mut().entry(ino).or_insert(Cached {
+            value: None,
+            dirty: false,
+        });
+        self.put_inode(ino, attr)?;
+        self.no_extents.insert(ino);
+        self.no_xattrs.insert(ino);
+        self.allocated.get_mut().entry(ino).or_insert(Cached {
+            value: 0,
+            dirty: false,
+        });
+        Ok(())
+    }
+
     /// Removes an inode and everything it owns: extents (dropping chunk references),
     /// symlink target, xattrs, orphan mark.
     pub fn delete_inode(&mut self, ino: Ino) -> Result<()> {
@@ -983,14 +1142,12 @@ impl WTx {
     }
 
     pub fn put_dirent(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: Kind) -> Result<()> {
-        self.tx
-            .open_table(DIRENTS)?
-            .insert((parent, name), (ino, kind.code()))?;
+        self.set_dirent(parent, name, Some((ino, kind)));
         Ok(())
     }
 
     pub fn del_dirent(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
-        self.tx.open_table(DIRENTS)?.remove((parent, name))?;
+        self.set_dirent(parent, name, None);
         Ok(())
     }
 
@@ -999,6 +1156,7 @@ impl WTx {
     /// reaches refcount 0. Every chunk named in `new` must already be registered with
     /// [`WTx::register_chunk`] or be live.
     pub fn replace_extents(&mut self, ino: Ino, old: &[Extent], new: &[Extent]) -> Result<()> {
+        self.no_extents.remove(&ino);
         {
             let mut t = self.tx.open_table(EXTENTS)?;
             for e in old {
@@ -1079,11 +1237,13 @@ impl WTx {
     }
 
     pub fn set_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
+        self.no_xattrs.remove(&ino);
         self.tx.open_table(XATTRS)?.insert((ino, name), value)?;
         Ok(())
     }
 
     pub fn remove_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<bool> {
+        self.no_xattrs.remove(&ino);
         Ok(self.tx.open_table(XATTRS)?.remove((ino, name))?.is_some())
     }
 
