@@ -11,6 +11,8 @@
 pub mod attr;
 mod backend;
 pub mod backup;
+#[cfg(test)]
+mod cache_model_tests;
 pub mod snapshot;
 
 pub use attr::{Attr, Kind, Ts};
@@ -19,7 +21,7 @@ use crate::chunker::ChunkParams;
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -716,6 +718,10 @@ pub struct WTx {
     /// Directory entries looked up or written by this transaction, by parent and name
     /// (`None`: no such name), likewise. Listings write them first.
     dirents: RefCell<HashMap<Ino, DirCache>>,
+    /// Rows in `dirents`, and the sizes of `inodes`, `allocated` and `dirents` at which their
+    /// clean rows are dropped ([`trim`]).
+    dirent_rows: Cell<usize>,
+    limits: [Cell<usize>; 3],
     /// Inodes this transaction created ([`WTx::create_inode`]) and whose extents, resp.
     /// xattrs, it has not written since: they have none, so reading them needs no table.
     no_extents: HashSet<Ino>,
@@ -740,6 +746,20 @@ struct Cached<T> {
     dirty: bool,
 }
 
+/// Rows a write transaction's cache holds before it drops those equal to the table's (clean
+/// ones). Reads through the open group (a `readdir_plus` or `getattr` walk of a big tree
+/// between two writes) fill the cache with clean rows that no operation count bounds.
+const CACHED_ROWS_MAX: usize = 16_384;
+
+/// Drops the clean rows of `map` once it holds `limit` rows; the next limit is twice the rows
+/// left (dirty ones), so that a transaction with many dirty rows does not trim at every read.
+fn trim<T>(map: &mut HashMap<Ino, Cached<T>>, limit: &Cell<usize>) {
+    if map.len() >= limit.get() {
+        map.retain(|_, c| c.dirty);
+        limit.set((map.len() * 2).max(CACHED_ROWS_MAX));
+    }
+}
+
 impl WTx {
     read_ops!();
 
@@ -749,6 +769,8 @@ impl WTx {
             inodes: RefCell::new(HashMap::new()),
             allocated: RefCell::new(HashMap::new()),
             dirents: RefCell::new(HashMap::new()),
+            dirent_rows: Cell::new(0),
+            limits: std::array::from_fn(|_| Cell::new(CACHED_ROWS_MAX)),
             no_extents: HashSet::new(),
             no_xattrs: HashSet::new(),
             counters: BTreeMap::new(),
@@ -783,7 +805,9 @@ impl WTx {
                 None => None,
             }
         };
-        self.inodes.borrow_mut().insert(
+        let mut cache = self.inodes.borrow_mut();
+        trim(&mut cache, &self.limits[0]);
+        cache.insert(
             ino,
             Cached {
                 value: attr,
@@ -798,7 +822,10 @@ impl WTx {
             return Ok(c.value);
         }
         let found = self.table_lookup(parent, name)?;
-        self.dirents.borrow_mut().entry(parent).or_default().insert(
+        let mut cache = self.dirents.borrow_mut();
+        self.trim_dirents(&mut cache);
+        self.dirent_rows.set(self.dirent_rows.get() + 1);
+        cache.entry(parent).or_default().insert(
             name.to_vec(),
             Cached {
                 value: found,
@@ -824,14 +851,44 @@ impl WTx {
     }
 
     fn set_dirent(&mut self, parent: Ino, name: &[u8], value: Option<(Ino, Kind)>) {
-        let dir = self.dirents.get_mut().entry(parent).or_default();
         let c = Cached { value, dirty: true };
-        match dir.get_mut(name) {
-            Some(e) => *e = c,
-            None => {
-                dir.insert(name.to_vec(), c);
-            }
+        if let Some(e) = self
+            .dirents
+            .get_mut()
+            .get_mut(&parent)
+            .and_then(|d| d.get_mut(name))
+        {
+            *e = c;
+            return;
         }
+        let cache = self.dirents.get_mut();
+        let (rows, limit) = (&self.dirent_rows, &self.limits[2]);
+        Self::trim_dirent_cache(cache, rows, limit);
+        rows.set(rows.get() + 1);
+        cache.entry(parent).or_default().insert(name.to_vec(), c);
+    }
+
+    /// [`trim`] for the directory entries.
+    fn trim_dirents(&self, cache: &mut HashMap<Ino, DirCache>) {
+        Self::trim_dirent_cache(cache, &self.dirent_rows, &self.limits[2]);
+    }
+
+    fn trim_dirent_cache(
+        cache: &mut HashMap<Ino, DirCache>,
+        rows: &Cell<usize>,
+        limit: &Cell<usize>,
+    ) {
+        if rows.get() < limit.get() {
+            return;
+        }
+        let mut left = 0;
+        cache.retain(|_, d| {
+            d.retain(|_, c| c.dirty);
+            left += d.len();
+            !d.is_empty()
+        });
+        rows.set(left);
+        limit.set((left * 2).max(CACHED_ROWS_MAX));
     }
 
     /// Writes the directory entries changed since the last flush to the table, in key order.
@@ -895,7 +952,9 @@ impl WTx {
             let t = self.tx.open_table(ALLOCATED)?;
             t.get(ino)?.map(|v| v.value()).unwrap_or(0)
         };
-        self.allocated.borrow_mut().insert(
+        let mut cache = self.allocated.borrow_mut();
+        trim(&mut cache, &self.limits[1]);
+        cache.insert(
             ino,
             Cached {
                 value: bytes,
@@ -919,6 +978,7 @@ impl WTx {
 
     /// Sets the allocated bytes of `ino` (written at commit; 0 removes the row).
     fn put_allocated(&mut self, ino: Ino, bytes: u64) {
+        trim(self.allocated.get_mut(), &self.limits[1]);
         self.allocated.get_mut().insert(
             ino,
             Cached {
@@ -1073,6 +1133,7 @@ impl WTx {
     pub fn put_inode(&mut self, ino: Ino, attr: &Attr) -> Result<()> {
         let old = self.inode(ino)?;
         self.account_file(old.as_ref(), Some(attr))?;
+        trim(self.inodes.get_mut(), &self.limits[0]);
         self.inodes.get_mut().insert(
             ino,
             Cached {
@@ -1110,6 +1171,7 @@ impl WTx {
         let old = self.inode(ino)?;
         self.account_file(old.as_ref(), None)?;
         self.tx.open_table(INODES)?.remove(ino)?;
+        trim(self.inodes.get_mut(), &self.limits[0]);
         self.inodes.get_mut().insert(
             ino,
             Cached {
