@@ -33,6 +33,17 @@
 //! edges and middle, are compared, and a SEEK_DATA/SEEK_HOLE walk must never report a hole
 //! over data.
 //!
+//! The remote variant runs the same operations on an encrypted remote volume in a Garage
+//! server started by the test (skipped, with a `SKIP:` line, without Garage), whose local
+//! cache has no room for whole packs: once uploaded, packs are evicted and their chunks read
+//! back through the range cache. It adds `dedupfs sync` (sometimes waiting for the eviction)
+//! and fresh attaches into an empty store directory, and ends every case with one, so that
+//! everything is read from the bucket at least once. It guards against data that reads back
+//! right from local packs and wrong once evicted or attached elsewhere (lost writes between
+//! a publication and the next, a pack evicted while it still gets records, ranges fetched at
+//! the wrong offsets, records sealed or opened wrongly), and against writers that hang or
+//! fail while they wait for uploads to make room in a tiny cache.
+//!
 //! A failure prints the seed, the minimal failing operation list found by shrinking and the
 //! concrete operations (resolved offsets and lengths) that ran. Environment:
 //! `DEDUPFS_MODEL_SEED=N` reruns with a given seed (random by default, printed on failure),
@@ -49,12 +60,13 @@ use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::garage::Garage;
 use common::{GIB, KIB, MIB, Volume, copy_file_range, fuse_available, random_bytes};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -315,6 +327,17 @@ enum Op {
     },
     /// Close all files, unmount cleanly, mount again, compare everything, reopen.
     Remount,
+    /// Remote volumes only: `dedupfs sync MOUNTPOINT` (seals the open packs, uploads them,
+    /// publishes a generation); with `settle`, then wait until the uploader has evicted every
+    /// local pack file (the cache has no room for whole packs), so that the data written so
+    /// far is read back through the range cache from the bucket.
+    Sync {
+        settle: bool,
+    },
+    /// Remote volumes only: close all files, unmount (publishes), `attach` the volume into a
+    /// new, empty store directory and mount that, compare everything (all of it read from the
+    /// bucket), reopen.
+    Reattach,
 }
 
 /// The descriptor that reads go through.
@@ -395,6 +418,18 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The operations of the remote variant: those of [`op`], plus publications (some waiting
+/// for the eviction of the local packs) and fresh attaches; together about one operation in
+/// eight, so that most of a case's data is read back from the bucket at least once.
+fn remote_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        56 => op(),
+        3 => Just(Op::Sync { settle: false }),
+        3 => Just(Op::Sync { settle: true }),
+        2 => Just(Op::Reattach),
+    ]
+}
+
 /// The store's average chunk size (also the fixed block size of `f0.img`).
 #[derive(Clone, Copy, Debug)]
 enum Chunks {
@@ -411,11 +446,173 @@ fn chunks() -> impl Strategy<Value = Chunks> {
 /// Operations; a `None` does nothing. Shrinking only removes operations (turns them into
 /// `None`, which a length range with a minimum could not do), one pass over the list: each step
 /// mounts a fresh volume, and shrinking parameters too would take many more steps.
-fn ops() -> impl Strategy<Value = Vec<Option<Op>>> {
-    prop::collection::vec(
-        prop::option::weighted(0.97, op().no_shrink()),
-        MIN_OPS..=MAX_OPS,
-    )
+fn ops(
+    op: impl Strategy<Value = Op>,
+    n: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Vec<Option<Op>>> {
+    prop::collection::vec(prop::option::weighted(0.97, op.no_shrink()), n)
+}
+
+// ---------------------------------------------------------------- remote volumes
+
+/// Cases of the remote variant (each also publishes, evicts and attaches afresh: slower).
+const REMOTE_CASES: u32 = 5;
+const REMOTE_MIN_OPS: usize = 30;
+const REMOTE_MAX_OPS: usize = 60;
+/// How long the uploader may take to evict the local packs after a publication (it runs
+/// every 2 s).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The daemon's chunk cache at its smallest, so that reads of evicted packs reach the range
+/// cache instead of chunks kept in memory.
+const REMOTE_MOUNT_ARGS: [&str; 2] = ["--cache-mib", "1"];
+
+/// The local cache of a remote case: `cache_bytes` in `STORE/remote.json`, written after
+/// `init` and `attach`, because `--cache-disk-gib` takes 0.125 at least, and the 64 MiB of it
+/// left for whole packs would keep every pack of a case local. The range cache takes a
+/// quarter of the budget, 64 MiB at least: with either budget nothing is left for whole
+/// packs, and every uploaded pack is evicted at the uploader's next pass.
+#[derive(Clone, Copy, Debug)]
+enum Budget {
+    /// 64 MiB: the range cache's minimum.
+    NoPacks,
+    /// 1 MiB: also, a writer whose packs not uploaded pass 1 MiB waits for the uploader,
+    /// which then seals the packs open for appends and uploads them.
+    Tiny,
+}
+
+impl Budget {
+    fn bytes(self) -> u64 {
+        match self {
+            Budget::NoPacks => 64 * MIB,
+            Budget::Tiny => MIB,
+        }
+    }
+
+    fn apply(self, store: &Path) {
+        let path = store.join("remote.json");
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read remote.json"))
+                .expect("remote.json is JSON");
+        assert!(c["cache_bytes"].is_u64(), "no cache_bytes in {c}");
+        c["cache_bytes"] = self.bytes().into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).expect("write remote.json");
+    }
+}
+
+fn budget() -> impl Strategy<Value = Budget> {
+    prop_oneof![Just(Budget::NoPacks), Just(Budget::Tiny)]
+}
+
+/// What the cases of the remote variant share: a Garage server, its credentials, a volume
+/// key and a temp dir for store directories. Each case is a volume of its own (a prefix of
+/// the bucket): `init --remote --encrypt`, 1 MiB packs, a cache with no room for whole packs
+/// ([`Budget`]) and the smallest chunk cache, so that once the uploader has evicted the packs
+/// (`dedupfs sync` and waiting, or a remount and its first upload pass) reads go through the
+/// range cache to the bucket, and after a fresh `attach` (`Op::Reattach`, and at the end of
+/// every case) all of them do.
+struct RemoteRig {
+    g: Garage,
+    env: common::remote::Env,
+    dirs: common::remote::Dirs,
+    key: PathBuf,
+    cases: AtomicUsize,
+}
+
+impl RemoteRig {
+    /// `None` (with a SKIP line) without FUSE or Garage.
+    fn start() -> Option<RemoteRig> {
+        let (g, env, dirs) = common::remote::rig(false)?;
+        let key = dirs.path("volume.key");
+        common::remote::ok(
+            common::remote::dedupfs(&env, &["keygen", key.to_str().unwrap()]),
+            "dedupfs keygen",
+        );
+        Some(RemoteRig {
+            g,
+            env,
+            dirs,
+            key,
+            cases: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// One remote case: its volume, and the store directories attached to it so far.
+struct RemoteCase {
+    rig: Arc<RemoteRig>,
+    prefix: String,
+    budget: Budget,
+    stores: usize,
+    syncs: usize,
+    settled: usize,
+}
+
+impl RemoteCase {
+    /// A new encrypted volume made with `init_args` too, mounted.
+    fn create(rig: &Arc<RemoteRig>, budget: Budget, init_args: &[&str]) -> (Volume, RemoteCase) {
+        let n = rig.cases.fetch_add(1, Ordering::Relaxed);
+        let case = RemoteCase {
+            rig: Arc::clone(rig),
+            prefix: format!("case{n}"),
+            budget,
+            stores: 0,
+            syncs: 0,
+            settled: 0,
+        };
+        let store = case.store_dir();
+        let key = rig.key.to_str().unwrap();
+        let mut args = init_args.to_vec();
+        args.extend([
+            "--pack-mib",
+            "1",
+            "--cache-disk-gib",
+            "0.125",
+            "--encrypt",
+            key,
+        ]);
+        common::remote::init_remote(&rig.g, &store, &case.prefix, &args);
+        budget.apply(&store);
+        let vol = Volume::mount_existing(&store, &REMOTE_MOUNT_ARGS, &rig.env);
+        (vol, case)
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.rig
+            .dirs
+            .path(&format!("{}-store{}", self.prefix, self.stores))
+    }
+
+    /// `attach` of the volume into a new store directory (nothing local), mounted.
+    fn attach_new(&mut self) -> Volume {
+        self.stores += 1;
+        let store = self.store_dir();
+        let key = self.rig.key.to_str().unwrap();
+        common::remote::attach(
+            &self.rig.g,
+            &store,
+            &self.prefix,
+            &["--encrypt", key, "--cache-disk-gib", "0.125"],
+        );
+        self.budget.apply(&store);
+        Volume::mount_existing(&store, &REMOTE_MOUNT_ARGS, &self.rig.env)
+    }
+
+    /// What the case did with the bucket, for the case summary.
+    fn report(&self, vol: &Volume) {
+        let cached: u64 = std::fs::read_dir(vol.store.join("remote/cache"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        eprintln!(
+            "  remote: cache {:?}, {} dedupfs sync ({} waiting for eviction), {} fresh \
+             attaches; the last one's range cache holds {cached} bytes",
+            self.budget, self.syncs, self.settled, self.stores
+        );
+    }
 }
 
 // ---------------------------------------------------------------- the system under test
@@ -449,6 +646,8 @@ struct Sut {
     zero_range_unsupported: bool,
     /// The operation running (`ops.len()` for the final checks).
     step: usize,
+    /// The remote variant's volume (`None`: a local volume).
+    remote: Option<RemoteCase>,
 }
 
 fn open(vol: &Volume, i: usize, create: bool) -> File {
@@ -639,13 +838,24 @@ impl Deref for ReadFd<'_> {
 }
 
 impl Sut {
-    fn new(chunks: Chunks, with_background: bool) -> Sut {
+    fn new(
+        chunks: Chunks,
+        with_background: bool,
+        remote: Option<(&Arc<RemoteRig>, Budget)>,
+    ) -> Sut {
         let avg = match chunks {
             Chunks::Default => CUT,
             Chunks::Small => 4 * KIB,
         }
         .to_string();
-        let vol = Volume::with_args(&["--fixed-for", FIXED_FOR, "--avg-chunk", &avg], &[]);
+        let init = ["--fixed-for", FIXED_FOR, "--avg-chunk", &avg];
+        let (vol, remote) = match remote {
+            None => (Volume::with_args(&init, &[]), None),
+            Some((rig, budget)) => {
+                let (vol, case) = RemoteCase::create(rig, budget, &init);
+                (vol, Some(case))
+            }
+        };
         let files = (0..FILES.len())
             .map(|i| Some(open(&vol, i, true)))
             .collect();
@@ -664,6 +874,7 @@ impl Sut {
             trace: Vec::new(),
             zero_range_unsupported: false,
             step: 0,
+            remote,
         };
         sut.start_background();
         sut
@@ -965,6 +1176,60 @@ impl Sut {
         self.check_all(&format!("{ctx}, after remount"));
     }
 
+    /// Unmounts (which publishes), attaches the volume into a new store directory and mounts
+    /// that, then compares everything: every byte comes from the bucket.
+    fn reattach(&mut self, ctx: &str) {
+        assert!(self.remote.is_some(), "{ctx}: attach of a local volume");
+        self.close_all();
+        self.vol.unmount();
+        if let Some(remote) = self.remote.as_mut() {
+            self.vol = remote.attach_new();
+        }
+        self.reopen_all();
+        self.start_background();
+        self.check_all(&format!("{ctx}, after a fresh attach"));
+    }
+
+    /// `dedupfs sync MOUNTPOINT`; with `settle`, then waits until no pack file is left in the
+    /// store directory (all of them uploaded, the cache has no room for any).
+    fn sync(&mut self, settle: bool, ctx: &str) {
+        let Some(remote) = self.remote.as_mut() else {
+            panic!("{ctx}: dedupfs sync of a local volume");
+        };
+        let out = common::remote::sync(&remote.rig.env, &self.vol.mnt);
+        assert!(
+            out.status.success(),
+            "{ctx}: {}\n--- daemon log ---\n{}",
+            common::output_text(&out),
+            self.vol.log()
+        );
+        remote.syncs += 1;
+        if settle {
+            let packs = self.vol.store.join("packs");
+            let local = || {
+                std::fs::read_dir(&packs)
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                            .count()
+                    })
+                    .unwrap_or(0)
+            };
+            let deadline = Instant::now() + SETTLE_TIMEOUT;
+            while local() > 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let left = local();
+            assert!(
+                left == 0,
+                "{ctx}: {left} pack files still local {SETTLE_TIMEOUT:?} after a publication, \
+                 with a cache that has no room for whole packs\n--- daemon log ---\n{}",
+                self.vol.log()
+            );
+            remote.settled += 1;
+        }
+    }
+
     fn apply(&mut self, step: usize, op: Op) {
         self.check_background(&format!("step {step}: before {op:?}"));
         self.via = match op {
@@ -1193,6 +1458,27 @@ impl Sut {
                 let ctx = self.note(step, "unmount, mount again".to_string());
                 self.remount(&ctx);
             }
+            Op::Sync { settle } => {
+                let ctx = self.note(
+                    step,
+                    format!(
+                        "dedupfs sync{}",
+                        if settle {
+                            ", wait for the local packs to be evicted"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                self.sync(settle, &ctx);
+            }
+            Op::Reattach => {
+                let ctx = self.note(
+                    step,
+                    "unmount, attach into a new store directory, mount that".to_string(),
+                );
+                self.reattach(&ctx);
+            }
         }
         let ctx = format!("step {step}: after {op:?}");
         self.check_sizes(&ctx);
@@ -1266,8 +1552,14 @@ impl Sut {
 
 // ---------------------------------------------------------------- running a case
 
-fn execute(sut: &mut Option<Sut>, chunks: Chunks, background: bool, ops: &[Option<Op>]) {
-    let s = sut.insert(Sut::new(chunks, background));
+fn execute(
+    sut: &mut Option<Sut>,
+    chunks: Chunks,
+    background: bool,
+    remote: Option<(&Arc<RemoteRig>, Budget)>,
+    ops: &[Option<Op>],
+) {
+    let s = sut.insert(Sut::new(chunks, background, remote));
     for (step, op) in ops.iter().enumerate() {
         if let Some(op) = op {
             s.step = step;
@@ -1301,6 +1593,18 @@ fn execute(sut: &mut Option<Sut>, chunks: Chunks, background: bool, ops: &[Optio
     );
     s.remount("end");
     s.check_background("end, after remount");
+    if s.remote.is_some() {
+        s.note(
+            ops.len(),
+            "end: close, unmount, attach into a new store directory, mount that, compare"
+                .to_string(),
+        );
+        s.reattach("end");
+        s.check_background("end, after a fresh attach");
+        if let Some(r) = &s.remote {
+            r.report(&s.vol);
+        }
+    }
     let [direct, cached] = s.reads_by_mode.get();
     eprintln!(
         "  checking reads: {direct} direct, {cached} through the page cache; background reads \
@@ -1323,11 +1627,17 @@ thread_local! {
     static FAILED_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Runs one case; a failure carries the concrete operations that ran.
-fn run_case(chunks: Chunks, background: bool, ops: &[Option<Op>]) -> Result<(), TestCaseError> {
+/// Runs one case (on a remote volume with `remote`); a failure carries the concrete
+/// operations that ran.
+fn run_case(
+    chunks: Chunks,
+    background: bool,
+    remote: Option<(&Arc<RemoteRig>, Budget)>,
+    ops: &[Option<Op>],
+) -> Result<(), TestCaseError> {
     let mut sut = None;
     let r = catch_unwind(AssertUnwindSafe(|| {
-        execute(&mut sut, chunks, background, ops)
+        execute(&mut sut, chunks, background, remote, ops)
     }));
     let Err(p) = r else {
         return Ok(());
@@ -1359,10 +1669,52 @@ fn random_operations_on_sparse_files_match_the_model() {
     if !fuse_available() {
         return;
     }
+    let cases = (chunks(), any::<bool>(), ops(op(), MIN_OPS..=MAX_OPS))
+        .prop_map(|(chunks, background, ops)| (chunks, background, None, ops));
+    run_model(
+        "random_operations_on_sparse_files_match_the_model",
+        DEFAULT_CASES,
+        cases,
+        None,
+    );
+}
+
+/// The remote variant: the same files and operations on an encrypted remote volume in a
+/// Garage server, whose local cache has no room for whole packs, plus publications and fresh
+/// attaches (see [`RemoteRig`]).
+#[test]
+fn random_operations_on_a_remote_encrypted_volume_match_the_model() {
+    let Some(rig) = RemoteRig::start() else {
+        return;
+    };
+    let cases = (
+        chunks(),
+        any::<bool>(),
+        budget(),
+        ops(remote_op(), REMOTE_MIN_OPS..=REMOTE_MAX_OPS),
+    )
+        .prop_map(|(chunks, background, budget, ops)| (chunks, background, Some(budget), ops));
+    run_model(
+        "random_operations_on_a_remote_encrypted_volume_match_the_model",
+        REMOTE_CASES,
+        cases,
+        Some(&Arc::new(rig)),
+    );
+}
+
+/// Runs the cases of `strategy` (the seed, case count and shrinking from the environment),
+/// on local volumes or, with `rig`, on remote ones; a failure reports the seed and the
+/// minimal failing case.
+fn run_model(
+    test_name: &'static str,
+    default_cases: u32,
+    strategy: impl Strategy<Value = (Chunks, bool, Option<Budget>, Vec<Option<Op>>)>,
+    rig: Option<&Arc<RemoteRig>>,
+) {
     let seed = env_u64("DEDUPFS_MODEL_SEED").unwrap_or_else(rand::random);
-    eprintln!("mount_model: seed {seed} (rerun with DEDUPFS_MODEL_SEED={seed})");
+    eprintln!("{test_name}: seed {seed} (rerun with DEDUPFS_MODEL_SEED={seed})");
     let config = Config {
-        cases: env_u64("PROPTEST_CASES").map_or(DEFAULT_CASES, |n| n as u32),
+        cases: env_u64("PROPTEST_CASES").map_or(default_cases, |n| n as u32),
         max_shrink_time: env_u64("PROPTEST_MAX_SHRINK_TIME")
             .map_or(DEFAULT_SHRINK_MS, |n| n as u32),
         max_shrink_iters: env_u64("PROPTEST_MAX_SHRINK_ITERS")
@@ -1372,16 +1724,16 @@ fn random_operations_on_sparse_files_match_the_model() {
             "proptest-regressions",
         ))),
         source_file: Some(file!()),
-        test_name: Some("random_operations_on_sparse_files_match_the_model"),
+        test_name: Some(test_name),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let cases = (chunks(), any::<bool>(), ops());
-    match runner.run(&cases, |(chunks, background, ops)| {
-        run_case(chunks, background, &ops)
+    match runner.run(&strategy, |(chunks, background, budget, ops)| {
+        let remote = rig.zip(budget);
+        run_case(chunks, background, remote, &ops)
     }) {
         Ok(()) => {}
-        Err(TestError::Fail(why, (chunks, background, ops))) => {
+        Err(TestError::Fail(why, (chunks, background, budget, ops))) => {
             // The operations up to the failing one; `None`s were removed by shrinking.
             let last = FAILED_AT.get().min(ops.len().saturating_sub(1));
             let listed: Vec<String> = ops[..=last]
@@ -1391,8 +1743,9 @@ fn random_operations_on_sparse_files_match_the_model() {
                 .collect();
             panic!(
                 "seed {seed} (DEDUPFS_MODEL_SEED={seed}): {why}\nminimal failing case: \
-                 {chunks:?} chunks, background reader: {background}, {} operations up to the \
+                 {chunks:?} chunks, background reader: {background}{}, {} operations up to the \
                  failing one (later ones never ran):\n  {}",
+                budget.map_or_else(String::new, |b| format!(", cache {b:?}")),
                 listed.len(),
                 listed.join("\n  ")
             );
@@ -1553,7 +1906,7 @@ fn every_operation_kind_across_the_4_gib_boundary_matches_the_model() {
         },
     ];
     let ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
-    if let Err(e) = run_case(Chunks::Default, true, &ops) {
+    if let Err(e) = run_case(Chunks::Default, true, None, &ops) {
         panic!("{e}");
     }
 }
