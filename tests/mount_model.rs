@@ -36,9 +36,11 @@
 //! The remote variant runs the same operations on an encrypted remote volume in a Garage
 //! server started by the test (skipped, with a `SKIP:` line, without Garage), whose local
 //! cache has no room for whole packs: once uploaded, packs are evicted and their chunks read
-//! back through the range cache. It adds `dedupfs sync` (sometimes waiting for the eviction)
-//! and fresh attaches into an empty store directory, and ends every case with one, so that
-//! everything is read from the bucket at least once. It guards against data that reads back
+//! back through the range cache. It adds writes of several MiB, `dedupfs sync` (sometimes
+//! waiting for the eviction, sometimes followed by a comparison through a read-only mount of
+//! a fresh attach while the writer stays mounted) and fresh attaches into an empty store
+//! directory, and ends every case with one, so that everything is read from the bucket at
+//! least once. It guards against data that reads back
 //! right from local packs and wrong once evicted or attached elsewhere (lost writes between
 //! a publication and the next, a pack evicted while it still gets records, ranges fetched at
 //! the wrong offsets, records sealed or opened wrongly), and against writers that hang or
@@ -93,6 +95,8 @@ const WINDOWS: [u64; 5] = [
 const WINDOW_LEN: u64 = 2 * MIB;
 /// Longest write or copy.
 const MAX_IO: u64 = 256 * KIB;
+/// Longest write of the remote variant.
+const BIG_IO: u64 = 6 * MIB;
 /// Bytes read back on each side of a modified range.
 const MARGIN: u64 = 4 * KIB;
 /// Files up to this size are compared whole at the end.
@@ -338,6 +342,11 @@ enum Op {
     /// new, empty store directory and mount that, compare everything (all of it read from the
     /// bucket), reopen.
     Reattach,
+    /// Remote volumes only: `dedupfs sync MOUNTPOINT`, then `attach` the volume into a new
+    /// store directory and mount that read-only (another machine's view, while this mount
+    /// goes on writing) and compare everything there: a publication holds every write that
+    /// returned before it.
+    AttachReadOnly,
 }
 
 /// The descriptor that reads go through.
@@ -420,13 +429,19 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The operations of the remote variant: those of [`op`], plus publications (some waiting
 /// for the eviction of the local packs) and fresh attaches; together about one operation in
-/// eight, so that most of a case's data is read back from the bucket at least once.
+/// eight, so that most of a case's data is read back from the bucket at least once; and
+/// some writes of several MiB.
 fn remote_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         56 => op(),
+        // Writes of several packs: enough data for the uploader to evict while a case runs,
+        // and for a writer to wait for room in the tiny cache (looked at every 4 MiB).
+        2 => (file(), place(), MIB..=BIG_IO, 1u8..10)
+            .prop_map(|(f, at, len, seed)| Op::Write { f, at, len, seed }),
         3 => Just(Op::Sync { settle: false }),
         3 => Just(Op::Sync { settle: true }),
         2 => Just(Op::Reattach),
+        1 => Just(Op::AttachReadOnly),
     ]
 }
 
@@ -584,6 +599,11 @@ impl RemoteCase {
 
     /// `attach` of the volume into a new store directory (nothing local), mounted.
     fn attach_new(&mut self) -> Volume {
+        self.attach_new_with(&[])
+    }
+
+    /// [`RemoteCase::attach_new`], mounted with `mount_args` too.
+    fn attach_new_with(&mut self, mount_args: &[&str]) -> Volume {
         self.stores += 1;
         let store = self.store_dir();
         let key = self.rig.key.to_str().unwrap();
@@ -594,7 +614,9 @@ impl RemoteCase {
             &["--encrypt", key, "--cache-disk-gib", "0.125"],
         );
         self.budget.apply(&store);
-        Volume::mount_existing(&store, &REMOTE_MOUNT_ARGS, &self.rig.env)
+        let mut args = REMOTE_MOUNT_ARGS.to_vec();
+        args.extend_from_slice(mount_args);
+        Volume::mount_existing(&store, &args, &self.rig.env)
     }
 
     /// What the case did with the bucket, for the case summary.
@@ -1190,6 +1212,30 @@ impl Sut {
         self.check_all(&format!("{ctx}, after a fresh attach"));
     }
 
+    /// `dedupfs sync MOUNTPOINT`, then compares everything through a read-only mount of a
+    /// fresh attach (the checks read through it while it stands in for the volume).
+    fn check_published(&mut self, ctx: &str) {
+        self.sync(false, ctx);
+        self.close_all();
+        let Some(remote) = self.remote.as_mut() else {
+            panic!("{ctx}: attach of a local volume");
+        };
+        let mut other = remote.attach_new_with(&["-o", "ro"]);
+        std::mem::swap(&mut self.vol, &mut other);
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            self.check_all(&format!(
+                "{ctx}, through a read-only mount of a fresh attach"
+            ))
+        }));
+        std::mem::swap(&mut self.vol, &mut other);
+        if let Err(p) = checked {
+            std::panic::resume_unwind(p);
+        }
+        other.unmount();
+        self.reopen_all();
+        self.start_background();
+    }
+
     /// `dedupfs sync MOUNTPOINT`; with `settle`, then waits until no pack file is left in the
     /// store directory (all of them uploaded, the cache has no room for any).
     fn sync(&mut self, settle: bool, ctx: &str) {
@@ -1471,6 +1517,15 @@ impl Sut {
                     ),
                 );
                 self.sync(settle, &ctx);
+            }
+            Op::AttachReadOnly => {
+                let ctx = self.note(
+                    step,
+                    "dedupfs sync, attach into a new store directory, mount that read-only, \
+                     compare"
+                        .to_string(),
+                );
+                self.check_published(&ctx);
             }
             Op::Reattach => {
                 let ctx = self.note(
