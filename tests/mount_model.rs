@@ -560,6 +560,9 @@ struct RemoteCase {
     stores: usize,
     syncs: usize,
     settled: usize,
+    /// Warnings and errors the daemons of the store directories done with logged, for the
+    /// case summary (they fail nothing by themselves: a fetch retried is fine).
+    logged: Vec<String>,
 }
 
 impl RemoteCase {
@@ -573,6 +576,7 @@ impl RemoteCase {
             stores: 0,
             syncs: 0,
             settled: 0,
+            logged: Vec::new(),
         };
         let store = case.store_dir();
         let key = rig.key.to_str().unwrap();
@@ -619,8 +623,24 @@ impl RemoteCase {
         Volume::mount_existing(&store, &args, &self.rig.env)
     }
 
+    /// Keeps the warnings and errors in the log of `vol`, which is done with.
+    fn keep_log(&mut self, vol: &Volume) {
+        self.logged.extend(
+            vol.log()
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                // fuser's own unmount after umount(8) already did it.
+                .filter(|l| !l.contains("Failed to umount filesystem"))
+                .map(str::to_string),
+        );
+    }
+
     /// What the case did with the bucket, for the case summary.
-    fn report(&self, vol: &Volume) {
+    fn report(&mut self, vol: &Volume) {
+        self.keep_log(vol);
+        for l in self.logged.iter().take(20) {
+            eprintln!("  daemon log: {l}");
+        }
         let cached: u64 = std::fs::read_dir(vol.store.join("remote/cache"))
             .map(|d| {
                 d.flatten()
@@ -1205,6 +1225,7 @@ impl Sut {
         self.close_all();
         self.vol.unmount();
         if let Some(remote) = self.remote.as_mut() {
+            remote.keep_log(&self.vol);
             self.vol = remote.attach_new();
         }
         self.reopen_all();
@@ -1232,6 +1253,9 @@ impl Sut {
             std::panic::resume_unwind(p);
         }
         other.unmount();
+        if let Some(remote) = self.remote.as_mut() {
+            remote.keep_log(&other);
+        }
         self.reopen_all();
         self.start_background();
     }
@@ -1656,7 +1680,7 @@ fn execute(
         );
         s.reattach("end");
         s.check_background("end, after a fresh attach");
-        if let Some(r) = &s.remote {
+        if let Some(r) = s.remote.as_mut() {
             r.report(&s.vol);
         }
     }
