@@ -40,7 +40,8 @@
 //! waiting for the eviction, sometimes followed by a comparison through a read-only mount of
 //! a fresh attach while the writer stays mounted) and fresh attaches into an empty store
 //! directory, and ends every case with one, so that everything is read from the bucket at
-//! least once. It guards against data that reads back
+//! least once. In half the cases the volume also publishes in the background every second,
+//! concurrently with the operations. It guards against data that reads back
 //! right from local packs and wrong once evicted or attached elsewhere (lost writes between
 //! a publication and the next, a pack evicted while it still gets records, ranges fetched at
 //! the wrong offsets, records sealed or opened wrongly), and against writers that hang or
@@ -495,27 +496,45 @@ enum Budget {
     Tiny,
 }
 
-impl Budget {
-    fn bytes(self) -> u64 {
-        match self {
-            Budget::NoPacks => 64 * MIB,
-            Budget::Tiny => MIB,
-        }
-    }
+/// How a remote case's store directories are set up (`STORE/remote.json`, after `init` and
+/// every `attach`).
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    cache: Budget,
+    /// `publish_secs`: 1 publishes in the background about every second while operations
+    /// run (sealing the open packs, taking the durable snapshot and uploading concurrently
+    /// with writes); 0 only at `dedupfs sync` and unmount.
+    publish_secs: u64,
+}
 
+impl Setup {
     fn apply(self, store: &Path) {
         let path = store.join("remote.json");
         let mut c: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).expect("read remote.json"))
                 .expect("remote.json is JSON");
-        assert!(c["cache_bytes"].is_u64(), "no cache_bytes in {c}");
-        c["cache_bytes"] = self.bytes().into();
+        for field in ["cache_bytes", "publish_secs"] {
+            assert!(c[field].is_u64(), "no {field} in {c}");
+        }
+        c["cache_bytes"] = match self.cache {
+            Budget::NoPacks => 64 * MIB,
+            Budget::Tiny => MIB,
+        }
+        .into();
+        c["publish_secs"] = self.publish_secs.into();
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).expect("write remote.json");
     }
 }
 
-fn budget() -> impl Strategy<Value = Budget> {
-    prop_oneof![Just(Budget::NoPacks), Just(Budget::Tiny)]
+fn setup() -> impl Strategy<Value = Setup> {
+    (
+        prop_oneof![Just(Budget::NoPacks), Just(Budget::Tiny)],
+        prop_oneof![Just(0u64), Just(1)],
+    )
+        .prop_map(|(cache, publish_secs)| Setup {
+            cache,
+            publish_secs,
+        })
 }
 
 /// What the cases of the remote variant share: a Garage server, its credentials, a volume
@@ -556,7 +575,7 @@ impl RemoteRig {
 struct RemoteCase {
     rig: Arc<RemoteRig>,
     prefix: String,
-    budget: Budget,
+    setup: Setup,
     stores: usize,
     syncs: usize,
     settled: usize,
@@ -567,12 +586,12 @@ struct RemoteCase {
 
 impl RemoteCase {
     /// A new encrypted volume made with `init_args` too, mounted.
-    fn create(rig: &Arc<RemoteRig>, budget: Budget, init_args: &[&str]) -> (Volume, RemoteCase) {
+    fn create(rig: &Arc<RemoteRig>, setup: Setup, init_args: &[&str]) -> (Volume, RemoteCase) {
         let n = rig.cases.fetch_add(1, Ordering::Relaxed);
         let case = RemoteCase {
             rig: Arc::clone(rig),
             prefix: format!("case{n}"),
-            budget,
+            setup,
             stores: 0,
             syncs: 0,
             settled: 0,
@@ -590,7 +609,7 @@ impl RemoteCase {
             key,
         ]);
         common::remote::init_remote(&rig.g, &store, &case.prefix, &args);
-        budget.apply(&store);
+        setup.apply(&store);
         let vol = Volume::mount_existing(&store, &REMOTE_MOUNT_ARGS, &rig.env);
         (vol, case)
     }
@@ -617,7 +636,7 @@ impl RemoteCase {
             &self.prefix,
             &["--encrypt", key, "--cache-disk-gib", "0.125"],
         );
-        self.budget.apply(&store);
+        self.setup.apply(&store);
         let mut args = REMOTE_MOUNT_ARGS.to_vec();
         args.extend_from_slice(mount_args);
         Volume::mount_existing(&store, &args, &self.rig.env)
@@ -650,9 +669,9 @@ impl RemoteCase {
             })
             .unwrap_or(0);
         eprintln!(
-            "  remote: cache {:?}, {} dedupfs sync ({} waiting for eviction), {} fresh \
+            "  remote: {:?}, {} dedupfs sync ({} waiting for eviction), {} fresh \
              attaches; the last one's range cache holds {cached} bytes",
-            self.budget, self.syncs, self.settled, self.stores
+            self.setup, self.syncs, self.settled, self.stores
         );
     }
 }
@@ -880,11 +899,7 @@ impl Deref for ReadFd<'_> {
 }
 
 impl Sut {
-    fn new(
-        chunks: Chunks,
-        with_background: bool,
-        remote: Option<(&Arc<RemoteRig>, Budget)>,
-    ) -> Sut {
+    fn new(chunks: Chunks, with_background: bool, remote: Option<(&Arc<RemoteRig>, Setup)>) -> Sut {
         let avg = match chunks {
             Chunks::Default => CUT,
             Chunks::Small => 4 * KIB,
@@ -893,8 +908,8 @@ impl Sut {
         let init = ["--fixed-for", FIXED_FOR, "--avg-chunk", &avg];
         let (vol, remote) = match remote {
             None => (Volume::with_args(&init, &[]), None),
-            Some((rig, budget)) => {
-                let (vol, case) = RemoteCase::create(rig, budget, &init);
+            Some((rig, setup)) => {
+                let (vol, case) = RemoteCase::create(rig, setup, &init);
                 (vol, Some(case))
             }
         };
@@ -1635,7 +1650,7 @@ fn execute(
     sut: &mut Option<Sut>,
     chunks: Chunks,
     background: bool,
-    remote: Option<(&Arc<RemoteRig>, Budget)>,
+    remote: Option<(&Arc<RemoteRig>, Setup)>,
     ops: &[Option<Op>],
 ) {
     let s = sut.insert(Sut::new(chunks, background, remote));
@@ -1711,7 +1726,7 @@ thread_local! {
 fn run_case(
     chunks: Chunks,
     background: bool,
-    remote: Option<(&Arc<RemoteRig>, Budget)>,
+    remote: Option<(&Arc<RemoteRig>, Setup)>,
     ops: &[Option<Op>],
 ) -> Result<(), TestCaseError> {
     let mut sut = None;
@@ -1769,10 +1784,10 @@ fn random_operations_on_a_remote_encrypted_volume_match_the_model() {
     let cases = (
         chunks(),
         any::<bool>(),
-        budget(),
+        setup(),
         ops(remote_op(), REMOTE_MIN_OPS..=REMOTE_MAX_OPS),
     )
-        .prop_map(|(chunks, background, budget, ops)| (chunks, background, Some(budget), ops));
+        .prop_map(|(chunks, background, setup, ops)| (chunks, background, Some(setup), ops));
     run_model(
         "random_operations_on_a_remote_encrypted_volume_match_the_model",
         REMOTE_CASES,
@@ -1787,7 +1802,7 @@ fn random_operations_on_a_remote_encrypted_volume_match_the_model() {
 fn run_model(
     test_name: &'static str,
     default_cases: u32,
-    strategy: impl Strategy<Value = (Chunks, bool, Option<Budget>, Vec<Option<Op>>)>,
+    strategy: impl Strategy<Value = (Chunks, bool, Option<Setup>, Vec<Option<Op>>)>,
     rig: Option<&Arc<RemoteRig>>,
 ) {
     let seed = env_u64("DEDUPFS_MODEL_SEED").unwrap_or_else(rand::random);
@@ -1807,12 +1822,12 @@ fn run_model(
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    match runner.run(&strategy, |(chunks, background, budget, ops)| {
-        let remote = rig.zip(budget);
+    match runner.run(&strategy, |(chunks, background, setup, ops)| {
+        let remote = rig.zip(setup);
         run_case(chunks, background, remote, &ops)
     }) {
         Ok(()) => {}
-        Err(TestError::Fail(why, (chunks, background, budget, ops))) => {
+        Err(TestError::Fail(why, (chunks, background, setup, ops))) => {
             // The operations up to the failing one; `None`s were removed by shrinking.
             let last = FAILED_AT.get().min(ops.len().saturating_sub(1));
             let listed: Vec<String> = ops[..=last]
@@ -1824,7 +1839,7 @@ fn run_model(
                 "seed {seed} (DEDUPFS_MODEL_SEED={seed}): {why}\nminimal failing case: \
                  {chunks:?} chunks, background reader: {background}{}, {} operations up to the \
                  failing one (later ones never ran):\n  {}",
-                budget.map_or_else(String::new, |b| format!(", cache {b:?}")),
+                setup.map_or_else(String::new, |s| format!(", {s:?}")),
                 listed.len(),
                 listed.join("\n  ")
             );
