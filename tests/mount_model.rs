@@ -505,6 +505,11 @@ struct Setup {
     /// run (sealing the open packs, taking the durable snapshot and uploading concurrently
     /// with writes); 0 only at `dedupfs sync` and unmount.
     publish_secs: u64,
+    /// The volume shares its prefix with the other cases' volumes that do: they all write
+    /// the same few contents with the same key, so a chunk another one published is named
+    /// in that volume's pack instead of being stored again (shared dedup), and read from it
+    /// through the range cache.
+    shared: bool,
 }
 
 impl Setup {
@@ -530,16 +535,19 @@ fn setup() -> impl Strategy<Value = Setup> {
     (
         prop_oneof![Just(Budget::NoPacks), Just(Budget::Tiny)],
         prop_oneof![Just(0u64), Just(1)],
+        any::<bool>(),
     )
-        .prop_map(|(cache, publish_secs)| Setup {
+        .prop_map(|(cache, publish_secs, shared)| Setup {
             cache,
             publish_secs,
+            shared,
         })
 }
 
 /// What the cases of the remote variant share: a Garage server, its credentials, a volume
-/// key and a temp dir for store directories. Each case is a volume of its own (a prefix of
-/// the bucket): `init --remote --encrypt`, 1 MiB packs, a cache with no room for whole packs
+/// key and a temp dir for store directories. Each case is a volume of its own, alone under a
+/// prefix of the bucket or sharing one with the other cases that do ([`Setup::shared`]):
+/// `init --remote --encrypt`, 1 MiB packs, a cache with no room for whole packs
 /// ([`Budget`]) and the smallest chunk cache, so that once the uploader has evicted the packs
 /// (`dedupfs sync` and waiting, or a remount and its first upload pass) reads go through the
 /// range cache to the bucket, and after a fresh `attach` (`Op::Reattach`, and at the end of
@@ -575,6 +583,8 @@ impl RemoteRig {
 struct RemoteCase {
     rig: Arc<RemoteRig>,
     prefix: String,
+    /// The volume's name under the prefix.
+    name: String,
     setup: Setup,
     stores: usize,
     syncs: usize,
@@ -590,7 +600,12 @@ impl RemoteCase {
         let n = rig.cases.fetch_add(1, Ordering::Relaxed);
         let case = RemoteCase {
             rig: Arc::clone(rig),
-            prefix: format!("case{n}"),
+            prefix: if setup.shared {
+                "shared".to_string()
+            } else {
+                format!("case{n}")
+            },
+            name: format!("case{n}"),
             setup,
             stores: 0,
             syncs: 0,
@@ -601,6 +616,8 @@ impl RemoteCase {
         let key = rig.key.to_str().unwrap();
         let mut args = init_args.to_vec();
         args.extend([
+            "--volume",
+            &case.name,
             "--pack-mib",
             "1",
             "--cache-disk-gib",
@@ -617,7 +634,7 @@ impl RemoteCase {
     fn store_dir(&self) -> PathBuf {
         self.rig
             .dirs
-            .path(&format!("{}-store{}", self.prefix, self.stores))
+            .path(&format!("{}-store{}", self.name, self.stores))
     }
 
     /// `attach` of the volume into a new store directory (nothing local), mounted.
@@ -634,7 +651,14 @@ impl RemoteCase {
             &self.rig.g,
             &store,
             &self.prefix,
-            &["--encrypt", key, "--cache-disk-gib", "0.125"],
+            &[
+                "--volume",
+                &self.name,
+                "--encrypt",
+                key,
+                "--cache-disk-gib",
+                "0.125",
+            ],
         );
         self.setup.apply(&store);
         let mut args = REMOTE_MOUNT_ARGS.to_vec();
@@ -668,10 +692,17 @@ impl RemoteCase {
                     .sum()
             })
             .unwrap_or(0);
+        // Packs of other volumes it names: the packs.log lines that give an origin.
+        let foreign = std::fs::read_to_string(vol.store.join("remote/packs.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').count() == 4)
+            .count();
         eprintln!(
             "  remote: {:?}, {} dedupfs sync ({} waiting for eviction), {} fresh \
-             attaches; the last one's range cache holds {cached} bytes",
-            self.setup, self.syncs, self.settled, self.stores
+             attaches; the last one's range cache holds {cached} bytes, it names {} packs of \
+             other volumes",
+            self.setup, self.syncs, self.settled, self.stores, foreign
         );
     }
 }
