@@ -40,7 +40,7 @@
 //! waiting for the eviction, sometimes followed by a comparison through a read-only mount of
 //! a fresh attach while the writer stays mounted) and fresh attaches into an empty store
 //! directory, and ends every case with one, so that everything is read from the bucket at
-//! least once. In half the cases the volume also publishes in the background every second,
+//! least once, and with `fsck --verify-data` of that store directory. In half the cases the volume also publishes in the background every second,
 //! concurrently with the operations. It guards against data that reads back
 //! right from local packs and wrong once evicted or attached elsewhere (lost writes between
 //! a publication and the next, a pack evicted while it still gets records, ranges fetched at
@@ -1738,6 +1738,17 @@ fn execute(
     );
     s.close_all();
     s.vol.unmount();
+    if let Some(r) = &s.remote {
+        // The last store directory holds what was published: its metadata must agree with
+        // its chunks, and every pack object it names must hold the bytes uploaded.
+        let store = s.vol.store.to_str().unwrap();
+        let out = common::remote::dedupfs(&r.rig.env, &["fsck", store, "--verify-data"]);
+        assert!(
+            out.status.success(),
+            "end: dedupfs fsck --verify-data of the last store directory: {}",
+            common::output_text(&out)
+        );
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
