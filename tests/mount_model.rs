@@ -36,16 +36,18 @@
 //! The remote variant runs the same operations on an encrypted remote volume in a Garage
 //! server started by the test (skipped, with a `SKIP:` line, without Garage), whose local
 //! cache has no room for whole packs: once uploaded, packs are evicted and their chunks read
-//! back through the range cache. It adds writes of several MiB, `dedupfs sync` (sometimes
-//! waiting for the eviction, sometimes followed by a comparison through a read-only mount of
-//! a fresh attach while the writer stays mounted) and fresh attaches into an empty store
-//! directory, and ends every case with one, so that everything is read from the bucket at
-//! least once, and with `fsck --verify-data` of that store directory. In half the cases the volume also publishes in the background every second,
-//! concurrently with the operations. It guards against data that reads back
-//! right from local packs and wrong once evicted or attached elsewhere (lost writes between
-//! a publication and the next, a pack evicted while it still gets records, ranges fetched at
-//! the wrong offsets, records sealed or opened wrongly), and against writers that hang or
-//! fail while they wait for uploads to make room in a tiny cache.
+//! back through the range cache. Half the cases' volumes share a prefix and dedup against
+//! each other; in half of them the volume also publishes in the background every second,
+//! concurrently with the operations. It adds writes of several MiB, `dedupfs sync`
+//! (sometimes waiting for the eviction; sometimes followed by a comparison through a
+//! read-only mount of a fresh attach while the writer stays mounted, or by kill -9 of the
+//! daemon and a mount of the same store again) and fresh attaches into an empty store
+//! directory. Every case ends with one, so that everything is read from the bucket at least
+//! once, and with `fsck --verify-data` of that store directory. It guards against data that
+//! reads back right from local packs and wrong once evicted or attached elsewhere (lost
+//! writes between a publication and the next, a pack evicted while it still gets records,
+//! ranges fetched at the wrong offsets, records sealed or opened wrongly), and against
+//! writers that hang or fail while they wait for uploads to make room in a tiny cache.
 //!
 //! A failure prints the seed, the minimal failing operation list found by shrinking and the
 //! concrete operations (resolved offsets and lengths) that ran. Environment:
@@ -348,6 +350,10 @@ enum Op {
     /// goes on writing) and compare everything there: a publication holds every write that
     /// returned before it.
     AttachReadOnly,
+    /// Remote volumes only: `dedupfs sync MOUNTPOINT`, then kill -9 the daemon and mount the
+    /// same store directory again (its recovery, and the lease taken again by the same
+    /// session); nothing was written since the sync, so nothing may be missing.
+    Crash,
 }
 
 /// The descriptor that reads go through.
@@ -443,6 +449,7 @@ fn remote_op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Sync { settle: true }),
         2 => Just(Op::Reattach),
         1 => Just(Op::AttachReadOnly),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -589,6 +596,7 @@ struct RemoteCase {
     stores: usize,
     syncs: usize,
     settled: usize,
+    crashes: usize,
     /// Warnings and errors the daemons of the store directories done with logged, for the
     /// case summary (they fail nothing by themselves: a fetch retried is fine).
     logged: Vec<String>,
@@ -610,6 +618,7 @@ impl RemoteCase {
             stores: 0,
             syncs: 0,
             settled: 0,
+            crashes: 0,
             logged: Vec::new(),
         };
         let store = case.store_dir();
@@ -699,10 +708,10 @@ impl RemoteCase {
             .filter(|l| l.split(' ').count() == 4)
             .count();
         eprintln!(
-            "  remote: {:?}, {} dedupfs sync ({} waiting for eviction), {} fresh \
+            "  remote: {:?}, {} dedupfs sync ({} waiting for eviction), {} kill -9, {} fresh \
              attaches; the last one's range cache holds {cached} bytes, it names {} packs of \
              other volumes",
-            self.setup, self.syncs, self.settled, self.stores, foreign
+            self.setup, self.syncs, self.settled, self.crashes, self.stores, foreign
         );
     }
 }
@@ -1306,6 +1315,21 @@ impl Sut {
         self.start_background();
     }
 
+    /// `dedupfs sync MOUNTPOINT`, kill -9 of the daemon, a mount of the same store again,
+    /// and everything compared.
+    fn crash_after_sync(&mut self, ctx: &str) {
+        self.sync(false, ctx);
+        self.close_all();
+        self.vol.kill9();
+        if let Some(r) = self.remote.as_mut() {
+            r.crashes += 1;
+        }
+        self.vol.remount();
+        self.reopen_all();
+        self.start_background();
+        self.check_all(&format!("{ctx}, after the mount that followed kill -9"));
+    }
+
     /// `dedupfs sync MOUNTPOINT`; with `settle`, then waits until no pack file is left in the
     /// store directory (all of them uploaded, the cache has no room for any).
     fn sync(&mut self, settle: bool, ctx: &str) {
@@ -1596,6 +1620,13 @@ impl Sut {
                         .to_string(),
                 );
                 self.check_published(&ctx);
+            }
+            Op::Crash => {
+                let ctx = self.note(
+                    step,
+                    "dedupfs sync, kill -9 the daemon, mount the store again".to_string(),
+                );
+                self.crash_after_sync(&ctx);
             }
             Op::Reattach => {
                 let ctx = self.note(
