@@ -434,10 +434,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The operations of the remote variant: those of [`op`], plus publications (some waiting
-/// for the eviction of the local packs) and fresh attaches; together about one operation in
-/// eight, so that most of a case's data is read back from the bucket at least once; and
-/// some writes of several MiB.
+/// The operations of the remote variant: those of [`op`], some writes of several MiB, and
+/// publications (some waiting for the eviction of the local packs, some followed by a
+/// read-only attach or a kill -9) and fresh attaches, together about one operation in seven,
+/// so that most of a case's data is read back from the bucket before the case ends.
 fn remote_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         56 => op(),
