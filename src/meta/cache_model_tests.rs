@@ -39,6 +39,71 @@ fn logical(m: &Model) -> u64 {
         .sum()
 }
 
+/// The model's answers to the reads both kinds of transaction have.
+impl Model {
+    fn xattr_names(&self, ino: Ino) -> Vec<Vec<u8>> {
+        self.xattrs
+            .keys()
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+    fn inode_rows(&self) -> Vec<(Ino, Attr)> {
+        self.inodes.iter().map(|(i, a)| (*i, *a)).collect()
+    }
+    fn dirent_rows(&self) -> Vec<(Ino, Vec<u8>, Ino)> {
+        self.dirents
+            .iter()
+            .map(|((p, n), (i, _))| (*p, n.clone(), *i))
+            .collect()
+    }
+    fn allocated_rows(&self) -> Vec<(Ino, u64)> {
+        self.allocated.iter().map(|(i, b)| (*i, *b)).collect()
+    }
+}
+
+/// One check, the same for a write transaction (`WTx`, through its caches) and a read one
+/// (`RTx`, what was committed): they share method names but no trait for the walks.
+macro_rules! check {
+    (inodes, $r:expr, $m:expr, $at:expr) => {{
+        let mut got = Vec::new();
+        $r.for_each_inode(&mut |i, a| {
+            got.push((i, a));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, $m.inode_rows(), "for_each_inode {}", $at);
+    }};
+    (dirents, $r:expr, $m:expr, $at:expr) => {{
+        let mut got = Vec::new();
+        $r.for_each_dirent(&mut |p, n, i, _| got.push((p, n.to_vec(), i)))
+            .unwrap();
+        assert_eq!(got, $m.dirent_rows(), "for_each_dirent {}", $at);
+    }};
+    (allocated, $r:expr, $m:expr, $at:expr) => {{
+        let mut got = Vec::new();
+        $r.for_each_allocated(&mut |i, b| got.push((i, b))).unwrap();
+        assert_eq!(got, $m.allocated_rows(), "for_each_allocated {}", $at);
+    }};
+    (xattr_names, $r:expr, $m:expr, $at:expr) => {{
+        for ino in 0..$m.next_ino + 3 {
+            let got = $r.xattr_names(ino).unwrap();
+            assert_eq!(got, $m.xattr_names(ino), "xattr names {ino} {}", $at);
+        }
+    }};
+    (values, $r:expr, $m:expr, $at:expr) => {{
+        assert_eq!($r.counter(C_FILES).unwrap(), files($m), "files {}", $at);
+        let logical_bytes = $r.counter(C_LOGICAL).unwrap();
+        assert_eq!(logical_bytes, logical($m), "logical {}", $at);
+        let x = $m.counters.get("x").copied().unwrap_or(0);
+        assert_eq!($r.counter("x").unwrap(), x, "counter x {}", $at);
+        let next = $r.meta_u64("next_ino").unwrap();
+        assert_eq!(next, Some($m.next_ino), "next_ino {}", $at);
+        let k = $r.meta("k").unwrap();
+        assert_eq!(k, $m.meta.get("k").cloned(), "meta k {}", $at);
+    }};
+}
+
 fn check_all(tx: &WTx, m: &Model, step: usize) {
     // Point reads first (they fill the caches), then walks.
     for ino in 0..m.next_ino + 3 {
@@ -62,15 +127,9 @@ fn check_all(tx: &WTx, m: &Model, step: usize) {
             want,
             "extents {ino} step {step}"
         );
-        let names: Vec<Vec<u8>> = m
-            .xattrs
-            .keys()
-            .filter(|(i, _)| *i == ino)
-            .map(|(_, n)| n.clone())
-            .collect();
         assert_eq!(
             tx.xattr_names(ino).unwrap(),
-            names,
+            m.xattr_names(ino),
             "xattr names {ino} step {step}"
         );
         for n in [b"a".to_vec(), b"b".to_vec()] {
@@ -90,30 +149,11 @@ fn check_all(tx: &WTx, m: &Model, step: usize) {
             );
         }
     }
-    assert_eq!(tx.counter(C_FILES).unwrap(), files(m), "files step {step}");
-    assert_eq!(
-        tx.counter(C_LOGICAL).unwrap(),
-        logical(m),
-        "logical step {step}"
-    );
-    assert_eq!(
-        tx.counter("x").unwrap(),
-        m.counters.get("x").copied().unwrap_or(0),
-        "counter x step {step}"
-    );
-    assert_eq!(
-        tx.meta_u64("next_ino").unwrap(),
-        Some(m.next_ino),
-        "next_ino step {step}"
-    );
-    assert_eq!(
-        tx.meta("k").unwrap(),
-        m.meta.get("k").cloned(),
-        "meta k step {step}"
-    );
+    check!(values, tx, m, format!("step {step}"));
 }
 
 fn check_walks(tx: &WTx, m: &Model, step: usize, which: u64) {
+    let at = format!("step {step}");
     if which == 0 || which == 9 {
         for p in 1..4u64 {
             let want = !m.dirents.keys().any(|(pp, _)| *pp == p);
@@ -121,31 +161,13 @@ fn check_walks(tx: &WTx, m: &Model, step: usize, which: u64) {
         }
     }
     if which == 1 || which == 9 {
-        let mut al = Vec::new();
-        tx.for_each_allocated(&mut |i, b| al.push((i, b))).unwrap();
-        let want: Vec<_> = m.allocated.iter().map(|(i, b)| (*i, *b)).collect();
-        assert_eq!(al, want, "for_each_allocated step {step}");
+        check!(allocated, tx, m, at);
     }
     if which == 2 || which == 9 {
-        let mut inos = Vec::new();
-        tx.for_each_inode(&mut |i, a| {
-            inos.push((i, a));
-            Ok(())
-        })
-        .unwrap();
-        let want: Vec<_> = m.inodes.iter().map(|(i, a)| (*i, *a)).collect();
-        assert_eq!(inos, want, "for_each_inode step {step}");
+        check!(inodes, tx, m, at);
     }
     if which == 3 || which == 9 {
-        let mut all = Vec::new();
-        tx.for_each_dirent(&mut |p, n, i, _| all.push((p, n.to_vec(), i)))
-            .unwrap();
-        let want: Vec<_> = m
-            .dirents
-            .iter()
-            .map(|((p, n), (i, _))| (*p, n.clone(), *i))
-            .collect();
-        assert_eq!(all, want, "for_each_dirent step {step}");
+        check!(dirents, tx, m, at);
     }
     if which != 9 && which != 4 {
         return;
@@ -170,27 +192,9 @@ fn check_walks(tx: &WTx, m: &Model, step: usize, which: u64) {
             "empty {p} step {step}"
         );
     }
-    let mut all = Vec::new();
-    tx.for_each_dirent(&mut |p, n, i, _| all.push((p, n.to_vec(), i)))
-        .unwrap();
-    let want: Vec<_> = m
-        .dirents
-        .iter()
-        .map(|((p, n), (i, _))| (*p, n.clone(), *i))
-        .collect();
-    assert_eq!(all, want, "for_each_dirent step {step}");
-    let mut inos = Vec::new();
-    tx.for_each_inode(&mut |i, a| {
-        inos.push((i, a));
-        Ok(())
-    })
-    .unwrap();
-    let want: Vec<_> = m.inodes.iter().map(|(i, a)| (*i, *a)).collect();
-    assert_eq!(inos, want, "for_each_inode step {step}");
-    let mut al = Vec::new();
-    tx.for_each_allocated(&mut |i, b| al.push((i, b))).unwrap();
-    let want: Vec<_> = m.allocated.iter().map(|(i, b)| (*i, *b)).collect();
-    assert_eq!(al, want, "for_each_allocated step {step}");
+    check!(dirents, tx, m, at);
+    check!(inodes, tx, m, at);
+    check!(allocated, tx, m, at);
     let mut ex = Vec::new();
     tx.for_each_extent(&mut |i, e| ex.push((i, e.offset)))
         .unwrap();
@@ -200,56 +204,12 @@ fn check_walks(tx: &WTx, m: &Model, step: usize, which: u64) {
 
 fn check_committed(db: &MetaDb, m: &Model, step: usize) {
     let r = db.begin_read().unwrap();
-    let mut inos = Vec::new();
-    r.for_each_inode(&mut |i, a| {
-        inos.push((i, a));
-        Ok(())
-    })
-    .unwrap();
-    let want: Vec<_> = m.inodes.iter().map(|(i, a)| (*i, *a)).collect();
-    assert_eq!(inos, want, "committed inodes step {step}");
-    let mut all = Vec::new();
-    r.for_each_dirent(&mut |p, n, i, _| all.push((p, n.to_vec(), i)))
-        .unwrap();
-    let want: Vec<_> = m
-        .dirents
-        .iter()
-        .map(|((p, n), (i, _))| (*p, n.clone(), *i))
-        .collect();
-    assert_eq!(all, want, "committed dirents step {step}");
-    let mut al = Vec::new();
-    r.for_each_allocated(&mut |i, b| al.push((i, b))).unwrap();
-    let want: Vec<_> = m.allocated.iter().map(|(i, b)| (*i, *b)).collect();
-    assert_eq!(al, want, "committed allocated step {step}");
-    assert_eq!(
-        r.counter(C_FILES).unwrap(),
-        files(m),
-        "committed files step {step}"
-    );
-    assert_eq!(
-        r.counter(C_LOGICAL).unwrap(),
-        logical(m),
-        "committed logical step {step}"
-    );
-    assert_eq!(
-        r.counter("x").unwrap(),
-        m.counters.get("x").copied().unwrap_or(0)
-    );
-    assert_eq!(r.meta_u64("next_ino").unwrap(), Some(m.next_ino));
-    assert_eq!(r.meta("k").unwrap(), m.meta.get("k").cloned());
-    for ino in 0..m.next_ino + 3 {
-        let names: Vec<Vec<u8>> = m
-            .xattrs
-            .keys()
-            .filter(|(i, _)| *i == ino)
-            .map(|(_, n)| n.clone())
-            .collect();
-        assert_eq!(
-            r.xattr_names(ino).unwrap(),
-            names,
-            "committed xattrs step {step}"
-        );
-    }
+    let at = format!("committed, step {step}");
+    check!(inodes, r, m, at);
+    check!(dirents, r, m, at);
+    check!(allocated, r, m, at);
+    check!(values, r, m, at);
+    check!(xattr_names, r, m, at);
 }
 
 fn attr(rng: &mut Rng) -> Attr {
