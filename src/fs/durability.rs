@@ -62,9 +62,6 @@ impl Fs {
             return Err(e);
         }
         self.durable_epoch.fetch_add(1, Ordering::Relaxed);
-        for o in st.open.values_mut() {
-            o.unsynced = false;
-        }
         st.since_durable = false;
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.

@@ -120,7 +120,7 @@ impl Fs {
                     flushing: None,
                     queued: false,
                     wb_failed: false,
-                    unsynced: false,
+                    committed_at: None,
                     lost_at: 0,
                     told: 0,
                     read_end: 0,
@@ -433,7 +433,7 @@ impl Fs {
         let out = match result {
             Ok(tails) => {
                 o.wb_failed = false;
-                o.unsynced = true;
+                o.committed_at = Some(self.durable_epoch());
                 // Tails go back under anything written since the take.
                 o.dirty.restore(tails);
                 if o.dirty.is_empty() {

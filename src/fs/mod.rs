@@ -178,9 +178,9 @@ struct OpenInode {
     /// The last write-back failed: the next write that needs room writes back itself, so
     /// the writer sees the error (ENOSPC) instead of memory filling up.
     wb_failed: bool,
-    /// A write-back of it was committed since the last durable point: a failed commit now
-    /// loses it.
-    unsynced: bool,
+    /// The durable epoch (`Fs::durable_epoch`) in which a write-back of it was last
+    /// committed: while it is the current one, a failed commit loses that write-back.
+    committed_at: Option<u64>,
     /// The failed commit (`State::failures`) that last lost some of its writes (0: none);
     /// its next fsync reports EIO unless it already reported that failure (`told`), as Linux
     /// reports a write-back error once.

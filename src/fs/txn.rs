@@ -141,10 +141,11 @@ impl Fs {
             o.dirty.truncate(size);
             dropped += before - o.dirty.bytes();
             // Its committed write-backs went, or dirty bytes did: its next fsync says so.
-            if o.unsynced || o.dirty.bytes() < before {
+            let unsynced = o.committed_at == Some(self.durable_epoch());
+            if unsynced || o.dirty.bytes() < before {
                 o.lost_at = st.failures;
             }
-            o.unsynced = false;
+            o.committed_at = None;
             let mut attr = row;
             attr.size = size;
             if !o.dirty.is_empty() {
