@@ -308,6 +308,7 @@ fn snapshot_delete_interrupted_before_the_file_went_is_finished_at_open() {
     assert_old_deleted(dir.path(), &files);
 }
 
+#[track_caller]
 fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
     r.expect_err("operation should fail").errno()
 }
@@ -364,16 +365,21 @@ fn a_file_dropped_with_a_failed_commit_never_lends_its_inode_number_to_a_new_dir
     assert_eq!(fs.getattr(d).unwrap().kind, Kind::Dir, "dir overwritten");
     assert_ne!(inner, lost);
 
-    // The dropped file's handle: ESTALE, and no operation brings its inode back.
+    // The dropped file's handle: ESTALE, and no operation brings its inode back. A close
+    // reports the loss (nothing reported it to this file yet: the failed sync was another
+    // caller's), once; an fsync, every time (the file cannot be made durable).
     assert_eq!(errno(fs.read(lost, 0, 10)), libc::ESTALE);
     assert_eq!(errno(fs.write(lost, 0, b"again")), libc::ESTALE);
+    assert_eq!(errno(fs.flush(lost)), libc::ESTALE);
+    fs.flush(lost)
+        .expect("a second close reports the loss again");
+    assert_eq!(errno(fs.fsync(lost)), libc::ESTALE);
     assert_eq!(errno(fs.fsync(lost)), libc::ESTALE);
     assert_eq!(errno(fs.getattr(lost)), libc::ESTALE);
     assert_eq!(errno(fs.setattr(lost, chmod)), libc::ESTALE);
     assert_eq!(errno(fs.truncate(lost, 1)), libc::ESTALE);
     assert_eq!(errno(fs.setxattr(lost, b"user.x", b"v", 0)), libc::ESTALE);
     assert_eq!(errno(fs.link(lost, kept, b"relinked")), libc::ESTALE);
-    assert_eq!(errno(fs.flush(lost)), libc::ESTALE);
     fs.release(lost_fh).unwrap();
     fs.fsync(inner).unwrap();
 
@@ -407,6 +413,65 @@ fn a_file_dropped_with_a_failed_commit_never_lends_its_inode_number_to_a_new_dir
     fs.sync_all(true).unwrap();
     drop(fs);
     assert_fsck_clean(dir.path(), "after the remount");
+}
+
+/// New files are written and fsynced on a full disk: the fsync's own commit fails and takes
+/// the file's creation with it. The fsync reports the loss (ENOSPC); the close must not report
+/// it a second time (ESTALE, as the mount test of a full disk once saw), unless the file was
+/// written after that fsync: those bytes are lost too, and only the close can say so.
+#[test]
+fn a_file_whose_creation_its_own_failed_fsync_dropped_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Caller::default();
+    let fs = open_fs(dir.path());
+    let (kept, _, kept_fh) = fs.create(who, ROOT_INO, b"kept", 0o644).unwrap();
+    fs.write(kept, 0, &noise(20_000, 11)).unwrap();
+    fs.fsync(kept).unwrap();
+    fs.sync_dir().unwrap();
+
+    let (f, _, f_fh) = fs.create(who, ROOT_INO, b"f", 0o644).unwrap();
+    fs.write(f, 0, &noise(4_096, 12)).unwrap();
+    let (g, _, g_fh) = fs.create(who, ROOT_INO, b"g", 0o644).unwrap();
+    fs.write(g, 0, &noise(4_096, 13)).unwrap();
+    // The disk stays full while both fail, and while `g` is written once more.
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.fsync(f)), libc::ENOSPC);
+    assert_eq!(errno(fs.fsync(g)), libc::ENOSPC);
+    fs.write(g, 4_096, b"after the fsync").unwrap();
+    // A file the failed commit did not drop: its fsync fails too.
+    fs.write(kept, 0, b"later").unwrap();
+    assert_eq!(errno(fs.fsync(kept)), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+
+    fs.flush(f)
+        .expect("the close of a file whose loss its fsync reported reports it again");
+    assert_eq!(
+        errno(fs.flush(g)),
+        libc::ESTALE,
+        "bytes written after the failed fsync were dropped unreported"
+    );
+    fs.flush(g).expect("the loss is reported once");
+    for ino in [f, g] {
+        assert_eq!(
+            errno(fs.fsync(ino)),
+            libc::ESTALE,
+            "a gone file is never durable"
+        );
+        assert_eq!(errno(fs.write(ino, 0, b"x")), libc::ESTALE);
+    }
+    fs.release(f_fh).unwrap();
+    fs.release(g_fh).unwrap();
+    assert!(fs.lookup(ROOT_INO, b"f").is_err());
+    assert!(fs.lookup(ROOT_INO, b"g").is_err());
+    // The file that is still there keeps working.
+    fs.flush(kept).unwrap();
+    fs.write(kept, 0, b"again").unwrap();
+    fs.fsync(kept).unwrap();
+    assert_eq!(fs.read(kept, 0, 5).unwrap(), b"again");
+    fs.release(kept_fh).unwrap();
+    fs.sync_all(true).unwrap();
+    drop(fs);
+    assert_fsck_clean(dir.path(), "after the dropped files");
 }
 
 #[test]

@@ -151,10 +151,19 @@ impl Fs {
         // failure itself (the reset it owes may come later).
         let failures = st.failures;
         let Some(o) = st.open.get_mut(&ino) else {
+            if r.is_err()
+                && let Some(reported) = st.stale.get_mut(&ino)
+            {
+                // Its creation is gone: this error reports that (its close need not).
+                *reported = true;
+            }
             return r;
         };
         let lost = o.lost_at > o.told;
-        o.told = if r.is_err() || lost { failures } else { o.told };
+        if r.is_err() || lost {
+            o.told = failures;
+            o.wrote_since_told = false;
+        }
         r?;
         if lost {
             return Err(FsError::Io(std::io::Error::other(
@@ -170,7 +179,7 @@ impl Fs {
             // Nothing was left to write back, so the write-back did not look.
             self.discard_gone(st, ino);
         }
-        if st.stale.contains(&ino) {
+        if st.stale.contains_key(&ino) {
             return Err(FsError::Stale);
         }
         st.since_durable = true;

@@ -107,7 +107,7 @@ impl Fs {
                     Some(p) => p.tx.inode(ino)?,
                     None => self.meta.begin_read()?.inode(ino)?,
                 }
-                .ok_or(if st.stale.contains(&ino) {
+                .ok_or(if st.stale.contains_key(&ino) {
                     FsError::Stale
                 } else {
                     FsError::NotFound
@@ -123,6 +123,8 @@ impl Fs {
                     committed_at: None,
                     lost_at: 0,
                     told: 0,
+                    wrote_since_told: false,
+                    gone_at: None,
                     read_end: 0,
                 }))
             }
@@ -288,6 +290,7 @@ impl Fs {
         o.attr.mtime = now;
         o.attr.ctime = now;
         o.attr_dirty = true;
+        o.wrote_since_told = true;
         st.dirty_total += grown;
         Ok(data.len())
     }
@@ -477,8 +480,13 @@ impl Fs {
     /// budget), as a crash would lose them, and its handles get ESTALE from now on (`stale`).
     /// Its number is never handed out again in this mount (`State::ino_floor`). No write-back
     /// of it is in flight.
+    ///
+    /// The loss counts as reported (a close does not report it again) when the file's last
+    /// failed fsync reported the failure that dropped it and nothing was written since.
     pub(super) fn discard_gone(&self, st: &mut State, ino: Ino) {
+        let mut reported = false;
         if let Some(o) = st.open.remove(&ino) {
+            reported = o.gone_at.is_some_and(|g| o.told >= g) && !o.wrote_since_told;
             st.dirty_total -= o.dirty.bytes();
             tracing::error!(
                 ino,
@@ -487,7 +495,7 @@ impl Fs {
                 o.dirty.bytes()
             );
         }
-        st.stale.insert(ino);
+        *st.stale.entry(ino).or_insert(false) |= reported;
     }
 
     /// Removes chunk files a failed write-back created, unless metadata references them by

@@ -187,6 +187,11 @@ struct OpenInode {
     lost_at: u64,
     /// The failed commit this file's last failed fsync reported (it got that commit's error).
     told: u64,
+    /// Written to since that fsync: a loss found later covers these bytes, not yet reported.
+    wrote_since_told: bool,
+    /// The failed commit whose reset first found this inode missing from the database (its
+    /// creation dropped): `discard_gone` follows.
+    gone_at: Option<u64>,
     /// Where the last read ended: a read starting there is sequential and gets read-ahead.
     read_end: u64,
 }
@@ -223,7 +228,7 @@ fn committed_size(committed: u64, size: u64, pending: impl IntoIterator<Item = (
 /// The error for `ino` missing from the metadata: ESTALE for an inode a handle still names
 /// after a failed commit dropped its creation, ENOENT otherwise.
 fn missing(st: &State, ino: Ino) -> FsError {
-    if st.stale.contains(&ino) || st.open.contains_key(&ino) {
+    if st.stale.contains_key(&ino) || st.open.contains_key(&ino) {
         FsError::Stale
     } else {
         FsError::NotFound
@@ -302,8 +307,10 @@ struct State {
     ino_floor: Ino,
     /// Inodes this mount handed out whose creation a failed commit dropped, found while a
     /// handle still named them (`discard_gone`): their handles get ESTALE. Never reused in
-    /// this mount (`ino_floor`), and few (one per file open across a failed commit).
-    stale: HashSet<Ino>,
+    /// this mount (`ino_floor`), and few (one per file open across a failed commit). The flag
+    /// says whether the loss was reported to the file already (by an fsync, or a close): a
+    /// close reports it only if not, as Linux reports a write-back error once per file.
+    stale: HashMap<Ino, bool>,
     /// The database generation (`MetaDb::generation`) the open inodes' attributes agree with;
     /// `None` after a failed commit whose reset could not read the database yet.
     meta_gen: Option<u64>,
@@ -517,7 +524,7 @@ impl Fs {
             return Ok(a);
         }
         let queued = !st.reap.is_empty();
-        let stale = st.stale.contains(&ino);
+        let stale = st.stale.contains_key(&ino);
         drop(st);
         let a = self.meta.begin_read()?.inode(ino)?.ok_or(if stale {
             FsError::Stale
@@ -1401,17 +1408,27 @@ impl Fs {
     /// (`release`, which the closer does not wait for), so close returns at once and the
     /// file is chunked once, whole, instead of once at each close.
     ///
-    /// A file whose creation a failed commit dropped gets ESTALE, once that was found: its
-    /// data written through the handle is lost, as in a crash.
+    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, unless
+    /// an fsync (or another close) reported the loss already: its data written through the
+    /// handle is lost, as in a crash, and writes since then were refused (ESTALE).
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
             self.writeback_reclaiming(&mut st, ino, true)?;
         }
-        if st.stale.contains(&ino) {
-            return Err(FsError::Stale);
+        self.catch_up(&mut st);
+        if st.open.get(&ino).is_some_and(|o| o.gone_at.is_some()) {
+            // Bytes written to it since its last fsync are lost: this close says so.
+            self.wait_idle(&mut st, ino);
+            self.discard_gone(&mut st, ino);
         }
-        Ok(())
+        match st.stale.get_mut(&ino) {
+            Some(reported) if !*reported => {
+                *reported = true;
+                Err(FsError::Stale)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Queues `ino` for the background writer. False when the caller must write back itself:

@@ -100,7 +100,7 @@ impl Fs {
     /// write transaction is opened first, which reopens it now, so nobody reads or writes on
     /// top of what is gone. If that fails (the disk is still full), the reset is owed
     /// (`meta_gen` is `None`) and `catch_up` tries again. An inode missing from the database
-    /// is left alone: its creation was dropped (`discard_gone`).
+    /// is left alone, noted `gone_at`: its creation was dropped (`discard_gone`).
     pub(super) fn reset_open(&self, st: &mut State, reopen: bool) {
         if st.meta_gen.is_some() {
             // A new failure; not a retry of a reset still owed.
@@ -119,8 +119,16 @@ impl Fs {
         st.meta_gen = Some(self.meta.generation());
         let mut dropped = 0;
         for (&ino, o) in st.open.iter_mut() {
-            let Ok(Some(row)) = r.inode(ino) else {
-                continue;
+            let row = match r.inode(ino) {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    // (With a group open, the inode may be new in it.)
+                    if st.pending.is_none() {
+                        o.gone_at.get_or_insert(st.failures);
+                    }
+                    continue;
+                }
+                Err(_) => continue,
             };
             let in_flight = o.flushing.iter().flat_map(|r| r.iter());
             let mut spans: Vec<(u64, u64)> = o
