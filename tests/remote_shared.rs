@@ -255,6 +255,120 @@ fn bucket_gc_keeps_a_pack_named_again_in_the_race_and_deletes_it_once_unnamed() 
     }
 }
 
+/// The reader holds under `volumes/NAME/readers/`.
+fn holds(g: &garage::Garage, prefix: &str, volume: &str) -> Vec<String> {
+    client(g, prefix)
+        .list(&format!("volumes/{volume}/readers"))
+        .expect("list holds")
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+/// Waits (up to 60 s) until `volume` has `n` reader holds.
+fn wait_for_holds(g: &garage::Garage, prefix: &str, volume: &str, n: usize, v: &Volume) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = holds(g, prefix, volume);
+        if h.len() == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{volume} has reader holds {h:?}, expected {n}\n--- daemon log ---\n{}",
+            v.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A read-only mount of an attached cache serves the generation it attached while the writer
+/// moves on (issue 11). The packs only that generation names must survive bucket gc for as
+/// long as the mount lives (its reader hold); once it is unmounted, or killed and its hold has
+/// expired, gc takes them as before.
+#[test]
+fn a_read_only_mount_keeps_the_packs_of_its_generation_from_bucket_gc() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let mut env = env_without_mark_polls(&env);
+    env.push(("DEDUPFS_READER_HOLD_SECS".into(), "4".into()));
+    let old = random_bytes(41, 8 * MIB);
+    let new = random_bytes(42, MIB);
+
+    let a = dirs.path("a");
+    init_remote(&g, &a, "readers", &["--volume", "a", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("old"), &old).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (old)");
+
+    // Two other machines attach that generation and mount it read-only; nothing read yet,
+    // so every byte of `old` must come from the bucket later. One of them dies at once: its
+    // hold stays in the bucket until it expires (4 s here).
+    let c = dirs.path("c");
+    attach(&g, &c, "readers", &["--volume", "a"]);
+    let mut vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    wait_for_holds(&g, "readers", "a", 1, &vc);
+    let d = dirs.path("d");
+    attach(&g, &d, "readers", &["--volume", "a"]);
+    let mut vd = Volume::mount_existing(&d, &["-o", "ro"], &env);
+    wait_for_holds(&g, "readers", "a", 2, &vd);
+    vd.kill9();
+    let killed = std::time::Instant::now();
+
+    // The writer replaces the file: its head no longer names old's packs.
+    fs::remove_file(va.path("old")).unwrap();
+    fs::write(va.path("new"), &new).unwrap();
+    ok(sync(&env, &va.mnt), "sync a (old replaced)");
+    let r1 = gc_bucket(&g, &env, "readers");
+    assert!(
+        r1["marked_bytes"].as_u64().unwrap_or(0) < MIB as u64,
+        "gc marked the packs a live read-only mount reads: {r1}"
+    );
+    ok(sync(&env, &va.mnt), "sync a (acknowledges)");
+    let r2 = gc_bucket(&g, &env, "readers");
+    assert_eq!(
+        r2["deleted_packs"].as_u64().unwrap_or(0),
+        0,
+        "gc deleted packs a live read-only mount reads: {r2}"
+    );
+    assert_bytes_eq(
+        "old, read by the read-only mount after gc",
+        &read_all(&vc.path("old")),
+        &old,
+    );
+    assert!(!vc.path("new").exists(), "the read-only mount moved on");
+
+    // Unmounted: its hold goes. The killed mount's hold is left, expired: it keeps nothing,
+    // so old's packs are marked and then swept.
+    vc.unmount();
+    assert_eq!(
+        holds(&g, "readers", "a").len(),
+        1,
+        "the hold stayed after unmount (or the killed mount's went)"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(7).saturating_sub(killed.elapsed()));
+    let r3 = gc_bucket(&g, &env, "readers");
+    assert_eq!(r3["readers"][0]["live"], false, "{r3}");
+    assert!(
+        r3["marked_bytes"].as_u64().unwrap_or(0) >= 8 * MIB as u64,
+        "old's packs were not marked once no live mount read them: {r3}"
+    );
+    ok(sync(&env, &va.mnt), "sync a (acknowledges 2)");
+    let r4 = gc_bucket(&g, &env, "readers");
+    assert!(
+        r4["deleted_bytes"].as_u64().unwrap_or(0) >= 8 * MIB as u64,
+        "old's packs were not swept: {r4}"
+    );
+    let text = ok(
+        dedupfs(&env, &["gc-bucket", &url_of(&g, "readers"), "--dry-run"]),
+        "gc-bucket --dry-run",
+    );
+    assert!(text.contains("expired"), "{text}");
+    assert_bytes_eq("a's new file", &read_all(&va.path("new")), &new);
+    va.unmount();
+}
+
 #[test]
 fn a_volume_killed_while_naming_another_volumes_packs_loses_nothing_fsynced() {
     let Some((g, env, dirs)) = rig(false) else {

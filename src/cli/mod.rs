@@ -1183,6 +1183,20 @@ fn render_gc_bucket(r: &crate::remote::gc::BucketGcReport) -> String {
         r.pack_objects,
         human(r.pack_bytes)
     );
+    for h in &r.readers {
+        s += &if h.live {
+            format!(
+                "volume {}: a read-only mount ({}) holds generation {} ({} packs kept for it)\n",
+                h.volume, h.holder, h.generation, h.packs_named
+            )
+        } else {
+            format!(
+                "volume {}: the hold of a read-only mount ({}) on generation {} expired (last \
+                 renewed {} s ago): it keeps nothing (delete {} if that mount is gone)\n",
+                h.volume, h.holder, h.generation, h.age_secs, h.key
+            )
+        };
+    }
     if let Some(e) = r.swept {
         s += &format!(
             "mark {e}: {} {} packs ({}); {} packs were named again and stay\n",
@@ -1397,6 +1411,11 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         )?),
         _ => None,
     };
+    // Mounted read-only: the generation it serves is held against bucket gc.
+    let reader = match &vol.remote {
+        Some(r) if opts.read_only => Some(remote::ReadHolder::start(&dir, r.clone())),
+        _ => None,
+    };
     let fs = Arc::new(
         Fs::new(vol.meta, vol.chunks, cfg)
             .with_context(|| format!("cannot open store {}", store.display()))?,
@@ -1510,6 +1529,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         Some(r) if synced.is_ok() => r.finish(&fs),
         _ => Ok(()),
     };
+    if let Some(r) = reader {
+        r.finish();
+    }
     publish(&fs, &dir);
     control::remove(&dir);
     close_then_unlock(fs, lock);

@@ -5,6 +5,7 @@ use crate::fs::Fs;
 use crate::remote::config::hex16;
 use crate::remote::lease::{Holder, Lease, LeaseConfig, LeaseError, RenewerHandle};
 use crate::remote::packs::RemotePacks;
+use crate::remote::readers::ReaderHold;
 use crate::remote::sync::RemoteVolume;
 use crate::store::PackStore;
 use crate::store::remote::RemoteStore;
@@ -316,5 +317,76 @@ impl Drop for RemoteDaemon {
     fn drop(&mut self) {
         self.stop_threads();
         self.keeper.finish(false);
+    }
+}
+
+/// A read-only mount's hold on the generation it serves (`remote/readers.rs`), so that bucket
+/// gc keeps the packs it reads. Taken in the background, so an unreachable store never delays
+/// the mount, and tried again every 30 s until it lands; released at unmount. A store that
+/// never published (generation 0) has nothing in the bucket to hold.
+pub struct ReadHolder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<ReaderHold>>>,
+}
+
+/// Between two attempts to take a reader hold.
+const HOLD_RETRY: Duration = Duration::from_secs(30);
+
+impl ReadHolder {
+    pub fn start(dir: &Path, remote: Arc<RemotePacks>) -> ReadHolder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let state = match crate::remote::sync::PublishState::load(&dir) {
+                Ok(s) if s.generation > 0 => s,
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!("cannot read remote/state.json ({e}): no reader hold");
+                    return None;
+                }
+            };
+            loop {
+                let taken = remote.client().and_then(|c| {
+                    ReaderHold::take(c, remote.keys(), state.generation, state.writer, &dir)
+                });
+                match taken {
+                    Ok(h) => {
+                        while !flag.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        return Some(h);
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot hold generation {} against bucket gc ({e}): until it is held, \
+                         a gc-bucket run may delete packs this read-only mount reads (they \
+                         would read as EIO); trying again in {} s",
+                        state.generation,
+                        HOLD_RETRY.as_secs()
+                    ),
+                }
+                let retry = Instant::now() + HOLD_RETRY;
+                while Instant::now() < retry {
+                    if flag.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        ReadHolder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// At unmount: releases the hold (or stops trying to take it).
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && let Ok(Some(hold)) = t.join()
+        {
+            hold.release();
+        }
     }
 }

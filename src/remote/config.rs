@@ -10,6 +10,8 @@
 //! PREFIX/volumes/NAME/volume.json   the volume: id, created, by whom
 //! PREFIX/volumes/NAME/gens/GEN-WRITER  metadata generation GEN (16 hex) by WRITER (16 hex)
 //! PREFIX/volumes/NAME/lease         the writer's lease (lease.rs)
+//! PREFIX/volumes/NAME/readers/GEN-WRITER-SESSION  a read-only mount's hold on a generation
+//!                                   (readers.rs)
 //! PREFIX/packs/VOLID/ID-HASH        pack ID (16 hex) of volume VOLID, HASH = its blake3
 //!                                   (first 16 bytes, hex): immutable, content-named; other
 //!                                   volumes under the prefix may name it (shared dedup)
@@ -165,6 +167,10 @@ impl Keys {
     }
     pub fn lease(&self) -> String {
         format!("volumes/{}/lease", self.volume)
+    }
+    /// Where read-only mounts hold the generations they serve (readers.rs).
+    pub fn readers(&self) -> String {
+        format!("volumes/{}/readers", self.volume)
     }
     pub fn pack(&self, id: u64, hash: &[u8; 16]) -> String {
         format!("packs/{}/{id:016x}-{}", self.volume_id, hex(hash))

@@ -17,6 +17,10 @@
 //! No clock is involved: a volume that newly names a listed pack either did so before it
 //! installed the mark (then its acknowledging head names the pack, and the sweep keeps it) or
 //! never does.
+//!
+//! Read-only mounts serve a generation that may be older than the head: what the generation
+//! of each live reader hold (`readers.rs`) names counts as named too. Holds are the one place
+//! a clock decides: a hold not renewed within its ttl, by the store's clock, holds nothing.
 
 use super::config::{
     self, GC_MARKS, GC_SWEPT, Keys, gc_mark_key, gc_swept_key, parse_epoch, parse_pack_key,
@@ -41,11 +45,28 @@ pub struct VolumeHead {
     pub packs_named: u64,
 }
 
+/// A read-only mount's hold on a generation (`readers.rs`), as the collector judged it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReaderHoldSeen {
+    pub volume: String,
+    pub key: String,
+    pub generation: u64,
+    /// Host, pid and store of the mount.
+    pub holder: String,
+    /// Since its last renewal, by the store's clock.
+    pub age_secs: u64,
+    /// Renewed within its ttl: what its generation names is kept. An expired hold keeps
+    /// nothing.
+    pub live: bool,
+    pub packs_named: u64,
+}
+
 /// What one `gc-bucket` run did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BucketGcReport {
     pub dry_run: bool,
     pub volumes: Vec<VolumeHead>,
+    pub readers: Vec<ReaderHoldSeen>,
     pub pack_objects: u64,
     pub pack_bytes: u64,
     /// The mark swept in this run, and what its sweep deleted and kept.
@@ -79,8 +100,10 @@ type Named = HashSet<(u64, u64)>;
 fn heads(
     client: &RemoteStore,
     volume_keys: &[crate::crypto::Key],
-) -> Result<(Vec<VolumeHead>, Named)> {
+    now: std::time::SystemTime,
+) -> Result<(Vec<VolumeHead>, Vec<ReaderHoldSeen>, Named)> {
     let mut out = Vec::new();
+    let mut readers = Vec::new();
     let mut named = HashSet::new();
     let volumes = super::attach::list_volumes(client)?;
     // A volume whose identity object is gone still names packs (its own by its id): refuse
@@ -150,6 +173,39 @@ fn heads(
             let o = p.origin.unwrap_or(Origin { volume, pack: p.id });
             named.insert((o.volume, o.pack));
         }
+        // What read-only mounts of older generations still read.
+        for hold in super::readers::holds(client, &keys, now)? {
+            let mut seen = ReaderHoldSeen {
+                volume: name.clone(),
+                key: hold.key.clone(),
+                generation: hold.generation,
+                holder: hold.seen.holder.to_string(),
+                age_secs: hold.seen.age.as_secs(),
+                live: hold.seen.live,
+                packs_named: 0,
+            };
+            if hold.seen.live {
+                let key = keys.gen_key(hold.generation, hold.writer);
+                let held = client
+                    .get(&key)
+                    .map_err(FsError::from)
+                    .and_then(|raw| generation::decode_for(&raw, volume_key))
+                    .map_err(|e| {
+                        FsError::Refused(format!(
+                            "volume {name}: the read-only mount of {} holds generation {key},                              which cannot be read ({e}); gc cannot tell what that mount reads.                              If the mount is gone, delete {} (or wait {} s for it to expire)",
+                            hold.seen.holder,
+                            hold.key,
+                            (hold.seen.ttl.saturating_sub(hold.seen.age)).as_secs() + 1
+                        ))
+                    })?;
+                for p in &held.packs {
+                    let o = p.origin.unwrap_or(Origin { volume, pack: p.id });
+                    named.insert((o.volume, o.pack));
+                }
+                seen.packs_named = held.packs.len() as u64;
+            }
+            readers.push(seen);
+        }
         out.push(VolumeHead {
             volume: name,
             generation: *g,
@@ -157,7 +213,7 @@ fn heads(
             packs_named: head.packs.len() as u64,
         });
     }
-    Ok((out, named))
+    Ok((out, readers, named))
 }
 
 /// The lease of a `gc-bucket` run (one run at a time: two would number their marks alike).
@@ -233,7 +289,13 @@ fn run(
         .filter_map(|o| parse_epoch(&o.key))
         .collect();
     let waiting = marks.iter().copied().filter(|e| !swept.contains(e)).max();
-    let (volumes, named) = heads(client, keys)?;
+    // The store's clock, to judge reader holds by (an empty probe object, deleted at once).
+    let probe = format!("gc/clock/{}", super::lease::new_session_id());
+    let now = super::lease::store_now(client, &probe).map_err(|e| match e {
+        super::lease::LeaseError::Remote(e) => FsError::from(e),
+        e => FsError::Refused(e.to_string()),
+    })?;
+    let (volumes, readers, named) = heads(client, keys, now)?;
     // Never a number a volume already acknowledged (marks deleted by hand would otherwise be
     // numbered again, and taken as installed).
     let last_epoch = marks
@@ -244,6 +306,7 @@ fn run(
         .max()
         .unwrap_or(0);
     report.volumes = volumes.clone();
+    report.readers = readers;
 
     if let Some(epoch) = waiting {
         let raw = client.get(&gc_mark_key(epoch))?;

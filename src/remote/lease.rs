@@ -711,12 +711,50 @@ fn store_age(
     session: &str,
     last_modified: SystemTime,
 ) -> Result<Duration, LeaseError> {
-    let probe = format!("{key}.clock/{session}");
-    remote.put(&probe, Vec::new())?;
-    let now = remote.head(&probe)?.last_modified;
-    if let Err(e) = remote.delete(&probe) {
+    let now = store_now(remote, &format!("{key}.clock/{session}"))?;
+    Ok(now.duration_since(last_modified).unwrap_or_default())
+}
+
+/// The store's clock now: the Last-Modified of the empty object `probe`, written, read and
+/// deleted.
+pub fn store_now(remote: &RemoteStore, probe: &str) -> Result<SystemTime, LeaseError> {
+    remote.put(probe, Vec::new())?;
+    let now = remote.head(probe)?.last_modified;
+    if let Err(e) = remote.delete(probe) {
         // A leftover probe is a few bytes, overwritten by this session's next probe.
         tracing::warn!(probe, "cannot delete the clock probe: {e}");
     }
-    Ok(now.duration_since(last_modified).unwrap_or_default())
+    Ok(now)
+}
+
+/// A lease as someone who does not hold it sees it (`inspect`).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub holder: Holder,
+    /// Since its last renewal, by the store's clock.
+    pub age: Duration,
+    /// What its holder promised to renew within.
+    pub ttl: Duration,
+    /// Not expired: `age` is at most `ttl` plus [`CLOCK_GRANULARITY`] (as `acquire` judges).
+    pub live: bool,
+}
+
+/// The lease at `key` judged at `now` (the store's clock, [`store_now`]), or None when there
+/// is none.
+pub fn inspect(
+    remote: &RemoteStore,
+    key: &str,
+    now: SystemTime,
+) -> Result<Option<Seen>, LeaseError> {
+    Ok(read(remote, key)?.map(|cur| {
+        let age = now
+            .duration_since(cur.info.last_modified)
+            .unwrap_or_default();
+        Seen {
+            live: age <= cur.ttl + CLOCK_GRANULARITY,
+            holder: cur.holder,
+            age,
+            ttl: cur.ttl,
+        }
+    }))
 }

@@ -7,6 +7,7 @@
 //! - [`range_cache`]: cached byte ranges of evicted packs.
 //! - [`packs`]: the uploaded-pack table and reads of evicted packs (the pack store's source).
 //! - [`gc`]: `dedupfs gc-bucket`: deleting packs no volume names (mark, acknowledge, sweep).
+//! - [`readers`]: read-only mounts hold the generation they serve against gc.
 //! - [`shared`]: chunks of the other volumes under the prefix (shared dedup), gc marks.
 //! - [`sync`]: a mounted volume's uploads, evictions and publications (fencing).
 //! - [`attach`]: `init --remote` and `attach`.
@@ -18,5 +19,6 @@ pub mod generation;
 pub mod lease;
 pub mod packs;
 pub mod range_cache;
+pub mod readers;
 pub mod shared;
 pub mod sync;
