@@ -473,3 +473,31 @@ fn reads_through_an_open_group_keep_a_bounded_cache() {
     assert_eq!(r.inode(entries[0].ino).unwrap().unwrap().size, 1);
     assert_eq!(r.counter(C_LOGICAL).unwrap(), N);
 }
+
+/// A write of cached rows that fails part-way (a read-triggered flush, e.g. before a listing)
+/// has marked rows written that the tables may lack: the transaction must not commit, or the
+/// database would silently miss them. (No fault hook reaches redb's insert failing, so the
+/// failure is handed to the flush's result check directly.)
+#[test]
+fn a_transaction_whose_cached_rows_failed_to_reach_their_tables_never_commits() {
+    let d = tempfile::tempdir().unwrap();
+    let db = MetaDb::create(&d.path().join("m.redb"), ChunkParams::default(), 0, 0).unwrap();
+    let mut tx = db.begin_write().unwrap();
+    let ino = tx.alloc_ino().unwrap();
+    tx.create_inode(ino, &Attr::new(Kind::File, 0o644, 0, 0))
+        .unwrap();
+    tx.put_dirent(ROOT_INO, b"f", ino, Kind::File).unwrap();
+    tx.flushed(Err(FsError::Db("injected: insert failed".into())))
+        .unwrap_err();
+    assert!(
+        tx.commit(false).is_err(),
+        "a transaction with a failed flush committed"
+    );
+    let r = db.begin_read().unwrap();
+    assert_eq!(r.inode(ino).unwrap(), None);
+    assert_eq!(r.lookup(ROOT_INO, b"f").unwrap(), None);
+    // The next transaction works.
+    let mut tx = db.begin_write().unwrap();
+    tx.put_dirent(ROOT_INO, b"g", ino, Kind::File).unwrap();
+    tx.commit(false).unwrap();
+}

@@ -730,6 +730,9 @@ pub struct WTx {
     counters: BTreeMap<String, u64>,
     /// `meta` values set by this transaction, written at commit.
     meta_writes: BTreeMap<String, Vec<u8>>,
+    /// A write of cached rows to their tables failed part-way: rows it marked written may be
+    /// missing from the tables, so the transaction must never commit ([`WTx::commit`]).
+    broken: Cell<bool>,
 }
 
 /// What a directory entry names: the inode and its kind.
@@ -775,7 +778,17 @@ impl WTx {
             no_xattrs: HashSet::new(),
             counters: BTreeMap::new(),
             meta_writes: BTreeMap::new(),
+            broken: Cell::new(false),
         }
+    }
+
+    /// Passes on the result of writing cached rows to their tables; a failure breaks the
+    /// transaction (see `broken`).
+    fn flushed(&self, r: Result<()>) -> Result<()> {
+        if r.is_err() {
+            self.broken.set(true);
+        }
+        r
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -893,6 +906,10 @@ impl WTx {
 
     /// Writes the directory entries changed since the last flush to the table, in key order.
     fn flush_dirents(&self) -> Result<()> {
+        self.flushed(self.write_dirents())
+    }
+
+    fn write_dirents(&self) -> Result<()> {
         let mut cache = self.dirents.borrow_mut();
         let mut dirty: Vec<(Ino, &[u8], Option<Dirent>)> = Vec::new();
         for (&parent, dir) in cache.iter_mut() {
@@ -990,6 +1007,10 @@ impl WTx {
 
     /// Writes the `allocated` rows changed since the last flush to the table.
     fn flush_allocated(&self) -> Result<()> {
+        self.flushed(self.write_allocated())
+    }
+
+    fn write_allocated(&self) -> Result<()> {
         let mut cache = self.allocated.borrow_mut();
         let mut dirty: Vec<(Ino, u64)> = cache
             .iter_mut()
@@ -1027,6 +1048,10 @@ impl WTx {
 
     /// Writes the inode records changed since the last flush to the table, in inode order.
     fn flush_inodes(&self) -> Result<()> {
+        self.flushed(self.write_inodes())
+    }
+
+    fn write_inodes(&self) -> Result<()> {
         let mut cache = self.inodes.borrow_mut();
         let mut dirty: Vec<(Ino, Attr)> = cache
             .iter_mut()
@@ -1072,6 +1097,11 @@ impl WTx {
     /// durable commit. The caller must have synced the chunk store before a durable commit.
     pub fn commit(mut self, durable: bool) -> Result<()> {
         self.flush()?;
+        if self.broken.get() {
+            return Err(FsError::Db(
+                "a write of cached rows failed earlier in this transaction: not committed".into(),
+            ));
+        }
         self.tx.set_durability(if durable {
             Durability::Immediate
         } else {
