@@ -183,7 +183,13 @@ impl Fs {
             return Err(FsError::Stale);
         }
         st.since_durable = true;
-        self.make_durable(st)
+        self.make_durable(st)?;
+        // The lock was released inside (pre-sync, waits): a failed commit of another caller
+        // may have dropped the file's creation meanwhile.
+        if st.open.get(&ino).is_some_and(|o| o.gone_at.is_some()) || st.stale.contains_key(&ino) {
+            return Err(FsError::Stale);
+        }
+        Ok(())
     }
 
     /// Write-back that, on a full backing store, first reclaims what deleted files still

@@ -308,8 +308,8 @@ struct State {
     /// Inodes this mount handed out whose creation a failed commit dropped, found while a
     /// handle still named them (`discard_gone`): their handles get ESTALE. Never reused in
     /// this mount (`ino_floor`), and few (one per file open across a failed commit). The flag
-    /// says whether the loss was reported to the file already (by an fsync, or a close): a
-    /// close reports it only if not, as Linux reports a write-back error once per file.
+    /// says whether an fsync of the file reported the loss, with nothing written since: its
+    /// closes then need not report it again (otherwise each does).
     stale: HashMap<Ino, bool>,
     /// The database generation (`MetaDb::generation`) the open inodes' attributes agree with;
     /// `None` after a failed commit whose reset could not read the database yet.
@@ -1408,9 +1408,10 @@ impl Fs {
     /// (`release`, which the closer does not wait for), so close returns at once and the
     /// file is chunked once, whole, instead of once at each close.
     ///
-    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, unless
-    /// an fsync (or another close) reported the loss already: its data written through the
-    /// handle is lost, as in a crash, and writes since then were refused (ESTALE).
+    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, at
+    /// every close, unless an fsync of it reported the loss and nothing was written to it
+    /// since: its data written through the handle is lost, as in a crash. (Per file, not per
+    /// open file description: an fsync through another descriptor counts too.)
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
@@ -1422,11 +1423,8 @@ impl Fs {
             self.wait_idle(&mut st, ino);
             self.discard_gone(&mut st, ino);
         }
-        match st.stale.get_mut(&ino) {
-            Some(reported) if !*reported => {
-                *reported = true;
-                Err(FsError::Stale)
-            }
+        match st.stale.get(&ino) {
+            Some(false) => Err(FsError::Stale),
             _ => Ok(()),
         }
     }
