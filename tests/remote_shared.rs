@@ -361,10 +361,20 @@ fn a_read_only_mount_keeps_the_packs_of_its_generation_from_bucket_gc() {
         "old's packs were not swept: {r4}"
     );
     let text = ok(
+        dedupfs(&env, &["gc-bucket", &url_of(&g, "readers")]),
+        "gc-bucket",
+    );
+    assert!(text.contains("expired"), "{text}");
+    // A dry run writes nothing, not even a clock probe: it counts every hold as live.
+    let text = ok(
         dedupfs(&env, &["gc-bucket", &url_of(&g, "readers"), "--dry-run"]),
         "gc-bucket --dry-run",
     );
-    assert!(text.contains("expired"), "{text}");
+    assert!(text.contains("holds generation"), "{text}");
+    assert!(
+        client(&g, "readers").list("gc/clock").unwrap().is_empty(),
+        "a clock probe was left behind"
+    );
     assert_bytes_eq("a's new file", &read_all(&va.path("new")), &new);
     va.unmount();
 }

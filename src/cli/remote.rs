@@ -346,33 +346,45 @@ impl ReadHolder {
                     return None;
                 }
             };
-            loop {
-                let taken = remote.client().and_then(|c| {
-                    ReaderHold::take(c, remote.keys(), state.generation, state.writer, &dir)
-                });
-                match taken {
-                    Ok(h) => {
-                        while !flag.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(100));
+            let mut held: Option<ReaderHold> = None;
+            let lost = Arc::new(AtomicBool::new(false));
+            let mut next_try = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                if lost.swap(false, Ordering::SeqCst)
+                    && let Some(old) = held.take()
+                {
+                    // Lapsed: its object is left to expire; a new hold replaces it.
+                    drop(old);
+                }
+                if held.is_none() && Instant::now() >= next_try {
+                    let taken = remote.client().and_then(|c| {
+                        ReaderHold::take(
+                            c,
+                            remote.keys(),
+                            state.generation,
+                            state.writer,
+                            &dir,
+                            &flag,
+                            lost.clone(),
+                        )
+                    });
+                    match taken {
+                        Ok(h) => held = Some(h),
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot hold generation {} against bucket gc ({e}): until it is \
+                                 held, a gc-bucket run may delete packs this read-only mount \
+                                 reads (they would read as EIO); trying again in {} s",
+                                state.generation,
+                                HOLD_RETRY.as_secs()
+                            );
+                            next_try = Instant::now() + HOLD_RETRY;
                         }
-                        return Some(h);
                     }
-                    Err(e) => tracing::warn!(
-                        "cannot hold generation {} against bucket gc ({e}): until it is held, \
-                         a gc-bucket run may delete packs this read-only mount reads (they \
-                         would read as EIO); trying again in {} s",
-                        state.generation,
-                        HOLD_RETRY.as_secs()
-                    ),
                 }
-                let retry = Instant::now() + HOLD_RETRY;
-                while Instant::now() < retry {
-                    if flag.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                std::thread::sleep(Duration::from_millis(100));
             }
+            held
         });
         ReadHolder {
             stop,

@@ -196,7 +196,7 @@ pub fn attach(
         (Some(id), Some(k)) => k.check_id(id, "the key file given")?,
         (Some(id), None) => {
             return Err(FsError::Refused(format!(
-                "volume {:?} is encrypted (key id {id}): attach needs its key,                  --encrypt KEYFILE",
+                "volume {:?} is encrypted (key id {id}): attach needs its key, --encrypt KEYFILE",
                 config.volume
             )));
         }

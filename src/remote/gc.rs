@@ -186,18 +186,25 @@ fn heads(
             };
             if hold.seen.live {
                 let key = keys.gen_key(hold.generation, hold.writer);
-                let held = client
-                    .get(&key)
-                    .map_err(FsError::from)
-                    .and_then(|raw| generation::decode_for(&raw, volume_key))
-                    .map_err(|e| {
-                        FsError::Refused(format!(
-                            "volume {name}: the read-only mount of {} holds generation {key},                              which cannot be read ({e}); gc cannot tell what that mount reads.                              If the mount is gone, delete {} (or wait {} s for it to expire)",
-                            hold.seen.holder,
-                            hold.key,
-                            (hold.seen.ttl.saturating_sub(hold.seen.age)).as_secs() + 1
-                        ))
-                    })?;
+                let unreadable = |e: &dyn std::fmt::Display| {
+                    FsError::Refused(format!(
+                        "volume {name}: the read-only mount of {} holds generation {key}, which \
+                         cannot be read ({e}); gc cannot tell what that mount reads. If the \
+                         mount is gone, delete {} (or wait {} s for it to expire)",
+                        hold.seen.holder,
+                        hold.key,
+                        (hold.seen.ttl.saturating_sub(hold.seen.age)).as_secs() + 1
+                    ))
+                };
+                let raw = match client.get(&key) {
+                    Ok(raw) => raw,
+                    Err(e @ crate::error::RemoteError::NotFound { .. }) => {
+                        return Err(unreadable(&e));
+                    }
+                    // Transient (the store): the run fails as for any other read.
+                    Err(e) => return Err(e.into()),
+                };
+                let held = generation::decode_for(&raw, volume_key).map_err(|e| unreadable(&e))?;
                 for p in &held.packs {
                     let o = p.origin.unwrap_or(Origin { volume, pack: p.id });
                     named.insert((o.volume, o.pack));
@@ -289,13 +296,18 @@ fn run(
         .filter_map(|o| parse_epoch(&o.key))
         .collect();
     let waiting = marks.iter().copied().filter(|e| !swept.contains(e)).max();
-    // The store's clock, to judge reader holds by (an empty probe object, deleted at once).
-    let probe = format!("gc/clock/{}", super::lease::new_session_id());
-    let now = super::lease::store_now(client, &probe).map_err(|e| match e {
-        super::lease::LeaseError::Remote(e) => FsError::from(e),
-        e => FsError::Refused(e.to_string()),
-    })?;
-    let (volumes, readers, named) = heads(client, keys, now)?;
+    // The store's clock, to judge reader holds by (an empty probe object, deleted at once). A
+    // dry run writes nothing: every hold counts as live (judged at the epoch).
+    let now = if dry_run {
+        std::time::UNIX_EPOCH
+    } else {
+        let probe = format!("gc/clock/{}", super::lease::new_session_id());
+        super::lease::store_now(client, &probe).map_err(|e| match e {
+            super::lease::LeaseError::Remote(e) => FsError::from(e),
+            e => FsError::Refused(e.to_string()),
+        })?
+    };
+    let (volumes, readers, mut named) = heads(client, keys, now)?;
     // Never a number a volume already acknowledged (marks deleted by hand would otherwise be
     // numbered again, and taken as installed).
     let last_epoch = marks
@@ -335,6 +347,10 @@ fn run(
             report.waiting_for = behind;
             return Ok(report);
         }
+        // Read again right before deleting: a read-only mount that came up since the start
+        // of this run holds its generation now (`readers.rs`). Heads only move forward and
+        // holds judged at the older `now` look younger: the union keeps more, never less.
+        named.extend(heads(client, keys, now)?.2);
         // Sizes for the report.
         let sizes: HashMap<String, u64> = client
             .list("packs")?

@@ -207,10 +207,10 @@ pub fn decode_for(b: &[u8], key: Option<&crate::crypto::Key>) -> Result<Generati
         (None, None) => decode(b),
         (Some(k), Some(_)) => decode(&k.open_generation(b)?),
         (None, Some(id)) => Err(FsError::Refused(format!(
-            "the volume is encrypted (key id {id}): its metadata opens only with its key              (--encrypt KEYFILE)"
+            "the volume is encrypted (key id {id}): its metadata opens only with its key (--encrypt KEYFILE)"
         ))),
         (Some(_), None) => Err(bad(
-            "not encrypted, but the volume is (refused: an unencrypted object in an encrypted              volume is not its own)",
+            "not encrypted, but the volume is (refused: an unencrypted object in an encrypted volume is not its own)",
         )),
     }
 }

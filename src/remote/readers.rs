@@ -18,10 +18,18 @@
 //! gc-bucket reports it as expired, and the reader may then get EIO (never other bytes) for
 //! packs a later sweep deletes.
 //!
-//! The race: a gc run lists the holds once, at its start; a hold created after that is not
-//! seen by that run. Only one run goes at a time, under `gc/lease`, so the mount, after
-//! creating its hold, waits while that lease is live (up to [`GC_WAIT`], then it warns and
-//! goes on): every run that starts later sees the hold.
+//! The race: a gc run reads the holds at its start, and again right before its sweep deletes
+//! anything; a hold created after that second reading is not seen by that run. Only one run
+//! goes at a time, under `gc/lease`: the thread that took the hold then waits while that lease
+//! is live (up to [`GC_WAIT`], then it warns), and logs when it is held. The mount does not
+//! wait for any of this (an unreachable store must not delay it): what it reads before its
+//! hold is in place is exposed to a sweep running at that moment. A hold that lapses (not
+//! renewed for its ttl less a renewal interval) is replaced by a new one.
+//!
+//! Not covered: a read-only mount of a store whose local metadata is newer than its last
+//! publication (a writer fenced by another, mounted `-o ro`): what it wrote after that
+//! generation is named by no generation, and a sweep the new writer acknowledged may delete
+//! it. Attach a new store to read the volume as published.
 
 use super::config::Keys;
 use super::gc::GC_LEASE;
@@ -30,6 +38,7 @@ use crate::error::{FsError, Result};
 use crate::store::remote::RemoteStore;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a hold lives without renewal, by the store's clock (a reader's store may be
@@ -56,13 +65,19 @@ pub fn hold_key(keys: &Keys, generation: u64, writer: u64, session: &str) -> Str
     )
 }
 
-/// `(generation, writer, session)` of a hold key's last component.
+/// `(generation, writer, session)` of a hold key's last component: 16, 16 and 32 hex digits.
 fn parse_hold(name: &str) -> Option<(u64, u64, &str)> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let mut parts = name.splitn(3, '-');
-    let g = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let w = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let s = parts.next()?;
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some((g, w, s))
+    let (g, w, s) = (parts.next()?, parts.next()?, parts.next()?);
+    if !(hex(g, 16) && hex(w, 16) && hex(s, 32)) {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(g, 16).ok()?,
+        u64::from_str_radix(w, 16).ok()?,
+        s,
+    ))
 }
 
 /// A hold as gc sees it.
@@ -123,13 +138,17 @@ pub struct ReaderHold {
 
 impl ReaderHold {
     /// Takes a hold on generation `generation` by `writer` for a mount of `store_dir`, then
-    /// waits while a gc run is in progress (see the module doc).
+    /// waits while a gc run is in progress (see the module doc; until `stop` is set, and a
+    /// failure to judge that only warns). `lost` is set if the hold lapses later (the renewer
+    /// gave up): the caller takes a new one.
     pub fn take(
         client: Arc<RemoteStore>,
         keys: &Keys,
         generation: u64,
         writer: u64,
         store_dir: &Path,
+        stop: &AtomicBool,
+        lost: Arc<AtomicBool>,
     ) -> Result<ReaderHold> {
         let session = lease::new_session_id();
         let key = hold_key(keys, generation, writer, &session);
@@ -146,10 +165,15 @@ impl ReaderHold {
         let lease = Arc::new(acquired.lease);
         let probe = format!("{}.clock/{session}", keys.readers());
         let start = Instant::now();
-        loop {
-            let now = lease::store_now(&client, &probe).map_err(lease_error)?;
-            match lease::inspect(&client, GC_LEASE, now).map_err(lease_error)? {
-                Some(run) if run.live => {
+        while !stop.load(Ordering::Relaxed) {
+            let run = lease::store_now(&client, &probe)
+                .and_then(|now| lease::inspect(&client, GC_LEASE, now));
+            match run {
+                Err(e) => {
+                    tracing::warn!("cannot tell whether a gc-bucket run is in progress: {e}");
+                    break;
+                }
+                Ok(Some(run)) if run.live => {
                     if start.elapsed() >= GC_WAIT {
                         tracing::warn!(
                             "a gc-bucket run ({}) is still in progress after {} s: it may \
@@ -171,10 +195,11 @@ impl ReaderHold {
             cfg,
             Box::new(move |e| {
                 tracing::warn!(
-                    "the reader hold {key_for_log} lapsed ({e}): gc-bucket may delete packs \
-                     this read-only mount reads (they would read as EIO); remount to hold them \
-                     again"
-                )
+                    "the reader hold {key_for_log} lapsed ({e}): until a new one is taken, \
+                     gc-bucket may delete packs this read-only mount reads (they would read \
+                     as EIO)"
+                );
+                lost.store(true, Ordering::SeqCst);
             }),
         );
         tracing::info!(key, "holding generation {generation} against bucket gc");
@@ -201,13 +226,6 @@ impl ReaderHold {
     }
 }
 
-fn lease_error(e: LeaseError) -> FsError {
-    match e {
-        LeaseError::Remote(e) => e.into(),
-        e => FsError::Refused(e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +247,13 @@ mod tests {
         assert_eq!(parse_hold("1f-ab-"), None);
         assert_eq!(parse_hold("zz-ab-00"), None);
         assert_eq!(parse_hold("1f-ab-00.clock"), None);
+        assert_eq!(
+            parse_hold("+00000000000001f-00000000000000ab-0123456789abcdef0123456789abcdef"),
+            None
+        );
+        assert_eq!(
+            parse_hold("000000000000001f-00000000000000ab-0123456789abcdef0123456789abcdef.clock"),
+            None
+        );
     }
 }
