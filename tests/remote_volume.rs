@@ -722,3 +722,110 @@ fn puts_whose_replies_are_lost_are_retried_and_publish_once() {
         "a pack number uploaded under two names: {packs:?}"
     );
 }
+
+/// Remote volumes compact too (`dedupfs gc`, mounted): the live records of mostly-dead packs
+/// move to new packs, which are uploaded and named by the next generation; the old pack
+/// objects, named by no head any more, go with the bucket gc, so deleted data stops costing
+/// bucket space. Evicted packs are fetched from the bucket for it. Nothing live is lost: the
+/// volume, a fresh attach and fsck --verify-data agree.
+#[test]
+fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
+    use std::io::Write;
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "compact", &["--volume", "a", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    // Two files written in alternating fsynced pieces: every pack holds records of both, two
+    // thirds of them of the file deleted below.
+    const PIECE: usize = 128 << 10;
+    let keep = random_bytes(71, 48 * PIECE);
+    let gone = random_bytes(72, 96 * PIECE);
+    {
+        let mut k = fs::File::create(va.path("keep")).unwrap();
+        let mut d = fs::File::create(va.path("gone")).unwrap();
+        for (pk, pd) in keep.chunks(PIECE).zip(gone.chunks(2 * PIECE)) {
+            k.write_all(pk).unwrap();
+            k.sync_all().unwrap();
+            d.write_all(pd).unwrap();
+            d.sync_all().unwrap();
+        }
+    }
+    va.unmount();
+    // Every pack is uploaded now: evict every other one by hand (as the cache budget would).
+    let mut packs: Vec<_> = fs::read_dir(a.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    packs.sort();
+    assert!(packs.len() >= 12, "{} packs", packs.len());
+    for p in packs.iter().step_by(2) {
+        fs::remove_file(p).unwrap();
+    }
+    va.remount();
+    fs::remove_file(va.path("gone")).unwrap();
+    ok(sync(&env, &va.mnt), "sync (gone deleted)");
+    let before = own_pack_bytes(&g, "compact", &a);
+    assert!(
+        before >= 3 * keep.len() as u64,
+        "{before} bytes of packs in the bucket"
+    );
+
+    let out = ok(
+        dedupfs(&env, &["gc", a.to_str().unwrap(), "--json"]),
+        "dedupfs gc",
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).expect("gc json");
+    let compacted = r["compaction"]["packs_compacted"].as_u64().unwrap_or(0);
+    // Every pack holds dead records, the evicted ones included.
+    assert!(
+        compacted as usize + 1 >= packs.len(),
+        "only {compacted} of {} packs compacted: {r}",
+        packs.len()
+    );
+    assert_bytes_eq("keep after compaction", &read_all(&va.path("keep")), &keep);
+    ok(sync(&env, &va.mnt), "sync (compacted packs uploaded)");
+
+    // The old pack objects: named by no head now, marked, acknowledged, swept.
+    let url = url_of(&g, "compact");
+    let run = |what: &str| -> serde_json::Value {
+        let out = ok(dedupfs(&env, &["gc-bucket", &url, "--json"]), what);
+        serde_json::from_str(&out).expect("gc-bucket json")
+    };
+    let r1 = run("gc-bucket (mark)");
+    assert!(
+        r1["marked_bytes"].as_u64().unwrap_or(0) >= before - keep.len() as u64 * 3 / 2,
+        "the compacted packs were not marked: {r1}"
+    );
+    ok(sync(&env, &va.mnt), "sync (acknowledges)");
+    let r2 = run("gc-bucket (sweep)");
+    assert!(r2["deleted_packs"].as_u64().unwrap_or(0) > 0, "{r2}");
+    let after = own_pack_bytes(&g, "compact", &a);
+    assert!(
+        after <= keep.len() as u64 * 13 / 10,
+        "the bucket still holds {after} bytes of packs for {} live bytes ({before} before)",
+        keep.len()
+    );
+
+    assert_bytes_eq("keep after the sweep", &read_all(&va.path("keep")), &keep);
+    assert!(!va.path("gone").exists());
+    va.unmount();
+    ok(
+        dedupfs(&env, &["fsck", a.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of the compacted store",
+    );
+    let b = dirs.path("b");
+    attach(&g, &b, "compact", &["--volume", "a"]);
+    ok(
+        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of a fresh attach",
+    );
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq(
+        "keep from a fresh attach",
+        &read_all(&vb.path("keep")),
+        &keep,
+    );
+}

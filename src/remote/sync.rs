@@ -520,21 +520,6 @@ impl RemoteVolume {
                 ..PublishReport::default()
             });
         }
-        // The snapshot files present at the durable point hold their chunks in that index;
-        // opened there, so a delete afterwards cannot take their bytes away.
-        let (meta_tx, (index_tx, snapshot_files, epoch)) = fs.durable_snapshot_with(|| {
-            Ok((
-                self.packs.index().begin_read()?,
-                open_snapshot_files(&self.dir)?,
-                // The epoch of this durable point: unchanged at the next publication if
-                // nothing was written meanwhile.
-                fs.durable_epoch(),
-            ))
-        })?;
-        // Packs a writer opened since the seal above hold records the snapshot may name:
-        // sealed now, so that they can be uploaded whole.
-        self.packs.seal_open_packs();
-        self.packs.sync()?;
         let work = state_dir(&self.dir)?;
         let meta_tmp = work.join(".gen-meta.redb");
         let index_tmp = work.join(".gen-index.redb");
@@ -542,10 +527,54 @@ impl RemoteVolume {
             let _ = std::fs::remove_file(p);
         }
         let result = (|| {
+            let mut attempts = 0;
+            let (meta_tx, named, snapshot_files, epoch) = loop {
+                // The snapshot files present at the durable point hold their chunks in that
+                // index; opened there, so a delete afterwards cannot take their bytes away.
+                let (meta_tx, (index_tx, snapshot_files, epoch)) =
+                    fs.durable_snapshot_with(|| {
+                        Ok((
+                            self.packs.index().begin_read()?,
+                            open_snapshot_files(&self.dir)?,
+                            // The epoch of this durable point: unchanged at the next
+                            // publication if nothing was written meanwhile.
+                            fs.durable_epoch(),
+                        ))
+                    })?;
+                // Packs a writer opened since the seal above hold records the snapshot may
+                // name: sealed now, so that they can be uploaded whole.
+                self.packs.seal_open_packs();
+                self.packs.sync()?;
+                let _ = std::fs::remove_file(&index_tmp);
+                let named = PackIndex::copy_snapshot(&index_tx, &index_tmp)?;
+                drop(index_tx);
+                // A pack still open now is one compaction writes (`dedupfs gc`): it cannot be
+                // uploaded whole yet. Wait for that compaction to end and take the snapshot
+                // again (the lock is taken with no other held: gc holds the filesystem's).
+                let states: std::collections::HashMap<u64, PackState> = self
+                    .packs
+                    .index()
+                    .packs()?
+                    .into_iter()
+                    .map(|(id, r)| (id, r.state))
+                    .collect();
+                let compacting = named
+                    .iter()
+                    .any(|(id, r)| r.live_records > 0 && states.get(id) == Some(&PackState::Open));
+                if !compacting {
+                    break (meta_tx, named, snapshot_files, epoch);
+                }
+                attempts += 1;
+                if attempts > 20 {
+                    return Err(FsError::Refused(
+                        "a compaction (dedupfs gc) keeps writing packs: publish again later".into(),
+                    ));
+                }
+                drop((meta_tx, snapshot_files));
+                drop(self.packs.compaction_lock());
+            };
             MetaDb::copy_to(&meta_tx, &meta_tmp)?;
             drop(meta_tx);
-            let named = PackIndex::copy_snapshot(&index_tx, &index_tmp)?;
-            drop(index_tx);
             let (packs_uploaded, bytes_uploaded) = self.upload_pending()?;
             let mut refs = Vec::with_capacity(named.len());
             // Packs no chunk lives in are not named: `gc-bucket` may delete them.
@@ -605,19 +634,20 @@ impl RemoteVolume {
                 self.fence(fs, why.clone());
                 return Err(FsError::Refused(why));
             }
-            Ok(PublishReport {
+            let report = PublishReport {
                 generation: header.generation,
                 unchanged: false,
                 packs_uploaded,
                 bytes_uploaded,
                 metadata_bytes,
                 elapsed_ms: 0,
-            })
+            };
+            Ok((report, epoch))
         })();
         for p in [&meta_tmp, &index_tmp] {
             let _ = std::fs::remove_file(p);
         }
-        let mut report = result?;
+        let (mut report, epoch) = result?;
         state.generation = report.generation;
         state.writer = self.remote.config().writer;
         state.published_unix = now_unix();

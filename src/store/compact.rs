@@ -18,7 +18,7 @@ use super::pack::{
     scan,
 };
 use super::pack_index::{IndexOp, Loc, PackRow, PackState};
-use super::pack_store::PackStore;
+use super::pack_store::{FOREIGN_PACK_BASE, PackStore};
 use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
 use serde::{Deserialize, Serialize};
@@ -78,12 +78,7 @@ pub fn compact_at_most(
 ) -> Result<CompactReport> {
     let _one = store.compaction_lock();
     let mut report = CompactReport::default();
-    if store.source().is_some() {
-        report
-            .skipped
-            .push("all packs: this is a remote volume, whose packs are not compacted yet".into());
-        return Ok(report);
-    }
+    let remote = store.source().is_some();
     if !dry_run {
         // Everything put so far goes into the index, durably.
         if seal_open {
@@ -91,15 +86,29 @@ pub fn compact_at_most(
         }
         store.sync()?;
     }
+    let mut not_uploaded = 0;
     let mut candidates: Vec<(u64, PackRow)> = store
         .sealed_packs()?
         .into_iter()
+        // A remote volume compacts its own packs once uploaded (docs/design.md, "Remote
+        // compaction"); other volumes' packs it names are theirs.
+        .filter(|(id, _)| !remote || *id < FOREIGN_PACK_BASE)
         .inspect(|_| report.packs_examined += 1)
         .filter(|(_, row)| {
             row.live_records == 0
                 || row.dead_bytes() as f64 >= min_dead * row.len as f64 && row.dead_bytes() > 0
         })
+        .filter(|(id, _)| {
+            let wait = remote && !store.is_remote(*id);
+            not_uploaded += usize::from(wait);
+            !wait
+        })
         .collect();
+    if not_uploaded > 0 {
+        report.skipped.push(format!(
+            "{not_uploaded} packs: not uploaded yet (compacted once they are in the bucket)"
+        ));
+    }
     // Packs with nothing live first (deleting them needs no space), then the deadest: on a
     // nearly full disk the space freed early pays for the copies made later.
     candidates.sort_by(|a, b| {
@@ -224,6 +233,11 @@ fn compact_one(
     if row.live_records > 0 {
         let data = match fs::read(&path) {
             Ok(d) => d,
+            // Evicted from a remote volume's cache: fetched from the bucket (the records'
+            // checksums are checked below; the copies are the same bytes).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && store.is_remote(id) => {
+                store.read_pack(id, 0..row.len)?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 report
                     .skipped

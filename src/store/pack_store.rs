@@ -1456,8 +1456,8 @@ impl ChunkStore for PackStore {
 
     fn reclaim(&self, low_space: bool) -> Result<u64> {
         if self.source.is_some() {
-            // Remote volumes keep their packs as uploaded (no compaction yet: a published
-            // generation may name any of them); local space comes back by eviction.
+            // Remote volumes: local space comes back by eviction; their packs are compacted
+            // only by `dedupfs gc` (which may download evicted ones).
             return Ok(0);
         }
         let removed = self.removed_since_reclaim.swap(false, Ordering::Relaxed);
@@ -1551,7 +1551,9 @@ impl PackStore {
     pub(super) fn sync_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.sync_lock.lock()
     }
-    pub(super) fn compaction_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+    /// One compaction at a time; a publication of a remote volume waits on it for the pack a
+    /// compaction writes to be complete (`remote/sync.rs`).
+    pub fn compaction_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.compacting.lock()
     }
     fn compaction_busy(&self) -> bool {
