@@ -564,3 +564,199 @@ fn a_rebuilt_index_keeps_own_chunks_in_own_packs_so_a_sweep_cannot_take_them() {
     let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
     assert_bytes_eq("x on an attached b", &read_all(&vc.path("x")), &x);
 }
+
+/// Volume a compacts its packs (`dedupfs gc`): its chunks move to new packs and the old ones
+/// go with the bucket gc. Volume b, which learnt a's chunks in the old packs, must dedup
+/// against the new ones once the old ones are condemned, not store those chunks again for
+/// good; and nothing b names may be lost by the sweep.
+#[test]
+fn another_volume_dedups_against_a_compacted_volumes_new_packs() {
+    use std::io::Write;
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let env = env_without_mark_polls(&env);
+    const PIECE: usize = 128 << 10;
+    let keep = random_bytes(81, 32 * PIECE);
+    let junk = random_bytes(82, 64 * PIECE);
+    let a = dirs.path("a");
+    init_remote(&g, &a, "moved", &["--volume", "a", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    {
+        let mut k = fs::File::create(va.path("keep")).unwrap();
+        let mut j = fs::File::create(va.path("junk")).unwrap();
+        for (pk, pj) in keep.chunks(PIECE).zip(junk.chunks(2 * PIECE)) {
+            k.write_all(pk).unwrap();
+            k.sync_all().unwrap();
+            j.write_all(pj).unwrap();
+            j.sync_all().unwrap();
+        }
+    }
+    ok(sync(&env, &va.mnt), "sync a");
+    // b learns a's chunks where they are now.
+    let b = dirs.path("b");
+    init_remote(&g, &b, "moved", &["--volume", "b"]);
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+
+    // a drops the junk and compacts: keep's chunks move to new packs.
+    fs::remove_file(va.path("junk")).unwrap();
+    ok(
+        dedupfs(&env, &["gc", a.to_str().unwrap()]),
+        "dedupfs gc of a",
+    );
+    ok(sync(&env, &va.mnt), "sync a (compacted)");
+    let r1 = gc_bucket(&g, &env, "moved");
+    assert!(
+        r1["marked_bytes"].as_u64().unwrap_or(0) >= (keep.len() + junk.len()) as u64 * 9 / 10,
+        "a's old packs were not marked: {r1}"
+    );
+    ok(sync(&env, &va.mnt), "sync a (acknowledges)");
+    ok(sync(&env, &vb.mnt), "sync b (acknowledges)");
+
+    // b writes the same bytes: named in a's new packs, not uploaded again.
+    let before = own_pack_bytes(&g, "moved", &b);
+    fs::write(vb.path("same"), &keep).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b (same)");
+    let uploaded = own_pack_bytes(&g, "moved", &b) - before;
+    assert!(
+        uploaded < keep.len() as u64 / 10,
+        "b uploaded {uploaded} bytes for {} bytes a holds in its compacted packs",
+        keep.len()
+    );
+    let r2 = gc_bucket(&g, &env, "moved");
+    assert!(r2["deleted_packs"].as_u64().unwrap_or(0) > 0, "{r2}");
+    assert_bytes_eq(
+        "b's copy after the sweep",
+        &read_all(&vb.path("same")),
+        &keep,
+    );
+    assert_bytes_eq(
+        "a's file after the sweep",
+        &read_all(&va.path("keep")),
+        &keep,
+    );
+    vb.unmount();
+    va.unmount();
+    let c = dirs.path("c");
+    attach(&g, &c, "moved", &["--volume", "b"]);
+    ok(
+        dedupfs(&env, &["fsck", c.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of a fresh attach of b",
+    );
+    let vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    assert_bytes_eq(
+        "b's copy from a fresh attach",
+        &read_all(&vc.path("same")),
+        &keep,
+    );
+}
+
+/// `dedupfs delete-volume`: refused while the volume is mounted (for writing, or read-only
+/// by another machine); then its generations and identity go, its store can no longer
+/// publish, and `gc-bucket` deletes its packs, except those another volume still names
+/// (shared dedup), whose files keep reading back.
+#[test]
+fn a_deleted_volume_is_refused_while_mounted_and_its_packs_go_with_the_bucket_gc() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let env = env_without_mark_polls(&env);
+    let own = random_bytes(91, 6 * MIB);
+    let shared = random_bytes(92, 3 * MIB);
+    let url = url_of(&g, "del");
+    let delete = || dedupfs(&env, &["delete-volume", &url, "--volume", "a", "--json"]);
+
+    let a = dirs.path("a");
+    init_remote(&g, &a, "del", &["--volume", "a", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("own"), &own).unwrap();
+    fs::write(va.path("shared"), &shared).unwrap();
+    ok(sync(&env, &va.mnt), "sync a");
+    // b stores a copy of `shared`: named in a's packs.
+    let b = dirs.path("b");
+    init_remote(&g, &b, "del", &["--volume", "b"]);
+    let mut vb = Volume::mount_existing(&b, &[], &env);
+    fs::write(vb.path("copy"), &shared).unwrap();
+    ok(sync(&env, &vb.mnt), "sync b");
+    assert!(
+        own_pack_bytes(&g, "del", &b) < MIB as u64,
+        "b did not dedup against a"
+    );
+
+    // Mounted for writing: refused, naming the holder.
+    let said = fails(delete(), "delete-volume of a mounted volume");
+    assert!(said.contains("mounted for writing"), "{said}");
+    va.unmount();
+    // Mounted read-only elsewhere: refused too.
+    let c = dirs.path("c");
+    attach(&g, &c, "del", &["--volume", "a"]);
+    let mut vc = Volume::mount_existing(&c, &["-o", "ro"], &env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while client(&g, "del")
+        .list("volumes/a/readers")
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "no reader hold");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let said = fails(delete(), "delete-volume of a volume read elsewhere");
+    assert!(said.contains("mounted read-only"), "{said}");
+    vc.unmount();
+
+    let r: serde_json::Value = serde_json::from_str(&ok(delete(), "delete-volume")).unwrap();
+    assert!(r["generations_deleted"].as_u64().unwrap() >= 2, "{r}");
+    assert!(
+        client(&g, "del").list("volumes/a").unwrap().is_empty(),
+        "objects of the deleted volume are left"
+    );
+    // Its store can no longer publish: a writable mount is refused, saying why.
+    let said = Volume::mount_refused(&a, &[], &env);
+    assert!(said.contains("deleted"), "{said}");
+    let said = fails(
+        dedupfs(
+            &env,
+            &[
+                "attach",
+                dirs.path("d").to_str().unwrap(),
+                "--remote",
+                &url,
+                "--volume",
+                "a",
+            ],
+        ),
+        "attach of a deleted volume",
+    );
+    assert!(said.contains("no volume"), "{said}");
+
+    // The bucket gc: a's packs go, except what b names.
+    // (Packs holding records of both files are named by b: a's packs of `own` alone go.)
+    let r1 = gc_bucket(&g, &env, "del");
+    let marked = r1["marked_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        marked >= own.len() as u64 / 2,
+        "a's packs were not marked: {r1}"
+    );
+    ok(sync(&env, &vb.mnt), "sync b (acknowledges)");
+    let r2 = gc_bucket(&g, &env, "del");
+    assert_eq!(r2["deleted_bytes"].as_u64(), Some(marked), "{r2}");
+    // What b names of a's packs was never marked, and stays.
+    let left = own_pack_bytes(&g, "del", &a);
+    assert!(
+        left >= shared.len() as u64 * 9 / 10,
+        "{left} bytes of a's packs left (b names {} of them): {r2}",
+        shared.len()
+    );
+    assert_bytes_eq(
+        "b's copy after the sweep",
+        &read_all(&vb.path("copy")),
+        &shared,
+    );
+    vb.unmount();
+    let e = dirs.path("e");
+    attach(&g, &e, "del", &["--volume", "b"]);
+    ok(
+        dedupfs(&env, &["fsck", e.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of b after a's deletion",
+    );
+}

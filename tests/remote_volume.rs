@@ -731,21 +731,24 @@ fn puts_whose_replies_are_lost_are_retried_and_publish_once() {
 #[test]
 fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
     use std::io::Write;
-    let Some((g, env, dirs)) = rig(false) else {
+    let Some((mut g, env, dirs)) = rig(false) else {
         return;
     };
     let a = dirs.path("a");
     init_remote(&g, &a, "compact", &["--volume", "a", "--pack-mib", "1"]);
     let mut va = Volume::mount_existing(&a, &[], &env);
     // Two files written in alternating fsynced pieces: every pack holds records of both, two
-    // thirds of them of the file deleted below.
+    // thirds or more of them of the file deleted below (four fifths in the later packs).
     const PIECE: usize = 128 << 10;
-    let keep = random_bytes(71, 48 * PIECE);
+    let keep = random_bytes(71, 36 * PIECE);
     let gone = random_bytes(72, 96 * PIECE);
     {
         let mut k = fs::File::create(va.path("keep")).unwrap();
         let mut d = fs::File::create(va.path("gone")).unwrap();
-        for (pk, pd) in keep.chunks(PIECE).zip(gone.chunks(2 * PIECE)) {
+        let pieces = keep[..24 * PIECE]
+            .chunks(PIECE)
+            .chain(keep[24 * PIECE..].chunks(PIECE / 2));
+        for (pk, pd) in pieces.zip(gone.chunks(2 * PIECE)) {
             k.write_all(pk).unwrap();
             k.sync_all().unwrap();
             d.write_all(pd).unwrap();
@@ -753,7 +756,8 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
         }
     }
     va.unmount();
-    // Every pack is uploaded now: evict every other one by hand (as the cache budget would).
+    // Every pack is uploaded now: evict the older half by hand (as the cache budget would).
+    // The later, deader packs stay local and are compacted first.
     let mut packs: Vec<_> = fs::read_dir(a.join("packs"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -761,12 +765,25 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
         .collect();
     packs.sort();
     assert!(packs.len() >= 12, "{} packs", packs.len());
-    for p in packs.iter().step_by(2) {
+    for p in &packs[..packs.len() / 2] {
         fs::remove_file(p).unwrap();
     }
     va.remount();
     fs::remove_file(va.path("gone")).unwrap();
     ok(sync(&env, &va.mnt), "sync (gone deleted)");
+
+    // A gc that fails part-way (the bucket down when it needs an evicted pack, after it
+    // compacted local ones): publication must go on once the bucket is back.
+    g.stop();
+    let failed = dedupfs(&env, &["gc", a.to_str().unwrap()]);
+    assert!(
+        !failed.status.success(),
+        "gc with the bucket down succeeded: {}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    g.restart();
+    ok(sync(&env, &va.mnt), "sync after a gc that failed part-way");
+    assert_bytes_eq("keep after a failed gc", &read_all(&va.path("keep")), &keep);
     let before = own_pack_bytes(&g, "compact", &a);
     assert!(
         before >= 3 * keep.len() as u64,
@@ -779,9 +796,10 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
     );
     let r: serde_json::Value = serde_json::from_str(&out).expect("gc json");
     let compacted = r["compaction"]["packs_compacted"].as_u64().unwrap_or(0);
-    // Every pack holds dead records, the evicted ones included.
+    // Every pack holds dead records: the evicted ones (the failed run stopped at the first)
+    // are compacted now.
     assert!(
-        compacted as usize + 1 >= packs.len(),
+        compacted as usize + 1 >= packs.len() / 2,
         "only {compacted} of {} packs compacted: {r}",
         packs.len()
     );

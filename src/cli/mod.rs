@@ -171,6 +171,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a volume from a bucket: its generations, reader holds, identity and lease.
+    ///
+    /// Refused while it is mounted anywhere (for writing: its lease; read-only: a live reader
+    /// hold). Its pack objects stay until `gc-bucket` finds that no other volume names them.
+    /// A store of the deleted volume keeps its data locally but can no longer publish.
+    DeleteVolume {
+        /// s3://BUCKET/PREFIX (credentials and endpoint from AWS_* as for `init --remote`).
+        url: String,
+        /// The volume to delete (never inferred).
+        #[arg(long)]
+        volume: String,
+        /// The object store's URL (http(s)://HOST:PORT), instead of AWS_ENDPOINT_URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a store setting (mounted or not): `dedupfs set STORE compression zstd:3`.
     Set {
         store: PathBuf,
@@ -616,6 +633,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
             } else {
                 out(&render_gc_bucket(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DeleteVolume {
+            url,
+            volume,
+            endpoint,
+            json,
+        } => {
+            let mut cfg = crate::store::remote::RemoteConfig::from_env(&url)?;
+            if let Some(e) = endpoint {
+                cfg.endpoint = Some(e);
+            }
+            let client = crate::store::remote::RemoteStore::open(&cfg)?;
+            let r = crate::remote::delete::delete_volume(&client, &volume)?;
+            if json {
+                out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
+            } else {
+                out(&format!(
+                    "deleted volume {} ({} generations, {} reader holds); {} of its pack objects \
+                     ({}) stay until `dedupfs gc-bucket {url}` finds no other volume naming them\n",
+                    r.volume,
+                    r.generations_deleted,
+                    r.holds_deleted,
+                    r.pack_objects_left,
+                    human(r.pack_bytes_left)
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }

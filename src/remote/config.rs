@@ -168,6 +168,10 @@ impl Keys {
     pub fn lease(&self) -> String {
         format!("volumes/{}/lease", self.volume)
     }
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.volume
+    }
     /// Where read-only mounts hold the generations they serve (readers.rs).
     pub fn readers(&self) -> String {
         format!("volumes/{}/readers", self.volume)

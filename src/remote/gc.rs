@@ -119,8 +119,8 @@ fn heads(
         {
             return Err(FsError::Refused(format!(
                 "volumes/{name} has generations but no volume.json: gc-bucket cannot tell which \
-                 packs it names; restore volumes/{name}/volume.json (or delete that volume's \
-                 objects) first"
+                 packs it names; restore volumes/{name}/volume.json, or finish deleting the \
+                 volume (`dedupfs delete-volume s3://BUCKET/PREFIX --volume {name}`) first"
             )));
         }
     }

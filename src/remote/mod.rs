@@ -11,9 +11,11 @@
 //! - [`shared`]: chunks of the other volumes under the prefix (shared dedup), gc marks.
 //! - [`sync`]: a mounted volume's uploads, evictions and publications (fencing).
 //! - [`attach`]: `init --remote` and `attach`.
+//! - [`delete`]: `delete-volume`: a volume out of the bucket (its packs left to `gc-bucket`).
 
 pub mod attach;
 pub mod config;
+pub mod delete;
 pub mod gc;
 pub mod generation;
 pub mod lease;

@@ -313,8 +313,26 @@ impl SharedIndex {
                         };
                         let origin = p.origin.unwrap_or(Origin { volume, pack: p.id });
                         let ok = origin_key(origin);
-                        if condemned.get(&ok)?.is_some() || chunks.get(&id.0)?.is_some() {
+                        if condemned.get(&ok)?.is_some() {
                             return Ok(());
+                        }
+                        // A chunk known already keeps its place, unless that pack is condemned
+                        // (its volume compacted it, or dropped it): this one takes over, or
+                        // the chunk would be stored again here for good.
+                        let known = chunks.get(&id.0)?.map(|v| Loc::decode(v.value()));
+                        if let Some(old) = known {
+                            let row = packs.get(old.pack)?.map(|v| *v.value());
+                            let old_origin = row.map(|p| Origin {
+                                volume: u64_at(&p, 0),
+                                pack: u64_at(&p, 8),
+                            });
+                            let live = match old_origin {
+                                Some(o) => condemned.get(&origin_key(o))?.is_none(),
+                                None => false,
+                            };
+                            if live {
+                                return Ok(());
+                            }
                         }
                         let mut pk = [0u8; 32];
                         pk[..16].copy_from_slice(&ok);

@@ -135,6 +135,18 @@ pub fn check_head(
     state: &PublishState,
     me: u64,
 ) -> Result<std::result::Result<(u64, u64), String>> {
+    // A volume deleted from the bucket (`dedupfs delete-volume`) takes no generation again.
+    match client.head(&keys.volume_json()) {
+        Ok(_) => {}
+        Err(crate::error::RemoteError::NotFound { .. }) => {
+            return Ok(Err(format!(
+                "volume {} was deleted from the bucket (its volume.json is gone): this store's \
+                 data is kept locally but never published",
+                keys.name()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let gens = list_generations(client, keys)?;
     let own = gens
         .iter()
@@ -499,14 +511,16 @@ impl RemoteVolume {
             ));
         }
         let client = self.client()?;
-        // What the other volumes published since (shared dedup), if the bucket answers.
-        if let Err(e) = self.remote.refresh_shared() {
-            tracing::warn!("cannot refresh the shared chunk index: {e}");
-        }
         // Bucket gc marks first: from here on no chunk is newly placed in a pack they list,
         // and every placement made before is in the index copied below, so this generation
         // may acknowledge them (docs/design.md, "Shared dedup and gc").
         let gc_ack = self.remote.install_marks()?;
+        // What the other volumes published since (shared dedup), if the bucket answers; after
+        // the marks, so that a chunk known in a pack just condemned (its volume compacted it)
+        // moves to where that volume keeps it now.
+        if let Err(e) = self.remote.refresh_shared() {
+            tracing::warn!("cannot refresh the shared chunk index: {e}");
+        }
         // Everything so far into sealed, durable packs.
         self.packs.seal_open_packs();
         fs.sync_fs()?;
@@ -558,13 +572,27 @@ impl RemoteVolume {
                     .into_iter()
                     .map(|(id, r)| (id, r.state))
                     .collect();
-                let compacting = named
+                let open = named
                     .iter()
-                    .any(|(id, r)| r.live_records > 0 && states.get(id) == Some(&PackState::Open));
-                if !compacting {
+                    .find(|(id, r)| r.live_records > 0 && states.get(id) == Some(&PackState::Open))
+                    .map(|(id, _)| *id);
+                let Some(open) = open else {
                     break (meta_tx, named, snapshot_files, epoch);
-                }
+                };
                 attempts += 1;
+                let still_open = || {
+                    self.packs.index().packs().is_ok_and(|p| {
+                        p.iter()
+                            .any(|(id, r)| *id == open && r.state == PackState::Open)
+                    })
+                };
+                if !self.packs.compaction_busy() && still_open() {
+                    // Nothing writes it: compaction seals its pack on every exit.
+                    return Err(FsError::Corrupt(format!(
+                        "pack {open:016x} is named by the index but is still open and no \
+                         compaction writes it: remount the volume (opening it seals the pack)"
+                    )));
+                }
                 if attempts > 20 {
                     return Err(FsError::Refused(
                         "a compaction (dedupfs gc) keeps writing packs: publish again later".into(),

@@ -126,6 +126,23 @@ pub fn compact_at_most(
         return Ok(report);
     }
     let mut out: Option<Out> = None;
+    let run = compact_candidates(store, candidates, until, &mut out, &mut report);
+    // Whatever happened, the pack compaction wrote to is complete now (up to what was
+    // committed): left open, nothing would seal it before the next open (a remote volume
+    // uploads only sealed packs, and could publish nothing naming it).
+    let closed = close_out(store, out);
+    run?;
+    closed?;
+    Ok(report)
+}
+
+fn compact_candidates(
+    store: &PackStore,
+    candidates: Vec<(u64, PackRow)>,
+    until: Option<std::time::Instant>,
+    out: &mut Option<Out>,
+    report: &mut CompactReport,
+) -> Result<()> {
     for (id, row) in candidates {
         if until.is_some_and(|t| std::time::Instant::now() >= t) {
             break;
@@ -142,7 +159,7 @@ pub fn compact_at_most(
             report.skipped_for_space += 1;
             continue;
         }
-        match compact_one(store, id, &row, &mut out, &mut report) {
+        match compact_one(store, id, &row, out, report) {
             Ok(()) => {}
             Err(FsError::NoSpace) => {
                 report.skipped.push(format!(
@@ -151,23 +168,23 @@ pub fn compact_at_most(
                 ));
                 report.skipped_for_space += 1;
                 // `compact_one` gave back what the failed copy wrote; what is committed in the
-                // pack being written stays (sealed below). Other candidates may still fit.
+                // pack being written stays (sealed at the end). Other candidates may still fit.
                 if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
-                    drop_uncommitted(store, &mut out);
+                    drop_uncommitted(store, out);
                 }
             }
-            Err(e) => {
-                if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
-                    drop_uncommitted(store, &mut out);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Ends the pack compaction wrote to: deleted when no commit names it, else recorded sealed
+/// at the end of its committed records (unless the commit that filled it did).
+fn close_out(store: &PackStore, mut out: Option<Out>) -> Result<()> {
     if out.as_ref().is_some_and(|o| o.committed == PACK_HEADER_LEN) {
         drop_uncommitted(store, &mut out);
     }
-    // The last pack compaction wrote to is complete now (up to what was committed).
     if let Some(o) = out.filter(|o| !o.sealed && o.committed > PACK_HEADER_LEN) {
         let _s = store.sync_lock();
         store.index().apply(
@@ -179,7 +196,7 @@ pub fn compact_at_most(
             true,
         )?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Whether the live records of `row` fit the device's free space, with room to spare for the

@@ -1030,8 +1030,10 @@ impl PackStore {
         }
         // Other volumes' packs first: a later record of a chunk wins, and a chunk this volume
         // stored itself must stay in its own pack (another volume's pack may be deleted by a
-        // bucket gc once this volume's generations stop naming it).
-        all.sort_by_key(|(id, _, _)| *id < FOREIGN_PACK_BASE);
+        // bucket gc once this volume's generations stop naming it). Then its own packs in
+        // number order: a compaction's copy (a newer pack) wins over the pack it replaced,
+        // which a bucket gc deletes once no generation names it.
+        all.sort_by_key(|(id, _, _)| (*id < FOREIGN_PACK_BASE, *id));
         for (id, path, remote_len) in all {
             if id < FOREIGN_PACK_BASE {
                 max_id = max_id.max(id);
@@ -1556,7 +1558,8 @@ impl PackStore {
     pub fn compaction_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.compacting.lock()
     }
-    fn compaction_busy(&self) -> bool {
+    /// Whether a compaction runs now.
+    pub fn compaction_busy(&self) -> bool {
         self.compacting.is_locked()
     }
     pub(super) fn pending_contains(&self, id: &ChunkId) -> bool {

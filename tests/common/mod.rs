@@ -199,15 +199,38 @@ impl Volume {
     /// must fail; returns its output.
     pub fn mount_refused(store: &Path, mount_args: &[&str], env: &[(String, String)]) -> String {
         let tmp = tempfile::tempdir().expect("create temp dir");
-        let out = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("mount")
             .arg(store)
             .arg(tmp.path())
             .args(mount_args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run dedupfs mount");
+        // A mount that was wrongly let in serves in the foreground until unmounted: the test
+        // fails instead of waiting for it forever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().expect("wait for dedupfs mount").is_none() {
+            if std::time::Instant::now() >= deadline || is_mountpoint(tmp.path()) {
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(tmp.path())
+                    .status();
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect dedupfs mount");
+                panic!(
+                    "mount of {} was expected to fail, and it mounted: {}",
+                    store.display(),
+                    output_text(&out)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().expect("collect dedupfs mount");
         let text = output_text(&out);
         assert!(
             !out.status.success(),
