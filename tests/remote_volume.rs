@@ -781,6 +781,15 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
         "gc with the bucket down succeeded: {}",
         String::from_utf8_lossy(&failed.stdout)
     );
+    // It did compact local packs before it failed (so its output pack was left to close).
+    let gone_local = packs[packs.len() / 2..]
+        .iter()
+        .filter(|p| !p.exists())
+        .count();
+    assert!(
+        gone_local > 0,
+        "the failed gc compacted nothing: the test does not stage a failure part-way"
+    );
     g.restart();
     ok(sync(&env, &va.mnt), "sync after a gc that failed part-way");
     assert_bytes_eq("keep after a failed gc", &read_all(&va.path("keep")), &keep);
@@ -796,13 +805,9 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
     );
     let r: serde_json::Value = serde_json::from_str(&out).expect("gc json");
     let compacted = r["compaction"]["packs_compacted"].as_u64().unwrap_or(0);
-    // Every pack holds dead records: the evicted ones (the failed run stopped at the first)
-    // are compacted now.
-    assert!(
-        compacted as usize + 1 >= packs.len() / 2,
-        "only {compacted} of {} packs compacted: {r}",
-        packs.len()
-    );
+    // What the failed run left (it stopped at the first evicted pack with live records) is
+    // compacted now, the evicted packs included: the bucket bytes below say whether all were.
+    assert!(compacted > 0, "nothing compacted: {r}");
     assert_bytes_eq("keep after compaction", &read_all(&va.path("keep")), &keep);
     ok(sync(&env, &va.mnt), "sync (compacted packs uploaded)");
 

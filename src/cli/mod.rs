@@ -182,6 +182,10 @@ enum Cmd {
         /// The volume to delete (never inferred).
         #[arg(long)]
         volume: String,
+        /// Also when its lease has expired without being released (a writer that crashed,
+        /// or that only lost the bucket: what it has not published is then lost).
+        #[arg(long)]
+        force: bool,
         /// The object store's URL (http(s)://HOST:PORT), instead of AWS_ENDPOINT_URL.
         #[arg(long)]
         endpoint: Option<String>,
@@ -639,6 +643,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::DeleteVolume {
             url,
             volume,
+            force,
             endpoint,
             json,
         } => {
@@ -647,7 +652,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.endpoint = Some(e);
             }
             let client = crate::store::remote::RemoteStore::open(&cfg)?;
-            let r = crate::remote::delete::delete_volume(&client, &volume)?;
+            let r =
+                crate::remote::delete::delete_volume(std::sync::Arc::new(client), &volume, force)?;
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&r)?));
             } else {

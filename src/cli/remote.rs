@@ -357,6 +357,22 @@ impl ReadHolder {
                     drop(old);
                 }
                 if held.is_none() && Instant::now() >= next_try {
+                    // A volume deleted from the bucket (delete-volume): nothing to hold.
+                    let deleted = remote.client().is_ok_and(|c| {
+                        matches!(
+                            c.head(&remote.keys().volume_json()),
+                            Err(crate::error::RemoteError::NotFound { .. })
+                        )
+                    });
+                    if deleted {
+                        tracing::warn!(
+                            "volume {} was deleted from the bucket: this read-only mount \
+                             reads its local copy; what it must fetch from the bucket may be \
+                             gone (EIO)",
+                            remote.config().volume
+                        );
+                        return None;
+                    }
                     let taken = remote.client().and_then(|c| {
                         ReaderHold::take(
                             c,

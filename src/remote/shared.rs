@@ -212,6 +212,13 @@ impl SharedIndex {
             }
             w.open_table(META)?.insert("installed_mark", newest)?;
         }
+        // Every volume is merged again at the next refresh: a chunk known in a pack just
+        // condemned (its volume compacted it) takes the place that volume's head gives now,
+        // even if that head merged already.
+        if !marks.is_empty() {
+            w.delete_table(SEEN)?;
+            w.open_table(SEEN)?;
+        }
         w.commit()?;
         Ok(newest)
     }

@@ -186,6 +186,12 @@ fn close_out(store: &PackStore, mut out: Option<Out>) -> Result<()> {
         drop_uncommitted(store, &mut out);
     }
     if let Some(o) = out.filter(|o| !o.sealed && o.committed > PACK_HEADER_LEN) {
+        // Copies past the last commit (a skipped or failed candidate) go: a sealed pack
+        // ends at its last committed record.
+        if o.pos > o.committed {
+            o.file.set_len(o.committed)?;
+            o.file.sync_data()?;
+        }
         let _s = store.sync_lock();
         store.index().apply(
             &[IndexOp::Pack {
@@ -247,6 +253,8 @@ fn compact_one(
 ) -> Result<()> {
     let path = store.pack_path(id);
     let mut ops = Vec::new();
+    // Whether the commit below records the output pack full (sealed); None: nothing copied.
+    let mut seal: Option<bool> = None;
     if row.live_records > 0 {
         let data = match fs::read(&path) {
             Ok(d) => d,
@@ -356,12 +364,14 @@ fn compact_one(
             return Err(e);
         }
         // Open (appended to by the next candidate) until full; a crash leaves it open in the
-        // index, and the next open cuts anything past `len` and seals it.
-        o.sealed = o.pos >= store.target();
+        // index, and the next open cuts anything past `len` and seals it. Recorded sealed
+        // only once the commit below succeeds (`close_out` seals what it left open).
+        let full = o.pos >= store.target();
+        seal = Some(full);
         ops.push(IndexOp::Pack {
             id: o.id,
             len: o.pos,
-            state: if o.sealed {
+            state: if full {
                 PackState::Sealed
             } else {
                 PackState::Open
@@ -387,6 +397,9 @@ fn compact_one(
     }
     if let Some(o) = out.as_mut() {
         o.committed = o.pos;
+        if let Some(full) = seal {
+            o.sealed = full;
+        }
     }
     // Retired only if nothing lives in it any more (a chunk the scan could not see, such as
     // one behind a damaged header, keeps it).

@@ -199,45 +199,60 @@ impl Volume {
     /// must fail; returns its output.
     pub fn mount_refused(store: &Path, mount_args: &[&str], env: &[(String, String)]) -> String {
         let tmp = tempfile::tempdir().expect("create temp dir");
+        let mnt = tmp.path().canonicalize().expect("canonical temp dir");
+        // Output into files, not pipes: a daemon wrongly let in could fill a pipe and block.
+        let logs = tempfile::tempdir().expect("create log dir");
+        let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
         let mut child = Command::new(BIN)
             .arg("mount")
             .arg(store)
-            .arg(tmp.path())
+            .arg(&mnt)
             .args(mount_args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(std::fs::File::create(&out_path).expect("log file"))
+            .stderr(std::fs::File::create(&err_path).expect("log file"))
             .spawn()
             .expect("run dedupfs mount");
         // A mount that was wrongly let in serves in the foreground until unmounted: the test
         // fails instead of waiting for it forever.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while child.try_wait().expect("wait for dedupfs mount").is_none() {
-            if std::time::Instant::now() >= deadline || is_mountpoint(tmp.path()) {
-                let _ = Command::new("fusermount3")
-                    .arg("-u")
-                    .arg(tmp.path())
-                    .status();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for dedupfs mount") {
+                break status;
+            }
+            let mounted = is_mountpoint(&mnt);
+            if mounted || std::time::Instant::now() >= deadline {
+                let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
                 std::thread::sleep(std::time::Duration::from_secs(2));
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("collect dedupfs mount");
+                let _ = child.wait();
                 panic!(
-                    "mount of {} was expected to fail, and it mounted: {}",
+                    "mount of {} was expected to fail, and it {}: {}{}",
                     store.display(),
-                    output_text(&out)
+                    if mounted {
+                        "mounted"
+                    } else {
+                        "neither failed nor mounted within 120 s"
+                    },
+                    std::fs::read_to_string(&out_path).unwrap_or_default(),
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
                 );
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let out = child.wait_with_output().expect("collect dedupfs mount");
+        };
+        let out = std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
         let text = output_text(&out);
         assert!(
             !out.status.success(),
             "mount of {} was expected to fail: {text}",
             store.display()
         );
-        assert!(!is_mountpoint(tmp.path()), "refused mount left a mount");
+        assert!(!is_mountpoint(&mnt), "refused mount left a mount");
         text
     }
 
