@@ -75,18 +75,12 @@ pub fn delete_volume(client: Arc<RemoteStore>, name: &str, force: bool) -> Resul
         LeaseError::Remote(e) => e.into(),
         e => FsError::Refused(format!("cannot take the lease of volume {name}: {e}")),
     })?;
-    let lease = Arc::new(acquired.lease);
-    let release = |lease: Arc<Lease>| {
-        if let Ok(l) = Arc::try_unwrap(lease)
-            && let Err(e) = l.release(&client)
-        {
-            tracing::warn!("cannot release the lease of volume {name}: {e} (it expires by itself)");
-        }
-    };
     if let Some((old, age)) = &acquired.took_over
         && !force
     {
-        release(lease);
+        if let Err(e) = acquired.lease.release(&client) {
+            tracing::warn!("cannot release the lease of volume {name}: {e} (it expires by itself)");
+        }
         return Err(FsError::Refused(format!(
             "volume {name} was mounted for writing by {old}, whose lease expired {} s ago: \
              that machine may only have lost the bucket, and its data not published yet would \
@@ -94,18 +88,9 @@ pub fn delete_volume(client: Arc<RemoteStore>, name: &str, force: bool) -> Resul
             age.as_secs()
         )));
     }
-    let lost = Arc::new(AtomicBool::new(false));
-    let flag = lost.clone();
-    let renewer = Lease::spawn_renewer(
-        lease.clone(),
-        client.clone(),
-        cfg,
-        Box::new(move |_| flag.store(true, Ordering::SeqCst)),
-    );
-    let r = delete_locked(&client, name, &keys, volume_id.as_deref(), &lost);
-    renewer.stop();
-    release(lease);
-    r
+    acquired.lease.hold_while(&client, cfg, |lost| {
+        delete_locked(&client, name, &keys, volume_id.as_deref(), lost)
+    })
 }
 
 /// Before each deletion: the lease is still ours (else another machine may mount the volume).

@@ -246,23 +246,9 @@ pub fn gc_bucket(
         )),
         e => FsError::Refused(format!("cannot take {GC_LEASE}: {e}")),
     })?;
-    let lease = Arc::new(acquired.lease);
-    let lost = Arc::new(AtomicBool::new(false));
-    let flag = lost.clone();
-    let renewer = Lease::spawn_renewer(
-        lease.clone(),
-        client.clone(),
-        cfg,
-        Box::new(move |_| flag.store(true, Ordering::SeqCst)),
-    );
-    let out = run(&client, keys, false, &lost);
-    renewer.stop();
-    if let Ok(lease) = Arc::try_unwrap(lease)
-        && let Err(e) = lease.release(&client)
-    {
-        tracing::warn!("cannot release {GC_LEASE}: {e} (it expires by itself)");
-    }
-    out
+    acquired
+        .lease
+        .hold_while(&client, cfg, |lost| run(&client, keys, false, lost))
 }
 
 fn still_held(lost: &AtomicBool) -> Result<()> {

@@ -455,6 +455,36 @@ impl Lease {
         self.renewed_at.lock().elapsed()
     }
 
+    /// Runs `f` while holding this lease, renewed in the background; `f` gets a flag that is
+    /// set once the lease is lost (it must then stop before its next change). The lease is
+    /// released afterwards (left to expire if that fails).
+    pub fn hold_while<T>(
+        self,
+        remote: &Arc<RemoteStore>,
+        cfg: LeaseConfig,
+        f: impl FnOnce(&std::sync::atomic::AtomicBool) -> T,
+    ) -> T {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let key = self.key.clone();
+        let lease = Arc::new(self);
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = lost.clone();
+        let renewer = Lease::spawn_renewer(
+            lease.clone(),
+            remote.clone(),
+            cfg,
+            Box::new(move |_| flag.store(true, Ordering::SeqCst)),
+        );
+        let out = f(&lost);
+        renewer.stop();
+        if let Ok(lease) = Arc::try_unwrap(lease)
+            && let Err(e) = lease.release(remote)
+        {
+            tracing::warn!("cannot release the lease {key}: {e} (it expires by itself)");
+        }
+        out
+    }
+
     /// Starts a thread that renews `lease` every `cfg.renew_every` and calls `on_lost` once,
     /// then stops, when the lease is lost (taken over, deleted, unreadable) or could not be
     /// renewed for `ttl - renew_every` (ttl: the shorter of `cfg.ttl` and the lease's) by the
