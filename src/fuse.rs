@@ -494,6 +494,7 @@ impl Filesystem for DedupFuse {
         reply: ReplyEmpty,
     ) {
         self.fs.counters().count(Op::Flush);
+        self.fs.note_flushed(_fh.0);
         empty(reply, self.fs.flush(ino.0));
     }
 

@@ -213,6 +213,9 @@ impl Fs {
     /// fsyncdir(2), and sync of the whole volume.
     pub fn sync_dir(&self) -> Result<()> {
         let mut st = self.state.lock();
+        // A file unlinked after its last close whose RELEASE has not arrived yet is deleted
+        // by that release: let it come, so this durable point frees its space.
+        self.wait_closing_unlinked(&mut st);
         st.since_durable = true;
         self.make_durable(&mut st)
     }

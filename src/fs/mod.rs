@@ -64,6 +64,9 @@ const GROUP_AGE: Duration = Duration::from_millis(20);
 
 /// Free space below which a durable commit first releases the store's reserve.
 const LOW_SPACE: u64 = 16 << 20;
+/// Longest a directory fsync waits for the RELEASE of a closed, unlinked file
+/// (`Fs::wait_closing_unlinked`); a descriptor kept by dup(2) or fork never sends one.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest name in a directory, as on ext4.
 pub const NAME_MAX: usize = 255;
@@ -289,6 +292,10 @@ impl<'a> std::ops::Deref for View<'a> {
 struct State {
     open: HashMap<Ino, OpenInode>,
     handles: HashMap<u64, Handle>,
+    /// File handles the kernel has sent FLUSH for (their fd was closed): their RELEASE is
+    /// on its way. The kernel sends RELEASE asynchronously after close(2) returns, so it may
+    /// reach us after a later unlink and fsyncdir of the same process (`sync_dir` waits).
+    flushed: HashSet<u64>,
     next_fh: u64,
     dirty_total: usize,
     /// Something was committed since the last durable commit.
@@ -1049,9 +1056,12 @@ impl Fs {
     /// unlinked inode.
     pub fn release(&self, fh: u64) -> Result<()> {
         let mut st = self.state.lock();
+        st.flushed.remove(&fh);
         let Some(Handle::File { ino, write }) = st.handles.remove(&fh) else {
             return Ok(());
         };
+        // `sync_dir` may wait for this release (an unlinked file closed before it).
+        self.flush_done.notify_all();
         if in_snapshot(ino) {
             return Ok(());
         }
@@ -1412,6 +1422,38 @@ impl Fs {
     /// every close, unless an fsync of it reported the loss and nothing was written to it
     /// since: its data written through the handle is lost, as in a crash. (Per file, not per
     /// open file description: an fsync through another descriptor counts too.)
+    /// FLUSH of handle `fh` (a close(2) of a descriptor of it): its RELEASE follows
+    /// asynchronously unless the descriptor was duplicated.
+    pub fn note_flushed(&self, fh: u64) {
+        let mut st = self.state.lock();
+        if st.handles.contains_key(&fh) {
+            st.flushed.insert(fh);
+        }
+    }
+
+    /// Waits (at most `RELEASE_WAIT`, the state lock released meanwhile) while an unlinked
+    /// file is held open only by handles whose descriptors were closed (FLUSH received): the
+    /// kernel sends their RELEASE asynchronously after close(2) returns, so a process that
+    /// closes, unlinks and fsyncs the directory can get here before the release, and the
+    /// durable point would keep the file's chunks (a full disk would stay full).
+    fn wait_closing_unlinked(&self, st: &mut Guard<'_>) {
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            let closing = st.open.iter().any(|(&ino, o)| {
+                o.attr.nlink == 0 && o.opens > 0 && {
+                    let mut fhs = st.handles.iter().filter_map(|(fh, h)| match h {
+                        Handle::File { ino: i, .. } if *i == ino => Some(fh),
+                        _ => None,
+                    });
+                    fhs.all(|fh| st.flushed.contains(fh))
+                }
+            });
+            if !closing || self.flush_done.wait_until(st, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
