@@ -1413,15 +1413,6 @@ impl Fs {
         Ok(self.with_view(|r| r.allocated(ino))? + dirty)
     }
 
-    /// FLUSH at close(2): a file whose last write-back failed is written back here, so the
-    /// closer gets the error. Otherwise nothing: the write-back follows at the last close
-    /// (`release`, which the closer does not wait for), so close returns at once and the
-    /// file is chunked once, whole, instead of once at each close.
-    ///
-    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, at
-    /// every close, unless an fsync of it reported the loss and nothing was written to it
-    /// since: its data written through the handle is lost, as in a crash. (Per file, not per
-    /// open file description: an fsync through another descriptor counts too.)
     /// FLUSH of handle `fh` (a close(2) of a descriptor of it): its RELEASE follows
     /// asynchronously unless the descriptor was duplicated.
     pub fn note_flushed(&self, fh: u64) {
@@ -1454,6 +1445,15 @@ impl Fs {
         }
     }
 
+    /// FLUSH at close(2): a file whose last write-back failed is written back here, so the
+    /// closer gets the error. Otherwise nothing: the write-back follows at the last close
+    /// (`release`, which the closer does not wait for), so close returns at once and the
+    /// file is chunked once, whole, instead of once at each close.
+    ///
+    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, at
+    /// every close, unless an fsync of it reported the loss and nothing was written to it
+    /// since: its data written through the handle is lost, as in a crash. (Per file, not per
+    /// open file description: an fsync through another descriptor counts too.)
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let mut st = self.state.lock();
         if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
