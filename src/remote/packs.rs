@@ -14,6 +14,7 @@ use super::range_cache::RangeCache;
 use super::shared::SharedIndex;
 use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
+use crate::store::ChunkBytes;
 use crate::store::pack_index::Loc;
 use crate::store::pack_store::PackSource;
 use crate::store::remote::RemoteStore;
@@ -318,7 +319,7 @@ impl RemotePacks {
     }
 
     /// Bytes `range` of pack `pack` through the range cache (`again`: its blocks fetched anew).
-    fn read_through_cache(&self, pack: u64, range: Range<u64>, again: bool) -> Result<Vec<u8>> {
+    fn read_through_cache(&self, pack: u64, range: Range<u64>, again: bool) -> Result<ChunkBytes> {
         let p = self.table.get(pack).ok_or_else(|| {
             FsError::Corrupt(format!("pack {pack:016x} is neither local nor uploaded"))
         })?;
@@ -374,11 +375,11 @@ impl PackSource for RemotePacks {
         }
     }
 
-    fn read(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
+    fn read(&self, pack: u64, range: Range<u64>) -> Result<ChunkBytes> {
         self.read_through_cache(pack, range, false)
     }
 
-    fn reread(&self, pack: u64, range: Range<u64>) -> Result<Vec<u8>> {
+    fn reread(&self, pack: u64, range: Range<u64>) -> Result<ChunkBytes> {
         self.read_through_cache(pack, range, true)
     }
 

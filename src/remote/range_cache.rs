@@ -8,7 +8,10 @@
 //! ```
 //!
 //! A block file is written under a temporary name and renamed, without fsync: the cache is not
-//! durable state. A block of the wrong length (a crash left it short) is deleted and fetched
+//! durable state. It is never written again once renamed into place (eviction and a refetch
+//! unlink it), so reads map it: a chunk that lies within one block is served as a slice of the
+//! mapping (`ChunkBytes::Mapped`, checked like a chunk of a local pack, with the same
+//! re-verification memo), with no copy; a chunk across two blocks is copied out of both. A block of the wrong length (a crash left it short) is deleted and fetched
 //! again. Its bytes are not hashed on every load: every chunk read from them is verified by its
 //! blake3 above (the chunk cache), and a chunk that fails there is read again with
 //! [`RangeCache::reread`], which drops the cached blocks under it and fetches them anew — so
@@ -20,11 +23,14 @@
 //! of the same pack (a sequential read) fetches `AHEAD` more blocks with it. Blocks are evicted
 //! least recently used first once their bytes pass the limit.
 
-use crate::error::Result;
+use crate::error::{FsError, Result};
+use crate::store::ChunkBytes;
+use crate::store::cache::FileMap;
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -43,19 +49,34 @@ struct State {
     last_fetch: HashMap<u64, u64>,
 }
 
-/// (pack, block number), and a block's bytes.
+/// (pack, block number).
 type BlockKey = (u64, u64);
-type Block = Arc<Vec<u8>>;
 
-/// Blocks kept in memory, verified, so that the chunks of one block (16 of 64 KiB in 1 MiB)
-/// do not each read and hash the whole block file again.
+/// A block's bytes for one read: its cache file mapped, or in memory when it could not be
+/// kept on disk (a full disk).
+enum Block {
+    Mapped(Arc<FileMap>),
+    Held(Vec<u8>),
+}
+
+impl Block {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Block::Mapped(m) => m.bytes(),
+            Block::Held(v) => v,
+        }
+    }
+}
+
+/// Block files kept mapped, so that the chunks of one block (16 of 64 KiB in 1 MiB) do not
+/// each open and map it again.
 const HOT_BLOCKS: usize = 16;
 
 pub struct RangeCache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
-    hot: Mutex<LruCache<BlockKey, Block>>,
+    hot: Mutex<LruCache<BlockKey, Arc<FileMap>>>,
     /// One fetch per pack at a time: readers missing the same blocks (read-ahead threads of
     /// one file) wait for the first one's fetch instead of each fetching them again.
     fetching: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
@@ -126,23 +147,24 @@ impl RangeCache {
     }
 
     /// Bytes `range` of pack `pack` (whose object is `pack_len` bytes long), from cached blocks
-    /// or fetched with `fetch(byte range of the object)`.
+    /// or fetched with `fetch(byte range of the object)`: a slice of a block file's mapping
+    /// when the range lies within one block kept on disk, a copy otherwise.
     pub fn read(
         &self,
         pack: u64,
         pack_len: u64,
         range: Range<u64>,
         fetch: &dyn Fn(Range<u64>) -> Result<Vec<u8>>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<ChunkBytes> {
         if range.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ChunkBytes::Owned(Arc::new(Vec::new())));
         }
         let first = range.start / BLOCK;
         let last = (range.end - 1) / BLOCK;
         let last_block = pack_len.saturating_sub(1) / BLOCK;
         let block_len = |b: u64| (pack_len - b * BLOCK).min(BLOCK);
-        let mut blocks: Vec<Option<Arc<Vec<u8>>>> = (first..=last)
-            .map(|b| self.load(pack, b, block_len(b)))
+        let mut blocks: Vec<Option<Block>> = (first..=last)
+            .map(|b| self.load(pack, b, block_len(b)).map(Block::Mapped))
             .collect();
         let fetch_lock = if blocks.iter().any(Option::is_none) {
             let lock = self.fetching.lock().entry(pack).or_default().clone();
@@ -156,7 +178,7 @@ impl RangeCache {
             for (k, b) in blocks.iter_mut().enumerate() {
                 if b.is_none() {
                     let block = first + k as u64;
-                    *b = self.load(pack, block, block_len(block));
+                    *b = self.load(pack, block, block_len(block)).map(Block::Mapped);
                 }
             }
         }
@@ -194,36 +216,52 @@ impl RangeCache {
             let data = fetch(start..end)?;
             for (k, piece) in data.chunks(BLOCK as usize).enumerate() {
                 let block = a + k as u64;
-                self.store(pack, block, piece);
-                let piece = Arc::new(piece.to_vec());
-                self.hot.lock().put((pack, block), piece.clone());
+                let kept = self.store(pack, block, piece);
                 if block <= b {
-                    blocks[(block - first) as usize] = Some(piece);
+                    blocks[(block - first) as usize] = Some(match kept {
+                        Some(map) => Block::Mapped(map),
+                        None => Block::Held(piece.to_vec()),
+                    });
                 }
             }
             i = j + 1;
         }
-        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        // Where `range` lies in each block.
+        let mut parts = Vec::with_capacity(blocks.len());
         for (k, data) in blocks.into_iter().enumerate() {
-            let data = data.unwrap_or_default();
+            let Some(data) = data else {
+                return Err(FsError::Corrupt(format!(
+                    "pack {pack:016x}: block {} was not read",
+                    first + k as u64
+                )));
+            };
             let base = (first + k as u64) * BLOCK;
+            let len = data.bytes().len() as u64;
             let from = range.start.max(base) - base;
-            let to = (range.end.min(base + data.len() as u64)).saturating_sub(base);
-            if from > to || to > data.len() as u64 {
-                return Err(crate::error::FsError::Corrupt(format!(
+            let to = (range.end.min(base + len)).saturating_sub(base);
+            if from > to || to > len {
+                return Err(FsError::Corrupt(format!(
                     "pack {pack:016x}: block {} is shorter than the range read",
                     first + k as u64
                 )));
             }
-            out.extend_from_slice(&data[from as usize..to as usize]);
+            parts.push((data, from as usize..to as usize));
         }
-        if out.len() as u64 != range.end - range.start {
-            return Err(crate::error::FsError::Corrupt(format!(
+        let total: usize = parts.iter().map(|(_, r)| r.len()).sum();
+        if total as u64 != range.end - range.start {
+            return Err(FsError::Corrupt(format!(
                 "pack {pack:016x}: bytes {}..{} are past the end of the pack",
                 range.start, range.end
             )));
         }
-        Ok(out)
+        if let [(Block::Mapped(map), r)] = &parts[..] {
+            return Ok(ChunkBytes::Mapped(map.chunk(r.start, r.len())?));
+        }
+        let mut out = Vec::with_capacity(total);
+        for (data, r) in &parts {
+            out.extend_from_slice(&data.bytes()[r.clone()]);
+        }
+        Ok(ChunkBytes::Owned(Arc::new(out)))
     }
 
     /// Reads `range` with the cached blocks under it dropped and fetched anew (the bytes served
@@ -234,7 +272,7 @@ impl RangeCache {
         pack_len: u64,
         range: Range<u64>,
         fetch: &dyn Fn(Range<u64>) -> Result<Vec<u8>>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<ChunkBytes> {
         if !range.is_empty() {
             for block in range.start / BLOCK..=(range.end - 1) / BLOCK {
                 self.forget(pack, block);
@@ -243,26 +281,36 @@ impl RangeCache {
         self.read(pack, pack_len, range, fetch)
     }
 
-    /// A cached block of `len` bytes; `None` when absent or of another length (then removed).
-    /// Not hashed here: see the module comment.
-    fn load(&self, pack: u64, block: u64, len: u64) -> Option<Arc<Vec<u8>>> {
+    /// A cached block of `len` bytes, mapped; `None` when absent or of another length (then
+    /// removed). Not hashed here: see the module comment.
+    fn load(&self, pack: u64, block: u64, len: u64) -> Option<Arc<FileMap>> {
         self.state.lock().lru.get(&(pack, block))?;
         if let Some(b) = self.hot.lock().get(&(pack, block)) {
             return Some(b.clone());
         }
         let path = self.dir.join(block_name(pack, block));
-        let mut raw = fs::read(&path).ok();
-        let ok = raw.as_ref().is_some_and(|r| r.len() as u64 == len);
-        if !ok {
-            if raw.is_some() {
+        let file = fs::File::open(&path).ok();
+        let file_len = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len());
+        let map = match file {
+            Some(f) if file_len == Some(len) => FileMap::new(f).ok(),
+            _ => None,
+        };
+        let Some(map) = map else {
+            if file_len.is_some() {
                 tracing::warn!(block = %path.display(), "cached block has the wrong length; fetching it again");
             }
             self.forget(pack, block);
             return None;
-        }
-        let r = Arc::new(raw.take()?);
-        self.hot.lock().put((pack, block), r.clone());
-        Some(r)
+        };
+        // The block is read as a whole: one read-ahead of it rather than a fault (and a small
+        // read) per chunk.
+        map.will_need(0, len as usize);
+        let map = Arc::new(map);
+        self.hot.lock().put((pack, block), map.clone());
+        Some(map)
     }
 
     fn forget(&self, pack: u64, block: u64) {
@@ -275,20 +323,33 @@ impl RangeCache {
         let _ = fs::remove_file(self.dir.join(block_name(pack, block)));
     }
 
-    /// Keeps a fetched block (best effort: a full disk only costs a later fetch).
-    fn store(&self, pack: u64, block: u64, data: &[u8]) {
+    /// Keeps a fetched block and returns its file mapped (best effort: `None` when it could
+    /// not be kept, which a full disk causes; it only costs a later fetch).
+    fn store(&self, pack: u64, block: u64, data: &[u8]) -> Option<Arc<FileMap>> {
         let name = block_name(pack, block);
         let tmp = self.dir.join(format!(
             ".tmp-{name}-{:x}",
             crate::remote::config::random_u64()
         ));
-        if fs::write(&tmp, data)
-            .and_then(|()| fs::rename(&tmp, self.dir.join(&name)))
-            .is_err()
-        {
-            let _ = fs::remove_file(&tmp);
-            return;
-        }
+        let kept = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(data)?;
+                let map = FileMap::new(f)?;
+                fs::rename(&tmp, self.dir.join(&name))?;
+                Ok(Arc::new(map))
+            });
+        let map = match kept {
+            Ok(map) => map,
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+                return None;
+            }
+        };
+        self.hot.lock().put((pack, block), map.clone());
         let mut st = self.state.lock();
         if let Some(old) = st.lru.put((pack, block), data.len() as u64) {
             st.total -= old;
@@ -296,6 +357,7 @@ impl RangeCache {
         st.total += data.len() as u64;
         drop(st);
         self.evict_over_limit();
+        Some(map)
     }
 
     fn evict_over_limit(&self) {
@@ -346,12 +408,12 @@ mod tests {
             len - 7..len,
         ] {
             let got = cache.read(9, len, r.clone(), &fetch).unwrap();
-            assert_eq!(got, &pack[r.start as usize..r.end as usize], "{r:?}");
+            assert_eq!(&*got, &pack[r.start as usize..r.end as usize], "{r:?}");
         }
         let n = fetches.borrow().len();
         for r in [0..BLOCK, BLOCK..2 * BLOCK + 3, len - 100..len] {
             let got = cache.read(9, len, r.clone(), &fetch).unwrap();
-            assert_eq!(got, &pack[r.start as usize..r.end as usize]);
+            assert_eq!(&*got, &pack[r.start as usize..r.end as usize]);
         }
         assert_eq!(
             fetches.borrow().len(),
@@ -359,6 +421,30 @@ mod tests {
             "cached blocks were fetched again"
         );
         assert!(cache.read(9, len, len - 1..len + 1, &fetch).is_err());
+        // Within one block: a slice of the block file's mapping; across two: a copy.
+        assert!(matches!(
+            cache.read(9, len, 2 * BLOCK + 10..2 * BLOCK + 5000, &fetch),
+            Ok(ChunkBytes::Mapped(_))
+        ));
+        assert!(matches!(
+            cache.read(9, len, 2 * BLOCK - 10..2 * BLOCK + 10, &fetch),
+            Ok(ChunkBytes::Owned(_))
+        ));
+    }
+
+    #[test]
+    fn blocks_that_cannot_be_kept_are_served_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = RangeCache::open(&dir.path().join("cache"), 64 << 20).unwrap();
+        fs::remove_dir_all(dir.path().join("cache")).unwrap();
+        let pack = pack_bytes(3 * BLOCK as usize);
+        let fetch = |r: Range<u64>| Ok(pack[r.start as usize..r.end as usize].to_vec());
+        let len = pack.len() as u64;
+        for r in [5..500, BLOCK - 3..BLOCK + 3, 0..len] {
+            let got = cache.read(4, len, r.clone(), &fetch).unwrap();
+            assert_eq!(&*got, &pack[r.start as usize..r.end as usize], "{r:?}");
+        }
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]
@@ -385,7 +471,7 @@ mod tests {
         }
         let cache = RangeCache::open(dir.path(), 3 * BLOCK).unwrap();
         let got = cache.read(1, len, 7 * BLOCK..8 * BLOCK, &fetch).unwrap();
-        assert_eq!(got, &pack[7 * BLOCK as usize..]);
+        assert_eq!(&*got, &pack[7 * BLOCK as usize..]);
         // A flipped byte is not seen here (the chunk hash above sees it): reread fetches the
         // blocks under the range anew, and later reads serve the good bytes.
         drop(cache);
@@ -397,14 +483,14 @@ mod tests {
         let bad = cache
             .read(1, len, 7 * BLOCK..7 * BLOCK + 200, &fetch)
             .unwrap();
-        assert_ne!(bad, &pack[7 * BLOCK as usize..7 * BLOCK as usize + 200]);
+        assert_ne!(&*bad, &pack[7 * BLOCK as usize..7 * BLOCK as usize + 200]);
         let good = cache
             .reread(1, len, 7 * BLOCK..7 * BLOCK + 200, &fetch)
             .unwrap();
-        assert_eq!(good, &pack[7 * BLOCK as usize..7 * BLOCK as usize + 200]);
+        assert_eq!(&*good, &pack[7 * BLOCK as usize..7 * BLOCK as usize + 200]);
         let failing = |_: Range<u64>| Err(crate::error::FsError::Corrupt("offline".into()));
         assert_eq!(
-            cache
+            &*cache
                 .read(1, len, 7 * BLOCK + 5..7 * BLOCK + 9, &failing)
                 .unwrap(),
             &pack[7 * BLOCK as usize + 5..7 * BLOCK as usize + 9],

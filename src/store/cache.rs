@@ -74,7 +74,10 @@ impl FileMap {
     pub fn with_room(file: File, min_len: u64) -> std::io::Result<FileMap> {
         let len = file.metadata()?.len().max(min_len);
         let len = usize::try_from(len).map_err(std::io::Error::other)?;
-        // SAFETY: the files mapped here are loose chunk files and packs. Loose chunk files are
+        // SAFETY: the files mapped here are loose chunk files, packs and the block files of a
+        // remote volume's range cache. Block files, like loose chunk files, are written under a
+        // temporary name, renamed into place and never written again (eviction and a refetch
+        // unlink them: remote/range_cache.rs). Loose chunk files are
         // written under a temporary name (or as an anonymous file), linked into place and never
         // modified again (docs/design.md, "Chunk files"); a repair replaces the file by rename,
         // which leaves this mapping on the old inode. Packs are append-only: bytes below the
@@ -257,38 +260,45 @@ impl ChunkCache {
                 return Err(e);
             }
         };
-        // Bytes from a cache of a remote pack are checked here only: when they fail, the
-        // store fetches them again (and they are checked again below).
-        let mut verified = false;
-        if matches!(bytes, ChunkBytes::Owned(_)) {
-            if bytes.len() as u64 == len && self.hasher.id(&bytes) == *id {
-                verified = true;
-            } else if let Some(again) = self.store.get_again(id)? {
-                bytes = again;
+        // Bytes from a cache of a remote pack (its range cache) are checked here only: when
+        // they fail, the store fetches them again, once, and they are checked again.
+        let mut fetched_again = false;
+        loop {
+            let right_len = bytes.len() as u64 == len;
+            let trusted = right_len
+                && match &bytes {
+                    ChunkBytes::Mapped(m) => {
+                        m.resident && self.memo.lock().get(id) == Some(&m.stamp)
+                    }
+                    ChunkBytes::Owned(_) => false,
+                };
+            if trusted {
+                break;
             }
-        }
-        if bytes.len() as u64 != len {
-            tracing::error!(chunk = %id, expected = len, actual = bytes.len(), "chunk has the wrong length");
-            return Err(FsError::ChunkLength {
-                id: *id,
-                expected: len,
-                actual: bytes.len() as u64,
-            });
-        }
-        let trusted = verified
-            || match &bytes {
-                ChunkBytes::Mapped(m) => m.resident && self.memo.lock().get(id) == Some(&m.stamp),
-                ChunkBytes::Owned(_) => false,
-            };
-        if !trusted {
-            if self.hasher.id(&bytes) != *id {
-                tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
-                self.memo.lock().pop(id);
-                return Err(FsError::CorruptChunk { id: *id });
+            if right_len && self.hasher.id(&bytes) == *id {
+                if let ChunkBytes::Mapped(m) = &bytes {
+                    self.memo.lock().put(*id, m.stamp);
+                }
+                break;
             }
-            if let ChunkBytes::Mapped(m) = &bytes {
-                self.memo.lock().put(*id, m.stamp);
+            if !fetched_again {
+                fetched_again = true;
+                if let Some(again) = self.store.get_again(id)? {
+                    bytes = again;
+                    continue;
+                }
             }
+            self.memo.lock().pop(id);
+            if !right_len {
+                tracing::error!(chunk = %id, expected = len, actual = bytes.len(), "chunk has the wrong length");
+                return Err(FsError::ChunkLength {
+                    id: *id,
+                    expected: len,
+                    actual: bytes.len() as u64,
+                });
+            }
+            tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
+            return Err(FsError::CorruptChunk { id: *id });
         }
         let bytes = Arc::new(bytes);
         self.insert(*id, bytes.clone());

@@ -37,6 +37,16 @@ pub enum ChunkBytes {
     Owned(Arc<Vec<u8>>),
 }
 
+impl ChunkBytes {
+    /// The bytes as a vector of their own (no copy when owned and not shared).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ChunkBytes::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|v| v.to_vec()),
+            ChunkBytes::Mapped(m) => m.bytes().to_vec(),
+        }
+    }
+}
+
 impl Deref for ChunkBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -112,11 +112,11 @@ pub trait PackSource: Send + Sync {
     /// Whether pack `pack` is kept there (uploaded), so its local file may be missing.
     fn has(&self, pack: u64) -> bool;
     /// Bytes `range` of pack `pack` (unverified: records carry checksums and chunks are
-    /// verified by their hash above).
-    fn read(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>>;
+    /// verified by their hash above), mapped from a local copy where it can.
+    fn read(&self, pack: u64, range: std::ops::Range<u64>) -> Result<ChunkBytes>;
     /// [`PackSource::read`] again, bypassing any local copy: the bytes it served for this
     /// range failed their chunk's hash.
-    fn reread(&self, pack: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    fn reread(&self, pack: u64, range: std::ops::Range<u64>) -> Result<ChunkBytes> {
         self.read(pack, range)
     }
     /// Bytes of packs not in the source yet that the store may hold: past it, new data is
@@ -613,10 +613,12 @@ impl PackStore {
                 f.read_exact_at(&mut buf, range.start)?;
                 Ok(buf)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(pack) => self
-                .source
-                .as_ref()
-                .map_or_else(|| Err(FsError::Io(e)), |s| s.read(pack, range)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.is_remote(pack) => {
+                self.source.as_ref().map_or_else(
+                    || Err(FsError::Io(e)),
+                    |s| Ok(s.read(pack, range)?.into_vec()),
+                )
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -658,13 +660,13 @@ impl PackStore {
         };
         let stored = if self.sealed_read(loc) {
             let payload = read(Self::payload_range(loc))?;
-            self.open_payload(id, loc, &payload)?.into_owned()
+            ChunkBytes::Owned(Arc::new(self.open_payload(id, loc, &payload)?.into_owned()))
         } else {
             let start = loc.stored_start();
             read(start..start + loc.stored_len as u64)?
         };
         if loc.codec == CODEC_NONE {
-            return Ok(ChunkBytes::Owned(Arc::new(stored)));
+            return Ok(stored);
         }
         match decompress(loc.codec, &stored, loc.raw_len) {
             Ok(v) => Ok(ChunkBytes::Owned(Arc::new(v))),
@@ -1042,7 +1044,7 @@ impl PackStore {
                 None => fs::read(&path)?,
                 // Past the local cache of it: a damaged cached block must not cost records.
                 Some(len) => match self.source.as_ref().map(|s| s.reread(id, 0..len)) {
-                    Some(Ok(d)) => d,
+                    Some(Ok(d)) => d.into_vec(),
                     Some(Err(e)) => {
                         report.damaged.push(format!(
                             "pack {} in the bucket cannot be read ({e}); skipped",
