@@ -1763,3 +1763,70 @@ fn readdirplus_leaves_out_names_changed_since_the_listing_was_read() {
     assert_eq!(v.lookup(ROOT, "c").unwrap(), a);
     assert_ne!(a, c);
 }
+
+#[test]
+fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
+    let packs = tempfile::tempdir().unwrap();
+    let store = Arc::new(dedupfs::store::PackStore::open(packs.path()).unwrap());
+    store.set_codec(dedupfs::store::codec::Codec::None);
+    // 96 chunks of 1 MiB, one in eight kept: every pack holds live records and is seven
+    // eighths dead, past the background step's threshold (64 MiB dead, a quarter of the
+    // packs) and short of the rule that deletes packs with nothing live.
+    let mut kept = Vec::new();
+    let mut dead = Vec::new();
+    for i in 0..96u64 {
+        let data = noise(MIB as usize, 100 + i);
+        let id = dedupfs::hash::ChunkId::of(&data);
+        store.put(&id, &data).unwrap();
+        if i % 8 == 0 {
+            kept.push((id, data));
+        } else {
+            dead.push(id);
+        }
+    }
+    store.sync().unwrap();
+    for id in &dead {
+        store.remove(id).unwrap();
+    }
+    store.sync().unwrap();
+    let pack_files = || -> Vec<(String, u64)> {
+        let mut f: Vec<(String, u64)> = std::fs::read_dir(packs.path().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        f.sort();
+        f
+    };
+    let before = pack_files();
+    assert!(
+        store.usage().unwrap().dead_bytes >= 64 * MIB,
+        "setup: {:?}",
+        store.usage().unwrap()
+    );
+
+    let cfg = FsConfig {
+        read_only: true,
+        ..FsConfig::default()
+    };
+    let mut v = Vol::with(store.clone(), ChunkParams::default(), cfg);
+    assert_eq!(v.fs().compact_step().unwrap(), 0, "read-only");
+    v.cfg.read_only = false;
+    v.remount();
+    v.fs().fence("test: another writer took the volume");
+    assert_eq!(v.fs().compact_step().unwrap(), 0, "fenced");
+    assert_eq!(pack_files(), before, "the packs changed");
+
+    v.remount();
+    assert!(
+        v.fs().compact_step().unwrap() > 0,
+        "a writable step compacts"
+    );
+    assert_ne!(pack_files(), before);
+    for (id, data) in &kept {
+        assert_eq!(&*store.get(id).unwrap(), &data[..]);
+    }
+}

@@ -852,3 +852,89 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
         &keep,
     );
 }
+
+#[test]
+fn the_daemon_compacts_a_remote_volumes_local_packs_in_the_background() {
+    use std::io::Write;
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "bgcompact", &["--volume", "a", "--pack-mib", "4"]);
+    let va = Volume::mount_existing(&a, &[], &env);
+    // Two files written in alternating fsynced pieces: every pack holds records of both,
+    // nine tenths of them of the file deleted below (past the background step's threshold of
+    // 64 MiB dead and a quarter of the pack bytes).
+    const PIECE: usize = 1 << 20;
+    let keep = random_bytes(81, 8 * PIECE);
+    let gone = random_bytes(82, 80 * PIECE);
+    {
+        let mut k = fs::File::create(va.path("keep")).unwrap();
+        let mut d = fs::File::create(va.path("gone")).unwrap();
+        let pieces = keep.chunks(keep.len().div_ceil(80));
+        assert_eq!(pieces.len(), 80);
+        for (pk, pd) in pieces.zip(gone.chunks(PIECE)) {
+            k.write_all(pk).unwrap();
+            k.sync_all().unwrap();
+            d.write_all(pd).unwrap();
+            d.sync_all().unwrap();
+        }
+    }
+    ok(sync(&env, &va.mnt), "sync (everything uploaded)");
+    let local = || -> u64 {
+        fs::read_dir(a.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+            .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let before = local();
+    assert!(
+        before >= (keep.len() + gone.len()) as u64,
+        "{before} bytes of local packs"
+    );
+    fs::remove_file(va.path("gone")).unwrap();
+    ok(sync(&env, &va.mnt), "sync (gone deleted)");
+    // No `dedupfs gc`: the daemon's background step (every 5 s) rewrites the uploaded packs
+    // that are mostly dead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while local() > 3 * keep.len() as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let after = local();
+    assert!(
+        after <= 3 * keep.len() as u64,
+        "local packs still hold {after} bytes for {} live ({before} before): no background \
+         compaction\n{}",
+        keep.len(),
+        va.log()
+    );
+    assert_bytes_eq("keep after compaction", &read_all(&va.path("keep")), &keep);
+    // The compacted packs are uploaded and the next generation names them instead of the old
+    // ones, which the bucket gc then marks.
+    ok(sync(&env, &va.mnt), "sync (compacted packs uploaded)");
+    let out = ok(
+        dedupfs(&env, &["gc-bucket", &url_of(&g, "bgcompact"), "--json"]),
+        "gc-bucket (mark)",
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).expect("gc-bucket json");
+    assert!(
+        r["marked_bytes"].as_u64().unwrap_or(0) >= gone.len() as u64 * 3 / 4,
+        "the old packs were not marked: {r}"
+    );
+    drop(va);
+    let b = dirs.path("b");
+    attach(&g, &b, "bgcompact", &["--volume", "a"]);
+    ok(
+        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
+        "fsck --verify-data of a fresh attach",
+    );
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq(
+        "keep from a fresh attach",
+        &read_all(&vb.path("keep")),
+        &keep,
+    );
+    assert!(!vb.path("gone").exists());
+}

@@ -273,7 +273,11 @@ impl Fs {
 
     /// One bounded step of background compaction (the flusher calls it between durable
     /// points). Runs without the state lock: compaction only moves chunks between packs.
+    /// Nothing on a read-only or fenced mount: it changes nothing in its store.
     pub fn compact_step(&self) -> Result<u64> {
+        if self.writable().is_err() {
+            return Ok(0);
+        }
         let freed = self.store().compact_step()?;
         if freed > 0 {
             tracing::debug!("background compaction freed {freed} bytes");

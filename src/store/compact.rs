@@ -63,11 +63,13 @@ pub fn compact(
     dry_run: bool,
     seal_open: bool,
 ) -> Result<CompactReport> {
-    compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX, None)
+    compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX, None, true)
 }
 
 /// `compact`, rewriting at most `max_packs` packs (the deadest first) and starting none after
-/// `until`: the daemon's background compaction does a bounded amount at a time.
+/// `until`: the daemon's background compaction does a bounded amount at a time. Without
+/// `download`, packs of a remote volume whose local file was evicted are left alone (the
+/// background step reads nothing from the bucket; `dedupfs gc` does).
 pub fn compact_at_most(
     store: &PackStore,
     min_dead: f64,
@@ -75,6 +77,7 @@ pub fn compact_at_most(
     seal_open: bool,
     max_packs: usize,
     until: Option<std::time::Instant>,
+    download: bool,
 ) -> Result<CompactReport> {
     let _one = store.compaction_lock();
     let mut report = CompactReport::default();
@@ -87,6 +90,7 @@ pub fn compact_at_most(
         store.sync()?;
     }
     let mut not_uploaded = 0;
+    let mut evicted = 0;
     let mut candidates: Vec<(u64, PackRow)> = store
         .sealed_packs()?
         .into_iter()
@@ -103,10 +107,20 @@ pub fn compact_at_most(
             not_uploaded += usize::from(wait);
             !wait
         })
+        .filter(|(id, _)| {
+            let skip = remote && !download && !store.is_local(*id);
+            evicted += usize::from(skip);
+            !skip
+        })
         .collect();
     if not_uploaded > 0 {
         report.skipped.push(format!(
             "{not_uploaded} packs: not uploaded yet (compacted once they are in the bucket)"
+        ));
+    }
+    if evicted > 0 {
+        report.skipped.push(format!(
+            "{evicted} packs: evicted from the local cache (`dedupfs gc` downloads them)"
         ));
     }
     // Packs with nothing live first (deleting them needs no space), then the deadest: on a

@@ -1439,12 +1439,25 @@ impl ChunkStore for PackStore {
     }
 
     fn compact_step(&self) -> Result<u64> {
-        if self.compaction_busy() || self.source.is_some() {
+        if self.compaction_busy() {
             return Ok(0);
         }
         let u = self.usage()?;
         if u.dead_bytes < BACKGROUND_MIN_DEAD_BYTES || u.dead_bytes * 4 < u.disk_bytes {
             return Ok(0);
+        }
+        // A remote volume's step compacts only its uploaded packs still in the local cache
+        // (it downloads nothing): with none worth it, it does not even sync.
+        if self.source.is_some() {
+            let worth = self.sealed_packs()?.into_iter().any(|(id, row)| {
+                id < FOREIGN_PACK_BASE
+                    && (row.live_records == 0 || row.dead_bytes() * 2 >= row.len)
+                    && self.is_remote(id)
+                    && self.is_local(id)
+            });
+            if !worth {
+                return Ok(0);
+            }
         }
         let until = std::time::Instant::now() + BACKGROUND_STEP_TIME;
         let r = super::compact::compact_at_most(
@@ -1454,6 +1467,7 @@ impl ChunkStore for PackStore {
             false,
             BACKGROUND_PACKS,
             Some(until),
+            false,
         )?;
         Ok(r.bytes_reclaimed)
     }
