@@ -206,6 +206,17 @@ const LOCK_RETRIES: u32 = 20;
 
 /// Opens a store for exclusive use.
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
+    open_with(dir, false)
+}
+
+/// Opens a store to mount it: a store `attach` made that no mount has written to is first
+/// brought to its volume's newest generation (`remote::attach::catch_up`; with the bucket
+/// out of reach, a log line and the copy it has).
+pub fn open_to_mount(dir: &Path) -> Result<Volume, VolumeError> {
+    open_with(dir, true)
+}
+
+fn open_with(dir: &Path, catch_up: bool) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
     // An encrypted volume's key first: a missing or wrong key is refused before anything
     // else is opened (and so before anything is written).
@@ -216,6 +227,29 @@ pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
             err,
         })?
         .flatten();
+    if catch_up && let Ok(Some(config)) = VolumeConfig::load(dir) {
+        match crate::remote::attach::catch_up(dir, &config, key.as_ref()) {
+            Ok(Some(r)) => tracing::info!(
+                generation = r.generation,
+                packs = r.packs,
+                snapshots = r.snapshots,
+                "caught up with the volume's newest generation (this store was attached and \
+                 never written to)"
+            ),
+            Ok(None) => {}
+            // A newer format, a wrong key: as for attach, refused.
+            Err(err @ FsError::Refused(_)) => {
+                return Err(VolumeError::Meta {
+                    path: dir.to_path_buf(),
+                    err,
+                });
+            }
+            Err(e) => tracing::warn!(
+                "cannot look for a newer generation of the volume ({e}): mounting the one \
+                 this store has"
+            ),
+        }
+    }
     if !dir.join("meta.redb").exists() {
         return Err(VolumeError::MetaDamaged {
             path: dir.to_path_buf(),

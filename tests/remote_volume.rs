@@ -938,3 +938,87 @@ fn the_daemon_compacts_a_remote_volumes_local_packs_in_the_background() {
     );
     assert!(!vb.path("gone").exists());
 }
+
+#[test]
+fn an_attached_store_catches_up_with_the_volume_each_time_it_is_mounted() {
+    let Some((mut g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let (a, b, c) = (dirs.path("a"), dirs.path("b"), dirs.path("c"));
+    init_remote(&g, &a, "follow", &["--volume", "v"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let one = random_bytes(91, 3 << 20);
+    fs::write(va.path("one"), &one).unwrap();
+    ok(sync(&env, &va.mnt), "sync 1");
+    attach(&g, &b, "follow", &["--volume", "v"]);
+    let mut vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
+
+    // The writer goes on: a file changed, a new one, a snapshot.
+    let one2 = random_bytes(92, 3 << 20);
+    let two = random_bytes(93, 2 << 20);
+    fs::write(va.path("one"), &one2).unwrap();
+    fs::write(va.path("two"), &two).unwrap();
+    ok(
+        dedupfs(
+            &env,
+            &["snapshot", "create", va.mnt.to_str().unwrap(), "s1"],
+        ),
+        "snapshot create",
+    );
+    ok(sync(&env, &va.mnt), "sync 2");
+    // A mounted reader keeps the generation it mounted; mounted again, it has the newest.
+    assert!(!vb.path("two").exists());
+    vb.unmount();
+    vb.remount();
+    assert_bytes_eq("one, changed", &read_all(&vb.path("one")), &one2);
+    assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
+    assert_bytes_eq(
+        "one in the snapshot",
+        &read_all(&vb.path(".snapshots/s1/one")),
+        &one2,
+    );
+    assert!(vb.log().contains("caught up"), "{}", vb.log());
+
+    // The bucket out of reach: the copy it has is mounted, with a line saying so.
+    vb.unmount();
+    g.stop();
+    vb.remount();
+    assert_bytes_eq("two, bucket down", &read_all(&vb.path("two")), &two);
+    assert!(
+        vb.log().contains("cannot look for a newer generation"),
+        "{}",
+        vb.log()
+    );
+    vb.unmount();
+    g.restart();
+    va.unmount();
+
+    // Attached and never written to, a store also catches up before a mount for writing
+    // (which its base being the head requires): c attaches now, b then writes.
+    attach(&g, &c, "follow", &["--volume", "v"]);
+    vb.set_mount_args(&[]);
+    vb.remount();
+    let three = random_bytes(94, 1 << 20);
+    fs::write(vb.path("three"), &three).unwrap();
+    vb.unmount();
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("remote/state.json")).unwrap()).unwrap();
+    assert_eq!(state["attached_only"], false, "{state}");
+    let mut vc = Volume::mount_existing(&c, &[], &env);
+    assert_bytes_eq("three, from c", &read_all(&vc.path("three")), &three);
+    let four = random_bytes(95, 1 << 20);
+    fs::write(vc.path("four"), &four).unwrap();
+    vc.unmount();
+
+    // b has been written to: its own state stays as it is (a mount for writing is refused
+    // with c's generation above its base; read-only it serves its own copy).
+    vb.set_mount_args(&["-o", "ro"]);
+    vb.remount();
+    assert_bytes_eq("three, b's own", &read_all(&vb.path("three")), &three);
+    assert!(!vb.path("four").exists());
+    vb.unmount();
+    vb.set_mount_args(&[]);
+    let said = Volume::mount_refused(&b, &[], &env);
+    assert!(said.contains("another writer"), "{said}");
+}

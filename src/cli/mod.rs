@@ -1434,7 +1434,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let backups = Arc::new(parking_lot::Mutex::new(
         crate::maint::backup::BackupTimer::new(store, opts.backup_interval),
     ));
-    let vol = volume::open(store)?;
+    let vol = volume::open_to_mount(store)?;
     // The mount's source names the store absolutely: `dedupfs sync MOUNTPOINT` finds the
     // daemon's control socket through it.
     let dir = vol.dir.canonicalize().unwrap_or_else(|_| vol.dir.clone());

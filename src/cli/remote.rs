@@ -193,6 +193,10 @@ impl RemoteDaemon {
                 config.url
             );
         }
+        if let Err(e) = vol.mounted_for_writing() {
+            keeper.finish(true);
+            return Err(e).context("cannot record the store as written to (remote/state.json)");
+        }
         // Shared dedup: chunks other volumes under the prefix published are named, not stored
         // again. Without the bucket now, the volume works, and dedups against them later.
         remote.enable_sharing()?;

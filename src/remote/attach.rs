@@ -121,6 +121,7 @@ pub fn init_remote(
         skipped: Vec::new(),
         published_unix: now_unix(),
         gc_ack,
+        attached_only: false,
     }
     .save(dir)?;
     Ok(AttachReport {
@@ -246,36 +247,11 @@ pub fn attach(
         ))
     })?;
     std::fs::create_dir_all(dir)?;
-    let write = |name: &Path, bytes: &[u8]| -> Result<()> {
-        let f = std::fs::File::create(name)?;
-        std::io::Write::write_all(&mut &f, bytes)?;
-        f.sync_all()?;
-        Ok(())
-    };
-    write(&dir.join("meta.redb"), &found_gen.meta)?;
-    write(&dir.join("index.redb"), &found_gen.index)?;
-    if !found_gen.snapshots.is_empty() {
-        let sdir = dir.join("snapshots");
-        std::fs::create_dir_all(&sdir)?;
-        for (name, bytes) in &found_gen.snapshots {
-            write(&sdir.join(name), bytes)?;
-        }
-        std::fs::File::open(&sdir)?.sync_all()?;
-    }
     std::fs::create_dir_all(dir.join("packs"))?;
     // A new writer id: this store's generations are its own.
     config.writer = super::config::random_u64();
     config.save(dir)?;
-    PackTable::replace(dir, &found_gen.packs)?;
-    let published_unix = found_gen.header.created_ns / 1_000_000_000;
-    PublishState {
-        generation: found_gen.header.generation,
-        writer: found_gen.header.writer,
-        skipped: skipped_keys,
-        published_unix,
-        gc_ack: found_gen.gc_ack,
-    }
-    .save(dir)?;
+    let published_unix = install(dir, &found_gen, skipped_keys)?;
     crate::volume::write_marker(dir)
         .map_err(|e| FsError::Io(std::io::Error::other(e.to_string())))?;
     Ok(AttachReport {
@@ -287,4 +263,130 @@ pub fn attach(
         snapshots: found_gen.snapshots.len() as u64,
         skipped,
     })
+}
+
+/// Writes `bytes` as `dir/name`, durably, replacing what was there in one step.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut &f, bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// Makes generation `found` the store's state: its metadata, pack index, snapshots and pack
+/// table, then (last, so that an interrupted install is done again) the publish state, which
+/// marks the store as attached only. Returns when the generation was published.
+fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> Result<u64> {
+    replace_file(dir, "meta.redb", &found.meta)?;
+    replace_file(dir, "index.redb", &found.index)?;
+    let sdir = dir.join("snapshots");
+    if !found.snapshots.is_empty() || sdir.exists() {
+        std::fs::create_dir_all(&sdir)?;
+        for (name, bytes) in &found.snapshots {
+            replace_file(&sdir, name, bytes)?;
+        }
+        // Snapshots the volume no longer has.
+        for e in std::fs::read_dir(&sdir)? {
+            let e = e?;
+            let name = e.file_name();
+            let kept = name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') || found.snapshots.iter().any(|(s, _)| s == n));
+            if !kept && e.file_type()?.is_file() {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        std::fs::File::open(&sdir)?.sync_all()?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    super::packs::PackTable::replace(dir, &found.packs)?;
+    let published_unix = found.header.created_ns / 1_000_000_000;
+    PublishState {
+        generation: found.header.generation,
+        writer: found.header.writer,
+        skipped,
+        published_unix,
+        gc_ack: found.gc_ack,
+        attached_only: true,
+    }
+    .save(dir)?;
+    Ok(published_unix)
+}
+
+/// A mount of a store that `attach` made and no mount has written to since
+/// ([`PublishState::attached_only`]): brings it to the volume's newest generation, as a new
+/// `attach` would, keeping its cached ranges. `Ok(None)`: nothing newer (or not such a store).
+/// The caller holds the store's lock and has opened nothing in it yet.
+pub fn catch_up(
+    dir: &Path,
+    config: &VolumeConfig,
+    volume_key: Option<&crate::crypto::Key>,
+) -> Result<Option<AttachReport>> {
+    let state = PublishState::load(dir)?;
+    if !state.attached_only {
+        return Ok(None);
+    }
+    let mut client_config = config.client_config()?;
+    // A mount waits for this: an unreachable store fails it quickly (the copy is mounted).
+    client_config.max_retries = 1;
+    client_config.retry_timeout = std::time::Duration::from_secs(5);
+    let client = RemoteStore::new(&client_config)?;
+    let keys = config.keys();
+    let mut skipped = state.skipped.clone();
+    let mut newly_skipped = Vec::new();
+    for (g, w, key) in list_generations(&client, &keys)? {
+        if g <= state.generation {
+            break;
+        }
+        if skipped.contains(&key) {
+            continue;
+        }
+        let raw = client.get(&key)?;
+        match generation::decode_for(&raw, volume_key) {
+            Ok(found) if found.header.generation == g && found.header.writer == w => {
+                let old = super::packs::PackTable::open(dir)?.all();
+                // Failed part-way, the store is between two generations: not mounted (its
+                // publish state still names the old one, so the next mount does it again).
+                let published_unix = install(dir, &found, skipped).map_err(|e| {
+                    FsError::Refused(format!(
+                        "bringing this store to generation {g} of the volume failed part-way \
+                         ({e}); mounting it again finishes it"
+                    ))
+                })?;
+                // A pack number that now names other bytes (another volume's pack numbered
+                // anew by a new writer): its cached ranges go.
+                let cache = super::config::state_dir(dir)?.join("cache");
+                for p in old {
+                    let same = found
+                        .packs
+                        .iter()
+                        .any(|n| n.id == p.id && n.len == p.len && n.hash == p.hash);
+                    if !same {
+                        super::range_cache::forget_pack(&cache, p.id);
+                    }
+                }
+                return Ok(Some(AttachReport {
+                    url: config.url.clone(),
+                    volume: config.volume.clone(),
+                    generation: g,
+                    published_unix,
+                    packs: found.packs.len() as u64,
+                    snapshots: found.snapshots.len() as u64,
+                    skipped: newly_skipped,
+                }));
+            }
+            Err(e @ FsError::Refused(_)) => return Err(e),
+            Ok(_) => {
+                newly_skipped.push(format!("{key}: its header names another generation"));
+                skipped.push(key);
+            }
+            Err(e) => {
+                newly_skipped.push(format!("{key}: {e}"));
+                skipped.push(key);
+            }
+        }
+    }
+    Ok(None)
 }

@@ -164,6 +164,11 @@ impl PackTable {
         super::config::write_durably(&state_dir(store_dir)?, LOG, text.as_bytes())
     }
 
+    /// Every pack in the table.
+    pub fn all(&self) -> Vec<PackRef> {
+        self.packs.read().values().copied().collect()
+    }
+
     pub fn get(&self, id: u64) -> Option<PackRef> {
         self.packs.read().get(&id).copied()
     }

@@ -97,6 +97,23 @@ fn parse_block_name(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// Deletes the cached blocks of pack `pack` from the cache at `dir` (not open: `attach::
+/// catch_up` runs before the volume is opened), best effort.
+pub fn forget_pack(dir: &Path, pack: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(parse_block_name)
+            .is_some_and(|(p, _)| p == pack)
+        {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 impl RangeCache {
     /// Opens (creating) the cache at `dir`, keeping at most `limit` bytes: blocks already there
     /// are kept, oldest evicted first; unfinished temporary files are removed.

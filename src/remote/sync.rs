@@ -46,6 +46,10 @@ pub struct PublishState {
     /// The bucket gc mark that generation acknowledged (installed before its durable point).
     #[serde(default)]
     pub gc_ack: u64,
+    /// Made by `attach` and never mounted for writing since: nothing here is the store's own,
+    /// so a mount first brings it to the volume's newest generation (`attach::catch_up`).
+    #[serde(default)]
+    pub attached_only: bool,
 }
 
 impl PublishState {
@@ -252,6 +256,18 @@ impl RemoteVolume {
 
     pub fn remote(&self) -> &Arc<RemotePacks> {
         &self.remote
+    }
+
+    /// A mount for writing holds the volume now (lease taken, base checked): from here on the
+    /// store may hold changes of its own, which no later mount may replace by catching up.
+    /// Recorded durably before the first change.
+    pub fn mounted_for_writing(&self) -> Result<()> {
+        let mut state = self.publishing.lock();
+        if state.attached_only {
+            state.attached_only = false;
+            state.save(&self.dir)?;
+        }
+        Ok(())
     }
 
     fn client(&self) -> Result<Arc<RemoteStore>> {
