@@ -272,7 +272,7 @@ impl RangeCache {
             )));
         }
         if let [(Block::Mapped(map), r)] = &parts[..] {
-            return Ok(ChunkBytes::Mapped(map.chunk(r.start, r.len())?));
+            return Ok(ChunkBytes::Mapped(map.chunk(r.start, r.len())?.transient()));
         }
         let mut out = Vec::with_capacity(total);
         for (data, r) in &parts {
@@ -306,7 +306,15 @@ impl RangeCache {
             return Some(b.clone());
         }
         let path = self.dir.join(block_name(pack, block));
-        let file = fs::File::open(&path).ok();
+        let file = match fs::File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Out of descriptors, an I/O error: the block stays; this read fetches it.
+            Err(e) => {
+                tracing::warn!(block = %path.display(), "cannot open cached block: {e}");
+                return None;
+            }
+        };
         let file_len = file
             .as_ref()
             .and_then(|f| f.metadata().ok())
@@ -514,5 +522,81 @@ mod tests {
             "a block fetched again is served from the cache"
         );
         assert!(cache.read(1, len, 0..1, &failing).is_err());
+    }
+
+    /// Bytes `r` of a pack of noise (no two 64 KiB ranges alike), made without the rest.
+    fn pack_range(r: Range<u64>) -> Vec<u8> {
+        (r.start..r.end)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+            .collect()
+    }
+
+    /// A store whose chunks are ranges of one remote pack read through a range cache.
+    struct ThroughCache {
+        cache: RangeCache,
+        len: u64,
+        at: HashMap<crate::hash::ChunkId, Range<u64>>,
+    }
+
+    impl crate::store::ChunkStore for ThroughCache {
+        fn put(&self, _: &crate::hash::ChunkId, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn get(&self, id: &crate::hash::ChunkId) -> Result<ChunkBytes> {
+            let r = self.at[id].clone();
+            self.cache
+                .read(1, self.len, r, &|r: Range<u64>| Ok(pack_range(r)))
+        }
+        fn remove(&self, _: &crate::hash::ChunkId) -> Result<()> {
+            Ok(())
+        }
+        fn sync(&self) -> Result<()> {
+            Ok(())
+        }
+        fn for_each(&self, _: &mut dyn FnMut(crate::hash::ChunkId)) -> Result<()> {
+            Ok(())
+        }
+        fn space(&self) -> Result<crate::store::SpaceUsage> {
+            Ok(crate::store::SpaceUsage::default())
+        }
+    }
+
+    #[test]
+    fn chunks_kept_by_the_chunk_cache_hold_no_block_file_open() {
+        // A chunk cache entry that kept a slice of a block's mapping would keep the block
+        // file open and, once evicted, allocated: 300 chunks in 300 blocks, a cache of 8
+        // blocks, and the chunk cache holding them all.
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = 300u64;
+        let mut at = HashMap::new();
+        for b in 0..blocks {
+            let r = b * BLOCK + 4096..b * BLOCK + 4096 + 65536;
+            let id = crate::hash::ChunkId::of(&pack_range(r.clone()));
+            at.insert(id, r);
+        }
+        let ids: Vec<_> = at.keys().copied().collect();
+        assert_eq!(ids.len(), blocks as usize);
+        let store = Arc::new(ThroughCache {
+            cache: RangeCache::open(&dir.path().join("cache"), 8 * BLOCK).unwrap(),
+            len: blocks * BLOCK,
+            at,
+        });
+        let chunks = crate::store::ChunkCache::new(store.clone(), 256 << 20);
+        for id in &ids {
+            chunks.get(id, 65536).unwrap();
+        }
+        assert_eq!(chunks.cached_bytes(), ids.len() * 65536);
+        let open: Vec<_> = fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .filter(|t| t.starts_with(dir.path()))
+            .collect();
+        assert!(
+            open.len() <= HOT_BLOCKS,
+            "{} block files open: {:?}",
+            open.len(),
+            &open[..open.len().min(5)]
+        );
+        assert!(store.cache.bytes() <= 8 * BLOCK);
     }
 }

@@ -142,6 +142,7 @@ impl FileMap {
             len,
             stamp: FileStamp::of(&md, start as u64),
             resident,
+            transient: false,
         })
     }
 }
@@ -154,6 +155,11 @@ pub struct MappedChunk {
     stamp: FileStamp,
     /// Every page was in the page cache when it was mapped.
     resident: bool,
+    /// A slice of a range-cache block file (evicted and re-created at will): the memo never
+    /// vouches for it (a re-created block can reuse the inode and, with coarse timestamps,
+    /// the whole stamp), and the chunk cache keeps a copy, not the mapping (which would keep
+    /// the block file allocated, and a descriptor open, after its eviction).
+    transient: bool,
 }
 
 impl MappedChunk {
@@ -164,6 +170,12 @@ impl MappedChunk {
 
     pub fn bytes(&self) -> &[u8] {
         &self.file.map[self.start..self.start + self.len]
+    }
+
+    /// Marks a slice of a range-cache block (see `transient`).
+    pub fn transient(mut self) -> MappedChunk {
+        self.transient = true;
+        self
     }
 }
 
@@ -249,10 +261,12 @@ impl ChunkCache {
         if let Some(hit) = self.lru.lock().map.get(id) {
             return Ok(hit.clone());
         }
+        let mut fetched_again = false;
         let mut bytes = match self.store.get(id) {
             Ok(b) => b,
             // Stored bytes that do not decompress: a damaged cached copy is fetched again.
             Err(FsError::CorruptChunk { .. }) if let Some(again) = self.store.get_again(id)? => {
+                fetched_again = true;
                 again
             }
             Err(e) => {
@@ -262,13 +276,12 @@ impl ChunkCache {
         };
         // Bytes from a cache of a remote pack (its range cache) are checked here only: when
         // they fail, the store fetches them again, once, and they are checked again.
-        let mut fetched_again = false;
         loop {
             let right_len = bytes.len() as u64 == len;
             let trusted = right_len
                 && match &bytes {
                     ChunkBytes::Mapped(m) => {
-                        m.resident && self.memo.lock().get(id) == Some(&m.stamp)
+                        !m.transient && m.resident && self.memo.lock().get(id) == Some(&m.stamp)
                     }
                     ChunkBytes::Owned(_) => false,
                 };
@@ -276,7 +289,9 @@ impl ChunkCache {
                 break;
             }
             if right_len && self.hasher.id(&bytes) == *id {
-                if let ChunkBytes::Mapped(m) = &bytes {
+                if let ChunkBytes::Mapped(m) = &bytes
+                    && !m.transient
+                {
                     self.memo.lock().put(*id, m.stamp);
                 }
                 break;
@@ -300,6 +315,10 @@ impl ChunkCache {
             tracing::error!(chunk = %id, "chunk content does not match its hash; refusing to serve it");
             return Err(FsError::CorruptChunk { id: *id });
         }
+        let bytes = match bytes {
+            ChunkBytes::Mapped(m) if m.transient => ChunkBytes::Owned(Arc::new(m.bytes().to_vec())),
+            b => b,
+        };
         let bytes = Arc::new(bytes);
         self.insert(*id, bytes.clone());
         Ok(bytes)
