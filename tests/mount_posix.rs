@@ -1240,6 +1240,29 @@ fn read_only_mount_rejects_writes_with_erofs_but_serves_reads() {
         errno_of("rmdir on ro", fs::remove_dir(vol.path("d"))),
         libc::EROFS
     );
+    // Maintenance through the daemon that would change the store is refused too; what only
+    // reads is served.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let store = vol.store.to_str().unwrap();
+    for args in [
+        &["set", store, "compression", "lz4"][..],
+        &["gc", store][..],
+    ] {
+        let out = cli(args);
+        let text = common::output_text(&out);
+        assert!(
+            !out.status.success() && text.contains("read-only"),
+            "{args:?} on a read-only mount: {text}"
+        );
+    }
+    let out = cli(&["gc", store, "--dry-run"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
     vol.unmount();
 }
 

@@ -164,6 +164,19 @@ fn snapshot_error(e: &crate::error::FsError) -> String {
 }
 
 fn handle(fs: &Fs, store: &Path, remote: Option<&RemoteVolume>, req: Request) -> Answer {
+    let changes = matches!(
+        req,
+        Request::SetCompression { .. } | Request::Gc { dry_run: false, .. }
+    );
+    if changes && !fs.is_writable() {
+        return Answer {
+            report: None,
+            error: Some(
+                "the volume is mounted read-only (or was fenced: see its log): nothing changed"
+                    .into(),
+            ),
+        };
+    }
     let result = match req {
         Request::SnapshotCreate { name, ino, path } => fs
             .snapshot_create(&name, ino, &path)

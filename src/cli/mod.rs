@@ -111,7 +111,8 @@ enum Cmd {
         /// Mount options, comma separated: ro, rw, allow_other, allow_root,
         /// default_permissions (always on), dev/nodev, suid/nosuid, exec/noexec,
         /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N, backup_interval=SECS (metadata
-        /// backups while it changes; default 3600, 0: only at unmount). Ignored, as meaningful
+        /// backups while it changes; default 3600, 0: only at unmount), direct_reads (every read
+        /// past the kernel's page cache). Ignored, as meaningful
         /// only to mount(8), fstab or systemd: defaults, auto, noauto, nofail, _netdev, user,
         /// users, owner, group, x-*, comment=*. Anything else is refused.
         #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
@@ -119,17 +120,19 @@ enum Cmd {
         /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing
         /// filesystem's page cache, which the kernel can reclaim). Default: an eighth of the
         /// RAM, between 64 and 1024.
-        #[arg(long)]
-        cache_mib: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+        cache_mib: Option<u32>,
     },
-    /// Check metadata and chunk files; with --repair, fix what can be fixed without guessing.
+    /// Check the metadata, the pack index and the packs; with --repair, fix what can be fixed
+    /// without guessing.
     Fsck {
         store: PathBuf,
         /// Fix refcounts, counters, link counts and orphans; reattach lost inodes under
         /// /lost+found (store must not be mounted).
         #[arg(long)]
         repair: bool,
-        /// Re-hash every chunk file and compare with its name (reads all data).
+        /// Read every record of every pack, check its checksum and re-hash its chunk against
+        /// its id (reads all data; for a remote volume, also the packs only the bucket has).
         #[arg(long)]
         verify_data: bool,
         #[arg(long)]
@@ -345,7 +348,15 @@ enum Setting {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEDUPFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // fuser warns "Failed to umount filesystem" at every unmount the kernel already did
+        // (umount, fusermount3 -u): noise in every daemon log. Commands that wait for the
+        // object store report its failure in one line; object_store's retry lines are noise
+        // there.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,fuser::session=error,object_store::client::retry=warn",
+            )
+        });
     // A log line that cannot be written (the log's disk is full, often the store's own) is
     // dropped: the default reports it with eprintln!, which panics when stderr fails too, and
     // a panic on a FUSE or write-back thread takes the mount down or hangs a caller.
@@ -490,6 +501,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let opts = MountOpts::parse(&options)?;
             let cache_mib = cache_mib
+                .map(|m| m as usize)
                 .or(opts.cache_mib)
                 .unwrap_or_else(default_cache_mib);
             check_mountpoint(&mountpoint)?;
@@ -1419,6 +1431,8 @@ fn spawn_background(
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
+            // The daemon's own error line, without its "dedupfs: error: " (ours adds one).
+            let last = last.strip_prefix("dedupfs: error: ").unwrap_or(last);
             bail!("daemon exited ({status}) before the mount was ready: {last}");
         }
         std::thread::sleep(Duration::from_millis(20));

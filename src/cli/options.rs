@@ -92,8 +92,10 @@ impl MountOpts {
                 }
                 c if c.starts_with("cache_mib=") => {
                     match c["cache_mib=".len()..].parse::<usize>() {
-                        Ok(n) if n > 0 => o.cache_mib = Some(n),
-                        _ => bail!("mount option '{c}': cache_mib takes a number of MiB (> 0)"),
+                        Ok(n) if (1..=1 << 20).contains(&n) => o.cache_mib = Some(n),
+                        _ => bail!(
+                            "mount option '{c}': cache_mib takes a number of MiB (1 to 1048576)"
+                        ),
                     }
                 }
                 other => bail!("unknown mount option '{other}' (known: {KNOWN})"),
@@ -150,6 +152,14 @@ mod tests {
         assert!(!o.read_only);
         assert!(!o.direct_reads);
         assert!(parse("direct_reads").unwrap().direct_reads);
+        assert_eq!(parse("cache_mib=512").unwrap().cache_mib, Some(512));
+        for bad in [
+            "cache_mib=0",
+            "cache_mib=1048577",
+            "cache_mib=18446744073709551615",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(o.dev, Some(true));
         assert_eq!(o.cache_mib, Some(64));
         assert_eq!(o.kernel_flags(), vec![fuser::MountOption::Dev]);

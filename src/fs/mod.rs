@@ -492,6 +492,11 @@ impl Fs {
         self.writable()
     }
 
+    /// Whether the mount may change its store: not read-only, not fenced.
+    pub fn is_writable(&self) -> bool {
+        self.writable().is_ok()
+    }
+
     fn writable(&self) -> Result<()> {
         if self.cfg.read_only || self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             Err(FsError::ReadOnly)
