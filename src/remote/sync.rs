@@ -172,9 +172,10 @@ pub fn check_head(
     match gens.iter().find(|(_, _, k)| !state.skipped.contains(k)) {
         Some((g, w, _)) if (*g, *w) != (base, base_writer) => Ok(Err(format!(
             "another writer ({w:016x}) published generation {g} of this volume, which is not \
-             the generation {base} this store built on: two machines wrote the volume (the \
-             lease was lost or forced); this store's changes since are kept locally but not \
-             published"
+             the generation {base} this store built on: the volume was written elsewhere \
+             since this store last published (after this store's lease was released or \
+             expired, or while two machines wrote it); this store's changes since are kept \
+             locally but not published"
         ))),
         _ => Ok(Ok((base, base.max(skipped_max) + 1))),
     }
