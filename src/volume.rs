@@ -250,6 +250,24 @@ fn open_with(dir: &Path, catch_up: bool) -> Result<Volume, VolumeError> {
             ),
         }
     }
+    if catch_up {
+        let cut_short =
+            crate::remote::attach::install_cut_short(dir).map_err(|err| VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err,
+            })?;
+        if cut_short {
+            return Err(VolumeError::Meta {
+                path: dir.to_path_buf(),
+                err: FsError::Refused(
+                    "bringing this store to the volume's newest generation was cut short (its \
+                     files are of two generations); mount it again with the object store \
+                     reachable to finish it"
+                        .into(),
+                ),
+            });
+        }
+    }
     if !dir.join("meta.redb").exists() {
         return Err(VolumeError::MetaDamaged {
             path: dir.to_path_buf(),

@@ -1022,3 +1022,105 @@ fn an_attached_store_catches_up_with_the_volume_each_time_it_is_mounted() {
     let said = Volume::mount_refused(&b, &[], &env);
     assert!(said.contains("another writer"), "{said}");
 }
+
+fn local_packs(store: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `dedupfs gc` on a store attach made (not mounted) compacts the volume's packs into new
+/// local pack files numbered like the writer's next packs; catching up later installs an
+/// index naming the writer's packs of those numbers, and the stale local files shadow them.
+#[test]
+fn pack_files_an_offline_gc_left_in_an_attached_store_do_not_shadow_the_writers_packs() {
+    use std::io::Write;
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let (a, b) = (dirs.path("a"), dirs.path("b"));
+    init_remote(&g, &a, "stray", &["--volume", "v", "--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    const PIECE: usize = 128 << 10;
+    let keep = random_bytes(171, 24 * PIECE);
+    let gone = random_bytes(172, 48 * PIECE);
+    {
+        let mut k = fs::File::create(va.path("keep")).unwrap();
+        let mut d = fs::File::create(va.path("gone")).unwrap();
+        for (pk, pd) in keep.chunks(PIECE).zip(gone.chunks(2 * PIECE)) {
+            k.write_all(pk).unwrap();
+            k.sync_all().unwrap();
+            d.write_all(pd).unwrap();
+            d.sync_all().unwrap();
+        }
+    }
+    va.unmount();
+    // Evicted (as the cache budget would): the writer's background compaction leaves them.
+    for p in local_packs(&a) {
+        fs::remove_file(p).unwrap();
+    }
+    va.remount();
+    fs::remove_file(va.path("gone")).unwrap();
+    va.unmount();
+
+    attach(&g, &b, "stray", &["--volume", "v"]);
+    let out = ok(
+        dedupfs(&env, &["gc", b.to_str().unwrap(), "--json"]),
+        "gc b",
+    );
+    let made = local_packs(&b);
+    assert!(
+        !made.is_empty(),
+        "gc on the attached store compacted nothing: {out}"
+    );
+
+    // The writer goes on: its next packs take the numbers b's gc used.
+    va.remount();
+    let new = random_bytes(173, 4 << 20);
+    fs::write(va.path("new"), &new).unwrap();
+    va.unmount();
+
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert!(vb.log().contains("caught up"), "{}", vb.log());
+    assert_bytes_eq("keep on b", &read_all(&vb.path("keep")), &keep);
+    let got = fs::read(vb.path("new"));
+    assert!(got.is_ok(), "new on b: {got:?}\n{}", vb.log());
+    assert_bytes_eq("new on b", &got.unwrap(), &new);
+}
+
+/// An install cut short (a file could not be replaced), then a mount with the bucket out of
+/// reach: refused (the copy is half old, half new); with the bucket back, finished.
+#[test]
+fn a_catch_up_cut_short_is_finished_by_the_next_mount_and_never_mounted_half_done() {
+    let Some((mut g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let (a, b) = (dirs.path("a"), dirs.path("b"));
+    init_remote(&g, &a, "cut", &["--volume", "v"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let one = random_bytes(181, 3 << 20);
+    fs::write(va.path("one"), &one).unwrap();
+    ok(sync(&env, &va.mnt), "sync 1");
+    attach(&g, &b, "cut", &["--volume", "v"]);
+    let two = random_bytes(182, 3 << 20);
+    fs::write(va.path("two"), &two).unwrap();
+    va.unmount();
+
+    // The install fails after meta.redb was replaced (as a full disk would).
+    fs::create_dir(b.join(".tmp-index.redb")).unwrap();
+    let said = Volume::mount_refused(&b, &["-o", "ro"], &env);
+    assert!(said.contains("failed part-way"), "{said}");
+    fs::remove_dir(b.join(".tmp-index.redb")).unwrap();
+
+    g.stop();
+    let said = Volume::mount_refused(&b, &["-o", "ro"], &env);
+    assert!(said.contains("cut short"), "{said}");
+    g.restart();
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq("one", &read_all(&vb.path("one")), &one);
+    assert_bytes_eq("two", &read_all(&vb.path("two")), &two);
+}

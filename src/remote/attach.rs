@@ -265,6 +265,27 @@ pub fn attach(
     })
 }
 
+/// `remote/installing`: the generation an install is bringing the store to, written before
+/// the first file is replaced and removed once `state.json` names it. While it names another
+/// generation than `state.json`, the store is between two generations: not mounted.
+pub const INSTALLING: &str = "installing";
+
+/// Whether an install of another generation than the one `state.json` names was cut short
+/// (a finished one whose marker a crash left is cleared here).
+pub fn install_cut_short(dir: &Path) -> Result<bool> {
+    let marker = dir.join(super::config::STATE_DIR).join(INSTALLING);
+    let target = match std::fs::read_to_string(&marker) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if target.trim().parse::<u64>().ok() == Some(PublishState::load(dir)?.generation) {
+        std::fs::remove_file(&marker)?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Writes `bytes` as `dir/name`, durably, replacing what was there in one step.
 fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".tmp-{name}"));
@@ -279,6 +300,36 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// table, then (last, so that an interrupted install is done again) the publish state, which
 /// marks the store as attached only. Returns when the generation was published.
 fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> Result<u64> {
+    let state_dir = super::config::state_dir(dir)?;
+    super::config::write_durably(
+        &state_dir,
+        INSTALLING,
+        found.header.generation.to_string().as_bytes(),
+    )?;
+    // Local pack files belong to no generation (an offline `gc` of this store made them,
+    // numbered like the writer's next packs): they would shadow the generation's packs.
+    if let Ok(entries) = std::fs::read_dir(dir.join("packs")) {
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    // Cached ranges of a pack number that names other bytes in this generation (another
+    // volume's pack numbered anew by a new writer) go before the table changes.
+    if let Ok(old) = super::packs::PackTable::open(dir) {
+        let cache = state_dir.join("cache");
+        for p in old.all() {
+            let same = found
+                .packs
+                .iter()
+                .any(|n| n.id == p.id && n.len == p.len && n.hash == p.hash);
+            if !same {
+                super::range_cache::forget_pack(&cache, p.id);
+            }
+        }
+    }
     replace_file(dir, "meta.redb", &found.meta)?;
     replace_file(dir, "index.redb", &found.index)?;
     let sdir = dir.join("snapshots");
@@ -312,6 +363,7 @@ fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> 
         attached_only: true,
     }
     .save(dir)?;
+    std::fs::remove_file(state_dir.join(INSTALLING))?;
     Ok(published_unix)
 }
 
@@ -332,11 +384,24 @@ pub fn catch_up(
     // A mount waits for this: an unreachable store fails it quickly (the copy is mounted).
     client_config.max_retries = 1;
     client_config.retry_timeout = std::time::Duration::from_secs(5);
+    // The generation itself may be large: only the small requests get a short timeout.
     let client = RemoteStore::new(&client_config)?;
+    client_config.request_timeout = std::time::Duration::from_secs(15);
+    let quick = RemoteStore::new(&client_config)?;
     let keys = config.keys();
+    // Still the volume this store was attached to (a volume deleted and made again under
+    // the same name is another one, whose packs this store's cache knows nothing of).
+    let (info, _) = volume_info(&quick, &config.volume)?;
+    if info.volume_id != config.volume_id || info.key_id != config.key_id {
+        return Err(FsError::Refused(format!(
+            "volume {:?} in {} is not the one this store was attached to (its id or key \
+             changed: deleted and made again?); attach it into a new directory",
+            config.volume, config.url
+        )));
+    }
     let mut skipped = state.skipped.clone();
     let mut newly_skipped = Vec::new();
-    for (g, w, key) in list_generations(&client, &keys)? {
+    for (g, w, key) in list_generations(&quick, &keys)? {
         if g <= state.generation {
             break;
         }
@@ -346,7 +411,6 @@ pub fn catch_up(
         let raw = client.get(&key)?;
         match generation::decode_for(&raw, volume_key) {
             Ok(found) if found.header.generation == g && found.header.writer == w => {
-                let old = super::packs::PackTable::open(dir)?.all();
                 // Failed part-way, the store is between two generations: not mounted (its
                 // publish state still names the old one, so the next mount does it again).
                 let published_unix = install(dir, &found, skipped).map_err(|e| {
@@ -355,18 +419,6 @@ pub fn catch_up(
                          ({e}); mounting it again finishes it"
                     ))
                 })?;
-                // A pack number that now names other bytes (another volume's pack numbered
-                // anew by a new writer): its cached ranges go.
-                let cache = super::config::state_dir(dir)?.join("cache");
-                for p in old {
-                    let same = found
-                        .packs
-                        .iter()
-                        .any(|n| n.id == p.id && n.len == p.len && n.hash == p.hash);
-                    if !same {
-                        super::range_cache::forget_pack(&cache, p.id);
-                    }
-                }
                 return Ok(Some(AttachReport {
                     url: config.url.clone(),
                     volume: config.volume.clone(),
