@@ -839,18 +839,31 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
         dedupfs(&env, &["fsck", a.to_str().unwrap(), "--verify-data"]),
         "fsck --verify-data of the compacted store",
     );
-    let b = dirs.path("b");
-    attach(&g, &b, "compact", &["--volume", "a"]);
+    fresh_attach_reads(&g, &env, &dirs.path("b"), "compact", "keep", &keep);
+}
+
+/// `attach` of volume `a` under `prefix` into `store`: fsck --verify-data passes and `file`
+/// reads `want` on a read-only mount, which is returned.
+fn fresh_attach_reads(
+    g: &garage::Garage,
+    env: &[(String, String)],
+    store: &std::path::Path,
+    prefix: &str,
+    file: &str,
+    want: &[u8],
+) -> Volume {
+    attach(g, store, prefix, &["--volume", "a"]);
     ok(
-        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
+        dedupfs(env, &["fsck", store.to_str().unwrap(), "--verify-data"]),
         "fsck --verify-data of a fresh attach",
     );
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    let v = Volume::mount_existing(store, &["-o", "ro"], env);
     assert_bytes_eq(
-        "keep from a fresh attach",
-        &read_all(&vb.path("keep")),
-        &keep,
+        &format!("{file} from a fresh attach"),
+        &read_all(&v.path(file)),
+        want,
     );
+    v
 }
 
 #[test]
@@ -882,10 +895,8 @@ fn the_daemon_compacts_a_remote_volumes_local_packs_in_the_background() {
     }
     ok(sync(&env, &va.mnt), "sync (everything uploaded)");
     let local = || -> u64 {
-        fs::read_dir(a.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        local_packs(&a)
+            .iter()
             .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
             .sum()
     };
@@ -924,18 +935,7 @@ fn the_daemon_compacts_a_remote_volumes_local_packs_in_the_background() {
         "the old packs were not marked: {r}"
     );
     drop(va);
-    let b = dirs.path("b");
-    attach(&g, &b, "bgcompact", &["--volume", "a"]);
-    ok(
-        dedupfs(&env, &["fsck", b.to_str().unwrap(), "--verify-data"]),
-        "fsck --verify-data of a fresh attach",
-    );
-    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
-    assert_bytes_eq(
-        "keep from a fresh attach",
-        &read_all(&vb.path("keep")),
-        &keep,
-    );
+    let vb = fresh_attach_reads(&g, &env, &dirs.path("b"), "bgcompact", "keep", &keep);
     assert!(!vb.path("gone").exists());
 }
 
