@@ -66,6 +66,13 @@ pub fn compact(
     compact_at_most(store, min_dead, dry_run, seal_open, usize::MAX, None, true)
 }
 
+/// Whether a pack is compacted at dead share `min_dead`: nothing live in it, or at least that
+/// share of it dead.
+pub fn worth_compacting(row: &PackRow, min_dead: f64) -> bool {
+    row.live_records == 0
+        || row.dead_bytes() as f64 >= min_dead * row.len as f64 && row.dead_bytes() > 0
+}
+
 /// `compact`, rewriting at most `max_packs` packs (the deadest first) and starting none after
 /// `until`: the daemon's background compaction does a bounded amount at a time. Without
 /// `download`, packs of a remote volume whose local file was evicted are left alone (the
@@ -98,10 +105,7 @@ pub fn compact_at_most(
         // compaction"); other volumes' packs it names are theirs.
         .filter(|(id, _)| !remote || *id < FOREIGN_PACK_BASE)
         .inspect(|_| report.packs_examined += 1)
-        .filter(|(_, row)| {
-            row.live_records == 0
-                || row.dead_bytes() as f64 >= min_dead * row.len as f64 && row.dead_bytes() > 0
-        })
+        .filter(|(_, row)| worth_compacting(row, min_dead))
         .filter(|(id, _)| {
             let wait = remote && !store.is_remote(*id);
             not_uploaded += usize::from(wait);

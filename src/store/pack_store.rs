@@ -76,6 +76,8 @@ const DATA_HEADROOM: u64 = 16 << 20;
 /// of random writes (7.5x the live bytes on disk after 3 minutes).
 const BACKGROUND_MIN_DEAD_BYTES: u64 = 64 << 20;
 const BACKGROUND_PACKS: usize = 64;
+/// Dead share from which the background step rewrites a pack.
+const BACKGROUND_MIN_DEAD_SHARE: f64 = 0.5;
 const BACKGROUND_STEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes appended between two measurements of a remote volume's upload backlog.
 const BACKLOG_CHECK_EVERY: u64 = 4 << 20;
@@ -1451,7 +1453,7 @@ impl ChunkStore for PackStore {
         if self.source.is_some() {
             let worth = self.sealed_packs()?.into_iter().any(|(id, row)| {
                 id < FOREIGN_PACK_BASE
-                    && (row.live_records == 0 || row.dead_bytes() * 2 >= row.len)
+                    && super::compact::worth_compacting(&row, BACKGROUND_MIN_DEAD_SHARE)
                     && self.is_remote(id)
                     && self.is_local(id)
             });
@@ -1462,7 +1464,7 @@ impl ChunkStore for PackStore {
         let until = std::time::Instant::now() + BACKGROUND_STEP_TIME;
         let r = super::compact::compact_at_most(
             self,
-            0.5,
+            BACKGROUND_MIN_DEAD_SHARE,
             false,
             false,
             BACKGROUND_PACKS,
