@@ -218,17 +218,21 @@ pub fn open_to_mount(dir: &Path) -> Result<Volume, VolumeError> {
 
 fn open_with(dir: &Path, catch_up: bool) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
-    // An encrypted volume's key first: a missing or wrong key is refused before anything
-    // else is opened (and so before anything is written).
-    let key = VolumeConfig::load(dir)
-        .and_then(|c| c.map(|c| c.load_key()).transpose())
-        .map_err(|err| VolumeError::Meta {
-            path: dir.to_path_buf(),
-            err,
-        })?
+    // A remote volume's config, and an encrypted volume's key first: a missing or wrong key
+    // is refused before anything else is opened (and so before anything is written).
+    let meta_err = |err| VolumeError::Meta {
+        path: dir.to_path_buf(),
+        err,
+    };
+    let config = VolumeConfig::load(dir).map_err(meta_err)?;
+    let key = config
+        .as_ref()
+        .map(|c| c.load_key())
+        .transpose()
+        .map_err(meta_err)?
         .flatten();
-    if catch_up && let Ok(Some(config)) = VolumeConfig::load(dir) {
-        match crate::remote::attach::catch_up(dir, &config, key.as_ref()) {
+    if catch_up && let Some(config) = &config {
+        match crate::remote::attach::catch_up(dir, config, key.as_ref()) {
             Ok(Some(r)) => tracing::info!(
                 generation = r.generation,
                 packs = r.packs,
@@ -289,20 +293,11 @@ fn open_with(dir: &Path, catch_up: bool) -> Result<Volume, VolumeError> {
             }
         }
     })?;
-    let remote = match VolumeConfig::load(dir) {
-        Ok(Some(c)) => Some(Arc::new(RemotePacks::open(dir, &c, key.clone()).map_err(
-            |err| VolumeError::Meta {
-                path: dir.to_path_buf(),
-                err,
-            },
-        )?)),
-        Ok(None) => None,
-        Err(err) => {
-            return Err(VolumeError::Meta {
-                path: dir.to_path_buf(),
-                err,
-            });
-        }
+    let remote = match &config {
+        Some(c) => Some(Arc::new(
+            RemotePacks::open(dir, c, key.clone()).map_err(meta_err)?,
+        )),
+        None => None,
     };
     let source = remote
         .clone()
