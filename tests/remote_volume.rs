@@ -1111,10 +1111,10 @@ fn a_catch_up_cut_short_is_finished_by_the_next_mount_and_never_mounted_half_don
     va.unmount();
 
     // The install fails after meta.redb was replaced (as a full disk would).
-    fs::create_dir(b.join(".tmp-index.redb")).unwrap();
+    fs::create_dir(b.join(".index.redb.tmp")).unwrap();
     let said = Volume::mount_refused(&b, &["-o", "ro"], &env);
     assert!(said.contains("failed part-way"), "{said}");
-    fs::remove_dir(b.join(".tmp-index.redb")).unwrap();
+    fs::remove_dir(b.join(".index.redb.tmp")).unwrap();
 
     g.stop();
     let said = Volume::mount_refused(&b, &["-o", "ro"], &env);

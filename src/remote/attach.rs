@@ -1,6 +1,6 @@
 //! Making remote volumes (`init --remote`) and local caches of existing ones (`attach`).
 
-use super::config::{VolumeConfig, VolumeInfo, hostname, now_unix};
+use super::config::{VolumeConfig, VolumeInfo, hostname, now_unix, write_durably};
 use super::generation::{self, Header};
 use super::packs::PackTable;
 use super::sync::{PublishState, list_generations, put_generation};
@@ -286,16 +286,6 @@ pub fn install_cut_short(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Writes `bytes` as `dir/name`, durably, replacing what was there in one step.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let f = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut &f, bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    Ok(())
-}
-
 /// Makes generation `found` the store's state: its metadata, pack index, snapshots and pack
 /// table, then (last, so that an interrupted install is done again) the publish state, which
 /// marks the store as attached only. Returns when the generation was published.
@@ -330,13 +320,13 @@ fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> 
             }
         }
     }
-    replace_file(dir, "meta.redb", &found.meta)?;
-    replace_file(dir, "index.redb", &found.index)?;
+    write_durably(dir, "meta.redb", &found.meta)?;
+    write_durably(dir, "index.redb", &found.index)?;
     let sdir = dir.join("snapshots");
     if !found.snapshots.is_empty() || sdir.exists() {
         std::fs::create_dir_all(&sdir)?;
         for (name, bytes) in &found.snapshots {
-            replace_file(&sdir, name, bytes)?;
+            write_durably(&sdir, name, bytes)?;
         }
         // Snapshots the volume no longer has.
         for e in std::fs::read_dir(&sdir)? {
@@ -351,7 +341,6 @@ fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> 
         }
         std::fs::File::open(&sdir)?.sync_all()?;
     }
-    std::fs::File::open(dir)?.sync_all()?;
     super::packs::PackTable::replace(dir, &found.packs)?;
     let published_unix = found.header.created_ns / 1_000_000_000;
     PublishState {
