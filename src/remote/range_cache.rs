@@ -315,16 +315,13 @@ impl RangeCache {
                 return None;
             }
         };
-        let file_len = file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.len());
-        let map = match file {
-            Some(f) if file_len == Some(len) => FileMap::new(f).ok(),
-            _ => None,
-        };
+        let found = file.is_some();
+        // The mapping has the file's length (an empty file does not map).
+        let map = file
+            .and_then(|f| FileMap::new(f).ok())
+            .filter(|m| m.len() as u64 == len);
         let Some(map) = map else {
-            if file_len.is_some() {
+            if found {
                 tracing::warn!(block = %path.display(), "cached block has the wrong length; fetching it again");
             }
             self.forget(pack, block);
