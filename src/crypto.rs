@@ -51,6 +51,17 @@ const GEN_FORMAT: u32 = 1;
 /// magic 8 | format 4 | key id 8 | nonce 24.
 pub const GEN_HEADER_LEN: usize = 44;
 
+/// Magic of a metadata generation sealed in segments (the envelope written since format 1
+/// needed the whole generation in memory).
+pub const GEN_STREAM_MAGIC: &[u8; 8] = b"DDFSGENS";
+const GEN_STREAM_FORMAT: u32 = 1;
+/// magic 8 | format 4 | key id 8 | segment length 4 | plaintext length 8 | salt 16.
+pub const GEN_STREAM_HEADER_LEN: usize = 48;
+/// Plaintext bytes per segment of a sealed generation (the last one may be shorter).
+pub const GEN_SEGMENT: u32 = 1 << 20;
+/// Largest segment length a sealed generation may declare (bounds a reader's buffer).
+const GEN_SEGMENT_MAX: u32 = 64 << 20;
+
 /// A volume key and what is derived from it. Debug output never shows key bytes.
 #[derive(Clone)]
 pub struct Key {
@@ -273,14 +284,9 @@ impl Key {
         Some(buf)
     }
 
-    /// Seals an encoded metadata generation.
-    pub fn seal_generation(&self, plain: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
-        self.seal_generation_with_nonce(plain, nonce)
-    }
-
-    /// [`Key::seal_generation`] with a given nonce (golden tests; never reuse one).
+    /// Seals an encoded metadata generation whole, in the envelope dedupfs wrote before
+    /// [`Key::seal_generation_stream`] (golden tests of that envelope, which is still read;
+    /// never reuse a nonce).
     pub fn seal_generation_with_nonce(
         &self,
         plain: &[u8],
@@ -299,6 +305,146 @@ impl Key {
             .map_err(|_| FsError::Io(std::io::Error::other("generation encryption failed")))?;
         out.extend_from_slice(&tag);
         Ok(out)
+    }
+
+    /// Seals an encoded generation of `plain_len` bytes read from `plain` into `out`, in
+    /// segments of [`GEN_SEGMENT`] bytes: memory stays bounded whatever the generation's size.
+    /// Returns the bytes written.
+    ///
+    /// ```text
+    ///  0   8  magic "DDFSGENS"
+    ///  8   4  format (u32 LE) = 1
+    /// 12   8  key id
+    /// 20   4  segment length L (u32 LE)
+    /// 24   8  plaintext length P (u64 LE)
+    /// 32  16  salt (random per object)
+    /// 48      ceil(P / L) segments (one empty segment when P = 0), segment i:
+    ///           ciphertext of plaintext bytes [i*L, min((i+1)*L, P)), then its 16-byte tag;
+    ///           nonce = salt | i (u64 LE), AAD = bytes 0..48
+    /// ```
+    ///
+    /// The header is every segment's AAD, so a changed length, key id or salt fails every
+    /// segment; the index in the nonce and the length in the header catch reordered, dropped
+    /// or appended segments; the random salt keeps segments of other objects out.
+    pub fn seal_generation_stream(
+        &self,
+        plain: &mut dyn std::io::Read,
+        plain_len: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let mut salt = [0u8; 16];
+        random_bytes(&mut salt)?;
+        self.seal_generation_stream_with_salt(plain, plain_len, out, salt)
+    }
+
+    /// [`Key::seal_generation_stream`] with a given salt (golden tests; never reuse one).
+    pub fn seal_generation_stream_with_salt(
+        &self,
+        plain: &mut dyn std::io::Read,
+        plain_len: u64,
+        out: &mut dyn std::io::Write,
+        salt: [u8; 16],
+    ) -> Result<u64> {
+        let mut header = [0u8; GEN_STREAM_HEADER_LEN];
+        header[..8].copy_from_slice(GEN_STREAM_MAGIC);
+        header[8..12].copy_from_slice(&GEN_STREAM_FORMAT.to_le_bytes());
+        header[12..20].copy_from_slice(&self.id);
+        header[20..24].copy_from_slice(&GEN_SEGMENT.to_le_bytes());
+        header[24..32].copy_from_slice(&plain_len.to_le_bytes());
+        header[32..48].copy_from_slice(&salt);
+        out.write_all(&header)?;
+        let mut buf = vec![0u8; GEN_SEGMENT as usize];
+        let (mut left, mut i, mut written) = (plain_len, 0u64, GEN_STREAM_HEADER_LEN as u64);
+        loop {
+            let n = left.min(GEN_SEGMENT as u64) as usize;
+            plain.read_exact(&mut buf[..n])?;
+            let tag = self
+                .generation
+                .encrypt_in_place_detached(&segment_nonce(&salt, i), &header, &mut buf[..n])
+                .map_err(|_| FsError::Io(std::io::Error::other("generation encryption failed")))?;
+            out.write_all(&buf[..n])?;
+            out.write_all(&tag)?;
+            written += (n + MAC_LEN) as u64;
+            left -= n as u64;
+            i += 1;
+            if left == 0 {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// Opens a generation sealed by [`Key::seal_generation_stream`], writing the plaintext to
+    /// `out` segment by segment (a segment is written only once its tag is checked; a later
+    /// failure leaves `out` partly written, and the caller discards it). Returns the plaintext
+    /// length. Refuses another key's generation (by its key id), a damaged or truncated one,
+    /// and bytes after the last segment.
+    pub fn open_generation_stream(
+        &self,
+        sealed: &mut dyn std::io::Read,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let bad = |what: &str| FsError::Corrupt(format!("encrypted metadata generation: {what}"));
+        let eof = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad("truncated")
+            } else {
+                FsError::Io(e)
+            }
+        };
+        let mut header = [0u8; GEN_STREAM_HEADER_LEN];
+        sealed.read_exact(&mut header).map_err(eof)?;
+        if &header[..8] != GEN_STREAM_MAGIC {
+            return Err(bad("not an encrypted generation (no magic)"));
+        }
+        let format = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+        if format != GEN_STREAM_FORMAT {
+            return Err(bad(&format!(
+                "segmented format {format} is not supported by this dedupfs ({GEN_STREAM_FORMAT})"
+            )));
+        }
+        if header[12..20] != self.id {
+            return Err(refused(format!(
+                "wrong key: the metadata generation was encrypted with key id {}, this key's id is {}",
+                crate::remote::config::hex(&header[12..20]),
+                self.id_hex()
+            )));
+        }
+        let seg = u32::from_le_bytes(header[20..24].try_into().unwrap_or_default());
+        if seg == 0 || seg > GEN_SEGMENT_MAX {
+            return Err(bad("bad segment length"));
+        }
+        let plain_len = u64::from_le_bytes(header[24..32].try_into().unwrap_or_default());
+        let salt: [u8; 16] = header[32..48].try_into().unwrap_or_default();
+        let mut buf = vec![0u8; seg as usize + MAC_LEN];
+        let (mut left, mut i) = (plain_len, 0u64);
+        loop {
+            let n = left.min(seg as u64) as usize;
+            sealed.read_exact(&mut buf[..n + MAC_LEN]).map_err(eof)?;
+            let (ct, tag) = buf[..n + MAC_LEN].split_at_mut(n);
+            self.generation
+                .decrypt_in_place_detached(
+                    &segment_nonce(&salt, i),
+                    &header,
+                    ct,
+                    Tag::from_slice(tag),
+                )
+                .map_err(|_| bad("authentication failed (damaged object)"))?;
+            out.write_all(ct)?;
+            left -= n as u64;
+            i += 1;
+            if left == 0 {
+                break;
+            }
+        }
+        let mut extra = [0u8; 1];
+        loop {
+            match sealed.read(&mut extra) {
+                Ok(0) => return Ok(plain_len),
+                Ok(_) => return Err(bad("bytes after the last segment")),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The encoded generation inside a sealed one; refuses another key's generation (by its
@@ -336,14 +482,29 @@ impl Key {
     }
 }
 
-/// Whether `b` starts like a sealed generation.
+/// Whether `b` starts like a sealed generation (the whole-object envelope; see
+/// [`is_sealed_generation_stream`] for the segmented one).
 pub fn is_sealed_generation(b: &[u8]) -> bool {
     b.len() >= 8 && &b[..8] == GEN_MAGIC
 }
 
-/// The key id (hex) a sealed generation names; `None` for a plain one.
+/// Whether `b` starts like a generation sealed in segments.
+pub fn is_sealed_generation_stream(b: &[u8]) -> bool {
+    b.len() >= 8 && &b[..8] == GEN_STREAM_MAGIC
+}
+
+/// The key id (hex) a sealed generation (either envelope) names; `None` for a plain one.
 pub fn sealed_generation_key_id(b: &[u8]) -> Option<String> {
-    (is_sealed_generation(b) && b.len() >= 20).then(|| crate::remote::config::hex(&b[12..20]))
+    ((is_sealed_generation(b) || is_sealed_generation_stream(b)) && b.len() >= 20)
+        .then(|| crate::remote::config::hex(&b[12..20]))
+}
+
+/// Nonce of segment `i` of a generation sealed in segments: the object's salt, then `i`.
+fn segment_nonce(salt: &[u8; 16], i: u64) -> XNonce {
+    let mut n = [0u8; NONCE_LEN];
+    n[..16].copy_from_slice(salt);
+    n[16..].copy_from_slice(&i.to_le_bytes());
+    XNonce::from(n)
 }
 
 /// AAD of a record: chunk id | codec | raw length (u32 LE).
@@ -394,7 +555,9 @@ mod tests {
     #[test]
     fn generation_round_trips_and_refuses_other_keys() {
         let key = Key::from_bytes(&[7; 32]);
-        let sealed = key.seal_generation(b"generation bytes").unwrap();
+        let sealed = key
+            .seal_generation_with_nonce(b"generation bytes", [3; NONCE_LEN])
+            .unwrap();
         assert!(is_sealed_generation(&sealed));
         assert_eq!(sealed_generation_key_id(&sealed), Some(key.id_hex()));
         assert_eq!(key.open_generation(&sealed).unwrap(), b"generation bytes");
@@ -407,6 +570,46 @@ mod tests {
         let mut bad = sealed.clone();
         bad[25] ^= 1; // the nonce, part of the AAD
         assert!(key.open_generation(&bad).is_err());
+    }
+
+    #[test]
+    fn segmented_generation_round_trips_and_refuses_other_keys() {
+        let key = Key::from_bytes(&[7; 32]);
+        let plain = b"generation bytes";
+        let mut sealed = Vec::new();
+        key.seal_generation_stream(&mut &plain[..], plain.len() as u64, &mut sealed)
+            .unwrap();
+        assert!(is_sealed_generation_stream(&sealed) && !is_sealed_generation(&sealed));
+        assert_eq!(sealed_generation_key_id(&sealed), Some(key.id_hex()));
+        let mut out = Vec::new();
+        key.open_generation_stream(&mut &sealed[..], &mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+        let other = Key::from_bytes(&[8; 32]);
+        let e = other
+            .open_generation_stream(&mut &sealed[..], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wrong key"), "{e}");
+        // An empty generation is one empty segment (its tag only).
+        let mut empty = Vec::new();
+        key.seal_generation_stream(&mut &b""[..], 0, &mut empty)
+            .unwrap();
+        assert_eq!(empty.len(), GEN_STREAM_HEADER_LEN + MAC_LEN);
+        let mut out = Vec::new();
+        assert_eq!(
+            key.open_generation_stream(&mut &empty[..], &mut out)
+                .unwrap(),
+            0
+        );
+        // An absurd segment length is refused before anything is allocated.
+        let mut bad = sealed.clone();
+        bad[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = key
+            .open_generation_stream(&mut &bad[..], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("segment length"), "{e}");
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub enum RemoteError {
         end: u64,
         got: u64,
     },
+    #[error("object {key}: reading the local file to upload failed: {detail}")]
+    LocalRead { key: String, detail: String },
+    #[error("object {key}: writing the download to a local file failed: {detail}")]
+    LocalWrite { key: String, detail: String },
     #[error("{op} {key} at {endpoint}: {detail}")]
     Other {
         endpoint: String,

@@ -1,6 +1,6 @@
 //! Making remote volumes (`init --remote`) and local caches of existing ones (`attach`).
 
-use super::config::{VolumeConfig, VolumeInfo, hostname, now_unix, write_durably};
+use super::config::{VolumeConfig, VolumeInfo, hostname, now_unix, write_durably_with};
 use super::generation::{self, Header};
 use super::packs::PackTable;
 use super::sync::{PublishState, list_generations, put_generation};
@@ -114,6 +114,7 @@ pub fn init_remote(
         Vec::new(),
         gc_ack,
         key,
+        &super::config::state_dir(dir)?,
     )?;
     PublishState {
         generation: 1,
@@ -214,10 +215,16 @@ pub fn attach(
     let mut skipped = Vec::new();
     let mut skipped_keys = Vec::new();
     let mut found = None;
+    // The object is downloaded next to the store (not into a /tmp that may be small).
+    let scratch = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
     for (g, w, key) in list_generations(&client, &keys)? {
         // An object store that does not answer is no damaged generation: attach fails.
-        let raw = client.get(&key)?;
-        match generation::decode_for(&raw, volume_key) {
+        let mut obj = generation::scratch_file(&scratch)?;
+        client.get_to(&key, &mut obj)?;
+        match generation::open_object(obj, volume_key, &scratch) {
             Ok(found_gen) if found_gen.header.generation == g && found_gen.header.writer == w => {
                 found = Some(found_gen);
                 break;
@@ -260,7 +267,7 @@ pub fn attach(
         generation: found_gen.header.generation,
         published_unix,
         packs: found_gen.packs.len() as u64,
-        snapshots: found_gen.snapshots.len() as u64,
+        snapshots: found_gen.snapshot_names().len() as u64,
         skipped,
     })
 }
@@ -289,7 +296,7 @@ pub fn install_cut_short(dir: &Path) -> Result<bool> {
 /// Makes generation `found` the store's state: its metadata, pack index, snapshots and pack
 /// table, then (last, so that an interrupted install is done again) the publish state, which
 /// marks the store as attached only. Returns when the generation was published.
-fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> Result<u64> {
+fn install(dir: &Path, found: &generation::GenerationFile, skipped: Vec<String>) -> Result<u64> {
     let state_dir = super::config::state_dir(dir)?;
     super::config::write_durably(
         &state_dir,
@@ -320,13 +327,14 @@ fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> 
             }
         }
     }
-    write_durably(dir, "meta.redb", &found.meta)?;
-    write_durably(dir, "index.redb", &found.index)?;
+    write_durably_with(dir, "meta.redb", |f| found.copy_meta(f))?;
+    write_durably_with(dir, "index.redb", |f| found.copy_index(f))?;
     let sdir = dir.join("snapshots");
-    if !found.snapshots.is_empty() || sdir.exists() {
+    let names = found.snapshot_names();
+    if !names.is_empty() || sdir.exists() {
         std::fs::create_dir_all(&sdir)?;
-        for (name, bytes) in &found.snapshots {
-            write_durably(&sdir, name, bytes)?;
+        for (i, name) in names.iter().enumerate() {
+            write_durably_with(&sdir, name, |f| found.copy_snapshot(i, f))?;
         }
         // Snapshots the volume no longer has.
         for e in std::fs::read_dir(&sdir)? {
@@ -334,7 +342,7 @@ fn install(dir: &Path, found: &generation::Generation, skipped: Vec<String>) -> 
             let name = e.file_name();
             let kept = name
                 .to_str()
-                .is_some_and(|n| n.starts_with('.') || found.snapshots.iter().any(|(s, _)| s == n));
+                .is_some_and(|n| n.starts_with('.') || names.contains(&n));
             if !kept && e.file_type()?.is_file() {
                 std::fs::remove_file(e.path())?;
             }
@@ -390,6 +398,7 @@ pub fn catch_up(
     }
     let mut skipped = state.skipped.clone();
     let mut newly_skipped = Vec::new();
+    let state_dir = super::config::state_dir(dir)?;
     for (g, w, key) in list_generations(&quick, &keys)? {
         if g <= state.generation {
             break;
@@ -397,8 +406,9 @@ pub fn catch_up(
         if skipped.contains(&key) {
             continue;
         }
-        let raw = client.get(&key)?;
-        match generation::decode_for(&raw, volume_key) {
+        let mut obj = generation::scratch_file(&state_dir)?;
+        client.get_to(&key, &mut obj)?;
+        match generation::open_object(obj, volume_key, &state_dir) {
             Ok(found) if found.header.generation == g && found.header.writer == w => {
                 // Failed part-way, the store is between two generations: not mounted (its
                 // publish state still names the old one, so the next mount does it again).
@@ -414,7 +424,7 @@ pub fn catch_up(
                     generation: g,
                     published_unix,
                     packs: found.packs.len() as u64,
-                    snapshots: found.snapshots.len() as u64,
+                    snapshots: found.snapshot_names().len() as u64,
                     skipped: newly_skipped,
                 }));
             }

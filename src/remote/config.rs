@@ -296,15 +296,39 @@ pub fn state_dir(dir: &Path) -> Result<PathBuf> {
 
 /// Writes `name` in `dir` atomically and durably.
 pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_durably_with(dir, name, |f| {
+        f.write_all(bytes)?;
+        Ok(())
+    })
+}
+
+/// [`write_durably`] of what `fill` writes (through a buffer) into the new file.
+pub fn write_durably_with<T>(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> Result<T>,
+) -> Result<T> {
+    use std::io::Write;
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
+    let out = (|| {
         let f = fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut &f, bytes)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &f);
+        let out = fill(&mut w)?;
+        w.flush()?;
+        drop(w);
         f.sync_all()?;
-    }
+        Ok(out)
+    })();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, dir.join(name))?;
     fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(out)
 }
 
 pub fn random_u64() -> u64 {

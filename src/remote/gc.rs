@@ -105,6 +105,8 @@ fn heads(
     let mut out = Vec::new();
     let mut readers = Vec::new();
     let mut named = HashSet::new();
+    // Generations are downloaded to scratch files (gc-bucket has no store directory).
+    let scratch = std::env::temp_dir();
     let volumes = super::attach::list_volumes(client)?;
     // A volume whose identity object is gone still names packs (its own by its id): refuse
     // rather than take them for garbage.
@@ -156,8 +158,9 @@ fn heads(
                     },
                 )?),
             };
-        let raw = client.get(key)?;
-        let head = generation::decode_for(&raw, volume_key).map_err(|e| {
+        let mut obj = generation::scratch_file(&scratch)?;
+        client.get_to(key, &mut obj)?;
+        let head = generation::open_object(obj, volume_key, &scratch).map_err(|e| {
             FsError::Refused(format!(
                 "volume {name}: its newest generation {key} cannot be read ({e}); gc needs \
                  every volume's head: a publication of that volume (dedupfs sync) puts a good \
@@ -196,15 +199,17 @@ fn heads(
                         (hold.seen.ttl.saturating_sub(hold.seen.age)).as_secs() + 1
                     ))
                 };
-                let raw = match client.get(&key) {
-                    Ok(raw) => raw,
+                let mut obj = generation::scratch_file(&scratch)?;
+                match client.get_to(&key, &mut obj) {
+                    Ok(_) => {}
                     Err(e @ crate::error::RemoteError::NotFound { .. }) => {
                         return Err(unreadable(&e));
                     }
                     // Transient (the store): the run fails as for any other read.
                     Err(e) => return Err(e.into()),
                 };
-                let held = generation::decode_for(&raw, volume_key).map_err(|e| unreadable(&e))?;
+                let held = generation::open_object(obj, volume_key, &scratch)
+                    .map_err(|e| unreadable(&e))?;
                 for p in &held.packs {
                     let o = p.origin.unwrap_or(Origin { volume, pack: p.id });
                     named.insert((o.volume, o.pack));

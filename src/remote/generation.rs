@@ -41,8 +41,22 @@
 //! An object that fails its checksum, has an unknown kind or format, is not a generation: the
 //! newest generation that passes is the volume's state.
 //!
-//! An encrypted volume's generation objects are this encoding sealed whole in an envelope
-//! (`crypto.rs`, docs/design.md "Encryption"):
+//! An encrypted volume's generation objects are this encoding sealed in segments of 1 MiB
+//! (`crypto.rs`, [`crate::crypto::Key::seal_generation_stream`], docs/design.md "Encryption"):
+//!
+//! ```text
+//!      0   8  magic "DDFSGENS"
+//!      8   4  format (u32 LE) = 1
+//!     12   8  key id (the volume key's id)
+//!     20   4  segment length L (u32 LE) = 1 MiB
+//!     24   8  length P of the generation above (u64 LE)
+//!     32  16  salt (random)
+//!     48      ceil(P / L) segments: XChaCha20-Poly1305 ciphertext of L bytes (the last one
+//!             shorter), then its 16-byte tag; nonce = salt | segment index (u64 LE), AAD =
+//!             bytes 0..48
+//! ```
+//!
+//! dedupfs before this version sealed the generation whole (still read, in memory):
 //!
 //! ```text
 //!      0   8  magic "DDFSGENX"
@@ -52,8 +66,18 @@
 //!     44   n  XChaCha20-Poly1305 ciphertext of the generation above (AAD: bytes 0..44)
 //!   44+n  16  Poly1305 tag
 //! ```
+//!
+//! Memory stays bounded whatever the metadata's size: a generation is written to a scratch
+//! file section by section (zstd as a stream, the section's lengths patched in after it),
+//! sealed segment by segment, uploaded in parts; a downloaded one is written to a scratch
+//! file, opened segment by segment, checked whole, and its sections are copied out as
+//! streams.
 
 use crate::error::{FsError, Result};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"DDFSGEN\0";
 const FORMAT: u32 = 2;
@@ -140,35 +164,39 @@ pub struct Generation {
     pub gc_ack: u64,
 }
 
-fn section(out: &mut Vec<u8>, kind: Kind, raw: &[u8], compress: bool) -> Result<()> {
-    let (flags, stored) = if compress {
-        (FLAG_ZSTD, zstd::bulk::compress(raw, ZSTD_LEVEL)?)
-    } else {
-        (0, raw.to_vec())
-    };
-    out.extend_from_slice(&(kind as u32).to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(stored.len() as u64).to_le_bytes());
-    out.extend_from_slice(&stored);
-    Ok(())
+/// The large parts of a generation as readers with their lengths, for [`write`]: memory
+/// stays bounded whatever the size of the metadata (it is read and compressed as a stream).
+pub struct Parts<'a> {
+    pub header: Header,
+    pub meta: (&'a mut dyn Read, u64),
+    pub index: (&'a mut dyn Read, u64),
+    pub packs: &'a [PackRef],
+    /// (file name, redb file, its length) of each snapshot.
+    pub snapshots: Vec<(String, &'a mut dyn Read, u64)>,
+    pub gc_ack: u64,
 }
 
-/// Encodes a generation (sections compressed with zstd).
-pub fn encode(g: &Generation) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(g.meta.len() / 2 + g.index.len() / 2 + 4096);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&g.header.generation.to_le_bytes());
-    out.extend_from_slice(&g.header.writer.to_le_bytes());
-    out.extend_from_slice(&g.header.parent.to_le_bytes());
-    out.extend_from_slice(&g.header.created_ns.to_le_bytes());
-    let count = 4 + g.snapshots.len() as u32;
-    out.extend_from_slice(&count.to_le_bytes());
-    section(&mut out, Kind::Meta, &g.meta, true)?;
-    section(&mut out, Kind::Index, &g.index, true)?;
-    let mut packs = Vec::with_capacity(g.packs.len() * 48);
-    for p in &g.packs {
+/// Writes the encoding of a generation (sections compressed with zstd, as a stream) into
+/// `out` from its start, then the checksum, read back from `out`. Returns `out` and the
+/// encoding's length.
+pub fn write<W: Read + Write + Seek>(p: Parts<'_>, mut out: W) -> Result<(W, u64)> {
+    out.seek(SeekFrom::Start(0))?;
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&FORMAT.to_le_bytes());
+    h.extend_from_slice(&p.header.generation.to_le_bytes());
+    h.extend_from_slice(&p.header.writer.to_le_bytes());
+    h.extend_from_slice(&p.header.parent.to_le_bytes());
+    h.extend_from_slice(&p.header.created_ns.to_le_bytes());
+    let count = 4 + p.snapshots.len() as u32;
+    h.extend_from_slice(&count.to_le_bytes());
+    out.write_all(&h)?;
+    let (meta, meta_len) = p.meta;
+    write_section(&mut out, Kind::Meta, meta, meta_len, true)?;
+    let (index, index_len) = p.index;
+    write_section(&mut out, Kind::Index, index, index_len, true)?;
+    let mut packs = Vec::with_capacity(p.packs.len() * 48);
+    for p in p.packs {
         let o = p.origin.unwrap_or(Origin { volume: 0, pack: 0 });
         packs.extend_from_slice(&p.id.to_le_bytes());
         packs.extend_from_slice(&p.len.to_le_bytes());
@@ -176,42 +204,479 @@ pub fn encode(g: &Generation) -> Result<Vec<u8>> {
         packs.extend_from_slice(&o.volume.to_le_bytes());
         packs.extend_from_slice(&o.pack.to_le_bytes());
     }
-    section(&mut out, Kind::Packs, &packs, true)?;
-    section(&mut out, Kind::Gc, &g.gc_ack.to_le_bytes(), false)?;
-    for (name, file) in &g.snapshots {
-        let mut raw = Vec::with_capacity(4 + name.len() + file.len());
-        raw.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        raw.extend_from_slice(name.as_bytes());
-        raw.extend_from_slice(file);
-        section(&mut out, Kind::Snapshot, &raw, true)?;
+    let n = packs.len() as u64;
+    write_section(&mut out, Kind::Packs, &mut &packs[..], n, true)?;
+    write_section(
+        &mut out,
+        Kind::Gc,
+        &mut &p.gc_ack.to_le_bytes()[..],
+        8,
+        false,
+    )?;
+    for (name, file, len) in p.snapshots {
+        let mut prefix = (name.len() as u32).to_le_bytes().to_vec();
+        prefix.extend_from_slice(name.as_bytes());
+        let raw_len = prefix.len() as u64 + len;
+        write_section(
+            &mut out,
+            Kind::Snapshot,
+            &mut (&prefix[..]).chain(file),
+            raw_len,
+            true,
+        )?;
     }
-    let sum = blake3::hash(&out);
-    out.extend_from_slice(sum.as_bytes());
-    Ok(out)
+    out.flush()?;
+    let body = out.stream_position()?;
+    out.seek(SeekFrom::Start(0))?;
+    let mut sum = blake3::Hasher::new();
+    let hashed = std::io::copy(&mut (&mut out).take(body), &mut sum)?;
+    if hashed != body {
+        return Err(FsError::Io(std::io::Error::other(
+            "generation: short read of what was just written",
+        )));
+    }
+    out.seek(SeekFrom::Start(body))?;
+    out.write_all(sum.finalize().as_bytes())?;
+    out.flush()?;
+    Ok((out, body + 32))
 }
 
-/// Encodes a generation, sealed with `key` for an encrypted volume.
+/// One section: its header (lengths patched in once the stored bytes are written), then the
+/// `raw_len` bytes of `src`, compressed as one zstd frame (content size included) or as
+/// they are.
+fn write_section<W: Write + Seek>(
+    out: &mut W,
+    kind: Kind,
+    src: &mut dyn Read,
+    raw_len: u64,
+    compress: bool,
+) -> Result<()> {
+    let start = out.stream_position()?;
+    out.write_all(&[0u8; SECTION_HEADER_LEN])?;
+    let mut src = src.take(raw_len);
+    let copied = if compress {
+        let mut enc = zstd::stream::write::Encoder::new(&mut *out, ZSTD_LEVEL)?;
+        enc.set_pledged_src_size(Some(raw_len))?;
+        enc.include_contentsize(true)?;
+        let n = std::io::copy(&mut src, &mut enc)?;
+        if n == raw_len {
+            enc.finish()?;
+        }
+        n
+    } else {
+        std::io::copy(&mut src, out)?
+    };
+    if copied != raw_len {
+        return Err(FsError::Io(std::io::Error::other(format!(
+            "generation: a section's source gave {copied} bytes of {raw_len}"
+        ))));
+    }
+    let end = out.stream_position()?;
+    let mut h = [0u8; SECTION_HEADER_LEN];
+    h[..4].copy_from_slice(&(kind as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&(if compress { FLAG_ZSTD } else { 0 }).to_le_bytes());
+    h[8..16].copy_from_slice(&raw_len.to_le_bytes());
+    h[16..24].copy_from_slice(&(end - start - SECTION_HEADER_LEN as u64).to_le_bytes());
+    out.seek(SeekFrom::Start(start))?;
+    out.write_all(&h)?;
+    out.seek(SeekFrom::Start(end))?;
+    Ok(())
+}
+
+/// Encodes a generation held in memory (tests; the daemon streams with [`write`]).
+pub fn encode(g: &Generation) -> Result<Vec<u8>> {
+    let (mut meta, mut index) = (&g.meta[..], &g.index[..]);
+    let mut snaps: Vec<&[u8]> = g.snapshots.iter().map(|(_, b)| &b[..]).collect();
+    let parts = Parts {
+        header: g.header.clone(),
+        meta: (&mut meta, g.meta.len() as u64),
+        index: (&mut index, g.index.len() as u64),
+        packs: &g.packs,
+        snapshots: g
+            .snapshots
+            .iter()
+            .zip(snaps.iter_mut())
+            .map(|((name, b), r)| (name.clone(), r as &mut dyn Read, b.len() as u64))
+            .collect(),
+        gc_ack: g.gc_ack,
+    };
+    let (out, _) = write(parts, std::io::Cursor::new(Vec::new()))?;
+    Ok(out.into_inner())
+}
+
+/// Encodes a generation held in memory, sealed with `key` for an encrypted volume (tests).
 pub fn encode_for(g: &Generation, key: Option<&crate::crypto::Key>) -> Result<Vec<u8>> {
     let plain = encode(g)?;
     match key {
         None => Ok(plain),
-        Some(k) => k.seal_generation(&plain),
+        Some(k) => {
+            let mut out = Vec::new();
+            k.seal_generation_stream(&mut &plain[..], plain.len() as u64, &mut out)?;
+            Ok(out)
+        }
     }
 }
 
-/// Decodes a generation object of a volume encrypted with `key` (`None`: not encrypted). A
-/// sealed object without a key, or a plain one when a key is given (the bucket is not
-/// trusted to downgrade a volume), is refused.
+/// Decodes a generation object held in memory (tests; the daemon reads objects with
+/// [`open_object`]).
 pub fn decode_for(b: &[u8], key: Option<&crate::crypto::Key>) -> Result<Generation> {
-    match (key, crate::crypto::sealed_generation_key_id(b)) {
-        (None, None) => decode(b),
-        (Some(k), Some(_)) => decode(&k.open_generation(b)?),
+    let dir = std::env::temp_dir();
+    let mut f = tempfile::tempfile_in(&dir)?;
+    f.write_all(b)?;
+    open_object(f, key, &dir)?.into_generation()
+}
+
+/// Decodes a plain generation object held in memory (tests).
+pub fn decode(b: &[u8]) -> Result<Generation> {
+    decode_for(b, None)
+}
+
+/// An unnamed scratch file in `dir` (gone when closed).
+pub fn scratch_file(dir: &Path) -> Result<File> {
+    Ok(tempfile::tempfile_in(dir)?)
+}
+
+/// Downloads generation object `key` into a scratch file in `scratch` and opens it
+/// ([`open_object`]). Memory stays bounded: the object is read in ranges, written to disk and
+/// checked as a stream.
+pub fn fetch(
+    client: &crate::store::remote::RemoteStore,
+    key: &str,
+    volume_key: Option<&crate::crypto::Key>,
+    scratch: &Path,
+) -> Result<GenerationFile> {
+    let mut obj = scratch_file(scratch)?;
+    client.get_to(key, &mut obj)?;
+    open_object(obj, volume_key, scratch)
+}
+
+/// Opens a downloaded generation object of a volume encrypted with `key` (`None`: not
+/// encrypted): checks it whole (tag of every segment, checksum) before anything is read from
+/// it. A sealed object without a key, or a plain one when a key is given (the bucket is not
+/// trusted to downgrade a volume), is refused. The plaintext of a sealed object goes to a
+/// scratch file in `scratch`.
+pub fn open_object(
+    mut obj: File,
+    key: Option<&crate::crypto::Key>,
+    scratch: &Path,
+) -> Result<GenerationFile> {
+    let mut start = [0u8; 20];
+    let n = read_up_to(&obj, 0, &mut start)?;
+    let start = &start[..n];
+    match (key, crate::crypto::sealed_generation_key_id(start)) {
+        (None, None) => GenerationFile::open_plain(obj),
+        (Some(k), Some(_)) if crate::crypto::is_sealed_generation_stream(start) => {
+            obj.seek(SeekFrom::Start(0))?;
+            let mut plain = scratch_file(scratch)?;
+            {
+                let mut w = std::io::BufWriter::new(&mut plain);
+                k.open_generation_stream(&mut std::io::BufReader::new(&mut obj), &mut w)?;
+                w.flush()?;
+            }
+            drop(obj);
+            GenerationFile::open_plain(plain)
+        }
+        (Some(k), Some(_)) => {
+            // The whole-object envelope of dedupfs before the segmented one: such an object
+            // was written from memory, and is opened in memory.
+            let mut sealed = Vec::new();
+            obj.seek(SeekFrom::Start(0))?;
+            obj.read_to_end(&mut sealed)?;
+            let plain = k.open_generation(&sealed)?;
+            drop(sealed);
+            let mut f = scratch_file(scratch)?;
+            f.write_all(&plain)?;
+            GenerationFile::open_plain(f)
+        }
         (None, Some(id)) => Err(FsError::Refused(format!(
             "the volume is encrypted (key id {id}): its metadata opens only with its key (--encrypt KEYFILE)"
         ))),
         (Some(_), None) => Err(bad(
             "not encrypted, but the volume is (refused: an unencrypted object in an encrypted volume is not its own)",
         )),
+    }
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns the bytes read.
+fn read_up_to(f: &File, at: u64, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// Where a section's stored bytes lie in an encoded generation.
+#[derive(Clone, Copy, Debug)]
+struct Section {
+    flags: u32,
+    raw_len: u64,
+    offset: u64,
+    stored_len: u64,
+}
+
+/// Bytes `[pos, end)` of a file, as a reader.
+struct Region<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Region<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.end - self.pos) as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// A checked generation in a file: header, pack table and gc acknowledgement read; the large
+/// sections (metadata, index, snapshot files) copied out on demand, as streams.
+pub struct GenerationFile {
+    file: File,
+    pub header: Header,
+    pub packs: Vec<PackRef>,
+    /// The newest bucket gc mark installed before the durable point (0: none).
+    pub gc_ack: u64,
+    meta: Section,
+    index: Section,
+    /// (file name, section, bytes before the file: 4 + the name's length)
+    snapshots: Vec<(String, Section, u64)>,
+}
+
+impl GenerationFile {
+    /// Checks the plain encoding in `file` (magic, format, checksum of every byte, section
+    /// table) and reads its small sections.
+    pub fn open_plain(file: File) -> Result<GenerationFile> {
+        let len = file.metadata()?.len();
+        let mut head = [0u8; HEADER_LEN];
+        if len < (HEADER_LEN + 32) as u64 || read_up_to(&file, 0, &mut head)? != HEADER_LEN {
+            return Err(bad("not a dedupfs generation (no magic)"));
+        }
+        let format = decode_format(&head)?;
+        let header = decode_header(&head)?;
+        let entry = if format == FORMAT_V1 { 32 } else { 48 };
+        let body_end = len - 32;
+        let mut sum = blake3::Hasher::new();
+        std::io::copy(
+            &mut Region {
+                file: &file,
+                pos: 0,
+                end: body_end,
+            },
+            &mut sum,
+        )?;
+        let mut want = [0u8; 32];
+        read_up_to(&file, body_end, &mut want)?;
+        if sum.finalize().as_bytes() != &want {
+            return Err(bad("checksum mismatch (damaged or incomplete object)"));
+        }
+        let count = u32_at(&head, 44)?;
+        let mut g = GenerationFile {
+            file,
+            header,
+            packs: Vec::new(),
+            gc_ack: 0,
+            meta: Section {
+                flags: 0,
+                raw_len: 0,
+                offset: 0,
+                stored_len: 0,
+            },
+            index: Section {
+                flags: 0,
+                raw_len: 0,
+                offset: 0,
+                stored_len: 0,
+            },
+            snapshots: Vec::new(),
+        };
+        let mut at = HEADER_LEN as u64;
+        let mut seen = [false; 5];
+        for _ in 0..count {
+            let mut sh = [0u8; SECTION_HEADER_LEN];
+            if at + SECTION_HEADER_LEN as u64 > body_end
+                || read_up_to(&g.file, at, &mut sh)? != SECTION_HEADER_LEN
+            {
+                return Err(bad("truncated"));
+            }
+            let kind = Kind::of(u32_at(&sh, 0)?).ok_or_else(|| bad("unknown section kind"))?;
+            let s = Section {
+                flags: u32_at(&sh, 4)?,
+                raw_len: u64_at(&sh, 8)?,
+                offset: at + SECTION_HEADER_LEN as u64,
+                stored_len: u64_at(&sh, 16)?,
+            };
+            let end = s
+                .offset
+                .checked_add(s.stored_len)
+                .filter(|&e| e <= body_end)
+                .ok_or_else(|| bad("section runs past the end"))?;
+            if s.raw_len > MAX_SECTION || s.flags & !FLAG_ZSTD != 0 {
+                return Err(bad("bad section header"));
+            }
+            match kind {
+                Kind::Meta => g.meta = s,
+                Kind::Index => g.index = s,
+                Kind::Packs => {
+                    let raw = g.read_small(&s)?;
+                    if raw.len() % entry != 0 {
+                        return Err(bad("pack table length"));
+                    }
+                    let at = |r: &[u8], i: usize| {
+                        u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default())
+                    };
+                    g.packs = raw
+                        .chunks_exact(entry)
+                        .map(|r| PackRef {
+                            id: at(r, 0),
+                            len: at(r, 8),
+                            hash: r[16..32].try_into().unwrap_or_default(),
+                            origin: (entry == 48 && at(r, 32) != 0).then(|| Origin {
+                                volume: at(r, 32),
+                                pack: at(r, 40),
+                            }),
+                        })
+                        .collect();
+                }
+                Kind::Gc if format == FORMAT_V1 => return Err(bad("unknown section kind")),
+                Kind::Gc if seen[4] || s.raw_len != 8 => return Err(bad("gc section")),
+                Kind::Gc => g.gc_ack = u64_at(&g.read_small(&s)?, 0)?,
+                Kind::Snapshot => {
+                    let mut name = Vec::new();
+                    let mut r = g.reader(&s)?;
+                    let mut n = [0u8; 4];
+                    r.read_exact(&mut n)
+                        .map_err(|_| bad("snapshot file name"))?;
+                    let n = u32::from_le_bytes(n) as u64;
+                    if n > 255 {
+                        return Err(bad("snapshot file name"));
+                    }
+                    r.take(n)
+                        .read_to_end(&mut name)
+                        .map_err(|_| bad("snapshot file name"))?;
+                    let name = String::from_utf8(name)
+                        .ok()
+                        .filter(|s| {
+                            s.len() as u64 == n
+                                && !s.is_empty()
+                                && !s.contains('/')
+                                && !s.starts_with('.')
+                        })
+                        .ok_or_else(|| bad("snapshot file name"))?;
+                    g.snapshots.push((name, s, 4 + n));
+                }
+            }
+            seen[kind as usize - 1] = true;
+            at = end;
+        }
+        if at != body_end || !seen[0] || !seen[1] || !seen[2] {
+            return Err(bad("sections missing or trailing bytes"));
+        }
+        Ok(g)
+    }
+
+    /// The raw bytes of a section, as a stream.
+    fn reader<'a>(&'a self, s: &Section) -> Result<Box<dyn Read + 'a>> {
+        let region = Region {
+            file: &self.file,
+            pos: s.offset,
+            end: s.offset + s.stored_len,
+        };
+        Ok(if s.flags & FLAG_ZSTD != 0 {
+            Box::new(zstd::stream::read::Decoder::new(region)?.single_frame())
+        } else {
+            Box::new(region)
+        })
+    }
+
+    /// Copies a section's raw bytes after the first `skip` to `out`, checking its length.
+    fn copy(&self, s: &Section, skip: u64, out: &mut dyn Write) -> Result<u64> {
+        let mut r = self.reader(s)?;
+        let undecodable = |e: std::io::Error| bad(&format!("section does not decompress: {e}"));
+        let skipped =
+            std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink()).map_err(undecodable)?;
+        let mut copied = 0u64;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(undecodable(e)),
+            };
+            copied += n as u64;
+            if skipped + copied > s.raw_len {
+                return Err(bad("section length mismatch"));
+            }
+            out.write_all(&buf[..n])?;
+        }
+        if skipped + copied != s.raw_len {
+            return Err(bad("section length mismatch"));
+        }
+        Ok(copied)
+    }
+
+    /// A small section whole (pack table, gc acknowledgement).
+    fn read_small(&self, s: &Section) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.copy(s, 0, &mut v)?;
+        Ok(v)
+    }
+
+    /// Writes the volume's `meta.redb` to `out`.
+    pub fn copy_meta(&self, out: &mut dyn Write) -> Result<u64> {
+        self.copy(&self.meta, 0, out)
+    }
+
+    /// Writes the volume's pack index (`index.redb`) to `out`.
+    pub fn copy_index(&self, out: &mut dyn Write) -> Result<u64> {
+        self.copy(&self.index, 0, out)
+    }
+
+    /// The file names of the snapshots, in the generation's order.
+    pub fn snapshot_names(&self) -> Vec<&str> {
+        self.snapshots.iter().map(|(n, _, _)| n.as_str()).collect()
+    }
+
+    /// Writes snapshot `i`'s redb file to `out`.
+    pub fn copy_snapshot(&self, i: usize, out: &mut dyn Write) -> Result<u64> {
+        let (_, s, skip) = &self.snapshots[i];
+        self.copy(s, *skip, out)
+    }
+
+    /// Everything in memory (tests).
+    pub fn into_generation(self) -> Result<Generation> {
+        let mut meta = Vec::new();
+        self.copy_meta(&mut meta)?;
+        let mut index = Vec::new();
+        self.copy_index(&mut index)?;
+        let mut snapshots = Vec::new();
+        for i in 0..self.snapshots.len() {
+            let mut b = Vec::new();
+            self.copy_snapshot(i, &mut b)?;
+            snapshots.push((self.snapshots[i].0.clone(), b));
+        }
+        Ok(Generation {
+            header: self.header,
+            meta,
+            index,
+            packs: self.packs,
+            snapshots,
+            gc_ack: self.gc_ack,
+        })
     }
 }
 
@@ -245,7 +710,7 @@ pub fn decode_header(b: &[u8]) -> Result<Header> {
 }
 
 fn decode_format(b: &[u8]) -> Result<u32> {
-    if b.len() < HEADER_LEN + 32 || &b[..8] != MAGIC {
+    if b.len() < HEADER_LEN || &b[..8] != MAGIC {
         return Err(bad("not a dedupfs generation (no magic)"));
     }
     let format = u32_at(b, 8)?;
@@ -263,93 +728,4 @@ fn decode_format(b: &[u8]) -> Result<u32> {
         )));
     }
     Ok(format)
-}
-
-/// Decodes and checks a whole generation object.
-pub fn decode(b: &[u8]) -> Result<Generation> {
-    let header = decode_header(b)?;
-    let format = decode_format(b)?;
-    let entry = if format == FORMAT_V1 { 32 } else { 48 };
-    let body_end = b.len() - 32;
-    if blake3::hash(&b[..body_end]).as_bytes() != &b[body_end..] {
-        return Err(bad("checksum mismatch (damaged or incomplete object)"));
-    }
-    let count = u32_at(b, 44)?;
-    let mut at = HEADER_LEN;
-    let mut g = Generation {
-        header,
-        meta: Vec::new(),
-        index: Vec::new(),
-        packs: Vec::new(),
-        snapshots: Vec::new(),
-        gc_ack: 0,
-    };
-    let mut seen = [false; 5];
-    for _ in 0..count {
-        let kind = Kind::of(u32_at(b, at)?).ok_or_else(|| bad("unknown section kind"))?;
-        let flags = u32_at(b, at + 4)?;
-        let raw_len = u64_at(b, at + 8)?;
-        let stored_len = u64_at(b, at + 16)?;
-        let start = at + SECTION_HEADER_LEN;
-        let end = start
-            .checked_add(usize::try_from(stored_len).map_err(|_| bad("section too long"))?)
-            .filter(|&e| e <= body_end)
-            .ok_or_else(|| bad("section runs past the end"))?;
-        if raw_len > MAX_SECTION || flags & !FLAG_ZSTD != 0 {
-            return Err(bad("bad section header"));
-        }
-        let stored = &b[start..end];
-        let raw = if flags & FLAG_ZSTD != 0 {
-            zstd::bulk::decompress(stored, raw_len as usize)
-                .map_err(|e| bad(&format!("section does not decompress: {e}")))?
-        } else {
-            stored.to_vec()
-        };
-        if raw.len() as u64 != raw_len {
-            return Err(bad("section length mismatch"));
-        }
-        match kind {
-            Kind::Meta => g.meta = raw,
-            Kind::Index => g.index = raw,
-            Kind::Packs => {
-                if raw.len() % entry != 0 {
-                    return Err(bad("pack table length"));
-                }
-                let at = |r: &[u8], i: usize| {
-                    u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default())
-                };
-                g.packs = raw
-                    .chunks_exact(entry)
-                    .map(|r| PackRef {
-                        id: at(r, 0),
-                        len: at(r, 8),
-                        hash: r[16..32].try_into().unwrap_or_default(),
-                        origin: (entry == 48 && at(r, 32) != 0).then(|| Origin {
-                            volume: at(r, 32),
-                            pack: at(r, 40),
-                        }),
-                    })
-                    .collect();
-            }
-            Kind::Gc if format == FORMAT_V1 => return Err(bad("unknown section kind")),
-            Kind::Gc if seen[4] || raw.len() != 8 => return Err(bad("gc section")),
-            Kind::Gc => g.gc_ack = u64_at(&raw, 0)?,
-            Kind::Snapshot => {
-                let n = u32_at(&raw, 0)? as usize;
-                let name = raw
-                    .get(4..4 + n)
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .filter(|s| !s.is_empty() && !s.contains('/') && !s.starts_with('.'))
-                    .ok_or_else(|| bad("snapshot file name"))?
-                    .to_string();
-                g.snapshots.push((name, raw[4 + n..].to_vec()));
-            }
-        }
-        seen[kind as usize - 1] = true;
-        at = end;
-    }
-    if at != body_end || !seen[0] || !seen[1] || !seen[2] {
-        return Err(bad("sections missing or trailing bytes"));
-    }
-    Ok(g)
 }

@@ -22,8 +22,8 @@
 //! and every placement made before is in the pack index the next durable point copies.
 
 use super::config::{self, GC_MARKS, Keys};
-use super::generation::{Generation, Origin};
-use crate::error::{FsError, Result};
+use super::generation::{GenerationFile, Origin};
+use crate::error::Result;
 use crate::hash::ChunkId;
 use crate::store::pack_index::{Loc, PackIndex};
 use crate::store::remote::RemoteStore;
@@ -265,10 +265,7 @@ impl SharedIndex {
             if seen == Some(tag) {
                 continue;
             }
-            let decoded = client
-                .get(&key)
-                .map_err(FsError::from)
-                .and_then(|b| super::generation::decode_for(&b, volume_key));
+            let decoded = super::generation::fetch(client, &key, volume_key, work);
             match decoded {
                 Ok(generation)
                     if (generation.header.generation, generation.header.writer) == (g, w) =>
@@ -289,12 +286,17 @@ impl SharedIndex {
         name: &str,
         tag: [u8; 16],
         volume: u64,
-        g: &Generation,
+        g: &GenerationFile,
         work: &Path,
     ) -> Result<u64> {
         let tmp = work.join(".shared-index.redb");
         let _ = std::fs::remove_file(&tmp);
-        std::fs::write(&tmp, &g.index)?;
+        {
+            let f = std::fs::File::create(&tmp)?;
+            let mut w = std::io::BufWriter::new(&f);
+            g.copy_index(&mut w)?;
+            std::io::Write::flush(&mut w)?;
+        }
         let result = (|| {
             let index = PackIndex::open(&tmp)?;
             let refs: std::collections::HashMap<u64, super::generation::PackRef> =

@@ -11,7 +11,7 @@
 //!   published above that number (fencing): if one did, this store stops writing.
 
 use super::config::{Keys, now_unix, parse_gen_name, state_dir, write_durably};
-use super::generation::{self, Generation, Header, PackRef};
+use super::generation::{self, Header, PackRef};
 use super::packs::RemotePacks;
 use crate::error::{FsError, Result};
 use crate::fs::Fs;
@@ -181,7 +181,9 @@ pub fn check_head(
     }
 }
 
-/// Builds and uploads generation `header` from metadata and index files.
+/// Builds and uploads generation `header` from metadata and index files and snapshot files,
+/// as streams through scratch files in `scratch` (memory bounded whatever their size).
+/// Returns the object's size.
 #[allow(clippy::too_many_arguments)]
 pub fn put_generation(
     client: &RemoteStore,
@@ -190,22 +192,52 @@ pub fn put_generation(
     meta_file: &Path,
     index_file: &Path,
     packs: Vec<PackRef>,
-    snapshots: Vec<(String, Vec<u8>)>,
+    snapshots: Vec<(String, std::fs::File)>,
     gc_ack: u64,
     key: Option<&crate::crypto::Key>,
+    scratch: &Path,
 ) -> Result<u64> {
-    let g = Generation {
-        gc_ack,
-        meta: std::fs::read(meta_file)?,
-        index: std::fs::read(index_file)?,
-        packs,
-        snapshots,
-        header,
+    let open = |p: &Path| -> Result<(std::io::BufReader<std::fs::File>, u64)> {
+        let f = std::fs::File::open(p)?;
+        let len = f.metadata()?.len();
+        Ok((std::io::BufReader::new(f), len))
     };
-    let bytes = generation::encode_for(&g, key)?;
-    let n = bytes.len() as u64;
-    client.put(&keys.gen_key(g.header.generation, g.header.writer), bytes)?;
-    Ok(n)
+    let (mut meta, meta_len) = open(meta_file)?;
+    let (mut index, index_len) = open(index_file)?;
+    let mut snaps = Vec::with_capacity(snapshots.len());
+    for (name, f) in snapshots {
+        let len = f.metadata()?.len();
+        snaps.push((name, std::io::BufReader::new(f), len));
+    }
+    let gen_key = keys.gen_key(header.generation, header.writer);
+    let parts = generation::Parts {
+        header,
+        meta: (&mut meta, meta_len),
+        index: (&mut index, index_len),
+        packs: &packs,
+        snapshots: snaps
+            .iter_mut()
+            .map(|(n, r, len)| (n.clone(), r as &mut dyn std::io::Read, *len))
+            .collect(),
+        gc_ack,
+    };
+    let (mut plain, plain_len) = generation::write(parts, generation::scratch_file(scratch)?)?;
+    let (object, len) = match key {
+        None => (plain, plain_len),
+        Some(k) => {
+            use std::io::{Seek, Write};
+            plain.seek(std::io::SeekFrom::Start(0))?;
+            let mut sealed = generation::scratch_file(scratch)?;
+            let mut w = std::io::BufWriter::new(&mut sealed);
+            let n =
+                k.seal_generation_stream(&mut std::io::BufReader::new(plain), plain_len, &mut w)?;
+            w.flush()?;
+            drop(w);
+            (sealed, n)
+        }
+    };
+    client.put_file(&gen_key, &object, len)?;
+    Ok(len)
 }
 
 /// The remote side of a mounted (writable) volume.
@@ -631,12 +663,6 @@ impl RemoteVolume {
                 })?;
                 refs.push(r);
             }
-            let mut snapshots = Vec::with_capacity(snapshot_files.len());
-            for (name, f) in snapshot_files {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut &f, &mut bytes)?;
-                snapshots.push((name, bytes));
-            }
             // Fencing: nobody else may have published since the generation we build on.
             let keys = self.remote.keys();
             let me = self.remote.config().writer;
@@ -660,9 +686,10 @@ impl RemoteVolume {
                 &meta_tmp,
                 &index_tmp,
                 refs,
-                snapshots,
+                snapshot_files,
                 gc_ack,
                 self.packs.key(),
+                &work,
             )?;
             // A writer that published the same number at the same time: the lower writer id
             // wins, for every reader; the loser stops. (A tie this listing misses is caught by

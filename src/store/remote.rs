@@ -41,6 +41,10 @@ use std::time::{Duration, SystemTime};
 
 pub type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
+/// Largest piece of an object moved in one request by [`RemoteStore::put_file`] and
+/// [`RemoteStore::get_to`] (and so held in memory).
+pub const PART_LEN: u64 = 16 << 20;
+
 /// The region when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` names one (AWS's default;
 /// S3-compatible stores have their own: Garage's is whatever its `s3_region` says).
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -315,6 +319,74 @@ impl RemoteStore {
             .block_on(self.store.put_opts(&path, PutPayload::from(bytes), opts))
             .map(|_| ())
             .map_err(|e| self.error("PUT", key, e))
+    }
+
+    /// Stores the first `len` bytes of `file` under `key`, replacing any object there, with
+    /// at most [`PART_LEN`] bytes of it in memory: one PUT up to that size, a multipart upload
+    /// in parts of that size (more past 10,000 parts, S3's limit) beyond it, each part retried
+    /// on its own; a failed multipart upload is aborted (its parts deleted). Idempotent like
+    /// [`RemoteStore::put`].
+    pub fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let read = |at: u64, n: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, at)
+                .map_err(|e| RemoteError::LocalRead {
+                    key: key.to_string(),
+                    detail: e.to_string(),
+                })?;
+            Ok(buf)
+        };
+        if len <= PART_LEN {
+            return self.put(key, read(0, len as usize)?);
+        }
+        let part = PART_LEN.max(len.div_ceil(9_000).next_multiple_of(1 << 20));
+        let path = self.path(key)?;
+        self.runtime
+            .block_on(async {
+                let mut upload = self.store.put_multipart(&path).await?;
+                let mut at = 0;
+                while at < len {
+                    let n = part.min(len - at) as usize;
+                    let bytes = match read(at, n) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = upload.abort().await;
+                            return Ok(Err(e));
+                        }
+                    };
+                    if let Err(e) = upload.put_part(PutPayload::from(bytes)).await {
+                        let _ = upload.abort().await;
+                        return Err(e);
+                    }
+                    at += n as u64;
+                }
+                if let Err(e) = upload.complete().await {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+                Ok(Ok(()))
+            })
+            .map_err(|e| self.error("PUT", key, e))?
+    }
+
+    /// The whole object, written to `file` from its current position, in ranges of at most
+    /// [`PART_LEN`] bytes (each retried on its own, each within the request timeout), so
+    /// that memory stays bounded and a large object downloads over a slow link. Returns its
+    /// length.
+    pub fn get_to(&self, key: &str, file: &mut std::fs::File) -> Result<u64> {
+        let len = self.head(key)?.size;
+        let mut at = 0;
+        while at < len {
+            let end = (at + PART_LEN).min(len);
+            let bytes = self.get_range(key, at..end)?;
+            std::io::Write::write_all(file, &bytes).map_err(|e| RemoteError::LocalWrite {
+                key: key.to_string(),
+                detail: e.to_string(),
+            })?;
+            at = end;
+        }
+        Ok(len)
     }
 
     /// The whole object.
