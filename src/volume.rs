@@ -33,6 +33,10 @@ pub enum VolumeError {
     Missing(PathBuf),
     #[error("{0} is not a dedupfs store (no {MARKER} marker)")]
     Foreign(PathBuf),
+    #[error(
+        "store {path} was made by a newer dedupfs (store format {found}; this one knows up to {FORMAT_VERSION}): upgrade dedupfs"
+    )]
+    Newer { path: PathBuf, found: u64 },
     #[error("{0} already exists and is not empty; refusing to create a store there")]
     NotEmpty(PathBuf),
     #[error("store {0} is in use by another dedupfs process (already mounted?)")]
@@ -166,7 +170,21 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
         return Err(VolumeError::Missing(dir.to_path_buf()));
     }
     match fs::read_to_string(dir.join(MARKER)) {
-        Ok(s) if s.starts_with(MARKER_TEXT) => {}
+        Ok(s) if s.starts_with(MARKER_TEXT) => {
+            // The format line says what made the store (an older one may be upgraded by
+            // opening it; meta.redb's own version is checked again when it is opened). A
+            // newer one is refused before anything is opened or locked.
+            let found = s[MARKER_TEXT.len()..]
+                .lines()
+                .find_map(|l| l.strip_prefix("format "))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(found) = found.filter(|&f| f > FORMAT_VERSION) {
+                return Err(VolumeError::Newer {
+                    path: dir.to_path_buf(),
+                    found,
+                });
+            }
+        }
         _ => return Err(VolumeError::Foreign(dir.to_path_buf())),
     }
     let f = OpenOptions::new()

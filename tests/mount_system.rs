@@ -169,6 +169,27 @@ fn mount_helper_form_refuses_bad_input_with_one_line_and_changes_nothing() {
         &[mnt.as_os_str(), mnt.as_os_str()],
     );
     assert!(e.contains("not a dedupfs store"), "{e}");
+    // A store a newer dedupfs made (its marker's format line): refused before anything in it
+    // is opened, by the mount and by every other command.
+    let newer = root.join("newer");
+    let (ok, _, stderr) = dedupfs(&["init".as_ref(), newer.as_os_str()]);
+    assert!(ok, "init: {stderr}");
+    let marker = fs::read_to_string(newer.join("DEDUPFS")).unwrap();
+    assert!(marker.starts_with("dedupfs store\nformat "), "{marker:?}");
+    fs::write(newer.join("DEDUPFS"), "dedupfs store\nformat 99\n").unwrap();
+    let newer_before = listing(&newer);
+    for args in [
+        vec![newer.as_os_str(), mnt.as_os_str()],
+        vec!["fsck".as_ref(), "--repair".as_ref(), newer.as_os_str()],
+        vec!["stats".as_ref(), newer.as_os_str()],
+    ] {
+        let e = one_line_failure("a store of a newer dedupfs", &args);
+        assert!(
+            e.contains("newer dedupfs") && e.contains("format 99"),
+            "{e}"
+        );
+    }
+    assert_eq!(listing(&newer), newer_before, "a refused store was changed");
     let e = one_line_failure("a mistyped command", &["stat".as_ref(), store.as_os_str()]);
     assert!(e.contains("'stat'"), "{e}");
 
