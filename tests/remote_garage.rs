@@ -72,6 +72,7 @@ fn files_round_trip_in_parts() {
     let s = open(&g);
     let part = dedupfs::store::remote::PART_LEN as usize;
     let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("multipart");
     for (i, len) in [0, 5, part, part + 1, 2 * part + 3 * 1024 * 1024 + 7]
         .into_iter()
         .enumerate()
@@ -81,7 +82,8 @@ fn files_round_trip_in_parts() {
         f.write_all(&data).unwrap();
         // Longer than what is sent: only the first `len` bytes go.
         f.write_all(b"not sent").unwrap();
-        s.put_file("gens/g", &f, len as u64).unwrap();
+        s.put_file("gens/g", &f, len as u64, &journal).unwrap();
+        assert!(!journal.exists(), "a finished upload stays in the journal");
         assert_eq!(s.head("gens/g").unwrap().size, len as u64, "size #{i}");
         let mut back = tempfile::tempfile_in(dir.path()).unwrap();
         assert_eq!(s.get_to("gens/g", &mut back).unwrap(), len as u64);
@@ -98,6 +100,66 @@ fn files_round_trip_in_parts() {
         Err(RemoteError::NotFound { key }) => assert_eq!(key, "missing"),
         other => panic!("download of a missing object: {other:?}"),
     }
+}
+
+/// A multipart upload a killed process left open is recorded in its journal and aborted
+/// from there (its parts deleted); the object never appears, and a later upload works.
+#[test]
+fn an_abandoned_multipart_upload_is_aborted_from_its_journal() {
+    if !garage::garage_available() {
+        return;
+    }
+    use std::io::Write;
+    let g = Garage::single();
+    let s = open(&g);
+    let bucket = config(&g).bucket;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("multipart");
+    let len = 2 * dedupfs::store::remote::PART_LEN as usize + 5;
+    let data = random(len);
+    let mut f = tempfile::tempfile_in(dir.path()).unwrap();
+    f.write_all(&data).unwrap();
+    let unfinished = || {
+        // Garage 2.5 shows the line only while there are some.
+        let info = g.cli(0, &["bucket", "info", &bucket]);
+        let Some(line) = info
+            .lines()
+            .find(|l| l.to_lowercase().contains("multipart"))
+        else {
+            return 0;
+        };
+        // "Unfinished uploads:   2 multipart uploads"
+        line.split_whitespace()
+            .find_map(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(unfinished(), 0);
+    for key in ["gens/a", "gens/b"] {
+        s.put_file_abandoned_after(key, &f, len as u64, &journal, 1)
+            .unwrap();
+    }
+    let info = g.cli(0, &["bucket", "info", &bucket]);
+    assert_eq!(unfinished(), 2, "two abandoned uploads:\n{info}");
+    let recorded = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(recorded.lines().count(), 2, "{recorded}");
+    assert!(matches!(
+        s.head("gens/a"),
+        Err(RemoteError::NotFound { .. })
+    ));
+    assert_eq!(s.abort_abandoned(&journal).unwrap(), 2);
+    assert!(!journal.exists());
+    assert_eq!(unfinished(), 0, "the abandoned uploads were not aborted");
+    assert_eq!(s.abort_abandoned(&journal).unwrap(), 0);
+    // An upload aborted already (by the store's own cleanup) is forgotten, not an error.
+    s.put_file_abandoned_after("gens/c", &f, len as u64, &journal, 1)
+        .unwrap();
+    assert_eq!(s.abort_abandoned(&journal).unwrap(), 1);
+    std::fs::write(&journal, recorded.lines().next().unwrap()).unwrap();
+    assert_eq!(s.abort_abandoned(&journal).unwrap(), 1);
+    assert!(!journal.exists());
+    s.put_file("gens/a", &f, len as u64, &journal).unwrap();
+    assert_eq!(s.head("gens/a").unwrap().size, len as u64);
+    assert_eq!(unfinished(), 0);
 }
 
 #[test]

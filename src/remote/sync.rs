@@ -181,6 +181,10 @@ pub fn check_head(
     }
 }
 
+/// `STORE/remote/multipart`: the multipart uploads of generations not finished yet (key and
+/// upload id per line), aborted by the next publication if a crash left them.
+pub const MULTIPART_JOURNAL: &str = "multipart";
+
 /// Builds and uploads generation `header` from metadata and index files and snapshot files,
 /// as streams through scratch files in `scratch` (memory bounded whatever their size).
 /// Returns the object's size.
@@ -236,7 +240,12 @@ pub fn put_generation(
             (sealed, n)
         }
     };
-    client.put_file(&gen_key, &object, len)?;
+    let journal = scratch.join(MULTIPART_JOURNAL);
+    // Uploads a killed daemon left open (their parts cost storage and nothing reads them).
+    if let Err(e) = client.abort_abandoned(&journal) {
+        tracing::warn!("cannot abort an unfinished multipart upload yet: {e}");
+    }
+    client.put_file(&gen_key, &object, len, &journal)?;
     Ok(len)
 }
 

@@ -41,6 +41,50 @@ use std::time::{Duration, SystemTime};
 
 pub type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
+/// The open multipart uploads a journal records, one `KEY UPLOAD-ID` line each (a missing
+/// journal records none).
+fn read_journal(journal: &std::path::Path) -> Result<Vec<(String, String)>> {
+    match std::fs::read_to_string(journal) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, id)| (k.to_string(), id.to_string()))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(RemoteError::LocalRead {
+            key: journal.display().to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Makes `journal` record exactly `open`, durably (a temporary name, fsync, rename, fsync of
+/// the directory; removed when empty).
+fn write_journal(journal: &std::path::Path, open: &[(String, String)]) -> Result<()> {
+    let local = |e: std::io::Error| RemoteError::LocalWrite {
+        key: journal.display().to_string(),
+        detail: e.to_string(),
+    };
+    let dir = journal.parent().unwrap_or(std::path::Path::new("."));
+    if open.is_empty() {
+        match std::fs::remove_file(journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(local(e)),
+        }
+    } else {
+        let tmp = journal.with_extension("tmp");
+        let text: String = open.iter().map(|(k, id)| format!("{k} {id}\n")).collect();
+        let f = std::fs::File::create(&tmp).map_err(local)?;
+        std::io::Write::write_all(&mut &f, text.as_bytes()).map_err(local)?;
+        f.sync_all().map_err(local)?;
+        std::fs::rename(&tmp, journal).map_err(local)?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(local)
+}
+
 /// Largest piece of an object moved in one request by [`RemoteStore::put_file`] and
 /// [`RemoteStore::get_to`] (and so held in memory).
 pub const PART_LEN: u64 = 16 << 20;
@@ -323,10 +367,46 @@ impl RemoteStore {
 
     /// Stores the first `len` bytes of `file` under `key`, replacing any object there, with
     /// at most [`PART_LEN`] bytes of it in memory: one PUT up to that size, a multipart upload
-    /// in parts of that size (more past 10,000 parts, S3's limit) beyond it, each part retried
-    /// on its own; a failed multipart upload is aborted (its parts deleted). Idempotent like
-    /// [`RemoteStore::put`].
-    pub fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> Result<()> {
+    /// in parts of that size (more past 9,000 parts, under S3's limit of 10,000) beyond it,
+    /// each part retried on its own. Idempotent like [`RemoteStore::put`].
+    ///
+    /// A multipart upload is recorded in `journal` (a local file, written durably once the
+    /// upload exists and removed once it is complete or aborted): a failed one is aborted (its
+    /// parts deleted) and, if even that fails, or the process dies first, left in `journal`
+    /// for [`RemoteStore::abort_abandoned`].
+    pub fn put_file(
+        &self,
+        key: &str,
+        file: &std::fs::File,
+        len: u64,
+        journal: &std::path::Path,
+    ) -> Result<()> {
+        self.put_file_parts(key, file, len, journal, None)
+    }
+
+    /// Test support: [`RemoteStore::put_file`] that stops after `parts` parts and returns as a
+    /// process killed there would leave things: the upload open, its journal in place.
+    #[doc(hidden)]
+    pub fn put_file_abandoned_after(
+        &self,
+        key: &str,
+        file: &std::fs::File,
+        len: u64,
+        journal: &std::path::Path,
+        parts: usize,
+    ) -> Result<()> {
+        self.put_file_parts(key, file, len, journal, Some(parts))
+    }
+
+    fn put_file_parts(
+        &self,
+        key: &str,
+        file: &std::fs::File,
+        len: u64,
+        journal: &std::path::Path,
+        stop_after: Option<usize>,
+    ) -> Result<()> {
+        use object_store::multipart::MultipartStore;
         use std::os::unix::fs::FileExt;
         let read = |at: u64, n: usize| -> Result<Vec<u8>> {
             let mut buf = vec![0u8; n];
@@ -342,32 +422,97 @@ impl RemoteStore {
         }
         let part = PART_LEN.max(len.div_ceil(9_000).next_multiple_of(1 << 20));
         let path = self.path(key)?;
-        self.runtime
-            .block_on(async {
-                let mut upload = self.store.put_multipart(&path).await?;
-                let mut at = 0;
-                while at < len {
-                    let n = part.min(len - at) as usize;
-                    let bytes = match read(at, n) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let _ = upload.abort().await;
-                            return Ok(Err(e));
-                        }
-                    };
-                    if let Err(e) = upload.put_part(PutPayload::from(bytes)).await {
-                        let _ = upload.abort().await;
-                        return Err(e);
+        let id = self
+            .runtime
+            .block_on(self.store.create_multipart(&path))
+            .map_err(|e| self.error("PUT", key, e))?;
+        let mut open = read_journal(journal)?;
+        let forget = |mut open: Vec<(String, String)>| {
+            open.retain(|(_, i)| *i != id);
+            write_journal(journal, &open)
+        };
+        let abort = |e: RemoteError| -> RemoteError {
+            match self
+                .runtime
+                .block_on(self.store.abort_multipart(&path, &id))
+            {
+                Ok(()) => {
+                    if let Err(w) = read_journal(journal).and_then(forget) {
+                        tracing::warn!("{w}");
                     }
-                    at += n as u64;
                 }
-                if let Err(e) = upload.complete().await {
-                    let _ = upload.abort().await;
-                    return Err(e);
+                Err(a) => tracing::warn!(
+                    "multipart upload of {key} left open, recorded in {} for the next attempt: {}",
+                    journal.display(),
+                    self.error("DELETE", key, a)
+                ),
+            }
+            e
+        };
+        open.push((key.to_string(), id.clone()));
+        write_journal(journal, &open).map_err(&abort)?;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < len {
+            if stop_after == Some(parts.len()) {
+                return Ok(());
+            }
+            let n = part.min(len - at) as usize;
+            let bytes = read(at, n).map_err(&abort)?;
+            let done = self
+                .runtime
+                .block_on(
+                    self.store
+                        .put_part(&path, &id, parts.len(), PutPayload::from(bytes)),
+                )
+                .map_err(|e| abort(self.error("PUT", key, e)))?;
+            parts.push(done);
+            at += n as u64;
+        }
+        self.runtime
+            .block_on(self.store.complete_multipart(&path, &id, parts))
+            .map_err(|e| abort(self.error("PUT", key, e)))?;
+        // Stored. A journal line left by a failure here is forgotten by the next
+        // abort_abandoned (the upload is gone: NotFound).
+        if let Err(e) = read_journal(journal).and_then(forget) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Aborts the multipart uploads recorded in `journal` (see [`RemoteStore::put_file`])
+    /// and forgets them; one that cannot be aborted now stays recorded (the first such error
+    /// is returned). Returns how many were aborted (or found gone already).
+    pub fn abort_abandoned(&self, journal: &std::path::Path) -> Result<usize> {
+        use object_store::multipart::MultipartStore;
+        let open = read_journal(journal)?;
+        if open.is_empty() {
+            return Ok(0);
+        }
+        let (mut kept, mut first_err, mut done) = (Vec::new(), None, 0);
+        for (key, id) in open {
+            let r = self.path(&key).and_then(|path| {
+                self.runtime
+                    .block_on(self.store.abort_multipart(&path, &id))
+                    .map_err(|e| self.error("DELETE", &key, e))
+            });
+            match r {
+                // Gone already: completed, or aborted before the journal was rewritten.
+                Ok(()) | Err(RemoteError::NotFound { .. }) => {
+                    tracing::info!("aborted a multipart upload of {key} left unfinished");
+                    done += 1;
                 }
-                Ok(Ok(()))
-            })
-            .map_err(|e| self.error("PUT", key, e))?
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    kept.push((key, id));
+                }
+            }
+        }
+        write_journal(journal, &kept)?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// The whole object, written to `file` from its current position, in ranges of at most
