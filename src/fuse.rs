@@ -700,6 +700,24 @@ impl Filesystem for DedupFuse {
         empty(reply, self.fs.fallocate(ino.0, offset, length, mode));
     }
 
+    /// No ioctl is supported (FS_IOC_GETFLAGS, FIEMAP, ...): ENOTTY, as for a file that
+    /// has no such request, without fuser's warning per call (tools such as `cp` and
+    /// `fsstress` ask for flags on every file, and the kernel never stops asking).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        tracing::debug!("ioctl {cmd:#x}: not supported");
+        reply.error(Errno::ENOTTY);
+    }
+
     fn lseek(
         &self,
         _req: &Request,

@@ -118,6 +118,48 @@ fn create_write_read_roundtrip_survives_remount() {
     vol.unmount();
 }
 
+/// ioctls the filesystem has no use for (`lsattr`'s FS_IOC_GETFLAGS, FIEMAP) get ENOTTY, as
+/// from a file without such requests, and the daemon does not log a line per call (`cp` and
+/// `fsstress` ask on every file: thousands of lines per run before).
+#[test]
+fn unsupported_ioctls_get_enotty_and_no_log_line() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let mut vol = Volume::new();
+    fs::write(vol.path("f"), b"data").unwrap();
+    let f = fs::File::open(vol.path("f")).unwrap();
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xc020_660b;
+    for _ in 0..50 {
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer, which is valid.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+    let mut fiemap = [0u64; 8];
+    // SAFETY: the buffer is a zeroed struct fiemap with no extents asked for (32 bytes).
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, fiemap.as_mut_ptr()) };
+    assert_eq!(r, -1);
+    drop(f);
+    vol.unmount();
+    let log = vol.log();
+    assert!(
+        !log.contains("ioctl"),
+        "the daemon logged ioctls:\n{}",
+        log.lines()
+            .filter(|l| l.contains("ioctl"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[test]
 fn reads_past_eof_return_nothing_and_short_reads_stop_at_eof() {
     if !fuse_available() {
