@@ -49,7 +49,7 @@ impl Fs {
                         let Some(fs) = weak.upgrade() else { break };
                         let _no_removal = fs.removal.read();
                         // Errors surface (and are logged) when a reader asks for the chunk.
-                        let _ = fs.cache.get(&id, len as u64);
+                        fs.cache.prefetch(&id, len as u64);
                     }
                 })
                 .ok();

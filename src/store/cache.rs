@@ -258,6 +258,17 @@ impl ChunkCache {
 
     /// Verified bytes of chunk `id`, which metadata says is `len` bytes long.
     pub fn get(&self, id: &ChunkId, len: u64) -> Result<Arc<ChunkBytes>> {
+        self.load(id, len, true)
+    }
+
+    /// Loads chunk `id` into the cache ahead of a read (read-ahead). A chunk that cannot be
+    /// loaded is not logged: the chunk may have been overwritten and removed since it was
+    /// queued, and a reader that does ask for it gets (and logs) the error.
+    pub fn prefetch(&self, id: &ChunkId, len: u64) {
+        let _ = self.load(id, len, false);
+    }
+
+    fn load(&self, id: &ChunkId, len: u64, log_missing: bool) -> Result<Arc<ChunkBytes>> {
         if let Some(hit) = self.lru.lock().map.get(id) {
             return Ok(hit.clone());
         }
@@ -270,7 +281,11 @@ impl ChunkCache {
                 again
             }
             Err(e) => {
-                tracing::error!(chunk = %id, "cannot load chunk: {e}");
+                if log_missing {
+                    tracing::error!(chunk = %id, "cannot load chunk: {e}");
+                } else {
+                    tracing::debug!(chunk = %id, "read-ahead: cannot load chunk: {e}");
+                }
                 return Err(e);
             }
         };
