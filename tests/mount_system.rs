@@ -191,7 +191,20 @@ fn mount_helper_form_refuses_bad_input_with_one_line_and_changes_nothing() {
     }
     assert_eq!(listing(&newer), newer_before, "a refused store was changed");
     let e = one_line_failure("a mistyped command", &["stat".as_ref(), store.as_os_str()]);
-    assert!(e.contains("'stat'"), "{e}");
+    assert!(
+        e.contains("'stat'") && e.contains("did you mean 'stats'"),
+        "{e}"
+    );
+    // With two paths after it, it reads like the mount form with one argument too many:
+    // still named as the mistyped command it is, not as a clap conflict about the last path.
+    let e = one_line_failure(
+        "a mistyped command with two paths",
+        &["moutn".as_ref(), store.as_os_str(), mnt.as_os_str()],
+    );
+    assert!(
+        e.contains("'moutn'") && e.contains("did you mean 'mount'"),
+        "{e}"
+    );
 
     assert!(!is_mountpoint(&mnt), "a refused mount left a mount behind");
     assert_eq!(listing(&store), before, "a refused mount changed the store");

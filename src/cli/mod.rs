@@ -345,8 +345,72 @@ enum Setting {
     Compression { codec: Codec },
 }
 
+/// For a first argument that names neither a command nor an existing store (one path
+/// component: most likely a mistyped command), the error to give, with the nearest command.
+fn mistyped_command(first: &std::ffi::OsStr) -> Option<String> {
+    let p = Path::new(first);
+    if p.exists() || p.components().count() != 1 {
+        return None;
+    }
+    let word = first.to_string_lossy();
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for j in 0..b.len() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != b[j]))
+                    .min(row[j] + 1)
+                    .min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let nearest = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .filter(|n| n != "help")
+        .map(|n| (distance(&word, &n), n))
+        .min()
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3))
+        .map(|(_, n)| format!("; did you mean '{n}'?"))
+        .unwrap_or_default();
+    Some(format!(
+        "'{word}' is neither a command nor an existing store{nearest} (see dedupfs --help)"
+    ))
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // `dedupfs moutn STORE MNT` reads as the mount form with an extra argument, and
+            // clap's complaint about it names the wrong word.
+            let first = std::env::args_os().nth(1);
+            let usage = !matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if usage
+                && let Some(msg) = first.as_deref().and_then(mistyped_command)
+                && !first
+                    .as_deref()
+                    .is_some_and(|f| f.to_string_lossy().starts_with('-'))
+            {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "dedupfs: error: {msg}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEDUPFS_LOG")
         // fuser warns "Failed to umount filesystem" at every unmount the kernel already did
         // (umount, fusermount3 -u): noise in every daemon log. Commands that wait for the
@@ -865,12 +929,8 @@ fn mount_helper(store: &Path, mountpoint: &Path, options: &[String]) -> Result<(
             mountpoint.display()
         );
     }
-    if !store.exists() && store.components().count() == 1 {
-        // Most likely a mistyped command rather than a store in the current directory.
-        bail!(
-            "'{}' is neither a command nor an existing store (see dedupfs --help)",
-            store.display()
-        );
+    if let Some(msg) = mistyped_command(store.as_os_str()) {
+        bail!("{msg}");
     }
     check_mountpoint(mountpoint)?;
     let cache_mib = opts.cache_mib.unwrap_or_else(default_cache_mib);
