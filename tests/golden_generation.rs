@@ -414,6 +414,39 @@ fn this_version_round_trips_and_refuses_damage() {
     assert!(generation::decode(&longer).is_err());
 }
 
+/// Sections are decoded when a generation is opened, not later: a generation whose checksum
+/// is right but whose section does not decode to exactly its length, as one zstd frame with
+/// nothing after it, is refused (a reader then skips it for an older one).
+#[test]
+fn a_generation_with_a_section_that_does_not_decode_is_refused_whole() {
+    let raw = generation::encode(&sample_v2()).unwrap();
+    let resum = |mut b: Vec<u8>| {
+        let body = b.len() - 32;
+        let sum = *blake3::hash(&b[..body]).as_bytes();
+        b[body..].copy_from_slice(&sum);
+        b
+    };
+    assert!(generation::decode(&resum(raw.clone())).is_ok());
+    let stored = u64::from_le_bytes(raw[64..72].try_into().unwrap()) as usize;
+    // The frame's magic broken.
+    let mut b = raw.clone();
+    b[72] ^= 0xff;
+    let e = generation::decode(&resum(b)).unwrap_err().to_string();
+    assert!(e.contains("decompress"), "{e}");
+    // A raw length one more than the frame holds.
+    let mut b = raw.clone();
+    let raw_len = u64::from_le_bytes(b[56..64].try_into().unwrap());
+    b[56..64].copy_from_slice(&(raw_len + 1).to_le_bytes());
+    let e = generation::decode(&resum(b)).unwrap_err().to_string();
+    assert!(e.contains("length"), "{e}");
+    // A byte after the frame, inside the section.
+    let mut b = raw.clone();
+    b.insert(72 + stored, 0);
+    b[64..72].copy_from_slice(&(stored as u64 + 1).to_le_bytes());
+    let e = generation::decode(&resum(b)).unwrap_err().to_string();
+    assert!(e.contains("after"), "{e}");
+}
+
 #[test]
 fn object_keys_and_generation_names_are_pinned() {
     let k = keys();

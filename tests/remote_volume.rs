@@ -345,6 +345,76 @@ fn a_damaged_generation_is_skipped_for_the_previous_one() {
     assert_eq!(fs::read(vc.path("three")).unwrap(), b"3");
 }
 
+/// A generation whose checksum is right but whose metadata section does not decode (a
+/// writer's bug, or an unencrypted bucket edited) is skipped like a damaged one by `attach`
+/// and by the catch-up of an attached store: every section is decoded before a generation
+/// counts as good, never found bad half-way through an install. `attach` also makes the
+/// missing parents of its store directory (it downloads into it).
+#[test]
+fn a_generation_whose_sections_do_not_decode_is_skipped_like_a_damaged_one() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    use dedupfs::remote::generation;
+    let a = dirs.path("a");
+    init_remote(&g, &a, "v", &[]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("one"), b"1").unwrap();
+    ok(sync(&env, &va.mnt), "sync");
+    va.unmount();
+    let b = dirs.path("b");
+    ok(
+        dedupfs(
+            &env,
+            &["attach", b.to_str().unwrap(), "--remote", &url_of(&g, "v")],
+        ),
+        "attach b",
+    );
+    // The head again, one generation up, with the metadata's zstd frame broken and the
+    // checksum made right.
+    let c = client(&g, "v");
+    let gens = c.list("volumes/default/gens").unwrap();
+    let raw = c.get(&gens.last().unwrap().key).unwrap();
+    let mut next = generation::decode(&raw).unwrap();
+    next.header.parent = next.header.generation;
+    next.header.generation += 1;
+    let mut bad = generation::encode(&next).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(bad[48..52].try_into().unwrap()),
+        1,
+        "meta first"
+    );
+    bad[48 + 24] ^= 0xff;
+    let body = bad.len() - 32;
+    let sum = *blake3::hash(&bad[..body]).as_bytes();
+    bad[body..].copy_from_slice(&sum);
+    let bad_key = format!(
+        "volumes/default/gens/{:016x}-{:016x}",
+        next.header.generation, next.header.writer
+    );
+    c.put(&bad_key, bad).unwrap();
+    // The attached store's catch-up skips it and mounts what it has.
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_eq!(fs::read(vb.path("one")).unwrap(), b"1");
+    drop(vb);
+    // A new attach, into a directory whose parents do not exist yet.
+    let nested = dirs.path("x/y/c");
+    let out = dedupfs(
+        &env,
+        &[
+            "attach",
+            nested.to_str().unwrap(),
+            "--remote",
+            &url_of(&g, "v"),
+        ],
+    );
+    let text = common::output_text(&out);
+    ok(out, "attach past a generation that does not decode");
+    assert!(text.contains("does not decompress"), "{text}");
+    let vc = Volume::mount_existing(&nested, &["-o", "ro"], &env);
+    assert_eq!(fs::read(vc.path("one")).unwrap(), b"1");
+}
+
 #[test]
 fn fsck_checks_the_bucket_and_names_the_files_of_a_lost_pack() {
     let Some((g, env, dirs)) = rig(false) else {

@@ -215,11 +215,11 @@ pub fn attach(
     let mut skipped = Vec::new();
     let mut skipped_keys = Vec::new();
     let mut found = None;
-    // The object is downloaded next to the store (not into a /tmp that may be small).
-    let scratch = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
+    // The object is downloaded into the store directory (unnamed files: nothing is left),
+    // on the disk that will hold the metadata anyway; a failed attach removes the directory
+    // again (the caller's undo).
+    std::fs::create_dir_all(dir)?;
+    let scratch = dir.to_path_buf();
     for (g, w, key) in list_generations(&client, &keys)? {
         // An object store that does not answer is no damaged generation: attach fails.
         let mut obj = generation::scratch_file(&scratch)?;

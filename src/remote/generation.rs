@@ -87,8 +87,9 @@ const HEADER_LEN: usize = 48;
 const SECTION_HEADER_LEN: usize = 24;
 const FLAG_ZSTD: u32 = 1;
 const ZSTD_LEVEL: i32 = 3;
-/// Largest raw section accepted when decoding (a damaged length must not allocate wildly).
-const MAX_SECTION: u64 = 64 << 30;
+/// Largest raw section read into memory (the pack table, the gc acknowledgement): a damaged
+/// length must not allocate wildly. The large sections are streamed and have no bound.
+const MAX_SMALL_SECTION: u64 = 4 << 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -524,13 +525,21 @@ impl GenerationFile {
                 .checked_add(s.stored_len)
                 .filter(|&e| e <= body_end)
                 .ok_or_else(|| bad("section runs past the end"))?;
-            if s.raw_len > MAX_SECTION || s.flags & !FLAG_ZSTD != 0 {
+            if s.flags & !FLAG_ZSTD != 0 {
                 return Err(bad("bad section header"));
             }
+            // Every section decodes to exactly its length, with nothing after its zstd frame,
+            // before the generation counts as good (as when it was decoded in memory): a
+            // damaged one is skipped for an older one here, not found half-way through an
+            // install. Streamed: CPU, no memory.
+            g.check(&s)?;
             match kind {
                 Kind::Meta => g.meta = s,
                 Kind::Index => g.index = s,
                 Kind::Packs => {
+                    if s.raw_len > MAX_SMALL_SECTION {
+                        return Err(bad("pack table length"));
+                    }
                     let raw = g.read_small(&s)?;
                     if raw.len() % entry != 0 {
                         return Err(bad("pack table length"));
@@ -586,6 +595,36 @@ impl GenerationFile {
             return Err(bad("sections missing or trailing bytes"));
         }
         Ok(g)
+    }
+
+    /// Checks that a section's stored bytes are exactly one zstd frame (or raw bytes) of
+    /// its raw length.
+    fn check(&self, s: &Section) -> Result<()> {
+        let region = Region {
+            file: &self.file,
+            pos: s.offset,
+            end: s.offset + s.stored_len,
+        };
+        if s.flags & FLAG_ZSTD == 0 {
+            return if s.raw_len == s.stored_len {
+                Ok(())
+            } else {
+                Err(bad("section length mismatch"))
+            };
+        }
+        let undecodable = |e: std::io::Error| bad(&format!("section does not decompress: {e}"));
+        let mut d = zstd::stream::read::Decoder::with_buffer(std::io::BufReader::new(region))
+            .map_err(undecodable)?
+            .single_frame();
+        let n = std::io::copy(&mut d, &mut std::io::sink()).map_err(undecodable)?;
+        if n != s.raw_len {
+            return Err(bad("section length mismatch"));
+        }
+        let rest = d.finish();
+        if !rest.buffer().is_empty() || rest.get_ref().pos != rest.get_ref().end {
+            return Err(bad("bytes after a section's compressed frame"));
+        }
+        Ok(())
     }
 
     /// The raw bytes of a section, as a stream.

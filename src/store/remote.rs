@@ -519,12 +519,33 @@ impl RemoteStore {
     /// [`PART_LEN`] bytes (each retried on its own, each within the request timeout), so
     /// that memory stays bounded and a large object downloads over a slow link. Returns its
     /// length.
+    /// Every range is asked for with the ETag of the first HEAD (`If-Match`): an object
+    /// replaced meanwhile is reported as changed ([`RemoteError::Precondition`]) rather than
+    /// downloaded half old, half new.
     pub fn get_to(&self, key: &str, file: &mut std::fs::File) -> Result<u64> {
-        let len = self.head(key)?.size;
+        let head = self.head(key)?;
+        let (len, e_tag) = (head.size, head.e_tag);
+        let path = self.path(key)?;
         let mut at = 0;
         while at < len {
             let end = (at + PART_LEN).min(len);
-            let bytes = self.get_range(key, at..end)?;
+            let opts = object_store::GetOptions {
+                if_match: e_tag.clone(),
+                range: Some(object_store::GetRange::Bounded(at..end)),
+                ..Default::default()
+            };
+            let bytes = self
+                .runtime
+                .block_on(async { self.store.get_opts(&path, opts).await?.bytes().await })
+                .map_err(|e| self.error("GET", key, e))?;
+            if bytes.len() as u64 != end - at {
+                return Err(RemoteError::ShortRead {
+                    key: key.to_string(),
+                    start: at,
+                    end,
+                    got: bytes.len() as u64,
+                });
+            }
             std::io::Write::write_all(file, &bytes).map_err(|e| RemoteError::LocalWrite {
                 key: key.to_string(),
                 detail: e.to_string(),
