@@ -205,6 +205,12 @@ fn mount_helper_form_refuses_bad_input_with_one_line_and_changes_nothing() {
         e.contains("'moutn'") && e.contains("did you mean 'mount'"),
         "{e}"
     );
+    // A real command with an argument missing keeps clap's message about the argument.
+    let (ok, _, stderr) = dedupfs(&["completions".as_ref()]);
+    assert!(
+        !ok && stderr.contains("required") && !stderr.contains("neither a command"),
+        "{stderr}"
+    );
 
     assert!(!is_mountpoint(&mnt), "a refused mount left a mount behind");
     assert_eq!(listing(&store), before, "a refused mount changed the store");

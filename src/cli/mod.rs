@@ -370,6 +370,13 @@ fn mistyped_command(first: &std::ffi::OsStr) -> Option<String> {
         row[b.len()]
     };
     let cmd = <Cli as clap::CommandFactory>::command();
+    // A command given wrong arguments: clap's own error says what is wrong with them.
+    if cmd
+        .get_subcommands()
+        .any(|c| c.get_name() == word || c.get_all_aliases().any(|a| a == word))
+    {
+        return None;
+    }
     let nearest = cmd
         .get_subcommands()
         .map(|c| c.get_name().to_string())
