@@ -383,7 +383,7 @@ impl Filesystem for DedupFuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -392,12 +392,13 @@ impl Filesystem for DedupFuse {
         reply: ReplyEmpty,
     ) {
         self.fs.counters().count(Op::Rename);
-        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
-        }
         let f = CoreRename {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+            // The kernel checked CAP_MKNOD.
+            whiteout: flags
+                .contains(RenameFlags::RENAME_WHITEOUT)
+                .then(|| caller(req)),
         };
         let r = self.fs.rename(
             parent.0,

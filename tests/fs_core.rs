@@ -552,6 +552,46 @@ fn rename_over_directories_follows_posix() {
 }
 
 #[test]
+fn rename_whiteout_puts_a_device_owned_by_the_caller_at_the_old_name_in_one_transaction() {
+    use dedupfs::fs::Caller;
+    use dedupfs::meta::Kind;
+    let v = Vol::mem();
+    let a = v.file_with("a", b"A");
+    let who = Caller {
+        uid: 1234,
+        gid: 567,
+    };
+    let whiteout = RenameFlags {
+        whiteout: Some(who),
+        ..RenameFlags::default()
+    };
+    v.fs().rename(ROOT, b"a", ROOT, b"b", whiteout).unwrap();
+    assert_eq!(v.lookup(ROOT, "b").unwrap(), a);
+    let w = v.lookup(ROOT, "a").unwrap();
+    assert_ne!(w, a);
+    let attr = v.fs().getattr(w).unwrap();
+    assert_eq!(attr.kind, Kind::CharDev);
+    assert_eq!(
+        (attr.rdev, attr.perm, attr.uid, attr.gid),
+        (0, 0, 1234, 567)
+    );
+    // A failed rename makes no whiteout.
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"missing", ROOT, b"x", whiteout)),
+        libc::ENOENT
+    );
+    assert!(v.lookup(ROOT, "missing").is_err());
+    let both = RenameFlags {
+        exchange: true,
+        ..whiteout
+    };
+    assert_eq!(
+        errno(v.fs().rename(ROOT, b"b", ROOT, b"a", both)),
+        libc::EINVAL
+    );
+}
+
+#[test]
 fn rename_noreplace_and_exchange() {
     let v = Vol::mem();
     let a = v.file_with("a", b"A");
@@ -559,10 +599,12 @@ fn rename_noreplace_and_exchange() {
     let noreplace = RenameFlags {
         noreplace: true,
         exchange: false,
+        ..RenameFlags::default()
     };
     let exchange = RenameFlags {
         noreplace: false,
         exchange: true,
+        ..RenameFlags::default()
     };
     assert_eq!(
         errno(v.fs().rename(ROOT, b"a", ROOT, b"b", noreplace)),
@@ -585,6 +627,7 @@ fn rename_noreplace_and_exchange() {
     let both = RenameFlags {
         noreplace: true,
         exchange: true,
+        ..RenameFlags::default()
     };
     assert_eq!(
         errno(v.fs().rename(ROOT, b"c", ROOT, b"b", both)),
@@ -624,6 +667,7 @@ fn directory_cannot_move_into_its_own_subtree() {
     let exchange = RenameFlags {
         noreplace: false,
         exchange: true,
+        ..RenameFlags::default()
     };
     assert_eq!(
         errno(v.fs().rename(ROOT, b"a", c, b"x", exchange)),

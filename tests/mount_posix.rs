@@ -539,6 +539,54 @@ fn rename_across_directories_moves_entry_and_updates_parent() {
     vol.unmount();
 }
 
+/// RENAME_WHITEOUT (what overlayfs asks of its upper layer, and fsstress of any
+/// filesystem): the file moves and a whiteout, a character device 0/0 of mode 0 owned by the
+/// caller, takes its old name, atomically and durably; with RENAME_EXCHANGE it is EINVAL.
+#[test]
+fn rename_whiteout_leaves_a_whiteout_device_at_the_old_name() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut vol = Volume::new();
+    let (a, b, c) = (vol.path("a"), vol.path("b"), vol.path("c"));
+    fs::write(&a, b"A").unwrap();
+    fs::write(&c, b"C").unwrap();
+    renameat2(&a, &b, libc::RENAME_WHITEOUT).unwrap();
+    assert_eq!(read_all(&b), b"A");
+    let check = |what: &str| {
+        let m = fs::symlink_metadata(&a).unwrap_or_else(|e| panic!("{what}: no whiteout: {e}"));
+        assert!(m.file_type().is_char_device(), "{what}: {m:?}");
+        assert_eq!(
+            (m.rdev(), m.mode() & 0o7777, m.nlink()),
+            (0, 0, 1),
+            "{what}"
+        );
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{what}: owner");
+    };
+    check("after the rename");
+    // Onto an existing name too (it is replaced), and never with EXCHANGE.
+    renameat2(&b, &c, libc::RENAME_WHITEOUT).unwrap();
+    assert_eq!(read_all(&c), b"A");
+    assert!(
+        fs::symlink_metadata(&b)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(
+        errno_of(
+            "renameat2(EXCHANGE|WHITEOUT)",
+            renameat2(&c, &a, libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT)
+        ),
+        libc::EINVAL
+    );
+    vol.remount();
+    check("after a remount");
+    assert_eq!(read_all(&c), b"A");
+    vol.unmount();
+}
+
 #[test]
 fn rename_noreplace_fails_eexist_and_leaves_both_files() {
     if !fuse_available() {

@@ -146,10 +146,13 @@ impl TimeSet {
 pub struct RenameFlags {
     pub noreplace: bool,
     pub exchange: bool,
+    /// RENAME_WHITEOUT (overlayfs upper layers): a whiteout, a character device 0/0 of mode
+    /// 0 owned by this caller, takes the source's name in the same transaction.
+    pub whiteout: Option<Caller>,
 }
 
 /// Who is asking: owner of new inodes.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
@@ -871,8 +874,10 @@ impl Fs {
         self.writable_ino(newparent)?;
         check_name(name)?;
         check_name(newname)?;
-        if flags.exchange && flags.noreplace {
-            return Err(FsError::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
+        if flags.exchange && (flags.noreplace || flags.whiteout.is_some()) {
+            return Err(FsError::Invalid(
+                "RENAME_EXCHANGE with RENAME_NOREPLACE or RENAME_WHITEOUT",
+            ));
         }
         let mut st = self.state.lock();
         self.group(&mut st, |st, tx| {
@@ -974,6 +979,10 @@ impl Fs {
                 }
             }
             self.set_attr_in(st, tx, src, a)?;
+            if let Some(who) = flags.whiteout {
+                let w = Attr::new(Kind::CharDev, 0, who.uid, who.gid);
+                self.make_node_in(st, tx, parent, name, w, None)?;
+            }
         }
         for p in [parent, newparent] {
             let mut pa = self.attr_in(st, tx, p)?;
