@@ -78,6 +78,17 @@ fn sample() -> Generation {
     }
 }
 
+/// `g` is exactly what `sample_v2()` holds.
+fn assert_is_sample_v2(g: &Generation) {
+    let want = sample_v2();
+    assert_eq!(g.header, want.header);
+    assert_eq!(g.meta, want.meta);
+    assert_eq!(g.index, want.index);
+    assert_eq!(g.packs, want.packs);
+    assert_eq!(g.snapshots, want.snapshots);
+    assert_eq!(g.gc_ack, 9);
+}
+
 fn keys() -> Keys {
     let mut c = VolumeConfig::new("s3://bucket/prefix", None, "vm-images", 1 << 30);
     c.volume_id = "00000000deadbeef".into();
@@ -152,13 +163,8 @@ fn the_golden_segmented_generation_opens_exactly_with_its_key_only() {
     );
     assert_eq!(opened, plain);
     let g = generation::decode_for(&raw, Some(&key)).unwrap();
+    assert_is_sample_v2(&g);
     let want = sample_v2();
-    assert_eq!(g.header, want.header);
-    assert_eq!(g.meta, want.meta);
-    assert_eq!(g.index, want.index);
-    assert_eq!(g.packs, want.packs);
-    assert_eq!(g.snapshots, want.snapshots);
-    assert_eq!(g.gc_ack, 9);
     let mut again = Vec::new();
     key.seal_generation_stream_with_salt(
         &mut &plain[..],
@@ -352,13 +358,8 @@ fn the_golden_v2_generation_decodes_exactly() {
     // meta, index, pack table, gc, one snapshot
     assert_eq!(u32::from_le_bytes(raw[44..48].try_into().unwrap()), 5);
     let g = generation::decode(&raw).unwrap();
+    assert_is_sample_v2(&g);
     let want = sample_v2();
-    assert_eq!(g.header, want.header);
-    assert_eq!(g.meta, want.meta);
-    assert_eq!(g.index, want.index);
-    assert_eq!(g.packs, want.packs);
-    assert_eq!(g.snapshots, want.snapshots);
-    assert_eq!(g.gc_ack, 9);
     // This version writes exactly these bytes.
     assert_eq!(generation::encode(&want).unwrap(), raw);
 }
