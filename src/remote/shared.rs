@@ -291,13 +291,13 @@ impl SharedIndex {
     ) -> Result<u64> {
         let tmp = work.join(".shared-index.redb");
         let _ = std::fs::remove_file(&tmp);
-        {
-            let f = std::fs::File::create(&tmp)?;
-            let mut w = std::io::BufWriter::new(&f);
-            g.copy_index(&mut w)?;
-            std::io::Write::flush(&mut w)?;
-        }
         let result = (|| {
+            {
+                let f = std::fs::File::create(&tmp)?;
+                let mut w = std::io::BufWriter::new(&f);
+                g.copy_index(&mut w)?;
+                std::io::Write::flush(&mut w)?;
+            }
             let index = PackIndex::open(&tmp)?;
             let refs: std::collections::HashMap<u64, super::generation::PackRef> =
                 g.packs.iter().map(|p| (p.id, *p)).collect();
