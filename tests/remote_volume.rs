@@ -316,6 +316,21 @@ fn a_damaged_generation_is_skipped_for_the_previous_one() {
     let mid = raw.len() / 2;
     raw[mid] ^= 0x40;
     c.put(&newest, raw).unwrap();
+    // fsck of the writer's store (mounted) names it with --verify-data; without, it only
+    // checks that the object is there.
+    let a_arg = a.to_str().unwrap();
+    ok(
+        dedupfs(&env, &["fsck", a_arg]),
+        "fsck without --verify-data",
+    );
+    let said = fails(
+        dedupfs(&env, &["fsck", "--verify-data", a_arg]),
+        "fsck --verify-data of a store whose generation is damaged",
+    );
+    assert!(
+        said.contains(&newest) && said.contains("checksum"),
+        "{said}"
+    );
     let b = dirs.path("b");
     let out = dedupfs(
         &env,

@@ -659,6 +659,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut report = report;
             report.restored_from_backup = restored;
             crate::maint::fsck::check_backups(&store, &mut report);
+            crate::maint::fsck::check_generations(&store, verify_data, &mut report);
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {

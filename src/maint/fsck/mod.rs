@@ -44,8 +44,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 mod backups;
+mod generations;
 mod store;
 pub use backups::check_backups;
+pub use generations::check_generations;
 use store::scan_store;
 
 /// Name of the directory (in `/`) that repair reattaches unreachable inodes under.
@@ -116,6 +118,9 @@ pub enum FindingKind {
     BackupDamaged,
     /// The store has no metadata backup yet.
     NoBackup,
+    /// A remote volume's generation object (its own last one, or the volume's newest) is
+    /// missing from the bucket or cannot be read.
+    GenerationDamaged,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
