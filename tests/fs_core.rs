@@ -1767,6 +1767,89 @@ fn unlinked_files_are_gone_at_the_next_durable_point() {
     );
 }
 
+/// A directory larger than a page of the handle's listing (`DIR_PAGE` names held at a time)
+/// is listed whole, each name once, with readdir and readdirplus resumed as the kernel
+/// resumes them; a seekdir back finds the same entry at the same position; and a page whose
+/// remaining names were all removed does not end the listing early.
+#[test]
+fn a_directory_larger_than_a_page_is_listed_whole_and_once() {
+    use dedupfs::fs::DIR_PAGE;
+    let v = Vol::mem();
+    let d = v.mkdir(ROOT, "big");
+    let n = 2 * DIR_PAGE + 10;
+    let name = |i: usize| format!("f{i:07}");
+    for i in 0..n {
+        v.fs()
+            .mknod(WHO, d, name(i).as_bytes(), libc::S_IFREG | 0o644, 0)
+            .unwrap();
+    }
+    // `per_reply` entries per call, resumed from the last offset given, until a call gives
+    // nothing; at most `limit` entries.
+    let list = |fh: u64, from: u64, plus: bool, per_reply: usize, limit: usize| {
+        let mut out: Vec<(u64, String)> = Vec::new();
+        let mut off = from;
+        while out.len() < limit {
+            let mut got: Vec<(u64, String)> = Vec::new();
+            let mut take = |next: u64, e: &dedupfs::meta::DirEntry| {
+                got.push((next, String::from_utf8(e.name.clone()).unwrap()));
+                got.len() == per_reply
+            };
+            if plus {
+                v.fs()
+                    .readdir_plus(fh, off, &mut |next, e, _| take(next, e))
+                    .unwrap();
+            } else {
+                v.fs().readdir(fh, off, &mut take).unwrap();
+            }
+            let Some(&(last, _)) = got.last() else { break };
+            off = last;
+            out.extend(got);
+        }
+        out.truncate(limit);
+        out
+    };
+    let mut want: Vec<String> = vec![".".into(), "..".into()];
+    want.extend((0..n).map(name));
+    for plus in [false, true] {
+        let fh = v.fs().opendir(d).unwrap();
+        let got = list(fh, 0, plus, 1000, usize::MAX);
+        v.fs().releasedir(fh);
+        let names: Vec<&String> = got.iter().map(|(_, n)| n).collect();
+        assert_eq!(names.len(), n + 2, "plus {plus}");
+        assert!(names.iter().zip(&want).all(|(a, b)| *a == b), "plus {plus}");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, (next, _))| *next == i as u64 + 1),
+            "positions, plus {plus}"
+        );
+    }
+    // Read into the third page, then seek back into the first.
+    let fh = v.fs().opendir(d).unwrap();
+    let first = list(fh, 0, false, 4096, 2 * DIR_PAGE + 5);
+    assert_eq!(first.len(), 2 * DIR_PAGE + 5);
+    let back = list(fh, 1000, false, 3, 3);
+    assert_eq!(
+        back,
+        first[1000..1003].to_vec(),
+        "seekdir back into the first page"
+    );
+    // Rewind, take 10, then remove every name left on the first page: the next call goes on
+    // with the second page instead of ending the listing.
+    let head = list(fh, 0, true, 10, 10);
+    assert_eq!(head.last().unwrap().0, 10);
+    for i in 8..DIR_PAGE {
+        v.fs().unlink(d, name(i).as_bytes()).unwrap();
+    }
+    let rest = list(fh, 10, true, 5, 5);
+    assert_eq!(
+        rest.first().map(|(_, n)| n.clone()),
+        Some(name(DIR_PAGE)),
+        "after a page of removed names"
+    );
+    v.fs().releasedir(fh);
+}
+
 #[test]
 fn readdirplus_leaves_out_names_changed_since_the_listing_was_read() {
     // The kernel turns each READDIRPLUS entry into a cached name: an entry of the handle's
