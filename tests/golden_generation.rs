@@ -89,6 +89,17 @@ fn assert_is_sample_v2(g: &Generation) {
     assert_eq!(g.gc_ack, 9);
 }
 
+/// A sealed generation is refused, saying what is wrong, with another key and with none.
+fn assert_refused_without_its_key(raw: &[u8]) {
+    let other = dedupfs::crypto::Key::from_bytes(&[0x43; 32]);
+    let e = generation::decode_for(raw, Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wrong key"), "{e}");
+    let e = generation::decode_for(raw, None).unwrap_err().to_string();
+    assert!(e.contains("encrypted") && e.contains("--encrypt"), "{e}");
+}
+
 fn keys() -> Keys {
     let mut c = VolumeConfig::new("s3://bucket/prefix", None, "vm-images", 1 << 30);
     c.volume_id = "00000000deadbeef".into();
@@ -182,13 +193,7 @@ fn the_golden_segmented_generation_opens_exactly_with_its_key_only() {
         generation::decode_for(&written, Some(&key)).unwrap().meta,
         want.meta
     );
-    let other = dedupfs::crypto::Key::from_bytes(&[0x43; 32]);
-    let e = generation::decode_for(&raw, Some(&other))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("wrong key"), "{e}");
-    let e = generation::decode_for(&raw, None).unwrap_err().to_string();
-    assert!(e.contains("encrypted") && e.contains("--encrypt"), "{e}");
+    assert_refused_without_its_key(&raw);
     for at in [9, 21, 25, 33, 47, 48, raw.len() / 2, raw.len() - 1] {
         let mut bad = raw.clone();
         bad[at] ^= 0x10;
@@ -331,13 +336,7 @@ fn the_golden_sealed_generation_opens_exactly_with_its_key_only() {
         raw
     );
     // Another key, no key, and a flipped byte are refused with what is wrong.
-    let other = dedupfs::crypto::Key::from_bytes(&[0x43; 32]);
-    let e = generation::decode_for(&raw, Some(&other))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("wrong key"), "{e}");
-    let e = generation::decode_for(&raw, None).unwrap_err().to_string();
-    assert!(e.contains("encrypted") && e.contains("--encrypt"), "{e}");
+    assert_refused_without_its_key(&raw);
     for at in [12, 30, 44, raw.len() / 2, raw.len() - 1] {
         let mut bad = raw.clone();
         bad[at] ^= 0x10;

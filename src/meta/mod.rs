@@ -335,23 +335,7 @@ macro_rules! read_ops {
         }
 
         fn table_list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
-            let t = self.tx.open_table(DIRENTS)?;
-            let mut out = Vec::new();
-            let empty: &[u8] = &[];
-            for r in t.range((dir, empty)..)? {
-                let (k, v) = r?;
-                let (p, name) = k.value();
-                if p != dir {
-                    break;
-                }
-                let (ino, kind) = v.value();
-                out.push(DirEntry {
-                    name: name.to_vec(),
-                    ino,
-                    kind: kind_of(kind)?,
-                });
-            }
-            Ok(out)
+            self.table_list_dir_page(dir, None, usize::MAX)
         }
 
         /// At most `limit` entries of `dir` in name order, after `after` (from the first
