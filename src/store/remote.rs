@@ -525,27 +525,10 @@ impl RemoteStore {
     pub fn get_to(&self, key: &str, file: &mut std::fs::File) -> Result<u64> {
         let head = self.head(key)?;
         let (len, e_tag) = (head.size, head.e_tag);
-        let path = self.path(key)?;
         let mut at = 0;
         while at < len {
             let end = (at + PART_LEN).min(len);
-            let opts = object_store::GetOptions {
-                if_match: e_tag.clone(),
-                range: Some(object_store::GetRange::Bounded(at..end)),
-                ..Default::default()
-            };
-            let bytes = self
-                .runtime
-                .block_on(async { self.store.get_opts(&path, opts).await?.bytes().await })
-                .map_err(|e| self.error("GET", key, e))?;
-            if bytes.len() as u64 != end - at {
-                return Err(RemoteError::ShortRead {
-                    key: key.to_string(),
-                    start: at,
-                    end,
-                    got: bytes.len() as u64,
-                });
-            }
+            let bytes = self.range_if(key, at..end, e_tag.clone())?;
             std::io::Write::write_all(file, &bytes).map_err(|e| RemoteError::LocalWrite {
                 key: key.to_string(),
                 detail: e.to_string(),
@@ -567,13 +550,24 @@ impl RemoteStore {
     /// Bytes `range` of the object, exactly: a range reaching past the end is an error, not a
     /// short result. An empty range is read without a request.
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        self.range_if(key, range, None)
+    }
+
+    /// [`RemoteStore::get_range`], of the object version with ETag `if_match` when given
+    /// ([`RemoteError::Precondition`] if the object is another one now).
+    fn range_if(&self, key: &str, range: Range<u64>, if_match: Option<String>) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         if range.is_empty() {
             return Ok(Vec::new());
         }
+        let opts = object_store::GetOptions {
+            if_match,
+            range: Some(object_store::GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
         let bytes = self
             .runtime
-            .block_on(self.store.get_range(&path, range.clone()))
+            .block_on(async { self.store.get_opts(&path, opts).await?.bytes().await })
             .map_err(|e| self.error("GET", key, e))?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(RemoteError::ShortRead {
