@@ -257,26 +257,11 @@ enum Handle {
     },
     /// A directory's entries are read at the first readdir from offset 0, and again at each
     /// rewind (so rewinddir sees the directory as it is then), not at opendir: a directory
-    /// opened only as a base for *at() calls or fchdir costs no scan. At most [`DIR_PAGE`]
-    /// names are held at a time (memory stays bounded on any directory).
+    /// opened only as a base for *at() calls or fchdir costs no scan.
     Dir {
         ino: Ino,
-        page: Option<DirPage>,
+        entries: Option<Vec<DirEntry>>,
     },
-}
-
-/// Names of a directory listing a handle holds at a time. A directory of at most this many
-/// entries is read whole at the rewind, as one snapshot; a larger one page by page, in name
-/// order, each page after the last name of the one before (entries added or removed
-/// meanwhile may or may not be seen, as POSIX allows; an unchanged one is listed once).
-pub const DIR_PAGE: usize = 65_536;
-
-/// Part of a directory listing: `entries` are at positions `base..` (position = index in
-/// the whole listing, "." and ".." first); `more`: the listing goes on after them.
-struct DirPage {
-    base: u64,
-    entries: Vec<DirEntry>,
-    more: bool,
 }
 
 /// The open group of metadata changes: one write transaction shared by operations until it
@@ -1141,83 +1126,41 @@ impl Fs {
         let mut st = self.state.lock();
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::Dir { ino, page: None });
+        st.handles.insert(fh, Handle::Dir { ino, entries: None });
         Ok(fh)
     }
 
-    /// Makes sure directory handle `fh` holds the page of its listing with position `offset`
-    /// (or the end of the listing): the first page is read again at offset 0 (opendir or
-    /// rewinddir) and when nothing is read yet; the next one when `offset` is where the held
-    /// one ends; a position elsewhere (a seekdir) is found by reading from the start.
+    /// Makes sure directory handle `fh` holds its entries for a readdir from `offset`: read
+    /// them at offset 0 (opendir or rewinddir) or when not read yet.
     fn load_dir(&self, fh: u64, offset: u64) -> Result<()> {
-        let mut reload = offset == 0;
-        loop {
-            let (ino, after, base) = {
-                let st = self.state.lock();
-                let Some(Handle::Dir { ino, page }) = st.handles.get(&fh) else {
-                    return Err(FsError::Invalid("not a directory handle"));
-                };
-                match page {
-                    Some(p) if !reload => {
-                        let end = p.base + p.entries.len() as u64;
-                        if (p.base..end).contains(&offset) || (offset == end && !p.more) {
-                            return Ok(());
-                        }
-                        if offset >= end && p.more {
-                            // The next page (further on: page by page).
-                            let last = p.entries.last().map(|e| e.name.clone());
-                            (*ino, last, end)
-                        } else if offset > end {
-                            return Ok(());
-                        } else {
-                            (*ino, None, 0)
-                        }
-                    }
-                    _ => (*ino, None, 0),
-                }
-            };
-            reload = false;
-            let (entries, more) = if in_snapshot(ino) {
-                self.snap_entries_page(ino, after.as_deref())?
-            } else {
-                self.with_view(|r| Self::dir_entries_page(r, ino, after.as_deref()))?
-            };
-            if let Some(Handle::Dir { page, .. }) = self.state.lock().handles.get_mut(&fh) {
-                *page = Some(DirPage {
-                    base,
-                    entries,
-                    more,
-                });
+        let ino = {
+            let st = self.state.lock();
+            match st.handles.get(&fh) {
+                Some(Handle::Dir {
+                    entries: Some(_), ..
+                }) if offset > 0 => return Ok(()),
+                Some(Handle::Dir { ino, .. }) => *ino,
+                _ => return Err(FsError::Invalid("not a directory handle")),
             }
-        }
-    }
-
-    /// One page of directory `ino`'s listing: from the start ("." and ".." first) when
-    /// `after` is `None`, else the names after `after`. Returns the entries and whether the
-    /// listing goes on.
-    fn dir_entries_page(
-        r: &dyn MetaRead,
-        ino: Ino,
-        after: Option<&[u8]>,
-    ) -> Result<(Vec<DirEntry>, bool)> {
-        let mut entries = match after {
-            None => Self::dots(r, ino)?,
-            Some(_) => Vec::new(),
         };
-        let mut names = r.list_dir_page(ino, after, DIR_PAGE + 1)?;
-        let more = names.len() > DIR_PAGE;
-        names.truncate(DIR_PAGE);
-        entries.extend(names);
-        Ok((entries, more))
+        let listed = if in_snapshot(ino) {
+            self.snap_entries(ino)?
+        } else {
+            self.with_view(|r| Self::dir_entries(r, ino))?
+        };
+        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
+            *entries = Some(listed);
+        }
+        Ok(())
     }
 
-    /// "." and ".." of directory `ino` (NotDir if it is none).
-    fn dots(r: &dyn MetaRead, ino: Ino) -> Result<Vec<DirEntry>> {
+    /// The entries of directory `ino`, with "." and "..".
+    fn dir_entries(r: &dyn MetaRead, ino: Ino) -> Result<Vec<DirEntry>> {
         let attr = r.inode(ino)?.ok_or(FsError::NotFound)?;
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        Ok(vec![
+        let mut entries = vec![
             DirEntry {
                 name: b".".to_vec(),
                 ino,
@@ -1228,36 +1171,34 @@ impl Fs {
                 ino: attr.parent,
                 kind: Kind::Dir,
             },
-        ])
+        ];
+        entries.extend(r.list_dir(ino)?);
+        Ok(entries)
     }
 
-    /// Directory entries from position `offset` of the handle's listing (see [`DIR_PAGE`]).
-    /// The position of an entry is its index + 1 (the offset to resume after it).
+    /// Directory entries from position `offset` of the snapshot taken at opendir. The
+    /// position of an entry is its index + 1 (the offset to resume after it).
     pub fn readdir(
         &self,
         fh: u64,
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
-        let mut pos = offset;
-        loop {
-            self.load_dir(fh, pos)?;
-            let st = self.state.lock();
-            let Some(Handle::Dir { page: Some(p), .. }) = st.handles.get(&fh) else {
-                return Err(FsError::Invalid("not a directory handle"));
-            };
-            let skip = pos.saturating_sub(p.base) as usize;
-            for (i, e) in p.entries.iter().enumerate().skip(skip) {
-                if f(p.base + i as u64 + 1, e) {
-                    return Ok(());
-                }
+        self.load_dir(fh, offset)?;
+        let st = self.state.lock();
+        let Some(Handle::Dir {
+            entries: Some(entries),
+            ..
+        }) = st.handles.get(&fh)
+        else {
+            return Err(FsError::Invalid("not a directory handle"));
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if f(i as u64 + 1, e) {
+                break;
             }
-            let end = p.base + p.entries.len() as u64;
-            if !p.more || end <= pos {
-                return Ok(());
-            }
-            pos = end;
         }
+        Ok(())
     }
 
     /// `readdir` with each entry's attributes (READDIRPLUS: the kernel caches them and skips
@@ -1268,34 +1209,24 @@ impl Fs {
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
-        let mut pos = offset;
-        self.load_dir(fh, pos)?;
+        self.load_dir(fh, offset)?;
+        let mut i = offset as usize;
         loop {
             let (dir, e) = {
                 let st = self.state.lock();
-                let Some(Handle::Dir { ino, page: Some(p) }) = st.handles.get(&fh) else {
+                let Some(Handle::Dir {
+                    ino,
+                    entries: Some(entries),
+                }) = st.handles.get(&fh)
+                else {
                     return Err(FsError::Invalid("not a directory handle"));
                 };
-                match pos
-                    .checked_sub(p.base)
-                    .and_then(|i| p.entries.get(i as usize))
-                {
+                match entries.get(i) {
                     Some(e) => (*ino, e.clone()),
-                    None => {
-                        let end = p.base + p.entries.len() as u64;
-                        if !p.more || pos != end {
-                            return Ok(());
-                        }
-                        drop(st);
-                        // The next page: the kernel may take nothing from this reply yet
-                        // (every entry left on this page was removed), and an empty reply
-                        // would end the listing.
-                        self.load_dir(fh, pos)?;
-                        continue;
-                    }
+                    None => return Ok(()),
                 }
             };
-            pos += 1;
+            i += 1;
             // The kernel turns each entry into a cached name: one the listing holds but that
             // was removed or now names another inode since must not come back that way.
             let now = if e.name == b"." || e.name == b".." {
@@ -1308,7 +1239,7 @@ impl Fs {
                 Ok(_) | Err(FsError::NotFound) => continue,
                 Err(err) => return Err(err),
             };
-            if f(pos, &e, &attr) {
+            if f(i as u64, &e, &attr) {
                 return Ok(());
             }
         }

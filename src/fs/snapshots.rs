@@ -334,54 +334,40 @@ impl Fs {
         Ok((ino, self.snap_getattr(ino)?))
     }
 
-    /// One page of the listing of a directory in a snapshot (or of `.snapshots`), "." and
-    /// ".." first, as [`Fs::dir_entries_page`](super::Fs) pages a live one.
-    pub(super) fn snap_entries_page(
-        &self,
-        dir: Ino,
-        after: Option<&[u8]>,
-    ) -> Result<(Vec<DirEntry>, bool)> {
+    /// Entries of a directory in a snapshot (or of `.snapshots`), with "." and "..".
+    pub(super) fn snap_entries(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         let a = self.snap_getattr(dir)?;
         if a.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let mut out = Vec::new();
-        if after.is_none() {
-            out.push(DirEntry {
+        let mut out = vec![
+            DirEntry {
                 name: b".".to_vec(),
                 ino: dir,
                 kind: Kind::Dir,
-            });
-            out.push(DirEntry {
+            },
+            DirEntry {
                 name: b"..".to_vec(),
                 ino: a.parent,
                 kind: Kind::Dir,
-            });
-        }
+            },
+        ];
         if dir == SNAPDIR_INO {
-            // At most 65,534 snapshots: one page.
-            if after.is_none() {
-                for s in self.snaps.list.read().iter() {
-                    out.push(DirEntry {
-                        name: s.info.name.as_bytes().to_vec(),
-                        ino: encode(s.info.slot, s.info.root),
-                        kind: Kind::Dir,
-                    });
-                }
+            for s in self.snaps.list.read().iter() {
+                out.push(DirEntry {
+                    name: s.info.name.as_bytes().to_vec(),
+                    ino: encode(s.info.slot, s.info.root),
+                    kind: Kind::Dir,
+                });
             }
-            return Ok((out, false));
+            return Ok(out);
         }
         let (s, i) = self.snap_of(dir)?;
-        let mut names = s
-            .begin_read()?
-            .list_dir_page(i, after, super::DIR_PAGE + 1)?;
-        let more = names.len() > super::DIR_PAGE;
-        names.truncate(super::DIR_PAGE);
-        for mut e in names {
+        for mut e in s.begin_read()?.list_dir(i)? {
             e.ino = encode(s.info.slot, e.ino);
             out.push(e);
         }
-        Ok((out, more))
+        Ok(out)
     }
 
     /// Runs `f` on the snapshot file of `ino` and its inode number there.

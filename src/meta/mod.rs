@@ -335,29 +335,14 @@ macro_rules! read_ops {
         }
 
         fn table_list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
-            self.table_list_dir_page(dir, None, usize::MAX)
-        }
-
-        /// At most `limit` entries of `dir` in name order, after `after` (from the first
-        /// when `None`).
-        fn table_list_dir_page(
-            &self,
-            dir: Ino,
-            after: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Vec<DirEntry>> {
             let t = self.tx.open_table(DIRENTS)?;
             let mut out = Vec::new();
             let empty: &[u8] = &[];
-            let from = after.unwrap_or(empty);
-            for r in t.range((dir, from)..)? {
+            for r in t.range((dir, empty)..)? {
                 let (k, v) = r?;
                 let (p, name) = k.value();
-                if p != dir || out.len() >= limit {
+                if p != dir {
                     break;
-                }
-                if after == Some(name) {
-                    continue;
                 }
                 let (ino, kind) = v.value();
                 out.push(DirEntry {
@@ -588,8 +573,6 @@ pub trait MetaRead {
     fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>>;
     fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
-    /// At most `limit` entries of `dir` in name order, after the name `after`.
-    fn list_dir_page(&self, dir: Ino, after: Option<&[u8]>, limit: usize) -> Result<Vec<DirEntry>>;
     fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
@@ -614,14 +597,6 @@ macro_rules! meta_read {
             }
             fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
                 <$t>::list_dir(self, dir)
-            }
-            fn list_dir_page(
-                &self,
-                dir: Ino,
-                after: Option<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<DirEntry>> {
-                <$t>::list_dir_page(self, dir, after, limit)
             }
             fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
                 <$t>::symlink(self, ino)
@@ -657,15 +632,6 @@ impl RTx {
 
     pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         self.table_list_dir(dir)
-    }
-
-    pub fn list_dir_page(
-        &self,
-        dir: Ino,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<DirEntry>> {
-        self.table_list_dir_page(dir, after, limit)
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
@@ -885,16 +851,6 @@ impl WTx {
     pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         self.flush_dirents()?;
         self.table_list_dir(dir)
-    }
-
-    pub fn list_dir_page(
-        &self,
-        dir: Ino,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<DirEntry>> {
-        self.flush_dirents()?;
-        self.table_list_dir_page(dir, after, limit)
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
