@@ -13,18 +13,6 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dedupfs");
 
-/// Pack files: `packs/<16 hex>.pack`.
-fn pack_files(store: &std::path::Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(store.join("packs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
-    out.sort();
-    out
-}
-
 fn read_errno(p: &std::path::Path) -> Result<Vec<u8>, i32> {
     let mut f = fs::File::open(p).map_err(|e| e.raw_os_error().unwrap_or(0))?;
     let mut v = Vec::new();

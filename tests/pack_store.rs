@@ -8,6 +8,9 @@
 //! garbage, a compaction that deletes a pack still holding a live chunk, a rebuild that misses
 //! chunks, and damaged records served as data.
 
+mod common;
+
+use common::pack_files;
 use dedupfs::error::FsError;
 use dedupfs::hash::ChunkId;
 use dedupfs::store::codec::Codec;
@@ -16,7 +19,6 @@ use dedupfs::store::pack::{PACK_HEADER_LEN, pack_file_name};
 use dedupfs::store::pack_index::PackState;
 use dedupfs::store::{ChunkCache, ChunkStore, PackStore};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -59,16 +61,6 @@ fn listed(store: &dyn ChunkStore) -> BTreeSet<ChunkId> {
         })
         .unwrap();
     out
-}
-
-fn pack_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

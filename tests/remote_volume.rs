@@ -17,7 +17,7 @@ mod common;
 use common::garage;
 use common::remote::*;
 use common::tree;
-use common::{Volume, assert_bytes_eq, random_bytes, read_all};
+use common::{Volume, assert_bytes_eq, pack_files, random_bytes, read_all};
 use std::fs;
 
 #[test]
@@ -980,7 +980,7 @@ fn the_daemon_compacts_a_remote_volumes_local_packs_in_the_background() {
     }
     ok(sync(&env, &va.mnt), "sync (everything uploaded)");
     let local = || -> u64 {
-        local_packs(&a)
+        pack_files(&a)
             .iter()
             .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
             .sum()
@@ -1108,16 +1108,6 @@ fn an_attached_store_catches_up_with_the_volume_each_time_it_is_mounted() {
     assert!(said.contains("another writer"), "{said}");
 }
 
-fn local_packs(store: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(store.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
-    v.sort();
-    v
-}
-
 /// `dedupfs gc` on a store attach made (not mounted) compacts the volume's packs into new
 /// local pack files numbered like the writer's next packs; catching up later installs an
 /// index naming the writer's packs of those numbers, and the stale local files shadow them.
@@ -1145,7 +1135,7 @@ fn pack_files_an_offline_gc_left_in_an_attached_store_do_not_shadow_the_writers_
     }
     va.unmount();
     // Evicted (as the cache budget would): the writer's background compaction leaves them.
-    for p in local_packs(&a) {
+    for p in pack_files(&a) {
         fs::remove_file(p).unwrap();
     }
     va.remount();
@@ -1157,7 +1147,7 @@ fn pack_files_an_offline_gc_left_in_an_attached_store_do_not_shadow_the_writers_
         dedupfs(&env, &["gc", b.to_str().unwrap(), "--json"]),
         "gc b",
     );
-    let made = local_packs(&b);
+    let made = pack_files(&b);
     assert!(
         !made.is_empty(),
         "gc on the attached store compacted nothing: {out}"

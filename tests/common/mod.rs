@@ -828,3 +828,14 @@ pub fn copy_file_range(
         Ok(r as u64)
     }
 }
+
+/// The pack files of a store (`packs/<16 hex>.pack`), sorted.
+pub fn pack_files(store: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    out.sort();
+    out
+}
