@@ -597,14 +597,19 @@ impl GenerationFile {
         Ok(g)
     }
 
-    /// Checks that a section's stored bytes are exactly one zstd frame (or raw bytes) of
-    /// its raw length.
-    fn check(&self, s: &Section) -> Result<()> {
-        let region = Region {
+    /// A section's stored bytes, as a reader.
+    fn region(&self, s: &Section) -> Region<'_> {
+        Region {
             file: &self.file,
             pos: s.offset,
             end: s.offset + s.stored_len,
-        };
+        }
+    }
+
+    /// Checks that a section's stored bytes are exactly one zstd frame (or raw bytes) of
+    /// its raw length.
+    fn check(&self, s: &Section) -> Result<()> {
+        let region = self.region(s);
         if s.flags & FLAG_ZSTD == 0 {
             return if s.raw_len == s.stored_len {
                 Ok(())
@@ -629,11 +634,7 @@ impl GenerationFile {
 
     /// The raw bytes of a section, as a stream.
     fn reader<'a>(&'a self, s: &Section) -> Result<Box<dyn Read + 'a>> {
-        let region = Region {
-            file: &self.file,
-            pos: s.offset,
-            end: s.offset + s.stored_len,
-        };
+        let region = self.region(s);
         Ok(if s.flags & FLAG_ZSTD != 0 {
             Box::new(zstd::stream::read::Decoder::new(region)?.single_frame())
         } else {
