@@ -1767,6 +1767,202 @@ fn unlinked_files_are_gone_at_the_next_durable_point() {
     );
 }
 
+/// A directory with `n` files named by `name(i)` (in name order).
+fn big_dir(n: usize) -> (Vol, Ino, fn(usize) -> String) {
+    fn name(i: usize) -> String {
+        format!("f{i:07}")
+    }
+    let v = Vol::mem();
+    let d = v.mkdir(ROOT, "big");
+    for i in 0..n {
+        v.fs()
+            .mknod(WHO, d, name(i).as_bytes(), libc::S_IFREG | 0o644, 0)
+            .unwrap();
+    }
+    (v, d, name)
+}
+
+/// Lists handle `fh` from `from` as the kernel does: `per_reply` entries per call, each call
+/// resumed from the last position given, until a call gives nothing; at most `limit` entries.
+fn list_from(
+    v: &Vol,
+    fh: u64,
+    from: u64,
+    plus: bool,
+    per_reply: usize,
+    limit: usize,
+) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    let mut off = from;
+    while out.len() < limit {
+        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut take = |next: u64, e: &dedupfs::meta::DirEntry| {
+            got.push((next, String::from_utf8(e.name.clone()).unwrap()));
+            got.len() == per_reply
+        };
+        if plus {
+            v.fs()
+                .readdir_plus(fh, off, &mut |next, e, _| take(next, e))
+                .unwrap();
+        } else {
+            v.fs().readdir(fh, off, &mut take).unwrap();
+        }
+        let Some(&(last, _)) = got.last() else { break };
+        off = last;
+        out.extend(got);
+    }
+    out.truncate(limit);
+    out
+}
+
+/// A directory larger than what a handle's listing keeps in memory (the rest goes to a
+/// scratch file) is listed whole, each name once and at its position, with readdir and
+/// readdirplus resumed as the kernel resumes them; a seekdir back finds the same entry at the
+/// same position; and names removed after the listing was read do not end it early.
+#[test]
+fn a_directory_larger_than_the_in_memory_listing_is_listed_whole_and_once() {
+    use dedupfs::fs::LISTING_IN_MEMORY as MEM;
+    let n = 2 * MEM + 10;
+    let (v, d, name) = big_dir(n);
+    let mut want: Vec<String> = vec![".".into(), "..".into()];
+    want.extend((0..n).map(name));
+    for plus in [false, true] {
+        let fh = v.fs().opendir(d).unwrap();
+        let got = list_from(&v, fh, 0, plus, 1000, usize::MAX);
+        v.fs().releasedir(fh);
+        let names: Vec<&String> = got.iter().map(|(_, n)| n).collect();
+        assert_eq!(names.len(), n + 2, "plus {plus}");
+        assert!(names.iter().zip(&want).all(|(a, b)| *a == b), "plus {plus}");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, (next, _))| *next == i as u64 + 1),
+            "positions, plus {plus}"
+        );
+    }
+    let fh = v.fs().opendir(d).unwrap();
+    let first = list_from(&v, fh, 0, false, 4096, 2 * MEM + 5);
+    assert_eq!(first.len(), 2 * MEM + 5);
+    let back = list_from(&v, fh, 1000, false, 3, 3);
+    assert_eq!(
+        back,
+        first[1000..1003].to_vec(),
+        "seekdir back to the start"
+    );
+    // Rewind, take 10, then remove every name up to past the in-memory part: the next call
+    // goes on with the first name left instead of ending the listing.
+    let head = list_from(&v, fh, 0, true, 10, 10);
+    assert_eq!(head.last().unwrap().0, 10);
+    for i in 8..MEM + 100 {
+        v.fs().unlink(d, name(i).as_bytes()).unwrap();
+    }
+    let rest = list_from(&v, fh, 10, true, 5, 5);
+    assert_eq!(
+        rest.first().map(|(_, n)| n.clone()),
+        Some(name(MEM + 100)),
+        "after a run of removed names"
+    );
+    v.fs().releasedir(fh);
+}
+
+/// telldir/seekdir: a position keeps naming the same entry after names before it were removed
+/// (whether the position is early in the listing or far into it).
+#[test]
+fn seekdir_back_after_removals_finds_the_same_entries() {
+    use dedupfs::fs::LISTING_IN_MEMORY as MEM;
+    let (v, d, name) = big_dir(2 * MEM + 1000);
+    let fh = v.fs().opendir(d).unwrap();
+    let all = list_from(&v, fh, 0, false, 4096, usize::MAX);
+    assert_eq!(all.len(), 2 * MEM + 1002);
+    assert!(all[2..].iter().enumerate().all(|(i, (_, n))| *n == name(i)));
+    for i in 0..MEM + 2000 {
+        v.fs().unlink(d, name(i).as_bytes()).unwrap();
+    }
+    for pos in [1000, MEM + 1500, 2 * MEM - 3] {
+        let back = list_from(&v, fh, pos as u64, false, 3, 3);
+        assert_eq!(back, all[pos..pos + 3].to_vec(), "seekdir to {pos}");
+    }
+    v.fs().releasedir(fh);
+}
+
+/// The kernel resumes inside its last reply when the reader's buffer took only part of it
+/// (a small getdents buffer): after removals, the entries after the one taken come next.
+#[test]
+fn a_resume_inside_the_last_reply_after_removals_goes_on_where_it_was() {
+    use dedupfs::fs::LISTING_IN_MEMORY as MEM;
+    let (v, d, name) = big_dir(MEM + 1000);
+    for plus in [false, true] {
+        let fh = v.fs().opendir(d).unwrap();
+        let a = list_from(&v, fh, 0, plus, 4096, MEM);
+        assert_eq!(a.last().unwrap().0, MEM as u64);
+        // One reply straddling the end of the in-memory part; the reader takes its first entry.
+        let straddle = list_from(&v, fh, MEM as u64, plus, 10, 10);
+        assert_eq!(straddle.len(), 10);
+        let base = if plus { 500 } else { 0 };
+        for i in base..base + 500 {
+            v.fs().unlink(d, name(i).as_bytes()).unwrap();
+        }
+        let next = list_from(&v, fh, straddle[0].0, plus, 3, 3);
+        v.fs().releasedir(fh);
+        assert_eq!(next, straddle[1..4].to_vec(), "plus {plus}");
+    }
+}
+
+/// Names of every byte value and length (up to NAME_MAX) survive the scratch file.
+#[test]
+fn odd_and_long_names_are_listed_exactly() {
+    use dedupfs::fs::{LISTING_IN_MEMORY as MEM, NAME_MAX};
+    let v = Vol::mem();
+    let d = v.mkdir(ROOT, "odd");
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    let mut i = 0u32;
+    while names.len() < MEM + 5000 {
+        let base: Vec<u8> = i.to_be_bytes().iter().map(|x| *x.max(&1)).collect();
+        for suf in [&b""[..], b"\x01", b"\xff", b"a", b"\xff\xff"] {
+            let mut n = vec![b'p'];
+            n.extend(&base);
+            n.extend(suf);
+            n.resize(1 + (i as usize * 7) % NAME_MAX, b'z');
+            if !n.contains(&b'/') && !n.contains(&0) {
+                names.push(n);
+            }
+        }
+        i += 1;
+    }
+    names.sort();
+    names.dedup();
+    for n in &names {
+        v.fs().mknod(WHO, d, n, libc::S_IFREG | 0o644, 0).unwrap();
+    }
+    for plus in [false, true] {
+        let fh = v.fs().opendir(d).unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut off = 0;
+        loop {
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut take = |next: u64, e: &dedupfs::meta::DirEntry| {
+                batch.push((next, e.name.clone()));
+                batch.len() == 777
+            };
+            if plus {
+                v.fs()
+                    .readdir_plus(fh, off, &mut |n, e, _| take(n, e))
+                    .unwrap();
+            } else {
+                v.fs().readdir(fh, off, &mut take).unwrap();
+            }
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            off = last;
+            got.extend(batch.into_iter().map(|(_, n)| n));
+        }
+        v.fs().releasedir(fh);
+        assert_eq!(&got[..2], &[b".".to_vec(), b"..".to_vec()]);
+        assert_eq!(got[2..].to_vec(), names, "plus {plus}");
+    }
+}
+
 #[test]
 fn readdirplus_leaves_out_names_changed_since_the_listing_was_read() {
     // The kernel turns each READDIRPLUS entry into a cached name: an entry of the handle's

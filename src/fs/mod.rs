@@ -20,6 +20,7 @@
 mod background;
 mod counters;
 mod digest;
+mod dir_listing;
 mod dirty;
 mod durability;
 mod file;
@@ -27,6 +28,9 @@ mod page_cache;
 mod reap;
 mod snapshots;
 mod txn;
+
+/// Entries a directory handle's listing keeps in memory (more go to a scratch file).
+pub use dir_listing::IN_MEMORY as LISTING_IN_MEMORY;
 
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
@@ -260,7 +264,7 @@ enum Handle {
     /// opened only as a base for *at() calls or fchdir costs no scan.
     Dir {
         ino: Ino,
-        entries: Option<Vec<DirEntry>>,
+        entries: Option<Arc<Mutex<dir_listing::Listing>>>,
     },
 }
 
@@ -1130,71 +1134,66 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Makes sure directory handle `fh` holds its entries for a readdir from `offset`: read
-    /// them at offset 0 (opendir or rewinddir) or when not read yet.
-    fn load_dir(&self, fh: u64, offset: u64) -> Result<()> {
+    /// The listing of directory handle `fh` for a readdir from `offset`: read at offset 0
+    /// (opendir or rewinddir) or when not read yet.
+    fn load_dir(&self, fh: u64, offset: u64) -> Result<(Ino, Arc<Mutex<dir_listing::Listing>>)> {
         let ino = {
             let st = self.state.lock();
             match st.handles.get(&fh) {
                 Some(Handle::Dir {
-                    entries: Some(_), ..
-                }) if offset > 0 => return Ok(()),
+                    ino,
+                    entries: Some(l),
+                }) if offset > 0 => return Ok((*ino, l.clone())),
                 Some(Handle::Dir { ino, .. }) => *ino,
                 _ => return Err(FsError::Invalid("not a directory handle")),
             }
         };
-        let listed = if in_snapshot(ino) {
-            self.snap_entries(ino)?
+        let mut b = dir_listing::Builder::new(self.cfg.store_dir.clone());
+        if in_snapshot(ino) {
+            self.snap_entries(ino, &mut b)?;
         } else {
-            self.with_view(|r| Self::dir_entries(r, ino))?
-        };
-        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
-            *entries = Some(listed);
+            self.with_view(|r| Self::dir_entries(r, ino, &mut b))?;
         }
-        Ok(())
+        let listed = Arc::new(Mutex::new(b.finish()?));
+        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
+            *entries = Some(listed.clone());
+        }
+        Ok((ino, listed))
     }
 
-    /// The entries of directory `ino`, with "." and "..".
-    fn dir_entries(r: &dyn MetaRead, ino: Ino) -> Result<Vec<DirEntry>> {
+    /// The entries of directory `ino`, with "." and "..", into `b`.
+    fn dir_entries(r: &dyn MetaRead, ino: Ino, b: &mut dir_listing::Builder) -> Result<()> {
         let attr = r.inode(ino)?.ok_or(FsError::NotFound)?;
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let mut entries = vec![
-            DirEntry {
-                name: b".".to_vec(),
-                ino,
-                kind: Kind::Dir,
-            },
-            DirEntry {
-                name: b"..".to_vec(),
-                ino: attr.parent,
-                kind: Kind::Dir,
-            },
-        ];
-        entries.extend(r.list_dir(ino)?);
-        Ok(entries)
+        b.push(DirEntry {
+            name: b".".to_vec(),
+            ino,
+            kind: Kind::Dir,
+        })?;
+        b.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: attr.parent,
+            kind: Kind::Dir,
+        })?;
+        r.each_in_dir(ino, &mut |e| b.push(e))
     }
 
-    /// Directory entries from position `offset` of the snapshot taken at opendir. The
-    /// position of an entry is its index + 1 (the offset to resume after it).
+    /// Directory entries from position `offset` of the listing taken at opendir (or the last
+    /// rewind). The position of an entry is its index + 1 (the offset to resume after it).
     pub fn readdir(
         &self,
         fh: u64,
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
-        self.load_dir(fh, offset)?;
-        let st = self.state.lock();
-        let Some(Handle::Dir {
-            entries: Some(entries),
-            ..
-        }) = st.handles.get(&fh)
-        else {
-            return Err(FsError::Invalid("not a directory handle"));
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if f(i as u64 + 1, e) {
+        let (_, listing) = self.load_dir(fh, offset)?;
+        let mut listing = listing.lock();
+        let mut i = offset as usize;
+        while let Some(e) = listing.get(i)? {
+            i += 1;
+            if f(i as u64, &e) {
                 break;
             }
         }
@@ -1209,22 +1208,11 @@ impl Fs {
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
-        self.load_dir(fh, offset)?;
+        let (dir, listing) = self.load_dir(fh, offset)?;
         let mut i = offset as usize;
         loop {
-            let (dir, e) = {
-                let st = self.state.lock();
-                let Some(Handle::Dir {
-                    ino,
-                    entries: Some(entries),
-                }) = st.handles.get(&fh)
-                else {
-                    return Err(FsError::Invalid("not a directory handle"));
-                };
-                match entries.get(i) {
-                    Some(e) => (*ino, e.clone()),
-                    None => return Ok(()),
-                }
+            let Some(e) = listing.lock().get(i)? else {
+                return Ok(());
             };
             i += 1;
             // The kernel turns each entry into a cached name: one the listing holds but that

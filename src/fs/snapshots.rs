@@ -335,39 +335,43 @@ impl Fs {
     }
 
     /// Entries of a directory in a snapshot (or of `.snapshots`), with "." and "..".
-    pub(super) fn snap_entries(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+    pub(super) fn snap_entries(&self, dir: Ino, b: &mut super::dir_listing::Builder) -> Result<()> {
         let a = self.snap_getattr(dir)?;
         if a.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let mut out = vec![
-            DirEntry {
-                name: b".".to_vec(),
-                ino: dir,
-                kind: Kind::Dir,
-            },
-            DirEntry {
-                name: b"..".to_vec(),
-                ino: a.parent,
-                kind: Kind::Dir,
-            },
-        ];
+        b.push(DirEntry {
+            name: b".".to_vec(),
+            ino: dir,
+            kind: Kind::Dir,
+        })?;
+        b.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: a.parent,
+            kind: Kind::Dir,
+        })?;
         if dir == SNAPDIR_INO {
-            for s in self.snaps.list.read().iter() {
-                out.push(DirEntry {
+            let names: Vec<DirEntry> = self
+                .snaps
+                .list
+                .read()
+                .iter()
+                .map(|s| DirEntry {
                     name: s.info.name.as_bytes().to_vec(),
                     ino: encode(s.info.slot, s.info.root),
                     kind: Kind::Dir,
-                });
+                })
+                .collect();
+            for e in names {
+                b.push(e)?;
             }
-            return Ok(out);
+            return Ok(());
         }
         let (s, i) = self.snap_of(dir)?;
-        for mut e in s.begin_read()?.list_dir(i)? {
+        s.begin_read()?.each_in_dir(i, &mut |mut e| {
             e.ino = encode(s.info.slot, e.ino);
-            out.push(e);
-        }
-        Ok(out)
+            b.push(e)
+        })
     }
 
     /// Runs `f` on the snapshot file of `ino` and its inode number there.

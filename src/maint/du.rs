@@ -64,7 +64,7 @@ pub fn du(
         match attr.kind {
             Kind::Dir => {
                 report.dirs += 1;
-                for e in r.list_dir(ino)? {
+                r.each_in_dir(ino, &mut |e| {
                     match e.kind {
                         Kind::Dir => dirs.push(e.ino),
                         Kind::File => {
@@ -72,13 +72,14 @@ pub fn du(
                                 FsError::Corrupt(format!("dirent names missing inode {}", e.ino))
                             })?;
                             if a.nlink > 1 && !seen_links.insert(e.ino) {
-                                continue;
+                                return Ok(());
                             }
                             add_file(r, &mut refs, &mut report, e.ino, a.size)?;
                         }
                         _ => {}
                     }
-                }
+                    Ok(())
+                })?;
             }
             Kind::File if first => add_file(r, &mut refs, &mut report, ino, attr.size)?,
             _ => {}

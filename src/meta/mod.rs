@@ -335,8 +335,16 @@ macro_rules! read_ops {
         }
 
         fn table_list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
-            let t = self.tx.open_table(DIRENTS)?;
             let mut out = Vec::new();
+            self.table_each_in_dir(dir, &mut |e| {
+                out.push(e);
+                Ok(())
+            })?;
+            Ok(out)
+        }
+
+        fn table_each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()> {
+            let t = self.tx.open_table(DIRENTS)?;
             let empty: &[u8] = &[];
             for r in t.range((dir, empty)..)? {
                 let (k, v) = r?;
@@ -345,13 +353,13 @@ macro_rules! read_ops {
                     break;
                 }
                 let (ino, kind) = v.value();
-                out.push(DirEntry {
+                f(DirEntry {
                     name: name.to_vec(),
                     ino,
                     kind: kind_of(kind)?,
-                });
+                })?;
             }
-            Ok(out)
+            Ok(())
         }
 
         fn table_dir_is_empty(&self, dir: Ino) -> Result<bool> {
@@ -573,6 +581,8 @@ pub trait MetaRead {
     fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>>;
     fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
+    /// The entries of `dir` one by one in name order, without holding them all.
+    fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()>;
     fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
@@ -597,6 +607,9 @@ macro_rules! meta_read {
             }
             fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
                 <$t>::list_dir(self, dir)
+            }
+            fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()> {
+                <$t>::each_in_dir(self, dir, f)
             }
             fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
                 <$t>::symlink(self, ino)
@@ -632,6 +645,10 @@ impl RTx {
 
     pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         self.table_list_dir(dir)
+    }
+
+    pub fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()> {
+        self.table_each_in_dir(dir, f)
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {
@@ -741,6 +758,8 @@ type Dirent = (Ino, Kind);
 type DirCache = HashMap<Vec<u8>, Cached<Option<Dirent>>>;
 /// A visitor of directory entries: parent, name, inode, kind.
 pub type DirentFn<'a> = dyn FnMut(Ino, &[u8], Ino, Kind) + 'a;
+/// Called with each entry of one directory; an error stops the walk and is returned.
+pub type EntryFn<'a> = dyn FnMut(DirEntry) -> Result<()> + 'a;
 
 /// A row as this transaction sees it; `dirty`: the table still holds an older value.
 #[derive(Clone, Copy)]
@@ -851,6 +870,11 @@ impl WTx {
     pub fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
         self.flush_dirents()?;
         self.table_list_dir(dir)
+    }
+
+    pub fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()> {
+        self.flush_dirents()?;
+        self.table_each_in_dir(dir, f)
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> Result<bool> {

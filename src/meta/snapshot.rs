@@ -122,8 +122,11 @@ pub fn write(
     copy_owned(src, &mut tx, root, &mut rows)?;
     report.inodes += 1;
     let mut dirs = VecDeque::from([root]);
+    // An Option so the walk's callback can commit and begin the next transaction.
+    let mut open = Some(tx);
     while let Some(dir) = dirs.pop_front() {
-        for e in src.list_dir(dir)? {
+        src.each_in_dir(dir, &mut |e| {
+            let tx = open.as_mut().expect("a write transaction is open");
             tx.put_dirent(dir, &e.name, e.ino, e.kind)?;
             report.dirents += 1;
             rows += 1;
@@ -151,17 +154,19 @@ pub fn write(
                         dirs.push_back(e.ino);
                     }
                     tx.put_inode(e.ino, &a)?;
-                    report.extents += copy_owned(src, &mut tx, e.ino, &mut rows)?;
+                    report.extents += copy_owned(src, tx, e.ino, &mut rows)?;
                     report.inodes += 1;
                 }
             }
             if rows >= ROWS_PER_COMMIT {
-                tx.commit(false)?;
-                tx = db.begin_write()?;
+                open.take().expect("open").commit(false)?;
+                open = Some(db.begin_write()?);
                 rows = 0;
             }
-        }
+            Ok(())
+        })?;
     }
+    let mut tx = open.expect("a write transaction is open");
     let raw = serde_json::to_vec(info).map_err(|e| FsError::Corrupt(e.to_string()))?;
     tx.set_meta(INFO_KEY, &raw)?;
     tx.commit(true)?;
