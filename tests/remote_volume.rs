@@ -104,6 +104,29 @@ fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
     assert!(said.contains(&va.child.id().to_string()), "{said}");
 }
 
+/// An unmount right after a sync has nothing new to publish: no second whole copy of the
+/// metadata goes to the bucket.
+#[test]
+fn an_unmount_right_after_a_sync_publishes_no_new_generation() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "quiet", &[]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    fs::write(va.path("f"), random_bytes(4, 1 << 20)).unwrap();
+    ok(sync(&env, &va.mnt), "dedupfs sync");
+    let synced = stats(&env, &a)["remote"]["generation"].clone();
+    va.unmount();
+    let objects = client(&g, "quiet").list("").unwrap();
+    assert_eq!(
+        stats(&env, &a)["remote"]["generation"],
+        synced,
+        "the unmount published again: {:?}",
+        objects.iter().map(|o| &o.key).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn evicted_packs_are_read_back_from_the_bucket() {
     let Some((g, env, dirs)) = rig(false) else {

@@ -303,10 +303,12 @@ impl Fs {
     /// committed so far is made durable (the chunk store first), and the snapshot is taken
     /// before the state lock is released, so no later commit is in it and every chunk it
     /// names is durable.
-    /// Also returns the durable epoch the snapshot is of.
+    /// Also returns the durable epoch the snapshot is of. With nothing committed since the
+    /// last durable point that point is the snapshot's and the epoch does not move (a remote
+    /// volume publishes when it moved: the backup at unmount, right after a sync, made it
+    /// publish the same metadata again).
     pub fn durable_snapshot(&self) -> Result<(meta::RTx, u64)> {
         let mut st = self.state.lock();
-        st.since_durable = true;
         self.make_durable(&mut st)?;
         Ok((self.meta.begin_read()?, self.durable_epoch()))
     }
