@@ -668,3 +668,40 @@ fn dedupfs_sync_reports_enospc_on_a_full_disk_and_succeeds_once_space_is_freed()
     vol.unmount();
     assert_fsck_clean(&vol.store);
 }
+
+/// A directory too big for a handle's in-memory listing is listed whole and removed with
+/// `rm -rf` on a full disk (its listing cannot go to a scratch file there, and deleting is how
+/// a user makes room).
+#[test]
+fn a_big_directory_is_listed_and_removed_on_a_full_disk() {
+    if !can_run() {
+        return;
+    }
+    let n = dedupfs::fs::LISTING_IN_MEMORY + 3000;
+    let disk = Tmpfs::mount(DISK_MIB);
+    let mut vol = Volume::with_store_at(&disk.dir.join("store"), &[]);
+    let big = vol.path("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..n {
+        File::create(big.join(format!("f{i:06}"))).unwrap();
+    }
+    File::open(&big).and_then(|d| d.sync_all()).unwrap();
+    fill_outside(&disk, "filler");
+    let ls = Command::new("ls").arg("-f").arg(&big).output().unwrap();
+    assert!(
+        ls.status.success(),
+        "ls -f on a full disk: {}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&ls.stderr),
+        log_tail(&vol)
+    );
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), n + 2);
+    let rm = Command::new("rm").arg("-rf").arg(&big).output().unwrap();
+    assert!(
+        rm.status.success() && !big.exists(),
+        "rm -rf on a full disk: {}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&rm.stderr),
+        log_tail(&vol)
+    );
+    fs::remove_file(disk.dir.join("filler")).unwrap();
+    assert_daemon_alive(&mut vol, "after removing the big directory");
+}

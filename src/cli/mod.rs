@@ -1511,7 +1511,25 @@ fn spawn_background(
 /// How often dirty data is written back and committed durably, like ext4's commit interval.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Raises the daemon's soft limit of open files to its hard limit (pack files, scratch files,
+/// the control socket and the object store's connections all take descriptors; a soft limit
+/// of 1,024 is easy to reach and makes unrelated operations fail with EMFILE).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    // (An unlimited hard limit is left alone: the kernel caps the soft one at nr_open.)
+    if let (Some(cur), Some(max)) = (l.current, l.maximum)
+        && cur < max
+    {
+        l.current = Some(max);
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!("cannot raise the open files limit: {e}");
+        }
+    }
+}
+
 fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
+    raise_open_files_limit();
     // Before the metadata is opened: was it changed since the newest backup?
     let backups = Arc::new(parking_lot::Mutex::new(
         crate::maint::backup::BackupTimer::new(store, opts.backup_interval),

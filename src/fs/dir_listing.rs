@@ -6,23 +6,119 @@
 //! directory: an entry keeps its position while names are added and removed (POSIX leaves
 //! unspecified only whether such names are seen). A snapshot of the listing is the simplest
 //! thing that guarantees it. Held in memory it costs ~80 B a name (~800 MB per open handle of
-//! a 10M-entry directory), so past [`IN_MEMORY`] entries the listing goes to an unnamed
-//! scratch file (it vanishes with the handle or a crash) and memory holds one file offset per
-//! [`BLOCK`] entries and one decoded block: bounded whatever the directory's size.
+//! a 10M-entry directory), so past [`IN_MEMORY`] entries the listing goes, [`BLOCK`] entries
+//! at a time, to the filesystem's one [`Scratch`] file, and memory holds where each block is
+//! plus one decoded block: bounded whatever the directory's size.
 //!
-//! A scratch record is `ino u64 LE | kind u8 | name length u16 LE | name`.
+//! One scratch file for all handles: a descriptor per handle would let a reader holding many
+//! handles of big directories exhaust the daemon's descriptors. Blocks are appended under a
+//! short lock (a build never holds it while it reads the directory), punched out when their
+//! listing goes, and the file is cut to nothing when no listing holds a block. On a nearly full
+//! device, or when a block cannot be written (ENOSPC), the listing stays in memory instead:
+//! listing (and so deleting) a big directory must work when the disk is full.
+//!
+//! A scratch record is `ino u64 LE | kind u8 | name length u16 LE | name`; the file is unnamed
+//! and vanishes with the process.
 
 use crate::error::{FsError, Result};
 use crate::meta::{DirEntry, Kind};
+use parking_lot::Mutex;
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Entries a listing keeps in memory; a larger directory's listing goes to a scratch file.
+/// Entries a listing keeps in memory; a larger directory's listing goes to the scratch file.
 pub const IN_MEMORY: usize = 16 * 1024;
-/// Entries per block of a scratch file (the unit read back and kept decoded).
+/// Entries per block of the scratch file (the unit written, read back and kept decoded).
 const BLOCK: usize = 1024;
+/// Free bytes the scratch file's device must keep for a listing to go there (a delete on a
+/// nearly full device needs its room for metadata, not for listings).
+const MIN_FREE: u64 = 256 << 20;
+
+/// The scratch file that spilled listings share.
+pub(super) struct Scratch {
+    /// Where the file is made (the store directory, else the system's temporary one).
+    dir: Option<PathBuf>,
+    state: Mutex<ScratchState>,
+    /// Test hook: appends fail with ENOSPC (a full device).
+    #[cfg(test)]
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct ScratchState {
+    file: Option<Arc<File>>,
+    end: u64,
+    /// Blocks that listings hold.
+    live: usize,
+}
+
+impl Scratch {
+    pub(super) fn new(dir: Option<PathBuf>) -> Scratch {
+        Scratch {
+            dir,
+            state: Mutex::new(ScratchState::default()),
+            #[cfg(test)]
+            fail: Default::default(),
+        }
+    }
+
+    /// An unnamed file in the store directory (where the volume's space is; /tmp may be
+    /// memory), or in the system's temporary directory when that one cannot take it.
+    fn open(&self) -> Result<File> {
+        if let Some(Ok(f)) = self.dir.as_ref().map(tempfile::tempfile_in) {
+            return Ok(f);
+        }
+        Ok(tempfile::tempfile()?)
+    }
+
+    /// Is there room on the scratch file's device for a listing to go there?
+    fn has_room(&self) -> bool {
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        rustix::fs::statvfs(&dir).is_ok_and(|s| s.f_bavail * s.f_frsize >= MIN_FREE)
+    }
+
+    /// Appends one block; returns the file and the block's place in it.
+    fn append(&self, bytes: &[u8]) -> Result<(Arc<File>, (u64, u32))> {
+        #[cfg(test)]
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
+        let mut st = self.state.lock();
+        let file = match &st.file {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(self.open()?);
+                st.file = Some(f.clone());
+                f
+            }
+        };
+        let at = st.end;
+        file.write_all_at(bytes, at)?;
+        st.end += bytes.len() as u64;
+        st.live += 1;
+        Ok((file, (at, bytes.len() as u32)))
+    }
+
+    /// Gives back the space of `blocks` (their listing is gone).
+    fn release(&self, file: &File, blocks: &[(u64, u32)]) {
+        let mut st = self.state.lock();
+        st.live -= blocks.len();
+        if st.live == 0 {
+            let _ = file.set_len(0);
+            st.end = 0;
+            return;
+        }
+        drop(st);
+        use rustix::fs::FallocateFlags as F;
+        for &(at, len) in blocks {
+            // Best effort: without hole punching the space comes back when the last listing
+            // holding a block goes.
+            let _ = rustix::fs::fallocate(file, F::PUNCH_HOLE | F::KEEP_SIZE, at, len as u64);
+        }
+    }
+}
 
 pub(super) struct Listing {
     body: Body,
@@ -30,14 +126,32 @@ pub(super) struct Listing {
 
 enum Body {
     Memory(Vec<DirEntry>),
-    Spilled {
-        file: File,
-        /// File offset of entry `i * BLOCK`, for each block, then the file's length.
-        starts: Vec<u64>,
-        len: usize,
-        /// The block last read back: its number and entries.
-        held: Option<(usize, Vec<DirEntry>)>,
-    },
+    Spilled(Spilled),
+}
+
+struct Spilled {
+    scratch: Arc<Scratch>,
+    file: Arc<File>,
+    /// Place of each block in the file.
+    blocks: Vec<(u64, u32)>,
+    len: usize,
+    /// The block last read back: its number and entries.
+    held: Option<(usize, Vec<DirEntry>)>,
+}
+
+impl Drop for Spilled {
+    fn drop(&mut self) {
+        self.scratch.release(&self.file, &self.blocks);
+    }
+}
+
+impl Spilled {
+    fn block(&self, b: usize) -> Result<Vec<DirEntry>> {
+        let (at, len) = self.blocks[b];
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, at)?;
+        decode(&buf)
+    }
 }
 
 impl Listing {
@@ -46,44 +160,44 @@ impl Listing {
     pub(super) fn len(&self) -> usize {
         match &self.body {
             Body::Memory(v) => v.len(),
-            Body::Spilled { len, .. } => *len,
+            Body::Spilled(s) => s.len,
         }
     }
 
     /// Entry at position `i` (0-based), if any.
     pub(super) fn get(&mut self, i: usize) -> Result<Option<DirEntry>> {
-        match &mut self.body {
-            Body::Memory(v) => Ok(v.get(i).cloned()),
-            Body::Spilled {
-                file,
-                starts,
-                len,
-                held,
-            } => {
-                if i >= *len {
-                    return Ok(None);
-                }
-                let b = i / BLOCK;
-                if held.as_ref().is_none_or(|(n, _)| *n != b) {
-                    *held = Some((b, read_block(file, starts[b], starts[b + 1])?));
-                }
-                let (_, entries) = held.as_ref().expect("just read");
-                entries
-                    .get(i % BLOCK)
-                    .cloned()
-                    .map(Some)
-                    .ok_or_else(|| FsError::Corrupt("short directory listing block".into()))
-            }
+        let s = match &mut self.body {
+            Body::Memory(v) => return Ok(v.get(i).cloned()),
+            Body::Spilled(s) => s,
+        };
+        if i >= s.len {
+            return Ok(None);
         }
+        let b = i / BLOCK;
+        if s.held.as_ref().is_none_or(|(n, _)| *n != b) {
+            s.held = Some((b, s.block(b)?));
+        }
+        let (_, entries) = s.held.as_ref().expect("just read");
+        entries
+            .get(i % BLOCK)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| FsError::Corrupt("short directory listing block".into()))
     }
 }
 
-/// Reads the records in `[from, to)` of a scratch file.
-fn read_block(file: &File, from: u64, to: u64) -> Result<Vec<DirEntry>> {
-    let mut buf = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut buf, from)?;
+fn encode(e: &DirEntry, out: &mut Vec<u8>) -> Result<()> {
+    let n = u16::try_from(e.name.len())
+        .map_err(|_| FsError::Corrupt("directory entry name too long".into()))?;
+    out.extend_from_slice(&e.ino.to_le_bytes());
+    out.push(e.kind.code());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&e.name);
+    Ok(())
+}
+
+fn decode(mut p: &[u8]) -> Result<Vec<DirEntry>> {
     let mut out = Vec::with_capacity(BLOCK);
-    let mut p = &buf[..];
     while !p.is_empty() {
         let bad = || FsError::Corrupt("bad directory listing record".into());
         if p.len() < 11 {
@@ -101,90 +215,105 @@ fn read_block(file: &File, from: u64, to: u64) -> Result<Vec<DirEntry>> {
 
 /// Builds a [`Listing`] from entries given in order.
 pub(super) struct Builder {
+    scratch: Arc<Scratch>,
+    /// Entries held in memory: all of them, or the block being filled once spilling.
     memory: Vec<DirEntry>,
-    spill: Option<Spill>,
-    /// Where a scratch file is made (the store directory, else the system's temporary one).
-    scratch_dir: Option<PathBuf>,
-}
-
-struct Spill {
-    out: BufWriter<File>,
-    starts: Vec<u64>,
-    pos: u64,
-    len: usize,
-}
-
-impl Spill {
-    fn push(&mut self, e: &DirEntry) -> Result<()> {
-        if self.len.is_multiple_of(BLOCK) {
-            self.starts.push(self.pos);
-        }
-        let n = u16::try_from(e.name.len())
-            .map_err(|_| FsError::Corrupt("directory entry name too long".into()))?;
-        self.out.write_all(&e.ino.to_le_bytes())?;
-        self.out.write_all(&[e.kind.code()])?;
-        self.out.write_all(&n.to_le_bytes())?;
-        self.out.write_all(&e.name)?;
-        self.pos += 11 + e.name.len() as u64;
-        self.len += 1;
-        Ok(())
-    }
+    spilled: Option<Spilled>,
+    /// The listing stays in memory (no room on the scratch device, or a block failed).
+    in_memory: bool,
 }
 
 impl Builder {
-    pub(super) fn new(scratch_dir: Option<PathBuf>) -> Builder {
+    pub(super) fn new(scratch: Arc<Scratch>) -> Builder {
         Builder {
+            scratch,
             memory: Vec::new(),
-            spill: None,
-            scratch_dir,
+            spilled: None,
+            in_memory: false,
         }
     }
 
     pub(super) fn push(&mut self, e: DirEntry) -> Result<()> {
-        if let Some(s) = &mut self.spill {
-            return s.push(&e);
-        }
-        if self.memory.len() < IN_MEMORY {
-            self.memory.push(e);
+        self.memory.push(e);
+        if self.in_memory {
             return Ok(());
         }
-        let mut s = Spill {
-            out: BufWriter::with_capacity(256 << 10, self.scratch_file()?),
-            starts: Vec::new(),
-            pos: 0,
-            len: 0,
-        };
-        for m in std::mem::take(&mut self.memory) {
-            s.push(&m)?;
+        if self.spilled.is_none() {
+            if self.memory.len() <= IN_MEMORY {
+                return Ok(());
+            }
+            if !self.scratch.has_room() {
+                tracing::debug!("little free space: a big directory's listing stays in memory");
+                self.in_memory = true;
+                return Ok(());
+            }
+            // Everything so far goes out, block by block.
+            let all = std::mem::take(&mut self.memory);
+            for block in all.chunks(BLOCK) {
+                self.memory.extend_from_slice(block);
+                if !self.in_memory && self.memory.len() == BLOCK {
+                    self.write_block()?;
+                }
+            }
+            return Ok(());
         }
-        s.push(&e)?;
-        self.spill = Some(s);
+        if self.memory.len() == BLOCK {
+            self.write_block()?;
+        }
         Ok(())
     }
 
-    /// An unnamed file in the store directory (where the volume's space is; /tmp may be
-    /// memory), or in the system's temporary directory when that one cannot take it (a
-    /// read-only store directory).
-    fn scratch_file(&self) -> Result<File> {
-        if let Some(Ok(f)) = self.scratch_dir.as_ref().map(tempfile::tempfile_in) {
-            return Ok(f);
+    /// Writes the full block in `memory` out; if it cannot be written, the whole listing goes
+    /// back to memory.
+    fn write_block(&mut self) -> Result<()> {
+        let mut bytes = Vec::with_capacity(BLOCK * 32);
+        for e in &self.memory {
+            encode(e, &mut bytes)?;
         }
-        Ok(tempfile::tempfile()?)
+        let (file, place) = match self.scratch.append(&bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot write a directory listing to its scratch file ({e}): kept in memory"
+                );
+                return self.back_to_memory();
+            }
+        };
+        let s = self.spilled.get_or_insert_with(|| Spilled {
+            scratch: self.scratch.clone(),
+            file,
+            blocks: Vec::new(),
+            len: 0,
+            held: None,
+        });
+        s.blocks.push(place);
+        s.len += self.memory.len();
+        self.memory.clear();
+        Ok(())
     }
 
-    pub(super) fn finish(self) -> Result<Listing> {
-        let body = match self.spill {
-            None => Body::Memory(self.memory),
-            Some(mut s) => {
-                s.starts.push(s.pos);
-                let file = s.out.into_inner().map_err(|e| e.into_error())?;
-                Body::Spilled {
-                    file,
-                    starts: s.starts,
-                    len: s.len,
-                    held: None,
-                }
-            }
+    fn back_to_memory(&mut self) -> Result<()> {
+        self.in_memory = true;
+        let Some(s) = self.spilled.take() else {
+            return Ok(());
+        };
+        let mut all = Vec::with_capacity(s.len + self.memory.len());
+        for b in 0..s.blocks.len() {
+            all.extend(s.block(b)?);
+        }
+        all.append(&mut self.memory);
+        self.memory = all;
+        Ok(())
+    }
+
+    pub(super) fn finish(mut self) -> Result<Listing> {
+        if self.spilled.is_some() && !self.memory.is_empty() {
+            self.write_block()?;
+        }
+        // (A last block that could not be written put the listing back in memory.)
+        let body = match self.spilled.take() {
+            Some(s) => Body::Spilled(s),
+            None => Body::Memory(std::mem::take(&mut self.memory)),
         };
         Ok(Listing { body })
     }
@@ -207,34 +336,93 @@ mod tests {
         }
     }
 
-    fn build(n: usize) -> Listing {
-        let mut b = Builder::new(None);
+    fn build(scratch: &Arc<Scratch>, n: usize) -> Listing {
+        let mut b = Builder::new(scratch.clone());
         for i in 0..n {
             b.push(entry(i)).unwrap();
         }
         b.finish().unwrap()
     }
 
+    fn check(l: &mut Listing, n: usize) {
+        assert_eq!(l.len(), n);
+        for i in 0..n {
+            assert_eq!(l.get(i).unwrap(), Some(entry(i)), "n {n} i {i}");
+        }
+        // Backwards and jumping across blocks (seekdir).
+        for i in (0..n).rev().step_by(997) {
+            assert_eq!(l.get(i).unwrap(), Some(entry(i)), "n {n} i {i}");
+        }
+        assert_eq!(l.get(n).unwrap(), None);
+        assert_eq!(l.get(n + BLOCK).unwrap(), None);
+    }
+
+    fn scratch_len(s: &Scratch) -> u64 {
+        let st = s.state.lock();
+        st.file.as_ref().map_or(0, |f| f.metadata().unwrap().len())
+    }
+
     #[test]
     fn a_small_listing_stays_in_memory_and_a_large_one_is_spilled() {
-        assert!(matches!(build(IN_MEMORY).body, Body::Memory(_)));
-        assert!(matches!(build(IN_MEMORY + 1).body, Body::Spilled { .. }));
+        let s = Arc::new(Scratch::new(None));
+        assert!(matches!(build(&s, IN_MEMORY).body, Body::Memory(_)));
+        assert!(matches!(build(&s, IN_MEMORY + 1).body, Body::Spilled(_)));
     }
 
     #[test]
     fn every_position_reads_back_its_entry_in_any_order() {
+        let s = Arc::new(Scratch::new(None));
         for n in [0, 5, IN_MEMORY, IN_MEMORY + 1, 3 * IN_MEMORY + BLOCK / 2] {
-            let mut l = build(n);
-            assert_eq!(l.len(), n);
-            for i in 0..n {
-                assert_eq!(l.get(i).unwrap(), Some(entry(i)), "n {n} i {i}");
-            }
-            // Backwards and jumping across blocks (seekdir).
-            for i in (0..n).rev().step_by(997) {
-                assert_eq!(l.get(i).unwrap(), Some(entry(i)), "n {n} i {i}");
-            }
-            assert_eq!(l.get(n).unwrap(), None);
-            assert_eq!(l.get(n + BLOCK).unwrap(), None);
+            check(&mut build(&s, n), n);
         }
+    }
+
+    #[test]
+    fn listings_share_one_scratch_file_which_is_emptied_when_the_last_goes() {
+        let s = Arc::new(Scratch::new(None));
+        let n = IN_MEMORY + 3 * BLOCK + 7;
+        let mut ls: Vec<Listing> = (0..5).map(|_| build(&s, n)).collect();
+        let one = scratch_len(&s) / 5;
+        assert!(one > 0);
+        // Read in turns: each listing's blocks are its own.
+        for l in ls.iter_mut() {
+            check(l, n);
+        }
+        ls.truncate(1);
+        assert_eq!(scratch_len(&s), 5 * one, "the file only shrinks when empty");
+        check(&mut ls[0], n);
+        ls.clear();
+        assert_eq!(scratch_len(&s), 0);
+        assert_eq!(s.state.lock().live, 0);
+        // And it is used again from the start.
+        check(&mut build(&s, n), n);
+    }
+
+    #[test]
+    fn a_listing_that_cannot_be_written_stays_in_memory_whole() {
+        let s = Arc::new(Scratch::new(None));
+        // From the start (a full device)...
+        s.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = IN_MEMORY + 2 * BLOCK + 3;
+        let mut l = build(&s, n);
+        assert!(matches!(l.body, Body::Memory(_)));
+        check(&mut l, n);
+        // ...and after some blocks went out: those come back.
+        s.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut b = Builder::new(s.clone());
+        for i in 0..n {
+            if i == IN_MEMORY + BLOCK + 10 {
+                s.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            b.push(entry(i)).unwrap();
+        }
+        let mut l = b.finish().unwrap();
+        assert!(matches!(l.body, Body::Memory(_)));
+        check(&mut l, n);
+        assert_eq!(
+            s.state.lock().live,
+            0,
+            "blocks written before the failure are given back"
+        );
     }
 }

@@ -366,6 +366,8 @@ pub struct Fs {
     snaps: snapshots::Snapshots,
     /// Every change refused from now on (`Fs::fence`).
     fenced: std::sync::atomic::AtomicBool,
+    /// Where directory handles' big listings go.
+    listings: Arc<dir_listing::Scratch>,
 }
 
 /// Applies the non-size changes of a setattr to `a`.
@@ -421,6 +423,7 @@ impl Fs {
                 .and_then(|p| p.dir().parent().map(std::path::Path::to_path_buf))
         });
         let (snaps, deleting) = snapshots::Snapshots::open(store_dir.as_deref(), cfg.read_only)?;
+        let listings = Arc::new(dir_listing::Scratch::new(store_dir));
         let fs = Fs {
             fixed_patterns,
             cache: ChunkCache::new(store, cfg.cache_bytes),
@@ -447,6 +450,7 @@ impl Fs {
             page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
             snaps,
             fenced: std::sync::atomic::AtomicBool::new(false),
+            listings,
         };
         if !fs.cfg.read_only {
             let orphans = fs.meta.begin_read()?.orphans()?;
@@ -1148,7 +1152,7 @@ impl Fs {
                 _ => return Err(FsError::Invalid("not a directory handle")),
             }
         };
-        let mut b = dir_listing::Builder::new(self.cfg.store_dir.clone());
+        let mut b = dir_listing::Builder::new(self.listings.clone());
         if in_snapshot(ino) {
             self.snap_entries(ino, &mut b)?;
         } else {
