@@ -719,6 +719,22 @@ impl Filesystem for DedupFuse {
         reply.error(Errno::ENOTTY);
     }
 
+    /// poll(2) on a file: ENOSYS, after which the kernel stops asking and reports regular
+    /// files always ready, as a disk filesystem does (fuser's default answers the same but
+    /// logs a warning at every mount).
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn lseek(
         &self,
         _req: &Request,

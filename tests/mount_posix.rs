@@ -122,7 +122,7 @@ fn create_write_read_roundtrip_survives_remount() {
 /// from a file without such requests, and the daemon does not log a line per call (`cp` and
 /// `fsstress` ask on every file: thousands of lines per run before).
 #[test]
-fn unsupported_ioctls_get_enotty_and_no_log_line() {
+fn unsupported_ioctls_and_poll_get_errors_and_no_log_line() {
     if !fuse_available() {
         return;
     }
@@ -146,18 +146,29 @@ fn unsupported_ioctls_get_enotty_and_no_log_line() {
     // SAFETY: the buffer is a zeroed struct fiemap with no extents asked for (32 bytes).
     let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, fiemap.as_mut_ptr()) };
     assert_eq!(r, -1);
+    // poll(2) is not implemented either: a regular file is always ready, as on a disk.
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and its count.
+    let r = unsafe { libc::poll(&mut p, 1, 1000) };
+    assert_eq!((r, p.revents & libc::POLLIN), (1, libc::POLLIN));
     drop(f);
     vol.unmount();
     let log = vol.log();
-    assert!(
-        !log.contains("ioctl"),
-        "the daemon logged ioctls:\n{}",
-        log.lines()
-            .filter(|l| l.contains("ioctl"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    for what in ["ioctl", "poll("] {
+        assert!(
+            !log.contains(what),
+            "the daemon logged {what}:\n{}",
+            log.lines()
+                .filter(|l| l.contains(what))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 #[test]
