@@ -103,6 +103,8 @@ impl Scratch {
 
     /// Gives back the space of `blocks` (their listing is gone).
     fn release(&self, file: &File, blocks: &[(u64, u32)]) {
+        // Under the lock throughout: once the file is cut to nothing, new blocks start at
+        // offset 0 again, where a punch made late would hit them.
         let mut st = self.state.lock();
         st.live -= blocks.len();
         if st.live == 0 {
@@ -110,7 +112,6 @@ impl Scratch {
             st.end = 0;
             return;
         }
-        drop(st);
         use rustix::fs::FallocateFlags as F;
         for &(at, len) in blocks {
             // Best effort: without hole punching the space comes back when the last listing
@@ -396,6 +397,24 @@ mod tests {
         assert_eq!(s.state.lock().live, 0);
         // And it is used again from the start.
         check(&mut build(&s, n), n);
+    }
+
+    #[test]
+    fn listings_built_read_and_dropped_concurrently_keep_their_own_entries() {
+        let s = Arc::new(Scratch::new(None));
+        let n = IN_MEMORY + 2 * BLOCK + 1;
+        std::thread::scope(|t| {
+            for _ in 0..4 {
+                t.spawn(|| {
+                    for _ in 0..12 {
+                        let mut l = build(&s, n);
+                        check(&mut l, n);
+                    }
+                });
+            }
+        });
+        assert_eq!(s.state.lock().live, 0);
+        assert_eq!(scratch_len(&s), 0);
     }
 
     #[test]
