@@ -110,7 +110,8 @@ enum Cmd {
         background: bool,
         /// Mount options, comma separated: ro, rw, allow_other, allow_root,
         /// default_permissions (always on), dev/nodev, suid/nosuid, exec/noexec,
-        /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N, backup_interval=SECS (metadata
+        /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N, meta_cache_mib=N (pages kept
+        /// for each of the metadata database and the pack index; default 256), backup_interval=SECS (metadata
         /// backups while it changes; default 3600, 0: only at unmount), direct_reads (every read
         /// past the kernel's page cache). Ignored, as meaningful
         /// only to mount(8), fstab or systemd: defaults, auto, noauto, nofail, _netdev, user,
@@ -1530,6 +1531,9 @@ fn raise_open_files_limit() {
 
 fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<()> {
     raise_open_files_limit();
+    if let Some(m) = opts.meta_cache_mib {
+        crate::meta::set_db_cache(m << 20);
+    }
     // Before the metadata is opened: was it changed since the newest backup?
     let backups = Arc::new(parking_lot::Mutex::new(
         crate::maint::backup::BackupTimer::new(store, opts.backup_interval),

@@ -23,6 +23,9 @@ pub struct MountOpts {
     pub dirsync: bool,
     /// `cache_mib=N`: the read cache size, for fstab lines (which cannot pass `--cache-mib`).
     pub cache_mib: Option<usize>,
+    /// `meta_cache_mib=N`: pages kept in memory for each of the metadata database and the pack
+    /// index (default `meta::CACHE`).
+    pub meta_cache_mib: Option<usize>,
     /// `backup_interval=SECS`: time between metadata backups while the metadata changes
     /// (`None`: only at unmount; default one hour).
     pub backup_interval: Option<std::time::Duration>,
@@ -34,7 +37,7 @@ pub struct MountOpts {
 /// Honoured options, listed in the error for an unknown one.
 const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
                      nosuid, exec, noexec, atime, noatime, relatime, sync, async, dirsync, \
-                     cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
+                     cache_mib=N, meta_cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
                      owner, group, x-*, comment=*";
 
 impl MountOpts {
@@ -98,6 +101,14 @@ impl MountOpts {
                         ),
                     }
                 }
+                c if c.starts_with("meta_cache_mib=") => {
+                    match c["meta_cache_mib=".len()..].parse::<usize>() {
+                        Ok(n) if (1..=1 << 20).contains(&n) => o.meta_cache_mib = Some(n),
+                        _ => bail!(
+                            "mount option '{c}': meta_cache_mib takes a number of MiB (1 to 1048576)"
+                        ),
+                    }
+                }
                 other => bail!("unknown mount option '{other}' (known: {KNOWN})"),
             }
         }
@@ -153,6 +164,18 @@ mod tests {
         assert!(!o.direct_reads);
         assert!(parse("direct_reads").unwrap().direct_reads);
         assert_eq!(parse("cache_mib=512").unwrap().cache_mib, Some(512));
+        assert_eq!(
+            parse("meta_cache_mib=1024").unwrap().meta_cache_mib,
+            Some(1024)
+        );
+        for bad in [
+            "meta_cache_mib=0",
+            "meta_cache_mib=1048577",
+            "meta_cache_mib=x",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("MiB"), "{e}");
+        }
         for bad in [
             "cache_mib=0",
             "cache_mib=1048577",

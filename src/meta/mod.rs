@@ -100,6 +100,21 @@ pub struct MetaDb {
 /// metadata outgrows 256 MiB (about a million files), and a bound of 512 MiB for both.
 pub const CACHE: usize = 256 << 20;
 
+/// The page cache size databases opened from now on get (`CACHE` unless the mount option
+/// `meta_cache_mib` set it).
+static DB_CACHE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(CACHE);
+
+/// Sets the page cache size of the metadata database and the pack index for this process
+/// (`mount -o meta_cache_mib=N`, before the store is opened).
+pub fn set_db_cache(bytes: usize) {
+    DB_CACHE.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Page cache size for a metadata database or pack index opened now.
+pub fn db_cache() -> usize {
+    DB_CACHE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Opens (or with `create`, creates) the database file at `path` on an abandonable backend.
 fn open_db(
     path: &Path,
@@ -110,7 +125,7 @@ fn open_db(
     let backend = backend::Backend::open(path, create, abandoned.clone(), fail_errno.clone())
         .map_err(|e| FsError::Db(format!("{}: {e}", path.display())))?;
     Ok(Database::builder()
-        .set_cache_size(CACHE)
+        .set_cache_size(db_cache())
         .create_with_backend(backend)?)
 }
 

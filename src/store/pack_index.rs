@@ -205,15 +205,12 @@ fn u64_of(v: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(v.try_into().ok()?))
 }
 
-/// Bytes of pages redb keeps in memory for the index (its default is 1 GiB): the metadata
-/// database's bound and reasons (`meta::CACHE`); a miss is a read the kernel's page cache
-/// usually serves.
-const CACHE: usize = crate::meta::CACHE;
-
 impl PackIndex {
     /// Creates an empty index.
     pub fn create(path: &Path) -> Result<PackIndex> {
-        let db = Database::builder().set_cache_size(CACHE).create(path)?;
+        let db = Database::builder()
+            .set_cache_size(crate::meta::db_cache())
+            .create(path)?;
         let idx = PackIndex {
             db: parking_lot::RwLock::new(Some(db)),
             path: path.to_path_buf(),
@@ -230,7 +227,9 @@ impl PackIndex {
 
     /// Opens an existing index, checking its format.
     pub fn open(path: &Path) -> Result<PackIndex> {
-        let db = Database::builder().set_cache_size(CACHE).open(path)?;
+        let db = Database::builder()
+            .set_cache_size(crate::meta::db_cache())
+            .open(path)?;
         let idx = PackIndex {
             db: parking_lot::RwLock::new(Some(db)),
             path: path.to_path_buf(),
@@ -373,7 +372,10 @@ impl PackIndex {
         if out.is_err() {
             let mut g = self.db.write();
             g.take();
-            match Database::builder().set_cache_size(CACHE).open(&self.path) {
+            match Database::builder()
+                .set_cache_size(crate::meta::db_cache())
+                .open(&self.path)
+            {
                 Ok(db) => *g = Some(db),
                 Err(e) => tracing::error!("cannot reopen the pack index: {e}"),
             }
