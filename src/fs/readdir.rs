@@ -1,0 +1,124 @@
+//! Directory handles: opendir, readdir, readdir_plus (READDIRPLUS) and releasedir over the
+//! listing each handle holds (`dir_listing`; docs/design.md, "Directory handles").
+
+use super::{Fs, Handle, dir_listing, in_snapshot};
+use crate::error::{FsError, Ino, Result};
+use crate::meta::{Attr, DirEntry, Kind, MetaRead};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+impl Fs {
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        if self.getattr(ino)?.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut st = self.state.lock();
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::Dir { ino, entries: None });
+        Ok(fh)
+    }
+
+    /// The listing of directory handle `fh` for a readdir from `offset`: read at offset 0
+    /// (opendir or rewinddir) or when not read yet.
+    fn load_dir(&self, fh: u64, offset: u64) -> Result<(Ino, Arc<Mutex<dir_listing::Listing>>)> {
+        let ino = {
+            let st = self.state.lock();
+            match st.handles.get(&fh) {
+                Some(Handle::Dir {
+                    ino,
+                    entries: Some(l),
+                }) if offset > 0 => return Ok((*ino, l.clone())),
+                Some(Handle::Dir { ino, .. }) => *ino,
+                _ => return Err(FsError::Invalid("not a directory handle")),
+            }
+        };
+        let mut b = dir_listing::Builder::new(self.listings.clone());
+        if in_snapshot(ino) {
+            self.snap_entries(ino, &mut b)?;
+        } else {
+            self.with_view(|r| Self::dir_entries(r, ino, &mut b))?;
+        }
+        let listed = Arc::new(Mutex::new(b.finish()?));
+        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
+            *entries = Some(listed.clone());
+        }
+        Ok((ino, listed))
+    }
+
+    /// The entries of directory `ino`, with "." and "..", into `b`.
+    fn dir_entries(r: &dyn MetaRead, ino: Ino, b: &mut dir_listing::Builder) -> Result<()> {
+        let attr = r.inode(ino)?.ok_or(FsError::NotFound)?;
+        if attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        b.push(DirEntry {
+            name: b".".to_vec(),
+            ino,
+            kind: Kind::Dir,
+        })?;
+        b.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: attr.parent,
+            kind: Kind::Dir,
+        })?;
+        r.each_in_dir(ino, &mut |e| b.push(e))
+    }
+
+    /// Directory entries from position `offset` of the listing taken at opendir (or the last
+    /// rewind). The position of an entry is its index + 1 (the offset to resume after it).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        let (_, listing) = self.load_dir(fh, offset)?;
+        let mut listing = listing.lock();
+        let mut i = offset as usize;
+        while let Some(e) = listing.get(i)? {
+            i += 1;
+            if f(i as u64, &e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `readdir` with each entry's attributes (READDIRPLUS: the kernel caches them and skips
+    /// a lookup per name). An entry removed since the directory was opened is left out.
+    pub fn readdir_plus(
+        &self,
+        fh: u64,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let (dir, listing) = self.load_dir(fh, offset)?;
+        let mut i = offset as usize;
+        loop {
+            let Some(e) = listing.lock().get(i)? else {
+                return Ok(());
+            };
+            i += 1;
+            // The kernel turns each entry into a cached name: one the listing holds but that
+            // was removed or now names another inode since must not come back that way.
+            let now = if e.name == b"." || e.name == b".." {
+                self.getattr(e.ino).map(|a| (e.ino, a))
+            } else {
+                self.lookup(dir, &e.name)
+            };
+            let attr = match now {
+                Ok((ino, a)) if ino == e.ino => a,
+                Ok(_) | Err(FsError::NotFound) => continue,
+                Err(err) => return Err(err),
+            };
+            if f(i as u64, &e, &attr) {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.state.lock().handles.remove(&fh);
+    }
+}
