@@ -1784,20 +1784,20 @@ fn big_dir(n: usize) -> (Vol, Ino, fn(usize) -> String) {
 
 /// Lists handle `fh` from `from` as the kernel does: `per_reply` entries per call, each call
 /// resumed from the last position given, until a call gives nothing; at most `limit` entries.
-fn list_from(
+fn list_raw(
     v: &Vol,
     fh: u64,
     from: u64,
     plus: bool,
     per_reply: usize,
     limit: usize,
-) -> Vec<(u64, String)> {
-    let mut out: Vec<(u64, String)> = Vec::new();
+) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut off = from;
     while out.len() < limit {
-        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut take = |next: u64, e: &dedupfs::meta::DirEntry| {
-            got.push((next, String::from_utf8(e.name.clone()).unwrap()));
+            got.push((next, e.name.clone()));
             got.len() == per_reply
         };
         if plus {
@@ -1813,6 +1813,21 @@ fn list_from(
     }
     out.truncate(limit);
     out
+}
+
+/// [`list_raw`] with names as strings.
+fn list_from(
+    v: &Vol,
+    fh: u64,
+    from: u64,
+    plus: bool,
+    per_reply: usize,
+    limit: usize,
+) -> Vec<(u64, String)> {
+    list_raw(v, fh, from, plus, per_reply, limit)
+        .into_iter()
+        .map(|(p, n)| (p, String::from_utf8(n).unwrap()))
+        .collect()
 }
 
 /// A directory larger than what a handle's listing keeps in memory (the rest goes to a
@@ -1936,27 +1951,10 @@ fn odd_and_long_names_are_listed_exactly() {
     }
     for plus in [false, true] {
         let fh = v.fs().opendir(d).unwrap();
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let mut off = 0;
-        loop {
-            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-            let mut take = |next: u64, e: &dedupfs::meta::DirEntry| {
-                batch.push((next, e.name.clone()));
-                batch.len() == 777
-            };
-            if plus {
-                v.fs()
-                    .readdir_plus(fh, off, &mut |n, e, _| take(n, e))
-                    .unwrap();
-            } else {
-                v.fs().readdir(fh, off, &mut take).unwrap();
-            }
-            let Some(&(last, _)) = batch.last() else {
-                break;
-            };
-            off = last;
-            got.extend(batch.into_iter().map(|(_, n)| n));
-        }
+        let got: Vec<Vec<u8>> = list_raw(&v, fh, 0, plus, 777, usize::MAX)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
         v.fs().releasedir(fh);
         assert_eq!(&got[..2], &[b".".to_vec(), b"..".to_vec()]);
         assert_eq!(got[2..].to_vec(), names, "plus {plus}");
