@@ -73,10 +73,18 @@ impl Scratch {
         Ok(tempfile::tempfile()?)
     }
 
-    /// Is there room on the scratch file's device for a listing to go there?
+    /// Is there room for listings on the scratch file's device (the file's own, once it is
+    /// made: it may have gone to the temporary directory)?
     fn has_room(&self) -> bool {
-        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
-        rustix::fs::statvfs(&dir).is_ok_and(|s| s.f_bavail * s.f_frsize >= MIN_FREE)
+        let file = self.state.lock().file.clone();
+        let free = match file {
+            Some(f) => rustix::fs::fstatvfs(&*f).map(|s| s.f_bavail * s.f_frsize),
+            None => {
+                let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+                rustix::fs::statvfs(&dir).map(|s| s.f_bavail * s.f_frsize)
+            }
+        };
+        free.is_ok_and(|b| b >= MIN_FREE)
     }
 
     /// Appends one block; returns the file and the block's place in it.
@@ -94,6 +102,11 @@ impl Scratch {
                 f
             }
         };
+        // Checked at every block, not only when a listing starts to spill: a huge listing, or
+        // several at once, must not fill the device either.
+        if rustix::fs::fstatvfs(&*file).is_ok_and(|s| s.f_bavail * s.f_frsize < MIN_FREE) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
         let at = st.end;
         file.write_all_at(bytes, at)?;
         st.end += bytes.len() as u64;
