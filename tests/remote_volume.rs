@@ -104,8 +104,9 @@ fn sync_publishes_while_mounted_and_a_second_writer_is_refused() {
     assert!(said.contains(&va.child.id().to_string()), "{said}");
 }
 
-/// An unmount right after a sync has nothing new to publish: no second whole copy of the
-/// metadata goes to the bucket.
+/// Nothing changed since a sync, nothing new to publish: an fsync of an unchanged file or
+/// directory, another sync, and the unmount send no second whole copy of the metadata to the
+/// bucket.
 #[test]
 fn an_unmount_right_after_a_sync_publishes_no_new_generation() {
     let Some((g, env, dirs)) = rig(false) else {
@@ -117,6 +118,14 @@ fn an_unmount_right_after_a_sync_publishes_no_new_generation() {
     fs::write(va.path("f"), random_bytes(4, 1 << 20)).unwrap();
     ok(sync(&env, &va.mnt), "dedupfs sync");
     let synced = stats(&env, &a)["remote"]["generation"].clone();
+    fs::File::open(va.path("f")).unwrap().sync_all().unwrap();
+    fs::File::open(&va.mnt).unwrap().sync_all().unwrap();
+    ok(sync(&env, &va.mnt), "dedupfs sync after fsyncs");
+    assert_eq!(
+        stats(&env, &a)["remote"]["generation"],
+        synced,
+        "an fsync of unchanged files made the sync publish again"
+    );
     va.unmount();
     let objects = client(&g, "quiet").list("").unwrap();
     assert_eq!(

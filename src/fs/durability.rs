@@ -20,13 +20,25 @@ impl Fs {
     /// Makes everything committed so far durable: chunk files first, then the metadata,
     /// then removes chunk files no durable metadata references any more.
     pub(super) fn make_durable(&self, st: &mut Guard<'_>) -> Result<()> {
+        self.durable_point(st, false)
+    }
+
+    /// A durable point even when nothing was committed since the last one (fsync, fsyncdir,
+    /// the snapshot a remote volume publishes: the store's sync is part of what they ask for).
+    /// The durable epoch moves only if something was committed, so that a publication or a
+    /// backup after it sees no change where there is none.
+    pub(super) fn make_durable_forced(&self, st: &mut Guard<'_>) -> Result<()> {
+        self.durable_point(st, true)
+    }
+
+    fn durable_point(&self, st: &mut Guard<'_>, force: bool) -> Result<()> {
         // Unlinked files still queued are deleted first: a durable point frees their space.
         self.catch_up(st);
         self.reap_queued(st, usize::MAX)?;
         if st.pending.is_some() {
             st.since_durable = true;
         }
-        if !st.since_durable {
+        if !st.since_durable && !force {
             return Ok(());
         }
         if self.unsynced_bytes.load(Ordering::Relaxed) > PRESYNC_BYTES {
@@ -61,7 +73,10 @@ impl Fs {
             self.reset_open(st, true);
             return Err(e);
         }
-        self.durable_epoch.fetch_add(1, Ordering::Relaxed);
+        // (Read now, not at the top: commits made while the lock was released above count.)
+        if st.since_durable {
+            self.durable_epoch.fetch_add(1, Ordering::Relaxed);
+        }
         st.since_durable = false;
         st.fresh_since_durable.clear();
         // No write-back started since the wait above: the state lock was held throughout.
@@ -182,8 +197,7 @@ impl Fs {
         if st.stale.contains_key(&ino) {
             return Err(FsError::Stale);
         }
-        st.since_durable = true;
-        self.make_durable(st)?;
+        self.make_durable_forced(st)?;
         // The lock was released inside (pre-sync, waits): a failed commit of another caller
         // may have dropped the file's creation meanwhile.
         if st.open.get(&ino).is_some_and(|o| o.gone_at.is_some()) || st.stale.contains_key(&ino) {
@@ -216,8 +230,7 @@ impl Fs {
         // A file unlinked after its last close whose RELEASE has not arrived yet is deleted
         // by that release: let it come, so this durable point frees its space.
         self.wait_closing_unlinked(&mut st);
-        st.since_durable = true;
-        self.make_durable(&mut st)
+        self.make_durable_forced(&mut st)
     }
 
     /// Writes back every file and commits durably. `final_` also cuts the trailing partial
@@ -321,8 +334,7 @@ impl Fs {
         with: impl FnOnce() -> Result<T>,
     ) -> Result<(meta::RTx, T)> {
         let mut st = self.state.lock();
-        st.since_durable = true;
-        self.make_durable(&mut st)?;
+        self.make_durable_forced(&mut st)?;
         Ok((self.meta.begin_read()?, with()?))
     }
 
