@@ -529,6 +529,18 @@ impl Fs {
         self.snaps
             .changed_ns
             .store(info.created_ns, Ordering::Relaxed);
+        {
+            // A durable point that moves the durable epoch now that the file is there: a
+            // remote volume's publication made between the one above and the rename recorded
+            // that epoch without this snapshot, and would otherwise see nothing new to publish.
+            // The snapshot itself is durable already (renamed, directory synced): a failure
+            // here is logged, not the create's.
+            let mut st = self.state.lock();
+            st.since_durable = true;
+            if let Err(e) = self.make_durable(&mut st) {
+                tracing::warn!("snapshot {name}: durable point after it failed: {e}");
+            }
+        }
         tracing::info!(
             name,
             slot,
