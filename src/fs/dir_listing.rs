@@ -20,7 +20,7 @@
 //! A scratch record is `ino u64 LE | kind u8 | name length u16 LE | name`; the file is unnamed
 //! and vanishes with the process.
 
-use crate::error::{FsError, Result};
+use crate::error::{FsError, Ino, Result};
 use crate::meta::{DirEntry, Kind};
 use parking_lot::Mutex;
 use std::fs::File;
@@ -73,20 +73,6 @@ impl Scratch {
         Ok(tempfile::tempfile()?)
     }
 
-    /// Is there room for listings on the scratch file's device (the file's own, once it is
-    /// made: it may have gone to the temporary directory)?
-    fn has_room(&self) -> bool {
-        let file = self.state.lock().file.clone();
-        let free = match file {
-            Some(f) => rustix::fs::fstatvfs(&*f).map(|s| s.f_bavail * s.f_frsize),
-            None => {
-                let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
-                rustix::fs::statvfs(&dir).map(|s| s.f_bavail * s.f_frsize)
-            }
-        };
-        free.is_ok_and(|b| b >= MIN_FREE)
-    }
-
     /// Appends one block; returns the file and the block's place in it.
     fn append(&self, bytes: &[u8]) -> Result<(Arc<File>, (u64, u32))> {
         #[cfg(test)]
@@ -102,9 +88,9 @@ impl Scratch {
                 f
             }
         };
-        // Checked at every block, not only when a listing starts to spill: a huge listing, or
-        // several at once, must not fill the device either.
-        if rustix::fs::fstatvfs(&*file).is_ok_and(|s| s.f_bavail * s.f_frsize < MIN_FREE) {
+        // Checked at every block (on the file's own device: it may be in the temporary
+        // directory): a huge listing, or several at once, must not fill the device either.
+        if crate::store::space_of(&file).is_ok_and(|s| s.avail_bytes < MIN_FREE) {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }
         let at = st.end;
@@ -247,6 +233,18 @@ impl Builder {
         }
     }
 
+    /// The "." and ".." entries that start every listing.
+    pub(super) fn dots(&mut self, dir: Ino, parent: Ino) -> Result<()> {
+        for (name, ino) in [(&b"."[..], dir), (&b".."[..], parent)] {
+            self.push(DirEntry {
+                name: name.to_vec(),
+                ino,
+                kind: Kind::Dir,
+            })?;
+        }
+        Ok(())
+    }
+
     pub(super) fn push(&mut self, e: DirEntry) -> Result<()> {
         self.memory.push(e);
         if self.in_memory {
@@ -256,12 +254,8 @@ impl Builder {
             if self.memory.len() <= IN_MEMORY {
                 return Ok(());
             }
-            if !self.scratch.has_room() {
-                tracing::debug!("little free space: a big directory's listing stays in memory");
-                self.in_memory = true;
-                return Ok(());
-            }
-            // Everything so far goes out, block by block.
+            // Everything so far goes out, block by block (back to memory if the first block
+            // finds the device nearly full).
             let all = std::mem::take(&mut self.memory);
             for block in all.chunks(BLOCK) {
                 self.memory.extend_from_slice(block);

@@ -52,16 +52,7 @@ impl Fs {
         if attr.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        b.push(DirEntry {
-            name: b".".to_vec(),
-            ino,
-            kind: Kind::Dir,
-        })?;
-        b.push(DirEntry {
-            name: b"..".to_vec(),
-            ino: attr.parent,
-            kind: Kind::Dir,
-        })?;
+        b.dots(ino, attr.parent)?;
         r.each_in_dir(ino, &mut |e| b.push(e))
     }
 

@@ -340,16 +340,7 @@ impl Fs {
         if a.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        b.push(DirEntry {
-            name: b".".to_vec(),
-            ino: dir,
-            kind: Kind::Dir,
-        })?;
-        b.push(DirEntry {
-            name: b"..".to_vec(),
-            ino: a.parent,
-            kind: Kind::Dir,
-        })?;
+        b.dots(dir, a.parent)?;
         if dir == SNAPDIR_INO {
             let names: Vec<DirEntry> = self
                 .snaps

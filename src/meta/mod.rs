@@ -608,7 +608,6 @@ pub trait MetaRead {
     fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>>;
     fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>>;
-    fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>>;
     /// The entries of `dir` one by one in name order, without holding them all.
     fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()>;
     fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
@@ -632,9 +631,6 @@ macro_rules! meta_read {
             }
             fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
                 <$t>::lookup(self, parent, name)
-            }
-            fn list_dir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
-                <$t>::list_dir(self, dir)
             }
             fn each_in_dir(&self, dir: Ino, f: &mut EntryFn) -> Result<()> {
                 <$t>::each_in_dir(self, dir, f)
