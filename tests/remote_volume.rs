@@ -875,12 +875,7 @@ fn gc_compacts_a_remote_volumes_packs_and_the_bucket_gc_takes_the_old_ones() {
     va.unmount();
     // Every pack is uploaded now: evict the older half by hand (as the cache budget would).
     // The later, deader packs stay local and are compacted first.
-    let mut packs: Vec<_> = fs::read_dir(a.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
-    packs.sort();
+    let packs = pack_files(&a);
     assert!(packs.len() >= 12, "{} packs", packs.len());
     for p in &packs[..packs.len() / 2] {
         fs::remove_file(p).unwrap();
