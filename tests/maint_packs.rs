@@ -229,6 +229,44 @@ fn gc_gives_the_bytes_of_deleted_files_back_to_the_disk() {
 }
 
 #[test]
+fn a_file_written_in_one_go_lies_in_one_run_of_one_pack() {
+    // Several threads hash and store one file's chunks; they must not spread it over every
+    // open pack (a cold read would seek between packs, and deleting the file would leave
+    // dead bytes in all of them instead of a whole dead run).
+    let tmp = new_store(Codec::None);
+    let dir = tmp.path().join("s");
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("f{i}"), noise(300 + i, 3 << 20)))
+        .collect();
+    write_files(&dir, &files);
+    let vol = volume::open(&dir).unwrap();
+    let tx = vol.meta.begin_read().unwrap();
+    // (pack, first record, last record) of each file.
+    let mut runs = Vec::new();
+    for (name, _) in &files {
+        let ino = tx.lookup(ROOT_INO, name.as_bytes()).unwrap().unwrap().0;
+        let locs: Vec<_> = tx
+            .extents(ino, 0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| vol.chunks.locate(&e.id).unwrap().unwrap())
+            .collect();
+        assert!(locs.len() > 20, "{name}: {} chunks", locs.len());
+        let packs: std::collections::BTreeSet<u64> = locs.iter().map(|l| l.pack).collect();
+        assert_eq!(packs.len(), 1, "{name} is spread over packs {packs:?}");
+        let first = locs.iter().map(|l| l.offset).min().unwrap();
+        let last = locs.iter().map(|l| l.offset).max().unwrap();
+        runs.push((name, locs[0].pack, first, last));
+    }
+    for a in &runs {
+        for b in &runs {
+            let apart = a.0 == b.0 || a.1 != b.1 || a.3 < b.2 || b.3 < a.2;
+            assert!(apart, "{} and {} are interleaved in pack {}", a.0, b.0, a.1);
+        }
+    }
+}
+
+#[test]
 fn a_format_2_store_keeps_reading_and_gc_repack_moves_its_chunks_into_packs() {
     // Build a store the way dedupfs 0.1 did: loose chunk files, metadata format 2.
     let tmp = tempfile::tempdir().unwrap();

@@ -13,14 +13,14 @@ use crate::chunker::Policy;
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
 use crate::meta::{Extent, Kind, MetaRead, RTx, Ts, WTx};
+use crate::store::pack_store::with_placement;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Threads that hash and store chunks while the write-back thread cuts. Storing a chunk is
-/// mostly waiting on the backing filesystem to create a file, so several overlap well even on
-/// two cores.
+/// Threads that hash, compress and store chunks while the write-back thread cuts (their
+/// appends to the file's open pack are serialised; see `with_placement`).
 const HASH_THREADS: usize = 3;
 
 /// Chunks queued for prefetch after each read.
@@ -641,26 +641,29 @@ impl Fs {
             let workers: Vec<_> = (0..HASH_THREADS)
                 .map(|_| {
                     let job_rx = job_rx.clone();
+                    // One file's chunks go to one open pack, whichever worker stores them.
                     scope.spawn(move || -> Result<HashMap<u64, (ChunkId, u32)>> {
-                        let mut written = HashSet::new();
-                        let mut out = HashMap::new();
-                        let mut failed = None;
-                        for job in job_rx {
-                            // Keep draining after a failure so the cutter never blocks.
-                            if failed.is_some() {
-                                continue;
-                            }
-                            match self.store_job(snap, &mut written, &job, fresh) {
-                                Ok((offset, id)) => {
-                                    out.insert(offset, id);
+                        with_placement(ino, || {
+                            let mut written = HashSet::new();
+                            let mut out = HashMap::new();
+                            let mut failed = None;
+                            for job in job_rx {
+                                // Keep draining after a failure so the cutter never blocks.
+                                if failed.is_some() {
+                                    continue;
                                 }
-                                Err(e) => failed = Some(e),
+                                match self.store_job(snap, &mut written, &job, fresh) {
+                                    Ok((offset, id)) => {
+                                        out.insert(offset, id);
+                                    }
+                                    Err(e) => failed = Some(e),
+                                }
                             }
-                        }
-                        match failed {
-                            Some(e) => Err(e),
-                            None => Ok(out),
-                        }
+                            match failed {
+                                Some(e) => Err(e),
+                                None => Ok(out),
+                            }
+                        })
                     })
                 })
                 .collect();

@@ -32,6 +32,7 @@ use crate::error::{FsError, Result};
 use crate::hash::ChunkId;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -50,8 +51,8 @@ pub const PACK_TARGET: u64 = 32 << 20;
 /// Bounds of a store's pack size (`init --pack-mib`).
 pub const MIN_PACK_TARGET: u64 = 1 << 20;
 pub const MAX_PACK_TARGET: u64 = 1 << 30;
-/// Open packs: a writer thread appends to its own (threads are given slots in turn), so chunks
-/// one thread writes for one file lie next to each other.
+/// Open packs: a writer thread appends to its own (threads are given slots in turn), or to its
+/// file's while it stores a file's chunks (`with_placement`), so one file's chunks lie together.
 const SLOTS: usize = 4;
 /// Packs kept mapped (address space only: the pages are the page cache's). Each also holds a
 /// file descriptor, hence well below the usual limit of 1024.
@@ -153,6 +154,31 @@ pub trait PackSource: Send + Sync {
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
+    /// The placement group `with_placement` set on this thread.
+    static PLACEMENT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the chunks this thread appends placed by `group` (a file) rather than by
+/// thread: the several threads that hash and store one file's chunks then append to the same
+/// open pack, so a file written in one go lies in one run of one pack (read back as one
+/// stream; deleted, it leaves whole dead runs, not dead bytes spread over every open pack).
+pub fn with_placement<R>(group: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PLACEMENT.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PLACEMENT.with(|p| p.replace(Some(group))));
+    f()
+}
+
+/// The open-pack slot of the calling thread's next append.
+fn slot_index() -> usize {
+    match PLACEMENT.with(|p| p.get()) {
+        Some(g) => (g % SLOTS as u64) as usize,
+        None => THREAD_SLOT.with(|s| *s) % SLOTS,
+    }
 }
 
 struct OpenPack {
@@ -813,7 +839,7 @@ impl PackStore {
     /// open pack.
     fn append(&self, header: &RecordHeader, stored: &[u8]) -> Result<Loc> {
         self.check_space(header.record_len())?;
-        let slot = &self.slots[THREAD_SLOT.with(|s| *s) % SLOTS];
+        let slot = &self.slots[slot_index()];
         let mut g = slot.lock();
         if g.as_ref().is_none_or(|p| p.pos >= self.target()) {
             if let Some(old) = g.take() {
