@@ -2002,8 +2002,14 @@ fn readdirplus_leaves_out_names_changed_since_the_listing_was_read() {
     assert_ne!(a, c);
 }
 
-#[test]
-fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
+/// A pack store (in a new directory) whose every pack holds live records and is seven eighths
+/// dead, past the background compaction step's thresholds; with the chunks kept.
+#[allow(clippy::type_complexity)]
+fn mostly_dead_packs() -> (
+    tempfile::TempDir,
+    Arc<dedupfs::store::PackStore>,
+    Vec<(dedupfs::hash::ChunkId, Vec<u8>)>,
+) {
     let packs = tempfile::tempdir().unwrap();
     let store = Arc::new(dedupfs::store::PackStore::open(packs.path()).unwrap());
     store.set_codec(dedupfs::store::codec::Codec::None);
@@ -2027,6 +2033,17 @@ fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
         store.remove(id).unwrap();
     }
     store.sync().unwrap();
+    assert!(
+        store.usage().unwrap().dead_bytes >= 64 * MIB,
+        "setup: {:?}",
+        store.usage().unwrap()
+    );
+    (packs, store, kept)
+}
+
+#[test]
+fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
+    let (packs, store, kept) = mostly_dead_packs();
     let pack_files = || -> Vec<(String, u64)> {
         let mut f: Vec<(String, u64)> = std::fs::read_dir(packs.path().join("packs"))
             .unwrap()
@@ -2040,11 +2057,6 @@ fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
         f
     };
     let before = pack_files();
-    assert!(
-        store.usage().unwrap().dead_bytes >= 64 * MIB,
-        "setup: {:?}",
-        store.usage().unwrap()
-    );
 
     let cfg = FsConfig {
         read_only: true,
@@ -2064,6 +2076,32 @@ fn background_compaction_changes_nothing_on_a_read_only_or_fenced_filesystem() {
         "a writable step compacts"
     );
     assert_ne!(pack_files(), before);
+    for (id, data) in &kept {
+        assert_eq!(&*store.get(id).unwrap(), &data[..]);
+    }
+}
+
+/// Compaction changes only the pack index, durably, outside any durable point. The next
+/// durable point must still count as a change (move the durable epoch): a remote volume
+/// publishes a new generation only then, and otherwise its head would keep naming the old
+/// packs once the uploader had sent the new ones.
+#[test]
+fn a_background_compaction_step_makes_the_next_durable_point_a_change() {
+    let (_packs, store, kept) = mostly_dead_packs();
+    let v = Vol::with(store.clone(), ChunkParams::default(), FsConfig::default());
+    v.fs().sync_fs().unwrap();
+    let before = v.fs().durable_epoch();
+    v.fs().sync_fs().unwrap();
+    assert_eq!(v.fs().durable_epoch(), before, "nothing changed");
+    assert!(v.fs().compact_step().unwrap() > 0, "the step compacts");
+    v.fs().sync_fs().unwrap();
+    assert!(
+        v.fs().durable_epoch() > before,
+        "the durable point after a compaction step says nothing changed"
+    );
+    let after = v.fs().durable_epoch();
+    v.fs().sync_fs().unwrap();
+    assert_eq!(v.fs().durable_epoch(), after, "counted once");
     for (id, data) in &kept {
         assert_eq!(&*store.get(id).unwrap(), &data[..]);
     }

@@ -136,6 +136,68 @@ fn an_unmount_right_after_a_sync_publishes_no_new_generation() {
     );
 }
 
+/// Compaction changes only where chunks live (the pack index), not the files. Once its new
+/// packs are uploaded (the uploader does not wait for a sync), the next sync must still
+/// publish a generation naming them: otherwise the head keeps naming the old packs and the
+/// bucket can never drop them.
+#[test]
+fn a_sync_after_compaction_publishes_even_when_the_new_packs_are_uploaded_already() {
+    let Some((g, env, dirs)) = rig(false) else {
+        return;
+    };
+    let a = dirs.path("a");
+    init_remote(&g, &a, "moved", &["--pack-mib", "1"]);
+    let mut va = Volume::mount_existing(&a, &[], &env);
+    let keep = random_bytes(81, 3 << 20);
+    {
+        use std::io::Write;
+        // Alternating fsynced pieces: every pack holds records of both files.
+        let mut k = fs::File::create(va.path("keep")).unwrap();
+        let mut d = fs::File::create(va.path("gone")).unwrap();
+        for (i, piece) in keep.chunks(128 << 10).enumerate() {
+            k.write_all(piece).unwrap();
+            k.sync_all().unwrap();
+            d.write_all(&random_bytes(900 + i as u64, 256 << 10))
+                .unwrap();
+            d.sync_all().unwrap();
+        }
+    }
+    fs::remove_file(va.path("gone")).unwrap();
+    ok(sync(&env, &va.mnt), "sync (gone deleted)");
+    let published = stats(&env, &a)["remote"]["generation"].as_u64().unwrap();
+    let out = ok(
+        dedupfs(&env, &["gc", a.to_str().unwrap(), "--json"]),
+        "dedupfs gc",
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).expect("gc json");
+    assert!(
+        r["compaction"]["packs_compacted"].as_u64().unwrap_or(0) > 0,
+        "nothing compacted: {r}"
+    );
+    // The uploader sends the new packs on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stats(&env, &a)["remote"]["not_uploaded_bytes"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compacted packs not uploaded in 30 s: {}",
+            stats(&env, &a)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(sync(&env, &va.mnt), "sync after the compaction");
+    let now = stats(&env, &a)["remote"]["generation"].as_u64().unwrap();
+    assert!(
+        now > published,
+        "no generation published after the compaction (still {published})"
+    );
+    va.unmount();
+    // What that generation says reads back elsewhere.
+    let b = dirs.path("b");
+    attach(&g, &b, "moved", &[]);
+    let vb = Volume::mount_existing(&b, &["-o", "ro"], &env);
+    assert_bytes_eq("keep, attached", &read_all(&vb.path("keep")), &keep);
+}
+
 #[test]
 fn evicted_packs_are_read_back_from_the_bucket() {
     let Some((g, env, dirs)) = rig(false) else {

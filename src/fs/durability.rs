@@ -35,7 +35,7 @@ impl Fs {
         // Unlinked files still queued are deleted first: a durable point frees their space.
         self.catch_up(st);
         self.reap_queued(st, usize::MAX)?;
-        if st.pending.is_some() {
+        if st.pending.is_some() || self.packs_moved.swap(false, Ordering::Relaxed) {
             st.since_durable = true;
         }
         if !st.since_durable && !force {
@@ -89,6 +89,7 @@ impl Fs {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!("reclaimed {n} bytes of dead chunks");
+                self.packs_moved.store(true, Ordering::Relaxed);
                 // Cached slices of deleted packs would keep their space allocated.
                 self.cache.drop_mapped();
             }
@@ -294,6 +295,7 @@ impl Fs {
         let freed = self.store().compact_step()?;
         if freed > 0 {
             tracing::debug!("background compaction freed {freed} bytes");
+            self.packs_moved.store(true, Ordering::Relaxed);
             // Cached slices of deleted packs would keep their space allocated.
             self.cache.drop_mapped();
         }

@@ -357,6 +357,10 @@ pub struct Fs {
     unsynced_bytes: AtomicU64,
     /// Durable commits made so far: a metadata backup is due once this moved.
     durable_epoch: AtomicU64,
+    /// Compaction moved chunks to other packs (a durable change of the pack index alone)
+    /// since the last durable point: the next one counts as a change, so that a remote
+    /// volume publishes a generation naming the new packs.
+    packs_moved: std::sync::atomic::AtomicBool,
     /// blake3 digests of whole files by inode, with the content fingerprint each is valid for.
     digests: Mutex<digest::DigestCache>,
     /// Requests served, by operation (counted by the FUSE adapter).
@@ -444,6 +448,7 @@ impl Fs {
             recent: Mutex::new(HashSet::new()),
             unsynced_bytes: AtomicU64::new(0),
             durable_epoch: AtomicU64::new(0),
+            packs_moved: std::sync::atomic::AtomicBool::new(false),
             digests: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(digest::CACHED_DIGESTS).expect("non-zero"),
             )),
