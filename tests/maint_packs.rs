@@ -229,7 +229,7 @@ fn gc_gives_the_bytes_of_deleted_files_back_to_the_disk() {
 }
 
 #[test]
-fn a_file_written_in_one_go_lies_in_one_run_of_one_pack() {
+fn each_files_chunks_lie_in_one_run_of_one_pack() {
     // Several threads hash and store one file's chunks; they must not spread it over every
     // open pack (a cold read would seek between packs, and deleting the file would leave
     // dead bytes in all of them instead of a whole dead run).
@@ -239,6 +239,25 @@ fn a_file_written_in_one_go_lies_in_one_run_of_one_pack() {
         .map(|i| (format!("f{i}"), noise(300 + i, 3 << 20)))
         .collect();
     write_files(&dir, &files);
+    // And files written in two steps: 3 MiB, fsync, then a tail small enough to be written
+    // back on the closing thread, which must follow the body.
+    let mut files = files;
+    {
+        let vol = volume::open(&dir).unwrap();
+        let fs = Fs::new(vol.meta, vol.chunks, FsConfig::default()).unwrap();
+        for i in 0..4u64 {
+            let name = format!("t{i}");
+            let data = noise(400 + i, (3 << 20) + (512 << 10));
+            let (ino, _, fh) = fs.create(WHO, ROOT_INO, name.as_bytes(), 0o644).unwrap();
+            fs.write(ino, 0, &data[..3 << 20]).unwrap();
+            fs.fsync(ino).unwrap();
+            fs.write(ino, 3 << 20, &data[3 << 20..]).unwrap();
+            fs.release(fh).unwrap();
+            files.push((name, data));
+        }
+        fs.sync_all(true).unwrap();
+    }
+    assert_files(&dir, &files);
     let vol = volume::open(&dir).unwrap();
     let tx = vol.meta.begin_read().unwrap();
     // (pack, first record, last record) of each file.

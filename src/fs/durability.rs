@@ -35,7 +35,9 @@ impl Fs {
         // Unlinked files still queued are deleted first: a durable point frees their space.
         self.catch_up(st);
         self.reap_queued(st, usize::MAX)?;
-        if st.pending.is_some() || self.packs_moved.swap(false, Ordering::Relaxed) {
+        // (Both read: the flag is consumed even when a group is open anyway.)
+        let moved = self.packs_moved.swap(false, Ordering::Relaxed);
+        if st.pending.is_some() || moved {
             st.since_durable = true;
         }
         if !st.since_durable && !force {
@@ -95,6 +97,8 @@ impl Fs {
             }
             Err(e) => {
                 tracing::warn!("cannot reclaim the space of deleted chunks: {e}");
+                // Packs compacted before the failure moved chunks all the same.
+                self.packs_moved.store(true, Ordering::Relaxed);
                 // Packs deleted before the failure are as good as gone only once unmapped.
                 self.cache.drop_mapped();
             }
@@ -292,7 +296,10 @@ impl Fs {
         if self.writable().is_err() {
             return Ok(0);
         }
-        let freed = self.store().compact_step()?;
+        let freed = self.store().compact_step().inspect_err(|_| {
+            // Packs compacted before the failure moved chunks all the same.
+            self.packs_moved.store(true, Ordering::Relaxed);
+        })?;
         if freed > 0 {
             tracing::debug!("background compaction freed {freed} bytes");
             self.packs_moved.store(true, Ordering::Relaxed);

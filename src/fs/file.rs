@@ -621,6 +621,23 @@ impl Fs {
         policy: Policy,
         fresh: &Mutex<Vec<(ChunkId, bool)>>,
     ) -> Result<Prepared> {
+        // Every chunk of the file, whichever thread stores it, to the open pack of its inode.
+        with_placement(ino, || {
+            self.prepare_placed(snap, ino, ranges, size, final_, policy, fresh)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_placed(
+        &self,
+        snap: &RTx,
+        ino: Ino,
+        ranges: &Ranges,
+        size: u64,
+        final_: bool,
+        policy: Policy,
+        fresh: &Mutex<Vec<(ChunkId, bool)>>,
+    ) -> Result<Prepared> {
         let bytes: usize = ranges.iter().map(|(_, v)| v.len()).sum();
         if bytes < INLINE_WRITE_BACK {
             // Small (a file being closed after a few KiB): threads cost more than they save.
