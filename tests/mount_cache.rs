@@ -38,8 +38,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    KIB, MIB, Volume, assert_bytes_eq, cstr, cvt, errno_of, fuse_available, random_bytes, read_all,
-    run,
+    KIB, MIB, Volume, assert_bytes_eq, cstr, cvt, errno_of, fallocate, fuse_available,
+    random_bytes, read_all, run,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -125,12 +125,6 @@ fn open_rw(p: &Path) -> File {
         .write(true)
         .open(p)
         .unwrap_or_else(|e| panic!("open {} read-write: {e}", p.display()))
-}
-
-fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate has no memory-safety preconditions; the descriptor is open.
-    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
-        .map(drop)
 }
 
 /// copy_file_range until `len` bytes are copied (or the source ends).

@@ -361,8 +361,12 @@ impl Fs {
         let fresh = Mutex::new(Vec::new());
         let prepared = self.snapshot_for(st, ino).and_then(|snap| {
             let policy = self.policy(&*self.view(st)?, ino)?;
+            // Every chunk of the file, whichever thread stores it, to the open pack of its
+            // inode.
             MutexGuard::unlocked(st, || {
-                self.prepare(&snap, ino, &ranges, size, final_, policy, &fresh)
+                with_placement(ino, || {
+                    self.prepare(&snap, ino, &ranges, size, final_, policy, &fresh)
+                })
             })
         });
         // Checked again at the commit: the group that created the inode may have been dropped
@@ -612,23 +616,6 @@ impl Fs {
     /// bottleneck and never waits for storage). Nothing is committed here.
     #[allow(clippy::too_many_arguments)]
     fn prepare(
-        &self,
-        snap: &RTx,
-        ino: Ino,
-        ranges: &Ranges,
-        size: u64,
-        final_: bool,
-        policy: Policy,
-        fresh: &Mutex<Vec<(ChunkId, bool)>>,
-    ) -> Result<Prepared> {
-        // Every chunk of the file, whichever thread stores it, to the open pack of its inode.
-        with_placement(ino, || {
-            self.prepare_placed(snap, ino, ranges, size, final_, policy, fresh)
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn prepare_placed(
         &self,
         snap: &RTx,
         ino: Ino,

@@ -216,6 +216,16 @@ impl Fs {
         })
     }
 
+    /// The entry a remove or rename acts on: ENOENT if there is none, EROFS for the
+    /// `.snapshots` directory where it shows (it is not an entry of the root).
+    fn existing_entry(&self, tx: &WTx, parent: Ino, name: &[u8]) -> Result<(Ino, Kind)> {
+        match tx.lookup(parent, name)? {
+            Some(found) => Ok(found),
+            None if self.shows_snapdir(parent, name) => Err(FsError::ReadOnly),
+            None => Err(FsError::NotFound),
+        }
+    }
+
     fn remove_entry_in(
         &self,
         st: &mut State,
@@ -224,11 +234,7 @@ impl Fs {
         name: &[u8],
         dir: bool,
     ) -> Result<()> {
-        let (ino, kind) = match tx.lookup(parent, name)? {
-            Some(found) => found,
-            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
-            None => return Err(FsError::NotFound),
-        };
+        let (ino, kind) = self.existing_entry(tx, parent, name)?;
         if dir {
             if kind != Kind::Dir {
                 return Err(FsError::NotDir);
@@ -313,11 +319,7 @@ impl Fs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let (src, skind) = match tx.lookup(parent, name)? {
-            Some(found) => found,
-            None if self.shows_snapdir(parent, name) => return Err(FsError::ReadOnly),
-            None => return Err(FsError::NotFound),
-        };
+        let (src, skind) = self.existing_entry(tx, parent, name)?;
         if self.attr_in(st, tx, newparent)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }

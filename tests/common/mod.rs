@@ -801,6 +801,13 @@ pub fn pids_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// fallocate(2) of `len` bytes at `off` with `mode` (e.g. FALLOC_FL_PUNCH_HOLE).
+pub fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate has no memory-safety preconditions; the descriptor is open.
+    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
+        .map(drop)
+}
+
 /// One copy_file_range call; returns the bytes copied.
 pub fn copy_file_range(
     from: &File,
