@@ -40,6 +40,17 @@ const UNSETTLED_TTL: Duration = Duration::from_secs(1);
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
+/// FOPEN flags of a directory open.
+fn dir_open_flags(mode: CacheMode) -> FopenFlags {
+    match mode {
+        CacheMode::Direct => FopenFlags::empty(),
+        CacheMode::Cached { keep: false } => FopenFlags::FOPEN_CACHE_DIR,
+        CacheMode::Cached { keep: true } => {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+}
+
 pub struct DedupFuse {
     fs: Arc<Fs>,
     /// Open files with FOPEN_DIRECT_IO: writes and reads skip the page cache (measured 2-5x
@@ -527,12 +538,11 @@ impl Filesystem for DedupFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.fs.counters().count(Op::Opendir);
-        match self.fs.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel's listing cache takes readdir offsets as stable
-            // cookies across listings, and ours are positions in one handle's listing (an
-            // entry could be skipped or repeated after a change; `..` of a moved directory
-            // would stay stale).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.fs.opendir_with_mode(ino.0) {
+            // The kernel may keep the listing (FOPEN_CACHE_DIR): readdir offsets are cookies
+            // that mean the same in every listing of the directory, as its cache requires
+            // (`fs::dir_listing`).
+            Ok((fh, mode)) => reply.opened(FileHandle(fh), dir_open_flags(mode)),
             Err(e) => reply.error(errno(&e)),
         }
     }

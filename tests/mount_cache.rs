@@ -19,8 +19,11 @@
 //!   cached attributes (size, mtime, mode, nlink) outliving changes made by another path;
 //! - concurrent readers seeing an older version than the one published before their read
 //!   began, or bytes of no version at all, while whole-file versions are rewritten;
-//! - the caches silently doing nothing: a warm re-read must send no READ and a second look-up
-//!   of a missing name no LOOKUP (the daemon's request counters).
+//! - directory listings the kernel keeps (FOPEN_CACHE_DIR) missing a change made by any
+//!   route, or a moved directory's `..` still naming its old parent;
+//! - the caches silently doing nothing: a warm re-read must send no READ, a second look-up
+//!   of a missing name no LOOKUP and a second listing no READDIR (the daemon's request
+//!   counters).
 //!
 //! Files are small (at most a few MiB) so the whole binary runs in well under a minute.
 
@@ -39,8 +42,9 @@ use std::time::{Duration, Instant};
 
 use common::{
     KIB, MIB, Volume, assert_bytes_eq, cstr, cvt, errno_of, fallocate, fuse_available,
-    random_bytes, read_all, run,
+    random_bytes, read_all, readdir_raw, run,
 };
+use std::collections::BTreeSet;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -1605,4 +1609,194 @@ fn a_one_mib_metadata_cache_serves_a_tree_correctly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directory listings.
+
+/// Names in `dir` (without "." and ".."), each once.
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    let all = readdir_raw(dir);
+    let names: BTreeSet<String> = all
+        .iter()
+        .map(|e| e.0.clone())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(
+        names.len() + 2,
+        all.len(),
+        "a name twice, or no dots: {all:?}"
+    );
+    names
+}
+
+fn readdirs(vol: &Volume) -> u64 {
+    requests(vol, "readdir") + requests(vol, "readdirplus")
+}
+
+/// A second listing of an unchanged directory is served by the kernel, and every change, by
+/// whichever route, shows in the next listing.
+#[test]
+fn listings_are_kept_by_the_kernel_and_show_every_change() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::new();
+    let d = vol.path("d");
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(vol.path("other")).unwrap();
+    fs::write(vol.path("other/away"), b"a").unwrap();
+    let mut model = BTreeSet::new();
+    for i in 0..300 {
+        let n = format!("file-{i:03}");
+        fs::write(d.join(&n), b"x").unwrap();
+        model.insert(n);
+    }
+    assert_eq!(names_in(&d), model);
+    let before = readdirs(&vol);
+    assert_eq!(names_in(&d), model);
+    assert_eq!(
+        readdirs(&vol),
+        before,
+        "the second listing of an unchanged directory went to the daemon"
+    );
+
+    type Change<'a> = (&'a str, Box<dyn Fn(&mut BTreeSet<String>) + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "create",
+            Box::new(|m| {
+                fs::write(d.join("new"), b"n").unwrap();
+                m.insert("new".into());
+            }),
+        ),
+        (
+            "unlink",
+            Box::new(|m| {
+                fs::remove_file(d.join("file-007")).unwrap();
+                m.remove("file-007");
+            }),
+        ),
+        (
+            "rename within",
+            Box::new(|m| {
+                fs::rename(d.join("file-008"), d.join("renamed")).unwrap();
+                m.remove("file-008");
+                m.insert("renamed".into());
+            }),
+        ),
+        (
+            "rename over another name",
+            Box::new(|m| {
+                fs::rename(d.join("file-009"), d.join("file-010")).unwrap();
+                m.remove("file-009");
+            }),
+        ),
+        (
+            "rename out",
+            Box::new(|m| {
+                fs::rename(d.join("file-011"), vol.path("other/file-011")).unwrap();
+                m.remove("file-011");
+            }),
+        ),
+        (
+            "rename in",
+            Box::new(|m| {
+                fs::rename(vol.path("other/away"), d.join("came")).unwrap();
+                m.insert("came".into());
+            }),
+        ),
+        (
+            "mkdir",
+            Box::new(|m| {
+                fs::create_dir(d.join("sub")).unwrap();
+                m.insert("sub".into());
+            }),
+        ),
+        (
+            "rmdir",
+            Box::new(|m| {
+                fs::remove_dir(d.join("sub")).unwrap();
+                m.remove("sub");
+            }),
+        ),
+        (
+            "hard link",
+            Box::new(|m| {
+                fs::hard_link(d.join("file-012"), d.join("link")).unwrap();
+                m.insert("link".into());
+            }),
+        ),
+        (
+            "symlink",
+            Box::new(|m| {
+                std::os::unix::fs::symlink("file-013", d.join("sym")).unwrap();
+                m.insert("sym".into());
+            }),
+        ),
+        (
+            "mknod (fifo)",
+            Box::new(|m| {
+                let c = cstr(&d.join("fifo"));
+                // SAFETY: valid NUL-terminated path.
+                cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }).unwrap();
+                m.insert("fifo".into());
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        change(&mut model);
+        assert_eq!(names_in(&d), model, "after {what}");
+        // And again, now perhaps from the kernel's cache.
+        assert_eq!(names_in(&d), model, "after {what}, listed twice");
+    }
+}
+
+/// A directory moved to another parent has a new `..`: a listing the kernel kept from before
+/// the move must not be served with the old one (plain rename and RENAME_EXCHANGE).
+#[test]
+fn a_moved_directorys_listing_names_its_new_parent() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::new();
+    for d in ["a", "b", "a/x", "b/y"] {
+        fs::create_dir(vol.path(d)).unwrap();
+    }
+    let ino = |p: &str| fs::metadata(vol.path(p)).unwrap().ino();
+    let dotdot = |p: &str| {
+        readdir_raw(&vol.path(p))
+            .into_iter()
+            .find(|e| e.0 == "..")
+            .expect("..")
+            .1
+    };
+    for p in ["a/x", "b/y"] {
+        // Listed twice: the second is the kernel's copy.
+        dotdot(p);
+        let parent = ino(&p[..1]);
+        assert_eq!(dotdot(p), parent, "{p} before the moves");
+    }
+    fs::rename(vol.path("a/x"), vol.path("b/x")).unwrap();
+    assert_eq!(dotdot("b/x"), ino("b"), "'..' of b/x after rename from a/x");
+    dotdot("b/x");
+    // Exchange b/x with a file-less directory in a: both change parents.
+    fs::create_dir(vol.path("a/z")).unwrap();
+    dotdot("a/z");
+    let (from, to) = (cstr(&vol.path("b/x")), cstr(&vol.path("a/z")));
+    // SAFETY: valid NUL-terminated paths.
+    cvt(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    })
+    .unwrap();
+    assert_eq!(dotdot("a/z"), ino("a"), "a/z (was b/x) after the exchange");
+    assert_eq!(dotdot("b/x"), ino("b"), "b/x (was a/z) after the exchange");
+    // (b/y did not move: still b.)
+    assert_eq!(dotdot("b/y"), ino("b"));
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use common::xattr::{getxattr, listxattr, removexattr, setxattr};
 use common::{
     GIB, KIB, MIB, Volume, assert_bytes_eq, cstr, cvt, errno_of, fuse_available, random_bytes,
-    read_all,
+    read_all, readdir_raw,
 };
 
 fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
@@ -34,41 +34,6 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
         )
     })
     .map(drop)
-}
-
-/// (name, d_ino, d_type) of every entry, via libc opendir/readdir.
-fn readdir_raw(dir: &Path) -> Vec<(String, u64, u8)> {
-    let c = cstr(dir);
-    // SAFETY: valid C string; the DIR* is checked for null and closed below.
-    let d = unsafe { libc::opendir(c.as_ptr()) };
-    assert!(
-        !d.is_null(),
-        "opendir {}: {}",
-        dir.display(),
-        std::io::Error::last_os_error()
-    );
-    let mut out = Vec::new();
-    loop {
-        // SAFETY: d is a valid open DIR*; the returned dirent is valid until the next readdir.
-        let ent = unsafe { libc::readdir(d) };
-        if ent.is_null() {
-            break;
-        }
-        // SAFETY: ent points to a valid dirent whose d_name is NUL-terminated.
-        let (name, ino, ty) = unsafe {
-            (
-                CStr::from_ptr((*ent).d_name.as_ptr())
-                    .to_string_lossy()
-                    .into_owned(),
-                (*ent).d_ino,
-                (*ent).d_type,
-            )
-        };
-        out.push((name, ino, ty));
-    }
-    // SAFETY: d is a valid DIR* not yet closed.
-    unsafe { libc::closedir(d) };
-    out
 }
 
 fn utimensat(p: &Path, times: [libc::timespec; 2]) -> std::io::Result<()> {

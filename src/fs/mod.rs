@@ -335,6 +335,8 @@ struct State {
     meta_gen: Option<u64>,
     /// Failed commits so far (each counted once, when its reset starts).
     failures: u64,
+    /// Directories whose listing the kernel may have cached is still current.
+    listings: readdir::CachedListings,
 }
 
 pub struct Fs {

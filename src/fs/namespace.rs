@@ -340,8 +340,10 @@ impl Fs {
             tx.put_dirent(newparent, newname, src, skind)?;
             for (ino, kind, to) in [(src, skind, newparent), (dino, dkind, parent)] {
                 let mut a = self.attr_in(st, tx, ino)?;
-                if kind == Kind::Dir {
+                if kind == Kind::Dir && a.parent != to {
                     a.parent = to;
+                    // Its `..` changed: a listing the kernel cached is stale.
+                    st.listings.changed(ino);
                 }
                 a.ctime = now;
                 self.set_attr_in(st, tx, ino, a)?;
@@ -389,6 +391,8 @@ impl Fs {
             if skind == Kind::Dir {
                 a.parent = newparent;
                 if parent != newparent {
+                    // Its `..` changed: a listing the kernel cached is stale.
+                    st.listings.changed(src);
                     let mut op = self.attr_in(st, tx, parent)?;
                     op.nlink = op.nlink.saturating_sub(1);
                     self.set_attr_in(st, tx, parent, op)?;

@@ -1,14 +1,58 @@
 //! Directory handles: opendir, readdir, readdir_plus (READDIRPLUS) and releasedir over the
 //! listing each handle holds (`dir_listing`; docs/design.md, "Directory handles").
 
-use super::{Fs, Handle, dir_listing, in_snapshot};
+use super::{CacheMode, Fs, Handle, dir_listing, in_snapshot};
 use crate::error::{FsError, Ino, Result};
 use crate::meta::{Attr, DirEntry, Kind, MetaRead};
+use lru::LruCache;
 use parking_lot::Mutex;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+/// Directories whose listing cached by the kernel is remembered as current.
+const REMEMBERED: usize = 1 << 16;
+
+/// Which directories' listings, cached by the kernel (`FOPEN_CACHE_DIR`), are still current
+/// (docs/design.md, "What the kernel caches"). The kernel drops a directory's cached listing
+/// itself when a request it sends changes the directory (create, unlink, rename into or out
+/// of it...), but not for what changes the listing otherwise: the `..` entry of a directory
+/// moved to another parent, and every change a failed commit dropped. Those clear the mark
+/// here, and the next open of the directory then tells the kernel to drop what it cached
+/// (no `FOPEN_KEEP_CACHE`). Marks are kept for a bounded number of directories: one that was
+/// forgotten is opened without KEEP_CACHE.
+pub(super) struct CachedListings(LruCache<Ino, ()>);
+
+impl Default for CachedListings {
+    fn default() -> Self {
+        CachedListings(LruCache::new(
+            NonZeroUsize::new(REMEMBERED).expect("non-zero"),
+        ))
+    }
+}
+
+impl CachedListings {
+    /// An open of directory `ino` that lets the kernel cache its listing: may it keep what
+    /// it cached before? After this open what the kernel holds is current either way.
+    fn open(&mut self, ino: Ino) -> bool {
+        self.0.put(ino, ()).is_some()
+    }
+
+    /// The listing of `ino` changed behind the kernel's back.
+    pub(super) fn changed(&mut self, ino: Ino) {
+        self.0.pop(&ino);
+    }
+
+    /// Every listing may have changed (a failed commit dropped changes).
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 impl Fs {
-    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+    /// Opens directory `ino`: its handle, and whether the kernel may cache its listing
+    /// (`Cached`, with `keep` if what it cached before is still current). Not inside
+    /// snapshots: they appear and go through the control socket, not through a request.
+    pub fn opendir_with_mode(&self, ino: Ino) -> Result<(u64, CacheMode)> {
         if self.getattr(ino)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
@@ -16,7 +60,18 @@ impl Fs {
         let fh = st.next_fh;
         st.next_fh += 1;
         st.handles.insert(fh, Handle::Dir { ino, entries: None });
-        Ok(fh)
+        let mode = if in_snapshot(ino) {
+            CacheMode::Direct
+        } else {
+            CacheMode::Cached {
+                keep: st.listings.open(ino),
+            }
+        };
+        Ok((fh, mode))
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        self.opendir_with_mode(ino).map(|(fh, _)| fh)
     }
 
     /// The listing of directory handle `fh` for a readdir from `offset`: read at offset 0
@@ -56,8 +111,10 @@ impl Fs {
         r.each_in_dir(ino, &mut |e| b.push(e))
     }
 
-    /// Directory entries from position `offset` of the listing taken at opendir (or the last
-    /// rewind). The position of an entry is its index + 1 (the offset to resume after it).
+    /// Directory entries after offset `offset` (0: from the start) of the listing taken at
+    /// opendir (or the last rewind). An entry's offset is its cookie, the same in every
+    /// listing of the directory (`dir_listing`), so a handle that never read (the kernel's
+    /// listing cache went stale after serving the start) resumes where that cache stopped.
     pub fn readdir(
         &self,
         fh: u64,
@@ -66,10 +123,10 @@ impl Fs {
     ) -> Result<()> {
         let (_, listing) = self.load_dir(fh, offset)?;
         let mut listing = listing.lock();
-        let mut i = offset as usize;
-        while let Some(e) = listing.get(i)? {
-            i += 1;
-            if f(i as u64, &e) {
+        let mut at = offset;
+        while let Some((cookie, e)) = listing.after(at)? {
+            at = cookie;
+            if f(cookie, &e) {
                 break;
             }
         }
@@ -85,12 +142,12 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let (dir, listing) = self.load_dir(fh, offset)?;
-        let mut i = offset as usize;
+        let mut at = offset;
         loop {
-            let Some(e) = listing.lock().get(i)? else {
+            let Some((cookie, e)) = listing.lock().after(at)? else {
                 return Ok(());
             };
-            i += 1;
+            at = cookie;
             // The kernel turns each entry into a cached name: one the listing holds but that
             // was removed or now names another inode since must not come back that way.
             let now = if e.name == b"." || e.name == b".." {
@@ -103,7 +160,7 @@ impl Fs {
                 Ok(_) | Err(FsError::NotFound) => continue,
                 Err(err) => return Err(err),
             };
-            if f(i as u64, &e, &attr) {
+            if f(cookie, &e, &attr) {
                 return Ok(());
             }
         }

@@ -107,6 +107,8 @@ impl Fs {
             st.failures += 1;
         }
         st.meta_gen = None;
+        // Listings the kernel cached may show what was dropped.
+        st.listings.clear();
         let r = if reopen {
             self.meta.begin_write().map(drop)
         } else {

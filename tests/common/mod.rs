@@ -16,7 +16,7 @@ pub mod reply_drop;
 pub mod tree;
 pub mod xattr;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -844,5 +844,40 @@ pub fn pack_files(store: &Path) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "pack"))
         .collect();
     out.sort();
+    out
+}
+
+/// (name, d_ino, d_type) of every entry, via libc opendir/readdir.
+pub fn readdir_raw(dir: &Path) -> Vec<(String, u64, u8)> {
+    let c = cstr(dir);
+    // SAFETY: valid C string; the DIR* is checked for null and closed below.
+    let d = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(
+        !d.is_null(),
+        "opendir {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: d is a valid open DIR*; the returned dirent is valid until the next readdir.
+        let ent = unsafe { libc::readdir(d) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: ent points to a valid dirent whose d_name is NUL-terminated.
+        let (name, ino, ty) = unsafe {
+            (
+                CStr::from_ptr((*ent).d_name.as_ptr())
+                    .to_string_lossy()
+                    .into_owned(),
+                (*ent).d_ino,
+                (*ent).d_type,
+            )
+        };
+        out.push((name, ino, ty));
+    }
+    // SAFETY: d is a valid DIR* not yet closed.
+    unsafe { libc::closedir(d) };
     out
 }
