@@ -118,21 +118,31 @@ impl Fs {
     ) -> Result<(Ino, Attr, u64)> {
         let attr = Attr::new(Kind::File, mode as u16, who.uid, who.gid);
         let (ino, attr) = self.make_node(parent, name, attr, None)?;
-        if self
-            .fixed_patterns
-            .iter()
-            .any(|p| glob_match(p.as_bytes(), name))
-        {
-            // Recorded on the inode, so the choice survives renames and is visible.
-            let mut st = self.state.lock();
-            self.group(&mut st, |st, tx| {
-                // (Gone if a failed commit dropped the create in between.)
-                self.attr_in(st, tx, ino)?;
-                tx.set_xattr(ino, POLICY_XATTR, b"fixed")
-            })?;
+        let opened = (|| {
+            if self
+                .fixed_patterns
+                .iter()
+                .any(|p| glob_match(p.as_bytes(), name))
+            {
+                // Recorded on the inode, so the choice survives renames and is visible.
+                let mut st = self.state.lock();
+                self.group(&mut st, |st, tx| {
+                    // (Gone if a failed commit dropped the create in between.)
+                    self.attr_in(st, tx, ino)?;
+                    tx.set_xattr(ino, POLICY_XATTR, b"fixed")
+                })?;
+            }
+            self.open(ino, true)
+        })();
+        match opened {
+            Ok(fh) => Ok((ino, attr, fh)),
+            Err(e) => {
+                // The name exists, but the kernel hears of a failed create and does not drop
+                // the parent's cached listing itself.
+                self.state.lock().listings.changed(parent);
+                Err(e)
+            }
         }
-        let fh = self.open(ino, true)?;
-        Ok((ino, attr, fh))
     }
 
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {

@@ -57,10 +57,13 @@ impl Fs {
             return Err(FsError::NotDir);
         }
         let mut st = self.state.lock();
+        // A failed commit not yet caught up with (one outside the group, such as gc's) clears
+        // the marks before one of them is trusted.
+        self.catch_up(&mut st);
         let fh = st.next_fh;
         st.next_fh += 1;
         st.handles.insert(fh, Handle::Dir { ino, entries: None });
-        let mode = if in_snapshot(ino) {
+        let mode = if in_snapshot(ino) || st.meta_gen.is_none() {
             CacheMode::Direct
         } else {
             CacheMode::Cached {
