@@ -91,16 +91,12 @@ impl Fs {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!("reclaimed {n} bytes of dead chunks");
-                self.packs_moved.store(true, Ordering::Relaxed);
-                // Cached slices of deleted packs would keep their space allocated.
-                self.cache.drop_mapped();
+                self.moved_packs();
             }
             Err(e) => {
                 tracing::warn!("cannot reclaim the space of deleted chunks: {e}");
-                // Packs compacted before the failure moved chunks all the same.
-                self.packs_moved.store(true, Ordering::Relaxed);
-                // Packs deleted before the failure are as good as gone only once unmapped.
-                self.cache.drop_mapped();
+                // Packs compacted or deleted before the failure count all the same.
+                self.moved_packs();
             }
         }
         if released {
@@ -302,11 +298,17 @@ impl Fs {
         })?;
         if freed > 0 {
             tracing::debug!("background compaction freed {freed} bytes");
-            self.packs_moved.store(true, Ordering::Relaxed);
-            // Cached slices of deleted packs would keep their space allocated.
-            self.cache.drop_mapped();
+            self.moved_packs();
         }
         Ok(freed)
+    }
+
+    /// Compaction moved chunks and deleted packs: the next durable point is a change (a
+    /// publication must name the new packs), and cached slices of deleted packs are unmapped
+    /// (a mapping would keep a deleted pack's space allocated).
+    fn moved_packs(&self) {
+        self.packs_moved.store(true, Ordering::Relaxed);
+        self.cache.drop_mapped();
     }
 
     /// syncfs(2) for the whole volume (`dedupfs sync`; the kernel does not forward sync(2) or

@@ -335,8 +335,14 @@ struct State {
     meta_gen: Option<u64>,
     /// Failed commits so far (each counted once, when its reset starts).
     failures: u64,
-    /// Directories whose listing the kernel may have cached is still current.
-    listings: readdir::CachedListings,
+    /// Directories whose listing cached by the kernel (`FOPEN_CACHE_DIR`) is still current
+    /// (docs/design.md, "What the kernel caches"). The kernel drops a directory's cached
+    /// listing itself when a request it sends changes the directory, but not for what changes
+    /// the listing otherwise: the `..` of a directory moved to another parent, a create that
+    /// committed its name and then failed, and every change a failed commit dropped. Those
+    /// clear the mark, and the next open of the directory then has the kernel drop its copy
+    /// (no `FOPEN_KEEP_CACHE`).
+    listings: page_cache::CurrentMarks,
 }
 
 pub struct Fs {

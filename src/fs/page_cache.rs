@@ -27,8 +27,40 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 
-/// Inodes whose kernel page cache is remembered as current.
+/// Inodes whose copy in the kernel is remembered as current.
 const REMEMBERED: usize = 1 << 16;
+
+/// Inodes whose copy in the kernel (a file's pages, a directory's listing) is remembered as
+/// current since their last open that let the kernel cache it. Bounded: an inode that was
+/// forgotten is simply opened without FOPEN_KEEP_CACHE.
+pub(super) struct CurrentMarks(LruCache<Ino, ()>);
+
+impl Default for CurrentMarks {
+    fn default() -> Self {
+        CurrentMarks(LruCache::new(
+            NonZeroUsize::new(REMEMBERED).expect("non-zero"),
+        ))
+    }
+}
+
+impl CurrentMarks {
+    /// An open of `ino` that lets the kernel cache it: may the kernel keep what it cached
+    /// before? After this open the kernel's copy is current either way (kept because nothing
+    /// changed, or dropped by the kernel at open).
+    pub(super) fn open(&mut self, ino: Ino) -> bool {
+        self.0.put(ino, ()).is_some()
+    }
+
+    /// `ino` changed (or may have) behind the kernel's copy. Cheap when nothing is remembered.
+    pub(super) fn changed(&mut self, ino: Ino) {
+        self.0.pop(&ino);
+    }
+
+    /// Everything may have changed.
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
 
 /// How an open file is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,20 +71,12 @@ pub enum CacheMode {
     Cached { keep: bool },
 }
 
+#[derive(Default)]
 pub(super) struct PageCachePolicy {
     /// Open writers by inode (absent: none).
     writers: HashMap<Ino, u32>,
     /// Inodes unchanged since their last page-cache open.
-    current: LruCache<Ino, ()>,
-}
-
-impl Default for PageCachePolicy {
-    fn default() -> Self {
-        PageCachePolicy {
-            writers: HashMap::new(),
-            current: LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero")),
-        }
-    }
+    current: CurrentMarks,
 }
 
 impl PageCachePolicy {
@@ -65,10 +89,9 @@ impl PageCachePolicy {
         if self.writers.contains_key(&ino) {
             return CacheMode::Direct;
         }
-        // After this open the kernel's pages are current either way: kept because nothing
-        // changed, or dropped by the kernel at open.
-        let keep = self.current.put(ino, ()).is_some();
-        CacheMode::Cached { keep }
+        CacheMode::Cached {
+            keep: self.current.open(ino),
+        }
     }
 
     /// An open of `ino` (for writing or not) was closed.
@@ -87,7 +110,7 @@ impl PageCachePolicy {
     /// The bytes of `ino` changed (or may have): the next page-cache open drops the kernel's
     /// pages. Cheap when nothing is remembered for it.
     pub fn changed(&mut self, ino: Ino) {
-        self.current.pop(&ino);
+        self.current.changed(ino);
     }
 }
 

@@ -4,49 +4,8 @@
 use super::{CacheMode, Fs, Handle, dir_listing, in_snapshot};
 use crate::error::{FsError, Ino, Result};
 use crate::meta::{Attr, DirEntry, Kind, MetaRead};
-use lru::LruCache;
 use parking_lot::Mutex;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
-
-/// Directories whose listing cached by the kernel is remembered as current.
-const REMEMBERED: usize = 1 << 16;
-
-/// Which directories' listings, cached by the kernel (`FOPEN_CACHE_DIR`), are still current
-/// (docs/design.md, "What the kernel caches"). The kernel drops a directory's cached listing
-/// itself when a request it sends changes the directory (create, unlink, rename into or out
-/// of it...), but not for what changes the listing otherwise: the `..` entry of a directory
-/// moved to another parent, and every change a failed commit dropped. Those clear the mark
-/// here, and the next open of the directory then tells the kernel to drop what it cached
-/// (no `FOPEN_KEEP_CACHE`). Marks are kept for a bounded number of directories: one that was
-/// forgotten is opened without KEEP_CACHE.
-pub(super) struct CachedListings(LruCache<Ino, ()>);
-
-impl Default for CachedListings {
-    fn default() -> Self {
-        CachedListings(LruCache::new(
-            NonZeroUsize::new(REMEMBERED).expect("non-zero"),
-        ))
-    }
-}
-
-impl CachedListings {
-    /// An open of directory `ino` that lets the kernel cache its listing: may it keep what
-    /// it cached before? After this open what the kernel holds is current either way.
-    fn open(&mut self, ino: Ino) -> bool {
-        self.0.put(ino, ()).is_some()
-    }
-
-    /// The listing of `ino` changed behind the kernel's back.
-    pub(super) fn changed(&mut self, ino: Ino) {
-        self.0.pop(&ino);
-    }
-
-    /// Every listing may have changed (a failed commit dropped changes).
-    pub(super) fn clear(&mut self) {
-        self.0.clear();
-    }
-}
 
 impl Fs {
     /// Opens directory `ino`: its handle, and whether the kernel may cache its listing
