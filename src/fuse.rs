@@ -37,6 +37,11 @@ const TTL: Duration = Duration::from_secs(60);
 const SNAPSHOT_TTL: Duration = Duration::ZERO;
 /// Attribute timeout of a file whose write-back is pending (see `TTL`).
 const UNSETTLED_TTL: Duration = Duration::from_secs(1);
+/// Attribute timeout of a regular file with set-user-ID or set-group-ID: a write by a user
+/// without CAP_FSETID clears them here (FUSE_WRITE_KILL_SUIDGID), and the kernel keeps the
+/// mode it cached across a direct write, so it would go on showing the old bits (and exec on
+/// honouring them) until the timeout. Such files are rare; their names keep `TTL`.
+const SET_ID_TTL: Duration = Duration::ZERO;
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -156,6 +161,21 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// Whether the process behind `req` is in group `gid`: its filesystem gid (in the request)
+/// or one of its supplementary groups (`/proc/PID/status`; a process already gone counts as
+/// in no other group).
+fn in_group(req: &Request, gid: u32) -> bool {
+    req.gid() == gid
+        || std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .map(|g| g.split_whitespace().any(|g| g.parse() == Ok(gid)))
+            })
+            .unwrap_or(false)
+}
+
 impl DedupFuse {
     /// Attributes for a reply, and how long the kernel may keep them: `TTL`, or
     /// `UNSETTLED_TTL` while the file has data not written back (its st_blocks may still drop).
@@ -171,6 +191,8 @@ impl DedupFuse {
             // `.snapshots` and the snapshots' roots come and go outside any request: the
             // kernel asks again each time instead of being told (see `SNAPSHOT_TTL`).
             SNAPSHOT_TTL
+        } else if set_id(a) {
+            SET_ID_TTL
         } else if settled {
             TTL
         } else {
@@ -183,7 +205,9 @@ impl DedupFuse {
         match r {
             Ok((ino, a)) => {
                 let (attr, ttl) = self.attr(ino, &a);
-                reply.entry(&ttl, &attr, Generation(0))
+                // A set-ID file's name stays as long as any other's (see `SET_ID_TTL`).
+                let entry_ttl = if set_id(&a) { TTL } else { ttl };
+                reply.entry_with_ttls(&ttl, &entry_ttl, &attr, Generation(0))
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -210,6 +234,11 @@ impl DedupFuse {
             r => self.entry(reply, r),
         }
     }
+}
+
+/// A regular file with set-user-ID or set-group-ID (see `SET_ID_TTL`).
+fn set_id(a: &Attr) -> bool {
+    a.kind == Kind::File && a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
 }
 
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
@@ -474,7 +503,7 @@ impl Filesystem for DedupFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -488,7 +517,7 @@ impl Filesystem for DedupFuse {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(ino.0, offset, data).and_then(|n| {
             if kill {
-                self.fs.kill_suid(ino.0)?;
+                self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))?;
             }
             Ok(n)
         }) {

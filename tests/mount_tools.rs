@@ -667,6 +667,71 @@ fn allow_other_lets_other_users_in_and_permissions_are_enforced() {
     vol.unmount();
 }
 
+/// Linux clears set-user-ID when a user without CAP_FSETID writes to a file, and
+/// set-group-ID too when the file is group-executable or the writer is not in its group
+/// (`setattr_should_drop_sgid`); a writer with CAP_FSETID (root here) keeps both. The change
+/// must show at once, also to a statx that asks for the mode alone (answered from the
+/// kernel's cache, which a direct write does not drop), and survive a remount.
+#[test]
+fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    if !fuse_available() {
+        return;
+    }
+    if !common::is_root() || which("setpriv").is_none() {
+        eprintln!("SKIP: needs root and setpriv to act as another user");
+        return;
+    }
+    let mut vol = Volume::new();
+    fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
+    vol.set_mount_args(&["-o", "allow_other"]);
+    vol.remount();
+    // (name, owner gid, mode, who writes, mode after the write)
+    let nobody = 65534;
+    let cases: [(&str, u32, u32, bool, u32); 5] = [
+        ("suid-sgid-gx", nobody, 0o6777, true, 0o0777),
+        ("sgid-in-group", nobody, 0o2666, true, 0o2666),
+        ("sgid-not-in-group", 0, 0o2666, true, 0o0666),
+        ("suid-only", nobody, 0o4744, true, 0o0744),
+        ("root-writes", nobody, 0o6777, false, 0o6777),
+    ];
+    for (name, gid, mode, by_nobody, _) in cases {
+        let p = vol.path(name);
+        fs::write(&p, b"before\n").unwrap();
+        chown(&p, Some(nobody), Some(gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(common::cached_mode(&p), mode, "{name}: mode as set");
+        let append = format!("echo more >> '{}'", p.display());
+        if by_nobody {
+            let (ok, err) = as_nobody(&["sh", "-c", &append]);
+            assert!(ok, "{name}: nobody cannot append: {err}");
+        } else {
+            run(Command::new("sh").args(["-c", &append]));
+        }
+    }
+    for (name, _, _, _, want) in cases {
+        let got = common::cached_mode(&vol.path(name));
+        assert_eq!(
+            got, want,
+            "{name}: mode just after the write {got:o}, want {want:o}"
+        );
+    }
+    vol.remount();
+    for (name, _, _, _, want) in cases {
+        let got = common::cached_mode(&vol.path(name));
+        assert_eq!(
+            got, want,
+            "{name}: mode after a remount {got:o}, want {want:o}"
+        );
+        assert_eq!(
+            common::read_all(&vol.path(name)),
+            b"before\nmore\n",
+            "{name}"
+        );
+    }
+    vol.unmount();
+}
+
 #[test]
 fn kill_9_during_cp_leaves_a_mountable_volume_with_every_entry_readable() {
     if !fuse_available() {

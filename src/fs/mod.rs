@@ -909,14 +909,22 @@ impl Fs {
         }
     }
 
-    /// Clears set-user-ID and set-group-ID after a write by an unprivileged writer, as the
-    /// kernel asks with FUSE_WRITE_KILL_SUIDGID.
-    pub fn kill_suid(&self, ino: Ino) -> Result<()> {
+    /// Clears set-user-ID, and set-group-ID where Linux does, after a write by a writer
+    /// without CAP_FSETID (the kernel asks with FUSE_WRITE_KILL_SUIDGID): set-group-ID goes
+    /// when the file is group-executable or the writer is not in the file's group
+    /// (`in_group`, asked only then), as the kernel's `setattr_should_drop_sgid`.
+    pub fn kill_suid(&self, ino: Ino, in_group: &dyn Fn(u32) -> bool) -> Result<()> {
         let mut st = self.state.lock();
         let o = self.open_entry(&mut st, ino)?;
-        let bits = (libc::S_ISUID | libc::S_ISGID) as u16;
-        if o.attr.perm & bits != 0 {
-            o.attr.perm &= !bits;
+        let perm = o.attr.perm;
+        let mut kill = perm & libc::S_ISUID as u16;
+        if perm & libc::S_ISGID as u16 != 0
+            && (perm & libc::S_IXGRP as u16 != 0 || !in_group(o.attr.gid))
+        {
+            kill |= libc::S_ISGID as u16;
+        }
+        if kill != 0 {
+            o.attr.perm &= !kill;
             o.attr_dirty = true;
         }
         Ok(())

@@ -802,6 +802,19 @@ pub fn pids_mentioning(needle: &str) -> Vec<u32> {
 }
 
 /// fallocate(2) of `len` bytes at `off` with `mode` (e.g. FALLOC_FL_PUNCH_HOLE).
+/// `p`'s permission bits as statx reports them when asked for the mode alone: the kernel
+/// answers from its cached attributes, without asking the daemon, until they expire or are
+/// dropped (a plain `stat` asks for times too, which a write does drop).
+pub fn cached_mode(p: &Path) -> u32 {
+    let c = cstr(p);
+    // SAFETY: zeroed bytes are a valid `statx` (plain integers); `c` is a NUL-terminated
+    // path and `st` a valid out-pointer for the call.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MODE, &mut st) };
+    cvt(r).unwrap_or_else(|e| panic!("statx {}: {e}", p.display()));
+    u32::from(st.stx_mode) & 0o7777
+}
+
 pub fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate has no memory-safety preconditions; the descriptor is open.
     cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
