@@ -6,7 +6,7 @@ use crate::fs::{
     CacheMode, Caller, Fs, Op, RenameFlags as CoreRename, SNAPDIR_INO, SNAPDIR_NAME, SeekWhence,
     SetAttr, TimeSet,
 };
-use crate::meta::{Attr, Kind, ROOT_INO, Ts};
+use crate::meta::{Attr, DirEntry, Kind, ROOT_INO, Ts};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
@@ -18,6 +18,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes, names and the absence of names. The daemon is
@@ -45,23 +46,17 @@ const SET_ID_TTL: Duration = Duration::ZERO;
 /// Largest write request we ask the kernel for (the kernel caps requests at 1 MiB).
 const MAX_WRITE: u32 = 1 << 20;
 
-/// FOPEN flags of a directory open.
-fn dir_open_flags(mode: CacheMode) -> FopenFlags {
-    match mode {
-        CacheMode::Direct => FopenFlags::empty(),
-        CacheMode::Cached { keep: false } => FopenFlags::FOPEN_CACHE_DIR,
-        CacheMode::Cached { keep: true } => {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        }
-    }
-}
-
 pub struct DedupFuse {
     fs: Arc<Fs>,
     /// Open files with FOPEN_DIRECT_IO: writes and reads skip the page cache (measured 2-5x
     /// faster through FUSE). Only when the kernel can still mmap such files
     /// (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+): git, sqlite and executables need mmap.
     direct_io: bool,
+    /// Directories are opened without handles (the kernel offers it: Linux 5.1+): the first
+    /// OPENDIR is answered ENOSYS, and the kernel then sends no OPENDIR or RELEASEDIR again
+    /// and keeps every listing it reads (`fs::kernel_listings`, whose invalidations
+    /// `spawn_listing_invalidator` sends).
+    handleless_dirs: bool,
     /// Read-only opens may use the page cache (see `fs::page_cache`): only with direct I/O,
     /// and on kernels that drop a direct write's range from the page cache again after the
     /// write (`CACHED_READS_FROM`), so that a read racing the write does not keep old bytes.
@@ -87,6 +82,7 @@ impl DedupFuse {
         DedupFuse {
             fs,
             direct_io: false,
+            handleless_dirs: false,
             cached_reads: true,
         }
     }
@@ -159,6 +155,33 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
+}
+
+/// Tells the kernel which directory listings it keeps went stale (`Fs::stale_listings`): one
+/// inode invalidation each, from this thread only (never a request thread, never under the
+/// state lock: the kernel may wait for the daemon while it handles a notification), until
+/// `stop`.
+pub fn spawn_listing_invalidator(
+    fs: Arc<Fs>,
+    notifier: fuser::Notifier,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("dedupfs-inval".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (dirs, upto) = fs.stale_listings(Duration::from_millis(200));
+                for ino in dirs {
+                    // ENOENT: the kernel does not know the inode (any more): nothing kept.
+                    if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::warn!(ino, "cannot invalidate the kernel's listing: {e}");
+                    }
+                }
+                fs.listings_invalidated(upto);
+            }
+        })
 }
 
 /// Whether the process behind `req` is in group `gid`: its filesystem gid (in the request)
@@ -275,6 +298,12 @@ impl Filesystem for DedupFuse {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.handleless_dirs = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        if self.handleless_dirs {
+            self.fs.hold_listings();
+        }
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         self.cached_reads = self.cached_reads
             && self.direct_io
@@ -282,6 +311,7 @@ impl Filesystem for DedupFuse {
         tracing::info!(
             direct_io = self.direct_io,
             cached_reads = self.cached_reads,
+            handleless_dirs = self.handleless_dirs,
             kernel = release.trim(),
             "FUSE session initialised"
         );
@@ -567,11 +597,15 @@ impl Filesystem for DedupFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.fs.counters().count(Op::Opendir);
-        match self.fs.opendir_with_mode(ino.0) {
-            // The kernel may keep the listing (FOPEN_CACHE_DIR): readdir offsets are cookies
-            // that mean the same in every listing of the directory, as its cache requires
-            // (`fs::dir_listing`).
-            Ok((fh, mode)) => reply.opened(FileHandle(fh), dir_open_flags(mode)),
+        if self.handleless_dirs {
+            // The kernel takes this as a successful open without a handle, for this and
+            // every later directory open (`handleless_dirs`).
+            return reply.error(Errno::ENOSYS);
+        }
+        // An older kernel: a handle per open, and no listing kept by the kernel (it could not
+        // be told when one goes stale behind its back).
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -579,20 +613,27 @@ impl Filesystem for DedupFuse {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.fs.counters().count(Op::Readdir);
-        let r = self.fs.readdir(fh.0, offset, &mut |next, e| {
+        let mut add = |next, e: &DirEntry| {
             reply.add(
                 INodeNo(e.ino),
                 next,
                 kind(e.kind),
                 OsStr::from_bytes(&e.name),
             )
-        });
+        };
+        // Offsets are cookies that mean the same in every listing of the directory, as the
+        // kernel's cache requires (`fs::dir_listing`).
+        let r = if self.handleless_dirs {
+            self.fs.readdir_at(ino.0, offset, &mut add)
+        } else {
+            self.fs.readdir(fh.0, offset, &mut add)
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -602,14 +643,14 @@ impl Filesystem for DedupFuse {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         self.fs.counters().count(Op::Readdirplus);
         // The kernel links no dentry for "." and "..": their attributes are only carried.
-        let r = self.fs.readdir_plus(fh.0, offset, &mut |next, e, a| {
+        let mut add = |next, e: &DirEntry, a: &Attr| {
             let (attr, ttl) = self.attr(e.ino, a);
             reply.add(
                 INodeNo(e.ino),
@@ -619,7 +660,12 @@ impl Filesystem for DedupFuse {
                 &attr,
                 Generation(0),
             )
-        });
+        };
+        let r = if self.handleless_dirs {
+            self.fs.readdir_plus_at(ino.0, offset, &mut add)
+        } else {
+            self.fs.readdir_plus(fh.0, offset, &mut add)
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

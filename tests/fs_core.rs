@@ -2137,3 +2137,138 @@ fn a_background_compaction_step_makes_the_next_durable_point_a_change() {
         assert_eq!(&*store.get(id).unwrap(), &data[..]);
     }
 }
+
+/// Reads `dir` without a handle from `at`, taking at most `max` entries (the reply buffer is
+/// full at the next); returns (name, cookie) pairs.
+fn handleless_piece(v: &Vol, dir: Ino, at: u64, max: usize) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    v.fs()
+        .readdir_at(dir, at, &mut |next, e| {
+            if got.len() == max {
+                return true;
+            }
+            got.push((String::from_utf8(e.name.clone()).unwrap(), next));
+            false
+        })
+        .unwrap();
+    got
+}
+
+/// Handle-less directory reads (the kernel's opens once OPENDIR was answered ENOSYS): a
+/// listing read in pieces, each continuing from the last cookie, returns every name present
+/// throughout exactly once although names come and go between the pieces (as with handles:
+/// the continuation may be served by a newer listing), and a read from 0 shows the directory
+/// as it is now.
+#[test]
+fn handleless_reads_continue_from_cookies_across_changes() {
+    let v = Vol::mem();
+    v.fs().hold_listings();
+    let d = v.mkdir(ROOT, "d");
+    for i in 0..300 {
+        v.create(d, &format!("f{i:03}"));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut at = 0;
+    for round in 0.. {
+        let piece = handleless_piece(&v, d, at, 40);
+        if piece.is_empty() {
+            break;
+        }
+        at = piece.last().unwrap().1;
+        seen.extend(piece.into_iter().map(|(n, _)| n));
+        // Between pieces: ten names go, ten new ones come.
+        for j in 0..10 {
+            let k = round * 10 + j;
+            if k < 100 {
+                v.fs().unlink(d, format!("f{k:03}").as_bytes()).unwrap();
+            }
+            v.create(d, &format!("n{round}-{j}"));
+        }
+    }
+    let mut count = std::collections::HashMap::new();
+    for n in &seen {
+        *count.entry(n.as_str()).or_insert(0) += 1;
+    }
+    for (n, c) in &count {
+        assert_eq!(*c, 1, "{n} listed {c} times");
+    }
+    for i in 100..300 {
+        let n = format!("f{i:03}");
+        assert!(
+            count.contains_key(n.as_str()),
+            "{n}, present throughout, was skipped"
+        );
+    }
+    for n in [".", ".."] {
+        assert!(count.contains_key(n), "{n} missing");
+    }
+    // From 0: exactly what is there now.
+    let mut now: Vec<String> = handleless_piece(&v, d, 0, usize::MAX)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    now.sort();
+    assert_eq!(now, v.names(d));
+}
+
+/// With handle-less opens the kernel keeps every listing it reads, and drops it itself when
+/// one of its requests changes the directory. The daemon must tell it (the notifier thread
+/// drains `stale_listings`) of the other changes, and of those only: the `..` of a directory
+/// moved to another parent, and everything a failed commit dropped, for each directory read
+/// since it was last told.
+#[test]
+fn the_kernel_is_told_of_listings_that_change_behind_its_back_and_only_of_those() {
+    let v = Vol::mem();
+    let fs = v.fs();
+    let stale = || {
+        let (mut dirs, upto) = fs.stale_listings(Duration::ZERO);
+        fs.listings_invalidated(upto);
+        dirs.sort();
+        dirs
+    };
+    let list = |dir| drop(handleless_piece(&v, dir, 0, usize::MAX));
+    let (a, b) = (v.mkdir(ROOT, "a"), v.mkdir(ROOT, "b"));
+    let x = v.mkdir(a, "x");
+    // Before `hold_listings` (directories opened with handles) nothing is tracked.
+    list(x);
+    fs.rename(a, b"x", b, b"x", RenameFlags::default()).unwrap();
+    assert_eq!(stale(), Vec::<Ino>::new(), "told before hold_listings");
+
+    fs.hold_listings();
+    for dir in [a, b, x] {
+        list(dir);
+    }
+    // Changes made through the kernel: it drops its own copy.
+    v.create(b, "new");
+    fs.unlink(b, b"new").unwrap();
+    fs.rename(b, b"x", b, b"x2", RenameFlags::default())
+        .unwrap();
+    assert_eq!(
+        stale(),
+        Vec::<Ino>::new(),
+        "told of changes the kernel made"
+    );
+    // x moves to another parent: its `..` changed.
+    fs.rename(b, b"x2", a, b"x", RenameFlags::default())
+        .unwrap();
+    assert_eq!(stale(), vec![x], "x moved from b to a");
+    // Told once: x was not read since.
+    fs.rename(a, b"x", b, b"x", RenameFlags::default()).unwrap();
+    assert_eq!(
+        stale(),
+        Vec::<Ino>::new(),
+        "x, not read since it was told, told again"
+    );
+
+    // A failed commit: every directory read since it was last told.
+    list(x);
+    let (g, _) = v.create(ROOT, "g");
+    v.write(g, 0, b"data");
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.fsync(g)), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+    let mut want = vec![a, b, x];
+    want.sort();
+    assert_eq!(stale(), want, "after a failed commit");
+}

@@ -1610,6 +1610,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let invalidator =
+        crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier(), stop.clone())?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");
 
@@ -1630,7 +1633,6 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         }
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
     let backup_thread = (!opts.read_only).then(|| {
         let (fs, stop, backups) = (fs.clone(), stop.clone(), backups.clone());
         let tick = opts
@@ -1671,6 +1673,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();
     let _ = flusher.join();
+    let _ = invalidator.join();
     if let Some(t) = backup_thread {
         let _ = t.join();
     }

@@ -26,6 +26,7 @@ mod dir_listing;
 mod dirty;
 mod durability;
 mod file;
+mod kernel_listings;
 mod namespace;
 mod page_cache;
 mod readdir;
@@ -335,14 +336,11 @@ struct State {
     meta_gen: Option<u64>,
     /// Failed commits so far (each counted once, when its reset starts).
     failures: u64,
-    /// Directories whose listing cached by the kernel (`FOPEN_CACHE_DIR`) is still current
-    /// (docs/design.md, "What the kernel caches"). The kernel drops a directory's cached
-    /// listing itself when a request it sends changes the directory, but not for what changes
-    /// the listing otherwise: the `..` of a directory moved to another parent, a create that
-    /// committed its name and then failed, and every change a failed commit dropped. Those
-    /// clear the mark, and the next open of the directory then has the kernel drop its copy
-    /// (no `FOPEN_KEEP_CACHE`).
-    listings: page_cache::CurrentMarks,
+    /// Resets run so far (`reset_open`: a failed commit's, and each retry of one owed).
+    resets: u64,
+    /// Directories whose listing the kernel may keep (handle-less opens), and the listings
+    /// readers share (`kernel_listings`).
+    held: kernel_listings::Held,
 }
 
 pub struct Fs {
@@ -355,6 +353,8 @@ pub struct Fs {
     state: Mutex<State>,
     /// Signalled whenever a write-back finishes.
     flush_done: Condvar,
+    /// Kernel listing invalidations owed (`kernel_listings`).
+    stale: kernel_listings::Stale,
     /// Queue of the background writer, when started.
     background: Mutex<Option<crossbeam_channel::Sender<Ino>>>,
     /// Queue of the prefetch threads, when started.
@@ -454,6 +454,7 @@ impl Fs {
                 ..State::default()
             }),
             flush_done: Condvar::new(),
+            stale: kernel_listings::Stale::default(),
             background: Mutex::new(None),
             prefetch: Mutex::new(None),
             removal: RwLock::new(()),

@@ -139,7 +139,8 @@ impl Fs {
             Err(e) => {
                 // The name exists, but the kernel hears of a failed create and does not drop
                 // the parent's cached listing itself.
-                self.state.lock().listings.changed(parent);
+                self.state.lock().held.changed(parent, &self.stale);
+                self.listings_told();
                 Err(e)
             }
         }
@@ -313,9 +314,15 @@ impl Fs {
             ));
         }
         let mut st = self.state.lock();
-        self.group(&mut st, |st, tx| {
+        let r = self.group(&mut st, |st, tx| {
             self.rename_in(st, tx, parent, name, newparent, newname, flags)
-        })
+        });
+        drop(st);
+        if parent != newparent {
+            // A directory moved has a new `..`: the kernel must have dropped its listing.
+            self.listings_told();
+        }
+        r
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -353,7 +360,7 @@ impl Fs {
                 if kind == Kind::Dir && a.parent != to {
                     a.parent = to;
                     // Its `..` changed: a listing the kernel cached is stale.
-                    st.listings.changed(ino);
+                    st.held.changed(ino, &self.stale);
                 }
                 a.ctime = now;
                 self.set_attr_in(st, tx, ino, a)?;
@@ -402,7 +409,7 @@ impl Fs {
                 a.parent = newparent;
                 if parent != newparent {
                     // Its `..` changed: a listing the kernel cached is stale.
-                    st.listings.changed(src);
+                    st.held.changed(src, &self.stale);
                     let mut op = self.attr_in(st, tx, parent)?;
                     op.nlink = op.nlink.saturating_sub(1);
                     self.set_attr_in(st, tx, parent, op)?;

@@ -30,8 +30,8 @@ use std::num::NonZeroUsize;
 /// Inodes whose copy in the kernel is remembered as current.
 const REMEMBERED: usize = 1 << 16;
 
-/// Inodes whose copy in the kernel (a file's pages, a directory's listing) is remembered as
-/// current since their last open that let the kernel cache it. Bounded: an inode that was
+/// Files whose pages in the kernel are remembered as current since their last open that let
+/// the kernel cache them. Bounded: an inode that was
 /// forgotten is simply opened without FOPEN_KEEP_CACHE.
 pub(super) struct CurrentMarks(LruCache<Ino, ()>);
 
@@ -54,11 +54,6 @@ impl CurrentMarks {
     /// `ino` changed (or may have) behind the kernel's copy. Cheap when nothing is remembered.
     pub(super) fn changed(&mut self, ino: Ino) {
         self.0.pop(&ino);
-    }
-
-    /// Everything may have changed.
-    pub(super) fn clear(&mut self) {
-        self.0.clear();
     }
 }
 

@@ -1,39 +1,53 @@
-//! Directory handles: opendir, readdir, readdir_plus (READDIRPLUS) and releasedir over the
-//! listing each handle holds (`dir_listing`; docs/design.md, "Directory handles").
+//! Directory reads: with a handle (opendir, readdir, readdir_plus (READDIRPLUS), releasedir
+//! over the listing each handle holds) or without one (`readdir_at`, `readdir_plus_at`, over
+//! listings shared per directory, which the kernel keeps: `kernel_listings`). Listings are
+//! built by `dir_listing`; docs/design.md, "Directory handles".
 
-use super::{CacheMode, Fs, Handle, dir_listing, in_snapshot};
+use super::{Fs, Handle, dir_listing, in_snapshot};
 use crate::error::{FsError, Ino, Result};
 use crate::meta::{Attr, DirEntry, Kind, MetaRead};
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::time::Duration;
 
 impl Fs {
-    /// Opens directory `ino`: its handle, and whether the kernel may cache its listing
-    /// (`Cached`, with `keep` if what it cached before is still current). Not inside
-    /// snapshots: they appear and go through the control socket, not through a request.
-    pub fn opendir_with_mode(&self, ino: Ino) -> Result<(u64, CacheMode)> {
+    /// Opens directory `ino` for a reader with a handle (`readdir`): a kernel that cannot open
+    /// directories without one (older than Linux 5.1; see `hold_listings`), and tests. The
+    /// kernel is not let keep such listings.
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
         if self.getattr(ino)?.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         let mut st = self.state.lock();
-        // A failed commit not yet caught up with (one outside the group, such as gc's) clears
-        // the marks before one of them is trusted.
-        self.catch_up(&mut st);
         let fh = st.next_fh;
         st.next_fh += 1;
         st.handles.insert(fh, Handle::Dir { ino, entries: None });
-        let mode = if in_snapshot(ino) || st.meta_gen.is_none() {
-            CacheMode::Direct
-        } else {
-            CacheMode::Cached {
-                keep: st.listings.open(ino),
-            }
-        };
-        Ok((fh, mode))
+        Ok(fh)
     }
 
-    pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        self.opendir_with_mode(ino).map(|(fh, _)| fh)
+    /// From now on directories are opened without handles (`readdir_at`) and the kernel keeps
+    /// every listing it reads: the daemon tracks which, and queues the invalidations it owes
+    /// (`stale_listings`; module `kernel_listings`).
+    pub fn hold_listings(&self) {
+        self.state.lock().held.enable();
+    }
+
+    /// Directories whose listing the kernel must drop (an inode invalidation each), waiting
+    /// up to `timeout` for one; report them with `listings_invalidated(n)` once sent. For the
+    /// adapter's notifier thread: never called on a request thread.
+    pub fn stale_listings(&self, timeout: Duration) -> (Vec<Ino>, u64) {
+        self.stale.take(timeout)
+    }
+
+    pub fn listings_invalidated(&self, upto: u64) {
+        self.stale.sent(upto);
+    }
+
+    /// Waits (bounded) until the kernel was told of every listing invalidated so far: for
+    /// an operation whose change the kernel must not serve from its cache once it returns.
+    /// Not under the state lock.
+    pub(super) fn listings_told(&self) {
+        self.stale.wait_sent(LISTINGS_TOLD_WAIT);
     }
 
     /// The listing of directory handle `fh` for a readdir from `offset`: read at offset 0
@@ -50,17 +64,57 @@ impl Fs {
                 _ => return Err(FsError::Invalid("not a directory handle")),
             }
         };
+        let listed = Arc::new(Mutex::new(self.build_listing(ino)?));
+        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
+            *entries = Some(listed.clone());
+        }
+        Ok((ino, listed))
+    }
+
+    /// The listing of `ino` for a reader without a handle, reading from `offset`: a new one
+    /// at offset 0, otherwise the last one built for the directory if still kept (a
+    /// continuation; any listing serves it, its cookies being the same in all). Marks the
+    /// directory as held by the kernel. Built again if a failed commit's reset ran while it
+    /// was built, so that what the kernel keeps is never older than the invalidations owed.
+    fn shared_listing(&self, ino: Ino, offset: u64) -> Result<Arc<Mutex<dir_listing::Listing>>> {
+        loop {
+            let resets = {
+                let mut st = self.state.lock();
+                self.catch_up(&mut st);
+                if offset > 0
+                    && let Some(l) = st.held.shared(ino)
+                {
+                    st.held.hold(ino, &self.stale);
+                    return Ok(l);
+                }
+                st.resets
+            };
+            if self.getattr(ino)?.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let listed = Arc::new(Mutex::new(self.build_listing(ino)?));
+            let mut st = self.state.lock();
+            if st.resets != resets {
+                continue;
+            }
+            st.held.hold(ino, &self.stale);
+            // While a reset is owed the listing may show what it will drop: not shared (the
+            // reset, when it runs, invalidates what the kernel holds).
+            if st.meta_gen.is_some() {
+                st.held.share(ino, listed.clone());
+            }
+            return Ok(listed);
+        }
+    }
+
+    fn build_listing(&self, ino: Ino) -> Result<dir_listing::Listing> {
         let mut b = dir_listing::Builder::new(self.listings.clone());
         if in_snapshot(ino) {
             self.snap_entries(ino, &mut b)?;
         } else {
             self.with_view(|r| Self::dir_entries(r, ino, &mut b))?;
         }
-        let listed = Arc::new(Mutex::new(b.finish()?));
-        if let Some(Handle::Dir { entries, .. }) = self.state.lock().handles.get_mut(&fh) {
-            *entries = Some(listed.clone());
-        }
-        Ok((ino, listed))
+        b.finish()
     }
 
     /// The entries of directory `ino`, with "." and "..", into `b`.
@@ -75,8 +129,8 @@ impl Fs {
 
     /// Directory entries after offset `offset` (0: from the start) of the listing taken at
     /// opendir (or the last rewind). An entry's offset is its cookie, the same in every
-    /// listing of the directory (`dir_listing`), so a handle that never read (the kernel's
-    /// listing cache went stale after serving the start) resumes where that cache stopped.
+    /// listing of the directory (`dir_listing`), so a reader resumes in a newer listing
+    /// where it stopped in an older one.
     pub fn readdir(
         &self,
         fh: u64,
@@ -84,15 +138,18 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let (_, listing) = self.load_dir(fh, offset)?;
-        let mut listing = listing.lock();
-        let mut at = offset;
-        while let Some((cookie, e)) = listing.after(at)? {
-            at = cookie;
-            if f(cookie, &e) {
-                break;
-            }
-        }
-        Ok(())
+        serve(&listing, offset, f)
+    }
+
+    /// `readdir` for a reader without a handle (see `hold_listings`).
+    pub fn readdir_at(
+        &self,
+        dir: Ino,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        let listing = self.shared_listing(dir, offset)?;
+        serve(&listing, offset, f)
     }
 
     /// `readdir` with each entry's attributes (READDIRPLUS: the kernel caches them and skips
@@ -104,6 +161,27 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let (dir, listing) = self.load_dir(fh, offset)?;
+        self.serve_plus(dir, &listing, offset, f)
+    }
+
+    /// `readdir_plus` for a reader without a handle (see `hold_listings`).
+    pub fn readdir_plus_at(
+        &self,
+        dir: Ino,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
+        let listing = self.shared_listing(dir, offset)?;
+        self.serve_plus(dir, &listing, offset, f)
+    }
+
+    fn serve_plus(
+        &self,
+        dir: Ino,
+        listing: &Mutex<dir_listing::Listing>,
+        offset: u64,
+        f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> Result<()> {
         let mut at = offset;
         loop {
             let Some((cookie, e)) = listing.lock().after(at)? else {
@@ -131,4 +209,25 @@ impl Fs {
     pub fn releasedir(&self, fh: u64) {
         self.state.lock().handles.remove(&fh);
     }
+}
+
+/// How long an operation waits for the kernel to be told of the listings it made stale
+/// (`Fs::listings_told`) before it returns anyway.
+const LISTINGS_TOLD_WAIT: Duration = Duration::from_secs(1);
+
+/// Entries of `listing` after `offset`, until `f` says the reply is full.
+fn serve(
+    listing: &Mutex<dir_listing::Listing>,
+    offset: u64,
+    f: &mut dyn FnMut(u64, &DirEntry) -> bool,
+) -> Result<()> {
+    let mut listing = listing.lock();
+    let mut at = offset;
+    while let Some((cookie, e)) = listing.after(at)? {
+        at = cookie;
+        if f(cookie, &e) {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -527,11 +527,14 @@ impl Fs {
             // The snapshot itself is durable already (renamed, directory synced): a failure
             // here is logged, not the create's.
             let mut st = self.state.lock();
+            // It appears in `.snapshots`, whose listing the kernel may keep.
+            st.held.changed(SNAPDIR_INO, &self.stale);
             st.since_durable = true;
             if let Err(e) = self.make_durable(&mut st) {
                 tracing::warn!("snapshot {name}: durable point after it failed: {e}");
             }
         }
+        self.listings_told();
         tracing::info!(
             name,
             slot,
@@ -621,14 +624,22 @@ impl Fs {
         let gone = dir.join(format!(".deleting-{}", snapshot::file_name(s.info.slot)));
         {
             // Under the state lock: a copy_file_range out of the snapshot finishes first.
-            let _st = self.state.lock();
+            let mut st = self.state.lock();
             std::fs::rename(&file, &gone)?;
             sync_dir(&dir)?;
             self.snaps
                 .list
                 .write()
                 .retain(|x| x.info.slot != s.info.slot);
+            // Gone from `.snapshots`; and its slot may serve another snapshot later: no
+            // listing of its directories may be kept.
+            let slot = s.info.slot;
+            st.held.changed_where(
+                &|i| i == SNAPDIR_INO || (in_snapshot(i) && (i >> SLOT_SHIFT) as u16 == slot),
+                &self.stale,
+            );
         }
+        self.listings_told();
         self.snaps.changed_ns.store(now_ns(), Ordering::Relaxed);
         self.release_holds(&s)?;
         {

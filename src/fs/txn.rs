@@ -107,8 +107,9 @@ impl Fs {
             st.failures += 1;
         }
         st.meta_gen = None;
+        st.resets += 1;
         // Listings the kernel cached may show what was dropped.
-        st.listings.clear();
+        st.held.all_changed(&self.stale);
         let r = if reopen {
             self.meta.begin_write().map(drop)
         } else {
