@@ -18,7 +18,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes, names and the absence of names. The daemon is
@@ -160,17 +159,15 @@ fn caller(req: &Request) -> Caller {
 /// Tells the kernel which directory listings it keeps went stale (`Fs::stale_listings`): one
 /// inode invalidation each, from this thread only (never a request thread, never under the
 /// state lock: the kernel may wait for the daemon while it handles a notification), until
-/// `stop`.
+/// `Fs::end_listings`.
 pub fn spawn_listing_invalidator(
     fs: Arc<Fs>,
     notifier: fuser::Notifier,
-    stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("dedupfs-inval".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let (dirs, upto) = fs.stale_listings(Duration::from_millis(200));
+            while let Some((dirs, upto)) = fs.stale_listings(Duration::from_secs(1)) {
                 for ino in dirs {
                     // ENOENT: the kernel does not know the inode (any more): nothing kept.
                     if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)

@@ -2222,7 +2222,7 @@ fn the_kernel_is_told_of_listings_that_change_behind_its_back_and_only_of_those(
     let v = Vol::mem();
     let fs = v.fs();
     let stale = || {
-        let (mut dirs, upto) = fs.stale_listings(Duration::ZERO);
+        let (mut dirs, upto) = fs.stale_listings(Duration::ZERO).unwrap();
         fs.listings_invalidated(upto);
         dirs.sort();
         dirs

@@ -1610,9 +1610,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let invalidator =
-        crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier(), stop.clone())?;
+    let invalidator = crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier())?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");
 
@@ -1633,6 +1631,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         }
     });
 
+    let stop = Arc::new(AtomicBool::new(false));
     let backup_thread = (!opts.read_only).then(|| {
         let (fs, stop, backups) = (fs.clone(), stop.clone(), backups.clone());
         let tick = opts
@@ -1669,6 +1668,7 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     };
 
     let result = session.run();
+    fs.end_listings();
     notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
     sig_handle.close();

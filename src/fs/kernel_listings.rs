@@ -125,6 +125,8 @@ struct Queue {
     /// Invalidations queued so far, and sent so far (the drainer reports them).
     queued: u64,
     sent: u64,
+    /// No more will be sent (the session ended).
+    ended: bool,
 }
 
 impl Stale {
@@ -139,14 +141,25 @@ impl Stale {
     }
 
     /// Waits up to `timeout` for invalidations; returns them with the number to report as
-    /// sent (`sent`) once the kernel has them.
-    pub(super) fn take(&self, timeout: Duration) -> (Vec<Ino>, u64) {
+    /// sent (`sent`) once the kernel has them. `None` once `end` was called.
+    pub(super) fn take(&self, timeout: Duration) -> Option<(Vec<Ino>, u64)> {
         let mut q = self.q.lock();
-        if q.inos.is_empty() {
+        if q.inos.is_empty() && !q.ended {
             self.cv.wait_for(&mut q, timeout);
         }
+        if q.ended {
+            return None;
+        }
         let inos = std::mem::take(&mut q.inos);
-        (inos, q.queued)
+        Some((inos, q.queued))
+    }
+
+    /// The session ended: the drainer stops, and nobody waits for it any more.
+    pub(super) fn end(&self) {
+        let mut q = self.q.lock();
+        q.ended = true;
+        q.sent = q.queued;
+        self.cv.notify_all();
     }
 
     pub(super) fn sent(&self, upto: u64) {
@@ -161,7 +174,7 @@ impl Stale {
         let deadline = Instant::now() + limit;
         let mut q = self.q.lock();
         let want = q.queued;
-        while q.sent < want {
+        while q.sent < want && !q.ended {
             if self.cv.wait_until(&mut q, deadline).timed_out() {
                 return;
             }

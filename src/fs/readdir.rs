@@ -34,9 +34,15 @@ impl Fs {
 
     /// Directories whose listing the kernel must drop (an inode invalidation each), waiting
     /// up to `timeout` for one; report them with `listings_invalidated(n)` once sent. For the
-    /// adapter's notifier thread: never called on a request thread.
-    pub fn stale_listings(&self, timeout: Duration) -> (Vec<Ino>, u64) {
+    /// adapter's notifier thread: never called on a request thread. `None` once
+    /// `end_listings` was called.
+    pub fn stale_listings(&self, timeout: Duration) -> Option<(Vec<Ino>, u64)> {
         self.stale.take(timeout)
+    }
+
+    /// The FUSE session ended: no more invalidations are sent or waited for.
+    pub fn end_listings(&self) {
+        self.stale.end();
     }
 
     pub fn listings_invalidated(&self, upto: u64) {
