@@ -601,6 +601,19 @@ fn sigterm_and_sigint_unmount_cleanly_and_keep_unsynced_writes() {
     vol.unmount();
 }
 
+/// Whether mounts can run here and a test can act as another user (`as_nobody`); prints
+/// why not (a `SKIP:` line) otherwise.
+fn can_act_as_nobody() -> bool {
+    if !fuse_available() {
+        return false;
+    }
+    if !common::is_root() || which("setpriv").is_none() {
+        eprintln!("SKIP: needs root and setpriv to act as another user");
+        return false;
+    }
+    true
+}
+
 /// Run `cmd` as uid/gid 65534 (nobody); returns (success, stderr).
 fn as_nobody(args: &[&str]) -> (bool, String) {
     let out = Command::new("setpriv")
@@ -623,11 +636,7 @@ fn as_nobody(args: &[&str]) -> (bool, String) {
 #[test]
 fn allow_other_lets_other_users_in_and_permissions_are_enforced() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !fuse_available() {
-        return;
-    }
-    if !common::is_root() || which("setpriv").is_none() {
-        eprintln!("SKIP: needs root and setpriv to act as another user");
+    if !can_act_as_nobody() {
         return;
     }
     let mut vol = Volume::new();
@@ -675,11 +684,7 @@ fn allow_other_lets_other_users_in_and_permissions_are_enforced() {
 #[test]
 fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     use std::os::unix::fs::{PermissionsExt, chown};
-    if !fuse_available() {
-        return;
-    }
-    if !common::is_root() || which("setpriv").is_none() {
-        eprintln!("SKIP: needs root and setpriv to act as another user");
+    if !can_act_as_nobody() {
         return;
     }
     let mut vol = Volume::new();
