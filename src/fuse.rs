@@ -169,10 +169,8 @@ pub fn spawn_listing_invalidator(
         .spawn(move || {
             while let Some((dirs, upto)) = fs.stale_listings(Duration::from_secs(1)) {
                 for ino in dirs {
-                    // ENOENT: the kernel does not know the inode (any more): nothing kept.
-                    if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0)
-                        && e.raw_os_error() != Some(libc::ENOENT)
-                    {
+                    // (An inode the kernel does not know is not an error: nothing kept.)
+                    if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
                         tracing::warn!(ino, "cannot invalidate the kernel's listing: {e}");
                     }
                 }
@@ -182,8 +180,9 @@ pub fn spawn_listing_invalidator(
 }
 
 /// Whether the process behind `req` is in group `gid`: its filesystem gid (in the request)
-/// or one of its supplementary groups (`/proc/PID/status`; a process already gone counts as
-/// in no other group).
+/// or one of its supplementary groups (`/proc/PID/status`). A process already gone, or one
+/// in a pid namespace the daemon cannot see (the kernel then sends pid 0), counts as in no
+/// other group: its write then clears set-group-ID where Linux might keep it.
 fn in_group(req: &Request, gid: u32) -> bool {
     req.gid() == gid
         || std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
@@ -541,13 +540,14 @@ impl Filesystem for DedupFuse {
         reply: ReplyWrite,
     ) {
         self.fs.counters().count(Op::Write);
+        // As Linux does, the set-ID bits go before the data is written (also if that fails).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.fs.write(ino.0, offset, data).and_then(|n| {
-            if kill {
-                self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))?;
-            }
-            Ok(n)
-        }) {
+        let killed = if kill {
+            self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
+        } else {
+            Ok(())
+        };
+        match killed.and_then(|()| self.fs.write(ino.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -2176,7 +2176,9 @@ fn handleless_reads_continue_from_cookies_across_changes() {
         }
         at = piece.last().unwrap().1;
         seen.extend(piece.into_iter().map(|(n, _)| n));
-        // Between pieces: ten names go, ten new ones come.
+        // Between pieces: ten names go, ten new ones come; and another reader starts over,
+        // so that the next piece continues in a newer listing (read in part: the one shared
+        // for continuations) or in one built for it (read to the end: none is kept).
         for j in 0..10 {
             let k = round * 10 + j;
             if k < 100 {
@@ -2184,6 +2186,8 @@ fn handleless_reads_continue_from_cookies_across_changes() {
             }
             v.create(d, &format!("n{round}-{j}"));
         }
+        let other = if round % 2 == 0 { 5 } else { usize::MAX };
+        handleless_piece(&v, d, 0, other);
     }
     let mut count = std::collections::HashMap::new();
     for n in &seen {
@@ -2271,4 +2275,44 @@ fn the_kernel_is_told_of_listings_that_change_behind_its_back_and_only_of_those(
     let mut want = vec![a, b, x];
     want.sort();
     assert_eq!(stale(), want, "after a failed commit");
+}
+
+/// A failed commit takes the database back to its last durable point: a handle-less reader
+/// continuing a listing afterwards must not be served the names it dropped (from a listing
+/// shared before the failure), and gets every durable name once.
+#[test]
+fn a_handleless_reader_continuing_after_a_failed_commit_sees_no_dropped_name() {
+    let v = Vol::mem();
+    let fs = v.fs();
+    fs.hold_listings();
+    let d = v.mkdir(ROOT, "d");
+    for i in 0..50 {
+        v.create(d, &format!("durable-{i:02}"));
+    }
+    fs.sync_all(false).unwrap();
+    for i in 0..200 {
+        v.create(d, &format!("dropped-{i:03}"));
+    }
+    let first = handleless_piece(&v, d, 0, 10);
+    let (g, _) = v.create(ROOT, "g");
+    v.write(g, 0, b"data");
+    fs.meta().fail_writes(Some(libc::ENOSPC));
+    assert_eq!(errno(fs.fsync(g)), libc::ENOSPC);
+    fs.meta().fail_writes(None);
+    let rest = handleless_piece(&v, d, first.last().unwrap().1, usize::MAX);
+    let names: Vec<&str> = first.iter().chain(&rest).map(|(n, _)| n.as_str()).collect();
+    let late: Vec<&str> = rest
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("dropped-"))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "names the failed commit dropped, served after it: {late:?}"
+    );
+    for i in 0..50 {
+        let n = format!("durable-{i:02}");
+        let c = names.iter().filter(|m| **m == n).count();
+        assert_eq!(c, 1, "{n} listed {c} times");
+    }
 }

@@ -1682,3 +1682,52 @@ fn a_snapshot_taken_during_writes_has_no_nuls_the_file_never_held() {
         got.len()
     );
 }
+
+/// Item 6, kernel caches: a directory stream of `.snapshots` kept open and rewound (no new
+/// open, no lookup: only the kernel's listing cache, which snapshots do not change through a
+/// request) shows each snapshot created or deleted since.
+#[test]
+fn a_rewound_listing_of_the_snapshots_directory_shows_snapshots_come_and_go() {
+    if !fuse_available() {
+        return;
+    }
+    let vol = Volume::new();
+    write_file(&vol.path("f"), b"data\n");
+    // `.snapshots` exists while some snapshot does.
+    create(&vol, "keep");
+    let dir = common::cstr(&vol.path(".snapshots"));
+    // SAFETY: `dir` is a NUL-terminated path; the stream is closed below and used only while
+    // open; each dirent is read before the next readdir call.
+    let stream = unsafe { libc::opendir(dir.as_ptr()) };
+    assert!(!stream.is_null(), "opendir .snapshots");
+    let names = || {
+        let mut out = Vec::new();
+        unsafe {
+            libc::rewinddir(stream);
+            loop {
+                let e = libc::readdir(stream);
+                if e.is_null() {
+                    break;
+                }
+                let n = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+                let n = n.to_string_lossy().into_owned();
+                if n != "." && n != ".." {
+                    out.push(n);
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(names(), ["keep"]);
+    assert_eq!(names(), ["keep"], "listed again");
+    for round in 0..5 {
+        let s = format!("s{round}");
+        create(&vol, &s);
+        assert_eq!(names(), ["keep", s.as_str()], "round {round}: after create");
+        delete(&vol, &s);
+        assert_eq!(names(), ["keep"], "round {round}: after delete");
+    }
+    // SAFETY: opened above, closed once.
+    unsafe { libc::closedir(stream) };
+}

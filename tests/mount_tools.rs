@@ -683,6 +683,7 @@ fn allow_other_lets_other_users_in_and_permissions_are_enforced() {
 /// kernel's cache, which a direct write does not drop), and survive a remount.
 #[test]
 fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
+    use std::io::Write;
     use std::os::unix::fs::{PermissionsExt, chown};
     if !can_act_as_nobody() {
         return;
@@ -691,28 +692,59 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
     vol.set_mount_args(&["-o", "allow_other"]);
     vol.remount();
-    // (name, owner gid, mode, who writes, mode after the write)
+    // Who writes: nobody (uid/gid 65534, no other group), nobody with supplementary group 0,
+    // or root (CAP_FSETID).
+    #[derive(Clone, Copy)]
+    enum Writer {
+        Nobody,
+        NobodyInGroup0,
+        Root,
+    }
+    // (name, owner gid, mode, writer, mode after the write)
     let nobody = 65534;
-    let cases: [(&str, u32, u32, bool, u32); 5] = [
-        ("suid-sgid-gx", nobody, 0o6777, true, 0o0777),
-        ("sgid-in-group", nobody, 0o2666, true, 0o2666),
-        ("sgid-not-in-group", 0, 0o2666, true, 0o0666),
-        ("suid-only", nobody, 0o4744, true, 0o0744),
-        ("root-writes", nobody, 0o6777, false, 0o6777),
+    let cases: [(&str, u32, u32, Writer, u32); 6] = [
+        ("suid-sgid-gx", nobody, 0o6777, Writer::Nobody, 0o0777),
+        ("sgid-in-group", nobody, 0o2666, Writer::Nobody, 0o2666),
+        ("sgid-not-in-group", 0, 0o2666, Writer::Nobody, 0o0666),
+        (
+            "sgid-supplementary",
+            0,
+            0o2666,
+            Writer::NobodyInGroup0,
+            0o2666,
+        ),
+        ("suid-only", nobody, 0o4744, Writer::Nobody, 0o0744),
+        ("root-writes", nobody, 0o6777, Writer::Root, 0o6777),
     ];
-    for (name, gid, mode, by_nobody, _) in cases {
+    for (name, gid, mode, writer, _) in cases {
         let p = vol.path(name);
-        fs::write(&p, b"before\n").unwrap();
+        // Written back and settled first: a file with data pending has a 1 s attribute
+        // timeout anyway, which would hide a stale mode after that second.
+        let mut f = fs::File::create(&p).unwrap();
+        f.write_all(b"before\n").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
         chown(&p, Some(nobody), Some(gid)).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
         assert_eq!(common::cached_mode(&p), mode, "{name}: mode as set");
         let append = format!("echo more >> '{}'", p.display());
-        if by_nobody {
-            let (ok, err) = as_nobody(&["sh", "-c", &append]);
-            assert!(ok, "{name}: nobody cannot append: {err}");
-        } else {
-            run(Command::new("sh").args(["-c", &append]));
-        }
+        let (ok, err) = match writer {
+            Writer::Nobody => as_nobody(&["sh", "-c", &append]),
+            Writer::NobodyInGroup0 => {
+                let out = Command::new("setpriv")
+                    .args(["--reuid=65534", "--regid=65534", "--groups=0"])
+                    .args(["--inh-caps=-all", "sh", "-c", &append])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("run setpriv");
+                (out.status.success(), common::output_text(&out))
+            }
+            Writer::Root => {
+                run(Command::new("sh").args(["-c", &append]));
+                (true, String::new())
+            }
+        };
+        assert!(ok, "{name}: cannot append: {err}");
     }
     for (name, _, _, _, want) in cases {
         let got = common::cached_mode(&vol.path(name));

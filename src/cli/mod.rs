@@ -1610,7 +1610,6 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
-    let invalidator = crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier())?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
     notify::notify("READY=1");
 
@@ -1667,6 +1666,10 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
         })
     };
 
+    // Started last: nothing may return early between here and the end of the session, which
+    // ends it (`end_listings`).
+    let invalidator = crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier())
+        .context("cannot start the listing invalidator thread")?;
     let result = session.run();
     fs.end_listings();
     notify::notify("STOPPING=1");

@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 /// Directories remembered as held by the kernel; one more makes the least recently served
 /// one invalidated (about 50 bytes each).
 const HELD: usize = 1 << 16;
-/// Listings kept for readers that continue from an offset (each bounded by `dir_listing`).
-const SHARED: usize = 16;
+/// Listings kept for readers that continue from an offset (each bounded by `dir_listing`: in
+/// memory up to 16,384 entries, ~1.5 MiB; past that in the scratch file). A listing read to
+/// its end is dropped at once, so these are the directories being read.
+const SHARED: usize = 64;
 
 /// Directories whose listing the kernel may hold, and the listings continuing readers share.
 /// Lives in the state; every change is reported to `Stale` while the state lock is held.
@@ -37,6 +39,9 @@ pub(super) struct Held {
     /// The last listing built for each recently read directory: a READDIR from an offset
     /// past 0 continues in it (its cookies are valid in any listing of the directory).
     shared: LruCache<Ino, Arc<Mutex<Listing>>>,
+    /// Moves at every change reported (`changed*`): a listing built while it moved may be
+    /// older than an invalidation already sent, and is built again (`Fs::shared_listing`).
+    changes: u64,
 }
 
 impl Default for Held {
@@ -44,6 +49,7 @@ impl Default for Held {
         Held {
             held: None,
             shared: LruCache::new(NonZeroUsize::new(SHARED).expect("non-zero")),
+            changes: 0,
         }
     }
 }
@@ -66,6 +72,7 @@ impl Held {
 
     /// The listing of `dir` changed behind the kernel's back.
     pub(super) fn changed(&mut self, dir: Ino, stale: &Stale) {
+        self.changes += 1;
         self.shared.pop(&dir);
         if let Some(held) = &mut self.held
             && held.pop(&dir).is_some()
@@ -76,6 +83,7 @@ impl Held {
 
     /// Every listing `which` selects changed behind the kernel's back.
     pub(super) fn changed_where(&mut self, which: &dyn Fn(Ino) -> bool, stale: &Stale) {
+        self.changes += 1;
         let gone: Vec<Ino> = self
             .shared
             .iter()
@@ -109,6 +117,23 @@ impl Held {
 
     pub(super) fn share(&mut self, dir: Ino, listing: Arc<Mutex<Listing>>) {
         self.shared.put(dir, listing);
+    }
+
+    /// A reader reached the end of `listing`: no continuation needs it any more (a reader
+    /// still inside it keeps its own reference; a later continuation builds anew).
+    pub(super) fn unshare(&mut self, dir: Ino, listing: &Arc<Mutex<Listing>>) {
+        if self
+            .shared
+            .peek(&dir)
+            .is_some_and(|l| Arc::ptr_eq(l, listing))
+        {
+            self.shared.pop(&dir);
+        }
+    }
+
+    /// Changes reported so far (see `changes`).
+    pub(super) fn changes(&self) -> u64 {
+        self.changes
     }
 }
 

@@ -914,19 +914,25 @@ impl Fs {
     /// without CAP_FSETID (the kernel asks with FUSE_WRITE_KILL_SUIDGID): set-group-ID goes
     /// when the file is group-executable or the writer is not in the file's group
     /// (`in_group`, asked only then), as the kernel's `setattr_should_drop_sgid`.
+    /// `in_group` may read from /proc: it is called without the state lock.
     pub fn kill_suid(&self, ino: Ino, in_group: &dyn Fn(u32) -> bool) -> Result<()> {
-        let mut st = self.state.lock();
-        let o = self.open_entry(&mut st, ino)?;
-        let perm = o.attr.perm;
+        let (perm, gid) = {
+            let mut st = self.state.lock();
+            let o = self.open_entry(&mut st, ino)?;
+            (o.attr.perm, o.attr.gid)
+        };
         let mut kill = perm & libc::S_ISUID as u16;
-        if perm & libc::S_ISGID as u16 != 0
-            && (perm & libc::S_IXGRP as u16 != 0 || !in_group(o.attr.gid))
+        if perm & libc::S_ISGID as u16 != 0 && (perm & libc::S_IXGRP as u16 != 0 || !in_group(gid))
         {
             kill |= libc::S_ISGID as u16;
         }
         if kill != 0 {
-            o.attr.perm &= !kill;
-            o.attr_dirty = true;
+            let mut st = self.state.lock();
+            let o = self.open_entry(&mut st, ino)?;
+            if o.attr.perm & kill != 0 {
+                o.attr.perm &= !kill;
+                o.attr_dirty = true;
+            }
         }
         Ok(())
     }

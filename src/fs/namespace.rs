@@ -314,11 +314,13 @@ impl Fs {
             ));
         }
         let mut st = self.state.lock();
+        let changes = st.held.changes();
         let r = self.group(&mut st, |st, tx| {
             self.rename_in(st, tx, parent, name, newparent, newname, flags)
         });
+        let moved_dir = st.held.changes() != changes;
         drop(st);
-        if parent != newparent {
+        if moved_dir {
             // A directory moved has a new `..`: the kernel must have dropped its listing.
             self.listings_told();
         }

@@ -80,11 +80,12 @@ impl Fs {
     /// The listing of `ino` for a reader without a handle, reading from `offset`: a new one
     /// at offset 0, otherwise the last one built for the directory if still kept (a
     /// continuation; any listing serves it, its cookies being the same in all). Marks the
-    /// directory as held by the kernel. Built again if a failed commit's reset ran while it
-    /// was built, so that what the kernel keeps is never older than the invalidations owed.
+    /// directory as held by the kernel. Built again if a failed commit's reset ran, or a
+    /// change behind the kernel's back was reported, while it was built: what the kernel
+    /// keeps must never be older than an invalidation already sent.
     fn shared_listing(&self, ino: Ino, offset: u64) -> Result<Arc<Mutex<dir_listing::Listing>>> {
         loop {
-            let resets = {
+            let seen = {
                 let mut st = self.state.lock();
                 self.catch_up(&mut st);
                 if offset > 0
@@ -93,14 +94,14 @@ impl Fs {
                     st.held.hold(ino, &self.stale);
                     return Ok(l);
                 }
-                st.resets
+                (st.resets, st.held.changes())
             };
             if self.getattr(ino)?.kind != Kind::Dir {
                 return Err(FsError::NotDir);
             }
             let listed = Arc::new(Mutex::new(self.build_listing(ino)?));
             let mut st = self.state.lock();
-            if st.resets != resets {
+            if (st.resets, st.held.changes()) != seen {
                 continue;
             }
             st.held.hold(ino, &self.stale);
@@ -144,7 +145,7 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let (_, listing) = self.load_dir(fh, offset)?;
-        serve(&listing, offset, f)
+        serve(&listing, offset, f).map(drop)
     }
 
     /// `readdir` for a reader without a handle (see `hold_listings`).
@@ -155,7 +156,17 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let listing = self.shared_listing(dir, offset)?;
-        serve(&listing, offset, f)
+        let more = serve(&listing, offset, f)?;
+        self.finished_with(dir, &listing, more);
+        Ok(())
+    }
+
+    /// After a handle-less READDIR: a reply that reached the end of the listing (`more`
+    /// false) lets it go.
+    fn finished_with(&self, dir: Ino, listing: &Arc<Mutex<dir_listing::Listing>>, more: bool) {
+        if !more {
+            self.state.lock().held.unshare(dir, listing);
+        }
     }
 
     /// `readdir` with each entry's attributes (READDIRPLUS: the kernel caches them and skips
@@ -167,7 +178,7 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let (dir, listing) = self.load_dir(fh, offset)?;
-        self.serve_plus(dir, &listing, offset, f)
+        self.serve_plus(dir, &listing, offset, f).map(drop)
     }
 
     /// `readdir_plus` for a reader without a handle (see `hold_listings`).
@@ -178,20 +189,24 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let listing = self.shared_listing(dir, offset)?;
-        self.serve_plus(dir, &listing, offset, f)
+        let more = self.serve_plus(dir, &listing, offset, f)?;
+        self.finished_with(dir, &listing, more);
+        Ok(())
     }
 
+    /// Entries of `listing` after `offset` with their attributes, until `f` says the reply
+    /// is full (returns true: more to come) or the listing ends (false).
     fn serve_plus(
         &self,
         dir: Ino,
         listing: &Mutex<dir_listing::Listing>,
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut at = offset;
         loop {
             let Some((cookie, e)) = listing.lock().after(at)? else {
-                return Ok(());
+                return Ok(false);
             };
             at = cookie;
             // The kernel turns each entry into a cached name: one the listing holds but that
@@ -207,7 +222,7 @@ impl Fs {
                 Err(err) => return Err(err),
             };
             if f(cookie, &e, &attr) {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
@@ -221,19 +236,20 @@ impl Fs {
 /// (`Fs::listings_told`) before it returns anyway.
 const LISTINGS_TOLD_WAIT: Duration = Duration::from_secs(1);
 
-/// Entries of `listing` after `offset`, until `f` says the reply is full.
+/// Entries of `listing` after `offset`, until `f` says the reply is full (returns true:
+/// more to come) or the listing ends (false).
 fn serve(
     listing: &Mutex<dir_listing::Listing>,
     offset: u64,
     f: &mut dyn FnMut(u64, &DirEntry) -> bool,
-) -> Result<()> {
+) -> Result<bool> {
     let mut listing = listing.lock();
     let mut at = offset;
     while let Some((cookie, e)) = listing.after(at)? {
         at = cookie;
         if f(cookie, &e) {
-            break;
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
