@@ -18,6 +18,7 @@ use super::dir_listing::Listing;
 use crate::error::Ino;
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,9 +40,12 @@ pub(super) struct Held {
     /// The last listing built for each recently read directory: a READDIR from an offset
     /// past 0 continues in it (its cookies are valid in any listing of the directory).
     shared: LruCache<Ino, Arc<Mutex<Listing>>>,
-    /// Moves at every change reported (`changed*`): a listing built while it moved may be
-    /// older than an invalidation already sent, and is built again (`Fs::shared_listing`).
-    changes: u64,
+    /// Directories whose listing is being built (`building`), with how many builds are
+    /// under way and how many changes of the directory were reported since the first began:
+    /// a listing built while its directory's count moved may be older than an invalidation
+    /// already sent, and is built again (`Fs::shared_listing`). Per directory, so that
+    /// changes elsewhere never hold a build back. Bounded by the builds under way.
+    building: HashMap<Ino, (u32, u64)>,
 }
 
 impl Default for Held {
@@ -49,7 +53,7 @@ impl Default for Held {
         Held {
             held: None,
             shared: LruCache::new(NonZeroUsize::new(SHARED).expect("non-zero")),
-            changes: 0,
+            building: HashMap::new(),
         }
     }
 }
@@ -72,7 +76,9 @@ impl Held {
 
     /// The listing of `dir` changed behind the kernel's back.
     pub(super) fn changed(&mut self, dir: Ino, stale: &Stale) {
-        self.changes += 1;
+        if let Some((_, changes)) = self.building.get_mut(&dir) {
+            *changes += 1;
+        }
         self.shared.pop(&dir);
         if let Some(held) = &mut self.held
             && held.pop(&dir).is_some()
@@ -83,7 +89,13 @@ impl Held {
 
     /// Every listing `which` selects changed behind the kernel's back.
     pub(super) fn changed_where(&mut self, which: &dyn Fn(Ino) -> bool, stale: &Stale) {
-        self.changes += 1;
+        for (_, changes) in self
+            .building
+            .iter_mut()
+            .filter_map(|(&i, b)| which(i).then_some(b))
+        {
+            *changes += 1;
+        }
         let gone: Vec<Ino> = self
             .shared
             .iter()
@@ -131,9 +143,25 @@ impl Held {
         }
     }
 
-    /// Changes reported so far (see `changes`).
-    pub(super) fn changes(&self) -> u64 {
-        self.changes
+    /// A build of `dir`'s listing begins: the changes of `dir` reported so far (compare with
+    /// `built`'s).
+    pub(super) fn building(&mut self, dir: Ino) -> u64 {
+        let b = self.building.entry(dir).or_insert((0, 0));
+        b.0 += 1;
+        b.1
+    }
+
+    /// A build of `dir`'s listing ended: the changes of `dir` reported by now.
+    pub(super) fn built(&mut self, dir: Ino) -> u64 {
+        let Some(b) = self.building.get_mut(&dir) else {
+            return 0;
+        };
+        let changes = b.1;
+        b.0 -= 1;
+        if b.0 == 0 {
+            self.building.remove(&dir);
+        }
+        changes
     }
 }
 
@@ -185,6 +213,11 @@ impl Stale {
         q.ended = true;
         q.sent = q.queued;
         self.cv.notify_all();
+    }
+
+    /// Invalidations queued so far.
+    pub(super) fn queued(&self) -> u64 {
+        self.q.lock().queued
     }
 
     pub(super) fn sent(&self, upto: u64) {

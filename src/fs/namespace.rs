@@ -314,14 +314,15 @@ impl Fs {
             ));
         }
         let mut st = self.state.lock();
-        let changes = st.held.changes();
+        let queued = self.stale.queued();
         let r = self.group(&mut st, |st, tx| {
             self.rename_in(st, tx, parent, name, newparent, newname, flags)
         });
-        let moved_dir = st.held.changes() != changes;
         drop(st);
-        if moved_dir {
-            // A directory moved has a new `..`: the kernel must have dropped its listing.
+        // A directory the kernel may hold moved: its `..` changed, and the kernel must have
+        // dropped its listing before this returns. (Or another thread queued an invalidation
+        // meanwhile: then this waits needlessly, 1 s at most.)
+        if self.stale.queued() != queued {
             self.listings_told();
         }
         r

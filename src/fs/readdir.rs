@@ -94,14 +94,17 @@ impl Fs {
                     st.held.hold(ino, &self.stale);
                     return Ok(l);
                 }
-                (st.resets, st.held.changes())
+                (st.resets, st.held.building(ino))
             };
-            if self.getattr(ino)?.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            let listed = Arc::new(Mutex::new(self.build_listing(ino)?));
+            let listed = if self.getattr(ino)?.kind != Kind::Dir {
+                Err(FsError::NotDir)
+            } else {
+                self.build_listing(ino)
+            };
             let mut st = self.state.lock();
-            if (st.resets, st.held.changes()) != seen {
+            let now = (st.resets, st.held.built(ino));
+            let listed = Arc::new(Mutex::new(listed?));
+            if now != seen {
                 continue;
             }
             st.held.hold(ino, &self.stale);
