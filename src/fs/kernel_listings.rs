@@ -96,25 +96,9 @@ impl Held {
         {
             *changes += 1;
         }
-        let gone: Vec<Ino> = self
-            .shared
-            .iter()
-            .map(|(&i, _)| i)
-            .filter(|&i| which(i))
-            .collect();
-        for i in gone {
-            self.shared.pop(&i);
-        }
+        pop_where(&mut self.shared, which);
         if let Some(held) = &mut self.held {
-            let gone: Vec<Ino> = held
-                .iter()
-                .map(|(&i, ())| i)
-                .filter(|&i| which(i))
-                .collect();
-            for i in &gone {
-                held.pop(i);
-            }
-            stale.push(&gone);
+            stale.push(&pop_where(held, which));
         }
     }
 
@@ -163,6 +147,15 @@ impl Held {
         }
         changes
     }
+}
+
+/// Removes the directories `which` selects from `lru`; returns them.
+fn pop_where<V>(lru: &mut LruCache<Ino, V>, which: &dyn Fn(Ino) -> bool) -> Vec<Ino> {
+    let gone: Vec<Ino> = lru.iter().map(|(&i, _)| i).filter(|&i| which(i)).collect();
+    for i in &gone {
+        lru.pop(i);
+    }
+    gone
 }
 
 /// Invalidations owed to the kernel, numbered so that a caller can wait for its own.

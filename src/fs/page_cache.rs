@@ -27,35 +27,8 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 
-/// Inodes whose copy in the kernel is remembered as current.
+/// Inodes whose kernel page cache is remembered as current.
 const REMEMBERED: usize = 1 << 16;
-
-/// Files whose pages in the kernel are remembered as current since their last open that let
-/// the kernel cache them. Bounded: an inode that was
-/// forgotten is simply opened without FOPEN_KEEP_CACHE.
-pub(super) struct CurrentMarks(LruCache<Ino, ()>);
-
-impl Default for CurrentMarks {
-    fn default() -> Self {
-        CurrentMarks(LruCache::new(
-            NonZeroUsize::new(REMEMBERED).expect("non-zero"),
-        ))
-    }
-}
-
-impl CurrentMarks {
-    /// An open of `ino` that lets the kernel cache it: may the kernel keep what it cached
-    /// before? After this open the kernel's copy is current either way (kept because nothing
-    /// changed, or dropped by the kernel at open).
-    pub(super) fn open(&mut self, ino: Ino) -> bool {
-        self.0.put(ino, ()).is_some()
-    }
-
-    /// `ino` changed (or may have) behind the kernel's copy. Cheap when nothing is remembered.
-    pub(super) fn changed(&mut self, ino: Ino) {
-        self.0.pop(&ino);
-    }
-}
 
 /// How an open file is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +39,20 @@ pub enum CacheMode {
     Cached { keep: bool },
 }
 
-#[derive(Default)]
 pub(super) struct PageCachePolicy {
     /// Open writers by inode (absent: none).
     writers: HashMap<Ino, u32>,
     /// Inodes unchanged since their last page-cache open.
-    current: CurrentMarks,
+    current: LruCache<Ino, ()>,
+}
+
+impl Default for PageCachePolicy {
+    fn default() -> Self {
+        PageCachePolicy {
+            writers: HashMap::new(),
+            current: LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero")),
+        }
+    }
 }
 
 impl PageCachePolicy {
@@ -84,9 +65,10 @@ impl PageCachePolicy {
         if self.writers.contains_key(&ino) {
             return CacheMode::Direct;
         }
-        CacheMode::Cached {
-            keep: self.current.open(ino),
-        }
+        // After this open the kernel's pages are current either way: kept because nothing
+        // changed, or dropped by the kernel at open.
+        let keep = self.current.put(ino, ()).is_some();
+        CacheMode::Cached { keep }
     }
 
     /// An open of `ino` (for writing or not) was closed.
@@ -105,7 +87,7 @@ impl PageCachePolicy {
     /// The bytes of `ino` changed (or may have): the next page-cache open drops the kernel's
     /// pages. Cheap when nothing is remembered for it.
     pub fn changed(&mut self, ino: Ino) {
-        self.current.changed(ino);
+        self.current.pop(&ino);
     }
 }
 
