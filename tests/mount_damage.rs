@@ -118,3 +118,116 @@ fn damaged_chunks_give_eio_a_log_line_and_fsck_errors_never_wrong_bytes() {
     }
     assert!(!lost.iter().any(|p| p.ends_with("intact")), "{lost:?}");
 }
+
+/// A pack's fdatasync fails under a real mount (`DEDUPFS_FAULTS=sync:1:eio`, the first one
+/// after the mount): the fsync that needed it gets EIO. From then on nothing can be made
+/// durable (Linux may have dropped the pages and would report success on a retry), so the
+/// volume refuses every change with EROFS, as ext4 does after an I/O error aborts its journal,
+/// instead of accepting writes that no fsync could keep and the unmount would drop. What was
+/// durable before reads back intact, now and after a remount; the log and the unmount say what
+/// happened; the never-durable file is gone after the remount (as after a crash), fsck is
+/// clean, and the volume takes writes again.
+#[test]
+fn a_failed_pack_sync_gives_eio_then_refuses_changes_and_keeps_what_was_durable() {
+    if !fuse_available() {
+        return;
+    }
+    let mut first = Volume::new();
+    fs::create_dir(first.path("d")).unwrap();
+    let kept = random_bytes(71, 300_000);
+    fs::write(first.path("d/kept"), &kept).unwrap();
+    first.unmount();
+    let store = first.store.clone();
+    let faults = [("DEDUPFS_FAULTS".to_string(), "sync:1:eio".to_string())];
+    let mut vol = Volume::mount_existing(&store, &[], &faults);
+    let names = |vol: &Volume| {
+        let mut v: Vec<String> = fs::read_dir(vol.path("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&vol), ["kept"]);
+
+    // One write(2) of less than a FUSE write: it is in the daemon before any sync can fail.
+    let mut lost = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(vol.path("d/lost"))
+        .unwrap();
+    lost.write_all(&random_bytes(72, 100_000)).unwrap();
+    assert_eq!(errno_of("fsync of d/lost", lost.sync_all()), libc::EIO);
+
+    // Every change is refused now, on the open descriptor too.
+    assert_eq!(
+        errno_of("write after the failure", lost.write_all(b"more")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of("create", fs::write(vol.path("d/new"), b"x")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of("mkdir", fs::create_dir(vol.path("d/sub"))),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(
+            "append",
+            OpenOptions::new().append(true).open(vol.path("d/kept"))
+        ),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of("unlink", fs::remove_file(vol.path("d/kept"))),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of("rename", fs::rename(vol.path("d/kept"), vol.path("d/k2"))),
+        libc::EROFS
+    );
+    drop(lost);
+    assert_bytes_eq("d/kept", &read_all(&vol.path("d/kept")), &kept);
+    let log = vol.log();
+    assert!(
+        log.contains("read-only from now on: a sync of the packs failed"),
+        "log does not say why the volume refuses changes:\n{log}"
+    );
+    let status = vol.unmount_status();
+    assert!(
+        !status.success(),
+        "a daemon that could not make everything durable must exit non-zero; log:\n{}",
+        vol.log()
+    );
+    assert!(
+        vol.log().contains("final sync failed"),
+        "the unmount does not report the failure:\n{}",
+        vol.log()
+    );
+
+    let mut vol = Volume::mount_existing(&store, &[], &[]);
+    assert_eq!(
+        names(&vol),
+        ["kept"],
+        "the never-durable file outlived the remount"
+    );
+    assert_bytes_eq(
+        "d/kept after remount",
+        &read_all(&vol.path("d/kept")),
+        &kept,
+    );
+    let again = random_bytes(73, 200_000);
+    let mut f = fs::File::create(vol.path("d/again")).unwrap();
+    f.write_all(&again).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    vol.unmount();
+    let out = Command::new(BIN).arg("fsck").arg(&store).output().unwrap();
+    assert!(out.status.success(), "fsck: {}", output_text(&out));
+    let mut vol = Volume::mount_existing(&store, &[], &[]);
+    assert_eq!(names(&vol), ["again", "kept"]);
+    assert_bytes_eq("d/again", &read_all(&vol.path("d/again")), &again);
+    vol.unmount();
+    drop(first);
+}

@@ -49,7 +49,7 @@ impl Fs {
             // lock, still covers everything the durable commit references; it then has
             // little left to write.
             self.unsynced_bytes.store(0, Ordering::Relaxed);
-            parking_lot::MutexGuard::unlocked(st, || self.store().sync())?;
+            parking_lot::MutexGuard::unlocked(st, || self.store_sync())?;
         }
         // Write-backs in flight hold snapshots that may count a dead chunk as live: let them
         // finish, so the chunks freed below are really freed now (a full disk needs them).
@@ -69,7 +69,7 @@ impl Fs {
         if released {
             tracing::warn!("backing store nearly full: used the metadata reserve");
         }
-        self.store().sync()?;
+        self.store_sync()?;
         if let Err(e) = self.meta.make_durable() {
             // The database goes back to its last durable commit (now, or when reopened).
             self.reset_open(st, true);
@@ -106,6 +106,24 @@ impl Fs {
             f(self.usage()?);
         }
         Ok(())
+    }
+
+    /// The store's sync. When it failed for good (a pack's fdatasync failed: nothing can be
+    /// made durable any more), the volume refuses changes from then on (EROFS, as ext4 after
+    /// an I/O error aborts its journal) instead of accepting writes that no fsync could keep
+    /// and the unmount would drop.
+    fn store_sync(&self) -> Result<()> {
+        let synced = self.store().sync();
+        if synced.is_err()
+            && let Some(why) = self.store().packs().and_then(|p| p.sync_failure())
+        {
+            self.fence(&format!(
+                "a sync of the packs failed ({why}): what was written since the last durable \
+                 point may be lost and nothing more can be made durable; unmount and run \
+                 `dedupfs fsck`"
+            ));
+        }
+        synced
     }
 
     /// Removes chunk files that were created since the last durable commit and are already

@@ -536,7 +536,8 @@ impl Fs {
     }
 
     /// Refuses every change from now on (EROFS), for the rest of the mount: another machine
-    /// took this remote volume over (`why` is logged once).
+    /// took this remote volume over, or the store can make nothing durable any more (`why` is
+    /// logged once).
     pub fn fence(&self, why: &str) {
         if !self.fenced.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::error!("the volume is read-only from now on: {why}");

@@ -887,6 +887,12 @@ impl PackStore {
         Ok(loc)
     }
 
+    /// Why the store can make nothing durable any more, if so: an fdatasync of a pack failed
+    /// (its unsynced records may be gone, and Linux may report success on a retry).
+    pub fn sync_failure(&self) -> Option<String> {
+        self.sync_failed.lock().clone()
+    }
+
     /// Fault injection (tests).
     pub fn faults(&self) -> &super::fault::Faults {
         &self.faults
