@@ -437,3 +437,72 @@ fn an_encrypted_store_seals_records_and_opens_only_with_its_key() {
     let check = verify_packs(&store, true).unwrap();
     assert!(!check.problems.is_empty(), "{check:?}");
 }
+
+/// Bytes of `path` in the page cache (util-linux `fincore`); None without the tool.
+fn resident_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Write-behind: a pack being filled keeps only its last steps in the page cache (the rest is
+/// written out and dropped as it grows, so a long write does not fill memory with fresh
+/// page-cache pages), and every chunk still reads back exactly, before and after a sync.
+/// Guards against the write-behind dropping pages before they reach the disk (reads would
+/// then see zeros or old bytes) and against it being lost (the whole pack stays cached).
+#[test]
+fn a_growing_pack_is_written_behind_and_its_chunks_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs_type = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&fs_type.stdout).trim() == "tmpfs" {
+        // tmpfs pages are the file: there is nothing to write behind.
+        println!("SKIP: the temp dir is on tmpfs");
+        return;
+    }
+    let store = PackStore::open(dir.path()).unwrap();
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..480)
+        .map(|i| {
+            let data = noise(1000 + i, 64 << 10);
+            (put(&store, &data), data)
+        })
+        .collect();
+    let packs = pack_files(dir.path());
+    assert_eq!(packs.len(), 1, "30 MiB fit one pack");
+    let len = std::fs::metadata(&packs[0]).unwrap().len();
+    assert!(len > 30 << 20, "{len}");
+    let Some(res) = resident_bytes(&packs[0]) else {
+        println!("SKIP: no fincore");
+        return;
+    };
+    assert!(
+        res <= 17 << 20,
+        "{res} of the pack's {len} bytes are still in the page cache: at most its last two \
+         8 MiB steps should be"
+    );
+    let check = |what: &str| {
+        for (id, data) in &chunks {
+            let got = store.get(id).unwrap();
+            assert!(
+                got[..] == data[..],
+                "{what}: chunk {id} reads back other bytes"
+            );
+        }
+    };
+    check("before a sync");
+    store.sync().unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    for (id, data) in &chunks {
+        assert!(
+            store.get(id).unwrap()[..] == data[..],
+            "after reopen: chunk {id}"
+        );
+    }
+}

@@ -61,6 +61,10 @@ const MAPPED_PACKS: usize = 256;
 const MAX_RECORD: u64 = (16 << 20) + 4096;
 /// How far a sequential reader of a pack has the kernel read ahead.
 const READAHEAD: usize = 8 << 20;
+/// Write-behind step of open packs: each time a pack grows past a multiple of this, the
+/// write-out of the step just filled is started and the step before it is waited for and
+/// dropped from the page cache (`cache::write_behind`; docs/design.md, "Write-behind").
+const WRITE_BEHIND: u64 = 8 << 20;
 /// Pending index changes past which `put` commits them (non-durably) to bound memory.
 const PENDING_MAX: usize = 1 << 16;
 /// Bytes kept allocated in `packs/reserve` and given back when the device is nearly full.
@@ -186,6 +190,10 @@ struct OpenPack {
     file: Arc<File>,
     /// End of the last complete record.
     pos: u64,
+    /// Write-behind (`WRITE_BEHIND`): the write-out of pages below `kicked` has been started;
+    /// pages below `settled` were written out and dropped from the page cache.
+    kicked: u64,
+    settled: u64,
 }
 
 /// A pack written since the last sync.
@@ -767,6 +775,8 @@ impl PackStore {
             id,
             file,
             pos: PACK_HEADER_LEN,
+            kicked: 0,
+            settled: 0,
         })
     }
 
@@ -875,12 +885,23 @@ impl PackStore {
         }
         p.pos += header.record_len();
         self.mark_dirty(p.id, &p.file, p.pos, false, false);
+        // Not for a remote volume's packs: their upload reads them back soon after sealing.
+        let behind = (self.source.is_none() && p.pos >= p.kicked + WRITE_BEHIND).then(|| {
+            let kick_end = p.pos / WRITE_BEHIND * WRITE_BEHIND;
+            let ranges = (p.file.clone(), p.kicked..kick_end, p.settled..p.kicked);
+            (p.settled, p.kicked) = (p.kicked, kick_end);
+            ranges
+        });
         let loc = Loc::of_record(p.id, offset, header);
         // Recorded before the slot is released: once a pack is sealed (by the next put in this
         // slot), every record in it is in the pending map or the index, which is what
         // compaction goes by when it decides a pack holds nothing live.
         let pending = self.set_pending(header.id, Some(loc));
         drop(g);
+        if let Some((file, start, settle)) = behind {
+            // Outside the slot's lock: the wait must not hold up other appends.
+            super::cache::write_behind(&file, start, settle);
+        }
         if pending > PENDING_MAX {
             self.flush_pending()?;
         }
