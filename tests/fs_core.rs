@@ -1696,6 +1696,40 @@ fn streamed_file_is_cut_like_a_single_write() {
 }
 
 #[test]
+fn a_stream_over_many_dirty_segments_is_cut_like_one_buffer() {
+    // Write-back cuts long dirty ranges in place and gathers only the seams between them (and
+    // committed data around them) into blocks: the boundaries must still be those of the data
+    // cut as one buffer, whatever the write size, with a non-final write-back mid-stream (its
+    // tail stays dirty, the rest is committed and re-cut from there) and an overwrite across a
+    // seam after it.
+    let data = noise(13 * MIB as usize + 4321, 31);
+    let want: Vec<u32> = Chunker::new(ChunkParams::default())
+        .cut_all(&data)
+        .iter()
+        .map(|&l| l as u32)
+        .collect();
+    for piece in [
+        MIB as usize,
+        3 * MIB as usize + 17,
+        128 * KIB as usize,
+        4097,
+    ] {
+        let v = Vol::mem();
+        let (ino, fh) = v.create(ROOT, "f");
+        let half = 6 * MIB as usize + 999;
+        v.write_in_pieces(ino, 0, &data[..half], piece);
+        v.fs().sync_all(false).unwrap();
+        v.write_in_pieces(ino, half as u64, &data[half..], piece);
+        // Rewrites the same bytes across the 4 MiB seam of the second write's buffer.
+        let seam = half + 4 * MIB as usize - 100;
+        v.write(ino, seam as u64, &data[seam..seam + 300_000]);
+        v.fs().release(fh).unwrap();
+        assert_eq!(extent_lens(v.fs(), ino), want, "pieces of {piece}");
+        assert!(v.read_all(ino) == data, "pieces of {piece}: other bytes");
+    }
+}
+
+#[test]
 fn append_after_a_flush_is_cut_like_a_single_write() {
     // close() flushes and cuts the file's last piece as final; appending later (reopen with
     // O_APPEND, a log file) must re-cut that piece so the file ends up with the boundaries of

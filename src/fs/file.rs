@@ -62,11 +62,35 @@ struct Region {
 }
 
 /// A chunk to hash and store: `block[start..start + len]`, at file offset `offset`.
-struct Job {
+struct Job<'r> {
     offset: u64,
-    block: Arc<Vec<u8>>,
+    block: Gathered<'r>,
     start: usize,
     len: usize,
+}
+
+impl Job<'_> {
+    fn data(&self) -> &[u8] {
+        &self.block.bytes()[self.start..self.start + self.len]
+    }
+}
+
+/// Bytes the cutter works through: a block gathered from committed and dirty data, shared
+/// with the hashing threads, or a stretch of one dirty range cut in place (a streaming writer's
+/// data is then not copied again).
+#[derive(Clone)]
+enum Gathered<'r> {
+    Block(Arc<Vec<u8>>),
+    Dirty(&'r [u8]),
+}
+
+impl Gathered<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Gathered::Block(b) => b,
+            Gathered::Dirty(d) => d,
+        }
+    }
 }
 
 /// Write-backs smaller than this hash and store on the calling thread.
@@ -603,7 +627,7 @@ impl Fs {
         job: &Job,
         fresh: &Mutex<Vec<(ChunkId, bool)>>,
     ) -> Result<(u64, (ChunkId, u32))> {
-        let data = &job.block[job.start..job.start + job.len];
+        let data = job.data();
         let id = self.cache.hasher().id(data);
         if let Some(unknown) = self.ensure_chunk(snap, written, &id, data)? {
             fresh.lock().push((id, unknown));
@@ -615,11 +639,11 @@ impl Fs {
     /// thread while helper threads hash and store the chunks (on two cores, chunking is the
     /// bottleneck and never waits for storage). Nothing is committed here.
     #[allow(clippy::too_many_arguments)]
-    fn prepare(
+    fn prepare<'r>(
         &self,
         snap: &RTx,
         ino: Ino,
-        ranges: &Ranges,
+        ranges: &'r Ranges,
         size: u64,
         final_: bool,
         policy: Policy,
@@ -630,7 +654,7 @@ impl Fs {
             // Small (a file being closed after a few KiB): threads cost more than they save.
             let mut written = HashSet::new();
             let mut hashed = HashMap::new();
-            let mut inline = |job: Job| -> Result<bool> {
+            let mut inline = |job: Job<'r>| -> Result<bool> {
                 let (offset, id) = self.store_job(snap, &mut written, &job, fresh)?;
                 hashed.insert(offset, id);
                 Ok(true)
@@ -641,7 +665,7 @@ impl Fs {
             return Ok(prepared);
         }
         std::thread::scope(|scope| {
-            let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(64);
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<Job<'r>>(64);
             let workers: Vec<_> = (0..HASH_THREADS)
                 .map(|_| {
                     let job_rx = job_rx.clone();
@@ -672,7 +696,7 @@ impl Fs {
                 })
                 .collect();
             drop(job_rx);
-            let mut send = |job: Job| Ok(job_tx.send(job).is_ok());
+            let mut send = |job: Job<'r>| Ok(job_tx.send(job).is_ok());
             let cut = self.cut_regions(snap, ino, ranges, size, final_, policy, &mut send);
             drop(job_tx);
             let mut hashed = HashMap::new();
@@ -703,15 +727,15 @@ impl Fs {
     /// non-zero chunk to `sink` (false: stop, the hashing side failed), and returns regions
     /// whose extents await their ids.
     #[allow(clippy::too_many_arguments)]
-    fn cut_regions(
+    fn cut_regions<'r>(
         &self,
         snap: &RTx,
         ino: Ino,
-        ranges: &Ranges,
+        ranges: &'r Ranges,
         size: u64,
         final_: bool,
         policy: Policy,
-        sink: &mut dyn FnMut(Job) -> Result<bool>,
+        sink: &mut dyn FnMut(Job<'r>) -> Result<bool>,
     ) -> Result<Prepared> {
         let max = self.chunker.params().max as usize;
         let mut out = Prepared::default();
@@ -728,37 +752,61 @@ impl Fs {
                     _ => d0,
                 },
             };
-            // Data is gathered into blocks shared with the hashing threads: each byte is
-            // copied once (into a block), chunks travel as (block, start, len).
-            let mut block: Arc<Vec<u8>> = Arc::new(Vec::new());
+            // Chunks travel to the hashing threads as (bytes, start, len). Inside a long dirty
+            // range the cutter works on the range itself; elsewhere (committed data around a
+            // small write, the seam between two dirty ranges) the bytes are gathered into a
+            // block, each copied once.
+            let mut block = Gathered::Block(Arc::new(Vec::new()));
             let mut bstart = 0usize; // block[bstart..] holds bytes from `pos`
             let mut pos = s;
             let mut run_ended = false;
             let mut new = Vec::new();
             let end = loop {
-                if !run_ended && block.len() - bstart < max {
-                    // Gather the dirty bytes ahead plus two maximal chunks (a cut needs `max`
-                    // bytes of look-ahead, and resynchronisation usually follows within one
-                    // more chunk), at most BLOCK: a random 4 KiB write copies ~0.5 MiB of
-                    // old data, not 4 MiB; a streaming writer still gets whole blocks.
+                if !run_ended && block.bytes().len() - bstart < max {
                     let j = ranges.partition_point(|r| r.0 + r.1.len() as u64 <= pos);
-                    let ahead = ranges
+                    // The dirty range at or after `pos`: (start, end, bytes).
+                    let dirty = ranges
                         .get(j)
-                        .map_or(0, |r| (r.0 + r.1.len() as u64).saturating_sub(pos));
-                    // (Stores with max chunks over 2 MiB get 2 x max: a cut needs max bytes.)
-                    let target =
-                        (ahead.min(BLOCK as u64) as usize + 2 * max).min(BLOCK.max(2 * max));
-                    let mut next = Vec::with_capacity(target + max);
-                    next.extend_from_slice(&block[bstart..]);
-                    while !run_ended && next.len() < target {
-                        let at = pos + next.len() as u64;
-                        let want = target - next.len();
-                        run_ended = self.fill(snap, ino, ranges, size, at, want, &mut next)?;
+                        .map(|r| (r.0, (r.0 + r.1.len() as u64).min(size), &r.1));
+                    match dirty {
+                        // `pos` lies in a dirty range with room for look-ahead: cut in place
+                        // (up to where `max` bytes are left, then the seam is gathered below).
+                        Some((r0, r_end, v)) if r0 <= pos && r_end >= pos + 2 * max as u64 => {
+                            block = Gathered::Dirty(&v[(pos - r0) as usize..(r_end - r0) as usize]);
+                            bstart = 0;
+                            run_ended = r_end >= size;
+                        }
+                        _ => {
+                            // Gather the dirty bytes ahead plus two maximal chunks (a cut needs
+                            // `max` bytes of look-ahead, and resynchronisation usually follows
+                            // within one more chunk), at most BLOCK: a random 4 KiB write copies
+                            // ~0.5 MiB of old data, not 4 MiB. Only up to two maximal chunks
+                            // into a long dirty range ahead: the cutter goes on in place there.
+                            let ahead = dirty.map_or(0, |(r0, r_end, _)| {
+                                if r_end >= r0 + 4 * max as u64 {
+                                    r0.saturating_sub(pos)
+                                } else {
+                                    r_end.saturating_sub(pos)
+                                }
+                            });
+                            // (Stores with max chunks over 2 MiB get 2 x max: a cut needs max
+                            // bytes.)
+                            let target = (ahead.min(BLOCK as u64) as usize + 2 * max)
+                                .min(BLOCK.max(2 * max));
+                            let mut next = Vec::with_capacity(target + max);
+                            next.extend_from_slice(&block.bytes()[bstart..]);
+                            while !run_ended && next.len() < target {
+                                let at = pos + next.len() as u64;
+                                let want = target - next.len();
+                                run_ended =
+                                    self.fill(snap, ino, ranges, size, at, want, &mut next)?;
+                            }
+                            block = Gathered::Block(Arc::new(next));
+                            bstart = 0;
+                        }
                     }
-                    block = Arc::new(next);
-                    bstart = 0;
                 }
-                let avail = &block[bstart..];
+                let avail = &block.bytes()[bstart..];
                 let Some(len) = self.chunker.next_cut_for(policy, pos, avail, run_ended) else {
                     break pos;
                 };
@@ -796,7 +844,7 @@ impl Fs {
                 }
                 bstart += len;
                 pos = c;
-                if run_ended && bstart == block.len() {
+                if run_ended && bstart == block.bytes().len() {
                     break c;
                 }
                 // Resynchronised? No dirty range may straddle the cut, and the cut must be an
