@@ -467,6 +467,10 @@ impl Fs {
                 o.committed_at = Some(self.durable_epoch());
                 // Tails go back under anything written since the take.
                 o.dirty.restore(tails);
+                // (A reader overlaying the ranges may still hold them: then they are freed.)
+                if let Ok(done) = Arc::try_unwrap(ranges) {
+                    super::dirty::recycle(done);
+                }
                 if o.dirty.is_empty() {
                     o.attr_dirty = false;
                 }
