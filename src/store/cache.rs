@@ -195,14 +195,20 @@ pub fn map_chunk_file(file: File) -> std::io::Result<ChunkBytes> {
 /// Write-behind of a file written once and read later, if at all (pack files): starts the
 /// write-out of `start` (asynchronous), then waits until `settle` is on the disk and drops
 /// its pages from the page cache. Pages a mapping uses stay. This makes no data durable (no
-/// device cache flush, no metadata); `fdatasync` still does that. Errors are ignored: a page
-/// that could not be written stays dirty, and the next fdatasync reports the failure.
+/// device cache flush, no metadata); `fdatasync` still does that. An error of the wait is
+/// returned and must be treated like a failed fdatasync: waiting consumes the file's
+/// write-back error (errseq), so the next fdatasync would not report it; the pages are then
+/// kept.
 ///
 /// Why: page-cache pages of new data are fresh memory, and in a VM whose balloon reports free
 /// memory to the host (virtio free page reporting) each one first touched costs a host fault:
 /// buffered writes of 1 GiB took 4-5 s of system time there, 0.4-0.5 s when the written pages
 /// were dropped every 64 MiB and so reused (docs/design.md, "Write-behind").
-pub fn write_behind(file: &File, start: std::ops::Range<u64>, settle: std::ops::Range<u64>) {
+pub fn write_behind(
+    file: &File,
+    start: std::ops::Range<u64>,
+    settle: std::ops::Range<u64>,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     let span = |r: &std::ops::Range<u64>| {
@@ -223,7 +229,9 @@ pub fn write_behind(file: &File, start: std::ops::Range<u64>, settle: std::ops::
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         // SAFETY: as above.
-        unsafe { libc::sync_file_range(fd, off, len, flags) };
+        if unsafe { libc::sync_file_range(fd, off, len, flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let _ = rustix::fs::fadvise(
             file,
             settle.start,
@@ -231,6 +239,7 @@ pub fn write_behind(file: &File, start: std::ops::Range<u64>, settle: std::ops::
             rustix::fs::Advice::DontNeed,
         );
     }
+    Ok(())
 }
 
 /// Is every page of `map[start..start+len]` in the page cache?

@@ -898,9 +898,15 @@ impl PackStore {
         // compaction goes by when it decides a pack holds nothing live.
         let pending = self.set_pending(header.id, Some(loc));
         drop(g);
-        if let Some((file, start, settle)) = behind {
+        if let Some((file, start, settle)) = behind
             // Outside the slot's lock: the wait must not hold up other appends.
-            super::cache::write_behind(&file, start, settle);
+            && let Err(e) = super::cache::write_behind(&file, start, settle)
+        {
+            // The wait took the file's write-back error: the next fdatasync would not see it.
+            tracing::error!(pack = %pack_file_name(loc.pack), "writing the pack out failed: {e}");
+            self.sync_failed
+                .lock()
+                .get_or_insert_with(|| format!("{}: {e}", pack_file_name(loc.pack)));
         }
         if pending > PENDING_MAX {
             self.flush_pending()?;
