@@ -60,6 +60,8 @@ pub struct DedupFuse {
     /// and on kernels that drop a direct write's range from the page cache again after the
     /// write (`CACHED_READS_FROM`), so that a read racing the write does not keep old bytes.
     cached_reads: bool,
+    /// See [`DedupFuse::on_unmount`].
+    on_unmount: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// Kernels from which read-only opens get the page cache: the invalidation after a direct
@@ -83,7 +85,15 @@ impl DedupFuse {
             direct_io: false,
             handleless_dirs: false,
             cached_reads: true,
+            on_unmount: None,
         }
+    }
+
+    /// Called first when the kernel ends the session (the mount is gone; the final sync
+    /// follows): the daemon notes in the store's lock that it is only finishing.
+    pub fn on_unmount(mut self, f: impl FnOnce() + Send + Sync + 'static) -> DedupFuse {
+        self.on_unmount = Some(Box::new(f));
+        self
     }
 
     /// Every read past the page cache, whatever the kernel (mount option `direct_reads`).
@@ -315,6 +325,9 @@ impl Filesystem for DedupFuse {
     }
 
     fn destroy(&mut self) {
+        if let Some(f) = self.on_unmount.take() {
+            f();
+        }
         if let Err(e) = self.fs.sync_all(true) {
             tracing::error!("final sync at unmount failed: {e}");
         }

@@ -197,9 +197,30 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     // releasing process was forking (a forked child shares the lock until it execs): wait a
     // little before calling the store busy, unless a daemon is serving it.
     let mut tries = 0;
+    let waiting_since = std::time::Instant::now();
+    let mut told = false;
     loop {
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(f),
+            Ok(()) => {
+                // The previous holder's note, if any, is not ours.
+                let _ = f.set_len(0);
+                return Ok(f);
+            }
+            // A daemon whose mount has ended and that is finishing (`mark_unmounting`): wait
+            // for it, so that `umount` then `mount` (a restart) works.
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if waiting_since.elapsed() < UNMOUNT_WAIT
+                    && fs::read(dir.join("lock")).is_ok_and(|b| b.starts_with(UNMOUNTING)) =>
+            {
+                if !told {
+                    told = true;
+                    tracing::warn!(
+                        "{}: waiting for the daemon of its last mount to finish unmounting",
+                        dir.display()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             Err(rustix::io::Errno::WOULDBLOCK)
                 if tries < LOCK_RETRIES && !dir.join("control.sock").exists() =>
             {
@@ -221,6 +242,20 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
 
 /// Retries (10 ms apart) of a store lock held by a process that serves no control socket.
 const LOCK_RETRIES: u32 = 20;
+
+/// What a daemon writes into `STORE/lock` once its mount has ended, while it finishes (final
+/// sync, metadata backup, upload to the bucket): `umount` returns before it is done.
+const UNMOUNTING: &[u8] = b"unmounting\n";
+/// How long [`lock`] waits for such a daemon before calling the store busy.
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Notes in the held lock file `lock` that its holder's mount has ended and that it is only
+/// finishing: [`lock`] callers wait for it instead of calling the store busy.
+pub fn mark_unmounting(lock: &File) {
+    use std::os::unix::fs::FileExt;
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(UNMOUNTING, 0);
+}
 
 /// Opens a store for exclusive use.
 pub fn open(dir: &Path) -> Result<Volume, VolumeError> {

@@ -760,3 +760,68 @@ fn the_store_is_unlocked_only_after_the_daemon_closed_its_databases() {
     assert_eq!(read_all(&vol.path("f")), b"persisted");
     vol.unmount();
 }
+
+/// `umount` returns before the daemon has finished (final sync, metadata backup): a mount right
+/// after it (`umount MP && mount MP`, a restart of a mount unit) must wait for that daemon, not
+/// fail with "in use by another dedupfs process". The finishing daemon says so in the store's
+/// lock file; a store in use otherwise is still refused at once.
+#[test]
+fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
+    use dedupfs::volume::{self, VolumeError};
+    let (mut vol, guard) = unmounted_store_with_a_file();
+
+    // Deterministic: a holder that marked itself as unmounting and lets go 400 ms later.
+    let held = volume::lock(&vol.store).expect("lock the unmounted store");
+    assert!(
+        matches!(volume::lock(&vol.store), Err(VolumeError::Locked(_))),
+        "a store held by a process that is not unmounting is busy"
+    );
+    volume::mark_unmounting(&held);
+    let t0 = Instant::now();
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(400));
+        drop(held);
+    });
+    let got = volume::lock(&vol.store).expect("waits for the unmounting holder");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+    releaser.join().unwrap();
+    assert_eq!(
+        fs::metadata(vol.store.join("lock")).unwrap().len(),
+        0,
+        "the new holder clears the old holder's note"
+    );
+    drop(got);
+
+    // Real daemons: each umount is followed at once by the next mount, with data to write
+    // back and a metadata backup to take at each unmount.
+    if !fuse_available() {
+        return;
+    }
+    for round in 0..3u8 {
+        let (ok, _, stderr) = dedupfs(&[vol.store.as_os_str(), vol.mnt.as_os_str()]);
+        assert!(
+            ok,
+            "round {round}: mount right after umount failed: {stderr}"
+        );
+        let data = common::random_bytes(round as u64, 48 << 20);
+        fs::write(vol.path(&format!("r{round}")), &data).unwrap();
+        umount(&vol.mnt);
+    }
+    // The last daemon may still be finishing: wait for it (the guard would kill it).
+    drop(volume::lock(&vol.store).expect("the last daemon lets go of the store"));
+    drop(guard);
+    vol.remount();
+    assert_eq!(read_all(&vol.path("f")), b"persisted");
+    for round in 0..3u8 {
+        let data = common::random_bytes(round as u64, 48 << 20);
+        assert!(
+            read_all(&vol.path(&format!("r{round}"))) == data,
+            "r{round}"
+        );
+    }
+    vol.unmount();
+}

@@ -1607,7 +1607,13 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     } else {
         fuser::SessionACL::Owner
     };
-    let fuse = DedupFuse::new(fs.clone()).with_direct_reads(opts.direct_reads);
+    // The same open file (and so the same flock) as `lock`: notes that the mount has ended.
+    let unmount_note = lock
+        .try_clone()
+        .context("cannot duplicate the store lock")?;
+    let fuse = DedupFuse::new(fs.clone())
+        .with_direct_reads(opts.direct_reads)
+        .on_unmount(move || volume::mark_unmounting(&unmount_note));
     let mut session = fuser::Session::new(fuse, mp, &config)
         .with_context(|| format!("cannot mount at {}", mp.display()))?;
     tracing::info!(store = %dir.display(), mountpoint = %mp.display(), "mounted");
@@ -1671,6 +1677,9 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let invalidator = crate::fuse::spawn_listing_invalidator(fs.clone(), session.notifier())
         .context("cannot start the listing invalidator thread")?;
     let result = session.run();
+    // From here a new mount of the store waits for this process instead of failing (also
+    // when the session ended without DESTROY).
+    volume::mark_unmounting(&lock);
     fs.end_listings();
     notify::notify("STOPPING=1");
     stop.store(true, Ordering::Relaxed);
