@@ -548,7 +548,7 @@ impl Filesystem for DedupFuse {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -560,7 +560,21 @@ impl Filesystem for DedupFuse {
         } else {
             Ok(())
         };
-        match killed.and_then(|()| self.fs.write(ino.0, offset, data)) {
+        // O_SYNC or O_DSYNC (the open's flags, RWF_DSYNC/RWF_SYNC of this write, or a `sync`
+        // mount: the kernel sets the flag in every case): the write returns once its data is
+        // durable. The kernel syncs after such a write only through the page cache, and
+        // direct I/O bypasses it, so the daemon does it.
+        let sync = flags.0 & libc::O_DSYNC != 0;
+        let written = killed
+            .and_then(|()| self.fs.write(ino.0, offset, data))
+            .and_then(|n| {
+                if sync {
+                    self.fs.fsync(ino.0).map(|()| n)
+                } else {
+                    Ok(n)
+                }
+            });
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

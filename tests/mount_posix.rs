@@ -1589,3 +1589,60 @@ fn directory_mtime_and_file_ctime_advance_on_changes() {
     }
     vol.unmount();
 }
+
+/// Synchronous writes: an O_DSYNC or O_SYNC open, and pwritev2 with RWF_DSYNC on a plain one.
+/// Each such write returns only once its data is durable; the kernel syncs after a write only
+/// through the page cache, which direct I/O bypasses, so the daemon must. After kill -9 and a
+/// remount every such write is there, though no fsync was called and the files are still
+/// open (found by fstests-style triage: 50 O_DSYNC writes were all lost).
+#[test]
+fn synchronous_writes_survive_kill_9_without_an_fsync() {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !fuse_available() {
+        return;
+    }
+    let mut vol = Volume::new();
+    let dsync = random_bytes(81, 50 * 512);
+    let osync = random_bytes(82, 70_000);
+    let rwf = random_bytes(83, 9000);
+    let mut open = Vec::new();
+    for (name, flag, data) in [
+        ("dsync", libc::O_DSYNC, &dsync),
+        ("osync", libc::O_SYNC, &osync),
+    ] {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .custom_flags(flag)
+            .open(vol.path(name))
+            .unwrap();
+        for piece in data.chunks(512) {
+            f.write_all(piece).unwrap();
+        }
+        open.push(f);
+    }
+    let f = File::create(vol.path("rwf")).unwrap();
+    let iov = libc::iovec {
+        iov_base: rwf.as_ptr() as *mut libc::c_void,
+        iov_len: rwf.len(),
+    };
+    // SAFETY: `iov` describes `rwf`, alive for the call; the descriptor is open.
+    let n = unsafe {
+        libc::pwritev2(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            &iov,
+            1,
+            0,
+            libc::RWF_DSYNC,
+        )
+    };
+    assert_eq!(n, rwf.len() as isize, "{}", std::io::Error::last_os_error());
+    open.push(f);
+    vol.kill9();
+    drop(open);
+    vol.remount();
+    assert_bytes_eq("dsync", &read_all(&vol.path("dsync")), &dsync);
+    assert_bytes_eq("osync", &read_all(&vol.path("osync")), &osync);
+    assert_bytes_eq("rwf", &read_all(&vol.path("rwf")), &rwf);
+    vol.unmount();
+}
