@@ -553,7 +553,8 @@ impl Filesystem for DedupFuse {
         reply: ReplyWrite,
     ) {
         self.fs.counters().count(Op::Write);
-        // As Linux does, the set-ID bits go before the data is written (also if that fails).
+        // As Linux does, the set-ID bits and capabilities go before the data is written (also
+        // if that fails).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let killed = if kill {
             self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
@@ -566,6 +567,7 @@ impl Filesystem for DedupFuse {
         // direct I/O bypasses it, so the daemon does it.
         let sync = flags.0 & libc::O_DSYNC != 0;
         let written = killed
+            .and_then(|()| self.fs.kill_priv(ino.0))
             .and_then(|()| self.fs.write(ino.0, offset, data))
             .and_then(|n| {
                 if sync {

@@ -836,3 +836,49 @@ fn kill_9_during_cp_leaves_a_mountable_volume_with_every_entry_readable() {
     let _ = snapshot(&vol.mnt);
     vol.unmount();
 }
+
+/// A write drops the file's capabilities (`security.capability`, what setcap sets), whoever
+/// writes, as Linux does: an unprivileged user who may write to a file must not be able to
+/// change the code of a program that keeps its capabilities (fstests generic/093). Before,
+/// the capability survived every write (direct I/O writes skip the kernel's own removal).
+#[test]
+fn a_write_drops_file_capabilities_whoever_writes() {
+    use common::xattr::{getxattr, setxattr};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if !can_act_as_nobody() {
+        return;
+    }
+    let mut vol = Volume::new();
+    fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
+    vol.set_mount_args(&["-o", "allow_other"]);
+    vol.remount();
+    // VFS_CAP_REVISION_2 with the effective flag, permitted = CAP_CHOWN.
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap[4] = 1;
+    for (name, by_nobody) in [("by-root", false), ("by-nobody", true)] {
+        let p = vol.path(name);
+        fs::write(&p, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+        setxattr(&p, "security.capability", &cap, 0).unwrap();
+        assert_eq!(getxattr(&p, "security.capability").unwrap(), cap, "{name}");
+        if by_nobody {
+            let script = format!("echo appended >> {}", p.display());
+            let (ok, err) = as_nobody(&["sh", "-c", &script]);
+            assert!(ok, "nobody cannot append to a 0777 file: {err}");
+        } else {
+            let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+            f.write_all(b"echo appended\n").unwrap();
+        }
+        let e = getxattr(&p, "security.capability").expect_err("capability kept after a write");
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{name}: {e}");
+    }
+    // Only a write drops it: a read does not.
+    let p = vol.path("read-only");
+    fs::write(&p, b"x").unwrap();
+    setxattr(&p, "security.capability", &cap, 0).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"x");
+    assert_eq!(getxattr(&p, "security.capability").unwrap(), cap);
+    vol.unmount();
+}

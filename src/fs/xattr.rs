@@ -6,6 +6,9 @@ use crate::chunker::{POLICY_XATTR, Policy};
 use crate::error::{FsError, Ino, Result};
 use crate::meta::{Ts, WTx};
 
+/// File capabilities (setcap): dropped by every write (`Fs::kill_priv`).
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 impl Fs {
     fn check_xattr_name(name: &[u8]) -> Result<()> {
         if name.is_empty() || name.len() > 255 {
@@ -92,6 +95,25 @@ impl Fs {
             out.push(0);
         }
         Ok(out)
+    }
+
+    /// Drops the file's capabilities (`security.capability`) before a write, as Linux's
+    /// file_remove_privs does for every write, whoever writes (root too): the kernel does it
+    /// itself only for writes through the page cache, and dedupfs writes with direct I/O.
+    pub fn kill_priv(&self, ino: Ino) -> Result<()> {
+        if in_snapshot(ino) {
+            return Ok(()); // the write itself is refused (EROFS)
+        }
+        if self
+            .with_view(|r| r.xattr(ino, CAPABILITY_XATTR))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        match self.removexattr(ino, CAPABILITY_XATTR) {
+            Ok(()) | Err(FsError::NoXattr) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
