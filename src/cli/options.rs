@@ -38,7 +38,8 @@ pub struct MountOpts {
 const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
                      nosuid, exec, noexec, atime, noatime, relatime, sync, async, dirsync, \
                      cache_mib=N, meta_cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
-                     owner, group, x-*, comment=*";
+                     owner, group, x-*, comment=*, and (reads never update access times) \
+                     nodiratime, diratime, strictatime, lazytime and their no- forms";
 
 impl MountOpts {
     /// Parses options as given after `-o` (already split at commas, or not).
@@ -71,6 +72,10 @@ impl MountOpts {
                 "noatime" => o.atime = Some(false),
                 // The kernel's default for a mount without noatime.
                 "relatime" => o.atime = None,
+                // Finer access-time policies: dedupfs never updates access times on reads
+                // (only utimensat sets them), so there is nothing for them to change.
+                "nodiratime" | "diratime" | "strictatime" | "nostrictatime" | "lazytime"
+                | "nolazytime" => {}
                 "sync" => o.sync = Some(true),
                 "async" => o.sync = Some(false),
                 "dirsync" => o.dirsync = true,
@@ -186,6 +191,12 @@ mod tests {
         assert_eq!(o.dev, Some(true));
         assert_eq!(o.cache_mib, Some(64));
         assert_eq!(o.kernel_flags(), vec![fuser::MountOption::Dev]);
+        // Access-time policies change nothing (reads never update access times).
+        let t = parse("nodiratime,strictatime,lazytime").unwrap();
+        assert_eq!(t.atime, None);
+        assert!(t.kernel_flags().is_empty());
+        // A security option that cannot be honoured is refused, not ignored.
+        assert!(parse("nosymfollow").is_err());
     }
 
     #[test]
