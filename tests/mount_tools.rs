@@ -614,6 +614,17 @@ fn can_act_as_nobody() -> bool {
     true
 }
 
+/// A fresh volume mounted `-o allow_other`, whose temp dir nobody may traverse down to the
+/// mountpoint.
+fn volume_nobody_can_reach() -> Volume {
+    use std::os::unix::fs::PermissionsExt;
+    let mut vol = Volume::new();
+    fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
+    vol.set_mount_args(&["-o", "allow_other"]);
+    vol.remount();
+    vol
+}
+
 /// Run `cmd` as uid/gid 65534 (nobody); returns (success, stderr).
 fn as_nobody(args: &[&str]) -> (bool, String) {
     let out = Command::new("setpriv")
@@ -688,10 +699,7 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     if !can_act_as_nobody() {
         return;
     }
-    let mut vol = Volume::new();
-    fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
-    vol.set_mount_args(&["-o", "allow_other"]);
-    vol.remount();
+    let mut vol = volume_nobody_can_reach();
     // Who writes: nobody (uid/gid 65534, no other group), nobody with supplementary group 0,
     // or root (CAP_FSETID).
     #[derive(Clone, Copy)]
@@ -849,10 +857,7 @@ fn a_write_drops_file_capabilities_whoever_writes() {
     if !can_act_as_nobody() {
         return;
     }
-    let mut vol = Volume::new();
-    fs::set_permissions(vol.scratch(), fs::Permissions::from_mode(0o755)).unwrap();
-    vol.set_mount_args(&["-o", "allow_other"]);
-    vol.remount();
+    let mut vol = volume_nobody_can_reach();
     // VFS_CAP_REVISION_2 with the effective flag, permitted = CAP_CHOWN.
     let mut cap = vec![0u8; 20];
     cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
