@@ -879,6 +879,16 @@ fn a_write_drops_file_capabilities_whoever_writes() {
         let e = getxattr(&p, "security.capability").expect_err("capability kept after a write");
         assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{name}: {e}");
     }
+    // A capability set while the file is open for writing, after writes that found none,
+    // goes with the next write all the same.
+    let p = vol.path("open-across");
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(b"first").unwrap();
+    setxattr(&p, "security.capability", &cap, 0).unwrap();
+    f.write_all(b"second").unwrap();
+    let e = getxattr(&p, "security.capability").expect_err("capability kept");
+    assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "open-across: {e}");
+    drop(f);
     // Only a write drops it: a read does not.
     let p = vol.path("read-only");
     fs::write(&p, b"x").unwrap();

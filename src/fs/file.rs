@@ -150,6 +150,7 @@ impl Fs {
                     wrote_since_told: false,
                     gone_at: None,
                     read_end: 0,
+                    no_caps: false,
                 }))
             }
         }

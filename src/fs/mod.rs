@@ -210,6 +210,9 @@ struct OpenInode {
     gone_at: Option<u64>,
     /// Where the last read ended: a read starting there is sequential and gets read-ahead.
     read_end: u64,
+    /// Known to have no `security.capability` (looked up by a write; a setxattr of that name
+    /// clears it): later writes need not look again (`Fs::kill_priv`).
+    no_caps: bool,
 }
 
 impl OpenInode {

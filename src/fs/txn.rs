@@ -122,6 +122,8 @@ impl Fs {
         st.meta_gen = Some(self.meta.generation());
         let mut dropped = 0;
         for (&ino, o) in st.open.iter_mut() {
+            // The lost commits may have removed a capability the database has again.
+            o.no_caps = false;
             let row = match r.inode(ino) {
                 Ok(Some(row)) => row,
                 Ok(None) => {

@@ -59,6 +59,11 @@ impl Fs {
             return Err(FsError::NoXattr);
         }
         tx.set_xattr(ino, name, value)?;
+        if name == CAPABILITY_XATTR
+            && let Some(o) = st.open.get_mut(&ino)
+        {
+            o.no_caps = false;
+        }
         a.ctime = Ts::now();
         self.set_attr_in(st, tx, ino, a)
     }
@@ -104,11 +109,23 @@ impl Fs {
         if in_snapshot(ino) {
             return Ok(()); // the write itself is refused (EROFS)
         }
-        if self
-            .with_view(|r| r.xattr(ino, CAPABILITY_XATTR))?
-            .is_none()
         {
-            return Ok(());
+            // Looked up and noted under one hold of the state lock, which a setxattr (that
+            // clears the note) also takes.
+            let mut st = self.state.lock();
+            if st.open.get(&ino).is_some_and(|o| o.no_caps) {
+                return Ok(());
+            }
+            let caps = match &st.pending {
+                Some(p) => p.tx.xattr(ino, CAPABILITY_XATTR)?,
+                None => self.meta.begin_read()?.xattr(ino, CAPABILITY_XATTR)?,
+            };
+            if caps.is_none() {
+                if let Some(o) = st.open.get_mut(&ino) {
+                    o.no_caps = true;
+                }
+                return Ok(());
+            }
         }
         match self.removexattr(ino, CAPABILITY_XATTR) {
             Ok(()) | Err(FsError::NoXattr) => Ok(()),
