@@ -708,6 +708,34 @@ pub fn errno_of<T: std::fmt::Debug>(what: &str, r: io::Result<T>) -> i32 {
     }
 }
 
+/// Every kind of change in `dir`, which holds the regular file `file`, gets EROFS: create,
+/// open for writing, append, mkdir, unlink, rename (`what` names the case in failures).
+pub fn assert_changes_refused(what: &str, dir: &Path, file: &Path) {
+    let checks = [
+        (
+            "create",
+            errno_of(what, fs::File::create(dir.join("new-file"))),
+        ),
+        (
+            "open for writing",
+            errno_of(what, fs::OpenOptions::new().write(true).open(file)),
+        ),
+        (
+            "append",
+            errno_of(what, fs::OpenOptions::new().append(true).open(file)),
+        ),
+        ("mkdir", errno_of(what, fs::create_dir(dir.join("new-dir")))),
+        ("unlink", errno_of(what, fs::remove_file(file))),
+        (
+            "rename",
+            errno_of(what, fs::rename(file, dir.join("renamed"))),
+        ),
+    ];
+    for (step, errno) in checks {
+        assert_eq!(errno, libc::EROFS, "{what}: {step}");
+    }
+}
+
 /// Convert a libc return code into `io::Result`.
 pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
