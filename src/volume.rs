@@ -202,8 +202,11 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     loop {
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
-                // The previous holder's note, if any, is not ours.
-                let _ = f.set_len(0);
+                // A note a killed holder left is not ours (a clean one leaves none: nothing
+                // is written to a store at rest).
+                if f.metadata().is_ok_and(|m| m.len() > 0) {
+                    let _ = f.set_len(0);
+                }
                 return Ok(f);
             }
             // A daemon whose mount has ended and that is finishing (`mark_unmounting`): wait

@@ -1737,6 +1737,8 @@ fn close_then_unlock(fs: Arc<Fs>, lock: std::fs::File) {
             }
         }
     }
+    // The note `mark_unmounting` left goes with the lock: a store at rest is left as it was.
+    let _ = lock.set_len(0);
     drop(lock);
 }
 
