@@ -297,7 +297,10 @@ impl Filesystem for DedupFuse {
         // target never changes), lookups and readdirs of one directory in parallel (the core
         // is thread-safe), and directory listings carrying attributes when the kernel expects
         // them to save lookups.
+        // ... and file handles that outlive the kernel's inode (open_by_handle_at, NFS
+        // export): the kernel looks up "." of the handle's inode (`Fs::lookup`).
         for flag in [
+            InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -339,10 +342,11 @@ impl Filesystem for DedupFuse {
         self.lookup_entry(reply, parent.0, name, self.fs.lookup(parent.0, name));
     }
 
-    // Inodes live in the metadata database, not in a lookup-counted table: forgets are only
-    // counted (one per inode: fuser's batch_forget calls this for each).
-    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+    // Inodes live in the metadata database, not in a lookup-counted table: a forget only lets
+    // an unlinked inode go (`fs::ghosts`; fuser's batch_forget calls this for each).
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         self.fs.counters().count(Op::Forget);
+        self.fs.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

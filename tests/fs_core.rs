@@ -405,10 +405,13 @@ fn unlinked_open_file_stays_readable_until_release() {
     assert_same(&v.read_all(ino), &data, "read through the open handle");
     v.write(ino, 0, b"still writable");
     v.fs().release(fh).unwrap();
+    // Deleted, but shown (link count 0) until the kernel forgets it (`fs::ghosts`).
+    assert_eq!(v.nlink(ino), 0);
+    v.fs().forget(ino);
     assert_eq!(
         errno(v.fs().getattr(ino)),
         libc::ENOENT,
-        "inode gone after the last release"
+        "inode gone after the last release and the kernel's forget"
     );
     v.fs().sync_dir().unwrap();
     assert_eq!(v.fs().usage().unwrap().chunk_count, 0);
@@ -501,6 +504,8 @@ fn rename_moves_and_replaces_files() {
         .unwrap();
     assert_eq!(v.lookup(ROOT, "b").unwrap(), a);
     assert_eq!(v.read_all(a), b"AAAA");
+    assert_eq!(v.nlink(b), 0, "shown until forgotten");
+    v.fs().forget(b);
     assert_eq!(errno(v.fs().getattr(b)), libc::ENOENT);
     assert_eq!(v.names(ROOT), ["b", "d"]);
     assert!(v.names(d).is_empty());
@@ -546,6 +551,13 @@ fn rename_over_directories_follows_posix() {
     // Over an empty directory: replaced, and the parent loses that directory's link.
     v.fs().rename(ROOT, b"src", ROOT, b"empty", none).unwrap();
     assert_eq!(v.lookup(ROOT, "empty").unwrap(), src);
+    let gone = v.fs().getattr(empty).unwrap();
+    assert_eq!(
+        (gone.nlink, gone.kind),
+        (0, Kind::Dir),
+        "shown until forgotten"
+    );
+    v.fs().forget(empty);
     assert_eq!(errno(v.fs().getattr(empty)), libc::ENOENT);
     assert_eq!(v.nlink(ROOT), 2 + 2);
     assert_eq!(v.names(ROOT), ["empty", "file", "full"]);
@@ -1775,8 +1787,39 @@ fn an_inode_opened_after_its_last_unlink_keeps_its_bytes_until_released() {
     assert_same(&v.read_all(f), &data, "read after the reaper ran");
     v.fs().release(fh).unwrap();
     v.fs().sync_dir().unwrap();
+    assert_eq!(v.nlink(f), 0);
+    v.fs().forget(f);
     assert_eq!(errno(v.fs().getattr(f)), libc::ENOENT);
     assert_eq!(v.physical(), 0, "its chunks are freed once released");
+}
+
+#[test]
+fn an_unlinked_inode_is_shown_with_no_links_until_the_kernel_forgets_it() {
+    // An O_PATH descriptor or an open directory holds an inode without a handle the
+    // daemon knows of: fstat must still answer after the last name went (generic/035).
+    let v = Vol::mem();
+    let f = v.file_with("f", b"12345");
+    let d = v.fs().mkdir(WHO, ROOT, b"d", 0o755).unwrap().0;
+    v.fs().unlink(ROOT, b"f").unwrap();
+    v.fs().rmdir(ROOT, b"d").unwrap();
+    v.fs().sync_dir().unwrap(); // reaped: the rows are gone
+    let (fa, da) = (v.fs().getattr(f).unwrap(), v.fs().getattr(d).unwrap());
+    assert_eq!((fa.nlink, fa.size, fa.kind), (0, 5, Kind::File));
+    assert_eq!((da.nlink, da.kind), (0, Kind::Dir));
+    assert_eq!(v.physical(), 0, "its data is freed all the same");
+    // A file handle's lookup of "." finds live inodes of any kind, never a deleted one.
+    assert_eq!(errno(v.fs().lookup(f, b".")), libc::ENOENT);
+    assert_eq!(errno(v.fs().lookup(d, b".")), libc::ENOENT);
+    let g = v.file_with("g", b"live");
+    assert_eq!(v.fs().lookup(g, b".").unwrap().1.size, 4);
+    // Forgetting a linked inode (the kernel evicted it) changes nothing.
+    v.fs().forget(ROOT);
+    assert_eq!(v.fs().getattr(ROOT).unwrap().kind, Kind::Dir);
+    v.fs().forget(f);
+    assert_eq!(errno(v.fs().getattr(f)), libc::ENOENT);
+    assert_eq!(v.fs().getattr(d).unwrap().nlink, 0);
+    v.fs().forget(d);
+    assert_eq!(errno(v.fs().getattr(d)), libc::ENOENT);
 }
 
 #[test]
@@ -1785,8 +1828,11 @@ fn unlinked_files_are_gone_at_the_next_durable_point() {
     let f = v.file_with("f", &noise(200 * KIB as usize, 78));
     assert!(v.physical() > 0);
     v.fs().unlink(ROOT, b"f").unwrap();
-    // Queued, not deleted yet: still, nothing reaches it by name or inode.
+    // Queued, not deleted yet: nothing reaches it by name, and by number only its last
+    // attributes (link count 0) until the kernel forgets it.
     assert_eq!(errno(v.fs().lookup(ROOT, b"f")), libc::ENOENT);
+    assert_eq!(v.nlink(f), 0);
+    v.fs().forget(f);
     assert_eq!(errno(v.fs().getattr(f)), libc::ENOENT);
     v.fs().sync_dir().unwrap();
     assert_eq!(v.physical(), 0);

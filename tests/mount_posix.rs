@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -836,6 +837,258 @@ fn utimensat_sets_times_and_honours_utime_omit_and_utime_now() {
 }
 
 #[test]
+fn fstat_after_the_last_name_went_shows_no_links_for_open_directories_and_o_path() {
+    // fstests generic/035, and an O_PATH descriptor: the kernel holds these inodes without a
+    // file handle the daemon knows of.
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut vol = Volume::new();
+    for d in ["a", "b", "c"] {
+        fs::create_dir(vol.path(d)).unwrap();
+    }
+    fs::write(vol.path("f"), b"12345").unwrap();
+    fs::write(vol.path("g"), b"g").unwrap();
+    fs::write(vol.path("h"), b"hh").unwrap();
+    let over = File::open(vol.path("b")).unwrap();
+    let removed = File::open(vol.path("c")).unwrap();
+    let path = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(vol.path("f"))
+        .unwrap();
+    let open_file = File::open(vol.path("h")).unwrap();
+    fs::rename(vol.path("a"), vol.path("b")).unwrap();
+    fs::remove_dir(vol.path("c")).unwrap();
+    fs::remove_file(vol.path("f")).unwrap();
+    fs::rename(vol.path("g"), vol.path("h")).unwrap();
+    for (what, fd) in [
+        ("directory renamed over", &over),
+        ("removed directory", &removed),
+        ("O_PATH of an unlinked file", &path),
+        ("open file renamed over", &open_file),
+    ] {
+        let m = fd
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of {what}: {e}"));
+        assert_eq!(m.nlink(), 0, "{what}");
+    }
+    assert!(over.metadata().unwrap().is_dir());
+    assert_eq!(path.metadata().unwrap().len(), 5);
+    drop((over, removed, path, open_file));
+    let names = |vol: &Volume| {
+        let mut n: Vec<String> = fs::read_dir(vol.path(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&vol), ["b", "h"]);
+    vol.remount();
+    assert_eq!(names(&vol), ["b", "h"]);
+    assert_eq!(fs::read(vol.path("h")).unwrap(), b"g");
+    vol.unmount();
+}
+
+/// A `struct file_handle` with room for any handle (MAX_HANDLE_SZ 128).
+#[repr(C)]
+struct Handle {
+    bytes: u32,
+    kind: i32,
+    data: [u8; 128],
+}
+
+fn name_to_handle(p: &Path) -> Handle {
+    let mut h = Handle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id = 0;
+    let c = cstr(p);
+    // SAFETY: valid C string; `h` starts as a file_handle with room for `bytes` bytes.
+    cvt(unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (&mut h as *mut Handle).cast(),
+            &mut mount_id,
+            0,
+        )
+    })
+    .unwrap_or_else(|e| panic!("name_to_handle_at {}: {e}", p.display()));
+    h
+}
+
+fn open_by_handle(mount: &File, h: &mut Handle, flags: i32) -> std::io::Result<File> {
+    // SAFETY: `h` is a file_handle filled by name_to_handle_at; the fd returned is ours.
+    let fd = cvt(unsafe {
+        libc::open_by_handle_at(mount.as_raw_fd(), (h as *mut Handle).cast(), flags)
+    })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+#[test]
+fn file_handles_open_files_and_directories_after_a_remount_and_go_stale_once_deleted() {
+    // open_by_handle_at (fstests generic/426, 467, 477) and NFS exports decode a handle whose
+    // inode the kernel no longer holds by asking the daemon for "." of it.
+    if !fuse_available() || !common::is_root() {
+        return; // open_by_handle_at needs CAP_DAC_READ_SEARCH
+    }
+    let mut vol = Volume::new();
+    fs::create_dir_all(vol.path("d/e")).unwrap();
+    let data = random_bytes(41, 300 * KIB as usize);
+    fs::write(vol.path("d/f"), &data).unwrap();
+    fs::write(vol.path("g"), b"to be deleted").unwrap();
+    let mut hf = name_to_handle(&vol.path("d/f"));
+    let mut hd = name_to_handle(&vol.path("d/e"));
+    let mut hg = name_to_handle(&vol.path("g"));
+    fs::remove_file(vol.path("g")).unwrap();
+    fs::rename(vol.path("d/f"), vol.path("d/e/moved")).unwrap();
+    // A fresh mount: the kernel holds none of these inodes.
+    vol.remount();
+    let root = File::open(vol.path("")).unwrap();
+    let mut f = open_by_handle(&root, &mut hf, libc::O_RDONLY).unwrap();
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_bytes_eq(
+        "file opened by handle after a rename and a remount",
+        &got,
+        &data,
+    );
+    let d = open_by_handle(&root, &mut hd, libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
+    assert!(d.metadata().unwrap().is_dir());
+    let names: Vec<String> = fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["moved"]);
+    assert_eq!(
+        errno_of(
+            "deleted file by handle",
+            open_by_handle(&root, &mut hg, libc::O_RDONLY)
+        ),
+        libc::ESTALE
+    );
+    drop((f, d, root));
+    vol.unmount();
+}
+
+/// Access time, modification time and change time, each as (seconds, nanoseconds).
+fn times(p: &Path) -> [(i64, i64); 3] {
+    let m = fs::metadata(p).unwrap();
+    [
+        (m.atime(), m.atime_nsec()),
+        (m.mtime(), m.mtime_nsec()),
+        (m.ctime(), m.ctime_nsec()),
+    ]
+}
+
+#[test]
+fn reads_update_access_times_as_relatime_strictatime_noatime_and_nodiratime_say() {
+    if !fuse_available() {
+        return;
+    }
+    let mut vol = Volume::new();
+    let (f, d) = (vol.path("f"), vol.path("d"));
+    fs::write(&f, b"hello").unwrap();
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("x"), b"x").unwrap();
+
+    // relatime (the default): the first read after a change sets atime, later reads do not
+    // (the second `cat` is served from the kernel's page cache).
+    let t0 = times(&f);
+    assert_eq!(fs::read(&f).unwrap(), b"hello");
+    let t1 = times(&f);
+    assert!(
+        t1[0] > t0[0],
+        "first read: atime {:?} -> {:?}",
+        t0[0],
+        t1[0]
+    );
+    assert_eq!(t1[1..], t0[1..], "a read changes no other time");
+    assert_eq!(fs::read(&f).unwrap(), b"hello");
+    assert_eq!(times(&f), t1, "second read");
+    let d0 = times(&d);
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+    let d1 = times(&d);
+    assert!(
+        d1[0] > d0[0],
+        "first listing: atime {:?} -> {:?}",
+        d0[0],
+        d1[0]
+    );
+    assert_eq!(d1[1..], d0[1..]);
+    fs::read_dir(&d).unwrap().count();
+    assert_eq!(times(&d), d1, "second listing");
+    // A write makes the next read update it again, also through a read-write open (direct I/O).
+    let rw = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    rw.write_all_at(b"J", 0).unwrap();
+    let t2 = times(&f);
+    let mut buf = [0u8; 5];
+    rw.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"Jello");
+    let t3 = times(&f);
+    assert!(
+        t3[0] > t2[0],
+        "read after a write: atime {:?} -> {:?}",
+        t2[0],
+        t3[0]
+    );
+    rw.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(times(&f), t3);
+    drop(rw);
+    // Durable like any attribute.
+    vol.remount();
+    assert_eq!(times(&f), t3, "after remount");
+    assert_eq!(times(&d), d1, "directory after remount");
+
+    // strictatime: every read, also of pages the kernel had cached.
+    vol.set_mount_args(&["-o", "strictatime"]);
+    vol.remount();
+    let mut last = times(&f)[0];
+    for i in 0..3 {
+        assert_eq!(fs::read(&f).unwrap(), b"Jello");
+        let now = times(&f)[0];
+        assert!(
+            now > last,
+            "strictatime read {i}: atime {last:?} -> {now:?}"
+        );
+        last = now;
+    }
+
+    // nodiratime: files as relatime, directories never.
+    vol.set_mount_args(&["-o", "nodiratime"]);
+    vol.remount();
+    fs::write(d.join("y"), b"y").unwrap();
+    fs::write(&f, b"again").unwrap();
+    let (dt, ft) = (times(&d), times(&f));
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 2);
+    assert_eq!(fs::read(&f).unwrap(), b"again");
+    assert_eq!(times(&d), dt, "nodiratime listing");
+    assert!(times(&f)[0] > ft[0], "nodiratime file read");
+
+    // noatime and ro: never.
+    for opts in ["noatime", "ro"] {
+        vol.set_mount_args(&["-o", opts]);
+        vol.remount();
+        if opts == "noatime" {
+            fs::write(&f, b"third").unwrap();
+            fs::write(d.join("z"), b"z").unwrap();
+        }
+        let (dt, ft) = (times(&d), times(&f));
+        fs::read(&f).unwrap();
+        fs::read_dir(&d).unwrap().count();
+        vol.remount();
+        assert_eq!((times(&f), times(&d)), (ft, dt), "{opts}");
+    }
+    vol.unmount();
+}
+
+#[test]
 fn xattrs_set_get_list_remove_with_correct_errnos() {
     if !fuse_available() {
         return;
@@ -1090,6 +1343,38 @@ fn statfs_reports_plausible_values() {
     // SAFETY: valid C string and a valid out pointer.
     cvt(unsafe { libc::statfs(c.as_ptr(), &mut sf) }).unwrap();
     assert_eq!(sf.f_type, 0x6573_5546, "FUSE_SUPER_MAGIC");
+
+    // fallocate past the end of a file asking for more than is free: ENOSPC, nothing
+    // changed (fstests generic/213); within the free space it extends the file.
+    let avail = sv.f_bavail * sv.f_frsize;
+    let f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(vol.path("big"))
+        .unwrap();
+    assert_eq!(
+        errno_of("fallocate 2x free", common::fallocate(&f, 0, 0, 2 * avail)),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        errno_of(
+            "fallocate 2x free, keep size",
+            common::fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 4096, 2 * avail)
+        ),
+        libc::ENOSPC
+    );
+    assert_eq!(f.metadata().unwrap().len(), 0);
+    common::fallocate(&f, 0, 0, MIB).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), MIB);
+    // Punching a hole never needs space.
+    common::fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        2 * avail,
+    )
+    .unwrap();
+    drop(f);
     vol.unmount();
 }
 

@@ -110,12 +110,13 @@ enum Cmd {
         background: bool,
         /// Mount options, comma separated: ro, rw, allow_other, allow_root,
         /// default_permissions (always on), dev/nodev, suid/nosuid, exec/noexec,
-        /// atime/noatime/relatime, sync/async, dirsync, cache_mib=N, meta_cache_mib=N (pages kept
+        /// relatime (default; also atime)/strictatime/noatime, nodiratime/diratime (when reads
+        /// update access times), sync/async, dirsync, cache_mib=N, meta_cache_mib=N (pages kept
         /// for each of the metadata database and the pack index; default 256), backup_interval=SECS (metadata
         /// backups while it changes; default 3600, 0: only at unmount), direct_reads (every read
         /// past the kernel's page cache). Ignored, as meaningful
         /// only to mount(8), fstab or systemd: defaults, auto, noauto, nofail, _netdev, user,
-        /// users, owner, group, x-*, comment=*. Anything else is refused.
+        /// users, owner, group, x-*, comment=*; lazytime/nolazytime. Anything else is refused.
         #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
         options: Vec<String>,
         /// Read cache size in MiB (verified chunks kept mapped; the pages are the backing
@@ -1546,6 +1547,8 @@ fn serve(store: &Path, mp: &Path, opts: &MountOpts, cache_mib: usize) -> Result<
     let cfg = FsConfig {
         cache_bytes: cache_mib << 20,
         read_only: opts.read_only,
+        atime: opts.access_times,
+        dir_atime: opts.dir_atime,
         store_dir: Some(dir.clone()),
         on_durable: Some(Arc::new(move |u| {
             if let Err(e) = volume::publish_stats(&publish_dir, &u) {

@@ -6,6 +6,7 @@
 //! name before anything is mounted. When an option and its opposite both appear (`ro,rw`,
 //! `nodev,dev`), the last one wins, as with `mount(8)`.
 
+use crate::fs::Atime;
 use anyhow::{Result, bail};
 
 /// What the options ask for. The kernel flags are `None` when not given, which keeps the
@@ -19,6 +20,11 @@ pub struct MountOpts {
     pub suid: Option<bool>,
     pub exec: Option<bool>,
     pub atime: Option<bool>,
+    /// When reads update access times: `relatime` (default, also `atime`), `strictatime`,
+    /// `noatime` (the last one given wins).
+    pub access_times: Atime,
+    /// Directory reads update access times too (`nodiratime`: no).
+    pub dir_atime: bool,
     pub sync: Option<bool>,
     pub dirsync: bool,
     /// `cache_mib=N`: the read cache size, for fstab lines (which cannot pass `--cache-mib`).
@@ -36,16 +42,18 @@ pub struct MountOpts {
 
 /// Honoured options, listed in the error for an unknown one.
 const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
-                     nosuid, exec, noexec, atime, noatime, relatime, sync, async, dirsync, \
-                     cache_mib=N, meta_cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, auto, noauto, nofail, _netdev, user, users, \
-                     owner, group, x-*, comment=*, and (reads never update access times) \
-                     nodiratime, diratime, strictatime, lazytime and their no- forms";
+                     nosuid, exec, noexec, atime, noatime, relatime, strictatime, \
+                     nodiratime, diratime, sync, async, dirsync, cache_mib=N, \
+                     meta_cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, \
+                     auto, noauto, nofail, _netdev, user, users, owner, group, x-*, comment=*, \
+                     lazytime, nolazytime";
 
 impl MountOpts {
     /// Parses options as given after `-o` (already split at commas, or not).
     pub fn parse(options: &[String]) -> Result<MountOpts> {
         let mut o = MountOpts {
             backup_interval: Some(crate::maint::backup::DEFAULT_INTERVAL),
+            dir_atime: true,
             ..MountOpts::default()
         };
         let all = options
@@ -68,14 +76,25 @@ impl MountOpts {
                 "nosuid" => o.suid = Some(false),
                 "exec" => o.exec = Some(true),
                 "noexec" => o.exec = Some(false),
-                "atime" => o.atime = Some(true),
-                "noatime" => o.atime = Some(false),
-                // The kernel's default for a mount without noatime.
-                "relatime" => o.atime = None,
-                // Finer access-time policies: dedupfs never updates access times on reads
-                // (only utimensat sets them), so there is nothing for them to change.
-                "nodiratime" | "diratime" | "strictatime" | "nostrictatime" | "lazytime"
-                | "nolazytime" => {}
+                // Access times are the daemon's to update (module `fs::atime`); the kernel
+                // flag only shows in /proc/mounts.
+                "atime" | "relatime" | "norelatime" | "nostrictatime" => {
+                    o.atime = None;
+                    o.access_times = Atime::Relative;
+                }
+                "noatime" => {
+                    o.atime = Some(false);
+                    o.access_times = Atime::Never;
+                }
+                "strictatime" => {
+                    o.atime = None;
+                    o.access_times = Atime::Strict;
+                }
+                "nodiratime" => o.dir_atime = false,
+                "diratime" => o.dir_atime = true,
+                // Access-time changes are already written lazily: with the file's other
+                // attributes at its write-back or close, or with the next group commit.
+                "lazytime" | "nolazytime" => {}
                 "sync" => o.sync = Some(true),
                 "async" => o.sync = Some(false),
                 "dirsync" => o.dirsync = true,
@@ -191,10 +210,23 @@ mod tests {
         assert_eq!(o.dev, Some(true));
         assert_eq!(o.cache_mib, Some(64));
         assert_eq!(o.kernel_flags(), vec![fuser::MountOption::Dev]);
-        // Access-time policies change nothing (reads never update access times).
+        // Access times are the daemon's: only noatime reaches the kernel's flags.
         let t = parse("nodiratime,strictatime,lazytime").unwrap();
-        assert_eq!(t.atime, None);
+        assert_eq!(
+            (t.atime, t.access_times, t.dir_atime),
+            (None, Atime::Strict, false)
+        );
         assert!(t.kernel_flags().is_empty());
+        let d = parse("").unwrap();
+        assert_eq!((d.access_times, d.dir_atime), (Atime::Relative, true));
+        let n = parse("strictatime,noatime").unwrap();
+        assert_eq!((n.atime, n.access_times), (Some(false), Atime::Never));
+        assert_eq!(n.kernel_flags(), vec![fuser::MountOption::NoAtime]);
+        let r = parse("noatime,nodiratime,relatime,diratime").unwrap();
+        assert_eq!(
+            (r.atime, r.access_times, r.dir_atime),
+            (None, Atime::Relative, true)
+        );
         // A security option that cannot be honoured is refused, not ignored.
         assert!(parse("nosymfollow").is_err());
     }

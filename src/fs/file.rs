@@ -205,6 +205,7 @@ impl Fs {
                 // Sequential: this read starts where the last one ended (or at 0).
                 let sequential = offset == o.read_end;
                 o.read_end = end;
+                self.file_accessed(o);
                 (
                     o.flushing.clone(),
                     o.dirty.copy_range(offset, end),
@@ -962,6 +963,14 @@ impl Fs {
         let mut attr = self.attr_in(&st, &tx, ino)?;
         if attr.kind != Kind::File {
             return Err(FsError::Invalid("fallocate of a non-regular file"));
+        }
+        // Nothing is reserved (a deduplicated, compressed store cannot tell what a later write
+        // will take), but a request that could not be had even raw is refused, as
+        // posix_fallocate must: the part of the range past the end of the file must fit in
+        // the free space.
+        let beyond = end.saturating_sub(offset.max(attr.size));
+        if !punch && beyond > 0 && beyond > self.store().space()?.avail_bytes {
+            return Err(FsError::NoSpace);
         }
         let now = Ts::now();
         if punch || zero {

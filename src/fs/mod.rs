@@ -19,6 +19,7 @@
 //! it. A crash loses the same thing as before: non-durable commits were never promised to
 //! survive one.
 
+mod atime;
 mod background;
 mod counters;
 mod digest;
@@ -26,6 +27,7 @@ mod dir_listing;
 mod dirty;
 mod durability;
 mod file;
+mod ghosts;
 mod kernel_listings;
 mod namespace;
 mod page_cache;
@@ -38,6 +40,7 @@ mod xattr;
 /// Entries a directory handle's listing keeps in memory (more go to a scratch file).
 pub use dir_listing::IN_MEMORY as LISTING_IN_MEMORY;
 
+pub use atime::Atime;
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
 pub use file::SeekWhence;
@@ -98,6 +101,10 @@ pub struct FsConfig {
     pub on_durable: Option<Arc<dyn Fn(Usage) + Send + Sync>>,
     /// The store directory, where snapshot files live (none: no snapshots).
     pub store_dir: Option<std::path::PathBuf>,
+    /// When reads update access times (`relatime` by default).
+    pub atime: Atime,
+    /// Whether directory reads update access times (`nodiratime`: no).
+    pub dir_atime: bool,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -107,6 +114,8 @@ impl std::fmt::Debug for FsConfig {
             .field("file_dirty_limit", &self.file_dirty_limit)
             .field("total_dirty_limit", &self.total_dirty_limit)
             .field("read_only", &self.read_only)
+            .field("atime", &self.atime)
+            .field("dir_atime", &self.dir_atime)
             .finish()
     }
 }
@@ -120,6 +129,8 @@ impl Default for FsConfig {
             read_only: false,
             on_durable: None,
             store_dir: None,
+            atime: Atime::Relative,
+            dir_atime: true,
         }
     }
 }
@@ -382,6 +393,8 @@ pub struct Fs {
     counters: Counters,
     /// Which opens use the kernel's page cache (see `page_cache`).
     page_cache: Mutex<page_cache::PageCachePolicy>,
+    /// Unlinked inodes the kernel may still ask about (see `ghosts`).
+    ghosts: ghosts::Ghosts,
     /// Snapshots, and the chunks they hold.
     snaps: snapshots::Snapshots,
     /// Every change refused from now on (`Fs::fence`).
@@ -470,6 +483,7 @@ impl Fs {
             )),
             counters: Counters::default(),
             page_cache: Mutex::new(page_cache::PageCachePolicy::default()),
+            ghosts: ghosts::Ghosts::default(),
             snaps,
             fenced: std::sync::atomic::AtomicBool::new(false),
             listings,
@@ -552,7 +566,21 @@ impl Fs {
         self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The attributes of `ino`; of an inode whose last name went, those it had then (link
+    /// count 0) until [`Fs::forget`] (module `ghosts`).
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        match self.getattr_linked(ino) {
+            Err(FsError::NotFound) => self.ghosts.get(ino).ok_or(FsError::NotFound),
+            r => r,
+        }
+    }
+
+    /// The kernel forgot `ino` (FUSE FORGET): an unlinked inode need not be shown any more.
+    pub fn forget(&self, ino: Ino) {
+        self.ghosts.forget(ino);
+    }
+
+    fn getattr_linked(&self, ino: Ino) -> Result<Attr> {
         if in_snapshot(ino) {
             return self.snap_getattr(ino);
         }
@@ -587,6 +615,17 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
+        if name == b"." {
+            // Path walks never ask for "."; the kernel does when it decodes a file handle
+            // (open_by_handle_at, an NFS export: FUSE_EXPORT_SUPPORT) of an inode it no
+            // longer holds, of any kind. An inode whose last name and handle went is stale
+            // (ENOENT here, ESTALE to the caller), and so is any in a snapshot: a deleted
+            // snapshot's slot and inode numbers are used again by a later one.
+            if in_snapshot(parent) {
+                return Err(FsError::NotFound);
+            }
+            return Ok((parent, self.getattr_linked(parent)?));
+        }
         if in_snapshot(parent) {
             return self.snap_lookup(parent, name);
         }
@@ -596,7 +635,6 @@ impl Fs {
                 return Err(FsError::NotDir);
             }
             Ok(match name {
-                b"." => parent,
                 b".." => pattr.parent,
                 _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
             })
@@ -610,7 +648,7 @@ impl Fs {
             }
             r => r?,
         };
-        Ok((ino, self.getattr(ino)?))
+        Ok((ino, self.getattr_linked(ino)?))
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
@@ -688,7 +726,9 @@ impl Fs {
             return Err(FsError::IsDir);
         }
         o.opens += 1;
-        let mode = self.page_cache.lock().open(ino, write);
+        // A read whose access time is due must reach the daemon (module `atime`).
+        let atime_due = self.atime_rule(o.attr.kind).due(&o.attr, Ts::now());
+        let mode = self.page_cache.lock().open(ino, write, atime_due);
         let fh = st.next_fh;
         st.next_fh += 1;
         st.handles.insert(fh, Handle::File { ino, write });
@@ -726,6 +766,7 @@ impl Fs {
             self.wait_idle(&mut st, ino);
             if let Some(o) = st.open.remove(&ino) {
                 st.dirty_total -= o.dirty.bytes();
+                self.ghosts.refresh(ino, o.attr);
             }
             return self.group(&mut st, |_, tx| tx.delete_inode(ino));
         }

@@ -200,6 +200,7 @@ impl Fs {
         if attr.nlink > 0 {
             return self.set_attr_in(st, tx, ino, attr);
         }
+        self.ghosts.add(ino, attr);
         match st.open.get(&ino) {
             Some(o) if o.opens > 0 || o.flushing.is_some() => {
                 // Deferred delete: an open handle keeps the data readable until release.

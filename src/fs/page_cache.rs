@@ -57,7 +57,9 @@ impl Default for PageCachePolicy {
 
 impl PageCachePolicy {
     /// Decides how a new open of `ino` is served and records it; `release` must follow.
-    pub fn open(&mut self, ino: Ino, write: bool) -> CacheMode {
+    /// `atime_due`: the file's next read must reach the daemon to update its access time, so
+    /// the kernel's cached pages are not kept.
+    pub fn open(&mut self, ino: Ino, write: bool, atime_due: bool) -> CacheMode {
         if write {
             *self.writers.entry(ino).or_default() += 1;
             return CacheMode::Direct;
@@ -67,7 +69,7 @@ impl PageCachePolicy {
         }
         // After this open the kernel's pages are current either way: kept because nothing
         // changed, or dropped by the kernel at open.
-        let keep = self.current.put(ino, ()).is_some();
+        let keep = self.current.put(ino, ()).is_some() && !atime_due;
         CacheMode::Cached { keep }
     }
 
@@ -99,30 +101,40 @@ mod tests {
     #[test]
     fn readers_use_the_cache_and_keep_it_while_nothing_changes() {
         let mut p = PageCachePolicy::default();
-        assert_eq!(p.open(5, false), Cached { keep: false });
+        assert_eq!(p.open(5, false, false), Cached { keep: false });
         p.release(5, false);
-        assert_eq!(p.open(5, false), Cached { keep: true });
+        assert_eq!(p.open(5, false, false), Cached { keep: true });
         p.release(5, false);
         p.changed(5);
-        assert_eq!(p.open(5, false), Cached { keep: false });
+        assert_eq!(p.open(5, false, false), Cached { keep: false });
+    }
+
+    #[test]
+    fn a_reader_whose_access_time_is_due_does_not_keep_the_cached_pages() {
+        let mut p = PageCachePolicy::default();
+        p.open(5, false, false);
+        p.release(5, false);
+        assert_eq!(p.open(5, false, true), Cached { keep: false });
+        p.release(5, false);
+        assert_eq!(p.open(5, false, false), Cached { keep: true });
     }
 
     #[test]
     fn writers_are_direct_and_readers_go_direct_while_one_is_open() {
         let mut p = PageCachePolicy::default();
-        let r = p.open(1, false);
+        let r = p.open(1, false, false);
         assert_eq!(r, Cached { keep: false });
         // A writer arriving while a cached reader is open is still direct.
-        assert_eq!(p.open(1, true), Direct);
+        assert_eq!(p.open(1, true, false), Direct);
         p.changed(1);
         // Readers opening while it is open go direct.
-        assert_eq!(p.open(1, false), Direct);
+        assert_eq!(p.open(1, false, false), Direct);
         p.release(1, false);
         p.release(1, true);
         // Writer gone: cached again, without the pages from before its writes.
-        assert_eq!(p.open(1, false), Cached { keep: false });
+        assert_eq!(p.open(1, false, false), Cached { keep: false });
         p.release(1, false);
-        assert_eq!(p.open(1, false), Cached { keep: true });
+        assert_eq!(p.open(1, false, false), Cached { keep: true });
         p.release(1, false);
         assert!(p.writers.is_empty());
     }
@@ -131,10 +143,13 @@ mod tests {
     fn forgotten_inodes_are_opened_without_keep_cache() {
         let mut p = PageCachePolicy::default();
         for ino in 0..(REMEMBERED as u64 + 1) {
-            p.open(ino, false);
+            p.open(ino, false, false);
             p.release(ino, false);
         }
-        assert_eq!(p.open(0, false), Cached { keep: false }, "evicted");
-        assert_eq!(p.open(REMEMBERED as u64, false), Cached { keep: true });
+        assert_eq!(p.open(0, false, false), Cached { keep: false }, "evicted");
+        assert_eq!(
+            p.open(REMEMBERED as u64, false, false),
+            Cached { keep: true }
+        );
     }
 }

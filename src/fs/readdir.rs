@@ -56,6 +56,17 @@ impl Fs {
         self.stale.wait_sent(LISTINGS_TOLD_WAIT);
     }
 
+    /// A directory read from offset 0 updates the directory's access time (module `atime`;
+    /// not in snapshots). Best effort: a listing is not refused for its access time.
+    fn read_from_start(&self, dir: Ino, offset: u64) {
+        if offset == 0
+            && !in_snapshot(dir)
+            && let Err(e) = self.dir_accessed(dir)
+        {
+            tracing::debug!("access time of directory {dir} not updated: {e}");
+        }
+    }
+
     /// The listing of directory handle `fh` for a readdir from `offset`: read at offset 0
     /// (opendir or rewinddir) or when not read yet.
     fn load_dir(&self, fh: u64, offset: u64) -> Result<(Ino, Arc<Mutex<dir_listing::Listing>>)> {
@@ -147,7 +158,8 @@ impl Fs {
         offset: u64,
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
-        let (_, listing) = self.load_dir(fh, offset)?;
+        let (dir, listing) = self.load_dir(fh, offset)?;
+        self.read_from_start(dir, offset);
         serve(&listing, offset, f).map(drop)
     }
 
@@ -159,6 +171,7 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let listing = self.shared_listing(dir, offset)?;
+        self.read_from_start(dir, offset);
         let more = serve(&listing, offset, f)?;
         self.finished_with(dir, &listing, more);
         Ok(())
@@ -181,6 +194,7 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let (dir, listing) = self.load_dir(fh, offset)?;
+        self.read_from_start(dir, offset);
         self.serve_plus(dir, &listing, offset, f).map(drop)
     }
 
@@ -192,6 +206,7 @@ impl Fs {
         f: &mut dyn FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
         let listing = self.shared_listing(dir, offset)?;
+        self.read_from_start(dir, offset);
         let more = self.serve_plus(dir, &listing, offset, f)?;
         self.finished_with(dir, &listing, more);
         Ok(())
