@@ -196,6 +196,8 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     // A lock released a moment ago can still be held by a child that a thread of the
     // releasing process was forking (a forked child shares the lock until it execs): wait a
     // little before calling the store busy, unless a daemon is serving it.
+    // How long a wait for a finishing daemon goes unmentioned.
+    const UNMOUNT_QUIET: std::time::Duration = std::time::Duration::from_secs(3);
     let mut tries = 0;
     let waiting_since = std::time::Instant::now();
     let mut told = false;
@@ -215,7 +217,9 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
                 if waiting_since.elapsed() < UNMOUNT_WAIT
                     && fs::read(dir.join("lock")).is_ok_and(|b| b.starts_with(UNMOUNTING)) =>
             {
-                if !told {
+                // Said only when it takes a while: `umount` then `mount` prints nothing (tools
+                // such as fstests take any output of a mount as a failure).
+                if !told && waiting_since.elapsed() >= UNMOUNT_QUIET {
                     told = true;
                     tracing::warn!(
                         "{}: waiting for the daemon of its last mount to finish unmounting",
