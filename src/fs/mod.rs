@@ -3,10 +3,12 @@
 //!
 //! State: the metadata database is the truth for everything committed; `State` (one mutex)
 //! holds open files, their dirty data and their in-memory attributes, and directory handles.
-//! Namespace operations live in `namespace.rs`, extended attributes in `xattr.rs`, file data
-//! paths (write-back, re-chunking, reads) in `file.rs`, directory handles in `readdir.rs`,
-//! durable points in `durability.rs`; transactions, the open group and what a failed commit
-//! leaves behind in `txn.rs`.
+//! Namespace operations live in `namespace.rs`, attributes and lookups in `attrs.rs`, open,
+//! flush and release in `open_files.rs`, extended attributes in `xattr.rs`, file data paths
+//! (write-back, re-chunking, reads) in `file.rs`, directory handles in `readdir.rs`, durable
+//! points in `durability.rs`, access times in `atime.rs`, unlinked inodes the kernel holds in
+//! `ghosts.rs`; transactions, the open group and what a failed commit leaves behind in
+//! `txn.rs`.
 //!
 //! Durability (docs/design.md): ordinary operations commit without fsync; `fsync`, `fsyncdir`,
 //! the periodic flusher and unmount first sync the chunk store, then commit durably, and only
@@ -20,6 +22,7 @@
 //! survive one.
 
 mod atime;
+mod attrs;
 mod background;
 mod counters;
 mod digest;
@@ -30,6 +33,7 @@ mod file;
 mod ghosts;
 mod kernel_listings;
 mod namespace;
+mod open_files;
 mod page_cache;
 mod readdir;
 mod reap;
@@ -52,7 +56,7 @@ pub use snapshots::{
 use crate::chunker::{ChunkParams, Chunker, POLICY_XATTR, Policy};
 use crate::error::{FsError, Ino, Result};
 use crate::hash::ChunkId;
-use crate::meta::{self, Attr, Kind, MetaDb, MetaRead, ROOT_INO, Ts, WTx};
+use crate::meta::{self, Attr, MetaDb, MetaRead, Ts, WTx};
 use crate::store::{ChunkCache, ChunkStore, SpaceUsage, StoreUsage};
 use dirty::DirtyMap;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -403,34 +407,6 @@ pub struct Fs {
     listings: Arc<dir_listing::Scratch>,
 }
 
-/// Applies the non-size changes of a setattr to `a`.
-fn apply_set(a: &mut Attr, set: &SetAttr, now: Ts) {
-    if let Some(mode) = set.mode {
-        a.perm = (mode & 0o7777) as u16;
-    }
-    if let Some(uid) = set.uid {
-        a.uid = uid;
-    }
-    if let Some(gid) = set.gid {
-        a.gid = gid;
-    }
-    if (set.uid.is_some() || set.gid.is_some()) && a.kind != Kind::Dir && set.mode.is_none() {
-        // chown clears set-user-ID, and set-group-ID when group-executable (Linux does so
-        // for root too since 2.2.13).
-        a.perm &= !(libc::S_ISUID as u16);
-        if a.perm & libc::S_IXGRP as u16 != 0 {
-            a.perm &= !(libc::S_ISGID as u16);
-        }
-    }
-    if let Some(t) = set.atime {
-        a.atime = t.resolve();
-    }
-    if let Some(t) = set.mtime {
-        a.mtime = t.resolve();
-    }
-    a.ctime = set.ctime.unwrap_or(now);
-}
-
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -566,229 +542,6 @@ impl Fs {
         self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The attributes of `ino`; of an inode whose last name went, those it had then (link
-    /// count 0) until [`Fs::forget`] (module `ghosts`).
-    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        match self.getattr_linked(ino) {
-            Err(FsError::NotFound) => self.ghosts.get(ino).ok_or(FsError::NotFound),
-            r => r,
-        }
-    }
-
-    /// The kernel forgot `ino` (FUSE FORGET): an unlinked inode need not be shown any more.
-    pub fn forget(&self, ino: Ino) {
-        self.ghosts.forget(ino);
-    }
-
-    fn getattr_linked(&self, ino: Ino) -> Result<Attr> {
-        if in_snapshot(ino) {
-            return self.snap_getattr(ino);
-        }
-        let mut st = self.state.lock();
-        self.catch_up(&mut st);
-        if let Some(o) = st.open.get(&ino) {
-            return Ok(o.attr);
-        }
-        if let Some(p) = &st.pending {
-            let a = p.tx.inode(ino)?.ok_or_else(|| missing(&st, ino))?;
-            // Deleted, only not yet removed (see `reap`).
-            if a.nlink == 0 && st.reap.contains(&ino) {
-                return Err(FsError::NotFound);
-            }
-            return Ok(a);
-        }
-        let queued = !st.reap.is_empty();
-        let stale = st.stale.contains_key(&ino);
-        drop(st);
-        let a = self.meta.begin_read()?.inode(ino)?.ok_or(if stale {
-            FsError::Stale
-        } else {
-            FsError::NotFound
-        })?;
-        if queued && a.nlink == 0 && self.state.lock().reap.contains(&ino) {
-            return Err(FsError::NotFound);
-        }
-        Ok(a)
-    }
-
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Attr)> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if name == b"." {
-            // Path walks never ask for "."; the kernel does when it decodes a file handle
-            // (open_by_handle_at, an NFS export: FUSE_EXPORT_SUPPORT) of an inode it no
-            // longer holds, of any kind. An inode whose last name and handle went is stale
-            // (ENOENT here, ESTALE to the caller), and so is any in a snapshot: a deleted
-            // snapshot's slot and inode numbers are used again by a later one.
-            if in_snapshot(parent) {
-                return Err(FsError::NotFound);
-            }
-            return Ok((parent, self.getattr_linked(parent)?));
-        }
-        if in_snapshot(parent) {
-            return self.snap_lookup(parent, name);
-        }
-        let found = self.with_view(|r| {
-            let pattr = r.inode(parent)?.ok_or(FsError::NotFound)?;
-            if pattr.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            Ok(match name {
-                b".." => pattr.parent,
-                _ => r.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
-            })
-        });
-        let ino = match found {
-            // The snapshots directory, unless the root has an entry of that name.
-            Err(FsError::NotFound)
-                if parent == ROOT_INO && name == SNAPDIR_NAME && self.snaps.any() =>
-            {
-                return self.snapdir_lookup();
-            }
-            r => r?,
-        };
-        Ok((ino, self.getattr_linked(ino)?))
-    }
-
-    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        if in_snapshot(ino) {
-            return self.with_snap(ino, |r, i| {
-                r.symlink(i)?.ok_or(FsError::Invalid("not a symlink"))
-            });
-        }
-        self.with_view(|r| r.symlink(ino)?.ok_or(FsError::Invalid("not a symlink")))
-    }
-
-    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
-        self.writable_ino(ino)?;
-        if let Some(size) = set.size {
-            self.content_changed(ino);
-            self.truncate(ino, size)?;
-        }
-        let mut st = self.state.lock();
-        let now = Ts::now();
-        if st.open.contains_key(&ino) && self.view(&st)?.inode(ino)?.is_none() {
-            // Its creation was dropped by a failed commit (see `discard_gone`).
-            return Err(FsError::Stale);
-        }
-        if let Some(o) = st.open.get_mut(&ino) {
-            // An open (or just closed, write-back pending) file: change the authoritative
-            // in-memory copy; its write-back commits it with the data. `tar x` sets times,
-            // owner and mode right after close: this saves three commits per file.
-            apply_set(&mut o.attr, &set, now);
-            o.attr_dirty = true;
-            let (a, closed) = (o.attr, o.opens == 0);
-            // A write-back queued or in flight commits the attributes as they are when it
-            // ends (under the state lock): nothing more to do for it.
-            let in_hand = o.flushing.is_some() || o.queued;
-            if closed && !in_hand {
-                if o.dirty.is_empty() {
-                    // Closed and written back: only the attributes changed. Commit them
-                    // with the open group instead of waking a writer for them.
-                    self.group(&mut st, |st, tx| self.set_attr_in(st, tx, ino, a))?;
-                    self.forget_if_idle(&mut st, ino);
-                } else if !self.queue_writeback(&mut st, ino) {
-                    self.writeback(&mut st, ino, true)?;
-                }
-            }
-            return Ok(a);
-        }
-        self.group(&mut st, |st, tx| {
-            let mut a = self.attr_in(st, tx, ino)?;
-            apply_set(&mut a, &set, now);
-            self.set_attr_in(st, tx, ino, a)?;
-            Ok(a)
-        })
-    }
-
-    pub fn open(&self, ino: Ino, write: bool) -> Result<u64> {
-        self.open_with_mode(ino, write).map(|(fh, _)| fh)
-    }
-
-    /// Opens `ino` and says whether the open may use the kernel's page cache (see
-    /// `page_cache`); the handle remembers it until `release`.
-    pub fn open_with_mode(&self, ino: Ino, write: bool) -> Result<(u64, CacheMode)> {
-        if in_snapshot(ino) {
-            // A snapshot never changes, but a slot and its inode numbers are used again by a
-            // later snapshot: pages cached for an earlier one must not be kept.
-            return Ok((
-                self.snap_open(ino, write)?,
-                CacheMode::Cached { keep: false },
-            ));
-        }
-        if write {
-            self.writable()?;
-        }
-        let mut st = self.state.lock();
-        let o = self.open_entry(&mut st, ino)?;
-        if o.attr.kind == Kind::Dir && write {
-            return Err(FsError::IsDir);
-        }
-        o.opens += 1;
-        // A read whose access time is due must reach the daemon (module `atime`).
-        let atime_due = self.atime_rule(o.attr.kind).due(&o.attr, Ts::now());
-        let mode = self.page_cache.lock().open(ino, write, atime_due);
-        let fh = st.next_fh;
-        st.next_fh += 1;
-        st.handles.insert(fh, Handle::File { ino, write });
-        Ok((fh, mode))
-    }
-
-    /// Closes a handle: writes the file back when it was the last one, and deletes an
-    /// unlinked inode.
-    pub fn release(&self, fh: u64) -> Result<()> {
-        let mut st = self.state.lock();
-        st.flushed.remove(&fh);
-        let Some(Handle::File { ino, write }) = st.handles.remove(&fh) else {
-            return Ok(());
-        };
-        // `sync_dir` may wait for this release (an unlinked file closed before it).
-        self.flush_done.notify_all();
-        if in_snapshot(ino) {
-            return Ok(());
-        }
-        self.page_cache.lock().release(ino, write);
-        let last = match st.open.get_mut(&ino) {
-            Some(o) => {
-                o.opens = o.opens.saturating_sub(1);
-                o.opens == 0
-            }
-            None => false,
-        };
-        if !last {
-            return Ok(());
-        }
-        self.catch_up(&mut st);
-        let nlink = st.open.get(&ino).map(|o| o.attr.nlink).unwrap_or(1);
-        if nlink == 0 {
-            // Unlinked and now closed: its data goes with it.
-            self.wait_idle(&mut st, ino);
-            if let Some(o) = st.open.remove(&ino) {
-                st.dirty_total -= o.dirty.bytes();
-                self.ghosts.refresh(ino, o.attr);
-            }
-            return self.group(&mut st, |_, tx| tx.delete_inode(ino));
-        }
-        // A small file is written back right here: the closer does not wait for a release,
-        // and handing it to a writer thread would cost more (a wake-up per file) than the
-        // write-back itself. Larger ones go to the background writer.
-        // (Not while a write-back of it is queued or in flight: this thread would wait for it.)
-        let small = st.open.get(&ino).is_some_and(|o| {
-            o.dirty.bytes() <= INLINE_WRITEBACK && o.flushing.is_none() && !o.queued
-        });
-        if !small && self.queue_writeback(&mut st, ino) {
-            self.forget_if_idle(&mut st, ino);
-            return Ok(());
-        }
-        let result = self.writeback_reclaiming(&mut st, ino, true);
-        // Keep the entry while write-back failed: its dirty data is the only copy.
-        if result.is_ok() {
-            self.forget_if_idle(&mut st, ino);
-        }
-        result
-    }
-
     pub fn statfs(&self) -> Result<StatFs> {
         let SpaceUsage {
             total_bytes,
@@ -862,124 +615,6 @@ impl Fs {
                 .unwrap_or(0)
         };
         Ok(self.with_view(|r| r.allocated(ino))? + dirty)
-    }
-
-    /// FLUSH of handle `fh` (a close(2) of a descriptor of it): its RELEASE follows
-    /// asynchronously unless the descriptor was duplicated.
-    pub fn note_flushed(&self, fh: u64) {
-        let mut st = self.state.lock();
-        if st.handles.contains_key(&fh) {
-            st.flushed.insert(fh);
-        }
-    }
-
-    /// Waits (at most `RELEASE_WAIT`, the state lock released meanwhile) while an unlinked
-    /// file is held open only by handles whose descriptors were closed (FLUSH received): the
-    /// kernel sends their RELEASE asynchronously after close(2) returns, so a process that
-    /// closes, unlinks and fsyncs the directory can get here before the release, and the
-    /// durable point would keep the file's chunks (a full disk would stay full).
-    fn wait_closing_unlinked(&self, st: &mut Guard<'_>) {
-        let deadline = std::time::Instant::now() + RELEASE_WAIT;
-        loop {
-            let closing = st.open.iter().any(|(&ino, o)| {
-                o.attr.nlink == 0 && o.opens > 0 && {
-                    let mut fhs = st.handles.iter().filter_map(|(fh, h)| match h {
-                        Handle::File { ino: i, .. } if *i == ino => Some(fh),
-                        _ => None,
-                    });
-                    fhs.all(|fh| st.flushed.contains(fh))
-                }
-            });
-            if !closing || self.flush_done.wait_until(st, deadline).timed_out() {
-                return;
-            }
-        }
-    }
-
-    /// FLUSH at close(2): a file whose last write-back failed is written back here, so the
-    /// closer gets the error. Otherwise nothing: the write-back follows at the last close
-    /// (`release`, which the closer does not wait for), so close returns at once and the
-    /// file is chunked once, whole, instead of once at each close.
-    ///
-    /// A file whose creation a failed commit dropped gets ESTALE, once that was found, at
-    /// every close, unless an fsync of it reported the loss and nothing was written to it
-    /// since: its data written through the handle is lost, as in a crash. (Per file, not per
-    /// open file description: an fsync through another descriptor counts too.)
-    pub fn flush(&self, ino: Ino) -> Result<()> {
-        let mut st = self.state.lock();
-        if st.open.get(&ino).is_some_and(|o| o.wb_failed) {
-            self.writeback_reclaiming(&mut st, ino, true)?;
-        }
-        self.catch_up(&mut st);
-        if st.open.get(&ino).is_some_and(|o| o.gone_at.is_some()) {
-            // Bytes written to it since its last fsync are lost: this close says so.
-            self.wait_idle(&mut st, ino);
-            self.discard_gone(&mut st, ino);
-        }
-        match st.stale.get(&ino) {
-            Some(false) => Err(FsError::Stale),
-            _ => Ok(()),
-        }
-    }
-
-    /// Queues `ino` for the background writer. False when the caller must write back itself:
-    /// no background writer, a full queue, or a failed last write-back.
-    fn queue_writeback(&self, st: &mut State, ino: Ino) -> bool {
-        let Some(o) = st.open.get_mut(&ino) else {
-            return true;
-        };
-        if o.dirty.is_empty() && !o.attr_dirty {
-            return true;
-        }
-        if o.wb_failed {
-            return false;
-        }
-        if o.queued {
-            return true;
-        }
-        let sent = self
-            .background
-            .lock()
-            .as_ref()
-            .is_some_and(|bg| bg.try_send(ino).is_ok());
-        if sent {
-            o.queued = true;
-        }
-        sent
-    }
-
-    /// Drops the in-memory entry of a closed inode with nothing left to write.
-    fn forget_if_idle(&self, st: &mut State, ino: Ino) {
-        if st.open.get(&ino).is_some_and(OpenInode::idle) {
-            st.open.remove(&ino);
-        }
-    }
-
-    /// Clears set-user-ID, and set-group-ID where Linux does, after a write by a writer
-    /// without CAP_FSETID (the kernel asks with FUSE_WRITE_KILL_SUIDGID): set-group-ID goes
-    /// when the file is group-executable or the writer is not in the file's group
-    /// (`in_group`, asked only then), as the kernel's `setattr_should_drop_sgid`.
-    /// `in_group` may read from /proc: it is called without the state lock.
-    pub fn kill_suid(&self, ino: Ino, in_group: &dyn Fn(u32) -> bool) -> Result<()> {
-        let (perm, gid) = {
-            let mut st = self.state.lock();
-            let o = self.open_entry(&mut st, ino)?;
-            (o.attr.perm, o.attr.gid)
-        };
-        let mut kill = perm & libc::S_ISUID as u16;
-        if perm & libc::S_ISGID as u16 != 0 && (perm & libc::S_IXGRP as u16 != 0 || !in_group(gid))
-        {
-            kill |= libc::S_ISGID as u16;
-        }
-        if kill != 0 {
-            let mut st = self.state.lock();
-            let o = self.open_entry(&mut st, ino)?;
-            if o.attr.perm & kill != 0 {
-                o.attr.perm &= !kill;
-                o.attr_dirty = true;
-            }
-        }
-        Ok(())
     }
 
     /// Figures for `stats`: logical, referenced and physical bytes, chunk count.
