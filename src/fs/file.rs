@@ -271,11 +271,7 @@ impl Fs {
             let o = self.open_entry(&mut st, ino)?;
             let handed = !o.wb_failed
                 && o.dirty.bytes() <= self.cfg.file_dirty_limit
-                && self
-                    .background
-                    .lock()
-                    .as_ref()
-                    .is_some_and(|bg| bg.try_send(ino).is_ok());
+                && self.send_to_writer(ino);
             if handed {
                 o.queued = true;
             } else {
@@ -284,8 +280,7 @@ impl Fs {
         } else if o.dirty.bytes() + data.len() > self.cfg.file_dirty_limit / 4
             && o.flushing.is_none()
             && !o.queued
-            && let Some(bg) = &*self.background.lock()
-            && bg.try_send(ino).is_ok()
+            && self.send_to_writer(ino)
         {
             // Hand a quarter-budget to the background writer early.
             o.queued = true;

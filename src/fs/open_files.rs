@@ -168,15 +168,19 @@ impl Fs {
         if o.queued {
             return true;
         }
-        let sent = self
-            .background
-            .lock()
-            .as_ref()
-            .is_some_and(|bg| bg.try_send(ino).is_ok());
+        let sent = self.send_to_writer(ino);
         if sent {
             o.queued = true;
         }
         sent
+    }
+
+    /// Hands `ino` to the background writer; false when there is none or its queue is full.
+    pub(super) fn send_to_writer(&self, ino: Ino) -> bool {
+        self.background
+            .lock()
+            .as_ref()
+            .is_some_and(|bg| bg.try_send(ino).is_ok())
     }
 
     /// Drops the in-memory entry of a closed inode with nothing left to write.
