@@ -12,7 +12,7 @@ use common::{Volume, errno_of, fuse_available, random_bytes};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -161,10 +161,26 @@ fn the_digest_is_virtual_unlisted_and_read_only() {
     if !b3sum_available() {
         return;
     }
-    let vol = Volume::new();
+    let mut vol = Volume::new();
     let p = vol.path("f");
     let data = random_bytes(5, 100_000);
     fs::write(&p, &data).unwrap();
+    // Reading the digest is not a read of the file: its access time stays (relatime would
+    // move it at the first read after the write), also while the file is open.
+    let atime = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.atime(), m.atime_nsec())
+    };
+    let open = File::open(&p).unwrap();
+    let before = atime(&p);
+    assert_eq!(getxattr(&p, NAME).unwrap().len(), 32);
+    drop(open);
+    vol.remount(); // past the kernel's cached attributes
+    assert_eq!(
+        atime(&p),
+        before,
+        "reading the digest moved the access time"
+    );
     setxattr(&p, "user.real", b"1", 0).unwrap();
     check(&p, &data, "before");
     assert_eq!(

@@ -36,7 +36,7 @@ impl Fs {
         let mut h = blake3::Hasher::new();
         let mut offset = 0u64;
         loop {
-            let piece = self.read(ino, offset, PIECE)?;
+            let piece = self.read_data(ino, offset, PIECE, false)?;
             if piece.is_empty() {
                 break;
             }

@@ -182,10 +182,23 @@ impl Fs {
         Ok(())
     }
 
-    /// Reads up to `size` bytes at `offset`. Committed chunks are read with the state lock
-    /// released (against a metadata snapshot taken under it, with chunk removal held off), so
-    /// reads run in parallel with each other and with write-back.
+    /// Reads up to `size` bytes at `offset` for a reader: the file's access time moves as the
+    /// mount says (module `atime`). Committed chunks are read with the state lock released
+    /// (against a metadata snapshot taken under it, with chunk removal held off), so reads run
+    /// in parallel with each other and with write-back.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_data(ino, offset, size, true)
+    }
+
+    /// `read`; `accessed` false for the daemon's own reads (the digest xattr), which leave the
+    /// access time alone.
+    pub(super) fn read_data(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        accessed: bool,
+    ) -> Result<Vec<u8>> {
         if super::in_snapshot(ino) {
             return self.snap_read(ino, offset, size);
         }
@@ -205,7 +218,9 @@ impl Fs {
                 // Sequential: this read starts where the last one ended (or at 0).
                 let sequential = offset == o.read_end;
                 o.read_end = end;
-                self.file_accessed(o);
+                if accessed {
+                    self.file_accessed(o);
+                }
                 (
                     o.flushing.clone(),
                     o.dirty.copy_range(offset, end),
