@@ -60,7 +60,8 @@ impl Fs {
         }
     }
 
-    /// A read of open file `o` reached the daemon (state lock held).
+    /// A read of open file `o` reached the daemon (state lock held): committed with the
+    /// file's other attributes at its write-back or last release.
     pub(super) fn file_accessed(&self, o: &mut OpenInode) {
         let now = Ts::now();
         if self.atime_rule(o.attr.kind).due(&o.attr, now) {
@@ -75,11 +76,9 @@ impl Fs {
         if rule == Atime::Never || !rule.due(&self.getattr(dir)?, Ts::now()) {
             return Ok(());
         }
+        // Committed with the open group (also the in-memory copy of a directory that has
+        // one: `set_attr_in`).
         let mut st = self.state.lock();
-        if let Some(o) = st.open.get_mut(&dir) {
-            self.file_accessed(o);
-            return Ok(());
-        }
         self.group(&mut st, |st, tx| {
             let mut a = self.attr_in(st, tx, dir)?;
             let now = Ts::now();
