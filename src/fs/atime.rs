@@ -73,7 +73,8 @@ impl Fs {
     /// Directory `dir` is read from its start.
     pub(super) fn dir_accessed(&self, dir: Ino) -> Result<()> {
         let rule = self.atime_rule(Kind::Dir);
-        if rule == Atime::Never || !rule.due(&self.getattr(dir)?, Ts::now()) {
+        // Of a live directory only: one whose last name went (a kept ghost) has no row.
+        if rule == Atime::Never || !rule.due(&self.getattr_linked(dir)?, Ts::now()) {
             return Ok(());
         }
         // Committed with the open group (also the in-memory copy of a directory that has
