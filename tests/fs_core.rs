@@ -1086,13 +1086,16 @@ fn punch_hole_reads_zeros_and_frees_allocation() {
     assert_eq!(v.size(ino), MIB, "KEEP_SIZE");
     assert_same(&v.read_all(ino), &want, "after punch");
     assert_eq!(v.fs().allocated(ino).unwrap(), full - 300 * KIB);
+    // Answers come in 4 KiB blocks: the hole is the blocks wholly inside the punched range.
+    assert_eq!(v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(), 260 * KIB);
     assert_eq!(
-        v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(),
-        256 * KIB + 5
+        v.fs().seek(ino, 260 * KIB, SeekWhence::Data).unwrap(),
+        556 * KIB
     );
     assert_eq!(
         v.fs().seek(ino, 256 * KIB + 5, SeekWhence::Data).unwrap(),
-        556 * KIB + 5
+        256 * KIB + 5,
+        "the block holds data before the punched range"
     );
     // Punch past EOF does not grow the file; plain fallocate does.
     v.fs().fallocate(ino, MIB - 10, MIB, mode).unwrap();
@@ -1585,6 +1588,87 @@ fn reads_see_data_whose_write_back_is_in_flight() {
         &data,
         "after",
     );
+}
+
+#[test]
+fn seek_data_and_hole_answer_in_4k_blocks_over_dirty_and_committed_data() {
+    let v = Vol::mem();
+    let (ino, fh) = v.create(ROOT, "blocks");
+    // One byte at 2 (fstests' seek_sanity_test sizes its probes by what SEEK_DATA says here).
+    v.write(ino, 2, b"a");
+    for state in ["dirty", "committed"] {
+        assert_eq!(v.fs().seek(ino, 0, SeekWhence::Data).unwrap(), 0, "{state}");
+        assert_eq!(v.fs().seek(ino, 1, SeekWhence::Data).unwrap(), 1, "{state}");
+        assert_eq!(
+            v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(),
+            3,
+            "{state}: EOF"
+        );
+        v.fs().fsync(ino).unwrap();
+    }
+    // Data in blocks 1 (one byte), 3 (a run into block 4) and 6 (a dirty byte); size 7 blocks.
+    const B: u64 = 4096;
+    v.fs().truncate(ino, 0).unwrap();
+    v.write(ino, B + 100, b"x");
+    v.write(ino, 3 * B + 4000, &noise(200, 1));
+    v.fs().fsync(ino).unwrap();
+    v.write(ino, 6 * B + 7, b"y");
+    v.fs().truncate(ino, 7 * B).unwrap();
+    let data = |p| v.fs().seek(ino, p, SeekWhence::Data).map_err(|e| e.errno());
+    let hole = |p| v.fs().seek(ino, p, SeekWhence::Hole).map_err(|e| e.errno());
+    assert_eq!(data(0), Ok(B), "the data block's start, not the byte");
+    assert_eq!(
+        data(B + 101),
+        Ok(B + 101),
+        "inside a data block: the offset"
+    );
+    assert_eq!(data(2 * B), Ok(3 * B));
+    assert_eq!(data(5 * B - 1), Ok(5 * B - 1));
+    assert_eq!(data(5 * B), Ok(6 * B), "a dirty byte makes its block data");
+    assert_eq!(data(7 * B - 1), Ok(7 * B - 1));
+    assert_eq!(hole(0), Ok(0));
+    assert_eq!(hole(B), Ok(2 * B), "the rest of a data block is not a hole");
+    assert_eq!(hole(B + 101), Ok(2 * B));
+    assert_eq!(
+        hole(2 * B + 5),
+        Ok(2 * B + 5),
+        "inside a hole block: the offset"
+    );
+    assert_eq!(hole(3 * B), Ok(5 * B), "a run across a block edge");
+    assert_eq!(hole(6 * B), Ok(7 * B), "EOF ends the last hole");
+    assert_eq!(data(7 * B), Err(libc::ENXIO));
+    assert_eq!(hole(7 * B), Err(libc::ENXIO));
+    v.fs().release(fh).unwrap();
+}
+
+#[test]
+fn seek_hole_follows_a_long_run_of_extents_in_batches() {
+    // Over a thousand 8 KiB chunks back to back (several batches), a hole, more data.
+    let v = Vol::with(
+        Arc::new(MemoryStore::new()),
+        ChunkParams::from_avg(8192).unwrap(),
+        FsConfig::default(),
+    );
+    let data = noise(8 * MIB as usize, 3);
+    let ino = v.file_with("run", &data);
+    let fh = v.fs().open(ino, true).unwrap();
+    v.write(ino, 12 * MIB, b"tail");
+    v.fs().fsync(ino).unwrap();
+    assert_eq!(
+        v.fs().seek(ino, 0, SeekWhence::Hole).unwrap(),
+        8 * MIB,
+        "the run ends where the data does"
+    );
+    assert_eq!(
+        v.fs().seek(ino, 8 * MIB, SeekWhence::Data).unwrap(),
+        12 * MIB
+    );
+    assert_eq!(
+        v.fs().seek(ino, 12 * MIB, SeekWhence::Hole).unwrap(),
+        12 * MIB + 4,
+        "EOF"
+    );
+    v.fs().release(fh).unwrap();
 }
 
 #[test]

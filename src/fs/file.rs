@@ -1,5 +1,5 @@
 //! File data: reads, buffered writes, write-back with local re-chunking, truncate, holes,
-//! SEEK_DATA/SEEK_HOLE, fallocate and reference-copying `copy_file_range`.
+//! fallocate and reference-copying `copy_file_range`.
 //!
 //! Write-back of a dirty range re-chunks only the affected region: from the start of the
 //! chunk that holds the first dirty byte, cutting with FastCDC over (committed data overlaid
@@ -25,12 +25,6 @@ const HASH_THREADS: usize = 3;
 
 /// Chunks queued for prefetch after each read.
 const PREFETCH_CHUNKS: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SeekWhence {
-    Data,
-    Hole,
-}
 
 /// Copies bytes of sorted, non-overlapping `ranges` that overlap `[offset, ..)` into `out`.
 fn overlay(ranges: &Ranges, offset: u64, out: &mut [u8]) {
@@ -996,62 +990,6 @@ impl Fs {
         self.commit(&mut st, tx)
     }
 
-    /// lseek(2) with SEEK_DATA or SEEK_HOLE. Data is any committed chunk or dirty byte.
-    pub fn seek(&self, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
-        if super::in_snapshot(ino) {
-            let (s, i) = self.snap_of(ino)?;
-            return seek_committed(&s.begin_read()?, i, offset, whence);
-        }
-        let st = self.state.lock();
-        let tx = self.view(&st)?;
-        let attr = self.attr_in(&st, &*tx, ino)?;
-        if offset >= attr.size {
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
-        }
-        // Data is committed chunks, bytes being written back, and dirty bytes.
-        let mut dirty = Vec::new();
-        if let Some(o) = st.open.get(&ino) {
-            if let Some(f) = &o.flushing {
-                dirty.extend(f.iter().map(|(k, v)| (*k, k + v.len() as u64)));
-            }
-            dirty.extend(o.dirty.spans());
-            dirty.sort_unstable();
-        }
-        let covering = |p: u64| -> Result<Option<u64>> {
-            if let Some(&(_, e)) = dirty.iter().find(|&&(s, e)| s <= p && p < e) {
-                return Ok(Some(e));
-            }
-            Ok(tx.extents(ino, p, p + 1)?.first().map(|e| e.end()))
-        };
-        match whence {
-            SeekWhence::Hole => {
-                let mut p = offset;
-                while p < attr.size {
-                    match covering(p)? {
-                        Some(e) => p = e,
-                        None => break,
-                    }
-                }
-                Ok(p.min(attr.size))
-            }
-            SeekWhence::Data => {
-                if covering(offset)?.is_some() {
-                    return Ok(offset);
-                }
-                let next_extent = tx
-                    .extents(ino, offset, attr.size)?
-                    .first()
-                    .map(|e| e.offset.max(offset));
-                let next_dirty = dirty.iter().map(|&(s, _)| s).find(|&s| s >= offset);
-                match (next_extent, next_dirty) {
-                    (Some(a), Some(b)) => Ok(a.min(b)),
-                    (Some(a), None) | (None, Some(a)) if a < attr.size => Ok(a),
-                    _ => Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO))),
-                }
-            }
-        }
-    }
-
     /// copy_file_range(2) by reference: the destination range gets the source's chunk
     /// references (chunks cut by the range's edges are sliced into new chunks), so copying a
     /// large file costs metadata, not data. Returns the bytes copied.
@@ -1132,36 +1070,6 @@ impl Fs {
         self.set_attr_in(&mut st, &mut tx, dst, dattr)?;
         self.commit(&mut st, tx)?;
         Ok(len)
-    }
-}
-
-/// SEEK_DATA / SEEK_HOLE over committed extents alone (a file in a snapshot).
-fn seek_committed(r: &RTx, ino: Ino, offset: u64, whence: SeekWhence) -> Result<u64> {
-    let size = r.inode(ino)?.ok_or(FsError::NotFound)?.size;
-    let nxio = || FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO));
-    if offset >= size {
-        return Err(nxio());
-    }
-    match whence {
-        SeekWhence::Hole => {
-            let mut p = offset;
-            while p < size {
-                match r.extents(ino, p, p + 1)?.first() {
-                    Some(e) => p = e.end(),
-                    None => break,
-                }
-            }
-            Ok(p.min(size))
-        }
-        SeekWhence::Data => {
-            if !r.extents(ino, offset, offset + 1)?.is_empty() {
-                return Ok(offset);
-            }
-            match r.extents_from(ino, offset, 1)?.first() {
-                Some(e) if e.offset < size => Ok(e.offset),
-                _ => Err(nxio()),
-            }
-        }
     }
 }
 

@@ -37,6 +37,7 @@ mod open_files;
 mod page_cache;
 mod readdir;
 mod reap;
+mod seek;
 mod snapshots;
 mod txn;
 mod xattr;
@@ -47,8 +48,8 @@ pub use dir_listing::IN_MEMORY as LISTING_IN_MEMORY;
 pub use atime::Atime;
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
-pub use file::SeekWhence;
 pub use page_cache::CacheMode;
+pub use seek::SeekWhence;
 pub use snapshots::{
     SLOT_SHIFT as SNAPSHOT_SLOT_SHIFT, SNAPDIR_INO, SNAPDIR_NAME, SnapshotReport, in_snapshot,
 };

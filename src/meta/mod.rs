@@ -606,6 +606,8 @@ macro_rules! read_ops {
 pub trait MetaRead {
     fn inode(&self, ino: Ino) -> Result<Option<Attr>>;
     fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>>;
+    /// Up to `limit` extents of `ino` that start at or after `from`, in offset order.
+    fn extents_from(&self, ino: Ino, from: u64, limit: usize) -> Result<Vec<Extent>>;
     fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>>;
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, Kind)>>;
     /// The entries of `dir` one by one in name order, without holding them all.
@@ -625,6 +627,9 @@ macro_rules! meta_read {
             }
             fn extents(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<Extent>> {
                 <$t>::extents(self, ino, from, to)
+            }
+            fn extents_from(&self, ino: Ino, from: u64, limit: usize) -> Result<Vec<Extent>> {
+                <$t>::extents_from(self, ino, from, limit)
             }
             fn chunk(&self, id: &ChunkId) -> Result<Option<(u64, u32)>> {
                 <$t>::chunk(self, id)
