@@ -40,6 +40,7 @@ mod reap;
 mod seek;
 mod snapshots;
 mod txn;
+mod work_queue;
 mod xattr;
 
 /// Entries a directory handle's listing keeps in memory (more go to a scratch file).
@@ -320,6 +321,9 @@ impl<'a> std::ops::Deref for View<'a> {
     }
 }
 
+/// Chunks (id, stored length) queued for the prefetch threads.
+type PrefetchQueue = work_queue::Sender<(ChunkId, u32)>;
+
 #[derive(Default)]
 struct State {
     open: HashMap<Ino, OpenInode>,
@@ -375,9 +379,9 @@ pub struct Fs {
     /// Kernel listing invalidations owed (`kernel_listings`).
     stale: kernel_listings::Stale,
     /// Queue of the background writer, when started.
-    background: Mutex<Option<crossbeam_channel::Sender<Ino>>>,
+    background: Mutex<Option<work_queue::Sender<Ino>>>,
     /// Queue of the prefetch threads, when started.
-    prefetch: Mutex<Option<crossbeam_channel::Sender<(ChunkId, u32)>>>,
+    prefetch: Mutex<Option<Arc<PrefetchQueue>>>,
     /// Held shared by readers between their metadata snapshot and their chunk loads, and
     /// exclusively while chunk files are removed: a reader never loses a chunk it was promised.
     removal: RwLock<()>,
