@@ -132,6 +132,22 @@ fn kind(k: Kind) -> FileType {
     }
 }
 
+/// The generation number of an inode: the low 32 bits (all the kernel keeps) of its creation
+/// time in nanoseconds. File handles carry it. An inode number is never handed out twice
+/// within a mount, but a file whose creation was lost to a crash (kill -9 before a durable
+/// point) leaves its number to the next file created after the remount; that file's
+/// creation time differs, so a handle of the lost file is stale (ESTALE) instead of opening
+/// it. The root keeps 0, the generation the kernel gives its root inode.
+fn generation(ino: u64, a: &Attr) -> Generation {
+    if ino == ROOT_INO {
+        return Generation(0);
+    }
+    let ns = (a.crtime.secs as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(a.crtime.nsecs as u64);
+    Generation(ns & 0xffff_ffff)
+}
+
 fn file_attr(ino: u64, a: &Attr, used: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
@@ -236,7 +252,7 @@ impl DedupFuse {
                 let (attr, ttl) = self.attr(ino, &a);
                 // A set-ID file's name stays as long as any other's (see `SET_ID_TTL`).
                 let entry_ttl = if set_id(&a) { TTL } else { ttl };
-                reply.entry_with_ttls(&ttl, &entry_ttl, &attr, Generation(0))
+                reply.entry_with_ttls(&ttl, &entry_ttl, &attr, generation(ino, &a))
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -688,7 +704,7 @@ impl Filesystem for DedupFuse {
                 OsStr::from_bytes(&e.name),
                 &ttl,
                 &attr,
-                Generation(0),
+                generation(e.ino, a),
             )
         };
         let r = if self.handleless_dirs {
@@ -792,7 +808,7 @@ impl Filesystem for DedupFuse {
                 reply.created(
                     &ttl,
                     &attr,
-                    Generation(0),
+                    generation(ino, &a),
                     FileHandle(fh),
                     // A new file has no other opens: direct, as `Fs::open` decides for it.
                     self.open_flags(CacheMode::Direct),

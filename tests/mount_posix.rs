@@ -977,6 +977,47 @@ fn file_handles_open_files_and_directories_after_a_remount_and_go_stale_once_del
     vol.unmount();
 }
 
+#[test]
+fn a_handle_of_a_file_lost_to_a_crash_goes_stale_instead_of_opening_its_successor() {
+    // A file whose creation never became durable is gone after kill -9, and its inode number
+    // is handed out again; a handle taken before the crash must not open the new file.
+    if !fuse_available() || !common::is_root() {
+        return; // open_by_handle_at needs CAP_DAC_READ_SEARCH
+    }
+    let mut vol = Volume::new();
+    for _ in 0..5 {
+        fs::write(vol.path("lost"), b"created, never made durable").unwrap();
+        let ino = fs::metadata(vol.path("lost")).unwrap().ino();
+        let mut h = name_to_handle(&vol.path("lost"));
+        vol.kill9();
+        vol.remount();
+        if vol.path("lost").exists() {
+            // A durable point came between the write and the kill: try again.
+            fs::remove_file(vol.path("lost")).unwrap();
+            continue;
+        }
+        fs::write(vol.path("successor"), b"another file").unwrap();
+        assert_eq!(
+            fs::metadata(vol.path("successor")).unwrap().ino(),
+            ino,
+            "precondition: the lost file's inode number is used again"
+        );
+        let root = File::open(vol.path("")).unwrap();
+        let got = open_by_handle(&root, &mut h, libc::O_RDONLY).map(|mut f| {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).map(|_| buf)
+        });
+        assert!(
+            matches!(&got, Err(e) if e.raw_os_error() == Some(libc::ESTALE)),
+            "the lost file's handle: {got:?}"
+        );
+        drop(root);
+        vol.unmount();
+        return;
+    }
+    panic!("the file became durable before every one of 5 kills");
+}
+
 /// Access time, modification time and change time, each as (seconds, nanoseconds).
 fn times(p: &Path) -> [(i64, i64); 3] {
     let m = fs::metadata(p).unwrap();
