@@ -14,6 +14,7 @@ use crate::volume::{self, VolumeError};
 use anyhow::{Context, Result, anyhow, bail};
 
 mod control;
+mod logging;
 pub mod mounts;
 mod notify;
 mod options;
@@ -433,11 +434,16 @@ pub fn main() -> ExitCode {
     // A log line that cannot be written (the log's disk is full, often the store's own) is
     // dropped: the default reports it with eprintln!, which panics when stderr fails too, and
     // a panic on a FUSE or write-back thread takes the mount down or hangs a caller.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
+        .log_internal_errors(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logging::QuietLateReplies)
+        .with(lines)
         .init();
     match run(cli) {
         Ok(code) => code,
