@@ -1,7 +1,7 @@
 //! Background threads of a mounted filesystem: write-back of files over their dirty budget,
 //! and read-ahead (prefetch) of chunks.
 
-use super::{Fs, PREFETCHERS, WRITERS, work_queue};
+use super::{Fs, PREFETCHERS, WRITERS};
 use crate::error::Ino;
 use crate::hash::ChunkId;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ impl Fs {
     /// dirty budget while their writer goes on. Without it, write-back happens only in the
     /// caller's thread (as in most tests).
     pub fn start_background(self: &Arc<Self>) {
-        let (tx, rx) = work_queue::bounded::<Ino>(1024);
+        let (tx, rx) = crossbeam_channel::bounded::<Ino>(1024);
         *self.background.lock() = Some(tx);
         // Two writers: while one waits on the backing filesystem (creating a chunk file costs
         // an inode allocation), the other hashes. Write-backs of one inode are serialised by
@@ -38,8 +38,8 @@ impl Fs {
         }
         // Two prefetchers: loading (and verifying) chunks in parallel keeps a cold sequential
         // read from waiting on one small file at a time.
-        let (ptx, prx) = work_queue::bounded::<(ChunkId, u32)>(256);
-        *self.prefetch.lock() = Some(Arc::new(ptx));
+        let (ptx, prx) = crossbeam_channel::bounded::<(ChunkId, u32)>(256);
+        *self.prefetch.lock() = Some(ptx);
         for n in 0..PREFETCHERS {
             let (weak, prx) = (Arc::downgrade(self), prx.clone());
             std::thread::Builder::new()

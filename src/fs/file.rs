@@ -241,21 +241,18 @@ impl Fs {
     /// Queues the chunks after `end` for loading by the prefetch threads, so a sequential
     /// reader finds them verified in the cache (and a cold store is read with parallel I/O).
     fn prefetch_after(&self, snap: &RTx, ino: Ino, end: u64) {
-        // Readers on every request thread come here: hold the queue's lock once, not per chunk.
-        let Some(q) = self.prefetch.lock().clone() else {
+        let Some(q) = &*self.prefetch.lock() else {
             return;
         };
         let window = PREFETCH_CHUNKS as u64 * self.chunker.params().avg as u64;
         let Ok(next) = snap.extents(ino, end, end + window) else {
             return;
         };
-        let missing: Vec<_> = next
-            .into_iter()
-            .take(PREFETCH_CHUNKS)
-            .filter(|e| !self.cache.contains(&e.id))
-            .map(|e| (e.id, e.len))
-            .collect();
-        q.try_send_many(missing);
+        for e in next.into_iter().take(PREFETCH_CHUNKS) {
+            if !self.cache.contains(&e.id) && q.try_send((e.id, e.len)).is_err() {
+                break;
+            }
+        }
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
@@ -678,7 +675,7 @@ impl Fs {
             return Ok(prepared);
         }
         std::thread::scope(|scope| {
-            let (job_tx, job_rx) = super::work_queue::bounded::<Job<'r>>(64);
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<Job<'r>>(64);
             let workers: Vec<_> = (0..HASH_THREADS)
                 .map(|_| {
                     let job_rx = job_rx.clone();

@@ -40,7 +40,6 @@ mod reap;
 mod seek;
 mod snapshots;
 mod txn;
-mod work_queue;
 mod xattr;
 
 /// Entries a directory handle's listing keeps in memory (more go to a scratch file).
@@ -321,9 +320,6 @@ impl<'a> std::ops::Deref for View<'a> {
     }
 }
 
-/// Chunks (id, stored length) queued for the prefetch threads.
-type PrefetchQueue = work_queue::Sender<(ChunkId, u32)>;
-
 #[derive(Default)]
 struct State {
     open: HashMap<Ino, OpenInode>,
@@ -379,9 +375,9 @@ pub struct Fs {
     /// Kernel listing invalidations owed (`kernel_listings`).
     stale: kernel_listings::Stale,
     /// Queue of the background writer, when started.
-    background: Mutex<Option<work_queue::Sender<Ino>>>,
+    background: Mutex<Option<crossbeam_channel::Sender<Ino>>>,
     /// Queue of the prefetch threads, when started.
-    prefetch: Mutex<Option<Arc<PrefetchQueue>>>,
+    prefetch: Mutex<Option<crossbeam_channel::Sender<(ChunkId, u32)>>>,
     /// Held shared by readers between their metadata snapshot and their chunk loads, and
     /// exclusively while chunk files are removed: a reader never loses a chunk it was promised.
     removal: RwLock<()>,
