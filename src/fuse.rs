@@ -221,6 +221,20 @@ fn in_group(req: &Request, gid: u32) -> bool {
             .unwrap_or(false)
 }
 
+/// Whether the process behind `req` holds CAP_FSETID (`CapEff` in `/proc/PID/status`); a
+/// process the daemon cannot see counts as holding it when it runs as root.
+fn has_fsetid(req: &Request) -> bool {
+    const CAP_FSETID: u32 = 4;
+    std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|c| u64::from_str_radix(c.trim(), 16).ok())
+        })
+        .map_or(req.uid() == 0, |caps| caps & (1 << CAP_FSETID) != 0)
+}
+
 impl DedupFuse {
     /// Attributes for a reply, and how long the kernel may keep them: `TTL`, or
     /// `UNSETTLED_TTL` while the file has data not written back (its st_blocks may still drop).
@@ -378,7 +392,7 @@ impl Filesystem for DedupFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -395,6 +409,27 @@ impl Filesystem for DedupFuse {
         reply: ReplyAttr,
     ) {
         self.fs.counters().count(Op::Setattr);
+        // A size change by a caller without CAP_FSETID drops set-ID bits as a write does
+        // (Linux's do_truncate); the kernel's FUSE side drops set-group-ID only from a
+        // group-executable file, so the daemon applies the rest: set-group-ID goes when the
+        // caller is outside the file's group too.
+        let mut mode = mode;
+        if size.is_some()
+            && uid.is_none()
+            && gid.is_none()
+            && let Ok(a) = self.fs.getattr(ino.0)
+            && a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
+            && !has_fsetid(req)
+        {
+            let perm = mode.map_or(a.perm as u32, |m| m & 0o7777);
+            let mut kill = perm & libc::S_ISUID;
+            if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || !in_group(req, a.gid)) {
+                kill |= libc::S_ISGID;
+            }
+            if kill != 0 {
+                mode = Some(perm & !kill);
+            }
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -820,7 +855,7 @@ impl Filesystem for DedupFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -829,7 +864,20 @@ impl Filesystem for DedupFuse {
         reply: ReplyEmpty,
     ) {
         self.fs.counters().count(Op::Fallocate);
-        empty(reply, self.fs.fallocate(ino.0, offset, length, mode));
+        // Before FALLOCATE the kernel drops set-user-ID, and set-group-ID only from a
+        // group-executable file (FUSE's own rule, in fuse_setattr); Linux's rule
+        // (setattr_should_drop_sgid, as ext4 applies it) drops set-group-ID also when the
+        // caller is outside the file's group. The daemon applies that part, for callers
+        // without CAP_FSETID (fstests generic/683-685).
+        let killed = if has_fsetid(req) {
+            Ok(())
+        } else {
+            self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
+        };
+        empty(
+            reply,
+            killed.and_then(|()| self.fs.fallocate(ino.0, offset, length, mode)),
+        );
     }
 
     /// No ioctl is supported (FS_IOC_GETFLAGS, FIEMAP, ...): ENOTTY, as for a file that

@@ -777,6 +777,66 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     vol.unmount();
 }
 
+/// fallocate (every mode) and truncate clear set-ID bits by the same rule as a write
+/// (fstests generic/683-685): the kernel drops set-group-ID only from group-executable files
+/// before it sends FALLOCATE or SETATTR, and the daemon drops it when the caller is outside
+/// the file's group.
+#[test]
+fn fallocate_and_truncate_clear_set_id_bits_as_a_write_does() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    if !can_act_as_nobody() || which("fallocate").is_none() {
+        return;
+    }
+    let mut vol = volume_nobody_can_reach();
+    let nobody = 65534;
+    // (fallocate's options, owner gid, mode, run as root?, mode after)
+    let modes: [&[&str]; 5] = [
+        &["fallocate", "-l", "128KiB"],
+        &["fallocate", "-p", "-o", "4096", "-l", "4096"],
+        &["fallocate", "-z", "-o", "0", "-l", "8192"],
+        // A truncate drops them by the same rule (ext4 does; the kernel's FUSE side keeps
+        // set-group-ID of a file that is not group-executable).
+        &["truncate", "-s", "4096"],
+        &["truncate", "-s", "1MiB"],
+    ];
+    let cases: [(u32, u32, bool, u32); 5] = [
+        (0, 0o2666, false, 0o0666),
+        (0, 0o6766, false, 0o0766),
+        (nobody, 0o2666, false, 0o2666),
+        (nobody, 0o6777, false, 0o0777),
+        (nobody, 0o6666, true, 0o6666),
+    ];
+    for (m, opts) in modes.iter().enumerate() {
+        for (c, &(gid, mode, root, want)) in cases.iter().enumerate() {
+            let p = vol.path(&format!("f{m}-{c}"));
+            fs::write(&p, vec![b'x'; 64 * 1024]).unwrap();
+            chown(&p, Some(nobody), Some(gid)).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            let mut args: Vec<&str> = opts.to_vec();
+            let path = p.display().to_string();
+            args.push(&path);
+            let (ok, err) = if root {
+                let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+                (out.status.success(), common::output_text(&out))
+            } else {
+                as_nobody(&args)
+            };
+            assert!(ok, "{args:?}: {err}");
+            let got = common::cached_mode(&p);
+            assert_eq!(
+                got,
+                want,
+                "{args:?} as {}, gid {gid}, mode {mode:o}: got {got:o}, want {want:o}",
+                if root { "root" } else { "nobody" }
+            );
+        }
+    }
+    vol.remount();
+    let got = common::cached_mode(&vol.path("f0-0"));
+    assert_eq!(got, 0o0666, "after a remount");
+    vol.unmount();
+}
+
 #[test]
 fn kill_9_during_cp_leaves_a_mountable_volume_with_every_entry_readable() {
     if !fuse_available() {
