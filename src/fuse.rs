@@ -869,11 +869,13 @@ impl Filesystem for DedupFuse {
         // (setattr_should_drop_sgid, as ext4 applies it) drops set-group-ID also when the
         // caller is outside the file's group. The daemon applies that part, for callers
         // without CAP_FSETID (fstests generic/683-685).
-        let killed = if has_fsetid(req) {
-            Ok(())
-        } else {
-            self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
-        };
+        let set_id = (libc::S_ISUID | libc::S_ISGID) as u16;
+        let killed =
+            if self.fs.getattr(ino.0).is_ok_and(|a| a.perm & set_id != 0) && !has_fsetid(req) {
+                self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
+            } else {
+                Ok(())
+            };
         empty(
             reply,
             killed.and_then(|()| self.fs.fallocate(ino.0, offset, length, mode)),
