@@ -4,7 +4,7 @@
 use crate::error::FsError;
 use crate::fs::{
     CacheMode, Caller, Fs, Op, RenameFlags as CoreRename, SNAPDIR_INO, SNAPDIR_NAME, SeekWhence,
-    SetAttr, TimeSet,
+    SetAttr, TimeSet, set_id_to_drop,
 };
 use crate::meta::{Attr, DirEntry, Kind, ROOT_INO, Ts};
 use fuser::{
@@ -421,13 +421,10 @@ impl Filesystem for DedupFuse {
             && a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
             && !has_fsetid(req)
         {
-            let perm = mode.map_or(a.perm as u32, |m| m & 0o7777);
-            let mut kill = perm & libc::S_ISUID;
-            if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || !in_group(req, a.gid)) {
-                kill |= libc::S_ISGID;
-            }
+            let perm = mode.map_or(a.perm, |m| (m & 0o7777) as u16);
+            let kill = set_id_to_drop(perm, || in_group(req, a.gid));
             if kill != 0 {
-                mode = Some(perm & !kill);
+                mode = Some((perm & !kill) as u32);
             }
         }
         let set = SetAttr {

@@ -48,6 +48,7 @@ pub use dir_listing::IN_MEMORY as LISTING_IN_MEMORY;
 pub use atime::Atime;
 pub use counters::{Counters, Op, RequestCounts};
 pub use digest::DIGEST_XATTR;
+pub use open_files::set_id_to_drop;
 pub use page_cache::CacheMode;
 pub use seek::SeekWhence;
 pub use snapshots::{

@@ -201,11 +201,7 @@ impl Fs {
             let o = self.open_entry(&mut st, ino)?;
             (o.attr.perm, o.attr.gid)
         };
-        let mut kill = perm & libc::S_ISUID as u16;
-        if perm & libc::S_ISGID as u16 != 0 && (perm & libc::S_IXGRP as u16 != 0 || !in_group(gid))
-        {
-            kill |= libc::S_ISGID as u16;
-        }
+        let kill = set_id_to_drop(perm, || in_group(gid));
         if kill != 0 {
             let mut st = self.state.lock();
             let o = self.open_entry(&mut st, ino)?;
@@ -216,4 +212,16 @@ impl Fs {
         }
         Ok(())
     }
+}
+
+/// The set-ID bits Linux drops from a file with permission bits `perm` when a caller without
+/// CAP_FSETID writes to it, truncates or fallocates it: set-user-ID, and set-group-ID when
+/// the file is group-executable or the caller is outside its group (the kernel's
+/// `setattr_should_drop_sgid`); `in_group` is asked only in the last case.
+pub fn set_id_to_drop(perm: u16, in_group: impl FnOnce() -> bool) -> u16 {
+    let mut kill = perm & libc::S_ISUID as u16;
+    if perm & libc::S_ISGID as u16 != 0 && (perm & libc::S_IXGRP as u16 != 0 || !in_group()) {
+        kill |= libc::S_ISGID as u16;
+    }
+    kill
 }
