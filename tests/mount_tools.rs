@@ -815,13 +815,12 @@ fn fallocate_and_truncate_clear_set_id_bits_as_a_write_does() {
             let mut args: Vec<&str> = opts.to_vec();
             let path = p.display().to_string();
             args.push(&path);
-            let (ok, err) = if root {
-                let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-                (out.status.success(), common::output_text(&out))
+            if root {
+                run(Command::new(args[0]).args(&args[1..]));
             } else {
-                as_nobody(&args)
-            };
-            assert!(ok, "{args:?}: {err}");
+                let (ok, err) = as_nobody(&args);
+                assert!(ok, "{args:?}: {err}");
+            }
             let got = common::cached_mode(&p);
             assert_eq!(
                 got,
