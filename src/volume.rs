@@ -228,6 +228,20 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            // A daemon whose mount is gone from the mount table but that has not yet written
+            // that note: the kernel sends a plain FUSE daemon no DESTROY, so it learns of the
+            // unmount only when its request threads next read /dev/fuse, moments after
+            // `umount` returned. Waited for briefly; a daemon whose mount is still there (or
+            // is not visible here: another mount namespace, a lazy unmount it still serves)
+            // is called busy.
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if waiting_since.elapsed() < MOUNT_GONE_WAIT
+                    && fs::read(dir.join("lock")).is_ok_and(|b| b.is_empty())
+                    && dir.join("control.sock").exists()
+                    && !mounted_from(dir) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             Err(rustix::io::Errno::WOULDBLOCK)
                 if tries < LOCK_RETRIES && !dir.join("control.sock").exists() =>
             {
@@ -249,6 +263,22 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
 
 /// Retries (10 ms apart) of a store lock held by a process that serves no control socket.
 const LOCK_RETRIES: u32 = 20;
+/// How long [`lock`] waits for a serving daemon whose mount has left the mount table to
+/// note that it is unmounting (normally milliseconds).
+const MOUNT_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Is a dedupfs mount of the store `dir` in this process's mount table? (The daemon mounts
+/// with the canonical store directory as the mount's source.)
+fn mounted_from(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    let canon = canon.to_string_lossy();
+    crate::cli::mounts::entries().is_ok_and(|all| {
+        all.iter()
+            .any(|e| e.fstype == crate::cli::mounts::FSTYPE && e.source == canon)
+    })
+}
 
 /// What a daemon writes into `STORE/lock` once its mount has ended, while it finishes (final
 /// sync, metadata backup, upload to the bucket): `umount` returns before it is done.

@@ -796,6 +796,26 @@ fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
     );
     drop(got);
 
+    // A holder that serves a control socket but whose mount is not in the mount table and
+    // that has not written its note yet (a daemon in the moments between `umount` returning
+    // and its request threads seeing the end): waited for too, not called busy.
+    let held = volume::lock(&vol.store).expect("lock the unmounted store");
+    fs::write(vol.store.join("control.sock"), b"").unwrap();
+    let t0 = Instant::now();
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(400));
+        drop(held);
+    });
+    let got = volume::lock(&vol.store).expect("waits for the holder whose mount is gone");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
+    releaser.join().unwrap();
+    drop(got);
+    fs::remove_file(vol.store.join("control.sock")).unwrap();
+
     // Real daemons: each umount is followed at once by the next mount, with data to write
     // back and a metadata backup to take at each unmount.
     if !fuse_available() {
@@ -828,5 +848,26 @@ fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
             "r{round}"
         );
     }
+    // A store that a live mount serves is refused at once, by the library and by a second
+    // mount elsewhere, with the line that says why.
+    let t0 = Instant::now();
+    assert!(
+        matches!(volume::lock(&vol.store), Err(VolumeError::Locked(_))),
+        "a mounted store is busy"
+    );
+    let other = vol.store.parent().unwrap().join("second-mnt");
+    fs::create_dir_all(&other).unwrap();
+    let (ok, _, stderr) = dedupfs(&[vol.store.as_os_str(), other.as_os_str()]);
+    assert!(
+        !ok && stderr.contains("in use by another dedupfs process"),
+        "{stderr}"
+    );
+    assert!(!is_mountpoint(&other));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "refused only after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(read_all(&vol.path("f")), b"persisted");
     vol.unmount();
 }
