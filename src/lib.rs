@@ -9,13 +9,15 @@
 //!   S3-compatible bucket (for remote volumes).
 //! - [`meta`]: metadata in redb: inodes, dirents, extents, refcounts, xattrs.
 //! - [`fs`]: the filesystem core, FUSE-free, every operation returns `Result`.
+//! - [`mounts`]: the kernel's mount table: is a path a mount point, is a store mounted, which
+//!   dedupfs mount holds a path.
 //! - [`volume`]: the store directory, its marker and its lock.
 //! - [`remote`]: remote volumes (issue 11): the one-writer lease, judged by the object
 //!   store's clock.
 //! - [`maint`]: fsck, gc and stats as report structs.
 //! - [`fuse`]: the thin fuser adapter.
-//! - [`cli`]: subcommands and report rendering; mount options, the mount table, the control
-//!   socket and systemd notification of a mounted daemon.
+//! - [`cli`]: subcommands and report rendering; mount options, the control socket
+//!   and systemd notification of a mounted daemon.
 
 pub mod chunker;
 pub mod cli;
@@ -26,6 +28,7 @@ pub mod fuse;
 pub mod hash;
 pub mod maint;
 pub mod meta;
+pub mod mounts;
 pub mod remote;
 pub mod store;
 pub mod volume;

@@ -274,9 +274,9 @@ fn mounted_from(dir: &Path) -> bool {
         return false;
     };
     let canon = canon.to_string_lossy();
-    crate::cli::mounts::entries().is_ok_and(|all| {
+    crate::mounts::entries().is_ok_and(|all| {
         all.iter()
-            .any(|e| e.fstype == crate::cli::mounts::FSTYPE && e.source == canon)
+            .any(|e| e.fstype == crate::mounts::FSTYPE && e.source == canon)
     })
 }
 

@@ -15,12 +15,11 @@ use anyhow::{Context, Result, anyhow, bail};
 
 mod control;
 mod logging;
-pub mod mounts;
 mod notify;
 mod options;
 mod remote;
+use crate::mounts::{self, is_mountpoint};
 use clap::{CommandFactory, Parser, Subcommand};
-use mounts::is_mountpoint;
 use options::MountOpts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

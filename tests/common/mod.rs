@@ -643,7 +643,7 @@ pub fn is_mountpoint(mnt: &Path) -> bool {
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .unwrap_or("");
-        fstype.starts_with("fuse") && dedupfs::cli::mounts::unescape_mountinfo(mountpoint) == want
+        fstype.starts_with("fuse") && dedupfs::mounts::unescape_mountinfo(mountpoint) == want
     })
 }
 

@@ -1,6 +1,7 @@
-//! The kernel's mount table (`/proc/self/mountinfo`) as the CLI needs it: is a path a mount
-//! point, and which dedupfs mount holds a path (and so which store serves it: the daemon
-//! mounts with the canonical store directory as the mount's source).
+//! The kernel's mount table (`/proc/self/mountinfo`) as the CLI and the store lock need it: is
+//! a path a mount point, is a store mounted, and which dedupfs mount holds a path (and so
+//! which store serves it: the daemon mounts with the canonical store directory as the
+//! mount's source).
 
 use anyhow::{Context, Result, bail};
 use std::os::unix::ffi::OsStringExt;
