@@ -765,6 +765,24 @@ fn the_store_is_unlocked_only_after_the_daemon_closed_its_databases() {
 /// after it (`umount MP && mount MP`, a restart of a mount unit) must wait for that daemon, not
 /// fail with "in use by another dedupfs process". The finishing daemon says so in the store's
 /// lock file; a store in use otherwise is still refused at once.
+/// Takes the lock of `store` while `held` (its lock) is let go 400 ms from now: the take must
+/// wait for that, not fail.
+fn lock_once_released(store: &Path, held: fs::File, what: &str) -> fs::File {
+    let t0 = Instant::now();
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(400));
+        drop(held);
+    });
+    let got = dedupfs::volume::lock(store).expect(what);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{what}: took the lock after {:?}",
+        t0.elapsed()
+    );
+    releaser.join().unwrap();
+    got
+}
+
 #[test]
 fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
     use dedupfs::volume::{self, VolumeError};
@@ -777,18 +795,7 @@ fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
         "a store held by a process that is not unmounting is busy"
     );
     volume::mark_unmounting(&held);
-    let t0 = Instant::now();
-    let releaser = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(400));
-        drop(held);
-    });
-    let got = volume::lock(&vol.store).expect("waits for the unmounting holder");
-    assert!(
-        t0.elapsed() >= Duration::from_millis(350),
-        "{:?}",
-        t0.elapsed()
-    );
-    releaser.join().unwrap();
+    let got = lock_once_released(&vol.store, held, "waits for the unmounting holder");
     assert_eq!(
         fs::metadata(vol.store.join("lock")).unwrap().len(),
         0,
@@ -801,19 +808,11 @@ fn a_mount_right_after_umount_waits_for_the_finishing_daemon() {
     // and its request threads seeing the end): waited for too, not called busy.
     let held = volume::lock(&vol.store).expect("lock the unmounted store");
     fs::write(vol.store.join("control.sock"), b"").unwrap();
-    let t0 = Instant::now();
-    let releaser = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(400));
-        drop(held);
-    });
-    let got = volume::lock(&vol.store).expect("waits for the holder whose mount is gone");
-    assert!(
-        t0.elapsed() >= Duration::from_millis(350),
-        "{:?}",
-        t0.elapsed()
-    );
-    releaser.join().unwrap();
-    drop(got);
+    drop(lock_once_released(
+        &vol.store,
+        held,
+        "waits for the holder whose mount is gone",
+    ));
     fs::remove_file(vol.store.join("control.sock")).unwrap();
 
     // Real daemons: each umount is followed at once by the next mount, with data to write
