@@ -413,16 +413,27 @@ impl Filesystem for DedupFuse {
         // (Linux's do_truncate); the kernel's FUSE side drops set-group-ID only from a
         // group-executable file, so the daemon applies the rest: set-group-ID goes when the
         // caller is outside the file's group too.
+        //
+        // A change of owner or group of anything but a directory drops set-user-ID whoever
+        // asks, and set-group-ID when the file is group-executable or the caller, without
+        // CAP_FSETID, is outside the file's group (Linux's chown_common and
+        // setattr_should_drop_sgid, as on ext4). The kernel's FUSE side sends the new mode
+        // for the first two cases only; the last is the daemon's.
         let mut mode = mode;
-        if size.is_some()
-            && uid.is_none()
-            && gid.is_none()
+        let chown = uid.is_some() || gid.is_some();
+        if (size.is_some() || chown)
             && let Ok(a) = self.fs.getattr(ino.0)
             && a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0
-            && !has_fsetid(req)
+            && !(chown && a.kind == Kind::Dir)
         {
             let perm = mode.map_or(a.perm, |m| (m & 0o7777) as u16);
-            let kill = set_id_to_drop(perm, || in_group(req, a.gid));
+            let kill = if chown {
+                set_id_to_drop(perm, || has_fsetid(req) || in_group(req, a.gid))
+            } else if !has_fsetid(req) {
+                set_id_to_drop(perm, || in_group(req, a.gid))
+            } else {
+                0
+            };
             if kill != 0 {
                 mode = Some((perm & !kill) as u32);
             }

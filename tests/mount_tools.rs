@@ -836,6 +836,63 @@ fn fallocate_and_truncate_clear_set_id_bits_as_a_write_does() {
     vol.unmount();
 }
 
+/// A change of group or owner drops set-ID bits as on ext4 (Linux's chown_common): set-user-ID
+/// whoever asks; set-group-ID from a group-executable file, or when the caller (without
+/// CAP_FSETID) is outside the file's group. The kernel's FUSE side applies only the first two;
+/// the third is the daemon's (without it, nobody's chgrp below kept 2644).
+#[test]
+fn chown_and_chgrp_clear_set_id_bits_as_ext4_does() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    if !can_act_as_nobody() {
+        return;
+    }
+    let mut vol = volume_nobody_can_reach();
+    let nobody = 65534;
+    // (owner gid, mode, run as root?, new group, mode after); the owner is nobody
+    let cases: [(u32, u32, bool, &str, u32); 6] = [
+        (0, 0o2644, false, "65534", 0o0644),
+        (nobody, 0o2644, false, "65534", 0o2644),
+        (nobody, 0o4644, false, "65534", 0o0644),
+        (0, 0o2644, true, "65534", 0o2644),
+        (nobody, 0o6755, true, "0", 0o0755),
+        (nobody, 0o6745, true, "0", 0o2745),
+    ];
+    for (c, &(gid, mode, root, group, want)) in cases.iter().enumerate() {
+        let p = vol.path(&format!("f{c}"));
+        fs::write(&p, b"x").unwrap();
+        chown(&p, Some(nobody), Some(gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        let path = p.display().to_string();
+        let args = ["chgrp", group, path.as_str()];
+        if root {
+            run(Command::new(args[0]).args(&args[1..]));
+        } else {
+            let (ok, err) = as_nobody(&args);
+            assert!(ok, "{args:?}: {err}");
+        }
+        let got = common::cached_mode(&p);
+        assert_eq!(
+            got,
+            want,
+            "chgrp {group} as {}, gid {gid}, mode {mode:o}: got {got:o}, want {want:o}",
+            if root { "root" } else { "nobody" }
+        );
+    }
+    // A directory keeps them (set-group-ID on a directory is inheritance, not privilege).
+    let d = vol.path("d");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o2775)).unwrap();
+    chown(&d, Some(nobody), Some(nobody)).unwrap();
+    assert_eq!(common::cached_mode(&d), 0o2775);
+    vol.remount();
+    assert_eq!(
+        common::cached_mode(&vol.path("f0")),
+        0o0644,
+        "after a remount"
+    );
+    vol.unmount();
+}
+
 #[test]
 fn kill_9_during_cp_leaves_a_mountable_volume_with_every_entry_readable() {
     if !fuse_available() {
