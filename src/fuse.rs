@@ -236,6 +236,22 @@ fn has_fsetid(req: &Request) -> bool {
 }
 
 impl DedupFuse {
+    /// What Linux's `file_modified` does to the set-ID bits of a file that FALLOCATE or
+    /// COPY_FILE_RANGE is about to change, for a caller without CAP_FSETID. The kernel sends
+    /// a SETATTR first that drops set-user-ID, and set-group-ID only from a
+    /// group-executable file (FUSE's own rule, in fuse_setattr); Linux's rule
+    /// (setattr_should_drop_sgid, as ext4 applies it) drops set-group-ID also when the
+    /// caller is outside the file's group. This applies the whole rule (fstests
+    /// generic/683-685).
+    fn drop_set_id_as_modified(&self, req: &Request, ino: u64) -> Result<(), FsError> {
+        let set_id = (libc::S_ISUID | libc::S_ISGID) as u16;
+        if self.fs.getattr(ino).is_ok_and(|a| a.perm & set_id != 0) && !has_fsetid(req) {
+            self.fs.kill_suid(ino, &|gid| in_group(req, gid))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Attributes for a reply, and how long the kernel may keep them: `TTL`, or
     /// `UNSETTLED_TTL` while the file has data not written back (its st_blocks may still drop).
     fn attr(&self, ino: u64, a: &Attr) -> (FileAttr, Duration) {
@@ -872,21 +888,10 @@ impl Filesystem for DedupFuse {
         reply: ReplyEmpty,
     ) {
         self.fs.counters().count(Op::Fallocate);
-        // Before FALLOCATE the kernel drops set-user-ID, and set-group-ID only from a
-        // group-executable file (FUSE's own rule, in fuse_setattr); Linux's rule
-        // (setattr_should_drop_sgid, as ext4 applies it) drops set-group-ID also when the
-        // caller is outside the file's group. The daemon applies that part, for callers
-        // without CAP_FSETID (fstests generic/683-685).
-        let set_id = (libc::S_ISUID | libc::S_ISGID) as u16;
-        let killed =
-            if self.fs.getattr(ino.0).is_ok_and(|a| a.perm & set_id != 0) && !has_fsetid(req) {
-                self.fs.kill_suid(ino.0, &|gid| in_group(req, gid))
-            } else {
-                Ok(())
-            };
         empty(
             reply,
-            killed.and_then(|()| self.fs.fallocate(ino.0, offset, length, mode)),
+            self.drop_set_id_as_modified(req, ino.0)
+                .and_then(|()| self.fs.fallocate(ino.0, offset, length, mode)),
         );
     }
 
@@ -950,7 +955,7 @@ impl Filesystem for DedupFuse {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -964,10 +969,10 @@ impl Filesystem for DedupFuse {
         self.fs.counters().count(Op::CopyFileRange);
         // A reply carries a u32 count; the caller loops for the rest.
         let len = len.min(1 << 30);
-        match self
-            .fs
-            .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
-        {
+        match self.drop_set_id_as_modified(req, ino_out.0).and_then(|()| {
+            self.fs
+                .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
+        }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

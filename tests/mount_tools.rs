@@ -777,20 +777,29 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     vol.unmount();
 }
 
-/// fallocate (every mode) and truncate clear set-ID bits by the same rule as a write
-/// (fstests generic/683-685): the kernel drops set-group-ID only from group-executable files
-/// before it sends FALLOCATE or SETATTR, and the daemon drops it when the caller is outside
-/// the file's group.
+/// fallocate (every mode), truncate and copy_file_range clear set-ID bits by the same rule as
+/// a write (fstests generic/683-685): the kernel drops set-group-ID only from
+/// group-executable files before it sends FALLOCATE, SETATTR or COPY_FILE_RANGE, and the
+/// daemon drops it when the caller is outside the file's group.
 #[test]
-fn fallocate_and_truncate_clear_set_id_bits_as_a_write_does() {
+fn fallocate_truncate_and_copy_file_range_clear_set_id_bits_as_a_write_does() {
     use std::os::unix::fs::{PermissionsExt, chown};
-    if !can_act_as_nobody() || which("fallocate").is_none() {
+    // nobody cannot run root's python3 shims: the system's own, by its path.
+    const PYTHON: &str = "/usr/bin/python3";
+    if !can_act_as_nobody() || which("fallocate").is_none() || !Path::new(PYTHON).exists() {
         return;
     }
     let mut vol = volume_nobody_can_reach();
     let nobody = 65534;
+    let cfr_src = vol.path("cfr-src");
+    fs::write(&cfr_src, vec![b'y'; 16384]).unwrap();
+    let cfr = format!(
+        "import os, sys; a = os.open({:?}, os.O_RDONLY); b = os.open(sys.argv[1], os.O_WRONLY); \
+         assert os.copy_file_range(a, b, 4096, 0, 8192) == 4096",
+        cfr_src.display().to_string()
+    );
     // (fallocate's options, owner gid, mode, run as root?, mode after)
-    let modes: [&[&str]; 5] = [
+    let modes: [&[&str]; 6] = [
         &["fallocate", "-l", "128KiB"],
         &["fallocate", "-p", "-o", "4096", "-l", "4096"],
         &["fallocate", "-z", "-o", "0", "-l", "8192"],
@@ -798,6 +807,8 @@ fn fallocate_and_truncate_clear_set_id_bits_as_a_write_does() {
         // set-group-ID of a file that is not group-executable).
         &["truncate", "-s", "4096"],
         &["truncate", "-s", "1MiB"],
+        // And so does copy_file_range into the file (Linux's file_modified).
+        &[PYTHON, "-c", &cfr],
     ];
     let cases: [(u32, u32, bool, u32); 5] = [
         (0, 0o2666, false, 0o0666),
