@@ -60,6 +60,12 @@ pub struct DedupFuse {
     /// and on kernels that drop a direct write's range from the page cache again after the
     /// write (`CACHED_READS_FROM`), so that a read racing the write does not keep old bytes.
     cached_reads: bool,
+    /// The daemon drops set-ID bits itself on a change of owner or group, truncate,
+    /// fallocate and copy_file_range (FUSE_HANDLE_KILLPRIV), so the kernel does not first
+    /// read the file's attributes again (a GETATTR before every chown: one request per file
+    /// of a `tar x` or `cp -a` as root). Only with direct I/O for writers: their writes then
+    /// carry FUSE_WRITE_KILL_SUIDGID, which writes through the page cache would not.
+    handle_killpriv: bool,
     /// See [`DedupFuse::on_unmount`].
     on_unmount: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
@@ -85,6 +91,7 @@ impl DedupFuse {
             direct_io: false,
             handleless_dirs: false,
             cached_reads: true,
+            handle_killpriv: false,
             on_unmount: None,
         }
     }
@@ -353,6 +360,10 @@ impl Filesystem for DedupFuse {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.handle_killpriv = self.direct_io
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV)
+                .is_ok();
         self.handleless_dirs = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -367,6 +378,7 @@ impl Filesystem for DedupFuse {
             direct_io = self.direct_io,
             cached_reads = self.cached_reads,
             handleless_dirs = self.handleless_dirs,
+            handle_killpriv = self.handle_killpriv,
             kernel = release.trim(),
             "FUSE session initialised"
         );
@@ -435,8 +447,19 @@ impl Filesystem for DedupFuse {
         // CAP_FSETID, is outside the file's group (Linux's chown_common and
         // setattr_should_drop_sgid, as on ext4). The kernel's FUSE side sends the new mode
         // for the first two cases only; the last is the daemon's.
+        //
+        // With FUSE_HANDLE_KILLPRIV the kernel sends no new mode at all, and a chown(2) that
+        // changes neither (-1, -1) arrives as a SETATTR that sets nothing. So does the one
+        // the kernel sends before FALLOCATE or COPY_FILE_RANGE from a caller without
+        // CAP_FSETID, for which the same rule holds (a caller with it, of a file that also
+        // has file capabilities, would lose set-user-ID there too: not worth telling apart).
         let mut mode = mode;
-        let chown = uid.is_some() || gid.is_some();
+        let sets_nothing = mode.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
+        let chown = uid.is_some() || gid.is_some() || (self.handle_killpriv && sets_nothing);
         if (size.is_some() || chown)
             && let Ok(a) = self.fs.getattr(ino.0)
             && a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0

@@ -777,6 +777,9 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
     vol.unmount();
 }
 
+/// The system's python3, by its path: nobody cannot run root's python3 shims.
+const PYTHON: &str = "/usr/bin/python3";
+
 /// fallocate (every mode), truncate and copy_file_range clear set-ID bits by the same rule as
 /// a write (fstests generic/683-685): the kernel drops set-group-ID only from
 /// group-executable files before it sends FALLOCATE, SETATTR or COPY_FILE_RANGE, and the
@@ -784,8 +787,6 @@ fn a_write_clears_set_id_bits_as_linux_does_and_the_mode_shows_it_at_once() {
 #[test]
 fn fallocate_truncate_and_copy_file_range_clear_set_id_bits_as_a_write_does() {
     use std::os::unix::fs::{PermissionsExt, chown};
-    // nobody cannot run root's python3 shims: the system's own, by its path.
-    const PYTHON: &str = "/usr/bin/python3";
     if !can_act_as_nobody() || which("fallocate").is_none() || !Path::new(PYTHON).exists() {
         return;
     }
@@ -854,7 +855,7 @@ fn fallocate_truncate_and_copy_file_range_clear_set_id_bits_as_a_write_does() {
 #[test]
 fn chown_and_chgrp_clear_set_id_bits_as_ext4_does() {
     use std::os::unix::fs::{PermissionsExt, chown};
-    if !can_act_as_nobody() {
+    if !can_act_as_nobody() || !Path::new(PYTHON).exists() {
         return;
     }
     let mut vol = volume_nobody_can_reach();
@@ -889,6 +890,28 @@ fn chown_and_chgrp_clear_set_id_bits_as_ext4_does() {
             if root { "root" } else { "nobody" }
         );
     }
+    // chown(2) that changes neither owner nor group (-1, -1) drops them too: with
+    // FUSE_HANDLE_KILLPRIV the daemon gets a SETATTR that sets nothing.
+    let p = vol.path("same");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+    chown(&p, None, None).unwrap();
+    assert_eq!(common::cached_mode(&p), 0o0755, "chown -1 -1 as root");
+    chown(&p, Some(nobody), Some(nobody)).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6745)).unwrap();
+    let path = p.display().to_string();
+    let (ok, err) = as_nobody(&[
+        PYTHON,
+        "-c",
+        "import os, sys; os.chown(sys.argv[1], -1, -1)",
+        &path,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        common::cached_mode(&p),
+        0o2745,
+        "chown -1 -1 as the owner, in the group"
+    );
     // A directory keeps them (set-group-ID on a directory is inheritance, not privilege).
     let d = vol.path("d");
     fs::create_dir(&d).unwrap();
