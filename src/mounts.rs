@@ -17,6 +17,8 @@ pub struct MountEntry {
     /// `major:minor` of the mounted filesystem, as `stat` reports it in `st_dev`.
     pub dev: (u32, u32),
     pub mount_point: PathBuf,
+    /// The mount's own options (`rw,nosuid,nodev,relatime`), not the filesystem's.
+    pub options: String,
     pub fstype: String,
     pub source: String,
 }
@@ -28,6 +30,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let mut l = left.split(' ');
     let dev = l.nth(2)?;
     let mount_point = l.nth(1)?;
+    let options = l.next()?;
     let (major, minor) = dev.split_once(':')?;
     let mut r = right.split(' ');
     let fstype = r.next()?;
@@ -37,6 +40,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
         mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(
             mount_point,
         ))),
+        options: options.to_string(),
         fstype: String::from_utf8_lossy(&unescape_mountinfo(fstype)).into_owned(),
         source: String::from_utf8_lossy(&unescape_mountinfo(source)).into_owned(),
     })
@@ -112,6 +116,7 @@ mod tests {
         let e = parse_line(l).unwrap();
         assert_eq!(e.dev, (0, 95));
         assert_eq!(e.mount_point, PathBuf::from("/tmp/a b"));
+        assert_eq!(e.options, "rw,nosuid,nodev,relatime");
         assert_eq!(e.fstype, "fuse.dedupfs");
         assert_eq!(e.source, "/srv/my store");
     }

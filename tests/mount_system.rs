@@ -378,6 +378,8 @@ echo "content: $(cat "$MNT/f")"
 echo "findmnt: $(findmnt -n -o FSTYPE,VFS-OPTIONS "$MNT")"
 if touch "$MNT/new" 2>"$BINDIR/err"; then echo "RO-WRITE-SUCCEEDED"; exit 1; fi
 echo "ro write: $(cat "$BINDIR/err")"
+if mount -o remount,rw "$MNT" 2>"$BINDIR/err"; then echo "RO-DAEMON-REMOUNTED-RW"; exit 1; fi
+echo "ro remount rw: $(cat "$BINDIR/err")"
 umount_mnt
 wait_store_free
 
@@ -386,6 +388,12 @@ mount "$MNT"
 echo "content: $(cat "$MNT/f")"
 echo "findmnt: $(findmnt -n -o FSTYPE,VFS-OPTIONS,FS-OPTIONS "$MNT")"
 echo "from fstab" > "$MNT/g"
+mount -o remount,ro "$MNT"
+echo "remounted: $(findmnt -n -o VFS-OPTIONS "$MNT")"
+if touch "$MNT/h" 2>"$BINDIR/err"; then echo "REMOUNT-RO-WRITE-SUCCEEDED"; exit 1; fi
+echo "remount ro write: $(cat "$BINDIR/err")"
+mount -o remount,rw "$MNT"
+echo "after remount rw" > "$MNT/h"
 dedupfs sync "$MNT"
 echo "synced"
 umount_mnt
@@ -501,11 +509,33 @@ fn mount_t_fuse_dedupfs_and_an_fstab_line_work_through_mount_fuse3() {
             "fstab mount: {unwanted} set although mount.fuse3 passed dev,suid\n{context}"
         );
     }
+    // `mount -o remount,...` (through the helper): ro and back to rw on a read-write daemon;
+    // rw refused, with the reason, on a daemon that serves the volume read-only.
+    let line = |prefix: &str| {
+        output
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix}\n{context}"))
+            .to_string()
+    };
+    assert!(
+        line("remounted:").split([' ', ',']).any(|o| o == "ro"),
+        "{context}"
+    );
+    assert!(
+        line("remount ro write:").contains("Read-only file system"),
+        "{context}"
+    );
+    assert!(
+        line("ro remount rw:").contains("serves the volume read-only"),
+        "{context}"
+    );
     drop(guard);
 
     // What the fstab mount wrote is in the store.
     vol.remount();
     assert_eq!(read_all(&vol.path("g")), b"from fstab\n");
+    assert_eq!(read_all(&vol.path("h")), b"after remount rw\n");
     vol.unmount();
 }
 

@@ -42,6 +42,8 @@ pub enum Request {
     Sync,
     /// Requests served since the mount, by operation.
     Requests,
+    /// Whether the daemon writes to the volume (false: mounted `ro`, or fenced).
+    Writable,
     /// A snapshot of the live directory `ino` (`path` as the user named it, relative to the
     /// volume root).
     SnapshotCreate {
@@ -101,6 +103,10 @@ impl Remote {
     }
 
     pub fn into_requests(self) -> Result<crate::fs::RequestCounts> {
+        self.report()
+    }
+
+    pub fn into_bool(self) -> Result<bool> {
         self.report()
     }
 }
@@ -193,6 +199,7 @@ fn handle(fs: &Fs, store: &Path, remote: Option<&RemoteVolume>, req: Request) ->
         Request::Requests => {
             serde_json::to_value(fs.counters().snapshot()).map_err(|e| e.to_string())
         }
+        Request::Writable => Ok(serde_json::Value::Bool(fs.is_writable())),
         Request::Sync => fs
             .sync_fs()
             .and_then(|()| remote.map(|r| r.publish(fs)).transpose())

@@ -947,9 +947,75 @@ fn mount_helper(store: &Path, mountpoint: &Path, options: &[String]) -> Result<(
     if let Some(msg) = mistyped_command(store.as_os_str()) {
         bail!("{msg}");
     }
+    if opts.remount {
+        return remount(mountpoint, &opts);
+    }
     check_mountpoint(mountpoint)?;
     let cache_mib = opts.cache_mib.unwrap_or_else(default_cache_mib);
     spawn_background(store, mountpoint, options, cache_mib, true)
+}
+
+/// `mount -o remount,OPTIONS MOUNTPOINT` of a live dedupfs mount: the flags the kernel
+/// enforces change (`ro`/`rw`, `nosuid`, `nodev`, `noexec`: those given change, the others
+/// stay), the daemon goes on as it is. Options of the daemon itself (access times,
+/// `cache_mib=`, `allow_other`, ...) come again from fstab with every remount and are left as
+/// they were at the mount. `rw` is refused when the daemon itself serves the volume read-only (mounted
+/// `ro`, or fenced): unmount and mount it read-write instead.
+fn remount(mountpoint: &Path, opts: &MountOpts) -> Result<()> {
+    use rustix::mount::MountFlags as F;
+    let canon = mountpoint
+        .canonicalize()
+        .with_context(|| format!("cannot access {}", mountpoint.display()))?;
+    let m = mounts::dedupfs_mount_of(&canon)?;
+    if m.mount_point != canon {
+        bail!(
+            "{} is not a dedupfs mount point (it is inside the one at {})",
+            mountpoint.display(),
+            m.mount_point.display()
+        );
+    }
+    if !opts.read_only {
+        let writable = control::request(Path::new(&m.source), &control::Request::Writable)
+            .and_then(|a| a.into_bool());
+        if let Ok(false) = writable {
+            bail!(
+                "cannot remount {} read-write: its daemon serves the volume read-only (mounted ro, or fenced: see its log); unmount it and mount it read-write",
+                mountpoint.display()
+            );
+        }
+    }
+    // The flags the mount has now, then those the options change.
+    let has = |o: &str| m.options.split(',').any(|x| x == o);
+    let mut flags = F::empty();
+    for (name, flag) in [
+        ("nosuid", F::NOSUID),
+        ("nodev", F::NODEV),
+        ("noexec", F::NOEXEC),
+        ("noatime", F::NOATIME),
+        ("nodiratime", F::NODIRATIME),
+        ("relatime", F::RELATIME),
+    ] {
+        if has(name) {
+            flags |= flag;
+        }
+    }
+    let mut set = |on: Option<bool>, flag: F| match on {
+        Some(true) => flags.remove(flag),
+        Some(false) => flags.insert(flag),
+        None => {}
+    };
+    set(opts.suid, F::NOSUID);
+    set(opts.dev, F::NODEV);
+    set(opts.exec, F::NOEXEC);
+    if !has("noatime") && !has("relatime") {
+        // Neither shows for strictatime, which the kernel would otherwise turn into relatime.
+        flags |= F::STRICTATIME;
+    }
+    if opts.read_only {
+        flags.insert(F::RDONLY);
+    }
+    rustix::mount::mount_remount(&canon, flags, "")
+        .with_context(|| format!("cannot remount {}", mountpoint.display()))
 }
 
 fn stats_of(store: &Path) -> Result<StatsReport> {

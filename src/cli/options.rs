@@ -38,13 +38,16 @@ pub struct MountOpts {
     /// `direct_reads`: every read past the kernel's page cache, as on kernels older than the
     /// ones read-only opens get it on (see `fs::page_cache`).
     pub direct_reads: bool,
+    /// `remount` (mount(8)'s `-o remount,...` through the helper): change the flags of a live
+    /// mount instead of mounting.
+    pub remount: bool,
 }
 
 /// Honoured options, listed in the error for an unknown one.
 const KNOWN: &str = "ro, rw, allow_other, allow_root, default_permissions, dev, nodev, suid, \
                      nosuid, exec, noexec, atime, noatime, relatime, strictatime, \
                      nodiratime, diratime, sync, async, dirsync, cache_mib=N, \
-                     meta_cache_mib=N, backup_interval=SECS, direct_reads; ignored: defaults, \
+                     meta_cache_mib=N, backup_interval=SECS, direct_reads, remount; ignored: defaults, \
                      auto, noauto, nofail, _netdev, user, users, owner, group, x-*, comment=*, \
                      lazytime, nolazytime";
 
@@ -61,6 +64,9 @@ impl MountOpts {
             .flat_map(|s| s.split(','))
             .map(str::trim)
             .filter(|s| !s.is_empty());
+        // A remount through mount(8) passes the live mount's options back, the FUSE kernel
+        // options among them (`user_id=0,group_id=0`): meaningless to change, so ignored then.
+        let remount = all.clone().any(|o| o == "remount");
         for opt in all {
             match opt {
                 "ro" => o.read_only = true,
@@ -99,6 +105,17 @@ impl MountOpts {
                 "async" => o.sync = Some(false),
                 "dirsync" => o.dirsync = true,
                 "direct_reads" => o.direct_reads = true,
+                "remount" => o.remount = true,
+                k if remount
+                    && [
+                        "user_id=",
+                        "group_id=",
+                        "rootmode=",
+                        "max_read=",
+                        "blksize=",
+                    ]
+                    .iter()
+                    .any(|p| k.starts_with(p)) => {}
                 // Meaningful to mount(8), fstab or systemd only (mount.fuse3 removes most of
                 // them, but a hand-written `dedupfs mount -o` or a .mount unit may pass them).
                 "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
@@ -229,6 +246,17 @@ mod tests {
         );
         // A security option that cannot be honoured is refused, not ignored.
         assert!(parse("nosymfollow").is_err());
+    }
+
+    #[test]
+    fn a_remount_takes_back_the_fuse_kernel_options_of_the_live_mount() {
+        // What mount(8) passed for `mount -o remount,ro MNT` of a mount made with allow_other.
+        let o = parse("remount,ro,relatime,user_id=0,group_id=0,default_permissions,allow_other")
+            .unwrap();
+        assert!(o.remount && o.read_only);
+        // Not otherwise: they are the kernel's, not an option of a new mount.
+        assert!(parse("ro,user_id=0").is_err());
+        assert!(!parse("ro").unwrap().remount);
     }
 
     #[test]
